@@ -1,0 +1,188 @@
+"""Typed configuration: dataclass defaults, YAML files, dotted CLI overrides (OmegaConf).
+
+Why structured configs: a typo in a YAML key or an override (``train.batchsize=4``) fails at once with the
+key's name instead of being silently ignored, and every ablation row is one ``key=value`` away.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: F401  (MISSING re-exported for modules)
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the file and key."""
+
+
+@dataclass
+class DataConfig:
+    # Where the data lives. For the synthetic world this is the directory `locvtp synth` wrote.
+    root: str = "world"
+    # "videos": decode MP4s (pixels) ; "features": pre-extracted per-clip features (HDF5 file or .npy dir).
+    kind: str = "videos"
+    # Caption format: "howto100m" (caption.json) or "webvid" (CSV).
+    captions: str = "howto100m"
+    caption_file: str = "pretrain/caption.json"  # relative to root unless absolute
+    video_dir: str = "videos"  # relative to root unless absolute
+    features: Optional[str] = None  # HDF5 file or directory of <vid>.npy (kind=features)
+    split_file: Optional[str] = None  # optional list of video ids to use
+    num_clips: int = 8  # T: clips per training sample
+    frames_per_clip: int = 4  # F: frames sampled per clip
+    frame_size: int = 32  # H = W after resize/crop
+    clip_seconds: float = 1.0  # temporal extent of one clip
+    max_words: int = 24  # L: token budget per sentence (incl. special tokens)
+    jitter_seconds: float = 1.0  # misalignment jitter of narration windows (training)
+    num_workers: int = 2
+    cache: bool = True  # pre-decode videos to a memory-mapped uint8 cache (fast CPU training)
+    tokenizer: Optional[str] = None  # tokenizer.json / HF tokenizer dir; None = train WordPiece on captions
+    vocab_size: int = 2000  # when training a tokenizer
+
+
+@dataclass
+class VideoEncoderConfig:
+    name: str = "tiny3d"  # tiny3d | c3d | features
+    width: int = 32  # tiny3d base channels
+    in_dim: int = 512  # features: input width (e.g. 512 S3D, 4096 C3D, 2048 ResNet)
+    hidden: int = 512  # features: MLP width
+    temporal_layers: int = 0  # transformer layers across clips (features and tiny3d)
+    temporal_heads: int = 4
+    pretrained: Optional[str] = None  # local state dict (c3d)
+    freeze: bool = False
+    dropout: float = 0.1
+
+
+@dataclass
+class TextEncoderConfig:
+    name: str = "transformer"  # transformer | hf
+    path: Optional[str] = None  # hf: local directory of a BERT-family model (e.g. DistilBERT)
+    vocab_size: int = 2000  # transformer: filled from the tokenizer by the trainer
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    max_len: int = 64
+    pooling: str = "cls"  # cls | mean
+    freeze: bool = False
+    dropout: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 256  # joint embedding space (the authors' 256-d)
+    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    proj_dropout: float = 0.1
+
+
+@dataclass
+class LossWeights:
+    coarse: float = 1.0
+    fine: float = 1.0
+    temporal: float = 1.0
+
+
+@dataclass
+class ObjectiveConfig:
+    coarse: bool = True
+    fine: bool = True
+    temporal: bool = True
+    topk: int = 1
+    intra_negatives: bool = False
+    soft: bool = False
+    window: int = 2
+    sigma: float = math.inf
+    head: str = "mlp"  # linear | mlp (context projection head)
+    tau_fine: float = 0.07
+    logit_scale_init: float = 1.0 / 0.07
+    logit_scale_max: float = 100.0
+    weights: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # global batch (split across ranks under DDP)
+    max_steps: int = 300
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    accum_steps: int = 1
+    bf16: bool = False
+    save_every: int = 100
+    keep_last: int = 2
+    log_every: int = 10
+    val_every: int = 0  # 0 = no periodic validation
+    tensorboard: bool = False
+    strict: bool = False  # fail on the first bad sample instead of skipping it
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def default_config() -> DictConfig:
+    """The structured default config (typed: unknown keys and wrong types are rejected)."""
+    return OmegaConf.structured(Config)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Defaults <- YAML file <- dotted overrides (``train.max_steps=200``).
+
+    Raises ConfigError naming the file or the override that is wrong.
+    """
+    cfg = default_config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            import yaml  # PyYAML ships with OmegaConf
+
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh) or {}
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(raw))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not of the form key=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override {ov!r}: {exc}") from None
+    return cfg
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write atomically (temporary file, then os.replace)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def as_model_config(cfg: Any) -> DictConfig:
+    """Accept a full Config or a ModelConfig; return the ModelConfig part."""
+    if isinstance(cfg, (dict, DictConfig)) and "model" in cfg and "dim" not in cfg:
+        return cfg["model"]
+    if hasattr(cfg, "model") and not hasattr(cfg, "dim"):
+        return cfg.model
+    return cfg
