@@ -40,6 +40,12 @@ class DataConfig:
     cache: bool = True  # pre-decode videos to a memory-mapped uint8 cache (fast CPU training)
     tokenizer: Optional[str] = None  # tokenizer.json / HF tokenizer dir; None = train WordPiece on captions
     vocab_size: int = 2000  # when training a tokenizer
+    # Where the pre-decoded frame cache lives (data.cache=true). None = <run dir>/cache. Point two runs on the
+    # same videos at one directory to decode once (the cache is keyed by frame size and the video list).
+    cache_dir: Optional[str] = None
+    # kind=features: seconds between consecutive feature rows when the file does not say (HDF5 attribute
+    # `stride_seconds` wins); None = data.clip_seconds.
+    feature_stride: Optional[float] = None
 
 
 @dataclass
@@ -50,9 +56,11 @@ class VideoEncoderConfig:
     hidden: int = 512  # features: MLP width
     temporal_layers: int = 0  # transformer layers across clips (features and tiny3d)
     temporal_heads: int = 4
-    pretrained: Optional[str] = None  # local state dict (c3d)
+    pretrained: Optional[str] = None  # local state dict (c3d): .safetensors or a weights-only torch file
     freeze: bool = False
     dropout: float = 0.1
+    max_clips: int = 512  # learned temporal position table size (interpolated beyond; only with temporal_layers)
+    norm: str = "group"  # tiny3d normalization: group (per-sample, padding-safe) | batch
 
 
 @dataclass
@@ -67,6 +75,7 @@ class TextEncoderConfig:
     pooling: str = "cls"  # cls | mean
     freeze: bool = False
     dropout: float = 0.1
+    allow_hub: bool = False  # hf: explicit opt-in to treat `path` as a hub name (downloads); off = local dirs only
 
 
 @dataclass
@@ -117,6 +126,10 @@ class TrainConfig:
     val_every: int = 0  # 0 = no periodic validation
     tensorboard: bool = False
     strict: bool = False  # fail on the first bad sample instead of skipping it
+    min_lr_ratio: float = 0.0  # cosine schedule floor, as a fraction of lr
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    val_data: Optional[str] = None  # downstream data dir for periodic validation; None = data.root
+    val_tasks: list = field(default_factory=lambda: ["retrieval", "grounding"])
 
 
 @dataclass

@@ -1,0 +1,336 @@
+"""Directory checkpoints: safe to load (no pickle), atomic to write, self-describing.
+
+Layout of a checkpoint directory::
+
+    model.safetensors    model weights under "model.", objective weights (context head, logit scale) under "objective."
+    config.yaml          the config the model was built from
+    tokenizer.json       the tokenizer (when one was given)
+    hf_text/config.json  architecture of an HF text encoder (weights are in model.safetensors), so a checkpoint
+                         never depends on the original model directory still existing
+    trainer_state.pt     optional: optimizer/scheduler/step/RNG, plain tensors, numbers, strings, lists, dicts
+    meta.json            written last: format, version, step, sha256 of model.safetensors, file list
+
+Why a directory written to a temporary sibling then ``os.replace``d: a crash mid-save leaves a hidden
+``.NAME.tmp-*`` directory that ``resolve_checkpoint`` ignores, never a half-written checkpoint under the real name.
+Loading uses safetensors and ``torch.load(weights_only=True)`` only: a checkpoint from the internet cannot run code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .config import Config, ModelConfig, to_yaml
+
+FORMAT = "locvtp-checkpoint"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_FILE = "tokenizer.json"
+TRAINER_FILE = "trainer_state.pt"
+META_FILE = "meta.json"
+HF_TEXT_DIR = "hf_text"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(OSError):
+    """A checkpoint is missing, incomplete, corrupt or inconsistent; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    tokenizer: Any
+    cfg: DictConfig
+    path: Path
+    sha256: str
+    objective_state: Optional[dict[str, torch.Tensor]] = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def step(self) -> Optional[int]:
+        return self.meta.get("step")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_PLAIN_SCALARS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _check_plain(obj: Any, where: str = "trainer_state") -> None:
+    """Raise if ``obj`` holds anything ``torch.load(weights_only=True)`` would refuse (checked at save time, so a
+    run never discovers at resume that its state cannot be read)."""
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN_SCALARS):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool, type(None))):
+                raise CheckpointError(f"{where}: key {k!r} of type {type(k).__name__} is not allowed")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise CheckpointError(
+        f"{where}: {type(obj).__module__}.{type(obj).__qualname__} cannot be saved in {TRAINER_FILE} "
+        f"(only tensors, numbers, strings, lists, tuples and dicts load with weights_only=True; "
+        f"convert numpy arrays with torch.from_numpy)"
+    )
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """DDP (``.module``) and torch.compile (``._orig_mod``) wrappers would prefix every key: save the inner module."""
+    while True:
+        if isinstance(module, nn.parallel.DistributedDataParallel) or type(module).__name__ == "DataParallel":
+            module = module.module
+        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def _state_for_safetensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    # clone: safetensors refuses tensors that share storage (tied weights, views); contiguous CPU copies are safe.
+    return {prefix + k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: Any, tokenizer: Any = None,
+                    trainer_state: Optional[dict] = None, objective: Optional[nn.Module] = None,
+                    step: Optional[int] = None) -> Path:
+    """Write a complete checkpoint directory at ``path`` atomically (replacing an existing one).
+
+    ``step`` defaults to ``trainer_state["step"]`` when present. Returns the final path.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _unwrap(model)
+    objective = _unwrap(objective) if objective is not None else None
+    if trainer_state is not None:
+        _check_plain(trainer_state)
+        if step is None and isinstance(trainer_state.get("step"), int):
+            step = int(trainer_state["step"])
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        tensors = _state_for_safetensors("model.", model)
+        if objective is not None:
+            tensors.update(_state_for_safetensors("objective.", objective))
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
+        (tmp / CONFIG_FILE).write_text(to_yaml(cfg), encoding="utf-8")
+        files = [MODEL_FILE, CONFIG_FILE]
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+            if not (tmp / TOKENIZER_FILE).is_file():
+                raise CheckpointError(f"{tmp}: tokenizer.save() did not write {TOKENIZER_FILE}")
+            files.append(TOKENIZER_FILE)
+        text_encoder = getattr(model, "text_encoder", None)
+        if text_encoder is not None and hasattr(text_encoder, "hf_config"):
+            text_encoder.hf_config().save_pretrained(str(tmp / HF_TEXT_DIR))
+            files.append(f"{HF_TEXT_DIR}/config.json")
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_FILE)
+            files.append(TRAINER_FILE)
+        from . import __version__ as pkg_version
+
+        meta = {
+            "format": FORMAT, "version": FORMAT_VERSION, "locvtp_version": pkg_version, "step": step,
+            "sha256": _sha256(tmp / MODEL_FILE), "files": files, "has_objective": objective is not None,
+        }
+        _write_json(tmp / META_FILE, meta)  # last: its presence marks the checkpoint complete
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """A directory with meta.json and model.safetensors (meta.json is written last)."""
+    p = Path(path)
+    return p.is_dir() and (p / META_FILE).is_file() and (p / MODEL_FILE).is_file()
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a run directory: its ``final/`` if complete, else the newest complete
+    ``checkpoints/step_*``. Temporary (hidden) and incomplete directories are ignored."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint path does not exist: {p}")
+    if is_complete(p):
+        return p
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a checkpoint directory")
+    if is_complete(p / "final"):
+        return p / "final"
+    steps = []
+    ckdir = p / "checkpoints"
+    if ckdir.is_dir():
+        for d in ckdir.iterdir():
+            m = _STEP_RE.match(d.name)
+            if m and is_complete(d):
+                steps.append((int(m.group(1)), d))
+    if steps:
+        return max(steps)[1]
+    raise CheckpointError(
+        f"{p}: no complete checkpoint found (looked for {META_FILE}+{MODEL_FILE} in {p}, {p / 'final'}, "
+        f"{ckdir}/step_*)"
+    )
+
+
+def _load_cfg(path: Path) -> DictConfig:
+    import yaml
+
+    f = path / CONFIG_FILE
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing")
+    try:
+        raw = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{f}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{f}: top level must be a mapping")
+    schema = Config if "model" in raw else ModelConfig
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(raw))
+    except Exception as exc:  # noqa: BLE001 - OmegaConf errors name the key
+        raise CheckpointError(f"{f}: {exc}") from None
+
+
+def _read_meta(path: Path) -> dict:
+    f = path / META_FILE
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{f}: unreadable: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{f}: not a locvtp checkpoint (format={meta.get('format')!r})")
+    if int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{f}: checkpoint format version {meta['version']} is newer than this locvtp "
+                              f"({FORMAT_VERSION}); upgrade locvtp")
+    return meta
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """meta.json of a checkpoint (or of the checkpoint a run dir resolves to)."""
+    return _read_meta(resolve_checkpoint(path))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    verify: bool = True) -> Checkpoint:
+    """Load model (eval mode), tokenizer, config and objective state. ``verify`` checks the sha256 in meta.json."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import LocVTP
+
+    ck = resolve_checkpoint(path)
+    meta = _read_meta(ck)
+    mfile = ck / MODEL_FILE
+    sha = _sha256(mfile)
+    if verify and meta.get("sha256") and meta["sha256"] != sha:
+        raise CheckpointError(f"{mfile}: sha256 {sha[:12]}… does not match meta.json ({meta['sha256'][:12]}…): "
+                              "the file is corrupt or was replaced")
+    try:
+        tensors = load_file(str(mfile), device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{mfile}: corrupt or not a safetensors file: {exc}") from None
+    cfg = _load_cfg(ck)
+    build_cfg = cfg.copy()
+    mcfg = build_cfg.model if "model" in build_cfg else build_cfg
+    if mcfg.text.name == "hf":
+        hf_dir = ck / HF_TEXT_DIR
+        if not (hf_dir / "config.json").is_file():
+            raise CheckpointError(f"{hf_dir / 'config.json'}: missing (needed to rebuild the HF text encoder)")
+        mcfg.text.path = str(hf_dir)
+    try:
+        model = LocVTP.from_config(build_cfg, load_pretrained=False)
+    except Exception as exc:  # noqa: BLE001 - name the checkpoint
+        raise CheckpointError(f"{ck / CONFIG_FILE}: cannot build the model: {exc}") from exc
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    objective_state = {k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(model_state))
+    unexpected = sorted(set(model_state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{mfile}: weights do not match {CONFIG_FILE}: missing {missing[:8]}"
+                              f"{'…' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                              f"{'…' if len(unexpected) > 8 else ''}")
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{mfile}: {exc}") from None
+    model.to(map_location).eval()
+    tokenizer = None
+    if (ck / TOKENIZER_FILE).is_file():
+        from .data.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(ck / TOKENIZER_FILE)
+    return Checkpoint(model=model, tokenizer=tokenizer, cfg=cfg, path=ck, sha256=sha,
+                      objective_state=objective_state or None, meta=meta)
+
+
+def load_trainer_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Optional[dict]:
+    """The trainer state of a checkpoint (``None`` if it has none), loaded with ``weights_only=True``."""
+    ck = resolve_checkpoint(path)
+    f = ck / TRAINER_FILE
+    if not f.is_file():
+        return None
+    try:
+        return torch.load(f, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends; re-raised with the file name
+        raise CheckpointError(f"{f}: cannot load with weights_only=True (corrupt, or contains objects other than "
+                              f"tensors/numbers/strings/containers): {exc}") from None
+
+
+__all__ = [
+    "Checkpoint", "CheckpointError", "is_complete", "load_checkpoint", "load_trainer_state", "read_meta",
+    "resolve_checkpoint", "save_checkpoint",
+]

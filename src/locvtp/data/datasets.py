@@ -1,0 +1,697 @@
+"""Pre-training datasets: caption records -> windows of T clips -> padded, tokenized batches.
+
+Three sources share one sample rule (see docs/training.md, "How a training sample is cut"):
+
+* videos + HowTo100M narrations (`caption.json`): one sample per narration, a window of ``T`` clips of
+  ``clip_seconds`` centred on the narration's centre (jittered by ``±jitter_seconds`` in training, because
+  real narrations are misaligned), shifted to lie inside the video. The window is wider than most narrations on
+  purpose: it carries the temporal context the fine-grained and temporal objectives need;
+* videos + WebVid CSV captions: one sample per row, the window is the whole video;
+* pre-extracted per-clip features (HDF5, one dataset per video id, or a directory of ``<vid>.npy``) with either
+  caption format: the same windows, each clip the mean of the feature rows whose centres fall inside it.
+
+A window of length ``W`` holds ``n = min(T, max(1, floor(W / clip_seconds)))`` equal clips; the remaining
+``T - n`` slots are padding, masked by ``clip_mask`` (only videos shorter than the window have them).
+
+Why a per-sample random generator keyed by ``(seed, epoch, index)``: the sample a step sees then depends on
+nothing but its position in the data order, so results are identical with 0, 1 or 8 loader workers, across
+ranks, and after a resume.
+
+Bad samples (unreadable video, malformed caption row, missing features) are skipped and reported, never
+silently dropped: readers report malformed rows, an up-front scan reports unreadable videos, and a sample that
+still fails at decode time is replaced by the next good one (so every batch keeps its size, which DDP's
+gathers need) and reported. ``strict=True`` raises on the first one instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+
+class BadSampleError(RuntimeError):
+    """A sample could not be read (strict mode); the message names the file and the sample."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Records and bad-sample accounting
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaptionItem:
+    """One pre-training pair before decoding: a caption and the time span it refers to."""
+
+    vid: str
+    text: str
+    start: float  # seconds; HowTo100M: narration span, WebVid: 0
+    end: float  # seconds; WebVid: +inf (= whole video)
+    source: str  # "file:line" or "file:key" (for bad-sample reports)
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """One skipped sample or row, as written to ``bad_samples.jsonl``."""
+
+    kind: str  # "row" (malformed caption row) | "video" (unreadable video) | "features" | "sample" (decode-time)
+    source: str  # file (and line / key)
+    reason: str
+    vid: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}|{self.source}|{self.vid}"
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class BadSampleLog:
+    """Collects bad samples (deduplicated), appends them to a JSONL file, counts them.
+
+    ``count`` is the number of distinct *training samples* lost (a corrupt video loses all of its narrations;
+    each is one line), so the summary "skipped k of N samples" adds up.
+    """
+
+    def __init__(self, path: Optional[Path] = None):
+        self.path = Path(path) if path is not None else None
+        self._seen: set[str] = set()
+        self.records: list[BadSample] = []
+        if self.path is not None and self.path.is_file():  # resumed run: keep what was reported before
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    d = json.loads(line)
+                    rec = BadSample(d["kind"], d["source"], d["reason"], d.get("vid"))
+                except (ValueError, KeyError):
+                    continue
+                if rec.key not in self._seen:
+                    self._seen.add(rec.key)
+                    self.records.append(rec)
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    def add(self, recs: Sequence[BadSample]) -> list[BadSample]:
+        new = [r for r in recs if r.key not in self._seen]
+        for r in new:
+            self._seen.add(r.key)
+            self.records.append(r)
+        if new and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                for r in new:
+                    fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+        return new
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The window rule (pure functions, tested on their own)
+# ----------------------------------------------------------------------------------------------------------
+def split_window(a: float, b: float, num_clips: int, clip_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """[a, b] -> (windows float64 [T, 2], clip_mask bool [T]): n equal clips, then T - n padding slots."""
+    length = max(float(b) - float(a), 1e-6)
+    n = int(min(num_clips, max(1, math.floor(length / clip_seconds + 1e-6))))
+    edges = a + (length / n) * np.arange(n + 1)
+    windows = np.zeros((num_clips, 2), dtype=np.float64)
+    windows[:n, 0], windows[:n, 1] = edges[:-1], edges[1:]
+    windows[n:] = windows[n - 1]  # padding repeats the last clip (masked; keeps decoders in range)
+    mask = np.zeros(num_clips, dtype=bool)
+    mask[:n] = True
+    return windows, mask
+
+
+def narration_window(start: float, end: float, duration: float, num_clips: int, clip_seconds: float,
+                     jitter_seconds: float = 0.0, rng: Optional[np.random.Generator] = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """T clips of ``clip_seconds`` centred on the narration's (jittered) centre, shifted inside [0, duration].
+
+    Videos shorter than the window give ``[0, duration]`` split into ``floor(duration / clip_seconds)`` clips.
+    """
+    length = num_clips * clip_seconds
+    centre = 0.5 * (float(start) + float(end))
+    if jitter_seconds > 0 and rng is not None:
+        centre += rng.uniform(-jitter_seconds, jitter_seconds)
+    if duration <= length:
+        return split_window(0.0, duration, num_clips, clip_seconds)
+    a = min(max(centre - 0.5 * length, 0.0), duration - length)
+    return split_window(a, a + length, num_clips, clip_seconds)
+
+
+def whole_video_window(duration: float, num_clips: int, clip_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """WebVid: the whole video split into T clips (fewer, masked, if it is shorter than T clip_seconds)."""
+    return split_window(0.0, duration, num_clips, clip_seconds)
+
+
+def pool_features(feats: np.ndarray, windows: np.ndarray, stride: float, clip_seconds: float) -> np.ndarray:
+    """Per-clip features of each window: mean of the rows whose centre lies in it (nearest row if none).
+
+    ``feats`` [N, D] has row k covering [k*stride, k*stride + clip_seconds]. Returns float32 [T, D].
+    """
+    n = feats.shape[0]
+    centres = np.arange(n) * stride + 0.5 * clip_seconds  # [N]
+    inside = (centres[None, :] >= windows[:, :1]) & (centres[None, :] < windows[:, 1:])  # [T, N]
+    empty = ~inside.any(axis=1)
+    if empty.any():
+        mid = 0.5 * (windows[empty, 0] + windows[empty, 1])
+        nearest = np.clip(np.rint((mid - 0.5 * clip_seconds) / stride).astype(np.int64), 0, n - 1)
+        inside[np.nonzero(empty)[0], nearest] = True
+    weights = inside / inside.sum(axis=1, keepdims=True)
+    return (weights @ np.asarray(feats, dtype=np.float64)).astype(np.float32)
+
+
+def _resolve(root: str | Path, p: str | Path | None) -> Optional[Path]:
+    if p is None:
+        return None
+    p = Path(os.path.expanduser(str(p)))
+    return p if p.is_absolute() else Path(root) / p
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Clip sources: video files, the pre-decoded frame cache, feature files
+# ----------------------------------------------------------------------------------------------------------
+class VideoFileSource:
+    """Decodes the MP4 for every sample (no cache): ``locvtp.data.video.decode_windows`` on the sample's windows.
+
+    ``infos`` (probed once up front) gives the durations the window rule needs.
+    """
+
+    kind = "pixels"
+
+    def __init__(self, paths: dict[str, Path], infos: dict[str, Any], frames_per_clip: int, size: int):
+        self.paths, self.infos = paths, infos
+        self.durations = {v: float(i.duration) for v, i in infos.items()}
+        self.frames_per_clip, self.size = frames_per_clip, size
+
+    def clips(self, vid: str, windows: np.ndarray, jitter: bool, rng: np.random.Generator) -> np.ndarray:
+        from locvtp.data.video import decode_windows
+
+        return decode_windows(self.paths[vid], windows, self.frames_per_clip, self.size, jitter, rng)
+
+
+class FrameCache:
+    """All frames of every video, decoded once at ``size`` into one memory-mapped uint8 file.
+
+    Layout of the cache directory: ``frames.u8`` ([total_frames, size, size, 3] raw), ``times.npy``
+    (float64 [total_frames]), ``index.json`` ({vid: [first_frame, num_frames, duration]}, plus the
+    key that says which videos and frame size it was built for). Clips come from the same
+    ``sample_clips`` that file decoding uses, so a cached run sees the clips a file-decoding run sees.
+    Built in a temporary sibling directory and ``os.replace``d into place (a killed build leaves nothing).
+    """
+
+    kind = "pixels"
+
+    def __init__(self, directory: Path, frames_per_clip: int, size: int):
+        self.directory = Path(directory)
+        meta = json.loads((self.directory / "index.json").read_text(encoding="utf-8"))
+        self.index: dict[str, list] = meta["videos"]
+        self.durations = {v: float(x[2]) for v, x in self.index.items()}
+        self.total = int(meta["total_frames"])
+        self.frames_per_clip, self.size = frames_per_clip, size
+        self._frames: Optional[np.ndarray] = None  # opened lazily: one mapping per (worker) process
+        self._times: Optional[np.ndarray] = None
+
+    def _open(self) -> None:
+        shape = (self.total, self.size, self.size, 3)
+        self._frames = np.memmap(self.directory / "frames.u8", dtype=np.uint8, mode="r", shape=shape)
+        self._times = np.load(self.directory / "times.npy", mmap_mode="r")
+
+    def __getstate__(self) -> dict:  # never pickle the mapping into workers
+        d = dict(self.__dict__)
+        d["_frames"] = d["_times"] = None
+        return d
+
+    def frames(self, vid: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._frames is None:
+            self._open()
+        first, n, _ = self.index[vid]
+        return self._frames[first:first + n], np.asarray(self._times[first:first + n])
+
+    def clips(self, vid: str, windows: np.ndarray, jitter: bool, rng: np.random.Generator) -> np.ndarray:
+        from locvtp.data.video import sample_clips
+
+        frames, times = self.frames(vid)
+        return sample_clips(frames, times, windows, self.frames_per_clip, self.size, jitter, rng,
+                            duration=self.durations[vid], source=vid)
+
+    @staticmethod
+    def key(paths: dict[str, Path], size: int) -> str:
+        h = hashlib.sha256(f"size={size}".encode())
+        for vid in sorted(paths):
+            st = paths[vid].stat() if paths[vid].exists() else None
+            h.update(f"|{vid}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}".encode())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def build(cls, cache_root: Path, paths: dict[str, Path], frames_per_clip: int, size: int,
+              strict: bool = False, progress: bool = True) -> tuple["FrameCache", list[BadSample]]:
+        """Decode every video once (or reuse a matching cache). Unreadable videos are returned as bad."""
+        from tqdm import tqdm
+
+        from locvtp.data.video import decode_frames
+
+        key = cls.key(paths, size)
+        final = Path(cache_root) / f"frames_{size}px_{key}"
+        if (final / "index.json").is_file():
+            meta = json.loads((final / "index.json").read_text(encoding="utf-8"))
+            bad = [BadSample(**b) for b in meta.get("bad", [])]
+            return cls(final, frames_per_clip, size), bad
+        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        index: dict[str, list] = {}
+        times_all: list[np.ndarray] = []
+        bad: list[BadSample] = []
+        total = 0
+        with open(tmp / "frames.u8", "wb") as fh:
+            for vid in tqdm(sorted(paths), desc="decoding videos into the frame cache", disable=not progress,
+                            unit="video"):
+                try:
+                    frames, times = decode_frames(paths[vid], size=size)
+                    if frames.shape[0] == 0:
+                        raise OSError(f"{paths[vid]}: no decodable frames")
+                    duration = _duration_of(paths[vid], times)
+                except Exception as exc:  # noqa: BLE001  (any decoder failure = one bad video)
+                    if strict:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        raise BadSampleError(f"{paths[vid]}: unreadable video: {exc}") from exc
+                    bad.append(BadSample("video", str(paths[vid]), _reason(exc), vid))
+                    continue
+                frames = np.ascontiguousarray(frames, dtype=np.uint8)
+                fh.write(frames.tobytes())
+                index[vid] = [total, int(frames.shape[0]), float(duration)]
+                times_all.append(np.asarray(times, dtype=np.float64))
+                total += int(frames.shape[0])
+        np.save(tmp / "times.npy", np.concatenate(times_all) if times_all else np.zeros(0))
+        meta = {"size": size, "key": key, "total_frames": total, "videos": index,
+                "bad": [asdict(b) for b in bad]}
+        (tmp / "index.json").write_text(json.dumps(meta), encoding="utf-8")
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another rank/process finished the same cache first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls(final, frames_per_clip, size), bad
+
+
+def _duration_of(path: Path, times: np.ndarray) -> float:
+    from locvtp.data.video import probe_video
+
+    try:
+        return float(probe_video(path).duration)
+    except Exception:  # noqa: BLE001  (fall back to the decoded timestamps)
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+        return float(times[-1]) + step
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}"[:300]
+
+
+class FeatureSource:
+    """Pre-extracted per-clip features: an HDF5 file (one dataset per video id) or a directory of ``<vid>.npy``."""
+
+    kind = "features"
+
+    def __init__(self, path: Path, clip_seconds: float, stride: Optional[float] = None):
+        self.path = Path(path)
+        self.is_h5 = self.path.is_file()
+        if not self.is_h5 and not self.path.is_dir():
+            raise FileNotFoundError(f"data.features: {self.path} is neither an HDF5 file nor a directory")
+        self._h5 = None
+        self.clip_seconds = clip_seconds
+        self.stride = stride
+        self.lengths: dict[str, int] = {}
+        self.dim = 0
+        if self.is_h5:
+            import h5py
+
+            with h5py.File(self.path, "r") as f:
+                attrs = dict(f.attrs)
+                for vid, ds in f.items():
+                    if isinstance(ds, h5py.Dataset) and ds.ndim == 2:
+                        self.lengths[vid] = int(ds.shape[0])
+                        self.dim = int(ds.shape[1])
+                        attrs = attrs or dict(ds.attrs)
+            self.clip_seconds = float(attrs.get("clip_seconds", clip_seconds))
+            self.stride = float(attrs.get("stride_seconds", stride or self.clip_seconds))
+        else:
+            for p in sorted(self.path.glob("*.npy")):
+                arr = np.load(p, mmap_mode="r")
+                if arr.ndim == 2:
+                    self.lengths[p.stem] = int(arr.shape[0])
+                    self.dim = int(arr.shape[1])
+            self.stride = float(stride or clip_seconds)
+        self.durations = {v: n * self.stride + max(self.clip_seconds - self.stride, 0.0)
+                          for v, n in self.lengths.items()}
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_h5"] = None
+        return d
+
+    def rows(self, vid: str, lo: int, hi: int) -> np.ndarray:
+        if self.is_h5:
+            if self._h5 is None:
+                import h5py
+
+                self._h5 = h5py.File(self.path, "r")
+            return np.asarray(self._h5[vid][lo:hi])
+        return np.asarray(np.load(self.path / f"{vid}.npy", mmap_mode="r")[lo:hi])
+
+    def clips(self, vid: str, windows: np.ndarray, jitter: bool, rng: np.random.Generator) -> np.ndarray:
+        n = self.lengths[vid]
+        lo = max(int(math.floor(windows[0, 0] / self.stride)) - 1, 0)
+        hi = min(int(math.ceil(windows[-1, 1] / self.stride)) + 1, n)
+        feats = self.rows(vid, lo, hi)
+        shifted = windows - lo * self.stride
+        return pool_features(feats, shifted, self.stride, self.clip_seconds)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The dataset
+# ----------------------------------------------------------------------------------------------------------
+class PretrainDataset(Dataset):
+    """Map-style dataset indexed by ``(epoch, index)`` (see ``ResumableBatchSampler``) or by ``index``.
+
+    Returns a dict: ``clips`` (uint8 [T,F,S,S,3] or float32 [T,Din]), ``clip_mask`` bool [T], ``text``,
+    ``index``, ``vid``, ``bad`` (samples that failed and were replaced on the way to this one).
+    """
+
+    def __init__(self, items: list[CaptionItem], source: Any, num_clips: int, clip_seconds: float,
+                 jitter_seconds: float = 0.0, train: bool = True, seed: int = 0, strict: bool = False,
+                 max_retries: int = 16, offset_window: int = 0):
+        self.items, self.source = items, source
+        self.offset_window = offset_window  # > 0: draw the temporal objective's offsets here, per sample
+        self.num_clips, self.clip_seconds = num_clips, clip_seconds
+        self.jitter_seconds, self.train = jitter_seconds, train
+        self.seed, self.strict, self.max_retries = seed, strict, max_retries
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def windows(self, item: CaptionItem, rng: Optional[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+        duration = self.source.durations[item.vid]
+        if math.isinf(item.end):
+            return whole_video_window(duration, self.num_clips, self.clip_seconds)
+        jitter = self.jitter_seconds if self.train else 0.0
+        return narration_window(item.start, item.end, duration, self.num_clips, self.clip_seconds, jitter, rng)
+
+    def load(self, index: int, epoch: int = 0) -> dict:
+        """One sample, no replacement (raises on failure)."""
+        item = self.items[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        windows, mask = self.windows(item, rng)
+        n = int(mask.sum())
+        clips = self.source.clips(item.vid, windows[:n], self.train, rng)
+        if clips.shape[0] != n:
+            raise OSError(f"{item.vid}: decoder returned {clips.shape[0]} clips, expected {n}")
+        if n < self.num_clips:  # zero padding up to T (masked)
+            pad = np.zeros((self.num_clips - n, *clips.shape[1:]), dtype=clips.dtype)
+            clips = np.concatenate([clips, pad], axis=0)
+        sample = {"clips": clips, "clip_mask": mask, "text": item.text, "index": index, "vid": item.vid,
+                  "windows": windows.astype(np.float32)}
+        if self.offset_window > 0:
+            # The temporal objective's δ per clip, from this sample's own generator: a sample gets the same
+            # offsets whichever rank, batch or worker it lands in (DDP == single process, exact resume).
+            from locvtp.objectives import draw_offsets
+
+            g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+            sample["offsets"] = draw_offsets(torch.from_numpy(mask)[None], self.offset_window, g)[0].numpy()
+        return sample
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        bad: list[BadSample] = []
+        for attempt in range(self.max_retries):
+            i = (index + attempt) % len(self.items)
+            try:
+                sample = self.load(i, epoch)
+            except Exception as exc:  # noqa: BLE001  (decode/read failure = one bad sample)
+                item = self.items[i]
+                if self.strict:
+                    raise BadSampleError(f"{item.source}: sample {i} (video {item.vid}) failed: {exc}") from exc
+                bad.append(BadSample("sample", item.source, _reason(exc), item.vid))
+                continue
+            sample["bad"] = bad
+            return sample
+        raise BadSampleError(f"{self.max_retries} consecutive samples from index {index} failed; last: "
+                             f"{bad[-1].source}: {bad[-1].reason}")
+
+
+class Collator:
+    """Stacks samples and tokenizes their texts (runs in the loader workers, so tokenization is parallel)."""
+
+    def __init__(self, tokenizer: Any, max_words: int):
+        self.tokenizer, self.max_words = tokenizer, max_words
+
+    def __call__(self, samples: list[dict]) -> dict:
+        clips = np.stack([s["clips"] for s in samples])
+        batch = {
+            "clips": torch.from_numpy(clips),
+            "clip_mask": torch.from_numpy(np.stack([s["clip_mask"] for s in samples])),
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+            "vids": [s["vid"] for s in samples],
+            "texts": [s["text"] for s in samples],
+            "bad": [b for s in samples for b in s.get("bad", [])],
+        }
+        if "offsets" in samples[0]:
+            batch["offsets"] = torch.from_numpy(np.stack([s["offsets"] for s in samples])).long()
+        tok = self.tokenizer([s["text"] for s in samples], max_length=self.max_words)
+        batch["input_ids"] = tok["input_ids"].long()
+        batch["attention_mask"] = tok["attention_mask"].bool()
+        batch["word_mask"] = tok["word_mask"].bool()
+        return batch
+
+
+class ResumableBatchSampler(Sampler):
+    """An endless stream of this rank's micro-batches of ``(epoch, index)``, starting at any global position.
+
+    Each epoch is ``torch.utils.data.DistributedSampler``'s order (a permutation seeded by ``seed + epoch``,
+    rank r taking every world-th element), cut into local batches of ``batch_size // world`` with the tail
+    dropped; local batch j of every rank together form global batch j = the j-th ``batch_size`` slice of the
+    permutation, whatever the number of ranks. ``start`` = the number of global micro-batches already consumed,
+    which is the whole data-order state a checkpoint needs.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 start: int = 0, shuffle: bool = True):
+        if batch_size % world_size:
+            raise ValueError(f"train.batch_size={batch_size} is not divisible by the {world_size} ranks")
+        self.local = batch_size // world_size
+        self.per_epoch = num_samples // batch_size
+        if self.per_epoch < 1:
+            raise ValueError(f"the dataset has {num_samples} samples, fewer than one batch "
+                             f"(train.batch_size={batch_size}); lower train.batch_size")
+        self.n, self.rank, self.world, self.seed = num_samples, rank, world_size, seed
+        self.start, self.shuffle = start, shuffle
+
+    def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        ds = DistributedSampler(range(self.n), num_replicas=self.world, rank=self.rank, shuffle=self.shuffle,
+                                seed=self.seed, drop_last=True)
+        ds.set_epoch(epoch)
+        idx = list(iter(ds))
+        return [[(epoch, i) for i in idx[j * self.local:(j + 1) * self.local]] for j in range(self.per_epoch)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, j = divmod(self.start, self.per_epoch)
+        while True:
+            batches = self.epoch_batches(epoch)
+            yield from batches[j:]
+            epoch, j = epoch + 1, 0
+
+    def __len__(self) -> int:  # one epoch (the stream itself is endless)
+        return self.per_epoch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building a dataset from the config
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class PretrainData:
+    dataset: PretrainDataset
+    bad: list[BadSample] = field(default_factory=list)  # found while building (rows, videos, features)
+    total: int = 0  # samples in the caption files, including the bad ones
+
+    def summary(self, skipped: int, log_path: Optional[Path] = None) -> str:
+        where = f": see {log_path}" if log_path is not None else ""
+        return f"skipped {skipped} of {self.total} samples{where}"
+
+
+def find_video(video_dir: Path, vid: str) -> Path:
+    """``<video_dir>/<vid>.mp4`` (or another container extension if only that exists)."""
+    p = video_dir / f"{vid}.mp4"
+    if p.exists():
+        return p
+    for ext in (".webm", ".mkv", ".avi", ".mov", ".m4v"):
+        q = video_dir / f"{vid}{ext}"
+        if q.exists():
+            return q
+    return p  # does not exist: probing reports "file not found" with this path
+
+
+def _probe_all(paths: dict[str, Path], progress: bool) -> dict[str, dict]:
+    from dataclasses import asdict as _asdict
+
+    from tqdm import tqdm
+
+    from locvtp.data.video import probe_video
+
+    out: dict[str, dict] = {}
+    for vid in tqdm(sorted(paths), desc="probing videos", disable=not progress, unit="video"):
+        try:
+            info = probe_video(paths[vid])
+            if not (info.duration > 0):
+                raise OSError(f"{paths[vid]}: zero duration")
+            out[vid] = _asdict(info)
+        except Exception as exc:  # noqa: BLE001
+            out[vid] = {"error": _reason(exc), "path": str(paths[vid])}
+    return out
+
+
+def build_pretrain_data(cfg: Any, items: list[CaptionItem], bad_rows: list[BadSample], tokenizer: Any,
+                        run_dir: Path, strict: bool = False, progress: bool = True, is_main: bool = True,
+                        barrier: Any = None) -> PretrainData:
+    """Sources, up-front checks and the dataset, from ``cfg.data`` and the caption records.
+
+    Under DDP every rank calls this; rank 0 (``is_main``) does the one-off work (probing, the frame cache) and
+    the others wait at ``barrier`` and read its results, so videos are never decoded twice.
+    """
+    from locvtp.data.video import VideoInfo
+
+    barrier = barrier or (lambda: None)
+    d = cfg.data
+    root = Path(os.path.expanduser(str(d.root)))
+    run_dir = Path(run_dir)
+    vids = sorted({it.vid for it in items})
+    bad_videos: dict[str, tuple[str, str]] = {}  # vid -> (source, reason)
+    if d.kind == "features":
+        if d.features is None:
+            raise ValueError("data.kind=features needs data.features (an HDF5 file or a directory of <vid>.npy)")
+        source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride)
+        for v in vids:
+            if v not in source.lengths:
+                bad_videos[v] = (str(source.path), f"no features for video {v!r} in {source.path}")
+            elif source.lengths[v] == 0:
+                bad_videos[v] = (str(source.path), f"empty feature array for video {v!r}")
+    elif d.kind == "videos":
+        video_dir = _resolve(root, d.video_dir)
+        paths = {v: find_video(video_dir, v) for v in vids}
+        if d.cache:
+            cache_root = Path(os.path.expanduser(str(d.cache_dir))) if d.cache_dir else run_dir / "cache"
+            if is_main:
+                FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict, progress)
+            barrier()
+            source, bad = FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict,
+                                           progress=False)
+            bad_videos.update({b.vid: (b.source, b.reason) for b in bad})
+        else:
+            index_file = run_dir / "video_index.json"
+            if is_main:
+                known = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
+                todo = {v: p for v, p in paths.items() if v not in known or known[v].get("path", str(p)) != str(p)}
+                known.update({v: {**x, "path": str(paths[v])} for v, x in _probe_all(todo, progress).items()})
+                tmp = index_file.with_name(index_file.name + ".tmp")
+                run_dir.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(known, indent=0), encoding="utf-8")
+                os.replace(tmp, index_file)
+            barrier()
+            known = json.loads(index_file.read_text(encoding="utf-8"))
+            infos = {}
+            for v in vids:
+                x = known[v]
+                if "error" in x:
+                    if strict:
+                        raise BadSampleError(f"{paths[v]}: unreadable video: {x['error']}")
+                    bad_videos[v] = (str(paths[v]), x["error"])
+                else:
+                    infos[v] = VideoInfo(**{k: x[k] for k in ("fps", "duration", "num_frames", "width", "height")})
+            source = VideoFileSource(paths, infos, int(d.frames_per_clip), int(d.frame_size))
+    else:
+        raise ValueError(f"data.kind must be 'videos' or 'features', got {d.kind!r}")
+
+    # Per-sample checks: unreadable video, narration outside the video, caption without words.
+    bad: list[BadSample] = list(bad_rows)
+    good: list[CaptionItem] = []
+    texts_ok = _texts_with_words(tokenizer, [it.text for it in items], int(d.max_words))
+    for it, ok in zip(items, texts_ok):
+        if it.vid in bad_videos:
+            src, reason = bad_videos[it.vid]
+            rec = BadSample("video", it.source, f"{src}: {reason}" if src not in reason else reason, it.vid)
+        elif not ok:
+            rec = BadSample("row", it.source, f"caption has no word tokens: {it.text!r:.80}", it.vid)
+        elif not math.isinf(it.end) and it.start >= source.durations[it.vid]:
+            rec = BadSample("row", it.source, f"narration [{it.start:.2f}, {it.end:.2f}] s starts after the end of "
+                                              f"the video ({source.durations[it.vid]:.2f} s)", it.vid)
+        else:
+            good.append(it)
+            continue
+        if strict:
+            raise BadSampleError(f"{rec.source}: {rec.reason}")
+        bad.append(rec)
+    if not good:
+        raise ValueError(f"no usable pre-training samples under {root} ({len(bad)} bad; first: "
+                         f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
+    dataset = PretrainDataset(good, source, int(d.num_clips), float(d.clip_seconds), float(d.jitter_seconds),
+                              train=True, seed=int(cfg.seed), strict=strict,
+                              offset_window=int(cfg.objective.window) if cfg.objective.temporal else 0)
+    return PretrainData(dataset=dataset, bad=bad, total=len(items) + len(bad_rows))
+
+
+def _texts_with_words(tokenizer: Any, texts: list[str], max_words: int, chunk: int = 4096) -> list[bool]:
+    """Which captions keep at least one word piece after tokenization (others would break a whole batch)."""
+    def has_words(enc) -> bool:
+        return any(not s for s in enc.special_tokens_mask)
+
+    ok: list[bool] = []
+    for i in range(0, len(texts), chunk):
+        part = texts[i:i + chunk]
+        usable = [isinstance(t, str) and bool(t.strip()) for t in part]
+        try:
+            encs = tokenizer.encode_batch([t if u else "." for t, u in zip(part, usable)], max_words)
+            ok.extend(u and has_words(e) for u, e in zip(usable, encs))
+        except ValueError:  # e.g. invalid Unicode somewhere in the chunk: find which, one by one
+            for t, u in zip(part, usable):
+                try:
+                    ok.append(u and has_words(tokenizer.encode_batch([t], max_words)[0]))
+                except ValueError:
+                    ok.append(False)
+    return ok
+
+
+def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionItem], list[BadSample]]:
+    """Caption records of ``data.captions`` (howto100m | webvid) via ``locvtp.data.formats``, as CaptionItems.
+
+    Malformed rows come back as ``BadSample("row", ...)`` (strict: the reader raises ``FormatError``).
+    An optional ``data.split_file`` (one video id per line) restricts the videos used.
+    """
+    from locvtp.data import formats
+
+    root = Path(os.path.expanduser(str(dcfg.root)))
+    path = _resolve(root, dcfg.caption_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.caption_file: {path} does not exist (data.root={root})")
+    if dcfg.captions == "howto100m":
+        res = formats.read_howto100m_captions(path, strict=strict)
+        items = [CaptionItem(r.video_id, r.text, float(r.start), float(r.end),
+                             f"{path}: key {r.video_id!r} narration {r.start:.2f}-{r.end:.2f} s")
+                 for r in res.records]
+    elif dcfg.captions == "webvid":  # videos are found by id under data.video_dir (contentUrl is often a URL)
+        res = formats.read_webvid_csv(path, strict=strict)
+        items = [CaptionItem(r.video_id, r.caption, 0.0, math.inf, f"{path}: videoid {r.video_id!r}")
+                 for r in res.records]
+    else:
+        raise ValueError(f"data.captions must be 'howto100m' or 'webvid', got {dcfg.captions!r}")
+    bad = [BadSample("row", f"{b.file}: {b.location}", b.reason) for b in res.skipped]
+    if dcfg.split_file:
+        split = _resolve(root, dcfg.split_file)
+        keep = {ln.strip() for ln in split.read_text(encoding="utf-8").splitlines() if ln.strip()}
+        items = [it for it in items if it.vid in keep]
+    return items, bad

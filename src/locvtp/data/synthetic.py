@@ -1,0 +1,988 @@
+"""The procedural video–text world: small MP4s in which nameable objects do nameable things at known times.
+
+Why: real datasets cannot be downloaded here, yet users (and our tests) must see the whole pipeline —
+decoding, narration-noisy pre-training, grounding, retrieval, step localization, segmentation — run end to
+end in minutes on a laptop. The generator writes real H.264 MP4s and annotation files in the *published*
+formats (HowTo100M, WebVid, ActivityNet Captions, Charades-STA, QVHighlights, MSR-VTT, CrossTask, COIN), so
+the demo goes through exactly the readers a user's real data goes through (`locvtp.data.formats`).
+
+Everything is a pure function of ``(seed, preset)``: every video draws from its own child of one
+``numpy.random.SeedSequence`` (keyed by split and index), so the content of one video never depends on how
+many others were generated before it, and annotation files are byte-identical across runs.
+See ``docs/data.md`` for the world's description and the file layout.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+GENERATOR_VERSION = "1.0"
+FPS = 8
+FRAME_SIZE = 32
+CLIP_SECONDS = 1.0
+TIME_QUANTUM = 0.5  # event boundaries are multiples of this (exact in binary floating point, frame-aligned)
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+# Saturated, well separated colours: they must survive 4:2:0 chroma subsampling at 32×32.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 35, 35),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 245),
+    "yellow": (240, 225, 40),
+    "purple": (165, 60, 225),
+    "cyan": (40, 215, 225),
+    "white": (245, 245, 245),
+}
+COLOUR_WORDS: dict[str, list[str]] = {
+    "red": ["red"],
+    "green": ["green"],
+    "blue": ["blue"],
+    "yellow": ["yellow"],
+    "purple": ["purple", "violet"],
+    "cyan": ["cyan", "turquoise"],
+    "white": ["white"],
+}
+SHAPES = ("circle", "square", "triangle", "cross", "diamond")
+SHAPE_WORDS: dict[str, list[str]] = {
+    "circle": ["circle", "ball", "disc", "dot"],
+    "square": ["square", "box", "block"],
+    "triangle": ["triangle", "wedge"],
+    "cross": ["cross", "plus sign", "plus"],
+    "diamond": ["diamond", "rhombus", "lozenge"],
+}
+ACTIONS = ("move_left", "move_right", "move_up", "move_down", "grow", "shrink", "blink")
+# present tense (3rd person), gerund, imperative template ({o} = object phrase)
+ACTION_WORDS: dict[str, dict[str, list[str]]] = {
+    "move_left": {
+        "present": ["moves left", "slides to the left", "goes to the left", "drifts left", "travels leftward"],
+        "gerund": ["moving left", "sliding to the left", "going to the left", "drifting left"],
+        "imperative": ["move {o} left", "slide {o} to the left", "push {o} to the left"],
+    },
+    "move_right": {
+        "present": ["moves right", "slides to the right", "goes to the right", "drifts right", "travels rightward"],
+        "gerund": ["moving right", "sliding to the right", "going to the right", "drifting right"],
+        "imperative": ["move {o} right", "slide {o} to the right", "push {o} to the right"],
+    },
+    "move_up": {
+        "present": ["moves up", "rises", "goes up", "climbs upward", "floats up"],
+        "gerund": ["moving up", "rising", "going up", "climbing upward"],
+        "imperative": ["move {o} up", "lift {o}", "raise {o}"],
+    },
+    "move_down": {
+        "present": ["moves down", "sinks", "goes down", "drops downward", "falls"],
+        "gerund": ["moving down", "sinking", "going down", "dropping downward"],
+        "imperative": ["move {o} down", "lower {o}", "drop {o} down"],
+    },
+    "grow": {
+        "present": ["grows", "gets bigger", "expands", "swells", "becomes larger"],
+        "gerund": ["growing", "getting bigger", "expanding", "swelling"],
+        "imperative": ["make {o} grow", "enlarge {o}", "make {o} bigger"],
+    },
+    "shrink": {
+        "present": ["shrinks", "gets smaller", "contracts", "becomes smaller"],
+        "gerund": ["shrinking", "getting smaller", "contracting"],
+        "imperative": ["make {o} shrink", "shrink {o}", "make {o} smaller"],
+    },
+    "blink": {
+        "present": ["blinks", "flashes", "flickers", "blinks on and off"],
+        "gerund": ["blinking", "flashing", "flickering"],
+        "imperative": ["make {o} blink", "flash {o}", "make {o} flicker"],
+    },
+}
+FILLERS = ["so", "now", "okay so", "and then", "alright", "now we see that", "um", "and here", "so now"]
+UNRELATED = [
+    "thanks for watching this video",
+    "don't forget to like and subscribe",
+    "this part is really easy",
+    "let me know in the comments below",
+    "i hope this helps you",
+    "it took me a while to figure this out",
+    "you can find the link in the description",
+    "make sure you have everything ready",
+    "this is my favourite part",
+    "i will show you another trick later",
+    "welcome back to my channel",
+    "take your time with this one",
+]
+
+# Motion parameters in pixels (frame 32×32): chosen so that every action changes the picture visibly within
+# one 1-s clip (≥ 3 px displacement, ≥ 0.6 px radius, two on/off cycles).
+MOVE_SPEED = 3.5  # px / s
+SIZE_RATE = 0.7  # px of radius / s
+R_MIN, R_MAX = 2.5, 7.0
+BLINK_DIM = 0.12  # object intensity during an "off" blink frame (kept > 0: the object stays locatable)
+BLINK_HALF_PERIOD = 2  # frames on, then frames off: any stride-2 frame sampling sees both states
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How many videos of each kind a world holds (and how long they are)."""
+
+    pretrain: int
+    webvid: int
+    grounding_train: int
+    grounding_test: int
+    retrieval_train: int
+    retrieval_test: int
+    crosstask_tasks: int
+    crosstask_train_per_task: int
+    crosstask_val_per_task: int
+    coin_tasks: int
+    coin_train_per_task: int
+    coin_test_per_task: int
+    events: tuple[int, int]  # events per long video (inclusive)
+    captions_per_retrieval_video: int
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        pretrain=6, webvid=3, grounding_train=3, grounding_test=3, retrieval_train=4, retrieval_test=4,
+        crosstask_tasks=2, crosstask_train_per_task=2, crosstask_val_per_task=2,
+        coin_tasks=2, coin_train_per_task=2, coin_test_per_task=2,
+        events=(3, 5), captions_per_retrieval_video=3,
+    ),
+    "demo": Preset(
+        pretrain=220, webvid=60, grounding_train=50, grounding_test=36, retrieval_train=160, retrieval_test=120,
+        crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
+        coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
+        events=(3, 10), captions_per_retrieval_video=5,
+    ),
+}
+
+SPLIT_PREFIX = {
+    "pretrain": "pre",
+    "webvid": "wv",
+    "grounding_train": "grd",
+    "grounding_test": "grd",
+    "retrieval_train": "ret",
+    "retrieval_test": "ret",
+    "crosstask_train": "ct",
+    "crosstask_val": "ct",
+    "coin_train": "coin",
+    "coin_test": "coin",
+}
+
+
+# ------------------------------------------------------------------------------------------------ world model
+@dataclass
+class Obj:
+    colour: str
+    shape: str
+    x: float
+    y: float
+    r: float
+    role: str = "actor"  # "actor" (may act) | "distractor" (never moves)
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass
+class Event:
+    obj: int  # index into the video's objects
+    action: str
+    start: float
+    end: float
+    caption: str = ""  # canonical description ("the red circle moves left")
+
+
+@dataclass
+class VideoSpec:
+    vid: str
+    split: str
+    duration: float
+    objects: list[Obj]
+    events: list[Event]
+    background: tuple[int, int, int]
+    texture_seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(round(self.duration * FPS))
+
+
+def _extent(shape: str, r: float) -> float:
+    """Half-size of the rendered shape (used to keep objects inside the frame)."""
+    return r * (1.25 if shape in ("triangle", "diamond") else 1.0) + 1.0
+
+
+def _feasible(obj: Obj, action: str, dur: float, size: int = FRAME_SIZE) -> bool:
+    """Can `obj` perform `action` for `dur` seconds without leaving the frame or the size range?"""
+    if action == "blink":
+        return True
+    if action == "grow":
+        r1 = obj.r + SIZE_RATE * dur
+        return r1 <= R_MAX and _extent(obj.shape, r1) <= min(obj.x, obj.y, size - obj.x, size - obj.y)
+    if action == "shrink":
+        return obj.r - SIZE_RATE * dur >= R_MIN
+    d = MOVE_SPEED * dur
+    m = _extent(obj.shape, obj.r)
+    if action == "move_left":
+        return obj.x - d >= m
+    if action == "move_right":
+        return obj.x + d <= size - m
+    if action == "move_up":
+        return obj.y - d >= m
+    if action == "move_down":
+        return obj.y + d <= size - m
+    raise ValueError(f"unknown action {action!r}")
+
+
+def _apply(obj: Obj, action: str, dur: float) -> None:
+    """Advance the object's state to the end of an event."""
+    d = MOVE_SPEED * dur
+    if action == "move_left":
+        obj.x -= d
+    elif action == "move_right":
+        obj.x += d
+    elif action == "move_up":
+        obj.y -= d
+    elif action == "move_down":
+        obj.y += d
+    elif action == "grow":
+        obj.r += SIZE_RATE * dur
+    elif action == "shrink":
+        obj.r -= SIZE_RATE * dur
+
+
+def _q(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A uniform time in [lo, hi] quantized to TIME_QUANTUM (exact binary fractions, frame aligned)."""
+    n_lo, n_hi = int(round(lo / TIME_QUANTUM)), int(round(hi / TIME_QUANTUM))
+    return float(rng.integers(n_lo, n_hi + 1)) * TIME_QUANTUM
+
+
+def _pick(rng: np.random.Generator, items: list[str] | tuple[str, ...]) -> str:
+    return items[int(rng.integers(len(items)))]
+
+
+def object_phrase(rng: np.random.Generator, obj: Obj, det: str | None = None) -> str:
+    det = det if det is not None else _pick(rng, ["the", "the", "a"])
+    return f"{det} {_pick(rng, COLOUR_WORDS[obj.colour])} {_pick(rng, SHAPE_WORDS[obj.shape])}"
+
+
+def canonical_caption(obj: Obj, action: str) -> str:
+    return f"the {obj.colour} {obj.shape} {ACTION_WORDS[action]['present'][0]}"
+
+
+def describe(rng: np.random.Generator, obj: Obj, action: str) -> str:
+    """A descriptive sentence with synonyms and paraphrases ("a red ball slides to the left")."""
+    words = ACTION_WORDS[action]
+    subj = object_phrase(rng, obj)
+    form = int(rng.integers(4))
+    if form == 0:
+        return f"{subj} {_pick(rng, words['present'])}"
+    if form == 1:
+        return f"{subj} is {_pick(rng, words['gerund'])}"
+    if form == 2:
+        return f"we see {subj} {_pick(rng, words['gerund'])}"
+    return f"here {subj} {_pick(rng, words['present'])}"
+
+
+def instruct(rng: np.random.Generator | None, obj: Obj, action: str) -> str:
+    """An imperative step text ("move the red circle left"); canonical when rng is None."""
+    templates = ACTION_WORDS[action]["imperative"]
+    if rng is None:
+        return templates[0].format(o=f"the {obj.colour} {obj.shape}")
+    return _pick(rng, templates).format(o=object_phrase(rng, obj, det="the"))
+
+
+def _place_objects(rng: np.random.Generator, n_actors: int, n_distractors: int,
+                   forced: list[tuple[str, str]] | None = None) -> list[Obj]:
+    """Objects with distinct (colour, shape), spread over the frame (rejection sampling on distance)."""
+    combos = [(c, s) for c in COLOURS for s in SHAPES]
+    taken: set[tuple[str, str]] = set(forced or [])
+    kinds: list[tuple[str, str]] = list(forced or [])
+    while len(kinds) < n_actors + n_distractors:
+        c, s = combos[int(rng.integers(len(combos)))]
+        if (c, s) not in taken:
+            taken.add((c, s))
+            kinds.append((c, s))
+    objs: list[Obj] = []
+    for i, (c, s) in enumerate(kinds):
+        r = float(rng.uniform(3.4, 4.6)) if i < n_actors else float(rng.uniform(2.6, 3.4))
+        best, best_d = None, -1.0
+        for _ in range(30):
+            m = _extent(s, r) + 1
+            x, y = float(rng.uniform(m, FRAME_SIZE - m)), float(rng.uniform(m, FRAME_SIZE - m))
+            d = min([np.hypot(x - o.x, y - o.y) for o in objs] or [99.0])
+            if d > best_d:
+                best, best_d = (x, y), d
+            if d > 11:
+                break
+        objs.append(Obj(c, s, best[0], best[1], r, "actor" if i < n_actors else "distractor"))
+    return objs
+
+
+def _background(rng: np.random.Generator) -> tuple[tuple[int, int, int], int]:
+    base = int(rng.integers(20, 45))
+    tint = rng.integers(-6, 7, size=3)
+    return tuple(int(np.clip(base + t, 0, 255)) for t in tint), int(rng.integers(2**31))
+
+
+def _plan_long_video(rng: np.random.Generator, vid: str, split: str, n_events: int,
+                     max_gap: float = 2.0) -> VideoSpec:
+    """3–10 events of 2–5 s, one actor at a time, idle gaps between; (actor, action) pairs unique per video."""
+    n_actors = int(rng.integers(2, 4))
+    objs = _place_objects(rng, n_actors, int(rng.integers(1, 3)))
+    state = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in objs]
+    used: set[tuple[int, str]] = set()
+    t = _q(rng, 0.0, max_gap)
+    events: list[Event] = []
+    for _ in range(n_events):
+        dur = _q(rng, 2.0, 5.0)
+        options = []
+        while not options and dur >= 2.0:
+            options = [(i, a) for i in range(n_actors) for a in ACTIONS
+                       if (i, a) not in used and _feasible(state[i], a, dur)]
+            if not options:
+                dur -= TIME_QUANTUM
+        if not options:
+            break
+        i, a = options[int(rng.integers(len(options)))]
+        used.add((i, a))
+        _apply(state[i], a, dur)
+        events.append(Event(i, a, t, t + dur, canonical_caption(objs[i], a)))
+        t += dur + _q(rng, 0.0, max_gap)
+    duration = t if events and t > events[-1].end else t + 1.0
+    bg, tex = _background(rng)
+    return VideoSpec(vid, split, duration, objs, events, bg, tex)
+
+
+def _plan_short_video(rng: np.random.Generator, vid: str, split: str,
+                      kind: tuple[str, str, str] | None = None) -> VideoSpec:
+    """An MSR-VTT/WebVid-like clip: one dominant event (3–4 s) with short idle margins."""
+    forced = [(kind[0], kind[1])] if kind else None
+    for _ in range(50):
+        objs = _place_objects(rng, 1, int(rng.integers(1, 3)), forced=forced)
+        dur = _q(rng, 3.0, 4.0)
+        acts = [kind[2]] if kind else list(ACTIONS)
+        acts = [a for a in acts if _feasible(objs[0], a, dur)]
+        if acts:
+            break
+    else:  # pragma: no cover - placement always succeeds in practice; keep a deterministic fallback
+        acts, dur = ["blink"], 3.0
+    a = acts[int(rng.integers(len(acts)))]
+    t0 = _q(rng, 0.0, 1.0)
+    t1 = t0 + dur
+    duration = t1 + _q(rng, 0.5, 1.0)
+    bg, tex = _background(rng)
+    return VideoSpec(vid, split, duration, objs, [Event(0, a, t0, t1, canonical_caption(objs[0], a))], bg, tex)
+
+
+@dataclass
+class Task:
+    """A CrossTask/COIN-like procedure: an ordered list of steps over a fixed set of objects."""
+
+    task_id: str
+    name: str
+    objects: list[Obj]
+    steps: list[tuple[int, str]]  # (object index, action)
+    plan_durations: list[float]  # durations for which the full sequence is known to be feasible
+
+    def step_texts(self) -> list[str]:
+        return [instruct(None, self.objects[i], a) for i, a in self.steps]
+
+
+def _make_task(rng: np.random.Generator, task_id: str) -> Task:
+    for _ in range(200):
+        objs = _place_objects(rng, 2, int(rng.integers(1, 3)))
+        state = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in objs]
+        n_steps = int(rng.integers(4, 7))
+        steps: list[tuple[int, str]] = []
+        durs: list[float] = []
+        for _ in range(n_steps):
+            dur = 3.0
+            opts = [(i, a) for i in range(2) for a in ACTIONS
+                    if (i, a) not in steps and _feasible(state[i], a, dur)]
+            if not opts:
+                break
+            i, a = opts[int(rng.integers(len(opts)))]
+            _apply(state[i], a, dur)
+            steps.append((i, a))
+            durs.append(dur)
+        if len(steps) >= 4:
+            a, b = objs[0], objs[1]
+            return Task(task_id, f"routine of the {a.colour} {a.shape} and the {b.colour} {b.shape}", objs, steps, durs)
+    raise RuntimeError("could not plan a feasible task")  # pragma: no cover
+
+
+def _plan_task_video(rng: np.random.Generator, vid: str, split: str, task: Task) -> VideoSpec:
+    """Perform the task's steps in order, some skipped, with background gaps; durations vary per video."""
+    n = len(task.steps)
+    chosen: list[int] | None = None
+    durs: list[float] = []
+    for _ in range(30):
+        keep = [k for k in range(n) if rng.random() > 0.2]
+        if len(keep) < max(2, n // 2):
+            continue
+        durs = [_q(rng, 2.0, 4.0) for _ in keep]
+        state = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in task.objects]
+        ok = True
+        for k, d in zip(keep, durs):
+            i, a = task.steps[k]
+            if not _feasible(state[i], a, d):
+                ok = False
+                break
+            _apply(state[i], a, d)
+        if ok:
+            chosen = keep
+            break
+    if chosen is None:  # the plan itself is feasible by construction
+        chosen, durs = list(range(n)), list(task.plan_durations)
+    objs = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in task.objects]
+    t = _q(rng, 0.5, 3.0)
+    events = []
+    for k, d in zip(chosen, durs):
+        i, a = task.steps[k]
+        events.append(Event(i, a, t, t + d, instruct(None, objs[i], a)))
+        t += d + _q(rng, 0.0, 3.0)
+    duration = t + 1.0
+    bg, tex = _background(rng)
+    return VideoSpec(vid, split, duration, objs, events, bg, tex,
+                     extra={"task": task.task_id, "steps": [k + 1 for k in chosen]})
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+_GRID = (np.arange(FRAME_SIZE, dtype=np.float32) + 0.5)
+
+
+def _coverage(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] from a distance-like function of each shape (unit-ish gradient)."""
+    adx, ady = np.abs(dx), np.abs(dy)
+    if shape == "circle":
+        d, g = np.sqrt(dx * dx + dy * dy), 1.0
+    elif shape == "square":
+        d, g, r = np.maximum(adx, ady), 1.0, r * 0.88
+    elif shape == "diamond":
+        d, g, r = (adx + ady) * 0.7071, 1.0, r * 0.88
+    elif shape == "cross":
+        arm = 0.38
+        d = np.minimum(np.maximum(adx, ady / arm), np.maximum(adx / arm, ady))
+        g = 1.0 / arm
+        r = r * 1.05
+    elif shape == "triangle":  # apex up; equilateral with circumradius R = 1.25 r
+        d, g, r = 2.0 * np.maximum(dy, 0.8660254 * adx - 0.5 * dy), 2.0, r * 1.25
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return np.clip((r - d) / g + 0.5, 0.0, 1.0)
+
+
+def object_tracks(spec: VideoSpec) -> dict[str, np.ndarray]:
+    """Per-frame state of every object: x, y, r, intensity, each [num_objects, num_frames]."""
+    n, k = len(spec.objects), spec.num_frames
+    t = np.arange(k, dtype=np.float64) / FPS
+    x = np.array([[o.x] * k for o in spec.objects], dtype=np.float64).reshape(n, k)
+    y = np.array([[o.y] * k for o in spec.objects], dtype=np.float64).reshape(n, k)
+    r = np.array([[o.r] * k for o in spec.objects], dtype=np.float64).reshape(n, k)
+    a = np.ones((n, k), dtype=np.float64)
+    for e in spec.events:
+        progress = np.clip(t - e.start, 0.0, e.end - e.start)
+        if e.action == "move_left":
+            x[e.obj] -= MOVE_SPEED * progress
+        elif e.action == "move_right":
+            x[e.obj] += MOVE_SPEED * progress
+        elif e.action == "move_up":
+            y[e.obj] -= MOVE_SPEED * progress
+        elif e.action == "move_down":
+            y[e.obj] += MOVE_SPEED * progress
+        elif e.action == "grow":
+            r[e.obj] += SIZE_RATE * progress
+        elif e.action == "shrink":
+            r[e.obj] -= SIZE_RATE * progress
+        elif e.action == "blink":
+            inside = (t >= e.start) & (t < e.end)
+            phase = np.floor((t - e.start) * FPS + 1e-6).astype(np.int64) // BLINK_HALF_PERIOD
+            a[e.obj] = np.where(inside & (phase % 2 == 1), BLINK_DIM, a[e.obj])
+    return {"x": x, "y": y, "r": r, "intensity": a, "t": t}
+
+
+def render_video(spec: VideoSpec) -> np.ndarray:
+    """uint8 [num_frames, H, W, 3] frames of a video spec (vectorized over frames)."""
+    k = spec.num_frames
+    tex_rng = np.random.default_rng(spec.texture_seed)
+    coarse = tex_rng.normal(0.0, 4.0, size=(4, 4, 3)).astype(np.float32)
+    texture = np.repeat(np.repeat(coarse, FRAME_SIZE // 4, 0), FRAME_SIZE // 4, 1)
+    img = np.broadcast_to(np.asarray(spec.background, np.float32) + texture, (k, FRAME_SIZE, FRAME_SIZE, 3)).copy()
+    tr = object_tracks(spec)
+    # distractors first so actors are drawn on top
+    order = sorted(range(len(spec.objects)), key=lambda i: spec.objects[i].role == "actor")
+    for i in order:
+        o = spec.objects[i]
+        dx = _GRID[None, None, :] - tr["x"][i].astype(np.float32)[:, None, None]
+        dy = _GRID[None, :, None] - tr["y"][i].astype(np.float32)[:, None, None]
+        cov = _coverage(o.shape, dx, dy, tr["r"][i].astype(np.float32)[:, None, None])
+        cov = (cov * tr["intensity"][i].astype(np.float32)[:, None, None])[..., None]
+        img = img * (1.0 - cov) + np.asarray(COLOURS[o.colour], np.float32) * cov
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
+    """H.264 yuv420p MP4 with a fixed single-threaded x264 configuration (reproducible bytes), atomically."""
+    import av
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:
+        raise ValueError(f"{path}: frame size {w}x{h} must be even for yuv420p")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            # No B-frames and a fixed 2-s GOP: cheap seeking for window decoding; explicit pts: reproducible.
+            stream = container.add_stream("libx264", rate=fps, options={
+                "crf": "4", "preset": "veryfast", "threads": "1",
+                "x264-params": f"bframes=0:keyint={2 * fps}:min-keyint={2 * fps}:scenecut=0"})
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.codec_context.thread_count = 1
+            stream.time_base = Fraction(1, fps)
+            for i, arr in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- world plan
+SPLIT_ORDER = ("pretrain", "webvid", "grounding_train", "grounding_test", "retrieval_train", "retrieval_test",
+               "crosstask_train", "crosstask_val", "coin_train", "coin_test")
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    """An independent generator per (seed, key): one video's content never depends on another's."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(int(k) for k in key)))
+
+
+@dataclass
+class WorldPlan:
+    seed: int
+    preset: str
+    splits: dict[str, list[VideoSpec]]
+    crosstask_tasks: list[Task]
+    coin_tasks: list[Task]
+
+    def videos(self) -> Iterable[VideoSpec]:
+        for name in SPLIT_ORDER:
+            yield from self.splits[name]
+
+
+def plan_world(seed: int = 0, preset: str = "tiny") -> WorldPlan:
+    """Every video's objects, events and captions, without rendering anything (cheap, deterministic)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    splits: dict[str, list[VideoSpec]] = {name: [] for name in SPLIT_ORDER}
+    counters: dict[str, int] = {}
+
+    def next_vid(split: str) -> str:
+        prefix = SPLIT_PREFIX[split]
+        n = counters.get(prefix, 0)
+        counters[prefix] = n + 1
+        return f"{prefix}_{n:05d}"
+
+    def long_videos(split: str, key: int, count: int) -> None:
+        for i in range(count):
+            rng = _rng(seed, key, i)
+            n_events = int(rng.integers(p.events[0], p.events[1] + 1))
+            splits[split].append(_plan_long_video(rng, next_vid(split), split, n_events))
+
+    long_videos("pretrain", 0, p.pretrain)
+    for i in range(p.webvid):
+        splits["webvid"].append(_plan_short_video(_rng(seed, 1, i), next_vid("webvid"), "webvid"))
+    long_videos("grounding_train", 2, p.grounding_train)
+    long_videos("grounding_test", 3, p.grounding_test)
+    for i in range(p.retrieval_train):
+        splits["retrieval_train"].append(
+            _plan_short_video(_rng(seed, 4, i), next_vid("retrieval_train"), "retrieval_train"))
+    # Test videos get distinct (colour, shape, action) triples, so every test caption has one right answer.
+    combos = [(c, s, a) for c in COLOURS for s in SHAPES for a in ACTIONS]
+    if p.retrieval_test > len(combos):
+        raise ValueError(f"preset {preset!r}: retrieval_test={p.retrieval_test} > {len(combos)} distinct triples")
+    order = _rng(seed, 5, 0).permutation(len(combos))
+    for i in range(p.retrieval_test):
+        splits["retrieval_test"].append(_plan_short_video(
+            _rng(seed, 5, i + 1), next_vid("retrieval_test"), "retrieval_test", kind=combos[int(order[i])]))
+
+    def procedures(key: int, n_tasks: int, first_id: int, train: tuple[str, int], test: tuple[str, int]) -> list[Task]:
+        tasks = [_make_task(_rng(seed, key, t), str(first_id + t)) for t in range(n_tasks)]
+        for split, per_task, sub in (train + (0,), test + (1,)):
+            for t, task in enumerate(tasks):
+                for i in range(per_task):
+                    rng = _rng(seed, key, t, sub, i)
+                    splits[split].append(_plan_task_video(rng, next_vid(split), split, task))
+        return tasks
+
+    ct = procedures(6, p.crosstask_tasks, 90001, ("crosstask_train", p.crosstask_train_per_task),
+                    ("crosstask_val", p.crosstask_val_per_task))
+    coin = procedures(7, p.coin_tasks, 1, ("coin_train", p.coin_train_per_task),
+                      ("coin_test", p.coin_test_per_task))
+    return WorldPlan(seed, preset, splits, ct, coin)
+
+
+# ----------------------------------------------------------------------------------------- annotation text
+def _r2(x: float) -> float:
+    return float(round(float(x), 2))
+
+
+def narrations(spec: VideoSpec, rng: np.random.Generator) -> dict[str, list]:
+    """HowTo100M-like noisy narration of one long video: fillers, ~15 % unrelated sentences, shifted times."""
+    items: list[tuple[float, float, str]] = []
+    for e in spec.events:
+        obj = spec.objects[e.obj]
+        text = describe(rng, obj, e.action) if rng.random() < 0.6 else f"now we {instruct(rng, obj, e.action)}"
+        if rng.random() < 0.35:
+            text = f"{_pick(rng, FILLERS)} {text}"
+        shift = float(rng.uniform(-2.0, 2.0))  # misalignment of up to ±2 clips (1 s each)
+        s = e.start + shift + float(rng.uniform(-0.3, 0.3))
+        t = e.end + shift + float(rng.uniform(-0.3, 0.3))
+        items.append((s, t, text))
+    n_unrelated = int(rng.binomial(len(spec.events) + 1, 0.15 / 0.85))
+    for _ in range(n_unrelated):
+        length = float(rng.uniform(1.5, 4.0))
+        s = float(rng.uniform(0.0, max(0.1, spec.duration - length)))
+        items.append((s, s + length, _pick(rng, UNRELATED)))
+    out: dict[str, list] = {"start": [], "end": [], "text": []}
+    for s, t, text in sorted(items, key=lambda it: it[0]):
+        s = min(max(0.0, s), spec.duration - 1.0)
+        t = min(max(t, s + 1.0), spec.duration)
+        out["start"].append(_r2(s))
+        out["end"].append(_r2(t))
+        out["text"].append(text)
+    return out
+
+
+def _paraphrases(rng: np.random.Generator, obj: Obj, action: str, n: int) -> list[str]:
+    """n distinct descriptions when the grammar allows it (bounded attempts, then repeats are accepted)."""
+    out: list[str] = []
+    for _ in range(20 * n):
+        s = describe(rng, obj, action)
+        if s not in out:
+            out.append(s)
+        if len(out) == n:
+            break
+    while len(out) < n:
+        out.append(describe(rng, obj, action))
+    return out
+
+
+def _iso_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"PT{s // 3600:02d}H{(s % 3600) // 60:02d}M{s % 60:02d}S"
+
+
+def _text_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return _rng(seed, 1000 + SPLIT_ORDER.index(split), index)
+
+
+def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
+    """Every annotation file of the world as bytes, keyed by relative path (pure function of the plan)."""
+    seed, S = plan.seed, plan.splits
+    files: dict[str, bytes] = {}
+
+    def js(obj: Any, indent: int | None = None) -> bytes:
+        return (json.dumps(obj, ensure_ascii=False, indent=indent) + "\n").encode("utf-8")
+
+    def csv_bytes(rows: list[list[Any]], header: list[str] | None = None) -> bytes:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+        return buf.getvalue().encode("utf-8")
+
+    # pre-training: HowTo100M caption.json (noisy), WebVid csv (one clean caption per short video)
+    files["pretrain/caption.json"] = js({v.vid: narrations(v, _text_rng(seed, "pretrain", i))
+                                         for i, v in enumerate(S["pretrain"])})
+    wv_rows = []
+    for i, v in enumerate(S["webvid"]):
+        e = v.events[0]
+        text = describe(_text_rng(seed, "webvid", i), v.objects[e.obj], e.action)
+        wv_rows.append([v.vid, f"videos/{v.vid}.mp4", _iso_duration(v.duration), "synthetic", text])
+    files["pretrain/webvid.csv"] = csv_bytes(wv_rows, ["videoid", "contentUrl", "duration", "page_dir", "name"])
+
+    # grounding: the same videos and queries in three formats
+    queries: dict[str, dict[str, list[str]]] = {}
+    for split in ("grounding_train", "grounding_test"):
+        queries[split] = {}
+        for i, v in enumerate(S[split]):
+            rng = _text_rng(seed, split, i)
+            queries[split][v.vid] = [describe(rng, v.objects[e.obj], e.action) for e in v.events]
+    qid = 0
+    for split, anet_name, cha_name, qv_name in (
+            ("grounding_train", "train.json", "charades_sta_train.txt", "highlight_train_release.jsonl"),
+            ("grounding_test", "val_1.json", "charades_sta_test.txt", "highlight_val_release.jsonl")):
+        anet, cha_lines, qv_lines, cha_meta = {}, [], [], []
+        for v in S[split]:
+            sents = queries[split][v.vid]
+            anet[v.vid] = {"duration": _r2(v.duration), "timestamps": [[_r2(e.start), _r2(e.end)] for e in v.events],
+                           "sentences": sents}
+            cha_meta.append([v.vid, "", "", "", "", "", "", "", "", "", f"{v.duration:.2f}"])
+            for e, q in zip(v.events, sents):
+                cha_lines.append(f"{v.vid} {e.start:.1f} {e.end:.1f}##{q}\n")
+                clip_ids = list(range(int(e.start // 2), int(np.ceil(e.end / 2))))
+                sal = [[4, 4, 4] if (2 * c >= e.start and 2 * c + 2 <= e.end) else [2, 2, 2] for c in clip_ids]
+                qv_lines.append(json.dumps({"qid": qid, "query": q, "duration": _r2(v.duration), "vid": v.vid,
+                                            "relevant_clip_ids": clip_ids, "saliency_scores": sal,
+                                            "relevant_windows": [[_r2(e.start), _r2(e.end)]]}) + "\n")
+                qid += 1
+        files[f"grounding/activitynet/{anet_name}"] = js(anet)
+        files[f"grounding/charades/{cha_name}"] = "".join(cha_lines).encode("utf-8")
+        files[f"grounding/charades/Charades_v1_{'train' if split.endswith('train') else 'test'}.csv"] = csv_bytes(
+            cha_meta, ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
+                       "descriptions", "actions", "length"])
+        files[f"grounding/qvhighlights/{qv_name}"] = "".join(qv_lines).encode("utf-8")
+
+    # retrieval: MSR-VTT json (several captions per video), train id csv, JSFusion-style test csv
+    videos, sentences, test_rows, sen_id = [], [], [], 0
+    p = PRESETS[plan.preset]
+    for split in ("retrieval_train", "retrieval_test"):
+        for i, v in enumerate(S[split]):
+            e = v.events[0]
+            caps = _paraphrases(_text_rng(seed, split, i), v.objects[e.obj], e.action, p.captions_per_retrieval_video)
+            videos.append({"category": ACTIONS.index(e.action), "url": f"videos/{v.vid}.mp4", "video_id": v.vid,
+                           "start time": 0.0, "end time": _r2(v.duration),
+                           "split": "train" if split == "retrieval_train" else "test", "id": len(videos)})
+            for c in caps:
+                sentences.append({"caption": c, "video_id": v.vid, "sen_id": sen_id})
+                sen_id += 1
+            if split == "retrieval_test":
+                test_rows.append([f"ret{len(test_rows)}", f"msr{v.vid}", v.vid, caps[0]])
+    files["retrieval/MSRVTT_data.json"] = js({"info": {"contributor": "locvtp synthetic world",
+                                                       "version": GENERATOR_VERSION},
+                                              "videos": videos, "sentences": sentences})
+    files["retrieval/MSRVTT_train.9k.csv"] = csv_bytes([[v.vid] for v in S["retrieval_train"]], ["video_id"])
+    files["retrieval/MSRVTT_JSFUSION_test.csv"] = csv_bytes(test_rows, ["key", "vid_key", "video_id", "sentence"])
+
+    # step localization: CrossTask
+    blocks = []
+    for task in plan.crosstask_tasks:
+        steps = task.step_texts()
+        blocks.append(f"{task.task_id}\n{task.name}\nsynthetic://crosstask/{task.task_id}\n{len(steps)}\n"
+                      f"{','.join(steps)}\n\n")
+    files["crosstask/tasks_primary.txt"] = "".join(blocks).encode("utf-8")
+    for split, name in (("crosstask_train", "videos.csv"), ("crosstask_val", "videos_val.csv")):
+        files[f"crosstask/{name}"] = csv_bytes([[v.extra["task"], v.vid, f"videos/{v.vid}.mp4"] for v in S[split]])
+        for v in S[split]:
+            rows = [[k, f"{e.start:.2f}", f"{e.end:.2f}"] for k, e in zip(v.extra["steps"], v.events)]
+            files[f"crosstask/annotations/{v.extra['task']}_{v.vid}.csv"] = csv_bytes(rows)
+
+    # segmentation: COIN
+    database: dict[str, Any] = {}
+    step_base, base = {}, 0
+    for task in plan.coin_tasks:
+        step_base[task.task_id] = base
+        base += len(task.steps)
+    task_by_id = {t.task_id: t for t in plan.coin_tasks}
+    for split in ("coin_train", "coin_test"):
+        for v in S[split]:
+            task = task_by_id[v.extra["task"]]
+            texts = task.step_texts()
+            database[v.vid] = {
+                "recipe_type": int(task.task_id) - 1, "class": task.name,
+                "subset": "training" if split == "coin_train" else "testing",
+                "video_url": f"videos/{v.vid}.mp4", "start": 0.0, "end": _r2(v.duration), "duration": _r2(v.duration),
+                "annotation": [{"id": str(step_base[task.task_id] + k), "segment": [_r2(e.start), _r2(e.end)],
+                                "label": texts[k - 1]} for k, e in zip(v.extra["steps"], v.events)],
+            }
+    files["coin/COIN.json"] = js({"database": database})
+
+    # exact ground truth of every video (objects, events, canonical captions): for tests, viz and debugging
+    gt = {}
+    for v in plan.videos():
+        gt[v.vid] = {"split": v.split, "duration": _r2(v.duration), "num_frames": v.num_frames,
+                     "objects": [{"colour": o.colour, "shape": o.shape, "role": o.role, "x": _r2(o.x),
+                                  "y": _r2(o.y), "r": _r2(o.r)} for o in v.objects],
+                     "events": [{"object": e.obj, "action": e.action, "start": _r2(e.start), "end": _r2(e.end),
+                                 "caption": e.caption} for e in v.events],
+                     **({"task": v.extra["task"], "steps": v.extra["steps"]} if "task" in v.extra else {})}
+    files["ground_truth.json"] = js(gt)
+    return files
+
+
+# ------------------------------------------------------------------------------------------------- writing
+LAYOUT_ENTRIES = ("manifest.json", "ground_truth.json", "videos", "pretrain", "grounding", "retrieval",
+                  "crosstask", "coin")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest(plan: WorldPlan, files: dict[str, bytes]) -> dict[str, Any]:
+    splits = {name: [v.vid for v in vids] for name, vids in plan.splits.items()}
+    n_narr = len(json.loads(files["pretrain/caption.json"]))  # videos with narrations
+    cap = json.loads(files["pretrain/caption.json"])
+    counts = {
+        "videos": sum(len(v) for v in splits.values()),
+        "seconds": _r2(sum(v.duration for v in plan.videos())),
+        "frames": int(sum(v.num_frames for v in plan.videos())),
+        "pretrain_videos": n_narr,
+        "pretrain_narrations": int(sum(len(c["text"]) for c in cap.values())),
+        "events": int(sum(len(v.events) for v in plan.videos())),
+        "grounding_test_queries": int(sum(len(v.events) for v in plan.splits["grounding_test"])),
+        "retrieval_test_queries": len(plan.splits["retrieval_test"]),
+        "crosstask_tasks": len(plan.crosstask_tasks),
+        "crosstask_val_steps": int(sum(len(v.events) for v in plan.splits["crosstask_val"])),
+        "coin_tasks": len(plan.coin_tasks),
+        **{f"split_{k}": len(v) for k, v in splits.items()},
+    }
+    return {
+        "generator": "locvtp.data.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "seed": plan.seed,
+        "preset": plan.preset,
+        "fps": FPS,
+        "frame_size": FRAME_SIZE,
+        "clip_seconds": CLIP_SECONDS,
+        "counts": counts,
+        "splits": splits,
+        "vocabulary": {"colours": list(COLOURS), "shapes": list(SHAPES), "actions": list(ACTIONS),
+                       "colour_words": COLOUR_WORDS, "shape_words": SHAPE_WORDS},
+        "annotation_sha256": {k: _sha256(v) for k, v in sorted(files.items())},
+    }
+
+
+def _is_complete(out: Path, manifest: dict[str, Any]) -> bool:
+    for rel, digest in manifest.get("annotation_sha256", {}).items():
+        f = out / rel
+        if not f.is_file() or _sha256(f.read_bytes()) != digest:
+            return False
+    return all((out / "videos" / f"{vid}.mp4").is_file()
+               for vids in manifest.get("splits", {}).values() for vid in vids)
+
+
+class WorldExistsError(FileExistsError):
+    """The output directory holds something else (another world or foreign files); use force=True."""
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(out_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WorldExistsError(f"{path}: unreadable manifest ({exc}); use --force to regenerate") from None
+
+
+def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", progress: bool = True,
+                   force: bool = False) -> dict[str, Any]:
+    """Write the synthetic world under `out_dir` and return its manifest.
+
+    A directory that already holds the complete world of the same (seed, preset, generator version) is reused
+    as is. A directory holding a different world or foreign files raises WorldExistsError unless `force`,
+    which deletes the world's own entries (never anything else) first. The manifest is written last, so its
+    presence marks a complete world.
+    """
+    out = Path(out_dir)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    existing = None
+    if out.exists():
+        if not out.is_dir():
+            raise WorldExistsError(f"{out} exists and is not a directory")
+        try:
+            existing = read_manifest(out)
+        except WorldExistsError:
+            if not force:
+                raise
+        if existing is not None and not force:
+            same = (existing.get("seed") == seed and existing.get("preset") == preset
+                    and existing.get("generator_version") == GENERATOR_VERSION)
+            if same and _is_complete(out, existing):
+                existing["reused"] = True
+                return existing
+            if not same:
+                raise WorldExistsError(
+                    f"{out} holds a world with seed={existing.get('seed')} preset={existing.get('preset')!r} "
+                    f"version={existing.get('generator_version')}; use --force to overwrite it")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in LAYOUT_ENTRIES)
+        if foreign and not force:
+            raise WorldExistsError(f"{out} is not empty and not a synthetic world (found {foreign[:5]}); "
+                                   f"choose another directory or use --force")
+        if force:
+            for name in LAYOUT_ENTRIES:
+                p = out / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+
+    plan = plan_world(seed, preset)
+    files = build_annotations(plan)
+    video_dir = out / "videos"
+    video_dir.mkdir(exist_ok=True)
+    specs = list(plan.videos())
+    bar = specs
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(specs, desc=f"synth {preset} seed={seed}", unit="video", file=sys.stderr)
+    for spec in bar:
+        write_mp4(video_dir / f"{spec.vid}.mp4", render_video(spec))
+    for rel, data in files.items():
+        _atomic_write(out / rel, data)
+    manifest = _manifest(plan, files)
+    _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="locvtp synth", description=(
+        "Write the procedural video-text world: H.264 MP4s plus annotation files in the real formats "
+        "(HowTo100M, WebVid, ActivityNet Captions, Charades-STA, QVHighlights, MSR-VTT, CrossTask, COIN)."))
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing world in --out")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        m = generate_world(args.out, seed=args.seed, preset=args.preset, progress=not args.quiet, force=args.force)
+    except (WorldExistsError, ValueError, OSError) as exc:
+        print(f"locvtp synth: error: {exc}", file=sys.stderr)
+        return 1
+    c = m["counts"]
+    verb = "reusing the complete world already in" if m.get("reused") else "wrote"
+    print(f"{verb} {args.out} (seed={m['seed']}, preset={m['preset']}, generator {m['generator_version']}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    print(f"  videos/            {c['videos']} MP4s, {c['seconds']:.0f} s, {c['frames']} frames "
+          f"({m['frame_size']}x{m['frame_size']} @ {m['fps']} fps)")
+    print(f"  pretrain/          caption.json: {c['pretrain_narrations']} narrations over {c['pretrain_videos']} "
+          f"videos; webvid.csv: {c['split_webvid']} videos")
+    print(f"  grounding/         ActivityNet, Charades-STA, QVHighlights: {c['split_grounding_train']} train / "
+          f"{c['split_grounding_test']} test videos, {c['grounding_test_queries']} test queries")
+    print(f"  retrieval/         MSR-VTT: {c['split_retrieval_train']} train / {c['split_retrieval_test']} test videos")
+    print(f"  crosstask/         {c['crosstask_tasks']} tasks, {c['split_crosstask_train']} train / "
+          f"{c['split_crosstask_val']} val videos")
+    print(f"  coin/              {c['coin_tasks']} tasks, {c['split_coin_train']} train / {c['split_coin_test']} test videos")
+    return 0

@@ -1,0 +1,411 @@
+"""Shared plumbing of the downstream tasks: seeding, atomic JSON, tables, the per-model embedding bank.
+
+Why a bank: the four tasks read overlapping videos and the same sentences; embedding a video is by far the most
+expensive step on CPU, so every needed video is embedded once per model and every task reads the cache.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+class DownstreamError(ValueError):
+    """A downstream input (annotation, feature file, checkpoint) is unusable; the message names it."""
+
+
+# --------------------------------------------------------------------------------------------- reproducibility
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch so every head and every shuffle is a function of ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def torch_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+# --------------------------------------------------------------------------------------------- output
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None  # JSON has no NaN/inf
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON atomically (temporary sibling, then ``os.replace``); numpy/torch values converted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(_jsonable(obj), fh, indent=1, sort_keys=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], title: str | None = None,
+                 digits: int = 2) -> str:
+    """A plain-text table.
+
+    ``rows`` is either ``{metric: value}`` (one column) or ``{row_name: {metric: value}}`` (one row per model /
+    task, the union of metrics as columns, missing cells shown as ``-``).
+    """
+    if rows and all(not isinstance(v, Mapping) for v in rows.values()):
+        rows = {"value": dict(rows)}  # type: ignore[arg-type]
+        transpose = True
+    else:
+        transpose = False
+    rows = {k: dict(v) for k, v in rows.items()}  # type: ignore[union-attr]
+    columns: list[str] = []
+    for r in rows.values():
+        for c in r:
+            if c not in columns:
+                columns.append(c)
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, (float, np.floating)):
+            return "nan" if not math.isfinite(float(v)) else f"{float(v):.{digits}f}"
+        return str(v)
+
+    lines = []
+    if title:
+        lines.append(title)
+    if transpose:
+        (only,) = rows.values()
+        w = max([len(c) for c in columns] + [6])
+        lines += [f"  {c:<{w}}  {cell(only.get(c)):>10}" for c in columns]
+        return "\n".join(lines)
+    name_w = max([len(n) for n in rows] + [5])
+    widths = [max(len(c), 7) for c in columns]
+    header = " " * (name_w + 2) + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths))
+    lines += [header, "-" * len(header)]
+    for name, r in rows.items():
+        lines.append(f"{name:<{name_w}}  " + "  ".join(f"{cell(r.get(c)):>{w}}" for c, w in zip(columns, widths)))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- small numerics
+def standardize(x: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.ndarray:
+    """Zero mean, unit std along ``axis`` (a constant vector maps to zeros, not NaN)."""
+    x = np.asarray(x, dtype=np.float64)
+    mu = x.mean(axis=axis, keepdims=True)
+    sd = x.std(axis=axis, keepdims=True)
+    return (x - mu) / np.maximum(sd, eps)
+
+
+def overlap_pool_matrix(windows: np.ndarray, duration: float, num_bins: int) -> np.ndarray:
+    """Weights ``[num_bins, n]`` that average clip features into ``num_bins`` equal time bins of ``[0, duration]``.
+
+    Bin k covers ``[k, k+1] * duration / num_bins`` (the time grid 2D-TAN's N×N map lives on); a clip contributes
+    in proportion to its temporal overlap with the bin. A bin no clip overlaps (clips shorter than the video's
+    tail, or a gap) takes the clip whose centre is nearest, so every row sums to 1.
+    """
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
+    n = windows.shape[0]
+    if n == 0:
+        raise DownstreamError("cannot pool an empty clip sequence")
+    duration = float(duration)
+    if not duration > 0:
+        duration = float(windows[:, 1].max())
+    edges = np.linspace(0.0, duration, num_bins + 1)
+    lo = np.maximum(edges[:-1, None], windows[None, :, 0])
+    hi = np.minimum(edges[1:, None], windows[None, :, 1])
+    w = np.clip(hi - lo, 0.0, None)
+    total = w.sum(axis=1, keepdims=True)
+    empty = total[:, 0] <= 0
+    if empty.any():
+        centres = windows.mean(axis=1)
+        bin_centres = (edges[:-1] + edges[1:]) / 2
+        nearest = np.abs(bin_centres[empty, None] - centres[None, :]).argmin(axis=1)
+        w[empty] = 0.0
+        w[np.flatnonzero(empty), nearest] = 1.0
+        total = w.sum(axis=1, keepdims=True)
+    return (w / total).astype(np.float32)
+
+
+def seconds_to_clip_range(start: float, end: float, windows: np.ndarray) -> tuple[int, int]:
+    """Indices [i, j] (inclusive) of the clips whose centre lies in [start, end]; the nearest clip if none does."""
+    centres = np.asarray(windows, dtype=np.float64).mean(axis=1)
+    inside = np.flatnonzero((centres >= start) & (centres <= end))
+    if inside.size:
+        return int(inside[0]), int(inside[-1])
+    k = int(np.abs(centres - (start + end) / 2).argmin())
+    return k, k
+
+
+# --------------------------------------------------------------------------------------------- embeddings
+@dataclass
+class ClipSequence:
+    """One video's clip features on the time axis: ``feats [N, D]`` float32, ``windows [N, 2]`` seconds."""
+
+    feats: np.ndarray
+    windows: np.ndarray
+    duration: float
+
+
+@dataclass
+class TextEmbeddings:
+    """Sentence embeddings ``[n, D]`` and per-sentence word embeddings (valid words only)."""
+
+    sentence: np.ndarray
+    words: list[np.ndarray]
+
+
+@dataclass
+class EmbeddingBank:
+    """Per-model cache of clip and text embeddings, filled once and shared by all tasks.
+
+    ``embed_video(vid) -> ClipSequence`` and ``embed_texts(list[str]) -> TextEmbeddings`` are the two expensive
+    calls (bound to a model by :func:`bank_from_checkpoint`); ``frozen`` optionally maps a video id to
+    externally extracted features (``--features``), used by the supervised heads instead of the embeddings.
+    """
+
+    embed_video: Callable[[str], ClipSequence]
+    embed_texts_fn: Callable[[list[str]], TextEmbeddings]
+    frozen: Callable[[str], ClipSequence] | None = None
+    progress: bool = True
+    _videos: dict[str, ClipSequence] = field(default_factory=dict)
+    _texts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _frozen: dict[str, ClipSequence] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def prefetch(self, vids: Iterable[str], desc: str = "embed videos", strict: bool = False) -> None:
+        """Embed every not-yet-cached video once (lenient: a video that fails is recorded in ``failed``)."""
+        from tqdm.auto import tqdm
+
+        todo = [v for v in dict.fromkeys(vids) if v not in self._videos and v not in self.failed]
+        for vid in tqdm(todo, desc=desc, disable=not self.progress or not todo, leave=False):
+            try:
+                self._videos[vid] = self.embed_video(vid)
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                if strict:
+                    raise
+                self.failed[vid] = f"{type(exc).__name__}: {exc}"
+
+    def video(self, vid: str) -> ClipSequence | None:
+        """Clip embeddings of ``vid`` (None if it failed to embed)."""
+        if vid not in self._videos and vid not in self.failed:
+            self.prefetch([vid])
+        return self._videos.get(vid)
+
+    def features(self, vid: str) -> ClipSequence | None:
+        """Frozen features for supervised heads: ``--features`` rows if given, else the clip embeddings."""
+        if self.frozen is None:
+            return self.video(vid)
+        if vid not in self._frozen:
+            try:
+                self._frozen[vid] = self.frozen(vid)
+            except KeyError as exc:
+                self.failed[vid] = f"features: {exc}"
+                return None
+        return self._frozen[vid]
+
+    def texts(self, texts: Sequence[str], batch_size: int = 256) -> TextEmbeddings:
+        """Sentence and word embeddings of ``texts`` (each distinct string embedded once)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._texts]
+        for k in range(0, len(todo), batch_size):
+            chunk = todo[k:k + batch_size]
+            emb = self.embed_texts_fn(chunk)
+            for t, s, w in zip(chunk, emb.sentence, emb.words):
+                self._texts[t] = (np.asarray(s, np.float32), np.asarray(w, np.float32))
+        if not texts:
+            return TextEmbeddings(np.zeros((0, 0), np.float32), [])
+        return TextEmbeddings(np.stack([self._texts[t][0] for t in texts]), [self._texts[t][1] for t in texts])
+
+
+# --------------------------------------------------------------------------------------------- context
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+
+
+class VideoLocator:
+    """Video id → file. Looks in ``video_dir`` for ``<vid><ext>`` (common extensions), listing the directory once."""
+
+    def __init__(self, video_dir: str | os.PathLike):
+        self.video_dir = Path(video_dir)
+        self._index: dict[str, Path] | None = None
+
+    def _build(self) -> dict[str, Path]:
+        index: dict[str, Path] = {}
+        if self.video_dir.is_dir():
+            for p in sorted(self.video_dir.iterdir()):
+                if p.suffix.lower() in VIDEO_EXTENSIONS and p.stem not in index:
+                    index[p.stem] = p
+        return index
+
+    def __call__(self, vid: str) -> Path:
+        if self._index is None:
+            self._index = self._build()
+        path = self._index.get(vid)
+        if path is None:
+            raise FileNotFoundError(f"video {vid!r} not found in {self.video_dir} (extensions {VIDEO_EXTENSIONS})")
+        return path
+
+
+@dataclass
+class FeatureFile:
+    """Per-video clip features written by ``locvtp extract`` or a foreign tool: an HDF5 file (one ``[N, D]``
+    dataset per video id, the layout 2D-TAN users know), an ``npy-dir`` or an ``npz-dir``. Reading goes through
+    ``locvtp.extract.iter_features`` (one reader for every format); ``attrs`` are the run settings."""
+
+    path: Path
+    attrs: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "FeatureFile":
+        from locvtp.extract import ExtractError, feature_info
+
+        path = Path(path)
+        if not path.exists():
+            raise DownstreamError(f"feature file not found: {path}")
+        try:
+            attrs = feature_info(path)
+        except ExtractError as exc:
+            raise DownstreamError(str(exc)) from None
+        return cls(path, {str(k): _jsonable(v) for k, v in attrs.items()})
+
+    def read(self, vid: str, duration: float | None = None) -> ClipSequence:
+        """Rows of ``vid`` with their windows (the file's own, else consecutive clips of the run settings).
+        Raises ``KeyError`` naming the file when the video is absent."""
+        from locvtp.extract import iter_features
+
+        try:
+            rec = next(iter(iter_features(self.path, load=True, video_ids=[vid])), None)
+        except (FileNotFoundError, OSError) as exc:
+            raise KeyError(f"{self.path}: no features for video {vid!r} ({exc})") from None
+        if rec is None or rec.features is None:
+            raise KeyError(f"{self.path}: no usable [num_clips, D] features for video {vid!r}")
+        windows = np.asarray(rec.windows, dtype=np.float64).reshape(-1, 2).copy()
+        dur = float(rec.duration) if rec.duration and rec.duration > 0 else None
+        if dur is None:
+            dur = float(duration) if duration and duration > 0 else (float(windows[-1, 1]) if len(windows) else 0.0)
+        return ClipSequence(np.asarray(rec.features, np.float32), windows, dur)
+
+    def is_joint_embedding_of(self, sha256: str) -> bool:
+        """True when the file holds *this* checkpoint's joint-space clip embeddings (``locvtp extract`` default):
+        they can then replace decoding the videos."""
+        return (str(self.attrs.get("embedding", "")) == "joint" and bool(sha256)
+                and str(self.attrs.get("checkpoint_sha256", "")) == sha256)
+
+
+@dataclass
+class EvalContext:
+    """Everything a task needs: the loaded model, its embedding bank, where the data is and where results go."""
+
+    model: Any
+    tokenizer: Any
+    cfg: Any  # the checkpoint's full config (``cfg.data`` has clip_seconds, frames_per_clip, ...)
+    data_dir: Path
+    bank: EmbeddingBank
+    out_dir: Path | None = None
+    seed: int = 0
+    progress: bool = True
+    strict: bool = False
+    checkpoint_path: str = ""
+    checkpoint_sha256: str = ""
+    durations: dict[str, float] = field(default_factory=dict)  # from annotations, for feature-file windows
+
+    @property
+    def max_words(self) -> int:
+        return int(self.cfg.data.max_words)
+
+    @property
+    def stride_seconds(self) -> float:
+        return float(self.cfg.data.clip_seconds)
+
+
+def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path], features: FeatureFile | None,
+              durations: Mapping[str, float], progress: bool = True, checkpoint_sha256: str = "") -> EmbeddingBank:
+    """Bind the expensive calls to ``model``.
+
+    Pixel models embed each video file (``locvtp.inference.embed_video_file``, the training clip layout from the
+    checkpoint's ``data`` config); ``--features`` rows then feed the supervised heads. Feature models
+    (``model.video.name = features``) read their input from ``--features`` (``embed_features``), and the
+    heads use the resulting joint embeddings. A feature file that holds this very checkpoint's joint
+    embeddings (``embedding=joint`` and a matching ``checkpoint_sha256``, as ``locvtp extract`` writes) is used
+    for everything, and no video is decoded.
+    """
+    from locvtp.inference import embed_features, embed_texts, embed_video_file
+
+    dcfg = cfg.data
+    takes_pixels = bool(getattr(model, "takes_pixels", True))
+    if not takes_pixels and features is None:
+        raise DownstreamError("this checkpoint's video encoder reads pre-extracted features: pass --features H5")
+
+    def embed_video(vid: str) -> ClipSequence:
+        if takes_pixels:
+            emb = embed_video_file(model, locate(vid), clip_seconds=float(dcfg.clip_seconds),
+                                   frames_per_clip=int(dcfg.frames_per_clip), frame_size=int(dcfg.frame_size))
+            return ClipSequence(np.asarray(emb.clips, np.float32), np.asarray(emb.windows, np.float64),
+                                float(emb.duration))
+        assert features is not None
+        raw = features.read(vid, durations.get(vid))
+        emb = embed_features(model, raw.feats, windows=raw.windows)
+        return ClipSequence(np.asarray(emb.clips, np.float32), raw.windows, raw.duration)
+
+    def embed_txt(texts: list[str]) -> TextEmbeddings:
+        t = embed_texts(model, tokenizer, texts, max_words=int(dcfg.max_words))
+        return TextEmbeddings(np.asarray(t.sentence, np.float32), [np.asarray(w, np.float32) for w in t.words])
+
+    if features is not None and takes_pixels and features.is_joint_embedding_of(checkpoint_sha256):
+        def embed_video(vid: str) -> ClipSequence:  # noqa: F811  (already this model's clip embeddings)
+            return features.read(vid, durations.get(vid))
+
+        return EmbeddingBank(embed_video, embed_txt, frozen=None, progress=progress)
+    frozen = None
+    if features is not None and takes_pixels:
+        def frozen(vid: str) -> ClipSequence:
+            return features.read(vid, durations.get(vid))
+
+    return EmbeddingBank(embed_video, embed_txt, frozen=frozen, progress=progress)
+
+
+@dataclass
+class TaskResult:
+    """What a task returns: flat metrics (already prefixed, e.g. ``grounding_R1@0.5``), per-query predictions,
+    and ``info`` (counts, skipped inputs with reasons, settings used) — all written to ``<out>/<task>.json``."""
+
+    task: str
+    metrics: dict[str, float]
+    predictions: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "metrics": self.metrics, "info": self.info, "predictions": self.predictions}
+
+
+def prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``{"R1": 3.0}`` → ``{"<prefix>_R1": 3.0}`` (numbers only)."""
+    return {f"{prefix}_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number))}
+
+
+def bad_records(skipped: Iterable[Any]) -> list[dict]:
+    """``formats.BadRecord``s as JSON-ready dicts (file, location, reason)."""
+    return [{"file": str(b.file), "location": str(b.location), "reason": str(b.reason)} for b in skipped]

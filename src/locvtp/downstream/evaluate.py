@@ -1,0 +1,241 @@
+"""`locvtp evaluate TASK --checkpoint CKPT --data DIR`: the paper's four downstream tasks, one table.
+
+``evaluate_all`` loads the checkpoint once, reads every task's annotations first (cheap), embeds every video
+any chosen task needs exactly once (one progress bar), then runs the tasks on the shared cache. Each task is
+seeded with ``seed`` on entry, so its figures do not depend on which other tasks ran before it. Every task
+writes ``<out>/<task>.json`` (metrics, per-query predictions, settings, skipped inputs with reasons); ``all``
+also writes ``<out>/metrics.json`` (the flat dict returned) and prints one table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from locvtp.downstream.common import (
+    DownstreamError, EvalContext, FeatureFile, TaskResult, VideoLocator, format_table, make_bank, seed_everything,
+    write_json,
+)
+from locvtp.downstream.grounding import GroundingOptions, load_grounding_queries, run_grounding
+from locvtp.downstream.retrieval import RetrievalOptions, load_msrvtt, run_retrieval
+from locvtp.downstream.segmentation import SegmentationOptions, load_coin, run_segmentation
+from locvtp.downstream.steps import StepsOptions, load_crosstask, run_steps
+
+TASKS = ("retrieval", "grounding", "steps", "segmentation")
+# The headline figure of each task, shown first in the tables.
+HEADLINE = ("retrieval_R1", "retrieval_R5", "retrieval_R10", "retrieval_MedianR", "grounding_R1@0.5",
+            "grounding_R1@0.7", "grounding_mIoU", "head_grounding_R1@0.5", "head_grounding_R1@0.7",
+            "head_grounding_mIoU", "step_recall", "segmentation_acc", "segmentation_edit", "segmentation_F1@50")
+
+
+@dataclass
+class DownstreamOptions:
+    """Every task's settings (``configs/downstream/default.yaml`` spells out the defaults)."""
+
+    retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
+    grounding: GroundingOptions = field(default_factory=GroundingOptions)
+    steps: StepsOptions = field(default_factory=StepsOptions)
+    segmentation: SegmentationOptions = field(default_factory=SegmentationOptions)
+
+
+def load_options(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DownstreamOptions:
+    """Defaults ← YAML ← dotted overrides (``grounding.head_cfg.epochs=30``); unknown keys fail with their name."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = OmegaConf.structured(DownstreamOptions)
+    try:
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise DownstreamError(f"downstream config not found: {p}")
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            if not isinstance(raw, dict):
+                raise DownstreamError(f"{p}: top level must be a mapping")
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(raw))
+        for ov in overrides:
+            if "=" not in ov:
+                raise DownstreamError(f"override {ov!r} is not of the form key=value")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
+    except OmegaConfBaseException as exc:
+        raise DownstreamError(f"downstream options: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise DownstreamError(f"{path}: invalid YAML: {exc}") from None
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def _load_checkpoint(checkpoint: Any, device: str = "cpu"):
+    """A path (checkpoint or run dir) → loaded Checkpoint; an already loaded one is returned as is."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
+
+        return load_checkpoint(resolve_checkpoint(checkpoint), map_location=device)
+    for attr in ("model", "tokenizer", "cfg"):
+        if not hasattr(checkpoint, attr):
+            raise DownstreamError(f"checkpoint must be a path or a loaded Checkpoint; {type(checkpoint).__name__} "
+                                  f"has no .{attr}")
+    return checkpoint
+
+
+def _needed_videos(data_dir: Path, tasks: Sequence[str], opts: DownstreamOptions, strict: bool
+                   ) -> tuple[list[str], dict[str, float]]:
+    """Every video id the chosen tasks read, in task order, and the durations the annotations give."""
+    vids: list[str] = []
+    durations: dict[str, float] = {}
+    if "retrieval" in tasks:
+        data = load_msrvtt(data_dir, strict=strict)
+        vids += [v for v, _ in data.test]
+        if opts.retrieval.finetune:
+            vids += list(data.train)
+    if "grounding" in tasks:
+        splits = ("test", "train") if opts.grounding.head else ("test",)
+        for split in splits:
+            queries, _ = load_grounding_queries(data_dir, opts.grounding.dataset, split, strict, opts.grounding)
+            for q in queries:
+                vids.append(q.vid)
+                if q.duration > 0:
+                    durations[q.vid] = q.duration
+    if "steps" in tasks:
+        _, videos, _ = load_crosstask(data_dir, opts.steps.split, strict=strict)
+        vids += [v.vid for v in videos]
+    if "segmentation" in tasks:
+        train, test, _ = load_coin(data_dir, strict=strict)
+        for v in [*train, *test]:
+            vids.append(v.vid)
+            if v.duration > 0:
+                durations[v.vid] = v.duration
+    return list(dict.fromkeys(vids)), durations
+
+
+RUNNERS = {"retrieval": run_retrieval, "grounding": run_grounding, "steps": run_steps,
+           "segmentation": run_segmentation}
+
+
+def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 tasks: Sequence[str] = TASKS, features: str | os.PathLike | None = None, progress: bool = True,
+                 seed: int = 0, options: DownstreamOptions | None = None, video_dir: str | os.PathLike | None = None,
+                 strict: bool = False, device: str = "cpu", verbose: bool = True) -> dict[str, float]:
+    """Run the chosen tasks and return one flat dict of metrics (percentages; ``retrieval_MedianR`` is a rank).
+
+    ``checkpoint``: a checkpoint or run directory, or a loaded ``locvtp.checkpoint.Checkpoint``.
+    ``data_dir``: a synthetic world or a directory with the same layout (``retrieval/``, ``grounding/``,
+    ``crosstask/``, ``coin/``, videos in ``video_dir`` = ``<data_dir>/videos`` by default).
+    ``features``: clip features for the supervised heads (see ``make_bank``).
+    Returns e.g. ``retrieval_R1, grounding_R1@0.5, head_grounding_R1@0.5, step_recall, segmentation_acc``, and
+    ``<task>_seconds`` timings.
+    """
+    tasks = list(dict.fromkeys(tasks))
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise DownstreamError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+    opts = options or DownstreamOptions()
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DownstreamError(f"data directory not found: {data_dir}")
+    out = Path(out_dir) if out_dir is not None else None
+    t0 = time.time()
+    ck = _load_checkpoint(checkpoint, device)
+    sha = str(getattr(ck, "sha256", "") or "")
+    vids, durations = _needed_videos(data_dir, tasks, opts, strict)
+    feat = FeatureFile.open(features) if features is not None else None
+    bank = make_bank(ck.model, ck.tokenizer, ck.cfg, VideoLocator(video_dir or data_dir / "videos"), feat,
+                     durations, progress=progress, checkpoint_sha256=sha)
+    bank.prefetch(vids, desc="embed videos", strict=strict)
+    embed_seconds = time.time() - t0
+    if bank.failed and verbose:
+        print(f"[evaluate] {len(bank.failed)} of {len(vids)} videos could not be embedded and are skipped "
+              f"(reasons in the task JSON files); first: {next(iter(bank.failed.items()))}", file=sys.stderr)
+    ctx = EvalContext(ck.model, ck.tokenizer, ck.cfg, data_dir, bank, out, seed, progress, strict,
+                      str(getattr(ck, "path", "")), sha, durations)
+    flat: dict[str, float] = {}
+    results: dict[str, TaskResult] = {}
+    for task in tasks:
+        seed_everything(seed)
+        ts = time.time()
+        res = RUNNERS[task](ctx, getattr(opts, task))
+        res.info["seconds"] = round(time.time() - ts, 2)
+        res.info["checkpoint"] = ctx.checkpoint_path
+        res.info["checkpoint_sha256"] = sha
+        res.info["seed"] = seed
+        res.info["failed_videos"] = {v: r for v, r in bank.failed.items()}
+        results[task] = res
+        flat.update(res.metrics)
+        flat[f"{task}_seconds"] = res.info["seconds"]
+        if out is not None:
+            write_json(out / f"{task}.json", res.to_json())
+        if verbose and len(tasks) > 1:
+            print(format_table(_ordered(res.metrics), title=f"[evaluate] {task} ({res.info['seconds']:.1f} s)"))
+    flat["embed_seconds"] = round(embed_seconds, 2)
+    flat["total_seconds"] = round(time.time() - t0, 2)
+    flat = _ordered(flat)
+    if out is not None:
+        write_json(out / "metrics.json", {"checkpoint": ctx.checkpoint_path, "checkpoint_sha256": sha,
+                                          "data": str(data_dir), "tasks": tasks, "seed": seed, "metrics": flat,
+                                          "videos": len(vids), "failed_videos": bank.failed})
+    if verbose:
+        shown = {k: v for k, v in flat.items() if not k.endswith("_seconds")}
+        name = Path(ctx.checkpoint_path).name if ctx.checkpoint_path else "model"
+        print(format_table({name: shown} if len(tasks) > 1 else shown,
+                           title=f"[evaluate] {', '.join(tasks)} on {data_dir} ({flat['total_seconds']:.1f} s)"))
+    return flat
+
+
+def _ordered(metrics: dict[str, float]) -> dict[str, float]:
+    head = [k for k in HEADLINE if k in metrics]
+    return {**{k: metrics[k] for k in head}, **{k: v for k, v in metrics.items() if k not in head}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="locvtp evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("task", choices=[*TASKS, "all"], help="which downstream task")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    p.add_argument("--data", required=True, help="data root (a synthetic world or the same layout)")
+    p.add_argument("--features", default=None, help="clip features (HDF5 / npy-dir / npz-dir) for the heads")
+    p.add_argument("--out", default=None, help="directory for <task>.json and metrics.json")
+    p.add_argument("--video-dir", default=None, help="video directory (default: DATA/videos)")
+    p.add_argument("--config", default=None, help="downstream options YAML (configs/downstream/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an option, e.g. --set grounding.head_cfg.epochs=30 (repeatable)")
+    p.add_argument("--finetune", action="store_true", help="retrieval: also fine-tune contrastively on train")
+    p.add_argument("--grounding-dataset", choices=["activitynet", "charades"], default=None,
+                   help="grounding annotations to read (default from the options: activitynet)")
+    p.add_argument("--no-head", action="store_true", help="grounding: zero-shot only (skip the 2D-TAN head)")
+    p.add_argument("--seg-head", choices=["linear", "tcn"], default=None, help="segmentation classifier")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad annotation or video")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.finetune:
+        overrides.append("retrieval.finetune=true")
+    if args.grounding_dataset:
+        overrides.append(f"grounding.dataset={args.grounding_dataset}")
+    if args.no_head:
+        overrides.append("grounding.head=false")
+    if args.seg_head:
+        overrides.append(f"segmentation.probe.head={args.seg_head}")
+    tasks = TASKS if args.task == "all" else (args.task,)
+    try:
+        opts = load_options(args.config, overrides)
+        evaluate_all(args.checkpoint, args.data, out_dir=args.out, tasks=tasks, features=args.features,
+                     progress=not args.quiet, seed=args.seed, options=opts, video_dir=args.video_dir,
+                     strict=args.strict, device=args.device)
+    except (DownstreamError, OSError, ValueError, KeyError) as exc:
+        print(f"locvtp evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

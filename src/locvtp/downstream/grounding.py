@@ -1,0 +1,486 @@
+"""Temporal sentence grounding: zero-shot from the pre-trained space, and a 2D-TAN head on frozen clip features.
+
+Zero-shot (no training): every clip gets a query score that combines the sentence level (clip · sentence) and
+the word level (mean over the query's words of clip · word), each standardized over the video's clips so neither
+dominates by scale; every candidate window [i, j] of clips is then scored by how much higher the clips inside
+are than the clips outside (a two-sample t statistic by default, see :func:`window_scores`), and windows are
+ranked best first. NMS and recall are ``locvtp.metrics.grounding_recall`` (2D-TAN conventions).
+
+Supervised: :class:`TAN2DHead` follows 2D-TAN (Zhang et al., AAAI 2020, microsoft/2D-TAN): clip features pooled
+into N equal time bins, a 2D map of all N×N moments by max (or average) pooling, Hadamard fusion with the
+query's sentence embedding and L2 normalization, a masked conv stack, a 1×1 prediction layer, trained with the
+scaled-IoU binary cross-entropy (``bce_rescale_loss``: target = clamp((IoU − min_iou)/(max_iou − min_iou), 0, 1)).
+The query side is the frozen pre-trained text encoder's sentence embedding (2D-TAN used an LSTM over GloVe; the
+paper's point is the video features, which is what we keep frozen and compare).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from locvtp.downstream.common import DownstreamError, overlap_pool_matrix, standardize, torch_generator
+
+# --------------------------------------------------------------------------------------------------- zero-shot
+
+
+def clip_query_score_matrix(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.ndarray] | None = None,
+                            alpha: float = 0.5) -> np.ndarray:
+    """Per-clip relevance of K queries → ``[N, K]``: ``alpha·z(clips·sentence_k) + (1−alpha)·z(mean_l clips·words_k[l])``.
+
+    ``clips [N, D]``, ``sentences [K, D]``, ``words[k] [L_k, D]`` (valid words only; None, or a query with no
+    word, uses the sentence alone). ``z`` standardizes each query's column over the clips of this video: window
+    scores and the step Viterbi only see the *shape* of a column, and standardizing keeps the sentence and the
+    word components on an equal footing whatever their raw dynamic range.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    clips = np.asarray(clips, dtype=np.float64)
+    sentences = np.asarray(sentences, dtype=np.float64).reshape(-1, clips.shape[1])
+    sent = standardize(clips @ sentences.T, axis=0)
+    if words is None or alpha == 1.0:
+        return sent
+    out = sent.copy()
+    for k, w in enumerate(words):  # K queries of one video (a handful): not a model forward
+        w = np.asarray(w, dtype=np.float64)
+        if w.size:
+            word = standardize((clips @ w.reshape(-1, clips.shape[1]).T).mean(axis=1))
+            out[:, k] = alpha * sent[:, k] + (1.0 - alpha) * word
+    return out
+
+
+def clip_query_scores(clips: np.ndarray, sentence: np.ndarray, words: np.ndarray | None = None,
+                      alpha: float = 0.5) -> np.ndarray:
+    """One query's per-clip curve ``[N]`` (see :func:`clip_query_score_matrix`)."""
+    w = None if words is None else [np.asarray(words)]
+    return clip_query_score_matrix(clips, np.asarray(sentence)[None], w, alpha)[:, 0]
+
+
+def window_scores(scores: np.ndarray, kind: str = "tstat", min_len: int = 1, max_len: int | None = None) -> np.ndarray:
+    """Score every window [i, j] (clips i..j inclusive) of a per-clip curve → ``[N, N]``, −inf where invalid.
+
+    ``kind="contrast"``: mean inside − mean outside. ``kind="tstat"`` (default): the same difference divided by
+    ``sqrt(1/n_in + 1/n_out)``, the two-sample t statistic under i.i.d. clip noise. Why: the plain contrast of a
+    single noisy clip is as large as that of the whole bump it belongs to, so it prefers one-clip windows on
+    noisy curves; dividing by the difference's standard error is the length prior that follows from the noise
+    model rather than a tuned constant. The whole video (nothing outside) scores 0 under both (no contrast).
+    Windows shorter than ``min_len`` or longer than ``max_len`` clips are invalid.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = s.shape[0]
+    if kind not in ("tstat", "contrast"):
+        raise ValueError(f"window score kind must be 'tstat' or 'contrast', got {kind!r}")
+    csum = np.concatenate([[0.0], np.cumsum(s)])
+    i = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    n_in = (j - i + 1).astype(np.float64)
+    n_out = n - n_in
+    valid = (j >= i) & (n_in >= min_len)
+    if max_len is not None:
+        valid &= n_in <= max_len
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sum_in = csum[np.clip(j + 1, 0, n)] - csum[i]
+        mean_in = sum_in / n_in
+        mean_out = np.where(n_out > 0, (csum[n] - sum_in) / np.maximum(n_out, 1), mean_in)
+        out = mean_in - mean_out
+        if kind == "tstat":
+            out = np.where(n_out > 0, out / np.sqrt(1.0 / n_in + 1.0 / np.maximum(n_out, 1)), 0.0)
+    return np.where(valid, out, -np.inf)
+
+
+def rank_windows(scores: np.ndarray, windows: np.ndarray, kind: str = "tstat", max_candidates: int | None = 500,
+                 min_len: int = 1, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate windows in seconds, best first: ``([M, 2] seconds, [M] scores)``.
+
+    ``windows [N, 2]`` are the clips' time spans; window [i, j] spans ``windows[i, 0] .. windows[j, 1]``.
+    Ties keep the (i, j) row-major order (stable sort), so the ranking is deterministic. Only the best
+    ``max_candidates`` are returned: NMS then keeps the top few of them (None keeps all N(N+1)/2).
+    """
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
+    ws = window_scores(scores, kind=kind, min_len=min_len, max_len=max_len)
+    ii, jj = np.nonzero(np.isfinite(ws))
+    vals = ws[ii, jj]
+    order = np.argsort(-vals, kind="stable")
+    if max_candidates is not None:
+        order = order[:max_candidates]
+    ranked = np.stack([windows[ii[order], 0], windows[jj[order], 1]], axis=1)
+    return ranked, vals[order]
+
+
+def top_windows(ranked: np.ndarray, top_k: int = 5, threshold: float = 0.5) -> np.ndarray:
+    """The first ``top_k`` windows that survive 2D-TAN's NMS (``locvtp.metrics.nms``): what the JSON records."""
+    from locvtp.metrics import nms
+
+    ranked = np.asarray(ranked, dtype=np.float64).reshape(-1, 2)
+    return ranked[nms(ranked, None, threshold, top_k=top_k)] if len(ranked) else ranked
+
+
+# --------------------------------------------------------------------------------------------------- 2D-TAN head
+
+
+def moment_mask(num_clips: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Bool ``[N, N]``: moment (i, j) is valid iff i <= j (2D-TAN's dense map; sparse sampling is for N ≥ 64)."""
+    idx = torch.arange(num_clips, device=device)
+    return idx[:, None] <= idx[None, :]
+
+
+def moment_iou(gt: torch.Tensor, durations: torch.Tensor, num_clips: int) -> torch.Tensor:
+    """IoU of every map moment with the ground truth: ``gt [B, 2]`` seconds, ``durations [B]`` → ``[B, N, N]``.
+
+    Moment (i, j) spans ``[i, j + 1] · duration / N`` (2D-TAN's time grid); invalid (i > j) entries are 0.
+    """
+    gt = gt.to(torch.float64)
+    grid = torch.arange(num_clips + 1, dtype=torch.float64, device=gt.device)
+    unit = durations.to(torch.float64)[:, None] / num_clips
+    starts = (grid[:-1][None, :] * unit)[:, :, None]  # [B, N, 1]
+    ends = (grid[1:][None, :] * unit)[:, None, :]  # [B, 1, N]
+    s, e = gt[:, 0, None, None], gt[:, 1, None, None]
+    inter = (torch.minimum(ends, e) - torch.maximum(starts, s)).clamp(min=0)
+    union = torch.maximum(ends, e) - torch.minimum(starts, s)
+    iou = torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
+    return (iou * moment_mask(num_clips, gt.device)).to(torch.float32)
+
+
+def scaled_iou_bce(logits: torch.Tensor, iou: torch.Tensor, mask: torch.Tensor, min_iou: float = 0.5,
+                   max_iou: float = 1.0) -> torch.Tensor:
+    """2D-TAN's ``bce_rescale_loss`` (bias 0): BCE of sigmoid(logits) against clamp((IoU−min)/(max−min), 0, 1),
+    summed over valid moments and divided by their count. Computed from logits for numerical stability."""
+    if not max_iou > min_iou:
+        raise ValueError(f"max_iou ({max_iou}) must exceed min_iou ({min_iou})")
+    target = ((iou - min_iou) / (max_iou - min_iou)).clamp(0.0, 1.0)
+    mask = mask.to(logits.dtype).expand_as(logits)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * mask
+    return loss.sum() / mask.sum().clamp(min=1.0)
+
+
+def moment_map_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
+    """Features of every moment: ``x [B, N, H]`` → ``[B, H, N, N]``, entry (i, j) pooling clips i..j.
+
+    ``max`` uses a sparse table (log₂N levels of pairwise maxima; each moment is the max of two overlapping
+    power-of-two blocks), ``avg`` a cumulative sum: both vectorized over moments, no loop over clips.
+    Invalid (i > j) entries are 0.
+    """
+    b, n, h = x.shape
+    i = torch.arange(n, device=x.device)[:, None].expand(n, n)
+    j = torch.arange(n, device=x.device)[None, :].expand(n, n)
+    valid = j >= i
+    if mode == "avg":
+        csum = torch.cat([x.new_zeros(b, 1, h), x.cumsum(dim=1)], dim=1)  # [B, N+1, H]
+        length = (j - i + 1).clamp(min=1).to(x.dtype)
+        out = (csum[:, (j + 1).clamp(max=n)] - csum[:, i]) / length[None, :, :, None]  # [B, N, N, H]
+    elif mode == "max":
+        levels = [x]
+        step = 1
+        while 2 * step <= n:
+            prev = levels[-1]
+            shifted = torch.cat([prev[:, step:], prev[:, -1:].expand(b, step, h)], dim=1)
+            levels.append(torch.maximum(prev, shifted))
+            step *= 2
+        table = torch.stack(levels, dim=0)  # [K, B, N, H]: table[k, :, t] = max x[t : t + 2^k]
+        length = (j - i + 1).clamp(min=1)
+        k = torch.floor(torch.log2(length.to(torch.float64))).to(torch.long).clamp(max=len(levels) - 1)
+        k = torch.where(valid, k, torch.zeros_like(k))
+        second = (j - (1 << k) + 1).clamp(min=0)
+        out = torch.maximum(table[k, :, i], table[k, :, second])  # [N, N, B, H]
+        out = out.permute(2, 0, 1, 3)
+    else:
+        raise ValueError(f"moment pooling must be 'max' or 'avg', got {mode!r}")
+    out = out * valid[None, :, :, None].to(out.dtype)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class _MaskedConv2d(nn.Module):
+    """Conv + ReLU whose output is re-weighted by 1/(number of valid inputs in its receptive field), zero where
+    none is valid: 2D-TAN's ``get_padded_mask_and_weight``, so moments near the map's edge are not damped."""
+
+    def __init__(self, cin: int, cout: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
+        self.register_buffer("ones", torch.ones(1, 1, kernel, kernel), persistent=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = torch.round(F.conv2d(mask, self.ones, padding=self.conv.padding))
+        weight = torch.where(count > 0, 1.0 / count.clamp(min=1.0), torch.zeros_like(count))
+        return F.relu(self.conv(x)) * weight, (count > 0).to(mask.dtype)
+
+
+class TAN2DHead(nn.Module):
+    """2D temporal adjacent network on frozen clip features.
+
+    ``forward(feats [B, N, Din], query [B, Dq]) -> logits [B, N, N]`` (invalid moments: large negative).
+    ``pooling``: ``max`` (2D-TAN's pool variant) or ``avg``.
+    """
+
+    def __init__(self, in_dim: int, query_dim: int, num_clips: int = 16, hidden: int = 128, layers: int = 3,
+                 kernel: int = 5, pooling: str = "max", dropout: float = 0.1):
+        super().__init__()
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"moment pooling must be 'max' or 'avg', got {pooling!r}")
+        if kernel % 2 != 1:
+            raise ValueError(f"conv kernel must be odd (same padding), got {kernel}")
+        self.num_clips = num_clips
+        self.pooling = pooling
+        self.frame = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.query = nn.Linear(query_dim, hidden)
+        self.convs = nn.ModuleList(_MaskedConv2d(hidden, hidden, kernel) for _ in range(layers))
+        self.pred = nn.Conv2d(hidden, 1, 1)
+        self.register_buffer("mask2d", moment_mask(num_clips), persistent=False)
+
+    def forward(self, feats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        if feats.shape[1] != self.num_clips:
+            raise ValueError(f"expected {self.num_clips} pooled clips, got feats of shape {tuple(feats.shape)}")
+        vis = moment_map_pool(self.frame(feats), self.pooling)  # [B, H, N, N]
+        mask = self.mask2d[None, None].to(vis.dtype)
+        fused = F.normalize(self.query(query)[:, :, None, None] * vis, dim=1) * mask
+        m = mask
+        for conv in self.convs:
+            fused, m = conv(fused, m)
+        logits = self.pred(fused)[:, 0]
+        return logits.masked_fill(~self.mask2d[None], -1e4)
+
+
+def pool_to_bins(feats: np.ndarray, windows: np.ndarray, duration: float, num_bins: int,
+                 l2_normalize: bool = True) -> np.ndarray:
+    """Clip features ``[n, D]`` on their time spans → ``[num_bins, D]`` on 2D-TAN's uniform grid.
+
+    Rows are L2-normalized first (2D-TAN's ``NORMALIZE``), so features of any scale (``--features``) behave.
+    """
+    f = np.asarray(feats, dtype=np.float32)
+    if l2_normalize:
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-8)
+    return overlap_pool_matrix(windows, duration, num_bins) @ f
+
+
+@dataclass
+class HeadConfig:
+    """Defaults sized for CPU: the demo world trains in seconds. 2D-TAN's ActivityNet setting is N = 64,
+    hidden 512, 4 layers of kernel 9, lr 1e-4 for 100 epochs."""
+
+    num_clips: int = 16
+    hidden: int = 128
+    layers: int = 3
+    kernel: int = 5
+    pooling: str = "max"
+    dropout: float = 0.1
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    min_iou: float = 0.5
+    max_iou: float = 1.0
+
+
+def train_tan_head(feats: np.ndarray, queries: np.ndarray, gt: np.ndarray, durations: np.ndarray,
+                   cfg: HeadConfig = HeadConfig(), seed: int = 0, progress: bool = False,
+                   desc: str = "2D-TAN head") -> tuple[TAN2DHead, list[float]]:
+    """Train a :class:`TAN2DHead` on pooled features ``[Q, N, Din]`` (one row per query; videos repeat),
+    sentence embeddings ``[Q, Dq]``, ground truth ``[Q, 2]`` seconds and durations ``[Q]``.
+
+    Returns the head (in eval mode) and the mean loss of each epoch. Deterministic given ``seed``.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    x = torch.as_tensor(np.asarray(feats, np.float32))
+    q = torch.as_tensor(np.asarray(queries, np.float32))
+    iou = moment_iou(torch.as_tensor(np.asarray(gt, np.float64)), torch.as_tensor(np.asarray(durations, np.float64)),
+                     cfg.num_clips)
+    if x.ndim != 3 or x.shape[1] != cfg.num_clips or len(x) != len(q) or len(x) != len(iou):
+        raise ValueError(f"inconsistent training arrays: feats {tuple(x.shape)}, queries {tuple(q.shape)}, "
+                         f"gt {tuple(np.shape(gt))} (num_clips={cfg.num_clips})")
+    head = TAN2DHead(x.shape[2], q.shape[1], cfg.num_clips, cfg.hidden, cfg.layers, cfg.kernel, cfg.pooling,
+                     cfg.dropout)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch_generator(seed)
+    mask = head.mask2d
+    losses: list[float] = []
+    head.train()
+    for _ in tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False):
+        perm = torch.randperm(len(x), generator=gen)
+        total, count = 0.0, 0
+        for k in range(0, len(x), cfg.batch_size):
+            idx = perm[k:k + cfg.batch_size]
+            loss = scaled_iou_bce(head(x[idx], q[idx]), iou[idx], mask, cfg.min_iou, cfg.max_iou)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+        losses.append(total / max(count, 1))
+    head.eval()
+    return head, losses
+
+
+@torch.no_grad()
+def predict_score_maps(head: TAN2DHead, feats: np.ndarray, queries: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Moment probabilities ``[Q, N, N]`` (sigmoid; 0 on invalid moments), as 2D-TAN's ``joint_prob``."""
+    head.eval()
+    x = torch.as_tensor(np.asarray(feats, np.float32))
+    q = torch.as_tensor(np.asarray(queries, np.float32))
+    out = []
+    for k in range(0, len(x), batch_size):
+        out.append(torch.sigmoid(head(x[k:k + batch_size], q[k:k + batch_size])) * head.mask2d)
+    return torch.cat(out).numpy() if out else np.zeros((0, head.num_clips, head.num_clips), np.float32)
+
+
+
+
+# --------------------------------------------------------------------------------------------------- the task
+@dataclass
+class GroundingQuery:
+    vid: str
+    query: str
+    start: float
+    end: float
+    duration: float
+
+
+@dataclass
+class GroundingOptions:
+    dataset: str = "activitynet"  # activitynet | charades (files below, under <data>/grounding/<dataset>/)
+    activitynet_train: str = "train.json"
+    activitynet_test: str = "val_1.json"  # ActivityNet Captions has no public test labels; val_2.json also works
+    alpha: float = 0.5  # zero-shot: weight of the sentence level vs the word level
+    window_score: str = "tstat"  # tstat | contrast (see window_scores)
+    max_candidates: int = 500  # zero-shot windows handed to NMS
+    head: bool = True  # train and evaluate the 2D-TAN head
+    head_cfg: HeadConfig = field(default_factory=HeadConfig)
+    top_k_saved: int = 5  # windows per query written to the JSON (after NMS)
+
+
+def load_grounding_queries(data_dir: str | Path, dataset: str = "activitynet", split: str = "test",
+                           strict: bool = False, opts: "GroundingOptions | None" = None
+                           ) -> tuple[list[GroundingQuery], list[dict]]:
+    """Queries of one split via ``locvtp.data.formats``: ActivityNet Captions (``train.json`` / ``val_1.json``)
+    or Charades-STA (``charades_sta_{train,test}.txt``, durations from ``Charades_v1_{train,test}.csv`` when
+    present, else from the video). Returns the queries (duration −1 when unknown) and the skipped records."""
+    from locvtp.data import formats
+    from locvtp.downstream.common import bad_records
+
+    if split not in ("train", "test"):
+        raise ValueError(f"grounding split must be 'train' or 'test', got {split!r}")
+    opts = opts or GroundingOptions(dataset=dataset)
+    root = Path(data_dir) / "grounding" / dataset
+    if dataset == "activitynet":
+        res = formats.read_activitynet_captions(root / (opts.activitynet_train if split == "train"
+                                                        else opts.activitynet_test), strict=strict)
+    elif dataset == "charades":
+        dur = root / f"Charades_v1_{split}.csv"
+        res = formats.read_charades_sta(root / f"charades_sta_{split}.txt", dur if dur.is_file() else None,
+                                        strict=strict)
+    else:
+        raise DownstreamError(f"unknown grounding dataset {dataset!r}; choose 'activitynet' or 'charades'")
+    queries = [GroundingQuery(r.video_id, r.query, float(r.windows[0][0]), float(r.windows[0][1]),
+                              float(r.duration) if r.duration else -1.0) for r in res.records if r.windows]
+    return queries, bad_records(res.skipped)
+
+
+def _fill_durations(ctx, queries: list[GroundingQuery]) -> None:
+    """Charades-STA without its metadata csv: take each video's duration from the video (or feature file)."""
+    for q in queries:
+        if not q.duration > 0:
+            seq = ctx.bank.video(q.vid)
+            if seq is not None:
+                q.duration = float(seq.duration)
+
+
+def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingOptions
+                        ) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
+    """Ranked windows (seconds, best first) per usable query, the indices of those queries, and their curves."""
+    from tqdm.auto import tqdm
+
+    texts = ctx.bank.texts([q.query for q in queries])
+    ranked, used, curves = [], [], []
+    for k, q in enumerate(tqdm(queries, desc="zero-shot grounding", disable=not ctx.progress, leave=False)):
+        seq = ctx.bank.video(q.vid)
+        if seq is None or len(seq.feats) == 0:
+            continue
+        curve = clip_query_scores(seq.feats, texts.sentence[k], texts.words[k], alpha=opts.alpha)
+        windows, _ = rank_windows(curve, seq.windows, kind=opts.window_score, max_candidates=opts.max_candidates)
+        ranked.append(windows)
+        used.append(k)
+        curves.append(curve)
+    return ranked, used, curves
+
+
+def _pooled(ctx, queries: Sequence[GroundingQuery], num_bins: int) -> tuple[np.ndarray, list[int]]:
+    """[Q', N, D] pooled frozen features of the queries whose video is available, and their indices."""
+    cache: dict[str, np.ndarray] = {}
+    rows, used = [], []
+    for k, q in enumerate(queries):
+        if q.vid not in cache:
+            seq = ctx.bank.features(q.vid)
+            if seq is None or len(seq.feats) == 0:
+                continue
+            cache[q.vid] = pool_to_bins(seq.feats, seq.windows, q.duration if q.duration > 0 else seq.duration,
+                                        num_bins)
+        rows.append(cache[q.vid])
+        used.append(k)
+    if not rows:
+        return np.zeros((0, num_bins, 0), np.float32), used
+    return np.stack(rows), used
+
+
+def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
+    """Zero-shot grounding on the test split, and (``opts.head``) the 2D-TAN head trained on the train split."""
+    from locvtp.downstream.common import TaskResult, prefixed
+    from locvtp.metrics import grounding_recall, score_map_to_windows
+
+    opts = opts or GroundingOptions()
+    test, skipped_test = load_grounding_queries(ctx.data_dir, opts.dataset, "test", ctx.strict, opts)
+    _fill_durations(ctx, test)
+    if not test:
+        raise DownstreamError(f"no usable {opts.dataset} test queries under {ctx.data_dir}")
+    gt = np.array([[q.start, q.end] for q in test], dtype=np.float64)
+    ranked, used, _ = zero_shot_grounding(ctx, test, opts)
+    metrics: dict[str, float] = {}
+    info: dict[str, Any] = {"dataset": opts.dataset, "test_queries": len(test),
+                            "skipped_annotations": skipped_test, "zero_shot_queries": len(used)}
+    preds = [{"video_id": q.vid, "query": q.query, "gt": [q.start, q.end], "duration": q.duration}
+             for q in test]
+    if used:
+        metrics.update(prefixed("grounding", grounding_recall(ranked, gt[used])))
+        for k, windows in zip(used, ranked):
+            preds[k]["windows"] = top_windows(windows, opts.top_k_saved).round(3).tolist()
+    info["missing_videos"] = sorted({test[k].vid for k in range(len(test)) if k not in set(used)})
+
+    if opts.head:
+        hc = opts.head_cfg
+        train, skipped_train = load_grounding_queries(ctx.data_dir, opts.dataset, "train", ctx.strict, opts)
+        _fill_durations(ctx, train)
+        x_tr, used_tr = _pooled(ctx, train, hc.num_clips)
+        x_te, used_te = _pooled(ctx, test, hc.num_clips)
+        info.update(train_queries=len(train), head_train_queries=len(used_tr), skipped_train_annotations=skipped_train)
+        if len(used_tr) >= 2 and used_te:
+            q_tr = ctx.bank.texts([train[k].query for k in used_tr]).sentence
+            q_te = ctx.bank.texts([test[k].query for k in used_te]).sentence
+            gt_tr = np.array([[train[k].start, train[k].end] for k in used_tr])
+            dur_tr = np.array([train[k].duration for k in used_tr])
+            head, losses = train_tan_head(x_tr, q_tr, gt_tr, dur_tr, hc, seed=ctx.seed, progress=ctx.progress)
+            maps = predict_score_maps(head, x_te, q_te)
+            head_ranked = []
+            for k, smap in zip(used_te, maps):
+                windows, _ = score_map_to_windows(smap, test[k].duration)
+                head_ranked.append(windows)
+                preds[k]["head_windows"] = top_windows(windows, opts.top_k_saved).round(3).tolist()
+            metrics.update(prefixed("head_grounding", grounding_recall(head_ranked, gt[used_te])))
+            info["head_losses"] = [round(v, 5) for v in losses]
+            info["head_config"] = asdict(hc)
+        else:
+            info["head_skipped"] = "fewer than 2 usable training queries or no usable test query"
+    info["settings"] = {"alpha": opts.alpha, "window_score": opts.window_score,
+                        "max_candidates": opts.max_candidates}
+    return TaskResult("grounding", metrics, preds, info)
+
+
+__all__ = [
+    "clip_query_score_matrix", "clip_query_scores", "window_scores", "rank_windows", "top_windows", "moment_mask", "moment_iou",
+    "scaled_iou_bce", "moment_map_pool", "TAN2DHead", "pool_to_bins", "HeadConfig", "train_tan_head",
+    "predict_score_maps", "GroundingQuery",
+    "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "run_grounding",
+]

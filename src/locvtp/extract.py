@@ -1,0 +1,890 @@
+"""`locvtp extract` / `locvtp merge`: clip features of a video collection, resumable and crash-safe.
+
+Output formats
+--------------
+* ``h5`` (default): one HDF5 file, one float32 dataset ``[num_clips, D]`` per video id at the root (the
+  layout 2D-TAN/ActivityNet feature readers use). Dataset attributes: ``fps``, ``duration``, ``clip_seconds``,
+  ``stride_seconds``, ``frames_per_clip``, ``frame_size``, ``model``, ``checkpoint_sha256``, ``embedding``
+  (``joint`` = L2-normalized joint-space embeddings, ``backbone`` = pre-projection features) and ``windows``
+  (float64 ``[num_clips, 2]`` seconds). The root carries the same run settings plus ``format``/``version``.
+* ``npy-dir``: ``DIR/<vid>.npy`` per video (the layout Charades I3D feature users expect) and
+  ``DIR/_info/<vid>.json`` (fps, duration, windows); ``DIR/meta.json`` holds the run settings.
+* ``npz-dir``: ``DIR/<vid>.npz`` with a ``features`` array (what Moment-DETR-style code reads) plus
+  ``windows``, ``fps``, ``duration``; ``DIR/meta.json`` holds the run settings.
+
+Crash safety (why a journal)
+----------------------------
+HDF5 is not crash-safe: a process killed while a file is open for writing can leave it unreadable. So the HDF5
+file is never modified in place. Every finished video is journalled atomically (``.npz`` written to a temporary
+name, then ``os.replace``) in ``<out>.parts/``; the HDF5 file is (re)assembled into a temporary file from the
+previous HDF5 plus the journal and ``os.replace``d over ``<out>`` every ``--flush-every`` videos /
+``--flush-seconds`` seconds and at the end, after which the journalled parts are deleted. A kill at any moment
+therefore leaves ``<out>`` either absent or a complete, valid earlier version, and loses at most the video being
+encoded; the rerun skips every video found in ``<out>`` or in the journal. The directory formats are naturally
+journalled (one atomically written file per video). Assembly copies the existing file, hence the periodic flush
+is time-based by default (a full copy every 10 minutes, not every video).
+
+Failures
+--------
+A video that cannot be decoded or encoded never stops the run (unless ``--strict``): it is written to the
+failures file (``<out stem>.failures.jsonl`` for ``h5``, ``DIR/failures.jsonl`` for directories; one JSON
+object per line: ``video_id``, ``path``, ``reason``) and retried on the next run.
+
+Sharding
+--------
+Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) rank r takes every WORLD_SIZE-th video of the sorted list and
+writes ``<stem>.rank<r>.h5`` (directories: the same directory, per-rank failures/journal files); ``locvtp
+merge --out feats.h5 feats.rank*.h5`` joins the shards. No process group is needed: ranks never communicate.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+FEATURE_FORMAT = "locvtp-features"
+FEATURE_VERSION = 1
+FORMATS = ("h5", "npy-dir", "npz-dir")
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".ts", ".wmv", ".3gp", ".ogv",
+)
+# Run settings that must agree between a resumed run and what is already written.
+SETTING_KEYS = (
+    "embedding", "clip_seconds", "stride_seconds", "frames_per_clip", "frame_size", "model", "checkpoint_sha256",
+)
+# What a bad *input* raises: unreadable/corrupt files (VideoError and PyAV errors are OSErrors), bad values,
+# out-of-memory on a huge video. Anything else (TypeError, AttributeError ...) is a bug and stops the run.
+RECORDED_ERRORS = (OSError, ValueError, RuntimeError, MemoryError, EOFError, KeyError)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+class ExtractError(RuntimeError):
+    """Extraction cannot start or continue (bad input list, settings mismatch, unreadable output)."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def safe_name(video_id: str) -> str:
+    """A file name for ``video_id``: the id itself when it is a plain name, else a stable hash."""
+    if _SAFE_NAME.match(video_id) and len(video_id) <= 200:
+        return video_id
+    return "_id-" + hashlib.sha1(video_id.encode("utf-8")).hexdigest()[:20]
+
+
+def world_info() -> tuple[int, int]:
+    """(rank, world_size) from the torchrun environment; (0, 1) in a single process."""
+    try:
+        from locvtp.distributed import world_info as dist_world_info  # type: ignore
+
+        rank, world = dist_world_info()
+        if world > 1:
+            return int(rank), int(world)
+    except Exception:  # noqa: BLE001 - module absent or no process group: fall back to the environment
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank_path(out: Path, fmt: str, rank: int, world: int) -> Path:
+    """Per-rank output file (``feats.h5`` -> ``feats.rank3.h5``); directories are shared by all ranks."""
+    if world <= 1 or fmt != "h5":
+        return out
+    return out.with_name(f"{out.stem}.rank{rank}{out.suffix or '.h5'}")
+
+
+def default_failures_path(out: Path, fmt: str, rank: int = 0, world: int = 1) -> Path:
+    if fmt == "h5":
+        return out.with_name(f"{out.stem}.failures.jsonl")
+    return out / ("failures.jsonl" if world <= 1 else f"failures.rank{rank}.jsonl")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+@dataclass(frozen=True)
+class VideoItem:
+    video_id: str
+    path: Path
+
+
+def _valid_id(vid: str) -> Optional[str]:
+    """Reason why ``vid`` cannot name an HDF5 dataset / file, or None."""
+    if not vid or vid in (".", ".."):
+        return "empty video id"
+    if "/" in vid or "\\" in vid or "\x00" in vid:
+        return f"video id {vid!r} contains a path separator"
+    return None
+
+
+def list_videos(spec: str | Path, recursive: bool = False, strict: bool = False
+                ) -> tuple[list[VideoItem], list[dict[str, str]]]:
+    """Videos to extract from a directory or a list file, sorted by id.
+
+    Directory: every file with a video extension (``VIDEO_EXTENSIONS``); id = file stem (``recursive``:
+    relative path without extension, ``/`` replaced by ``__``). List file: one ``path`` or ``id<TAB>path`` per
+    line, ``#`` comments; relative paths are relative to the list file. Returns (items, problems) where each
+    problem names the line/file (lenient); ``strict`` raises ``ExtractError`` instead.
+    """
+    spec = Path(spec)
+    items: list[VideoItem] = []
+    problems: list[dict[str, str]] = []
+
+    def problem(where: str, reason: str) -> None:
+        if strict:
+            raise ExtractError(f"{where}: {reason}")
+        problems.append({"location": where, "reason": reason})
+
+    if spec.is_dir():
+        files = spec.rglob("*") if recursive else spec.iterdir()
+        for f in files:
+            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS and not f.name.startswith("."):
+                vid = str(f.relative_to(spec).with_suffix("")).replace(os.sep, "__") if recursive else f.stem
+                items.append(VideoItem(vid, f))
+    elif spec.is_file():
+        with open(spec, encoding="utf-8") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                where = f"{spec}:{lineno}"
+                if "\t" in line:
+                    vid, _, p = line.partition("\t")
+                    vid, p = vid.strip(), p.strip()
+                else:
+                    vid, p = "", line
+                path = Path(p) if os.path.isabs(p) else spec.parent / p
+                vid = vid or path.stem
+                reason = _valid_id(vid)
+                if reason:
+                    problem(where, reason)
+                    continue
+                items.append(VideoItem(vid, path))
+    else:
+        raise ExtractError(f"--videos {spec}: no such directory or list file")
+    seen: dict[str, VideoItem] = {}
+    unique = []
+    for it in items:
+        if it.video_id in seen:
+            problem(str(it.path), f"duplicate video id {it.video_id!r} (also {seen[it.video_id].path}); skipped")
+            continue
+        seen[it.video_id] = it
+        unique.append(it)
+    unique.sort(key=lambda it: it.video_id)
+    return unique, problems
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@dataclass
+class FeatureRecord:
+    """One video's clip features as read back from any output format (``features`` is None if not loaded)."""
+
+    video_id: str
+    num_clips: int
+    dim: int
+    features: Optional[np.ndarray]
+    windows: Optional[np.ndarray]
+    fps: float
+    duration: float
+
+
+def detect_format(path: str | Path) -> str:
+    p = Path(path)
+    if p.is_file():
+        return "h5"
+    if p.is_dir():
+        meta = p / "meta.json"
+        if meta.is_file():
+            try:
+                fmt = json.loads(meta.read_text(encoding="utf-8")).get("layout")
+                if fmt in ("npy-dir", "npz-dir"):
+                    return fmt
+            except ValueError:
+                pass
+        if any(p.glob("*.npz")):
+            return "npz-dir"
+        if any(p.glob("*.npy")):
+            return "npy-dir"
+        raise ExtractError(f"{p}: no .npz/.npy feature files in this directory")
+    raise ExtractError(f"{p}: no such feature file or directory")
+
+
+def _decode_attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def feature_info(path: str | Path) -> dict[str, Any]:
+    """Run settings of a feature file/dir (root attributes or ``meta.json``); ``{}`` for foreign files."""
+    p = Path(path)
+    fmt = detect_format(p)
+    if fmt == "h5":
+        import h5py
+
+        try:
+            with h5py.File(p, "r") as f:
+                return {k: _decode_attr(v) for k, v in f.attrs.items()}
+        except OSError as exc:
+            raise ExtractError(f"{p}: not a readable HDF5 file: {exc}") from None
+    meta = p / "meta.json"
+    if meta.is_file():
+        try:
+            return dict(json.loads(meta.read_text(encoding="utf-8")))
+        except ValueError as exc:
+            raise ExtractError(f"{meta}: invalid JSON: {exc}") from None
+    return {}
+
+
+def _default_windows(n: int, info: dict[str, Any], duration: Optional[float]) -> np.ndarray:
+    clip = float(info.get("clip_seconds") or 1.0)
+    stride = float(info.get("stride_seconds") or clip)
+    starts = np.arange(n, dtype=np.float64) * stride
+    ends = starts + clip
+    if duration is not None and duration > 0 and n:
+        ends = np.minimum(ends, duration)
+    return np.stack([starts, ends], axis=1)
+
+
+def _h5_dataset(obj: Any) -> Any:
+    """The feature dataset of a root entry: itself, or the single/`c3d_features` dataset of a group (the
+    ActivityNet C3D release nests features as ``f[vid]["c3d_features"]``)."""
+    import h5py
+
+    if isinstance(obj, h5py.Dataset):
+        return obj
+    if isinstance(obj, h5py.Group):
+        dsets = [v for v in obj.values() if isinstance(v, h5py.Dataset)]
+        for d in dsets:
+            if d.name.endswith("features"):
+                return d
+        if len(dsets) == 1:
+            return dsets[0]
+    return None
+
+
+def iter_features(path: str | Path, load: bool = True, video_ids: Optional[list[str]] = None
+                  ) -> Iterator[FeatureRecord]:
+    """Iterate the videos of a feature file/dir (any of the three formats), sorted by id."""
+    p = Path(path)
+    fmt = detect_format(p)
+    info = feature_info(p)
+    if fmt == "h5":
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            keys = sorted(f.keys()) if video_ids is None else list(video_ids)
+            for vid in keys:
+                if vid not in f:
+                    raise KeyError(f"{p}: no video {vid!r}")
+                d = _h5_dataset(f[vid])
+                if d is None or d.ndim != 2:
+                    continue
+                fps = float(_decode_attr(d.attrs.get("fps", 0.0)) or 0.0)
+                dur = _decode_attr(d.attrs.get("duration", None))
+                n, dim = int(d.shape[0]), int(d.shape[1])
+                feats = windows = None
+                if load:
+                    feats = np.asarray(d[()], dtype=np.float32)
+                    windows = (np.asarray(d.attrs["windows"], dtype=np.float64).reshape(-1, 2)
+                               if "windows" in d.attrs else _default_windows(n, info, dur))
+                yield FeatureRecord(vid, n, dim, feats, windows, fps,
+                                    float(dur) if dur is not None else (float(windows[-1, 1]) if load and n else 0.0))
+        return
+    ext = ".npz" if fmt == "npz-dir" else ".npy"
+    if video_ids is None:
+        files = sorted(q for q in p.glob(f"*{ext}") if not q.name.startswith("."))
+    else:
+        files = [p / f"{safe_name(v)}{ext}" for v in video_ids]
+    for q in files:
+        if fmt == "npz-dir":
+            with np.load(q, allow_pickle=False) as z:
+                if "features" not in z:
+                    raise ExtractError(f"{q}: no 'features' array (keys: {sorted(z.keys())})")
+                vid = str(z["video_id"]) if "video_id" in z else q.stem
+                feats = np.asarray(z["features"], dtype=np.float32)
+                fps = float(z["fps"]) if "fps" in z else 0.0
+                dur = float(z["duration"]) if "duration" in z else None
+                windows = (np.asarray(z["windows"], np.float64).reshape(-1, 2) if "windows" in z
+                           else _default_windows(len(feats), info, dur))
+        else:
+            arr = np.load(q, mmap_mode=None if load else "r", allow_pickle=False)
+            feats = np.asarray(arr, dtype=np.float32) if load else arr
+            vid, fps, dur, windows = q.stem, 0.0, None, None
+            side = p / "_info" / f"{q.stem}.json"
+            if side.is_file():
+                meta = json.loads(side.read_text(encoding="utf-8"))
+                vid, fps, dur = meta.get("video_id", vid), float(meta.get("fps", 0.0)), meta.get("duration")
+                if load and "windows" in meta:
+                    windows = np.asarray(meta["windows"], np.float64).reshape(-1, 2)
+            if load and windows is None:
+                windows = _default_windows(len(feats), info, dur)
+        if feats.ndim != 2:
+            raise ExtractError(f"{q}: features must be [num_clips, D], got shape {feats.shape}")
+        n, dim = int(feats.shape[0]), int(feats.shape[1])
+        if dur is None:
+            dur = float(windows[-1, 1]) if windows is not None and n else 0.0
+        yield FeatureRecord(vid, n, dim, feats if load else None, windows if load else None, fps, float(dur))
+
+
+def read_features(path: str | Path, video_id: str) -> FeatureRecord:
+    """One video's features (``KeyError`` naming the file when absent)."""
+    p = Path(path)
+    if detect_format(p) != "h5":
+        ext = ".npz" if detect_format(p) == "npz-dir" else ".npy"
+        if not (p / f"{safe_name(video_id)}{ext}").is_file():
+            raise KeyError(f"{p}: no video {video_id!r}")
+    return next(iter_features(p, load=True, video_ids=[video_id]))
+
+
+# ------------------------------------------------------------------------------------------------ writing
+@dataclass
+class Result:
+    video_id: str
+    features: np.ndarray  # float32 [N, D]
+    windows: np.ndarray  # float64 [N, 2]
+    fps: float
+    duration: float
+
+
+class _Writer:
+    """Common part: settings check, failure journal, the failures file."""
+
+    def __init__(self, settings: dict[str, Any], failures_path: Path, journal: Path):
+        self.settings = settings
+        self.failures_path = failures_path
+        self.journal = journal
+        self.journal.mkdir(parents=True, exist_ok=True)
+        (self.journal / "failed").mkdir(exist_ok=True)
+
+    def _check_settings(self, found: dict[str, Any], where: Path) -> None:
+        for k in SETTING_KEYS:
+            if k in found and found[k] is not None and k in self.settings:
+                a, b = found[k], self.settings[k]
+                same = (abs(float(a) - float(b)) < 1e-9) if isinstance(b, float) else (str(a) == str(b))
+                if not same:
+                    raise ExtractError(
+                        f"{where}: was written with {k}={a!r}, this run has {k}={b!r}; resuming would mix "
+                        "incompatible features (use the same settings, another --out, or --overwrite)"
+                    )
+
+    def fail(self, item: VideoItem, reason: str) -> None:
+        rec = {"video_id": item.video_id, "path": str(item.path), "reason": reason}
+        _atomic_write_text(self.journal / "failed" / f"{safe_name(item.video_id)}.json", json.dumps(rec))
+
+    def _clear_failure(self, vid: str) -> None:
+        f = self.journal / "failed" / f"{safe_name(vid)}.json"
+        if f.exists():
+            f.unlink()
+
+    def write_failures(self, attempted: set[str], done: set[str]) -> list[dict[str, str]]:
+        recs = []
+        for f in sorted((self.journal / "failed").glob("*.json")):
+            try:
+                rec = json.loads(f.read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            if rec.get("video_id") in attempted and rec.get("video_id") not in done:
+                recs.append(rec)
+        recs.sort(key=lambda r: r["video_id"])
+        text = "".join(json.dumps(r) + "\n" for r in recs)
+        self.failures_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.failures_path, text)
+        return recs
+
+
+class H5Writer(_Writer):
+    """HDF5 output through the journal (see the module docstring)."""
+
+    def __init__(self, out: Path, settings: dict[str, Any], failures_path: Path):
+        self.out = out
+        super().__init__(settings, failures_path, out.with_name(out.name + ".parts"))
+        self.parts = self.journal / "done"
+        self.parts.mkdir(exist_ok=True)
+        meta = self.journal / "meta.json"
+        if meta.is_file():
+            self._check_settings(json.loads(meta.read_text(encoding="utf-8")), meta)
+        else:
+            _atomic_write_text(meta, json.dumps(settings, indent=1))
+        self._written: set[str] = set()
+        if out.exists():
+            import h5py
+
+            try:
+                with h5py.File(out, "r") as f:
+                    self._check_settings({k: _decode_attr(v) for k, v in f.attrs.items()}, out)
+                    self._written = set(f.keys())
+            except OSError as exc:
+                raise ExtractError(f"{out}: exists but is not a readable HDF5 file ({exc}); move it away or pass "
+                                   "--overwrite") from None
+        self.pending = 0
+
+    def done_ids(self) -> set[str]:
+        ids = set(self._written)
+        for q in self.parts.glob("*.npz"):
+            try:
+                with np.load(q, allow_pickle=False) as z:
+                    ids.add(str(z["video_id"]))
+            except (OSError, ValueError, KeyError):
+                q.unlink(missing_ok=True)  # cannot happen with atomic writes; be safe anyway
+        return ids
+
+    def add(self, r: Result) -> None:
+        _atomic_savez(self.parts / f"{safe_name(r.video_id)}.npz", video_id=np.array(r.video_id),
+                      features=r.features.astype(np.float32), windows=r.windows.astype(np.float64),
+                      fps=np.array(r.fps, np.float64), duration=np.array(r.duration, np.float64))
+        self._clear_failure(r.video_id)
+        self.pending += 1
+
+    def assemble(self) -> int:
+        """Rebuild ``out`` = previous ``out`` + journal, atomically; then drop the merged parts."""
+        import h5py
+
+        parts = sorted(self.parts.glob("*.npz"))
+        if not parts and self.out.exists():
+            self.pending = 0
+            return len(self._written)
+        tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
+        names: set[str] = set()
+        try:
+            with h5py.File(tmp, "w", libver=("v110", "latest")) as dst:
+                dst.attrs["format"] = FEATURE_FORMAT
+                dst.attrs["version"] = FEATURE_VERSION
+                for k, v in self.settings.items():
+                    if v is not None:
+                        dst.attrs[k] = v
+                journal_ids = {}
+                for q in parts:
+                    with np.load(q, allow_pickle=False) as z:
+                        journal_ids[str(z["video_id"])] = q
+                if self.out.exists():
+                    with h5py.File(self.out, "r") as src:
+                        for vid in src.keys():
+                            if vid not in journal_ids:
+                                src.copy(src[vid], dst, name=vid)
+                                names.add(vid)
+                for vid, q in sorted(journal_ids.items()):
+                    with np.load(q, allow_pickle=False) as z:
+                        d = dst.create_dataset(vid, data=np.asarray(z["features"], np.float32))
+                        d.attrs["fps"] = float(z["fps"])
+                        d.attrs["duration"] = float(z["duration"])
+                        d.attrs["windows"] = np.asarray(z["windows"], np.float64)
+                        for k, v in self.settings.items():
+                            if v is not None:
+                                d.attrs[k] = v
+                    names.add(vid)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        for q in parts:  # merged: the HDF5 file is now their durable home
+            q.unlink(missing_ok=True)
+        self._written = names
+        self.pending = 0
+        return len(names)
+
+    def finish(self, attempted: set[str]) -> list[dict[str, str]]:
+        self.assemble()
+        recs = self.write_failures(attempted, self._written)
+        if not recs:
+            shutil.rmtree(self.journal, ignore_errors=True)
+        else:  # keep the failure journal so a rerun still knows; drop everything else
+            shutil.rmtree(self.parts, ignore_errors=True)
+        return recs
+
+
+class DirWriter(_Writer):
+    """npy-dir / npz-dir output: each video's file is written atomically, so the directory is its own journal."""
+
+    def __init__(self, out: Path, fmt: str, settings: dict[str, Any], failures_path: Path, rank: int = 0):
+        self.out = out
+        self.fmt = fmt
+        out.mkdir(parents=True, exist_ok=True)
+        super().__init__(settings, failures_path, out / f".journal-rank{rank}")
+        meta = out / "meta.json"
+        if meta.is_file():
+            self._check_settings(json.loads(meta.read_text(encoding="utf-8")), meta)
+        payload = {"format": FEATURE_FORMAT, "version": FEATURE_VERSION, "layout": fmt, **settings}
+        _atomic_write_text(meta, json.dumps(payload, indent=1))
+        if fmt == "npy-dir":
+            (out / "_info").mkdir(exist_ok=True)
+        self.pending = 0
+
+    def done_ids(self) -> set[str]:
+        return {r.video_id for r in iter_features(self.out, load=False)} if any(
+            self.out.glob("*.np[yz]")) else set()
+
+    def add(self, r: Result) -> None:
+        name = safe_name(r.video_id)
+        feats = r.features.astype(np.float32)
+        if self.fmt == "npz-dir":
+            _atomic_savez(self.out / f"{name}.npz", features=feats, windows=r.windows.astype(np.float64),
+                          fps=np.array(r.fps, np.float64), duration=np.array(r.duration, np.float64),
+                          video_id=np.array(r.video_id))
+        else:  # side info first, the .npy last: its presence marks the video done
+            info = {"video_id": r.video_id, "fps": r.fps, "duration": r.duration, "windows": r.windows.tolist()}
+            _atomic_write_text(self.out / "_info" / f"{name}.json", json.dumps(info))
+            _atomic_save_npy(self.out / f"{name}.npy", feats)
+        self._clear_failure(r.video_id)
+
+    def assemble(self) -> int:
+        return 0
+
+    def finish(self, attempted: set[str]) -> list[dict[str, str]]:
+        recs = self.write_failures(attempted, self.done_ids())
+        if not recs:
+            shutil.rmtree(self.journal, ignore_errors=True)
+        return recs
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class ExtractSummary:
+    out: Path
+    failures_path: Path
+    total: int
+    skipped_done: int
+    extracted: int
+    failed: int
+    clips: int
+    seconds: float
+    list_problems: list[dict[str, str]]
+
+
+def _settings(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    model = ckpt.model
+    summary = model.summary() if hasattr(model, "summary") else type(model).__name__
+    return {
+        "embedding": "backbone" if args.backbone else "joint",
+        "clip_seconds": float(args.clip_seconds),
+        "stride_seconds": float(args.stride_seconds),
+        "frames_per_clip": int(args.frames_per_clip),
+        "frame_size": int(args.frame_size),
+        "model": summary,
+        "checkpoint_sha256": str(ckpt.sha256),
+        "checkpoint": str(ckpt.path),
+    }
+
+
+def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSummary:
+    """The body of ``locvtp extract`` (arguments as parsed by :func:`build_parser`)."""
+    import torch
+
+    from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
+    from locvtp.inference import decode_video_clips, embed_features, encode_clip_sequence
+
+    rank, world = world_info()
+    t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    device = args.device
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+        else:
+            device = "cpu"
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), map_location=device)
+    model = ckpt.model.eval()
+    dcfg = ckpt.cfg.data if "data" in ckpt.cfg else None
+    if args.clip_seconds is None:
+        args.clip_seconds = float(dcfg.clip_seconds) if dcfg is not None else 1.0
+    if args.stride_seconds is None:
+        args.stride_seconds = float(args.clip_seconds)
+    if args.frames_per_clip is None:
+        args.frames_per_clip = int(dcfg.frames_per_clip) if dcfg is not None else 4
+    if args.frame_size is None:
+        args.frame_size = int(dcfg.frame_size) if dcfg is not None else 32
+    pixels = bool(getattr(model, "takes_pixels", True))
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    if pixels:
+        items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
+    else:  # a features encoder: inputs are per-clip feature files (any format iter_features reads)
+        items = [VideoItem(r.video_id, Path(args.videos)) for r in iter_features(args.videos, load=False)]
+        problems = []
+    if world > 1:
+        items = items[rank::world]
+
+    # -- outputs ------------------------------------------------------------------------------------------
+    out = rank_path(Path(args.out), args.format, rank, world)
+    failures_path = Path(args.failures) if args.failures else default_failures_path(Path(args.out), args.format,
+                                                                                     rank, world)
+    if args.failures and world > 1:
+        failures_path = failures_path.with_name(f"{failures_path.stem}.rank{rank}{failures_path.suffix}")
+    if args.overwrite:
+        if args.format != "h5" and world > 1:
+            raise ExtractError("--overwrite with a directory format under torchrun would race between ranks: "
+                               f"delete {out} before launching instead")
+        if args.format == "h5":
+            out.unlink(missing_ok=True)
+            shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
+        elif rank == 0:
+            shutil.rmtree(out, ignore_errors=True)
+        failures_path.unlink(missing_ok=True)
+    settings = _settings(ckpt, args)
+    if args.format == "h5":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer: Any = H5Writer(out, settings, failures_path)
+    else:
+        writer = DirWriter(out, args.format, settings, failures_path, rank=rank)
+    done = writer.done_ids()
+    todo = [it for it in items if it.video_id not in done]
+    skipped_done = len(items) - len(todo)
+
+    def load(it: VideoItem) -> Any:
+        if pixels:
+            return decode_video_clips(it.path, args.clip_seconds, args.stride_seconds, args.frames_per_clip,
+                                      args.frame_size)
+        return read_features(it.path, it.video_id)
+
+    def encode(it: VideoItem, data: Any) -> Result:
+        if pixels:
+            if data.clips.shape[0] == 0:
+                raise ValueError("no clips: the video has no decodable frames")
+            emb, bb = encode_clip_sequence(model, data.clips, batch_clips=args.batch_clips, backbone=args.backbone,
+                                           device=device)
+            feats = bb if args.backbone else emb
+            return Result(it.video_id, feats, data.windows, data.fps, data.duration)
+        e = embed_features(model, data.features, windows=data.windows, batch_clips=args.batch_clips,
+                           backbone=args.backbone, device=device)
+        return Result(it.video_id, e.backbone if args.backbone else e.clips, e.windows, data.fps, data.duration)
+
+    extracted = failed = clips = 0
+    last_flush = time.monotonic()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"extract{f' rank {rank}' if world > 1 else ''}", unit="video",
+               disable=not progress, dynamic_ncols=True)
+    workers = max(1, int(args.decode_workers))
+    prefetch = workers + 1
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        futures: list[tuple[VideoItem, Future]] = []
+        nxt = 0
+        while nxt < len(todo) or futures:
+            while nxt < len(todo) and len(futures) < prefetch:
+                futures.append((todo[nxt], pool.submit(load, todo[nxt])))
+                nxt += 1
+            it, fut = futures.pop(0)
+            try:
+                res = encode(it, fut.result())
+                if not np.all(np.isfinite(res.features)):
+                    raise ValueError("non-finite values in the features")
+            except RECORDED_ERRORS as exc:  # lenient by design: record, continue (bugs still raise)
+                if args.strict:
+                    raise ExtractError(f"{it.path}: {type(exc).__name__}: {exc}") from exc
+                writer.fail(it, f"{type(exc).__name__}: {exc}")
+                failed += 1
+            else:
+                writer.add(res)
+                extracted += 1
+                clips += res.features.shape[0]
+            bar.update(1)
+            bar.set_postfix(ok=extracted, failed=failed, clips=clips)
+            due_n = args.flush_every and writer.pending >= args.flush_every
+            due_t = args.flush_seconds and time.monotonic() - last_flush >= args.flush_seconds and writer.pending
+            if due_n or due_t:
+                writer.assemble()
+                last_flush = time.monotonic()
+    bar.close()
+    attempted = {it.video_id for it in items}
+    recs = writer.finish(attempted)
+    return ExtractSummary(out, failures_path, len(items), skipped_done, extracted, len(recs), clips,
+                          time.perf_counter() - t_start, problems)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="locvtp extract",
+        description="Clip features of every video in a directory or list (resumable; see docs/usage.md).",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    p.add_argument("--videos", required=True,
+                   help="directory of videos, or a list file (one `path` or `id<TAB>path` per line); for a "
+                        "features-encoder model: a feature file/dir")
+    p.add_argument("--out", required=True, help="output .h5 file, or directory for npy-dir / npz-dir")
+    p.add_argument("--format", choices=FORMATS, default="h5")
+    p.add_argument("--clip-seconds", type=float, default=None, help="clip length (default: checkpoint's data config)")
+    p.add_argument("--stride-seconds", type=float, default=None, help="clip stride (default: = clip length)")
+    p.add_argument("--frames-per-clip", type=int, default=None, help="default: checkpoint's data config")
+    p.add_argument("--frame-size", type=int, default=None, help="default: checkpoint's data config")
+    p.add_argument("--backbone", action="store_true", help="write pre-projection backbone features instead of "
+                   "the joint-space embeddings")
+    p.add_argument("--batch-clips", type=int, default=64, help="clips per encoder forward")
+    p.add_argument("--decode-workers", type=int, default=1, help="threads decoding ahead of the encoder")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--recursive", action="store_true", help="search --videos DIR recursively")
+    p.add_argument("--failures", default=None, help="failures file (default next to --out)")
+    p.add_argument("--flush-every", type=int, default=0, help="h5: reassemble the file every N videos (0: off)")
+    p.add_argument("--flush-seconds", type=float, default=600.0, help="h5: reassemble at most this often (0: off)")
+    p.add_argument("--overwrite", action="store_true", help="discard existing output instead of resuming")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad video instead of recording it")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("clip_seconds", "stride_seconds"):
+        v = getattr(args, name)
+        if v is not None and not v > 0:
+            print(f"locvtp extract: error: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
+            return 2
+    try:
+        s = run_extract(args, progress=not args.no_progress)
+    except (ExtractError, OSError, ValueError) as exc:
+        print(f"locvtp extract: error: {exc}", file=sys.stderr)
+        return 1
+    for pr in s.list_problems:
+        print(f"locvtp extract: skipped input {pr['location']}: {pr['reason']}", file=sys.stderr)
+    rate = s.clips / s.seconds if s.seconds > 0 else 0.0
+    print(f"extracted {s.extracted} videos ({s.clips} clips, {rate:.1f} clips/s), {s.skipped_done} already done, "
+          f"{s.failed} failed of {s.total} -> {s.out}", file=sys.stderr)
+    if s.failed:
+        print(f"failed videos: see {s.failures_path}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ merge
+def merge_shards(shards: list[Path], out: Path, failures_out: Optional[Path] = None,
+                 progress: bool = True) -> tuple[int, int]:
+    """Merge per-rank HDF5 files into ``out`` (atomic). Returns (videos, failures).
+
+    All shards must share the run settings; a video present in two shards must have identical features.
+    """
+    import h5py
+
+    if not shards:
+        raise ExtractError("merge: no shard files given")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    ref: Optional[dict[str, Any]] = None
+    seen: dict[str, Path] = {}
+    fail_recs: dict[str, dict] = {}
+    try:
+        with h5py.File(tmp, "w", libver=("v110", "latest")) as dst:
+            for sh in shards:
+                try:
+                    src = h5py.File(sh, "r")
+                except OSError as exc:
+                    raise ExtractError(f"{sh}: not a readable HDF5 file: {exc}") from None
+                with src:
+                    attrs = {k: _decode_attr(v) for k, v in src.attrs.items()}
+                    settings = {k: attrs.get(k) for k in SETTING_KEYS}
+                    if ref is None:
+                        ref = settings
+                        for k, v in attrs.items():
+                            dst.attrs[k] = v
+                    else:
+                        for k in SETTING_KEYS:
+                            if str(settings[k]) != str(ref[k]):
+                                raise ExtractError(f"{sh}: {k}={settings[k]!r} differs from {shards[0]} "
+                                                   f"({ref[k]!r}); these shards cannot be merged")
+                    keys = sorted(src.keys())
+                    for vid in tqdm_maybe(keys, progress, f"merge {sh.name}"):
+                        if vid in seen:
+                            if not np.array_equal(src[vid][()], dst[vid][()]):
+                                raise ExtractError(f"{sh}: video {vid!r} also in {seen[vid]} with different features")
+                            continue
+                        src.copy(src[vid], dst, name=vid)
+                        seen[vid] = sh
+                ff = sh.with_name(f"{sh.stem}.failures.jsonl")
+                if ff.is_file():
+                    for ln in ff.read_text(encoding="utf-8").splitlines():
+                        try:
+                            rec = json.loads(ln)
+                            fail_recs[rec["video_id"]] = rec
+                        except (ValueError, KeyError):
+                            continue
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    recs = [r for v, r in sorted(fail_recs.items()) if v not in seen]
+    fpath = failures_out or out.with_name(f"{out.stem}.failures.jsonl")
+    _atomic_write_text(fpath, "".join(json.dumps(r) + "\n" for r in recs))
+    return len(seen), len(recs)
+
+
+def tqdm_maybe(it: list, progress: bool, desc: str) -> Any:
+    if not progress:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, unit="video", leave=False)
+
+
+def merge_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="locvtp merge", description="Merge per-rank HDF5 feature shards "
+                                "(`locvtp extract` under torchrun) into one file.")
+    p.add_argument("shards", nargs="+", help="shard files or glob patterns (e.g. 'feats.rank*.h5')")
+    p.add_argument("--out", required=True)
+    p.add_argument("--failures", default=None, help="merged failures file (default <out stem>.failures.jsonl)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    shards: list[Path] = []
+    for s in args.shards:
+        matches = sorted(glob.glob(s)) if any(c in s for c in "*?[") else [s]
+        if not matches:
+            print(f"locvtp merge: error: no file matches {s!r}", file=sys.stderr)
+            return 1
+        shards += [Path(m) for m in matches]
+    out = Path(args.out)
+    shards = [s for s in dict.fromkeys(shards) if s.resolve() != out.resolve()]
+    try:
+        n, nf = merge_shards(shards, out, Path(args.failures) if args.failures else None,
+                             progress=not args.no_progress)
+    except (ExtractError, OSError) as exc:
+        print(f"locvtp merge: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"merged {len(shards)} shards: {n} videos, {nf} failures -> {out}", file=sys.stderr)
+    return 0
+
+
+__all__ = [
+    "ExtractError", "FeatureRecord", "VideoItem", "detect_format", "feature_info", "iter_features", "list_videos",
+    "main", "merge_main", "merge_shards", "read_features", "run_extract",
+]

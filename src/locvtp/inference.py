@@ -1,0 +1,309 @@
+"""Embed whole videos and sentences with a trained LocVTP model (shared by extract, ground, search, evaluation).
+
+Everything here runs under ``torch.inference_mode`` with the model in eval mode (restored afterwards), batched:
+no Python loop over clips or words inside a forward.
+
+Clip windows. A video of duration d is cut by :func:`locvtp.data.video.sliding_windows` into N windows of
+``clip_seconds`` every ``stride_seconds`` (default: ``clip_seconds``, i.e. non-overlapping); the frames are decoded
+once, streaming (:func:`locvtp.data.video.decode_windows`: only the sampled frames are kept), and every window
+gets ``frames_per_clip`` frames by the rule the training loader uses (segment centres, short-side resize, centre
+crop; identical to :func:`locvtp.data.video.sample_clips` on decoded frames, which
+:func:`embed_video_frames` uses).
+
+Long videos. Pixel CNNs see one clip at a time, so clips are encoded in chunks of ``batch_clips`` (bounded
+memory, results independent of the chunk size). When the video encoder has a temporal transformer across clips
+(``model.video.temporal_layers > 0``) the per-clip backbone features of *all* N clips are computed in chunks and
+the transformer then runs once over the whole sequence ``[1, N, Dv]``: a clip's embedding depends on its whole
+video, exactly as in training where a sample is a sequence of clips. Beyond the transformer's ``max_clips``
+positions the position table is interpolated (see ``locvtp.model.video.TemporalTransformer``), an approximation
+for videos much longer than anything seen in training. Without temporal layers, chunking changes nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_BATCH_CLIPS = 64
+DEFAULT_BATCH_TEXTS = 256
+
+
+@dataclass
+class VideoEmbedding:
+    """Clip embeddings of one video.
+
+    ``clips`` float32 ``[N, D]`` (L2-normalized joint embeddings, or backbone features ``[N, Dv]`` when asked
+    for), ``windows`` float64 ``[N, 2]`` clip windows in seconds, ``fps`` and ``duration`` of the source
+    (``fps`` is 0.0 for feature inputs that carry no frame rate).
+    """
+
+    clips: np.ndarray
+    windows: np.ndarray
+    fps: float
+    duration: float
+    backbone: Optional[np.ndarray] = None
+
+    @property
+    def num_clips(self) -> int:
+        return int(self.clips.shape[0])
+
+
+@dataclass
+class TextEmbedding:
+    """Sentence embeddings ``[n, D]``; per sentence the valid (non-special, non-pad) word embeddings
+    ``[L_i, D]`` and the matching token strings (``len(tokens[i]) == words[i].shape[0]``)."""
+
+    sentence: np.ndarray
+    words: list[np.ndarray] = field(default_factory=list)
+    tokens: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class DecodedClips:
+    """The decode half of :func:`embed_video_file` (useful to decode in a worker thread while encoding)."""
+
+    clips: np.ndarray  # uint8 [N, F, S, S, 3]
+    windows: np.ndarray  # float64 [N, 2]
+    fps: float
+    duration: float
+
+
+# ------------------------------------------------------------------------------------------------ utilities
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode + inference mode for the block; the previous train/eval flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def has_temporal_layers(model: Any) -> bool:
+    """True when the video encoder mixes information across clips (so a video must be one sequence)."""
+    return getattr(model.video_encoder, "temporal", None) is not None
+
+
+def _to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float32).numpy()
+
+
+# ------------------------------------------------------------------------------------------------ video
+def decode_video_clips(
+    path: str | Path,
+    clip_seconds: float = 1.0,
+    stride_seconds: Optional[float] = None,
+    frames_per_clip: int = 4,
+    frame_size: int = 32,
+) -> DecodedClips:
+    """Decode a video once and cut it into sliding-window clips ``uint8 [N, F, S, S, 3]``.
+
+    Raises ``locvtp.data.video.VideoError`` (an ``OSError``) naming the file when it cannot be read.
+    """
+    from locvtp.data import video as V
+
+    stride = clip_seconds if stride_seconds is None else stride_seconds
+    info = V.probe_video(path)
+    duration = float(info.duration)
+    windows = np.asarray(V.sliding_windows(duration, clip_seconds, stride), dtype=np.float64).reshape(-1, 2)
+    # decode_windows streams the file once and keeps only the sampled frames: memory O(N*F) frames, not the
+    # whole decoded video; it selects exactly what sample_clips would pick from decode_frames' output.
+    clips = V.decode_windows(path, windows, frames_per_clip, frame_size, jitter=False, rng=None)
+    return DecodedClips(np.asarray(clips), windows, float(info.fps), duration)
+
+
+def encode_clip_sequence(
+    model: Any,
+    clips: np.ndarray | torch.Tensor,
+    batch_clips: int = DEFAULT_BATCH_CLIPS,
+    backbone: bool = False,
+    device: Optional[torch.device | str] = None,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Encode the N clips of ONE video (uint8 ``[N, F, H, W, 3]`` or float features ``[N, Din]``).
+
+    Returns (embeddings float32 ``[N, D]``, backbone features ``[N, Dv]`` if ``backbone`` else None).
+    See the module docstring for how long videos and temporal layers are handled.
+    """
+    if batch_clips < 1:
+        raise ValueError(f"batch_clips must be >= 1, got {batch_clips}")
+    device = torch.device(device) if device is not None else model_device(model)
+    x = torch.as_tensor(clips)
+    n = int(x.shape[0])
+    if n == 0:
+        dv = int(getattr(model.video_encoder, "out_dim", 0))
+        return np.zeros((0, int(model.dim)), np.float32), (np.zeros((0, dv), np.float32) if backbone else None)
+    enc = model.video_encoder
+    temporal = getattr(enc, "temporal", None)
+    with eval_mode(model):
+        if temporal is None:
+            # Clips are independent: chunk freely.
+            embs, bbs = [], []
+            for lo in range(0, n, batch_clips):
+                chunk = x[lo : lo + batch_clips].to(device).unsqueeze(0)
+                bb = model.video_backbone(chunk)
+                embs.append(F.normalize(model.video_proj(bb), dim=-1)[0])
+                if backbone:
+                    bbs.append(bb[0])
+            emb = torch.cat(embs)
+            bb_all = torch.cat(bbs) if backbone else None
+        else:
+            cnn = getattr(enc, "cnn", None)
+            if cnn is not None:
+                # Per-clip CNN in chunks, then the transformer once over the whole video.
+                feats = torch.cat([cnn(x[lo : lo + batch_clips].to(device)) for lo in range(0, n, batch_clips)])
+                bb_seq = temporal(feats.unsqueeze(0))
+            else:
+                # Feature encoders: the per-clip MLP is cheap, encode the whole sequence at once.
+                bb_seq = model.video_backbone(x.to(device).unsqueeze(0))
+            emb = F.normalize(model.video_proj(bb_seq), dim=-1)[0]
+            bb_all = bb_seq[0] if backbone else None
+    return _to_numpy(emb), (_to_numpy(bb_all) if bb_all is not None else None)
+
+
+def embed_video_frames(
+    model: Any,
+    frames: np.ndarray,
+    times: np.ndarray,
+    duration: float,
+    fps: float = 0.0,
+    clip_seconds: float = 1.0,
+    stride_seconds: Optional[float] = None,
+    frames_per_clip: int = 4,
+    frame_size: int = 32,
+    batch_clips: int = DEFAULT_BATCH_CLIPS,
+    backbone: bool = False,
+    device: Optional[torch.device | str] = None,
+) -> VideoEmbedding:
+    """Embed a video from already decoded frames ``uint8 [M, H, W, 3]`` with timestamps ``times [M]`` (s)."""
+    from locvtp.data import video as V
+
+    stride = clip_seconds if stride_seconds is None else stride_seconds
+    windows = np.asarray(V.sliding_windows(float(duration), clip_seconds, stride), dtype=np.float64).reshape(-1, 2)
+    if windows.shape[0] == 0 or len(frames) == 0:
+        clips = np.zeros((0, frames_per_clip, frame_size, frame_size, 3), dtype=np.uint8)
+    else:
+        clips = V.sample_clips(frames, times, windows, frames_per_clip, frame_size, jitter=False, rng=None,
+                               duration=float(duration))
+    emb, bb = encode_clip_sequence(model, clips, batch_clips=batch_clips, backbone=backbone, device=device)
+    return VideoEmbedding(emb, windows, float(fps), float(duration), bb)
+
+
+def embed_video_file(
+    model: Any,
+    path: str | Path,
+    clip_seconds: float = 1.0,
+    stride_seconds: Optional[float] = None,
+    frames_per_clip: int = 4,
+    frame_size: int = 32,
+    batch_clips: int = DEFAULT_BATCH_CLIPS,
+    backbone: bool = False,
+    device: Optional[torch.device | str] = None,
+) -> VideoEmbedding:
+    """Decode ``path`` once and embed all its sliding-window clips (see the module docstring).
+
+    ``backbone=True`` also returns the pre-projection features in ``.backbone``.
+    Raises ``VideoError`` (``OSError``) naming the file if it cannot be decoded.
+    """
+    if not getattr(model, "takes_pixels", True):
+        raise ValueError(
+            f"{path}: this model's video encoder reads pre-extracted features, not pixels; use embed_features"
+        )
+    dec = decode_video_clips(path, clip_seconds, stride_seconds, frames_per_clip, frame_size)
+    emb, bb = encode_clip_sequence(model, dec.clips, batch_clips=batch_clips, backbone=backbone, device=device)
+    return VideoEmbedding(emb, dec.windows, dec.fps, dec.duration, bb)
+
+
+def embed_features(
+    model: Any,
+    feats: np.ndarray | torch.Tensor,
+    windows: Optional[np.ndarray] = None,
+    clip_seconds: float = 1.0,
+    batch_clips: int = 4096,
+    backbone: bool = False,
+    device: Optional[torch.device | str] = None,
+) -> VideoEmbedding:
+    """Embed pre-extracted per-clip features ``[N, Din]`` with a ``features`` video encoder.
+
+    ``windows`` defaults to consecutive ``clip_seconds`` windows (the layout of per-second feature files).
+    """
+    if getattr(model, "takes_pixels", False):
+        raise ValueError("this model's video encoder reads pixels; use embed_video_file / embed_video_frames")
+    x = torch.as_tensor(np.asarray(feats, dtype=np.float32))
+    if x.dim() != 2:
+        raise ValueError(f"features must be [N, Din], got shape {tuple(x.shape)}")
+    n = int(x.shape[0])
+    if windows is None:
+        starts = np.arange(n, dtype=np.float64) * clip_seconds
+        windows = np.stack([starts, starts + clip_seconds], axis=1)
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
+    if windows.shape[0] != n:
+        raise ValueError(f"windows has {windows.shape[0]} rows for {n} feature rows")
+    emb, bb = encode_clip_sequence(model, x, batch_clips=batch_clips, backbone=backbone, device=device)
+    duration = float(windows[-1, 1]) if n else 0.0
+    return VideoEmbedding(emb, windows, 0.0, duration, bb)
+
+
+# ------------------------------------------------------------------------------------------------ text
+def _token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Token strings of ``ids`` (locvtp ``Tokenizer.id_to_token`` or an HF tokenizer's ``convert_ids_to_tokens``)."""
+    fn = getattr(tokenizer, "convert_ids_to_tokens", None)
+    if fn is not None:
+        return [str(t) for t in fn([int(i) for i in ids])]
+    fn = getattr(tokenizer, "id_to_token", None)
+    if fn is not None:
+        return [str(fn(int(i))) for i in ids]
+    return [str(int(i)) for i in ids]
+
+
+def embed_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_words: int = 24,
+    batch_size: int = DEFAULT_BATCH_TEXTS,
+    device: Optional[torch.device | str] = None,
+) -> TextEmbedding:
+    """Sentence and word embeddings of ``texts`` (batched; ``max_words`` includes special tokens, as in training).
+
+    ``words[i]``/``tokens[i]`` keep only the tokenizer's ``word_mask`` positions (no [CLS]/[SEP]/padding).
+    """
+    texts = [str(t) for t in texts]
+    device = torch.device(device) if device is not None else model_device(model)
+    dim = int(model.dim)
+    if not texts:
+        return TextEmbedding(np.zeros((0, dim), np.float32), [], [])
+    sentences, words, tokens = [], [], []
+    with eval_mode(model):
+        for lo in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[lo : lo + batch_size], max_length=max_words)
+            ids = torch.as_tensor(batch["input_ids"]).long()
+            att = torch.as_tensor(batch["attention_mask"]).bool()
+            wmask = torch.as_tensor(batch.get("word_mask", att)).bool() & att
+            w, s = model.encode_text(ids.to(device), att.to(device))
+            sentences.append(_to_numpy(s))
+            w = _to_numpy(w)
+            wm = wmask.numpy()
+            ids_np = ids.numpy()
+            for i in range(w.shape[0]):  # unpacking the output per sentence; the forward itself is batched
+                words.append(np.ascontiguousarray(w[i][wm[i]]))
+                tokens.append(_token_strings(tokenizer, ids_np[i][wm[i]].tolist()))
+    return TextEmbedding(np.concatenate(sentences), words, tokens)
+
+
+__all__ = [
+    "DecodedClips", "TextEmbedding", "VideoEmbedding", "decode_video_clips", "embed_features", "embed_texts",
+    "embed_video_file", "embed_video_frames", "encode_clip_sequence", "eval_mode", "has_temporal_layers",
+]

@@ -1,0 +1,772 @@
+"""Evaluation metrics for the four downstream tasks: numpy arrays in, plain Python numbers out.
+
+Users compare numbers across papers, so every function follows one community reference implementation
+*convention for convention* (comparison operators, tie handling, median definition, NMS order, how averages are
+taken). Each docstring names its reference file and lists the conventions it reproduces, and says where it
+deliberately differs (only where the reference crashes, returns NaN, or depends on an unspecified sort order).
+
+Common rules:
+
+* Recalls, accuracies, F1, mAP and mIoU are percentages in [0, 100]; ranks are 1-based. Nothing is rounded.
+* Arithmetic is float64 and follows the reference's order of operations (e.g. ``mean(hits) * 100`` where the
+  reference does that, ``100 * count / n`` where it does that), so values agree to the last bit whenever the
+  reference itself computes in float64.
+* Windows are ``[start, end]`` in seconds with ``end >= start``; zero-length windows are allowed. Where a
+  reference divides 0 by 0 (only possible when both windows have zero length) it produces NaN; here that IoU is
+  0 (see :func:`temporal_iou`).
+* Bad input raises ``ValueError`` naming the argument (and the index / key inside it).
+
+This module imports nothing from the rest of the package.
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "retrieval_metrics",
+    "multi_caption_retrieval_metrics",
+    "temporal_iou",
+    "nms",
+    "score_map_to_windows",
+    "grounding_recall",
+    "moment_retrieval_map",
+    "step_recall",
+    "crosstask_viterbi",
+    "segmentation_metrics",
+]
+
+# IoU thresholds of moment_detr's mAP: np.linspace(0.5, 0.95, 10) rounded to two decimals as the reference does.
+_MR_IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input validation
+# ----------------------------------------------------------------------------------------------------------------
+def _finite_matrix(x, name: str, *, square: bool = False) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name}: empty array of shape {a.shape}")
+    if square and a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name}: expected a square [n, n] matrix (ground truth on the diagonal), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{name}: non-finite value at index {tuple(int(i) for i in bad)}")
+    return a
+
+
+def _windows(x, name: str, *, allow_empty: bool = True) -> np.ndarray:
+    """A float64 ``[n, 2]`` array of ``[start, end]`` windows with finite values and ``end >= start``."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 1 and a.size == 0:
+        a = a.reshape(0, 2)
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"{name}: expected windows of shape [n, 2], got shape {a.shape}")
+    if not allow_empty and a.shape[0] == 0:
+        raise ValueError(f"{name}: needs at least one window")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: non-finite window at row {int(np.argwhere(~np.isfinite(a))[0, 0])}")
+    inverted = np.flatnonzero(a[:, 1] < a[:, 0])
+    if inverted.size:
+        i = int(inverted[0])
+        raise ValueError(f"{name}: window at row {i} has end < start ({a[i, 0]!r} > {a[i, 1]!r})")
+    return a
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with 0 where ``den == 0`` (the references produce NaN there)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros(np.broadcast(num, den).shape, dtype=np.float64)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# text-video retrieval (CLIP4Clip)
+# ----------------------------------------------------------------------------------------------------------------
+def _clip4clip_ranks(sim: np.ndarray) -> np.ndarray:
+    """0-based ranks of the diagonal as CLIP4Clip's ``compute_metrics`` extracts them (one per tied position)."""
+    diag = np.diag(sim)[:, None]
+    greater = (sim > diag).sum(axis=1)
+    ties = (sim == diag).sum(axis=1)  # >= 1: the diagonal element itself
+    # Row i contributes ranks greater[i], greater[i] + 1, ..., greater[i] + ties[i] - 1.
+    offsets = np.arange(int(ties.sum())) - np.repeat(np.cumsum(ties) - ties, ties)
+    return np.repeat(greater, ties) + offsets
+
+
+def _rank_summary(ranks: np.ndarray, *, lower_median: bool, mean_of_shifted: bool) -> dict[str, float]:
+    n = ranks.size
+    out = {f"R{k}": float(100 * int(np.sum(ranks < k)) / n) for k in (1, 5, 10)}
+    if lower_median:  # torch.median: the lower of the two middle values
+        out["MedianR"] = float(np.sort(ranks)[(n - 1) // 2] + 1)
+    else:  # np.median: the mean of the two middle values
+        out["MedianR"] = float(np.median(ranks) + 1)
+    out["MeanR"] = float(np.mean(ranks + 1)) if mean_of_shifted else float(np.mean(ranks) + 1)
+    return out
+
+
+def retrieval_metrics(sim) -> dict[str, float]:
+    """Text-to-video retrieval metrics of a square similarity matrix ``sim[n_text, n_video]``.
+
+    Ground truth is the diagonal (text i describes video i). Returns ``R1, R5, R10`` (percent), ``MedianR`` and
+    ``MeanR`` (1-based). For video-to-text, pass ``sim.T``.
+
+    Reference: ArrowLuo/CLIP4Clip ``metrics.py::compute_metrics``. Conventions reproduced:
+
+    * rank of a query = number of candidates with a strictly higher similarity (0-based; reported ranks +1);
+    * **ties**: when ``k`` candidates (the true one included) share the true candidate's similarity, the reference
+      (``np.where(sort(-x) - diag == 0)``) emits one rank per tied position, ``g, g+1, ..., g+k-1``; every one of
+      them enters the counts and the denominator. So a row tied with two others adds three ranks;
+    * ``R@K`` = ``100 * #(rank < K) / #ranks`` (``R1`` is ``rank == 0``);
+    * ``MedianR`` = ``np.median(ranks) + 1``: the mean of the two middle values for an even count;
+    * ``MeanR`` = ``np.mean(ranks) + 1``.
+
+    Deviation: non-finite similarities raise (the reference silently drops rows whose diagonal is NaN/inf).
+    """
+    s = _finite_matrix(sim, "sim", square=True)
+    return _rank_summary(_clip4clip_ranks(s), lower_median=False, mean_of_shifted=False)
+
+
+def multi_caption_retrieval_metrics(sim, video_of_text) -> dict[str, dict[str, float]]:
+    """Retrieval metrics when a video has several captions (MSVD, VATEX, ...).
+
+    ``sim[n_text, n_video]`` holds every caption against every video; ``video_of_text[n_text]`` gives the video
+    (column) each caption describes. Every video needs at least one caption. Returns
+    ``{"text_to_video": {...}, "video_to_text": {...}}``, each with ``R1, R5, R10, MedianR, MeanR``.
+
+    Reference: ArrowLuo/CLIP4Clip ``metrics.py::tensor_text_to_video_metrics`` and ``tensor_video_to_text_sim``
+    (used by ``main_task_retrieval.py::eval_epoch`` for multi-sentence datasets, where the ``[n_text, n_video]``
+    matrix is regrouped into ``[n_video, max_captions, n_video]`` padded with ``-inf``). Conventions reproduced:
+
+    * **text→video**: every caption is one query ranked against all videos (padding excluded). Its rank is the
+      position of its video after a descending sort (double ``argsort``); ``R@K = 100 * #(rank < K) / n_text``;
+      ``MedianR`` is ``torch.median(ranks + 1)``, i.e. the **lower** middle value for an even count (unlike
+      ``compute_metrics``); ``MeanR = np.mean(ranks + 1)``;
+    * **video→text**: a video is scored against each *caption group* by the maximum similarity over that group's
+      captions (``max`` over the caption axis), giving an ``[n_video, n_video]`` matrix ranked by
+      :func:`retrieval_metrics` (``compute_metrics``: tied positions expanded, averaging median).
+
+    Deviations: ties in text→video are broken deterministically, as a stable descending sort does (an equal-scored
+    video with a lower index ranks first); the reference uses ``torch.argsort``, whose order among ties is
+    unspecified (and not stable on CPU). The reference divides in float32 for ``R@K``; here it is float64.
+    """
+    s = _finite_matrix(sim, "sim")
+    n_text, n_video = s.shape
+    v = np.asarray(video_of_text)
+    if v.shape != (n_text,):
+        raise ValueError(f"video_of_text: expected shape ({n_text},) to match sim [n_text={n_text}, n_video={n_video}], "
+                         f"got shape {v.shape}")
+    if v.dtype.kind not in "iu":
+        raise ValueError(f"video_of_text: expected integer video indices, got dtype {v.dtype}")
+    if v.size and (v.min() < 0 or v.max() >= n_video):
+        bad = int(np.flatnonzero((v < 0) | (v >= n_video))[0])
+        raise ValueError(f"video_of_text[{bad}] = {int(v[bad])} is outside [0, {n_video})")
+    counts = np.bincount(v, minlength=n_video)
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0)
+        raise ValueError(f"video_of_text: videos without any caption: {missing[:10].tolist()}"
+                         f"{' ...' if missing.size > 10 else ''} (each video needs at least one caption)")
+
+    # text -> video: stable descending rank of the true video.
+    true = s[np.arange(n_text), v][:, None]
+    cols = np.arange(n_video)[None, :]
+    ranks_t2v = (s > true).sum(axis=1) + ((s == true) & (cols < v[:, None])).sum(axis=1)
+    t2v = _rank_summary(ranks_t2v, lower_median=True, mean_of_shifted=True)
+
+    # video -> text: max over each video's captions, then compute_metrics on [video query, caption group].
+    order = np.argsort(v, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    group_max = np.maximum.reduceat(s[order], starts, axis=0)  # [caption group (video), video]
+    v2t = _rank_summary(_clip4clip_ranks(group_max.T), lower_median=False, mean_of_shifted=False)
+    return {"text_to_video": t2v, "video_to_text": v2t}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# temporal grounding (2D-TAN) and moment retrieval (Moment-DETR)
+# ----------------------------------------------------------------------------------------------------------------
+def temporal_iou(a, b) -> np.ndarray | float:
+    """IoU of every window in ``a`` with every window in ``b`` (``[N, 2]`` x ``[M, 2]`` -> ``[N, M]``).
+
+    ``inter = max(0, min(ends) - max(starts))``, ``union = len_a + len_b - inter``. A single window (shape ``[2]``)
+    drops its axis, so two single windows give a float.
+
+    Degenerate windows: the union is 0 only when both windows have zero length; the IoU is then 0, whether or not
+    the two points coincide. The references divide 0 by 0 there (NaN): 2D-TAN's recall then counts a miss (as
+    here), its NMS suppresses, and Moment-DETR's AP matching counts a hit.
+    """
+    a_arr = np.asarray(a, dtype=np.float64)
+    b_arr = np.asarray(b, dtype=np.float64)
+    single_a, single_b = a_arr.shape == (2,), b_arr.shape == (2,)
+    wa = _windows(a_arr.reshape(1, 2) if single_a else a_arr, "a")
+    wb = _windows(b_arr.reshape(1, 2) if single_b else b_arr, "b")
+    iou = _iou_cross(wa, wb)
+    if single_a and single_b:
+        return float(iou[0, 0])
+    if single_a:
+        return iou[0]
+    if single_b:
+        return iou[:, 0]
+    return iou
+
+
+def _iou_cross(wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    inter = np.clip(np.minimum(wa[:, None, 1], wb[None, :, 1]) - np.maximum(wa[:, None, 0], wb[None, :, 0]), 0, None)
+    union = (wa[:, 1] - wa[:, 0])[:, None] + (wb[:, 1] - wb[:, 0])[None, :] - inter
+    return _safe_div(inter, union)
+
+
+def _iou_hull(wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """IoU with the hull ``max(ends) - min(starts)`` as the denominator, as 2D-TAN ``eval.iou`` and Moment-DETR's
+    paired IoU compute it (equal to the true IoU when the windows overlap, 0 otherwise; the float rounding can
+    differ from :func:`_iou_cross` in the last bit, which matters at a threshold)."""
+    inter = np.maximum(0.0, np.minimum(wa[:, None, 1], wb[None, :, 1]) - np.maximum(wa[:, None, 0], wb[None, :, 0]))
+    hull = np.maximum(0.0, np.maximum(wa[:, None, 1], wb[None, :, 1]) - np.minimum(wa[:, None, 0], wb[None, :, 0]))
+    return _safe_div(inter, hull)
+
+
+def nms(windows, scores=None, threshold: float = 0.5, top_k: int | None = None) -> np.ndarray:
+    """Greedy temporal non-maximum suppression; returns the indices (into ``windows``) of the kept windows, best first.
+
+    ``scores=None`` keeps the given order (windows already ranked best first, as 2D-TAN passes them); otherwise the
+    windows are first sorted by descending score, ties kept in input order (stable).
+
+    Reference: microsoft/2D-TAN ``lib/core/eval.py::nms``. Conventions reproduced:
+
+    * take the first remaining window, keep it, then drop every remaining window whose IoU with it is
+      **> threshold** (a window at exactly ``threshold`` survives);
+    * IoU here is ``inter / (len_i + len_j - inter)``;
+    * stop as soon as ``top_k`` windows are kept (the reference's ``top_k=-1`` = no limit is ``None`` here).
+
+    Degenerate windows: two zero-length windows have IoU 0 here (never suppress each other); the reference's 0/0
+    makes them suppress each other wherever they are.
+    """
+    w = _windows(windows, "windows")
+    n = w.shape[0]
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k: must be >= 1 or None, got {top_k}")
+    if scores is None:
+        order = np.arange(n)
+    else:
+        sc = np.asarray(scores, dtype=np.float64)
+        if sc.shape != (n,):
+            raise ValueError(f"scores: expected shape ({n},) to match windows [{n}, 2], got shape {sc.shape}")
+        if not np.isfinite(sc).all():
+            raise ValueError(f"scores: non-finite value at index {int(np.flatnonzero(~np.isfinite(sc))[0])}")
+        order = np.argsort(-sc, kind="stable")
+    # The pairwise IoU matrix makes each step a vector operation; the greedy order itself is inherently sequential.
+    iou = _iou_cross(w, w)
+    keep: list[int] = []
+    alive = np.ones(n, dtype=bool)
+    for pos, i in enumerate(order):
+        if not alive[pos]:
+            continue
+        keep.append(int(i))
+        if top_k is not None and len(keep) == top_k:
+            break
+        later = order[pos + 1:]
+        alive[pos + 1:] &= iou[i, later] <= threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def score_map_to_windows(score2d, duration: float, valid=None) -> tuple[np.ndarray, np.ndarray]:
+    """Rank the moments of a 2D-TAN ``N x N`` score map; returns ``(windows [M, 2] in seconds, scores [M])``.
+
+    Entry ``(i, j)`` with ``i <= j`` is the moment covering clips ``i..j``: ``[i, j + 1] / N * duration``. ``valid``
+    (optional boolean ``[N, N]``) restricts the candidates further, e.g. to a sparse 2D-TAN map's computed entries.
+
+    Reference: microsoft/2D-TAN ``moment_localization/train.py::get_proposal_results``. Conventions reproduced:
+    flatten, sort by score descending (``argsort(...)[::-1]``), keep the upper triangle including the diagonal,
+    end index + 1, divide by ``N`` then multiply by the duration.
+
+    Deviations: equal scores are ordered by *descending* flat index ``i * N + j`` (what reversing a stable ascending
+    sort gives; the reference's quicksort order among ties is unspecified). Coordinates are float64 (the reference
+    converts to float32).
+    """
+    s = np.asarray(score2d, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+        raise ValueError(f"score2d: expected a square [N, N] score map, got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"score2d: non-finite score at index {tuple(int(i) for i in np.argwhere(~np.isfinite(s))[0])}")
+    duration = float(duration)
+    if not np.isfinite(duration) or duration <= 0:
+        raise ValueError(f"duration: must be a positive number of seconds, got {duration!r}")
+    n = s.shape[0]
+    ii, jj = np.triu_indices(n)
+    if valid is not None:
+        m = np.asarray(valid)
+        if m.shape != s.shape:
+            raise ValueError(f"valid: expected shape {s.shape} to match score2d, got shape {m.shape}")
+        keep = m.astype(bool)[ii, jj]
+        ii, jj = ii[keep], jj[keep]
+    # (ii, jj) are in increasing flat order, so reversing a stable ascending sort puts the later entry first on ties.
+    order = np.argsort(s[ii, jj], kind="stable")[::-1]
+    ii, jj = ii[order], jj[order]
+    windows = np.stack([ii / n * duration, (jj + 1) / n * duration], axis=1).astype(np.float64)
+    return windows, s[ii, jj]
+
+
+def _threshold_key(t: float) -> str:
+    return f"{float(t):g}"
+
+
+def grounding_recall(ranked_windows: Sequence, gt_windows, recalls: Iterable[int] = (1, 5),
+                     ious: Iterable[float] = (0.1, 0.3, 0.5, 0.7), nms_threshold: float = 0.5) -> dict[str, float]:
+    """Temporal sentence grounding recall ``R{n}@{m}`` and ``mIoU`` (percent), one ground-truth window per query.
+
+    ``ranked_windows``: one ``[n_i, 2]`` array per query (seconds, best first); ``gt_windows``: ``[n_query, 2]``.
+    Returns e.g. ``{"R1@0.5": ..., "R5@0.7": ..., "mIoU": ...}`` for every recall x IoU pair.
+
+    Reference: microsoft/2D-TAN ``lib/core/eval.py::eval`` (and ``display_results`` for the percentages).
+    Conventions reproduced:
+
+    * per query, :func:`nms` over the ranked windows with ``nms_threshold``, stopping at ``max(recalls)`` kept;
+    * IoU with the ground truth uses the hull ``max(ends) - min(starts)`` as the denominator (``eval.iou``);
+    * a query counts for ``R{n}@{m}`` when any of its first ``n`` kept windows has IoU **> m** (strict: exactly ``m``
+      is a miss);
+    * ``mIoU`` is the mean over queries of the IoU of the **top-1** kept window (the reference's
+      ``np.sort(overlap[0])[-3:]`` holds one value: the first prediction's IoU with the single GT window);
+    * ``R = mean(hits) * 100``, ``mIoU = mean(iou) * 100``, unrounded.
+
+    Deviation: a query without any predicted window is a miss with IoU 0 (the reference crashes).
+    """
+    gt = _windows(gt_windows, "gt_windows", allow_empty=False)
+    if isinstance(ranked_windows, np.ndarray) and ranked_windows.ndim == 3:
+        ranked_windows = list(ranked_windows)
+    if len(ranked_windows) != gt.shape[0]:
+        raise ValueError(f"ranked_windows: got {len(ranked_windows)} queries but gt_windows has {gt.shape[0]} rows")
+    recalls = [int(r) for r in recalls]
+    ious = [float(t) for t in ious]
+    if not recalls or min(recalls) < 1:
+        raise ValueError(f"recalls: expected positive integers, got {recalls}")
+    max_recall = max(recalls)
+    hits = np.zeros((len(ious), len(recalls), gt.shape[0]), dtype=bool)
+    top1 = np.zeros(gt.shape[0], dtype=np.float64)
+    for q, windows in enumerate(ranked_windows):
+        w = _windows(windows, f"ranked_windows[{q}]")
+        if w.shape[0] == 0:
+            continue
+        kept = w[nms(w, None, nms_threshold, top_k=max_recall)]
+        overlap = _iou_hull(kept, gt[q:q + 1])[:, 0]
+        top1[q] = overlap[0]
+        for i, t in enumerate(ious):
+            above = overlap > t
+            for j, r in enumerate(recalls):
+                hits[i, j, q] = above[:r].any()
+    out: dict[str, float] = {}
+    for j, r in enumerate(recalls):
+        for i, t in enumerate(ious):
+            out[f"R{r}@{_threshold_key(t)}"] = float(hits[i, j].mean() * 100)
+    out["mIoU"] = float(np.mean(top1) * 100)
+    return out
+
+
+def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
+    """VOC-2011-style interpolated AP: pad precision with 0 at both ends and recall with 0 / 1, make precision
+    monotone from the right, sum precision x recall increments where recall changes."""
+    p = np.concatenate([[0.0], precision, [0.0]])
+    r = np.concatenate([[0.0], recall, [1.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    idx = np.flatnonzero(r[1:] != r[:-1]) + 1
+    return float(np.sum((r[idx] - r[idx - 1]) * p[idx]))
+
+
+def _ap_detection(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """AP at each IoU threshold for one query (ActivityNet / MMAction2 ``compute_average_precision_detection``)."""
+    n_thr = len(thresholds)
+    n_pred = pred.shape[0]
+    if n_pred == 0:
+        return np.zeros(n_thr)
+    pred = pred[np.argsort(-pred[:, 2], kind="stable")]  # Python's list.sort(key=-score): stable
+    iou = _iou_cross(pred[:, :2], gt)  # [n_pred, n_gt]
+    # GTs by decreasing IoU; argsort(...)[::-1] of a stable sort puts the higher GT index first among ties.
+    gt_order = np.argsort(iou, axis=1, kind="stable")[:, ::-1]
+    thr = np.asarray(thresholds, dtype=np.float64)
+    tp = np.zeros((n_thr, n_pred))
+    fp = np.zeros((n_thr, n_pred))
+    locked = np.zeros((n_thr, gt.shape[0]), dtype=bool)
+    for p in range(n_pred):  # greedy matching is sequential in score order
+        ious_sorted = iou[p, gt_order[p]]
+        for t in range(n_thr):
+            matched = False
+            for g, v in zip(gt_order[p], ious_sorted):
+                if v < thr[t]:
+                    break  # remaining GTs overlap even less
+                if locked[t, g]:
+                    continue  # already claimed by a higher-scored prediction: try the next GT
+                locked[t, g] = True
+                matched = True
+                break
+            if matched:
+                tp[t, p] = 1
+            else:
+                fp[t, p] = 1
+    tp_c = np.cumsum(tp, axis=1)
+    fp_c = np.cumsum(fp, axis=1)
+    recall = tp_c / float(gt.shape[0])
+    precision = tp_c / (tp_c + fp_c)
+    return np.array([_interpolated_ap(precision[t], recall[t]) for t in range(n_thr)])
+
+
+def moment_retrieval_map(predictions: Sequence, gt_windows: Sequence, max_pred_windows: int | None = 10
+                         ) -> dict[str, float]:
+    """Moment retrieval mAP and R1 (percent) with possibly several ground-truth windows per query (QVHighlights).
+
+    ``predictions``: one ``[n_i, 3]`` array ``(start, end, score)`` per query, ranked best first as a Moment-DETR
+    submission is; ``gt_windows``: one ``[k_i, 2]`` array per query (``k_i >= 1``). Returns ``mAP`` (mean over IoU
+    0.5:0.05:0.95), ``mAP@0.5``, ``mAP@0.75``, ``R1@0.5``, ``R1@0.7``.
+
+    Reference: jayleicn/moment_detr ``standalone_eval/eval.py`` (``compute_mr_ap``, ``compute_mr_r1``) and
+    ``standalone_eval/utils.py`` (``compute_average_precision_detection``, ``interpolated_precision_recall``).
+    Conventions reproduced:
+
+    * thresholds ``np.linspace(0.5, 0.95, 10)`` rounded to 2 decimals;
+    * **mAP**: only the first ``max_pred_windows`` (10) predictions *in the given order* are kept, then sorted by
+      descending score (stable: ties keep their order). Each prediction, in that order, is matched to the
+      ground-truth windows by decreasing IoU (ties: higher GT index first): a GT with IoU **< t** ends the search
+      (false positive), an already-matched GT is skipped in favour of the next one, the first free GT with
+      IoU **>= t** makes a true positive. Precision/recall from cumulative counts (recall over the number of GT
+      windows), AP = interpolated (VOC 2011) area. AP is averaged over queries per threshold, ``mAP`` is the mean
+      of those 10 values; all x 100;
+    * **R1**: the *first* prediction in the given order (not the highest-scored one) is compared with the GT
+      window of maximum IoU (first one on ties), using the hull-denominator IoU; hit when IoU **>= t**;
+      ``R1 = mean(hits) * 100``;
+    * the GT windows are all used (``max_gt_windows=None``); no length-range filtering (the "full" range).
+
+    Deviations: values are not rounded to 2 decimals; a query without predictions counts AP 0 and an R1 miss (the
+    reference leaves it out of mAP and crashes in R1); zero-length windows have IoU 0 with each other.
+    """
+    if len(predictions) != len(gt_windows):
+        raise ValueError(f"predictions: got {len(predictions)} queries but gt_windows has {len(gt_windows)}")
+    if len(predictions) == 0:
+        raise ValueError("predictions: no queries")
+    if max_pred_windows is not None and max_pred_windows < 1:
+        raise ValueError(f"max_pred_windows: must be >= 1 or None, got {max_pred_windows}")
+    thresholds = _MR_IOU_THRESHOLDS
+    ap_rows = []
+    r1_hits = np.zeros((len(thresholds), len(predictions)), dtype=bool)
+    for q, (pred, gt) in enumerate(zip(predictions, gt_windows)):
+        p = np.asarray(pred, dtype=np.float64)
+        if p.ndim == 1 and p.size == 0:
+            p = p.reshape(0, 3)
+        if p.ndim != 2 or p.shape[1] != 3:
+            raise ValueError(f"predictions[{q}]: expected shape [n, 3] (start, end, score), got shape {p.shape}")
+        _windows(p[:, :2], f"predictions[{q}]")
+        if not np.isfinite(p[:, 2]).all():
+            raise ValueError(f"predictions[{q}]: non-finite score")
+        g = _windows(gt, f"gt_windows[{q}]", allow_empty=False)
+        limited = p[:max_pred_windows] if max_pred_windows is not None else p
+        ap_rows.append(_ap_detection(limited, g, thresholds))
+        if p.shape[0]:
+            first = p[:1, :2]
+            best_gt = int(np.argmax(_iou_cross(first, g)[0]))
+            iou1 = _iou_hull(first, g[best_gt:best_gt + 1])[0, 0]
+            r1_hits[:, q] = iou1 >= np.asarray(thresholds)
+    ap_thds = np.array(ap_rows).mean(0)  # per threshold, over queries
+    out = {"mAP": float(100 * np.mean(ap_thds))}
+    for t, v in zip(thresholds, ap_thds):
+        if t in (0.5, 0.75):
+            out[f"mAP@{_threshold_key(t)}"] = float(100 * v)
+    for t, hits in zip(thresholds, r1_hits):
+        if t in (0.5, 0.7):
+            out[f"R1@{_threshold_key(t)}"] = float(np.mean(hits) * 100)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# action step localization (CrossTask)
+# ----------------------------------------------------------------------------------------------------------------
+def _step_matrix(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a [T, K] array, got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected a numeric 0/1 array, got dtype {a.dtype}")
+    return a
+
+
+def step_recall(y_true: Mapping[Hashable, Mapping[Hashable, np.ndarray]],
+                y_pred: Mapping[Hashable, Mapping[Hashable, np.ndarray]]) -> dict:
+    """CrossTask step localization recall (percent): ``{"recall": mean over tasks, "per_task": {task: recall}}``.
+
+    ``y_true[task][video]`` is a ``[T, K]`` 0/1 matrix of annotated (frame, step) pairs; ``y_pred[task][video]``
+    the predicted assignment (e.g. :func:`crosstask_viterbi`: one frame per step).
+
+    Reference: DmZhukov/CrossTask ``train.py::get_recalls`` and its caller ``eval``. Conventions reproduced:
+
+    * only videos present in both ``y_true[task]`` and ``y_pred[task]`` count; tasks come from ``y_true``;
+    * per task: matches = ``sum(y_true * y_pred)`` over its videos, total = number of steps annotated in at least
+      one frame (``(y_true.sum(0) > 0).sum()``); recall = matches / total (micro within a task);
+    * the headline recall is the unweighted mean over tasks (macro); both x 100.
+
+    Deviations: a task missing from ``y_pred`` or without any annotated step in the evaluated videos raises a
+    ``ValueError`` naming it (the reference raises ``KeyError`` / ``ZeroDivisionError``).
+    """
+    if not isinstance(y_true, Mapping) or not isinstance(y_pred, Mapping):
+        raise ValueError("y_true, y_pred: expected dicts task -> video -> [T, K] array")
+    if not y_true:
+        raise ValueError("y_true: no tasks")
+    per_task: dict = {}
+    for task, videos_true in y_true.items():
+        if task not in y_pred:
+            raise ValueError(f"y_pred: task {task!r} of y_true has no predictions")
+        videos_pred = y_pred[task]
+        match = 0.0
+        total = 0
+        for vid in videos_true:
+            if vid not in videos_pred:
+                continue
+            t = _step_matrix(videos_true[vid], f"y_true[{task!r}][{vid!r}]")
+            p = _step_matrix(videos_pred[vid], f"y_pred[{task!r}][{vid!r}]")
+            if t.shape != p.shape:
+                raise ValueError(f"y_pred[{task!r}][{vid!r}]: shape {p.shape} does not match "
+                                 f"y_true[{task!r}][{vid!r}] shape {t.shape}")
+            total += int((t.sum(axis=0) > 0).sum())
+            match += float((t.astype(np.float64) * p.astype(np.float64)).sum())
+        if total == 0:
+            raise ValueError(f"y_true: task {task!r} has no annotated step in the videos that were predicted")
+        per_task[task] = match / total
+    recall = float(np.mean(list(per_task.values())) * 100)
+    return {"recall": recall, "per_task": {k: float(v * 100) for k, v in per_task.items()}}
+
+
+def crosstask_viterbi(scores, exactly_one: bool = True, background_score: float = 0.0) -> np.ndarray:
+    """Order-constrained step assignment: returns a ``[T, K]`` uint8 matrix with each step at one frame, in order.
+
+    ``scores[T, K]``: how well frame ``t`` matches step ``k`` (higher is better, e.g. log-probabilities or
+    similarities). The path maximizes the summed scores of its (frame, step) pairs subject to step ``k`` occurring
+    after step ``k - 1``; every other frame is background and scores ``background_score``.
+
+    Reference: DmZhukov/CrossTask ``dp.pyx::dp`` (called as ``dp(y, -O)`` on log-probabilities ``O``; here cost =
+    ``-scores``). Conventions reproduced:
+
+    * states ``bg_0, step_1, bg_1, ..., step_K, bg_K``; a step state is entered from the previous background or
+      directly from the previous step; with ``exactly_one`` a step lasts one frame (only background states repeat);
+    * tie-breaking of the forward pass (strict ``>``): staying is preferred, then coming from ``k - 1``, then from
+      ``k - 2``, so among equal-cost paths the earlier placement of the previous step wins;
+    * end state: ``bg_K`` only if its cost is strictly lower than ``step_K`` at the last frame (a tie puts the last
+      step on the last frame).
+
+    With ``exactly_one`` and ``background_score == 0`` the same decisions are computed step by step, vectorized
+    over time (prefix minima), instead of frame by frame. Deviations: costs are float64 (the reference takes
+    float32 arrays); ``T < K`` raises (no valid path); when ``T == K`` the reference may backtrack from the
+    unreachable ``bg_K`` state, here the only valid path (step k on frame k) is returned.
+    """
+    s = _finite_matrix(scores, "scores")
+    n_frames, n_steps = s.shape
+    if n_frames < n_steps:
+        raise ValueError(f"scores: {n_frames} frames cannot hold {n_steps} ordered steps (shape {s.shape})")
+    if not np.isfinite(background_score):
+        raise ValueError(f"background_score: must be finite, got {background_score!r}")
+    cost = -s
+    if exactly_one and background_score == 0:
+        frames = _viterbi_by_step(cost)
+        y = np.zeros((n_frames, n_steps), dtype=np.uint8)
+        y[frames, np.arange(n_steps)] = 1
+        return y
+    return _viterbi_by_frame(cost, exactly_one, -float(background_score))
+
+
+def _viterbi_by_step(cost: np.ndarray) -> np.ndarray:
+    """Frames of steps 1..K for ``exactly_one`` with zero background cost.
+
+    best[k][f] = cost of steps 1..k with step k on frame f = ``min_{f' < f} best[k-1][f'] + cost[f, k]`` (the same
+    left-to-right float additions as the frame-by-frame pass, whose background additions are exact zeros). The
+    reference's preferences pick the earliest minimizer of each prefix, except at the end (see caller).
+    """
+    n_frames, n_steps = cost.shape
+    frames_idx = np.arange(n_frames)
+    best = cost[:, 0].copy()  # step 1 can start at frame 0 (from bg_0, cost 0)
+    first_argmin = []  # per step k >= 2: earliest argmin of best[k-1] over frames < f, for each f
+    for k in range(1, n_steps):
+        run_min = np.minimum.accumulate(best)
+        new_min = np.concatenate([[True], run_min[1:] < run_min[:-1]])
+        arg = np.maximum.accumulate(np.where(new_min, frames_idx, 0))
+        prev_min = np.concatenate([[np.inf], run_min[:-1]])  # over frames < f
+        prev_arg = np.concatenate([[-1], arg[:-1]])
+        best = prev_min + cost[:, k]
+        first_argmin.append(prev_arg)
+    # End: bg_K (earliest minimizer over frames < T-1) only if strictly better than step K on the last frame.
+    last = n_frames - 1
+    if last >= n_steps:  # bg_K reachable: step K fits before the last frame
+        head = best[:last]
+        j = int(np.argmin(head))  # np.argmin: first minimizer; unreachable frames are +inf
+        f = j if head[j] < best[last] else last
+    else:
+        f = last
+    out = np.empty(n_steps, dtype=np.int64)
+    out[-1] = f
+    for k in range(n_steps - 1, 0, -1):
+        f = int(first_argmin[k - 1][f])
+        out[k - 1] = f
+    return out
+
+
+def _viterbi_by_frame(cost: np.ndarray, exactly_one: bool, bg_cost: float) -> np.ndarray:
+    """The reference's frame-by-frame dynamic program, vectorized over the 2K+1 states."""
+    n_frames, n_steps = cost.shape
+    n_states = 2 * n_steps + 1
+    k = np.arange(n_states)
+    step_of_state = np.where(k % 2 == 0, 0, (k + 1) // 2)
+    is_step = step_of_state > 0
+    may_stay = ~is_step | (not exactly_one)
+    may_skip = is_step & (k >= 2)
+    prev = np.full(n_states, np.inf)
+    prev[0] = 0.0
+    choice = np.zeros((n_frames + 1, n_states), dtype=np.int8)  # 0 stay, 1 from k-1, 2 from k-2, -1 unreachable
+    for t in range(1, n_frames + 1):
+        cand = np.full((3, n_states), np.inf)
+        cand[0, may_stay] = prev[may_stay]
+        cand[1, 1:] = prev[:-1]
+        cand[2, may_skip] = prev[k[may_skip] - 2]
+        c = np.argmin(cand, axis=0)  # first minimum: the reference's preference order on ties
+        val = cand[c, k]
+        reachable = np.isfinite(val)
+        add = np.where(is_step, cost[t - 1, np.maximum(step_of_state - 1, 0)], bg_cost)
+        prev = np.where(reachable, val + add, np.inf)
+        choice[t] = np.where(reachable, c, -1)
+    last_step, last_bg = n_states - 2, n_states - 1
+    state = last_bg if (np.isfinite(prev[last_bg]) and prev[last_bg] < prev[last_step]) else last_step
+    y = np.zeros((n_frames, n_steps), dtype=np.uint8)
+    for t in range(n_frames, 0, -1):
+        if step_of_state[state] > 0:
+            y[t - 1, step_of_state[state] - 1] = 1
+        state -= int(choice[t, state])
+    return y
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# action segmentation (MS-TCN)
+# ----------------------------------------------------------------------------------------------------------------
+def _segments(labels: list, background: frozenset) -> tuple[list, np.ndarray, np.ndarray]:
+    """Maximal runs of equal labels, background runs dropped: (labels, starts, ends) with ``end`` exclusive."""
+    n = len(labels)
+    change = [i for i in range(1, n) if labels[i] != labels[i - 1]]
+    starts = np.array([0] + change, dtype=np.int64)
+    ends = np.array(change + [n], dtype=np.int64)
+    keep = [labels[s] not in background for s in starts]
+    seg_labels = [labels[s] for s, k in zip(starts, keep) if k]
+    keep_arr = np.array(keep, dtype=bool)
+    return seg_labels, starts[keep_arr], ends[keep_arr]
+
+
+def _levenshtein(p: list, y: list) -> float:
+    """Edit distance with unit costs, one row of the table at a time (insertions via a running minimum)."""
+    m, n = len(p), len(y)
+    ar = np.arange(n + 1, dtype=np.float64)
+    row = ar.copy()
+    y_arr = np.empty(n, dtype=object)
+    y_arr[:] = y
+    for i in range(1, m + 1):
+        sub = row[:-1] + np.array([0.0 if p[i - 1] == yj else 1.0 for yj in y_arr])
+        new = np.empty(n + 1)
+        new[0] = i
+        new[1:] = np.minimum(row[1:] + 1, sub)  # deletion, substitution / match
+        row = np.minimum.accumulate(new - ar) + ar  # insertion: D[i, j] = min_{j' <= j} tmp[j'] + (j - j')
+    return float(row[-1])
+
+
+def _f_counts(p_lab, p_s, p_e, y_lab, y_s, y_e, overlap: float) -> tuple[float, float, float]:
+    if len(p_lab) == 0:
+        return 0.0, 0.0, float(len(y_lab))
+    if len(y_lab) == 0:
+        return 0.0, float(len(p_lab)), 0.0
+    inter = np.minimum(p_e[:, None], y_e[None, :]) - np.maximum(p_s[:, None], y_s[None, :])
+    hull = np.maximum(p_e[:, None], y_e[None, :]) - np.minimum(p_s[:, None], y_s[None, :])
+    same = np.array([[a == b for b in y_lab] for a in p_lab], dtype=bool)
+    iou = (1.0 * inter / hull) * same  # negative for disjoint same-label segments, as in the reference
+    hits = np.zeros(len(y_lab), dtype=bool)
+    tp = fp = 0
+    for j in range(len(p_lab)):  # sequential: a GT segment can be hit once
+        idx = int(np.argmax(iou[j]))
+        if iou[j, idx] >= overlap and not hits[idx]:
+            tp += 1
+            hits[idx] = True
+        else:
+            fp += 1
+    return float(tp), float(fp), float(len(y_lab) - hits.sum())
+
+
+def _as_label_list(x, name: str) -> list:
+    if isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
+        raise ValueError(f"{name}: expected a sequence of per-frame labels, got {type(x).__name__}")
+    arr = np.asarray(x, dtype=object) if not isinstance(x, np.ndarray) else x
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D sequence of per-frame labels, got shape {np.shape(arr)}")
+    return arr.tolist()
+
+
+def segmentation_metrics(pred_labels: Sequence, gt_labels: Sequence, background="background",
+                         overlaps: Iterable[float] = (0.1, 0.25, 0.5)) -> dict[str, float]:
+    """Action segmentation metrics over a set of videos: ``Acc``, ``Edit``, ``F1@10``, ``F1@25``, ``F1@50`` (percent).
+
+    ``pred_labels`` / ``gt_labels``: one per-frame label sequence per video (strings or integers), equal lengths per
+    video. ``background``: a label, a collection of labels, or ``None``; background frames count for ``Acc`` but
+    form no segments for ``Edit`` and ``F1``.
+
+    Reference: yabufarha/ms-tcn ``eval.py`` (``get_labels_start_end_time``, ``levenstein``, ``edit_score``,
+    ``f_score``, ``main``). Conventions reproduced:
+
+    * ``Acc`` = ``100 * correct frames / all frames``, pooled over videos (background included);
+    * segments = maximal runs of one label, background runs dropped (two runs of one label split by background
+      are two segments);
+    * ``Edit`` = per video ``(1 - levenshtein(pred segments, gt segments) / max(n_pred, n_gt)) * 100``, then the
+      mean over videos;
+    * ``F1@τ``: each predicted segment, in temporal order, takes the GT segment of highest ``IoU x same label``
+      (first on ties), IoU over the hull ``max(ends) - min(starts)`` (negative when disjoint); true positive when
+      that IoU is **>= τ** and the GT segment is not hit yet, otherwise false positive (no second choice);
+      unmatched GT segments are false negatives. tp/fp/fn are summed over videos, then
+      ``F1 = 2PR / (P + R)`` with NaN -> 0, x 100.
+
+    Deviations (the reference fails there): a video where neither sequence has a segment has Edit 100 (reference:
+    0/0 = NaN); predicted segments in a video with no GT segment are all false positives (reference: argmax of an
+    empty array raises).
+    """
+    if isinstance(pred_labels, (str, bytes)) or isinstance(gt_labels, (str, bytes)):
+        raise ValueError("pred_labels, gt_labels: expected one label sequence per video")
+    if len(pred_labels) != len(gt_labels):
+        raise ValueError(f"pred_labels: got {len(pred_labels)} videos but gt_labels has {len(gt_labels)}")
+    if len(gt_labels) == 0:
+        raise ValueError("gt_labels: no videos")
+    if background is None:
+        bg = frozenset()
+    elif isinstance(background, (str, bytes)) or not isinstance(background, Iterable):
+        bg = frozenset([background])
+    else:
+        bg = frozenset(background)
+    overlaps = [float(o) for o in overlaps]
+    tp = np.zeros(len(overlaps))
+    fp = np.zeros(len(overlaps))
+    fn = np.zeros(len(overlaps))
+    correct = 0
+    total = 0
+    edit = 0.0
+    for v, (pred, gt) in enumerate(zip(pred_labels, gt_labels)):
+        p = _as_label_list(pred, f"pred_labels[{v}]")
+        g = _as_label_list(gt, f"gt_labels[{v}]")
+        if len(g) == 0:
+            raise ValueError(f"gt_labels[{v}]: empty label sequence")
+        if len(p) != len(g):
+            raise ValueError(f"pred_labels[{v}]: {len(p)} frames but gt_labels[{v}] has {len(g)}")
+        correct += sum(1 for a, b in zip(g, p) if a == b)
+        total += len(g)
+        p_seg = _segments(p, bg)
+        g_seg = _segments(g, bg)
+        longest = max(len(p_seg[0]), len(g_seg[0]))
+        edit += 100.0 if longest == 0 else (1 - _levenshtein(p_seg[0], g_seg[0]) / longest) * 100
+        for i, o in enumerate(overlaps):
+            a, b, c = _f_counts(*p_seg, *g_seg, o)
+            tp[i] += a
+            fp[i] += b
+            fn[i] += c
+    out = {"Acc": 100 * float(correct) / total, "Edit": (1.0 * edit) / len(gt_labels)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i, o in enumerate(overlaps):
+            precision = tp[i] / (tp[i] + fp[i])
+            recall = tp[i] / (tp[i] + fn[i])
+            f1 = 2.0 * (precision * recall) / (precision + recall)
+            out[f"F1@{round(o * 100):d}"] = float(np.nan_to_num(f1) * 100)
+    return out

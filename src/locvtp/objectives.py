@@ -1,0 +1,653 @@
+"""LocVTP's three pre-training objectives (``../shared/METHOD.md``; our reading of it is ``docs/method.md``).
+
+* ``coarse_loss``  — §1, symmetric InfoNCE between video and sentence embeddings (learnable CLIP logit scale);
+* ``fine_loss``    — §2, clip↔word contrast with correspondences discovered by top-k on the current similarities;
+* ``temporal_loss``— §3, the context projection head g warps a neighbouring clip to the reference position and
+  the warped feature is contrasted like the reference clip, weighted by ω(δ) = exp(−|δ|/σ);
+* ``LocVTPObjective`` — the ``nn.Module`` that owns g and the logit scale, gathers features from all ranks,
+  draws the context offsets and returns every term (plus the discovered correspondences, for plots).
+
+How it is computed (why it is fast). Both contrastive directions of §2 and the warped-clip terms of §3 need,
+for every anchor, a log-sum-exp over *all valid words (clips) of the other pairs of the global batch*. Those
+negatives live in the off-diagonal blocks of the (B·T)×(B·L) similarity matrix; the positives (and the
+optional intra-pair negatives) live in its B diagonal T×L blocks. So we
+
+1. compute the diagonal blocks with one small ``bmm`` (B·T·L entries, ordinary autograd): positives are index
+   gathers from it, and correspondence discovery is a ``topk`` on it under ``no_grad``;
+2. compute the off-diagonal exp-sums with one custom autograd op (``_OffDiagonalExpSums``): a single GEMM for
+   ``[clips; warped clips] · wordsᵀ`` (the fine and temporal terms share it, and the temporal word-anchored
+   negatives are exactly the fine word-anchored ones), an in-place ``exp``, the diagonal blocks zeroed in
+   place (B·T·L writes), and the row / column sums as matrix–vector products with the 0/1 validity vectors —
+   no (B·T)×(B·L) mask is ever built and no masked copy is made. Its backward forms E∘(g_row ⊕ g_col) in the
+   stored exp matrix and runs the two GEMMs. Inputs are L2-normalised, so |logit| ≤ 1/τ and the exponentials
+   need no max-subtraction; when a Cauchy–Schwarz bound says they might overflow (unnormalised inputs or a
+   tiny τ) a plain masked log-sum-exp (exact, slower) is used instead.
+
+Optionally (``bf16_products=True``) the three big GEMMs run in bfloat16 (fp32 exp and reductions); the
+loop-reference tests pass at rtol 3e-2 in that mode (``tests/test_objectives.py``).
+
+Edge cases are defined, never NaN: B = 1 has no negatives (fine terms with k = 1 are then 0); a sample with a
+single valid clip has no temporal context, so its temporal terms are excluded; a sample with no valid clip or
+no valid word is a data error and raises ``ValueError`` naming the sample.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from locvtp.distributed import all_gather_nograd, all_gather_sizes, all_gather_with_grad, is_distributed
+from locvtp.model.heads import ContextProjectionHead
+
+__all__ = [
+    "Correspondences",
+    "LocVTPObjective",
+    "coarse_loss",
+    "discover_correspondences",
+    "draw_offsets",
+    "fine_loss",
+    "fine_temporal_losses",
+    "temporal_loss",
+    "video_embedding",
+]
+
+# exp(x) is safe in fp32 for x <= ~88; with L2-normalised inputs the logits are bounded by 1/τ, so below this
+# bound no shift is needed at all (saves one pass over the big matrix).
+_NO_SHIFT_BOUND = 60.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------
+def _safe_lse(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """log Σ_{mask} exp(x) along ``dim``; −inf for an empty set, with finite (zero) gradients there."""
+    x = x.masked_fill(~mask, float("-inf"))
+    m = x.amax(dim=dim, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = (x - m).exp().sum(dim=dim)
+    ok = s > 0
+    out = torch.log(torch.where(ok, s, torch.ones_like(s))) + m.squeeze(dim)
+    return torch.where(ok, out, torch.full_like(out, float("-inf")))
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(Weighted) mean of x over mask; 0 (still attached to the graph) when the mask is empty."""
+    w = mask.to(x.dtype) if weight is None else torch.where(mask, weight.to(x.dtype), torch.zeros_like(x))
+    x = torch.where(mask, x, torch.zeros_like(x))
+    return (x * w).sum() / w.sum().clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _check_inputs(clips, words, clip_mask, word_mask) -> None:
+    if clips.dim() != 3 or words.dim() != 3:
+        raise ValueError(f"clips must be [B,T,D] and words [B,L,D]; got {tuple(clips.shape)} and {tuple(words.shape)}")
+    B, T, D = clips.shape
+    if words.shape[0] != B or words.shape[2] != D:
+        raise ValueError(f"words {tuple(words.shape)} do not match clips {tuple(clips.shape)} (batch and dim)")
+    if tuple(clip_mask.shape) != (B, T) or tuple(word_mask.shape) != (B, words.shape[1]):
+        raise ValueError(
+            f"clip_mask {tuple(clip_mask.shape)} / word_mask {tuple(word_mask.shape)} must be [B,T]={B, T} "
+            f"and [B,L]={B, words.shape[1]}"
+        )
+    if clip_mask.dtype != torch.bool or word_mask.dtype != torch.bool:
+        raise ValueError(f"masks must be boolean tensors, got {clip_mask.dtype} and {word_mask.dtype}")
+    for name, mask in (("clip", clip_mask), ("word", word_mask)):
+        empty = (~mask.any(dim=1)).nonzero().flatten()
+        if empty.numel():
+            raise ValueError(
+                f"sample(s) {empty.tolist()[:10]} of the batch have no valid {name} (all of {name}_mask is False); "
+                "every video-text pair needs at least one clip and one word"
+            )
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Losses run in fp32 (or fp64 for gradient checks), whatever the encoders' autocast dtype."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def video_embedding(clips: torch.Tensor, clip_mask: torch.Tensor) -> torch.Tensor:
+    """v[i] = normalize(mean of the valid clips of video i)  (METHOD.md notation)."""
+    m = clip_mask.to(clips.dtype).unsqueeze(-1)
+    mean = (clips * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return F.normalize(mean, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# §1 coarse
+# ----------------------------------------------------------------------------------------------------------
+def coarse_loss(
+    clips: torch.Tensor, sentence: torch.Tensor, clip_mask: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
+    """L_c = ½(CE(s_c·v sᵀ, I) + CE(s_c·s vᵀ, I)) over the (global) batch; ``logit_scale`` = 1/τ_c."""
+    v = video_embedding(_as_float(clips), clip_mask)
+    logits = logit_scale * (v @ _as_float(sentence).t())
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# §2 correspondence discovery
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Correspondences:
+    """Discovered clip↔word correspondences of each pair (indices into its own clips / words).
+
+    ``clip_to_word[i,t]`` are the top-k words of clip t (k clipped to the number of valid words: entries past
+    it are masked out by ``clip_to_word_mask``); ``word_to_clip[i,l]`` the top-k clips of word l. Rows of
+    padded clips / words are masked out too. Sorted by decreasing similarity.
+    """
+
+    clip_to_word: torch.Tensor  # long [B,T,k]
+    clip_to_word_mask: torch.Tensor  # bool [B,T,k]
+    word_to_clip: torch.Tensor  # long [B,L,k']
+    word_to_clip_mask: torch.Tensor  # bool [B,L,k']
+
+
+@torch.no_grad()
+def discover_correspondences(
+    clips: torch.Tensor | None,
+    words: torch.Tensor | None,
+    clip_mask: torch.Tensor,
+    word_mask: torch.Tensor,
+    topk: int = 1,
+    sim: torch.Tensor | None = None,
+) -> Correspondences:
+    """Top-k selection on S[i] = c[i]·w[i]ᵀ under ``no_grad`` (the selection carries no gradient).
+
+    ``sim`` [B,T,L] may be given to reuse an already computed similarity (its values are only read).
+    """
+    if topk < 1:
+        raise ValueError(f"fine.topk must be >= 1, got {topk}")
+    if sim is None:
+        sim = torch.bmm(clips, words.transpose(1, 2))
+    sim = sim.detach()
+    B, T, L = sim.shape
+    neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device)
+    n_words = word_mask.sum(1)
+    n_clips = clip_mask.sum(1)
+    k_w = min(topk, L)
+    k_c = min(topk, T)
+    # Padded words / clips get −inf, so the valid ones come first; ranks past the valid count are masked.
+    c2w = torch.where(word_mask[:, None, :], sim, neg_inf).topk(k_w, dim=2).indices
+    c2w_mask = (torch.arange(k_w, device=sim.device)[None, None, :] < n_words[:, None, None]) & clip_mask[:, :, None]
+    w2c = torch.where(clip_mask[:, :, None], sim, neg_inf).topk(k_c, dim=1).indices.transpose(1, 2)
+    w2c_mask = (torch.arange(k_c, device=sim.device)[None, None, :] < n_clips[:, None, None]) & word_mask[:, :, None]
+    return Correspondences(c2w, c2w_mask, w2c.contiguous(), w2c_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fused negatives op
+# ----------------------------------------------------------------------------------------------------------
+class _OffDiagonalExpSums(torch.autograd.Function):
+    """Row / column sums of exp(α·A·Wᵀ) over the off-diagonal (other-pair) blocks — the fused fast path.
+
+    anchors [S,B,T,D] (S = 1: clips; S = 2: clips then warped clips), words [B,L,D]; padded rows of both must be
+    zero (the caller zeroes them with ``torch.where``, which also stops their gradient). ``col_weight`` [B,L]
+    (0/1) selects which words count in the row sums; ``row_weight`` [B,T] which clips (of segment 0 only)
+    count in the column sums. Returns rows [S,B,T] and cols [B,L]. Only valid when α·|a|·|w| stays below
+    ``_NO_SHIFT_BOUND`` (no max-subtraction is done); ``_negative_log_sums`` checks that.
+    """
+
+    @staticmethod
+    def forward(ctx, anchors, words, row_weight, col_weight, alpha: float, bf16: bool):
+        S, B, T, D = anchors.shape
+        L = words.shape[1]
+        a2 = anchors.reshape(S * B * T, D)
+        w2 = words.reshape(B * L, D)
+        if bf16:
+            E = torch.mm((a2 * alpha).to(torch.bfloat16), w2.to(torch.bfloat16).t()).to(a2.dtype)
+        else:
+            E = torch.mm(a2 * alpha, w2.t())
+        E.exp_()
+        E.view(S, B, T, B, L).diagonal(dim1=1, dim2=3).zero_()  # own pair: positives / intra handled outside
+        rows = torch.mv(E, col_weight.reshape(-1).to(E.dtype)).view(S, B, T)
+        cols = torch.mv(E[: B * T].t(), row_weight.reshape(-1).to(E.dtype)).view(B, L)
+        ctx.save_for_backward(a2, w2)
+        ctx.E = E  # an intermediate, kept on ctx (not an input/output of the op)
+        ctx.meta = (S, B, T, L, D, alpha, bf16)
+        return rows, cols
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_rows, g_cols):
+        a2, w2 = ctx.saved_tensors
+        E = ctx.E
+        S, B, T, L, D, alpha, bf16 = ctx.meta
+        BT = B * T
+        # dL/dE[r,c] = g_rows[r] + [r in segment 0]·g_cols[c]; entries of padded rows / columns may be
+        # wrong but meet zero rows of A / W in the GEMMs and are cut by the caller's torch.where.
+        # G is built in a fresh buffer (E stays intact, so retain_graph / gradcheck work): one write pass for
+        # the broadcast sum, one fused multiply pass.
+        gr = g_rows.reshape(S * BT, 1).to(E.dtype)
+        G = torch.empty_like(E)
+        torch.add(gr[:BT], g_cols.reshape(1, B * L).to(E.dtype), out=G[:BT]).mul_(E[:BT])
+        if S > 1:
+            torch.mul(E[BT:], gr[BT:], out=G[BT:])
+        if bf16:
+            Gb = G.to(torch.bfloat16)
+            d_a = torch.mm(Gb, w2.to(torch.bfloat16)).to(a2.dtype).mul_(alpha)
+            d_w = torch.mm(Gb.t(), a2.to(torch.bfloat16)).to(a2.dtype).mul_(alpha)
+        else:
+            d_a = torch.mm(G, w2).mul_(alpha)
+            d_w = torch.mm(G.t(), a2).mul_(alpha)
+        return d_a.view(S, B, T, D), d_w.view(B, L, D), None, None, None, None
+
+
+def _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha):
+    """Plain-autograd version (explicit block mask, max-subtracted log-sum-exp): exact for any input scale.
+
+    Used when the logits may exceed the fast path's no-shift bound (unnormalised inputs or a tiny τ).
+    """
+    S, B, T, D = anchors.shape
+    L = words.shape[1]
+    x = (anchors.reshape(S * B * T, D) @ words.reshape(B * L, D).t() * alpha).view(S, B, T, B, L)
+    other = ~torch.eye(B, dtype=torch.bool, device=x.device)
+    row_ok = (other[None, :, None, :, None] & word_mask[None, None, None]).expand(S, B, T, B, L)
+    rows = _safe_lse(x.reshape(S, B, T, B * L), row_ok.reshape(S, B, T, B * L), dim=-1)
+    col_ok = other[:, None, :, None] & clip_mask[:, :, None, None]  # [B,T,B,L]
+    cols = _safe_lse(x[0].reshape(B * T, B, L), col_ok.expand(B, T, B, L).reshape(B * T, B, L), dim=0)
+    return rows, cols
+
+
+def _negative_log_sums(anchors, words, clip_mask, word_mask, tau, bf16):
+    """log Σ_{other pairs} exp(logit) per anchor row [S,B,T] and per word column [B,L] (−inf when B = 1)."""
+    S, B, T, _ = anchors.shape
+    L = words.shape[1]
+    if B == 1:
+        return (
+            anchors.new_full((S, B, T), float("-inf")),
+            anchors.new_full((B, L), float("-inf")),
+        )
+    alpha = 1.0 / tau
+    with torch.no_grad():  # Cauchy–Schwarz bound on the logits decides whether exp needs a max-subtraction
+        bound = alpha * float(anchors.norm(dim=-1).max()) * float(words.norm(dim=-1).max())
+    if bound > _NO_SHIFT_BOUND:
+        return _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha)
+    # every row / column has at least one other pair with a valid word / clip, and exp(x) >= e^-60: sums > 0
+    rows, cols = _OffDiagonalExpSums.apply(anchors, words, clip_mask, word_mask, alpha, bf16)
+    return rows.log(), cols.log()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# §2 + §3: fine-grained and temporal-aware contrast (one shared pass)
+# ----------------------------------------------------------------------------------------------------------
+def _positive_term(x_pos: torch.Tensor, pos_mask: torch.Tensor, soft: bool, weights: torch.Tensor | None = None):
+    """Numerator of the (multi-positive) InfoNCE in log space.
+
+    hard: log Σ_{P} e^{x};  soft: Σ_{P} a·x with a = softmax over the top-k of the (detached) similarities
+    (``weights`` may pass the ``a`` computed elsewhere, e.g. the reference clip's for the warped clip).
+    """
+    if not soft:
+        return _safe_lse(x_pos, pos_mask, dim=-1)
+    if weights is None:
+        weights = torch.softmax(x_pos.detach().masked_fill(~pos_mask, float("-inf")), dim=-1)
+        weights = torch.where(pos_mask, weights, torch.zeros_like(weights))
+    return (weights * torch.where(pos_mask, x_pos, torch.zeros_like(x_pos))).sum(-1)
+
+
+def draw_offsets(clip_mask: torch.Tensor, window: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """δ [B,T] uniform over the offsets in [−W, W]∖{0} whose context clip t+δ is a valid clip; 0 = no context.
+
+    With the usual prefix masks (valid clips [0, n)), this is "uniform in [−W,W]∖{0}, kept inside [0, n)";
+    a video with a single valid clip gets δ = 0 everywhere (its temporal terms are excluded).
+    """
+    if window < 1:
+        raise ValueError(f"temporal.window must be >= 1, got {window}")
+    B, T = clip_mask.shape
+    dev = clip_mask.device
+    cand = torch.cat([torch.arange(-window, 0, device=dev), torch.arange(1, window + 1, device=dev)])  # [2W]
+    ctx = torch.arange(T, device=dev)[:, None] + cand[None, :]  # [T,2W]
+    inside = (ctx >= 0) & (ctx < T)
+    ok = inside[None] & clip_mask[:, ctx.clamp(0, T - 1)] & clip_mask[:, :, None]  # [B,T,2W]
+    score = torch.rand(ok.shape, generator=generator, device=dev if generator is None else generator.device)
+    score = score.to(dev).masked_fill(~ok, -1.0)
+    pick = score.argmax(dim=-1)
+    delta = cand[pick]
+    return torch.where(ok.any(-1), delta, torch.zeros_like(delta))
+
+
+def _temporal_valid(clip_mask: torch.Tensor, offsets: torch.Tensor, window: int):
+    """(context index clamped, valid reference mask): t valid, δ≠0, t+δ a valid clip; checks |δ| ≤ W."""
+    B, T = clip_mask.shape
+    offsets = offsets.to(device=clip_mask.device, dtype=torch.long)
+    if tuple(offsets.shape) != (B, T):
+        raise ValueError(f"offsets must be [B,T]={B, T}, got {tuple(offsets.shape)}")
+    ctx = torch.arange(T, device=clip_mask.device)[None, :] + offsets
+    ctx_c = ctx.clamp(0, T - 1)
+    valid = clip_mask & (offsets != 0) & (ctx >= 0) & (ctx < T) & clip_mask.gather(1, ctx_c)
+    too_far = valid & (offsets.abs() > window)
+    if bool(too_far.any()):
+        i, t = (int(v) for v in too_far.nonzero()[0])
+        raise ValueError(f"offsets[{i},{t}] = {int(offsets[i, t])} is outside the temporal window W = {window}")
+    return ctx_c, valid
+
+
+def fine_temporal_losses(
+    clips: torch.Tensor,
+    words: torch.Tensor,
+    clip_mask: torch.Tensor,
+    word_mask: torch.Tensor,
+    *,
+    fine: bool = True,
+    temporal: bool = True,
+    head: nn.Module | None = None,
+    offsets: torch.Tensor | None = None,
+    topk: int = 1,
+    tau: float = 0.07,
+    window: int = 2,
+    sigma: float = math.inf,
+    intra_negatives: bool = False,
+    soft: bool = False,
+    bf16_products: bool = False,
+) -> tuple[dict[str, torch.Tensor], Correspondences]:
+    """Fine-grained (§2) and temporal-aware (§3) terms sharing one similarity product.
+
+    Returns ({"fine", "fine_cw", "fine_wc", "temporal", "temporal_z", "temporal_w"} (disabled terms absent),
+    correspondences). ``head`` (g) and ``offsets`` δ [B,T] are required when ``temporal``.
+    """
+    clips, words = _as_float(clips), _as_float(words)
+    _check_inputs(clips, words, clip_mask, word_mask)
+    if tau <= 0:
+        raise ValueError(f"tau_fine must be > 0, got {tau}")
+    if not (sigma > 0):
+        raise ValueError(f"temporal.sigma must be > 0 (math.inf for uniform weights), got {sigma}")
+    B, T, D = clips.shape
+    L = words.shape[1]
+    zero = clips.new_zeros(())
+    cm = torch.where(clip_mask[..., None], clips, zero)  # padded rows = 0 (and no gradient to them)
+    wm = torch.where(word_mask[..., None], words, zero)
+
+    # own-pair similarity blocks S[i] = c[i]·w[i]ᵀ: positives, intra negatives, discovery
+    sim = torch.bmm(cm, wm.transpose(1, 2)) if (fine or temporal) else None
+    if sim is None:
+        return {}, discover_correspondences(cm, wm, clip_mask, word_mask, topk)
+    corr = discover_correspondences(None, None, clip_mask, word_mask, topk, sim=sim)
+    x = sim / tau  # [B,T,L] logits of the own pair
+    out: dict[str, torch.Tensor] = {}
+
+    if temporal:
+        if head is None or offsets is None:
+            raise ValueError("the temporal term needs the context head g and the offsets δ")
+        ctx_idx, ref_ok = _temporal_valid(clip_mask, offsets, window)
+        offsets = offsets.to(device=clips.device, dtype=torch.long)
+        ctx_clip = cm.gather(1, ctx_idx[..., None].expand(B, T, D))
+        z = F.normalize(head(ctx_clip, offsets), dim=-1)  # z[i,t←t+δ]
+        z = torch.where(ref_ok[..., None], z, zero)
+        anchors = torch.stack([cm, z])
+    else:
+        anchors = cm[None]
+    neg_rows, neg_cols = _negative_log_sums(anchors, wm, clip_mask, word_mask, tau, bf16_products)
+
+    # clip-anchored positives P[i,t] and word-anchored positives Q[i,l]
+    p_idx, p_mask = corr.clip_to_word, corr.clip_to_word_mask
+    q_idx, q_mask = corr.word_to_clip, corr.word_to_clip_mask
+    x_cw = x.gather(2, p_idx)  # [B,T,k]
+    x_wc = x.transpose(1, 2).gather(2, q_idx)  # [B,L,k']
+    soft_cw = None
+    if soft:
+        soft_cw = torch.softmax(x_cw.detach().masked_fill(~p_mask, float("-inf")), dim=-1)
+        soft_cw = torch.where(p_mask, soft_cw, torch.zeros_like(soft_cw))
+    # valid anchor rows: (any valid positive); rows without one (padding) use a harmless finite fill
+    cw_rows, wc_rows = clip_mask, word_mask
+
+    if fine:
+        pos_cw = _positive_term(x_cw, p_mask | ~cw_rows[..., None], soft, soft_cw)
+        pos_wc = _positive_term(x_wc, q_mask | ~wc_rows[..., None], soft)
+        if intra_negatives:  # every valid word (clip) of the own pair is in the denominator
+            own_cw = _safe_lse(x, word_mask[:, None, :].expand(B, T, L), dim=2)
+            own_wc = _safe_lse(x.transpose(1, 2), clip_mask[:, None, :].expand(B, L, T), dim=2)
+        else:
+            own_cw = _safe_lse(x_cw, p_mask | ~cw_rows[..., None], dim=-1)
+            own_wc = _safe_lse(x_wc, q_mask | ~wc_rows[..., None], dim=-1)
+        l_cw = torch.logaddexp(own_cw, neg_rows[0]) - pos_cw
+        l_wc = torch.logaddexp(own_wc, neg_cols) - pos_wc
+        out["fine_cw"] = _masked_mean(l_cw, cw_rows)
+        out["fine_wc"] = _masked_mean(l_wc, wc_rows)
+        out["fine"] = 0.5 * (out["fine_cw"] + out["fine_wc"])
+
+    if temporal:
+        omega = torch.exp(-offsets.abs().to(clips.dtype) / sigma)  # ω(δ); σ = inf -> 1
+        xz = torch.bmm(z, wm.transpose(1, 2)) / tau  # [B,T,L] warped-clip logits of the own pair
+        # anchored at the warped clip z[i,t]: positives = words discovered for the reference clip t
+        xz_pos = xz.gather(2, p_idx)
+        zmask = p_mask | ~ref_ok[..., None]
+        pos_z = _positive_term(xz_pos, zmask, soft, soft_cw)
+        if intra_negatives:
+            own_z = _safe_lse(xz, word_mask[:, None, :].expand(B, T, L), dim=2)
+        else:
+            own_z = _safe_lse(xz_pos, zmask, dim=-1)
+        l_z = torch.logaddexp(own_z, neg_rows[1]) - pos_z
+        # anchored at word l with its top-1 clip q: positive z[i,q←q+δ], negatives = clips of other videos
+        q1 = q_idx[..., 0]  # [B,L]
+        w_ok = word_mask & ref_ok.gather(1, q1)
+        x_wz = xz.gather(1, q1[:, None, :]).squeeze(1)  # [B,L]
+        den_w = torch.logaddexp(x_wz, neg_cols)
+        if intra_negatives:  # the other clips of the same video
+            not_q = torch.arange(T, device=clips.device)[None, None, :] != q1[..., None]
+            intra = _safe_lse(x.transpose(1, 2), clip_mask[:, None, :] & not_q, dim=2)
+            den_w = torch.logaddexp(den_w, intra)
+        l_w = den_w - x_wz
+        out["temporal_z"] = _masked_mean(l_z, ref_ok, omega)
+        out["temporal_w"] = _masked_mean(l_w, w_ok, omega.gather(1, q1))
+        out["temporal"] = 0.5 * (out["temporal_z"] + out["temporal_w"])
+    return out, corr
+
+
+def fine_loss(
+    clips: torch.Tensor,
+    words: torch.Tensor,
+    clip_mask: torch.Tensor,
+    word_mask: torch.Tensor,
+    *,
+    topk: int = 1,
+    tau: float = 0.07,
+    intra_negatives: bool = False,
+    soft: bool = False,
+    bf16_products: bool = False,
+) -> dict[str, torch.Tensor]:
+    """§2 alone: {"fine", "fine_cw", "fine_wc"} (L_f = ½(L_cw + L_wc))."""
+    out, _ = fine_temporal_losses(
+        clips, words, clip_mask, word_mask, fine=True, temporal=False, topk=topk, tau=tau,
+        intra_negatives=intra_negatives, soft=soft, bf16_products=bf16_products,
+    )
+    return out
+
+
+def temporal_loss(
+    clips: torch.Tensor,
+    words: torch.Tensor,
+    clip_mask: torch.Tensor,
+    word_mask: torch.Tensor,
+    head: nn.Module,
+    offsets: torch.Tensor,
+    *,
+    topk: int = 1,
+    tau: float = 0.07,
+    window: int = 2,
+    sigma: float = math.inf,
+    intra_negatives: bool = False,
+    soft: bool = False,
+    bf16_products: bool = False,
+) -> dict[str, torch.Tensor]:
+    """§3 alone: {"temporal", "temporal_z", "temporal_w"} (L_t = ½(L_tz + L_tw), each ω-weighted)."""
+    out, _ = fine_temporal_losses(
+        clips, words, clip_mask, word_mask, fine=False, temporal=True, head=head, offsets=offsets, topk=topk,
+        tau=tau, window=window, sigma=sigma, intra_negatives=intra_negatives, soft=soft,
+        bf16_products=bf16_products,
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the module
+# ----------------------------------------------------------------------------------------------------------
+def _pad_to(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    if x.shape[dim] == size:
+        return x
+    shape = list(x.shape)
+    shape[dim] = size - x.shape[dim]
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+class LocVTPObjective(nn.Module):
+    """L = λ_c L_c + λ_f L_f + λ_t L_t over the global batch; owns g (context head) and the logit scale.
+
+    ``forward(clips, words, sentence, clip_mask, word_mask, offsets=None)`` takes the *local* L2-normalised
+    features (and boolean masks); under torch.distributed with ``gather=True`` it first gathers them — with
+    gradients — and the offsets from all ranks (see ``locvtp.distributed`` for the gradient factor). Offsets
+    are drawn locally (``draw_offsets``) when not given, so every rank computes the same global loss.
+    """
+
+    def __init__(
+        self,
+        dim: int = 256,
+        topk: int = 1,
+        window: int = 2,
+        sigma: float = math.inf,
+        weights: Mapping[str, float] | Any = None,
+        coarse: bool = True,
+        fine: bool = True,
+        temporal: bool = True,
+        intra_negatives: bool = False,
+        soft: bool = False,
+        head: str = "mlp",
+        tau_fine: float = 0.07,
+        logit_scale_init: float = 1.0 / 0.07,
+        logit_scale_max: float = 100.0,
+        gather: bool = True,
+        bf16_products: bool = False,
+        head_hidden: int | None = None,
+    ):
+        super().__init__()
+        if topk < 1:
+            raise ValueError(f"objective.topk must be >= 1, got {topk}")
+        if tau_fine <= 0:
+            raise ValueError(f"objective.tau_fine must be > 0, got {tau_fine}")
+        if not (sigma > 0):
+            raise ValueError(f"objective.sigma must be > 0 (inf = uniform), got {sigma}")
+        if not (0 < logit_scale_init <= logit_scale_max):
+            raise ValueError(
+                f"objective.logit_scale_init ({logit_scale_init}) must be in (0, logit_scale_max={logit_scale_max}]"
+            )
+        if not (coarse or fine or temporal):
+            raise ValueError("at least one of objective.coarse / fine / temporal must be enabled")
+        w = {"coarse": 1.0, "fine": 1.0, "temporal": 1.0}
+        if weights is not None:
+            items = weights.items() if hasattr(weights, "items") else vars(weights).items()
+            for key, value in items:
+                if key not in w:
+                    raise ValueError(f"objective.weights.{key}: unknown loss term (expected coarse, fine, temporal)")
+                w[key] = float(value)
+        self.weights = w
+        self.dim, self.topk, self.window, self.sigma = dim, int(topk), int(window), float(sigma)
+        self.use_coarse, self.use_fine, self.use_temporal = bool(coarse), bool(fine), bool(temporal)
+        self.intra_negatives, self.soft = bool(intra_negatives), bool(soft)
+        self.tau_fine = float(tau_fine)
+        self.logit_scale_max = float(logit_scale_max)
+        self.gather = bool(gather)
+        self.bf16_products = bool(bf16_products)
+        self.context_head = ContextProjectionHead(dim, window=window, kind=head, hidden=head_hidden)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
+
+    @classmethod
+    def from_config(cls, objective_cfg: Any, dim: int = 256) -> "LocVTPObjective":
+        """Build from ``cfg.objective`` (an ObjectiveConfig / DictConfig / dict); a full Config is accepted."""
+        cfg = objective_cfg
+        if hasattr(cfg, "objective") and not hasattr(cfg, "topk"):
+            cfg = cfg.objective
+        get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+        return cls(
+            dim=dim,
+            topk=get("topk", 1),
+            window=get("window", 2),
+            sigma=get("sigma", math.inf),
+            weights=get("weights", None),
+            coarse=get("coarse", True),
+            fine=get("fine", True),
+            temporal=get("temporal", True),
+            intra_negatives=get("intra_negatives", False),
+            soft=get("soft", False),
+            head=get("head", "mlp"),
+            tau_fine=get("tau_fine", 0.07),
+            logit_scale_init=get("logit_scale_init", 1.0 / 0.07),
+            logit_scale_max=get("logit_scale_max", 100.0),
+            gather=get("gather", True),
+            bf16_products=get("bf16_products", False),
+            head_hidden=get("head_hidden", None),
+        )
+
+    def scale(self) -> torch.Tensor:
+        """1/τ_c = exp(logit_scale), clamped at ``logit_scale_max`` (CLIP)."""
+        return self.logit_scale.exp().clamp(max=self.logit_scale_max)
+
+    def _gather(self, clips, words, sentence, clip_mask, word_mask, offsets):
+        """Global batch from all ranks (features with gradients); pads T and L to the largest rank's."""
+        sizes = all_gather_sizes(clips.shape[0], clips.device)
+        dims = all_gather_nograd(torch.tensor([[clips.shape[1], words.shape[1]]], device=clips.device), sizes=[1] * len(sizes))
+        T, L = (int(v) for v in dims.max(dim=0).values)
+        clips, clip_mask, offsets = _pad_to(clips, T, 1), _pad_to(clip_mask, T, 1), _pad_to(offsets, T, 1)
+        words, word_mask = _pad_to(words, L, 1), _pad_to(word_mask, L, 1)
+        return (
+            all_gather_with_grad(clips, sizes),
+            all_gather_with_grad(words, sizes),
+            all_gather_with_grad(sentence, sizes),
+            all_gather_nograd(clip_mask, sizes),
+            all_gather_nograd(word_mask, sizes),
+            all_gather_nograd(offsets, sizes),
+        )
+
+    def forward(
+        self,
+        clips: torch.Tensor,
+        words: torch.Tensor,
+        sentence: torch.Tensor,
+        clip_mask: torch.Tensor,
+        word_mask: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        clip_mask, word_mask = clip_mask.bool(), word_mask.bool()
+        if offsets is None:
+            offsets = draw_offsets(clip_mask, self.window)
+        offsets = offsets.to(device=clips.device, dtype=torch.long)
+        if self.gather and is_distributed():
+            clips, words, sentence, clip_mask, word_mask, offsets = self._gather(
+                clips, words, sentence, clip_mask, word_mask, offsets
+            )
+        clips, words, sentence = _as_float(clips), _as_float(words), _as_float(sentence)
+        zero = clips.new_zeros(())
+        scale = self.scale()
+        out: dict[str, torch.Tensor] = {}
+        out["coarse"] = coarse_loss(clips, sentence, clip_mask, scale) if self.use_coarse else zero
+        terms, corr = fine_temporal_losses(
+            clips, words, clip_mask, word_mask,
+            fine=self.use_fine, temporal=self.use_temporal, head=self.context_head, offsets=offsets,
+            topk=self.topk, tau=self.tau_fine, window=self.window, sigma=self.sigma,
+            intra_negatives=self.intra_negatives, soft=self.soft, bf16_products=self.bf16_products,
+        )
+        out["fine"] = terms.get("fine", zero)
+        out["temporal"] = terms.get("temporal", zero)
+        for key in ("fine_cw", "fine_wc", "temporal_z", "temporal_w"):
+            out[key] = terms.get(key, zero)
+        total = zero
+        for key, on in (("coarse", self.use_coarse), ("fine", self.use_fine), ("temporal", self.use_temporal)):
+            if on:
+                total = total + self.weights[key] * out[key]
+        out["total"] = total
+        out["logit_scale"] = scale.detach()
+        out["clip_to_word"] = corr.clip_to_word
+        out["word_to_clip"] = corr.word_to_clip
+        out["clip_to_word_mask"] = corr.clip_to_word_mask
+        out["word_to_clip_mask"] = corr.word_to_clip_mask
+        out["offsets"] = offsets
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"coarse={self.use_coarse}, fine={self.use_fine}, temporal={self.use_temporal}, topk={self.topk}, "
+            f"window={self.window}, sigma={self.sigma}, weights={self.weights}, intra_negatives={self.intra_negatives}, "
+            f"soft={self.soft}, tau_fine={self.tau_fine}, gather={self.gather}, bf16_products={self.bf16_products}"
+        )

@@ -1,0 +1,508 @@
+"""Corpus moment search: `locvtp index` and `locvtp search`.
+
+An index is a directory (no pickle anywhere; everything is ``.npy`` or JSON, plus a faiss file for IVF)::
+
+    meta.json         format, version, dim, rows, kind (exact | ivf), nlist, nprobe, checkpoint_sha256, ...
+    videos.json       list of video ids (row_video indexes into it)
+    embeddings.npy    float32 [M, D] clip embeddings (memory-mapped at search time)
+    row_video.npy     int32 [M]     video of each row
+    row_clip.npy      int32 [M]     clip index of each row inside its video
+    row_window.npy    float64 [M,2] clip window in seconds
+    ivf.faiss         (kind = ivf only) trained faiss IndexIVFFlat, inner-product metric
+
+Why the exact index stores no faiss file: ``IndexFlatIP`` *is* the matrix of embeddings, so it is rebuilt from
+``embeddings.npy`` at load time (a memcpy) and the fallback reads the very same file; nothing is stored twice.
+
+Exact search has two backends that return identical results: faiss ``IndexFlatIP`` and a chunked numpy
+matrix-vector product (used when faiss is not installed). Both pick candidate rows, then re-score the chosen
+rows with the same float64 dot product and sort by (score desc, row asc), so rounding differences between
+BLAS kernels cannot reorder the output.
+
+Moments: clip hits are merged into windows by :func:`merge_moments`: from the ``pool`` best clips, the best
+unassigned hit seeds a moment that grows over neighbouring pool hits of the same video (at most ``gap`` missing
+clips between) whose scores are close to the seed's (``tolerance``, relative to the pool's floor); a moment spans
+[first clip start, last clip end] and is scored by its seed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+INDEX_FORMAT = "locvtp-moment-index"
+INDEX_VERSION = 1
+
+
+class IndexError_(RuntimeError):  # noqa: N801  (avoid shadowing the builtin IndexError)
+    """An index directory is missing, incomplete or inconsistent; the message names the file."""
+
+
+def have_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exact top-k
+# ----------------------------------------------------------------------------------------------------------
+def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must be [n, {dim}], got shape {tuple(np.shape(queries))}")
+    return np.ascontiguousarray(q)
+
+
+def rescore(embeddings: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 scores of candidate ``rows`` [n, c] (-1 = none), sorted by (score desc, row asc).
+
+    The shared last step of every backend: the final order never depends on a BLAS kernel's rounding.
+    Returns (scores float64 [n, c], rows int64 [n, c]); empty slots hold (-inf, -1) at the end.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    n, c = rows.shape
+    scores = np.full((n, c), -np.inf)
+    q64 = np.asarray(queries, dtype=np.float64)
+    valid = rows >= 0
+    if valid.any():
+        safe = np.where(valid, rows, 0)
+        # Read each candidate row once (sorted unique rows: cheap on a memory map); c is small.
+        uniq = np.unique(safe)
+        cand = np.asarray(embeddings[uniq], dtype=np.float64)
+        s = np.einsum("ncd,nd->nc", cand[np.searchsorted(uniq, safe)], q64)
+        scores = np.where(valid, s, -np.inf)
+    # lexsort: the last key is primary -> score descending, then row ascending; empty slots (-1) go last.
+    row_key = np.where(valid, rows, np.iinfo(np.int64).max)
+    order = np.lexsort((row_key, -scores), axis=-1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    rows = np.take_along_axis(np.where(valid, rows, -1), order, axis=1)
+    return scores, rows
+
+
+def numpy_topk(
+    embeddings: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = 131072
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k by chunked matrix products (the no-faiss fallback).
+
+    Memory stays at ``chunk_rows x n`` scores whatever the corpus size, and ``embeddings`` may be a
+    read-only memory map. Returns (scores float64 [n, k], rows int64 [n, k]) sorted as :func:`rescore`.
+    """
+    m, d = embeddings.shape
+    q = _as_queries(queries, d)
+    n = q.shape[0]
+    k = int(k)
+    if k <= 0:
+        raise ValueError(f"k must be >= 1, got {k}")
+    best_s = np.full((n, 0), -np.inf, dtype=np.float32)
+    best_r = np.zeros((n, 0), dtype=np.int64)
+    qt = q.T.copy()
+    for lo in range(0, m, chunk_rows):
+        block = np.asarray(embeddings[lo : lo + chunk_rows], dtype=np.float32)
+        s = block @ qt  # [rows, n]
+        s = s.T  # [n, rows]
+        kk = min(k, s.shape[1])
+        idx = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.broadcast_to(
+            np.arange(s.shape[1]), (n, s.shape[1])
+        )
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, idx, axis=1)], axis=1)
+        cand_r = np.concatenate([best_r, idx.astype(np.int64) + lo], axis=1)
+        kk = min(k, cand_s.shape[1])
+        keep = np.argpartition(-cand_s, kk - 1, axis=1)[:, :kk] if kk < cand_s.shape[1] else np.broadcast_to(
+            np.arange(cand_s.shape[1]), (n, cand_s.shape[1])
+        )
+        best_s = np.take_along_axis(cand_s, keep, axis=1)
+        best_r = np.take_along_axis(cand_r, keep, axis=1)
+    if best_r.shape[1] < k:  # corpus smaller than k: pad with empty slots
+        pad = k - best_r.shape[1]
+        best_r = np.concatenate([best_r, np.full((n, pad), -1, dtype=np.int64)], axis=1)
+    return rescore(embeddings, q, best_r)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# moments
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Moment:
+    """One search result: a window of one video, scored by its best clip."""
+
+    video_id: str
+    start: float
+    end: float
+    score: float
+    first_clip: int
+    last_clip: int
+    best_clip: int
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["start"] = round(float(d["start"]), 4)
+        d["end"] = round(float(d["end"]), 4)
+        d["score"] = float(d["score"])
+        return d
+
+
+def merge_moments(
+    rows: np.ndarray,
+    scores: np.ndarray,
+    row_video: np.ndarray,
+    row_clip: np.ndarray,
+    row_window: np.ndarray,
+    videos: Sequence[str],
+    top_k: int,
+    gap: int = 0,
+    tolerance: float = 0.5,
+) -> list[Moment]:
+    """Merge the clip hits of one query (the candidate pool: ``rows``/``scores``, -1 rows ignored) into moments.
+
+    Greedy, best hit first: an unassigned hit with score ``s`` seeds a moment, which grows to the left and to the
+    right over pool hits of the same video at most ``gap + 1`` clips away whose score is at least
+    ``floor + (1 - tolerance) * (s - floor)`` (``floor`` = the pool's lowest score; ``tolerance`` 0 keeps single clips, 1
+    chains every adjacent pool hit). The moment spans [first clip's start, last clip's end] and scores ``s``.
+    Why relative to the pool: cosine scales differ between models, while "clearly above the pool's floor" does
+    not; an unrelated clip that merely made the pool next to a true moment is not swallowed by it.
+    Returns up to ``top_k`` moments, best first (ties by row order).
+    """
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    ok = rows >= 0
+    rows, scores = rows[ok], scores[ok]
+    if rows.size == 0 or top_k < 1:
+        return []
+    order = np.lexsort((rows, -scores))
+    rows, scores = rows[order], scores[order]
+    vid = np.asarray(row_video)[rows].astype(np.int64)
+    clip = np.asarray(row_clip)[rows].astype(np.int64)
+    pos = {(int(v), int(c)): i for i, (v, c) in enumerate(zip(vid, clip))}
+    floor = float(scores[-1])
+    win = np.asarray(row_window, dtype=np.float64)
+    assigned = np.zeros(rows.size, dtype=bool)
+    out: list[Moment] = []
+    for i in range(rows.size):  # the pool is small (hundreds): a plain greedy pass over hits
+        if assigned[i]:
+            continue
+        s, v = float(scores[i]), int(vid[i])
+        thr = floor + (1.0 - tolerance) * (s - floor)  # (this form is exact at tolerance 0 and 1)
+        assigned[i] = True
+        ends = []
+        for step in (-1, 1):
+            edge = int(clip[i])
+            while True:
+                for d in range(1, gap + 2):
+                    j = pos.get((v, edge + step * d))
+                    if j is not None and not assigned[j] and scores[j] >= thr:
+                        assigned[j] = True
+                        edge += step * d
+                        break
+                else:
+                    break
+            ends.append(edge)
+        first, last = ends
+        first_row = int(rows[i]) - (int(clip[i]) - first)  # rows of one video are contiguous, in clip order
+        last_row = int(rows[i]) + (last - int(clip[i]))
+        out.append(Moment(str(videos[v]), float(win[first_row, 0]), float(win[last_row, 1]), s, first, last,
+                          int(clip[i])))
+        if len(out) >= top_k:
+            break
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the index
+# ----------------------------------------------------------------------------------------------------------
+def _atomic_replace_dir(tmp: Path, out: Path) -> None:
+    """Move a fully written ``tmp`` directory to ``out`` (replacing an existing one) without a window in
+    which ``out`` holds a half-written index."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    np.save(path, arr, allow_pickle=False)
+
+
+def build_index(
+    features: str | Path,
+    out_dir: str | Path,
+    ivf: int | None = None,
+    nprobe: int | None = None,
+    train_size: int = 100_000,
+    seed: int = 0,
+    progress: bool = True,
+    allow_backbone: bool = False,
+) -> dict[str, Any]:
+    """Build a moment index from a feature file/dir written by ``locvtp extract``.
+
+    ``ivf=None``: exact inner product. ``ivf=NLIST``: a faiss IVF index with NLIST lists trained on up to
+    ``train_size`` rows (requires faiss). Returns the index's ``meta.json`` content.
+    """
+    from locvtp.extract import feature_info, iter_features
+
+    out_dir = Path(out_dir)
+    info = feature_info(features)
+    if info.get("embedding") == "backbone" and not allow_backbone:
+        raise ValueError(
+            f"{features}: holds pre-projection backbone features (extract --backbone); text queries live in the "
+            "joint space, so index the joint embeddings instead (extract without --backbone)"
+        )
+    if ivf is not None and not have_faiss():
+        raise RuntimeError("--ivf needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        videos: list[str] = []
+        total = 0
+        dim = None
+        # pass 1: sizes (cheap: shapes only), so embeddings.npy can be written in place without holding all
+        for rec in iter_features(features, load=False):
+            if rec.num_clips == 0:
+                continue
+            if dim is None:
+                dim = rec.dim
+            elif rec.dim != dim:
+                raise ValueError(f"{features}: video {rec.video_id!r} has dim {rec.dim}, others {dim}")
+            total += rec.num_clips
+        if dim is None or total == 0:
+            raise ValueError(f"{features}: no clip features to index")
+        emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim))
+        row_video = np.empty(total, dtype=np.int32)
+        row_clip = np.empty(total, dtype=np.int32)
+        row_window = np.empty((total, 2), dtype=np.float64)
+        pos = 0
+        it = iter_features(features, load=True)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc="index", unit="video", leave=False)
+        for rec in it:
+            n = rec.num_clips
+            if n == 0:
+                continue
+            emb[pos : pos + n] = rec.features
+            row_video[pos : pos + n] = len(videos)
+            row_clip[pos : pos + n] = np.arange(n)
+            row_window[pos : pos + n] = rec.windows
+            videos.append(rec.video_id)
+            pos += n
+        emb.flush()
+        del emb
+        _save_npy(tmp / "row_video.npy", row_video)
+        _save_npy(tmp / "row_clip.npy", row_clip)
+        _save_npy(tmp / "row_window.npy", row_window)
+        (tmp / "videos.json").write_text(json.dumps(videos), encoding="utf-8")
+        meta: dict[str, Any] = {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "metric": "inner_product",
+            "kind": "exact" if ivf is None else "ivf",
+            "dim": int(dim),
+            "rows": int(total),
+            "videos": len(videos),
+            "nlist": None,
+            "nprobe": None,
+            "source": str(Path(features).resolve()),
+            **{k: info.get(k) for k in ("checkpoint_sha256", "model", "clip_seconds", "stride_seconds", "embedding")},
+        }
+        if ivf is not None:
+            import faiss
+
+            nlist = int(ivf)
+            if nlist < 1 or nlist > total:
+                raise ValueError(f"--ivf {nlist}: need 1 <= NLIST <= number of clips ({total})")
+            data = np.load(tmp / "embeddings.npy", mmap_mode="r")
+            rng = np.random.default_rng(seed)
+            ntrain = min(total, max(train_size, 39 * nlist))
+            sample = np.ascontiguousarray(data[np.sort(rng.choice(total, ntrain, replace=False))], dtype=np.float32)
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            index.train(sample)
+            for lo in range(0, total, 262144):
+                index.add(np.ascontiguousarray(data[lo : lo + 262144], dtype=np.float32))
+            faiss.write_index(index, str(tmp / "ivf.faiss"))
+            meta["nlist"] = nlist
+            meta["nprobe"] = int(nprobe or max(1, nlist // 16))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _atomic_replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+class MomentIndex:
+    """A loaded index. ``backend``: "auto" (faiss if installed), "faiss" or "numpy"."""
+
+    def __init__(self, path: str | Path, backend: str = "auto", nprobe: int | None = None):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise IndexError_(f"{self.path}: not a moment index (no meta.json); build one with `locvtp index`")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise IndexError_(f"{meta_path}: invalid JSON: {exc}") from None
+        if self.meta.get("format") != INDEX_FORMAT or self.meta.get("version") != INDEX_VERSION:
+            raise IndexError_(f"{meta_path}: unknown index format {self.meta.get('format')!r} v{self.meta.get('version')}")
+        try:
+            self.embeddings = np.load(self.path / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+            self.row_video = np.load(self.path / "row_video.npy", allow_pickle=False)
+            self.row_clip = np.load(self.path / "row_clip.npy", allow_pickle=False)
+            self.row_window = np.load(self.path / "row_window.npy", allow_pickle=False)
+            self.videos = json.loads((self.path / "videos.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IndexError_(f"{self.path}: incomplete or corrupt index: {exc}") from None
+        m = self.embeddings.shape[0]
+        if not (len(self.row_video) == len(self.row_clip) == len(self.row_window) == m == self.meta["rows"]):
+            raise IndexError_(f"{self.path}: row files disagree with embeddings.npy ({m} rows)")
+        self.dim = int(self.embeddings.shape[1])
+        if backend not in ("auto", "faiss", "numpy"):
+            raise ValueError(f"backend must be auto|faiss|numpy, got {backend!r}")
+        if backend == "auto":
+            backend = "faiss" if have_faiss() else "numpy"
+        if backend == "faiss" and not have_faiss():
+            raise RuntimeError("backend 'faiss' requested but faiss is not installed (pip install faiss-cpu)")
+        self.kind = self.meta["kind"]
+        if self.kind == "ivf" and backend == "numpy":
+            warnings.warn(f"{self.path}: IVF index searched without faiss: falling back to exact numpy search")
+        self.backend = backend
+        self._faiss = None
+        if backend == "faiss":
+            import faiss
+
+            if self.kind == "ivf":
+                self._faiss = faiss.read_index(str(self.path / "ivf.faiss"))
+                self._faiss.nprobe = int(nprobe or self.meta.get("nprobe") or 1)
+            else:
+                self._faiss = faiss.IndexFlatIP(self.dim)
+                for lo in range(0, m, 262144):
+                    self._faiss.add(np.ascontiguousarray(self.embeddings[lo : lo + 262144], dtype=np.float32))
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def search_clips(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` clip rows per query: (scores float64 [n, k], rows int64 [n, k], -1 = none)."""
+        q = _as_queries(queries, self.dim)
+        k = int(k)
+        if self._faiss is None:
+            return numpy_topk(self.embeddings, q, k)
+        _, rows = self._faiss.search(q, min(k, len(self)))
+        if rows.shape[1] < k:
+            rows = np.concatenate([rows, np.full((rows.shape[0], k - rows.shape[1]), -1)], axis=1)
+        return rescore(self.embeddings, q, rows)
+
+    def search_moments(
+        self, queries: np.ndarray, top_k: int = 10, pool: int | None = None, gap: int = 0, tolerance: float = 0.5
+    ) -> list[list[Moment]]:
+        """Top ``top_k`` moments per query, merged (:func:`merge_moments`) from the ``pool`` best clips
+        (default max(50, 10*top_k))."""
+        pool = int(pool or max(50, 10 * top_k))
+        scores, rows = self.search_clips(queries, pool)
+        return [
+            merge_moments(rows[i], scores[i], self.row_video, self.row_clip, self.row_window, self.videos, top_k,
+                          gap, tolerance)
+            for i in range(rows.shape[0])
+        ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+def index_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="locvtp index", description="Build a moment-search index over clip features.")
+    p.add_argument("--features", required=True, help="feature file/dir from `locvtp extract` (h5, npy-dir, npz-dir)")
+    p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
+    p.add_argument("--ivf", type=int, default=None, metavar="NLIST",
+                   help="approximate faiss IVF index with NLIST lists (default: exact inner product)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (default NLIST/16)")
+    p.add_argument("--train-size", type=int, default=100_000, help="IVF training sample size")
+    p.add_argument("--allow-backbone", action="store_true", help="index backbone features anyway")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        meta = build_index(args.features, args.out, ivf=args.ivf, nprobe=args.nprobe, train_size=args.train_size,
+                           progress=not args.no_progress, allow_backbone=args.allow_backbone)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"locvtp index: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"indexed {meta['rows']} clips of {meta['videos']} videos ({meta['kind']}, dim {meta['dim']}) -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def search_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="locvtp search", description="Search a moment index with text queries; "
+                                "prints one JSON object per query on stdout.")
+    p.add_argument("query", nargs="*", help="query sentence(s)")
+    p.add_argument("--index", required=True, help="index directory from `locvtp index`")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (or run dir) used to embed the query")
+    p.add_argument("--queries", default=None, help="file with one query per line (in addition to positional ones)")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--pool", type=int, default=None, help="clips retrieved before merging (default max(50, 10*k))")
+    p.add_argument("--gap", type=int, default=0, help="merge hits at most GAP clips apart (default: adjacent)")
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="a neighbour joins a moment if its score >= floor + (1-TOL)*(seed - floor), floor = the "
+                   "pool's lowest score; 0 = single clips, 1 = chain every adjacent pool hit")
+    p.add_argument("--backend", choices=("auto", "faiss", "numpy"), default="auto")
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--allow-checkpoint-mismatch", action="store_true",
+                   help="search even if the index was built from another checkpoint's features")
+    args = p.parse_args(argv)
+    queries = list(args.query)
+    if args.queries:
+        with open(args.queries, encoding="utf-8") as fh:
+            queries += [ln.strip() for ln in fh if ln.strip()]
+    if not queries:
+        p.error("give at least one query (positional or --queries FILE)")
+    if args.top_k < 1:
+        p.error("--top-k must be >= 1")
+    try:
+        index = MomentIndex(args.index, backend=args.backend, nprobe=args.nprobe)
+        from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
+        from locvtp.inference import embed_texts
+
+        ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"locvtp search: error: {exc}", file=sys.stderr)
+        return 1
+    want = index.meta.get("checkpoint_sha256")
+    if want and ckpt.sha256 and want != ckpt.sha256:
+        msg = (f"index {args.index} was built from checkpoint {want[:12]}…, query model is {ckpt.sha256[:12]}…: "
+               "their embedding spaces differ")
+        if not args.allow_checkpoint_mismatch:
+            print(f"locvtp search: error: {msg} (pass --allow-checkpoint-mismatch to search anyway)", file=sys.stderr)
+            return 1
+        print(f"locvtp search: warning: {msg}", file=sys.stderr)
+    model = ckpt.model.to(args.device)
+    max_words = int(ckpt.cfg.data.max_words) if hasattr(ckpt.cfg, "data") else 24
+    t0 = time.perf_counter()
+    text = embed_texts(model, ckpt.tokenizer, queries, max_words=max_words, device=args.device)
+    t1 = time.perf_counter()
+    results = index.search_moments(text.sentence, top_k=args.top_k, pool=args.pool, gap=args.gap,
+                                    tolerance=args.tolerance)
+    t2 = time.perf_counter()
+    for q, moments in zip(queries, results):
+        print(json.dumps({"query": q, "moments": [m.to_json() for m in moments]}))
+    print(f"{len(queries)} queries: embed {1e3 * (t1 - t0):.1f} ms, search {1e3 * (t2 - t1):.1f} ms "
+          f"({index.backend}, {index.kind}, {len(index)} clips)", file=sys.stderr)
+    return 0

@@ -1,0 +1,538 @@
+"""Pre-training: ``locvtp pretrain --config configs/NAME.yaml --out RUN_DIR [--resume auto|PATH] [key=value ...]``.
+
+The loop is :func:`pretrain` and fits on one screen; everything it calls is a small helper above it.
+The same command runs under ``torchrun --nproc_per_node=N`` (DDP, env:// rendezvous, gloo on CPU, nccl on GPU):
+``train.batch_size`` is the *global* batch, split across ranks; the objective gathers features from all ranks
+(with gradients) itself, so every rank computes the loss of the whole global batch.
+
+Run directory::
+
+    config.yaml  tokenizer/  metrics.jsonl  bad_samples.jsonl  video_index.json  cache/
+    checkpoints/step_0000100/ ...   (the last ``train.keep_last``)      final/   (complete checkpoint)
+
+Why resume is exact: the data order is a function of (seed, epoch, position) only (see
+``locvtp.data.datasets.ResumableBatchSampler``), every sample draws from its own generator, and the checkpoint
+holds model, objective, optimizer, scheduler, step and every rank's RNG states. A resumed CPU run therefore ends
+with the weights an uninterrupted run ends with.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ConfigError, load_config, save_config
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distributed plumbing
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def gather_objects(self, obj: Any) -> list:
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the torchrun process group if there is one (WORLD_SIZE > 1); pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but CUDA is not available")
+    dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    d = Dist(rank, world, local_rank, dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+        d.initialized_here = True
+    return d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seeds and RNG state (everything a checkpoint needs to continue bit-for-bit on CPU)
+# ----------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model + objective as one module (one DDP wrapper, one optimizer), optimizer, schedule
+# ----------------------------------------------------------------------------------------------------------
+class Pretrainer(nn.Module):
+    """Encoders and objective in one module, so DDP sees every trainable parameter (context head, logit scale)."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: dict) -> dict:
+        clips = self.model.encode_video(batch["clips"], batch["clip_mask"])
+        words, sentence = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
+        return self.objective(clips, words, sentence, batch["clip_mask"], batch["word_mask"],
+                              offsets=batch.get("offsets"))
+
+
+_NO_DECAY_NAMES = ("embed", "pos", "logit_scale", "cls_token", "token_type")
+
+
+def build_optimizer(net: nn.Module, tcfg: Any) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms, biases, embeddings, positional tables and the logit scale."""
+    decay, no_decay = [], []
+    for mname, module in net.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            full = f"{mname}.{pname}".lower()
+            skip = (p.ndim < 2 or isinstance(module, (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d,
+                                                         nn.BatchNorm2d, nn.BatchNorm3d))
+                    or any(k in full for k in _NO_DECAY_NAMES))
+            (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": float(tcfg.weight_decay)},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=(0.9, 0.98), eps=1e-6)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Run directory: checkpoints, rotation, resume, metrics
+# ----------------------------------------------------------------------------------------------------------
+def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """Complete ``checkpoints/step_*`` and ``final`` of a run, oldest first, as (step, path)."""
+    from .checkpoint import is_complete, read_meta
+
+    out = []
+    ckdir = run / "checkpoints"
+    if ckdir.is_dir():
+        for d in ckdir.iterdir():
+            m = _STEP_RE.match(d.name)
+            if m and is_complete(d):
+                out.append((int(m.group(1)), d))
+    if is_complete(run / "final"):
+        try:
+            step = read_meta(run / "final").get("step")
+        except OSError:
+            step = None
+        if isinstance(step, int):
+            out.append((step, run / "final"))
+    return sorted(out, key=lambda sp: (sp[0], sp[1].name != "final"))
+
+
+def find_resume(run: Path, resume: Optional[str]) -> Optional[Path]:
+    if resume is None:
+        if list_checkpoints(run):
+            raise FileExistsError(f"{run} already holds checkpoints: pass --resume auto to continue that run, "
+                                  "or choose another --out")
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run)
+        return found[-1][1] if found else None
+    from .checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(resume)
+
+
+def rotate_checkpoints(run: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints (after a new one is safely in place)."""
+    found = [(s, p) for s, p in list_checkpoints(run) if p.parent.name == "checkpoints"]
+    for _, path in found[:-keep_last] if keep_last > 0 else found:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_partial_writes(run: Path) -> None:
+    """Remove temporary directories a killed checkpoint write left behind (``.step_*.tmp-*``, ``.final.tmp-*``)."""
+    for parent in (run, run / "checkpoints"):
+        if parent.is_dir():
+            for d in parent.iterdir():
+                if d.name.startswith(".") and (".tmp-" in d.name or ".old-" in d.name) and d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def truncate_jsonl(path: Path, max_step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                keep.append(line)
+        except ValueError:
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object per line) and, if asked and installed, TensorBoard."""
+
+    def __init__(self, run: Path, tensorboard: bool, enabled: bool):
+        self.path = run / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run / "tensorboard"))
+            except ImportError:
+                print("[pretrain] train.tensorboard=true but tensorboard is not installed: logging to "
+                      f"{self.path} only", file=sys.stderr)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def prepare_tokenizer(cfg: Any, run: Path, items: list, resume_from: Optional[Path], dist: Dist) -> Any:
+    """The run's tokenizer: the resumed checkpoint's, ``data.tokenizer``, the HF model's, or WordPiece trained
+    on the pre-training captions (by rank 0; the others load what it saved). Saved to ``RUN/tokenizer/``; sets
+    ``model.text.vocab_size`` for the transformer text encoder."""
+    from .data.tokenizer import Tokenizer, train_tokenizer
+
+    tok_dir = run / "tokenizer"
+    if resume_from is not None and (resume_from / "tokenizer.json").is_file():
+        tok = Tokenizer.load(resume_from / "tokenizer.json")
+    elif cfg.data.tokenizer:
+        tok = Tokenizer.load(os.path.expanduser(str(cfg.data.tokenizer)))
+    elif cfg.model.text.name == "hf" and cfg.model.text.path:
+        tok = Tokenizer.load(os.path.expanduser(str(cfg.model.text.path)))
+    else:
+        if dist.is_main:
+            train_tokenizer([it.text for it in items if isinstance(it.text, str)],
+                            vocab_size=int(cfg.data.vocab_size)).save(tok_dir)
+        dist.barrier()
+        tok = Tokenizer.load(tok_dir / "tokenizer.json")
+    if dist.is_main:
+        tok.save(tok_dir)
+    if cfg.model.text.name == "transformer":
+        cfg.model.text.vocab_size = int(tok.vocab_size)
+    return tok
+
+
+def _scalar_terms(out: dict) -> dict[str, float]:
+    """Every scalar tensor the objective returned (loss terms, logit scale, ...), as floats."""
+    return {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    nb = device.type == "cuda"
+    return {k: (v.to(device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _validate(cfg: Any, ckpt: Path, run: Path, step: int) -> dict[str, float]:
+    """Zero-shot validation with ``locvtp.downstream.evaluate_all`` if that module exists (else skipped)."""
+    try:
+        from .downstream import evaluate_all
+    except ImportError:
+        print("[pretrain] validation skipped: locvtp.downstream.evaluate_all is not available", file=sys.stderr)
+        return {}
+    data_dir = cfg.train.val_data or cfg.data.root
+    with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG streams
+        res = evaluate_all(ckpt, data_dir, out_dir=run / "val" / f"step_{step:07d}", tasks=tuple(cfg.train.val_tasks))
+    return {f"val/{k}": float(v) for k, v in res.items() if isinstance(v, (int, float))}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The training run
+# ----------------------------------------------------------------------------------------------------------
+def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None, strict: bool = False,
+             progress: bool = True) -> Path:
+    """Pre-train LocVTP as ``cfg`` says; returns the final checkpoint directory ``out_dir/final``."""
+    from tqdm import tqdm
+
+    from .checkpoint import load_checkpoint, load_trainer_state, read_meta, save_checkpoint
+    from .data.datasets import (BadSampleLog, Collator, ResumableBatchSampler, build_pretrain_data,
+                                load_caption_items)
+    from .model import LocVTP
+    from .objectives import LocVTPObjective
+
+    run = Path(out_dir)
+    cfg = copy.deepcopy(cfg)  # the vocabulary size is filled in below; never mutate the caller's config
+    dist = setup_distributed(str(cfg.train.device))
+    strict = bool(strict or cfg.train.strict)
+    tc = cfg.train
+    B, accum, T_max = int(tc.batch_size), max(int(tc.accum_steps), 1), int(tc.max_steps)
+    if dist.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        clean_partial_writes(run)
+    dist.barrier()
+    resume_from = find_resume(run, None if resume is None else str(resume))
+    if resume_from is not None and resume_from.name == "final" and (read_meta(resume_from).get("step") or 0) >= T_max:
+        if dist.is_main:
+            print(f"[pretrain] {run} already finished ({T_max} steps): {resume_from}")
+        return resume_from
+
+    seed_everything(int(cfg.seed))
+    items, bad_rows = load_caption_items(cfg.data, strict=strict)
+    tokenizer = prepare_tokenizer(cfg, run, items, resume_from, dist)
+    data = build_pretrain_data(cfg, items, bad_rows, tokenizer, run, strict=strict,
+                               progress=progress and dist.is_main, is_main=dist.is_main, barrier=dist.barrier)
+    if dist.is_main:
+        save_config(cfg, run / "config.yaml")
+        if resume_from is None:
+            for f in ("metrics.jsonl",):
+                (run / f).unlink(missing_ok=True)
+    bad_log = BadSampleLog(run / "bad_samples.jsonl" if dist.is_main else None)
+    if dist.is_main:
+        if resume_from is None:
+            (run / "bad_samples.jsonl").write_text("", encoding="utf-8")
+            bad_log = BadSampleLog(run / "bad_samples.jsonl")
+        bad_log.add(data.bad)
+
+    # --- model, objective, optimizer, schedule (identical init on every rank; DDP also broadcasts rank 0's)
+    torch.manual_seed(int(cfg.seed))
+    model = LocVTP.from_config(cfg)
+    objective = LocVTPObjective.from_config(cfg.objective, dim=int(cfg.model.dim))
+    net = Pretrainer(model, objective).to(dist.device)
+    optimizer = build_optimizer(net, tc)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, int(tc.warmup_steps), T_max, float(tc.min_lr_ratio)))
+    step = 0
+    if resume_from is not None:
+        ck = load_checkpoint(resume_from, verify=True)
+        model.load_state_dict(ck.model.state_dict())
+        if ck.objective_state:
+            objective.load_state_dict(ck.objective_state)
+        state = load_trainer_state(resume_from)
+        if state is None:
+            raise ConfigError(f"{resume_from}: has no trainer_state.pt, cannot resume training from it")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        rngs = state["rng"]
+        set_rng_state(rngs[dist.rank] if len(rngs) == dist.world else rngs[0])
+        if dist.is_main:
+            truncate_jsonl(run / "metrics.jsonl", step)
+            print(f"[pretrain] resumed from {resume_from} at step {step}")
+    ddp_net = net
+    if dist.enabled:
+        unused = not (cfg.objective.coarse and cfg.objective.fine and cfg.objective.temporal)
+        ddp_net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+            find_unused_parameters=unused)
+
+    sampler = ResumableBatchSampler(len(data.dataset), B, dist.rank, dist.world, int(cfg.seed), start=step * accum)
+    workers = int(cfg.data.num_workers)
+    loader = torch.utils.data.DataLoader(
+        data.dataset, batch_sampler=sampler, collate_fn=Collator(tokenizer, int(cfg.data.max_words)),
+        num_workers=workers, pin_memory=dist.device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(int(cfg.seed)))  # own generator: the global RNG stays untouched
+    batches = iter(loader)
+    metrics = MetricsLog(run, bool(tc.tensorboard), dist.is_main)
+    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bool(tc.bf16))
+    if dist.is_main:
+        print(f"[pretrain] {model.summary()}; {len(data.dataset)} samples, global batch {B} x {accum} accum, "
+              f"{dist.world} rank(s) on {dist.device}, {T_max} steps -> {run}")
+
+    def save(path: Path) -> Path:
+        """Collect every rank's RNG state; rank 0 writes the checkpoint atomically; everyone waits for it."""
+        rngs = dist.gather_objects(rng_state())
+        if dist.is_main:
+            trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": rngs, "world_size": dist.world, "samples_seen": step * accum * B}
+            save_checkpoint(path, model, cfg, tokenizer, trainer_state=trainer_state, objective=objective)
+            if path.parent.name == "checkpoints":
+                rotate_checkpoints(run, int(tc.keep_last))
+        dist.barrier()
+        return path
+
+    def sync_bad(pending: list) -> None:
+        for recs in dist.gather_objects(pending):
+            if dist.is_main:
+                bad_log.add(recs)
+        pending.clear()
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    net.train()
+    pending_bad: list = []
+    window = {"t": time.perf_counter(), "wait": 0.0, "steps": 0}
+    bar = tqdm(total=T_max, initial=step, desc="pretrain", disable=not (progress and dist.is_main), unit="step",
+               dynamic_ncols=True)
+    while step < T_max:
+        for micro in range(accum):
+            t_wait = time.perf_counter()
+            batch = next(batches)
+            window["wait"] += time.perf_counter() - t_wait
+            pending_bad.extend(batch.pop("bad"))
+            batch = _to_device(batch, dist.device)
+            sync = micro == accum - 1 or not dist.enabled
+            with (contextlib.nullcontext() if sync else ddp_net.no_sync()), autocast:
+                out = ddp_net(batch)
+            (out["total"] / accum).backward()
+        grad_norm = nn.utils.clip_grad_norm_(net.parameters(), float(tc.grad_clip) if tc.grad_clip > 0 else math.inf)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window["steps"] += 1
+        bar.update(1)
+
+        if step % int(tc.log_every) == 0 or step == T_max:
+            sync_bad(pending_bad)
+            elapsed = time.perf_counter() - window["t"]
+            terms = _scalar_terms(out)
+            rec = {"step": step, "epoch": (step * accum) // sampler.per_epoch, "lr": scheduler.get_last_lr()[0],
+                   **{(k if k == "logit_scale" else f"loss/{k}"): v for k, v in terms.items()},
+                   "grad_norm": float(grad_norm), "samples_per_s": window["steps"] * accum * B / max(elapsed, 1e-9),
+                   "data_wait": window["wait"] / max(elapsed, 1e-9), "skipped": bad_log.count, "time": time.time()}
+            metrics.write(rec)
+            bar.set_postfix({k: f"{terms[k]:.3f}" for k in ("total", "coarse", "fine", "temporal") if k in terms}
+                            | {"samples/s": f"{rec['samples_per_s']:.0f}"}, refresh=False)
+            window = {"t": time.perf_counter(), "wait": 0.0, "steps": 0}
+        do_val = int(tc.val_every) > 0 and step % int(tc.val_every) == 0
+        if (int(tc.save_every) > 0 and step % int(tc.save_every) == 0 and step < T_max) or (do_val and step < T_max):
+            ckpt = save(run / "checkpoints" / f"step_{step:07d}")
+            if do_val:
+                if dist.is_main:
+                    metrics.write({"step": step, **_validate(cfg, ckpt, run, step)})
+                dist.barrier()
+    bar.close()
+
+    sync_bad(pending_bad)
+    final = save(run / "final")
+    if int(tc.val_every) > 0 and dist.is_main:
+        metrics.write({"step": step, **_validate(cfg, final, run, step)})
+    metrics.close()
+    if dist.is_main:
+        print(f"[pretrain] done: {final}; " + data.summary(bad_log.count, run / "bad_samples.jsonl"))
+    del batches  # shuts the loader workers down before the process group goes
+    if dist.initialized_here:
+        torch.distributed.destroy_process_group()
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
+def find_config(name: str | Path) -> Path:
+    """A config path as given, else a shipped config by name (``pretrain_synthetic`` or ``configs/x.yaml``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    fname = p.name if p.suffix == ".yaml" else f"{p.name}.yaml"
+    here = Path(__file__).resolve().parent
+    for cand in (here / "configs" / fname, here.parent.parent / "configs" / fname):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config file not found: {name} (also looked for {fname} in the package's configs)")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="locvtp pretrain", description="Pre-train LocVTP (single process, or DDP under torchrun).",
+        epilog="example: locvtp pretrain --config configs/pretrain_synthetic.yaml --out runs/a "
+               "train.max_steps=200 data.root=world")
+    ap.add_argument("--config", required=True, help="YAML config (a path, or the name of a shipped config)")
+    ap.add_argument("--out", required=True, help="run directory (checkpoints, metrics, logs)")
+    ap.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint in --out) or a checkpoint dir")
+    ap.add_argument("--strict", action="store_true", help="fail on the first bad sample instead of skipping it")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.max_steps=200")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(find_config(args.config), args.overrides)
+        final = pretrain(cfg, args.out, resume=args.resume, strict=args.strict, progress=not args.quiet)
+    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+        print(f"locvtp pretrain: error: {exc}", file=sys.stderr)
+        return 2
+    print(final)
+    return 0
+
+
+__all__ = ["pretrain", "main", "find_config", "lr_factor", "build_optimizer", "Pretrainer", "setup_distributed"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Shared by the inference / extract / ground / search tests: a small randomly initialised checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def caption_texts(world: Path) -> list[str]:
+    cap = json.loads((Path(world) / "pretrain" / "caption.json").read_text(encoding="utf-8"))
+    return [t for v in cap.values() for t in v["text"]]
+
+
+def make_checkpoint(world: Path, out: Path, temporal_layers: int = 0, video: str = "tiny3d", in_dim: int = 16,
+                    seed: int = 0) -> Path:
+    """A randomly initialised model with a tokenizer trained on the world's narrations, saved with
+    ``locvtp.checkpoint.save_checkpoint`` (what every command loads)."""
+    from locvtp.checkpoint import save_checkpoint
+    from locvtp.config import default_config
+    from locvtp.data.tokenizer import train_tokenizer
+    from locvtp.model import LocVTP
+
+    tok = train_tokenizer(caption_texts(world), vocab_size=300)
+    cfg = default_config()
+    cfg.data.root = str(world)
+    cfg.model.dim = 64
+    cfg.model.text.vocab_size = tok.vocab_size
+    cfg.model.text.width = 64
+    cfg.model.text.layers = 1
+    cfg.model.video.name = video
+    cfg.model.video.width = 16
+    cfg.model.video.in_dim = in_dim
+    cfg.model.video.hidden = 32
+    cfg.model.video.temporal_layers = temporal_layers
+    torch.manual_seed(seed)
+    model = LocVTP.from_config(cfg)
+    return save_checkpoint(out, model, cfg, tok)
+
+
+def world_videos(world: Path) -> list[Path]:
+    return sorted((Path(world) / "videos").glob("*.mp4"))

@@ -1,0 +1,180 @@
+"""Slow, independent loop implementations of METHOD.md's objectives (test oracle and benchmark baseline).
+
+Written straight from the formulas, the way the authors' release computes its losses: Python loops over the
+batch and over clips / words, picking each anchor's positives and negatives one at a time and evaluating its
+InfoNCE term. Nothing here is shared with ``locvtp.objectives`` except the context head module g, which is
+applied one clip at a time. Everything is differentiable (for gradient comparisons).
+
+Definitions (see docs/method.md):
+- v[i] = normalize(mean of valid clips); L_c = ½(mean_i CE_row + mean_j CE_col) with logits scale·v·sᵀ.
+- P[i,t] = top-min(k, L_i) valid words of c[i,t]·w[i]ᵀ; Q[i,l] = top-min(k, T_i) valid clips of column l.
+- clip anchor: −log( Σ_P e^{x} / Σ_{P ∪ N} e^{x} ), x = c·w/τ, N = valid words of other sentences
+  (+ the unselected words of the own sentence when intra_negatives); soft: −Σ_P a·x + log Σ_{P∪N} e^{x},
+  a = softmax of x over P (constants).
+- warped clip z[i,t] = normalize(g(c[i,t+δ], δ)) for valid t with a valid context clip; anchored like the
+  reference clip (positives P[i,t], same soft weights a); word anchor l with q = top-1 clip of l: positive
+  w·z[i,q], negatives = clips of the other videos (+ clips t≠q of the own video when intra_negatives).
+- temporal terms weighted by ω(δ) = exp(−|δ|/σ), weighted means; L_t = ½(L_tz + L_tw), an empty direction = 0.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _norm(x):
+    return x / x.norm().clamp_min(1e-12)
+
+
+def _valid(mask_row):
+    return [int(j) for j in range(mask_row.shape[0]) if bool(mask_row[j])]
+
+
+def _lse(values):
+    return torch.logsumexp(torch.stack(values), dim=0)
+
+
+def ref_coarse(clips, sentence, clip_mask, scale):
+    B = clips.shape[0]
+    v = []
+    for i in range(B):
+        ts = _valid(clip_mask[i])
+        mean = sum(clips[i, t] for t in ts) / len(ts)
+        v.append(_norm(mean))
+    total = 0.0
+    for i in range(B):  # video -> sentence
+        logits = [scale * torch.dot(v[i], sentence[j]) for j in range(B)]
+        total = total + (_lse(logits) - logits[i]) / B * 0.5
+    for j in range(B):  # sentence -> video
+        logits = [scale * torch.dot(sentence[j], v[i]) for i in range(B)]
+        total = total + (_lse(logits) - logits[j]) / B * 0.5
+    return total
+
+
+def _topk(scores, idx, k):
+    """Indices (from idx) of the k largest scores."""
+    order = sorted(range(len(idx)), key=lambda n: -float(scores[n]))
+    return [idx[n] for n in order[: min(k, len(idx))]]
+
+
+def ref_correspondences(clips, words, clip_mask, word_mask, topk):
+    B = clips.shape[0]
+    P, Q = {}, {}
+    with torch.no_grad():
+        for i in range(B):
+            ts, ls = _valid(clip_mask[i]), _valid(word_mask[i])
+            for t in ts:
+                P[i, t] = _topk([torch.dot(clips[i, t], words[i, l]) for l in ls], ls, topk)
+            for l in ls:
+                Q[i, l] = _topk([torch.dot(clips[i, t], words[i, l]) for t in ts], ts, topk)
+    return P, Q
+
+
+def _anchor_term(anchor, positives, negatives, tau, soft, soft_logits=None):
+    """InfoNCE of one anchor vector against lists of positive / negative vectors."""
+    pos = [torch.dot(anchor, p) / tau for p in positives]
+    neg = [torch.dot(anchor, n) / tau for n in negatives]
+    den = _lse(pos + neg)
+    if not soft:
+        return den - _lse(pos)
+    ref = soft_logits if soft_logits is not None else [p.detach() for p in pos]
+    a = torch.softmax(torch.stack([r.detach() for r in ref]), dim=0)
+    return den - sum(a[n] * pos[n] for n in range(len(pos)))
+
+
+def ref_fine(clips, words, clip_mask, word_mask, topk=1, tau=0.07, intra_negatives=False, soft=False):
+    B = clips.shape[0]
+    P, Q = ref_correspondences(clips, words, clip_mask, word_mask, topk)
+    cw, wc = [], []
+    for i in range(B):
+        ts, ls = _valid(clip_mask[i]), _valid(word_mask[i])
+        other_words = [words[j, m] for j in range(B) if j != i for m in _valid(word_mask[j])]
+        other_clips = [clips[j, t] for j in range(B) if j != i for t in _valid(clip_mask[j])]
+        for t in ts:
+            pos = [words[i, l] for l in P[i, t]]
+            neg = list(other_words)
+            if intra_negatives:
+                neg += [words[i, l] for l in ls if l not in P[i, t]]
+            cw.append(_anchor_term(clips[i, t], pos, neg, tau, soft))
+        for l in ls:
+            pos = [clips[i, t] for t in Q[i, l]]
+            neg = list(other_clips)
+            if intra_negatives:
+                neg += [clips[i, t] for t in ts if t not in Q[i, l]]
+            wc.append(_anchor_term(words[i, l], pos, neg, tau, soft))
+    l_cw = sum(cw) / len(cw)
+    l_wc = sum(wc) / len(wc)
+    return {"fine": 0.5 * (l_cw + l_wc), "fine_cw": l_cw, "fine_wc": l_wc}
+
+
+def ref_temporal(
+    clips, words, clip_mask, word_mask, head, offsets, topk=1, tau=0.07, sigma=math.inf,
+    intra_negatives=False, soft=False,
+):
+    B, T, _ = clips.shape
+    P, Q = ref_correspondences(clips, words, clip_mask, word_mask, topk)
+    z = {}
+    for i in range(B):
+        ts = _valid(clip_mask[i])
+        for t in ts:
+            d = int(offsets[i, t])
+            if d != 0 and 0 <= t + d < T and bool(clip_mask[i, t + d]):
+                z[i, t] = _norm(head(clips[i, t + d], torch.tensor(d)))
+
+    def omega(d):
+        return math.exp(-abs(d) / sigma)
+
+    num_z, den_z, num_w, den_w = 0.0, 0.0, 0.0, 0.0
+    for i in range(B):
+        ts, ls = _valid(clip_mask[i]), _valid(word_mask[i])
+        other_words = [words[j, m] for j in range(B) if j != i for m in _valid(word_mask[j])]
+        other_clips = [clips[j, t] for j in range(B) if j != i for t in _valid(clip_mask[j])]
+        for t in ts:
+            if (i, t) not in z:
+                continue
+            pos = [words[i, l] for l in P[i, t]]
+            neg = list(other_words)
+            if intra_negatives:
+                neg += [words[i, l] for l in ls if l not in P[i, t]]
+            soft_logits = [torch.dot(clips[i, t], words[i, l]) / tau for l in P[i, t]]
+            term = _anchor_term(z[i, t], pos, neg, tau, soft, soft_logits)
+            w = omega(int(offsets[i, t]))
+            num_z, den_z = num_z + w * term, den_z + w
+        for l in ls:
+            q = Q[i, l][0]
+            if (i, q) not in z:
+                continue
+            neg = list(other_clips)
+            if intra_negatives:
+                neg += [clips[i, t] for t in ts if t != q]
+            term = _anchor_term(words[i, l], [z[i, q]], neg, tau, False)
+            w = omega(int(offsets[i, q]))
+            num_w, den_w = num_w + w * term, den_w + w
+    zero = clips.new_zeros(())
+    l_z = num_z / den_z if den_z else zero
+    l_w = num_w / den_w if den_w else zero
+    return {"temporal": 0.5 * (l_z + l_w), "temporal_z": l_z, "temporal_w": l_w}
+
+
+def ref_total(objective, clips, words, sentence, clip_mask, word_mask, offsets):
+    """The whole LocVTPObjective, from the loop references (uses the objective's g, scale and options)."""
+    o = objective
+    out = {}
+    zero = clips.new_zeros(())
+    out["coarse"] = ref_coarse(clips, sentence, clip_mask, o.scale()) if o.use_coarse else zero
+    out.update(
+        ref_fine(clips, words, clip_mask, word_mask, o.topk, o.tau_fine, o.intra_negatives, o.soft)
+        if o.use_fine else {"fine": zero, "fine_cw": zero, "fine_wc": zero}
+    )
+    out.update(
+        ref_temporal(clips, words, clip_mask, word_mask, o.context_head, offsets, o.topk, o.tau_fine, o.sigma,
+                     o.intra_negatives, o.soft)
+        if o.use_temporal else {"temporal": zero, "temporal_z": zero, "temporal_w": zero}
+    )
+    total = zero
+    for key, on in (("coarse", o.use_coarse), ("fine", o.use_fine), ("temporal", o.use_temporal)):
+        if on:
+            total = total + o.weights[key] * out[key]
+    out["total"] = total
+    return out
