@@ -9,48 +9,45 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import os
 import time
 
 import torch
+from tqdm import tqdm
 
 from locvtp.config import load_config
 from locvtp.model import LocVTP
 
 
-def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+def _time_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
-def _bench_model(overrides, make_inputs, repeats):
+def _make_fns(overrides, make_inputs):
     torch.manual_seed(0)
     model = LocVTP.from_config(load_config(None, overrides))
     clips, clip_mask, ids, mask = make_inputs(model)
 
-    def fwd():
+    def video_fwd():
+        model.eval()
         with torch.no_grad():
-            model.eval()
             model.encode_video(clips, clip_mask)
 
-    def fwd_bwd():
+    def text_fwd():
+        model.eval()
+        with torch.no_grad():
+            model.encode_text(ids, mask)
+
+    def step():
         model.train()
         model.zero_grad(set_to_none=True)
         c = model.encode_video(clips, clip_mask)
         w, s = model.encode_text(ids, mask)
         (c.sum() + w.sum() + s.sum()).backward()
 
-    def text_fwd():
-        with torch.no_grad():
-            model.eval()
-            model.encode_text(ids, mask)
-
-    return model, _median_ms(fwd, repeats), _median_ms(text_fwd, repeats), _median_ms(fwd_bwd, repeats)
+    return model, (video_fwd, text_fwd, step)
 
 
 def main(argv=None) -> int:
@@ -60,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--words", type=int, default=24)
+    ap.add_argument("--only", nargs="*", default=None, help="run only rows whose name contains one of these")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     B, T, L = args.batch, args.clips, args.words
@@ -83,21 +81,32 @@ def main(argv=None) -> int:
         ("tiny3d w32 GroupNorm (default)", [], inputs()),
         ("tiny3d w32 BatchNorm", ["model.video.norm=batch"], inputs()),
         ("tiny3d w32 + 1 temporal layer", ["model.video.temporal_layers=1"], inputs()),
-        ("tiny3d w16 GroupNorm", ["model.video.width=16"], inputs()),
         ("features 512-d (S3D-like)", ["model.video.name=features", "model.video.in_dim=512"], inputs(512)),
         ("features 4096-d + 2 temporal layers", ["model.video.name=features", "model.video.in_dim=4096",
                                                  "model.video.temporal_layers=2"], inputs(4096)),
     ]
+    rows = [r for r in rows if not args.only or any(o in r[0] for o in args.only)]
     print(f"torch {torch.__version__}, threads={args.threads}, B={B}, T={T}, F=4, 32x32 pixels, L={L}, "
           f"median of {args.repeats}")
     print(f"{'encoder':40s} {'params':>8s} {'video fwd ms':>13s} {'text fwd ms':>12s} {'step fwd+bwd ms':>16s}")
+    built = [(name, *_make_fns(ov, make)) for name, ov, make in rows]
+    samples = {name: ([], [], []) for name, _, _ in built}
+    # Interleaved: every repeat times every configuration once, so load from other processes hits all rows alike.
+    for r in tqdm(range(args.repeats + 2), desc="repeats", leave=False):
+        for name, _, fns in built:
+            for i, fn in enumerate(fns):
+                t = _time_once(fn)
+                if r >= 2:  # first two rounds are warm-up
+                    samples[name][i].append(t)
     results = {}
-    for name, ov, make in rows:
-        model, vf, tf, fb = _bench_model(ov, make, args.repeats)
+    for name, model, _ in built:
+        vf, tf, fb = (1000.0 * statistics.median(x) for x in samples[name])
         results[name] = (vf, tf, fb)
         print(f"{name:40s} {model.num_parameters() / 1e6:7.2f}M {vf:13.1f} {tf:12.1f} {fb:16.1f}")
-    gn, bn = results["tiny3d w32 GroupNorm (default)"], results["tiny3d w32 BatchNorm"]
-    print(f"ratio GroupNorm/BatchNorm: video fwd {gn[0] / bn[0]:.2f}x, step {gn[2] / bn[2]:.2f}x")
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if "tiny3d w32 GroupNorm (default)" in results and "tiny3d w32 BatchNorm" in results:
+        gn, bn = results["tiny3d w32 GroupNorm (default)"], results["tiny3d w32 BatchNorm"]
+        print(f"ratio GroupNorm/BatchNorm: video fwd {gn[0] / bn[0]:.2f}x, step {gn[2] / bn[2]:.2f}x")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -61,7 +62,9 @@ def test_round_trip(tmp_path, cfg):
     tok = tokenizers.train_tokenizer(["a person opens a door", "the dog jumps over a box"] * 5, vocab_size=40)
     model, objective = _model(cfg), _Objective()
     state = {"step": 7, "optimizer": {"state": {0: {"exp_avg": torch.randn(3)}}, "param_groups": [{"lr": 0.1}]},
-             "rng": {"torch": torch.get_rng_state()}, "note": "x", "history": [1.0, 2.0]}
+             "rng": {"torch": torch.get_rng_state()}, "note": "x", "history": [1.0, 2.0],
+             "misc": {"c": 1j, "set": {1, 2}, "size": torch.Size([2]), "dt": torch.float32, "b": b"x", "n": None,
+                      "od": OrderedDict(a=1), "dev": torch.device("cpu"), "t": (1, 2.0)}}
     out = save_checkpoint(tmp_path / "ck", model, cfg, tokenizer=tok, trainer_state=state, objective=objective)
     assert out == tmp_path / "ck"
     assert {"model.safetensors", "config.yaml", "tokenizer.json", "trainer_state.pt", "meta.json"} <= set(
@@ -84,6 +87,7 @@ def test_round_trip(tmp_path, cfg):
     assert ts["step"] == 7 and ts["note"] == "x" and ts["history"] == [1.0, 2.0]
     assert torch.equal(ts["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"])
     assert torch.equal(ts["rng"]["torch"], state["rng"]["torch"])
+    assert ts["misc"] == state["misc"]
 
 
 def test_model_config_only_and_no_extras(tmp_path, cfg):
@@ -157,6 +161,8 @@ def test_trainer_state_never_unpickles_objects(tmp_path, cfg):
 
     with pytest.raises(CheckpointError, match="numpy"):
         save_checkpoint(tmp_path / "ck", _model(cfg), cfg, trainer_state={"rng": np.zeros(3)})
+    with pytest.raises(CheckpointError, match=r"\['loss'\].*numpy"):  # a float subclass that pickles as numpy
+        save_checkpoint(tmp_path / "ck", _model(cfg), cfg, trainer_state={"loss": np.float64(1.0)})
 
     save_checkpoint(tmp_path / "ck", _model(cfg), cfg, trainer_state={"step": 1})
     torch.save({"step": 1, "extra": _Evil()}, tmp_path / "ck" / "trainer_state.pt")  # a tampered file

@@ -200,6 +200,13 @@ ANET_OK = '"v_a": {"duration": 20.0, "timestamps": [[1.0, 5.0]], "sentences": ["
     ('"v_b": {"timestamps": [[1.0, 2.0]], "sentences": ["no duration"]}', "missing 'duration'", "key 'v_b'"),
     ('"v_b": {"duration": 20.0, "timestamps": [["a", 2.0]], "sentences": ["bad number"]}', "not a number",
      "key 'v_b' sentence 0"),
+    ('"v_b": {"duration": 0, "timestamps": [[0.0, 1.0]], "sentences": ["zero-length video"]}',
+     "non-positive duration", "key 'v_b'"),
+    ('"v_b": {"duration": 20.0, "timestamps": [[-1.0, 2.0]], "sentences": ["negative"]}', "start < 0",
+     "key 'v_b' sentence 0"),
+    ('"v_b": {"duration": 20.0, "timestamps": [[1.0, NaN]], "sentences": ["nan"]}', "not finite",
+     "key 'v_b' sentence 0"),
+    ('"v_b": "not an object"', "entry is not an object", "key 'v_b'"),
 ])
 def test_activitynet_bad_records(tmp_path, entry, reason, location):
     p = _write(tmp_path, "val_1.json", "{" + ANET_OK + ", " + entry + "}")
@@ -349,15 +356,17 @@ def test_webvid_non_utf8_and_header(tmp_path):
 
 def test_msrvtt_bad_records(tmp_path):
     doc = {"videos": [{"video_id": "video1", "split": "test", "category": 1},
-                      {"video_id": "video2", "split": "test", "category": 2}],
+                      {"video_id": "video2", "split": "test", "category": 2},
+                      {"video_id": "video3", "split": "test", "category": "sports"}],
            "sentences": [{"caption": "fine", "video_id": "video1", "sen_id": 0},
                          {"caption": "orphan", "video_id": "video99", "sen_id": 1},
                          {"caption": "  ", "video_id": "video2", "sen_id": 2}]}
     p = _write(tmp_path, "MSRVTT_data.json", json.dumps(doc))
     res = F.read_msrvtt_data(p)
-    assert [b.location for b in res.skipped] == ["sentences[1]", "sentences[2]"]
-    assert "unknown video id 'video99'" in res.skipped[0].reason and "empty caption" in res.skipped[1].reason
-    with pytest.raises(F.FormatError, match=r"sentences\[1\]: unknown video id"):
+    assert [b.location for b in res.skipped] == ["videos[2]", "sentences[1]", "sentences[2]"]
+    assert "category is not a number" in res.skipped[0].reason
+    assert "unknown video id 'video99'" in res.skipped[1].reason and "empty caption" in res.skipped[2].reason
+    with pytest.raises(F.FormatError, match=r"MSRVTT_data\.json: videos\[2\]: category is not a number"):
         F.read_msrvtt_data(p, strict=True)
     csvp = _write(tmp_path, "MSRVTT_JSFUSION_test.csv",
                   "key,vid_key,video_id,sentence\nret0,msr1,video1,a dog\nret1,msr5,video5,a cat\n")

@@ -595,6 +595,12 @@ class TestMomentRetrieval:
         assert m["mAP@0.5"] == 100.0 and m["mAP@0.75"] == 100.0
         assert m["mAP"] == pytest.approx((9 * 100 + 50) / 10)
 
+    def test_equal_iou_gts_tried_higher_index_first(self):
+        gts = [np.array([[0.0, 4.0], [4.0, 8.0]])]
+        # pred 1 has IoU 0.5 with both GTs and claims GT 1, leaving GT 0 for pred 2 (IoU 1): two hits at 0.5.
+        m = M.moment_retrieval_map([np.array([[0, 8, 0.9], [0, 4, 0.8]])], gts)
+        assert m["mAP@0.5"] == 100.0
+
     def test_only_first_ten_predictions(self):
         gts = [np.array([[0.0, 1.0]])]
         preds = np.array([[50 + i, 51 + i, 0.5] for i in range(10)] + [[0, 1, 0.99]])
@@ -772,6 +778,10 @@ class TestSegmentation:
         assert m["Edit"] == 100.0
         m = M.segmentation_metrics([["background", "a"]], [["background", "a"]], background=None)
         assert m["F1@50"] == 100.0
+        # mixed int / str labels are compared as Python objects, never cast to strings
+        m = M.segmentation_metrics([[0, "a", "a"]], [[0, "a", "a"]], background=0)
+        assert m["Edit"] == 100.0 and m["F1@50"] == 100.0
+        assert M.segmentation_metrics([["1", 2]], [[1, 2]], background=None)["Acc"] == 50.0
 
     @FAST
     @given(st.lists(st.integers(1, 12).flatmap(lambda n: st.tuples(
@@ -797,3 +807,15 @@ class TestSegmentation:
             M.segmentation_metrics([[]], [[]])
         with pytest.raises(ValueError, match="one label sequence per video"):
             M.segmentation_metrics("ab", "ab")
+
+
+def test_docs_example_runs(capsys):
+    """The example in docs/metrics.md stays runnable."""
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+    code = re.search(r"```python\n(.*?)```", doc.read_text(), re.S).group(1)
+    exec(compile(code, str(doc), "exec"), {})
+    out = capsys.readouterr().out
+    assert "'mAP@0.5': 100.0" in out and "'R1': 66.66666666666667" in out

@@ -370,3 +370,39 @@ def test_padded_pixel_clips_are_skipped(norm):
     assert torch.equal(out, torch.zeros(2, 3, 32))
     with pytest.raises(VideoEncoderError, match="clip_mask shape"):
         enc(clips, torch.ones(2, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("part", ["video", "text"])
+def test_frozen_encoders_stay_in_eval_and_build_no_graph(part):
+    cfg = _small_cfg(**{f"model.{part}.freeze": True, "model.video.norm": "batch"})
+    model = LocVTP.from_config(cfg).train()
+    enc = model.video_encoder if part == "video" else model.text_encoder
+    assert model.training and not enc.training and enc.frozen
+    assert not any(p.requires_grad for p in enc.parameters())
+    clips = _pixels(2, 2)
+    ids, mask = _ids([4, 3], 5)
+    feats = model.video_backbone(clips) if part == "video" else model.text_encoder(ids, mask)[0]
+    assert not feats.requires_grad  # no autograd graph through a frozen backbone (memory)
+    c = model.encode_video(clips)
+    w, s = model.encode_text(ids, mask)
+    (c.sum() + w.sum() + s.sum()).backward()
+    assert _grad_norm(model.video_proj if part == "video" else model.text_proj) > 0  # heads still train
+    if part == "video":  # BatchNorm running statistics must not move while frozen
+        bn = model.video_encoder.cnn.features[1]
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+def test_mean_pooling_gradcheck():
+    h = torch.randn(2, 4, 3, dtype=torch.double, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.autograd.gradcheck(lambda x: pool_sentence(x, mask, "mean"), (h,))
+
+
+def test_default_attention_mask_is_nonzero_ids():
+    torch.manual_seed(0)
+    model = LocVTP.from_config(_small_cfg()).eval()
+    ids, mask = _ids([4, 2], 5)
+    with torch.no_grad():
+        a = model.encode_text(ids)
+        b = model.encode_text(ids, mask)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

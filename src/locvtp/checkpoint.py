@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -70,28 +71,33 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-_PLAIN_SCALARS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)
+# Exact types (not isinstance): numpy scalars subclass float but pickle as numpy objects, which
+# weights_only refuses; likewise defaultdict subclasses dict.
+_PLAIN_SCALARS = {int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device}
+_PLAIN_MAPPINGS = {dict, OrderedDict}
+_PLAIN_SEQUENCES = {list, tuple, set, torch.Size}
 
 
 def _check_plain(obj: Any, where: str = "trainer_state") -> None:
     """Raise if ``obj`` holds anything ``torch.load(weights_only=True)`` would refuse (checked at save time, so a
     run never discovers at resume that its state cannot be read)."""
-    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN_SCALARS):
+    kind = type(obj)
+    if isinstance(obj, torch.Tensor) or kind in _PLAIN_SCALARS:
         return
-    if isinstance(obj, dict):
+    if kind in _PLAIN_MAPPINGS:
         for k, v in obj.items():
-            if not isinstance(k, (str, int, float, bool, type(None))):
+            if type(k) not in _PLAIN_SCALARS:
                 raise CheckpointError(f"{where}: key {k!r} of type {type(k).__name__} is not allowed")
             _check_plain(v, f"{where}[{k!r}]")
         return
-    if isinstance(obj, (list, tuple)):
+    if kind in _PLAIN_SEQUENCES:
         for i, v in enumerate(obj):
             _check_plain(v, f"{where}[{i}]")
         return
     raise CheckpointError(
-        f"{where}: {type(obj).__module__}.{type(obj).__qualname__} cannot be saved in {TRAINER_FILE} "
-        f"(only tensors, numbers, strings, lists, tuples and dicts load with weights_only=True; "
-        f"convert numpy arrays with torch.from_numpy)"
+        f"{where}: {kind.__module__}.{kind.__qualname__} cannot be saved in {TRAINER_FILE} "
+        f"(only tensors, numbers, strings, lists, tuples, sets and dicts load with weights_only=True; "
+        f"convert numpy arrays and scalars with torch.from_numpy / float() / int())"
     )
 
 

@@ -419,7 +419,7 @@ class _Writer:
 
     def write_failures(self, attempted: set[str], done: set[str]) -> list[dict[str, str]]:
         recs = []
-        for f in sorted((self.journal / "failed").glob("*.json")):
+        for f in sorted(q for q in (self.journal / "failed").glob("*.json") if not q.name.startswith(".")):
             try:
                 rec = json.loads(f.read_text(encoding="utf-8"))
             except ValueError:
@@ -441,6 +441,9 @@ class H5Writer(_Writer):
         super().__init__(settings, failures_path, out.with_name(out.name + ".parts"))
         self.parts = self.journal / "done"
         self.parts.mkdir(exist_ok=True)
+        # This rank owns its journal and output name: temporary files left by a killed run can go.
+        for stale in [*self.journal.rglob(".*.tmp-*"), *out.parent.glob(f".{out.name}.tmp-*")]:
+            stale.unlink(missing_ok=True)
         meta = self.journal / "meta.json"
         if meta.is_file():
             self._check_settings(json.loads(meta.read_text(encoding="utf-8")), meta)
@@ -459,13 +462,17 @@ class H5Writer(_Writer):
                                    "--overwrite") from None
         self.pending = 0
 
+    def _parts(self) -> list[Path]:
+        # Hidden names are temporary files of an interrupted atomic write: never journal entries.
+        return sorted(q for q in self.parts.glob("*.npz") if not q.name.startswith("."))
+
     def done_ids(self) -> set[str]:
         ids = set(self._written)
-        for q in self.parts.glob("*.npz"):
+        for q in self._parts():
             try:
                 with np.load(q, allow_pickle=False) as z:
                     ids.add(str(z["video_id"]))
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, EOFError):
                 q.unlink(missing_ok=True)  # cannot happen with atomic writes; be safe anyway
         return ids
 
@@ -480,7 +487,7 @@ class H5Writer(_Writer):
         """Rebuild ``out`` = previous ``out`` + journal, atomically; then drop the merged parts."""
         import h5py
 
-        parts = sorted(self.parts.glob("*.npz"))
+        parts = self._parts()
         if not parts and self.out.exists():
             self.pending = 0
             return len(self._written)
@@ -538,7 +545,8 @@ class H5Writer(_Writer):
 class DirWriter(_Writer):
     """npy-dir / npz-dir output: each video's file is written atomically, so the directory is its own journal."""
 
-    def __init__(self, out: Path, fmt: str, settings: dict[str, Any], failures_path: Path, rank: int = 0):
+    def __init__(self, out: Path, fmt: str, settings: dict[str, Any], failures_path: Path, rank: int = 0,
+                 single_process: bool = True):
         self.out = out
         self.fmt = fmt
         out.mkdir(parents=True, exist_ok=True)
@@ -550,6 +558,9 @@ class DirWriter(_Writer):
         _atomic_write_text(meta, json.dumps(payload, indent=1))
         if fmt == "npy-dir":
             (out / "_info").mkdir(exist_ok=True)
+        if single_process:  # shared by all ranks under torchrun: only a lone process may sweep temporaries
+            for stale in [*out.glob(".*.tmp-*"), *out.glob("_info/.*.tmp-*"), *self.journal.rglob(".*.tmp-*")]:
+                stale.unlink(missing_ok=True)
         self.pending = 0
 
     def done_ids(self) -> set[str]:
@@ -668,7 +679,7 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
         out.parent.mkdir(parents=True, exist_ok=True)
         writer: Any = H5Writer(out, settings, failures_path)
     else:
-        writer = DirWriter(out, args.format, settings, failures_path, rank=rank)
+        writer = DirWriter(out, args.format, settings, failures_path, rank=rank, single_process=world <= 1)
     done = writer.done_ids()
     todo = [it for it in items if it.video_id not in done]
     skipped_done = len(items) - len(todo)

@@ -8,7 +8,8 @@ Procedure (no training; the same scoring as the evaluation's zero-shot grounding
    over the video's clips; :func:`~locvtp.downstream.grounding.clip_query_scores`);
 3. every window of consecutive clips [i, j] is scored by the two-sample t statistic of the clips inside vs.
    outside (:func:`~locvtp.downstream.grounding.window_scores`), i.e. "how clearly do these clips stand out";
-4. greedy temporal NMS keeps the top-k windows (IoU > ``--nms`` with a better window drops a window).
+4. greedy temporal NMS (``locvtp.metrics.nms``, 2D-TAN's convention) keeps the top-k windows (IoU > ``--nms``
+   with a better window drops a window).
 
 Output: one JSON object on stdout: ``video``, ``query``, ``duration``, ``windows`` (``start``, ``end`` seconds,
 ``score`` = the t statistic, best first) and, with ``--curve``, the per-clip ``clip_scores`` (raw cosine to the
@@ -60,7 +61,7 @@ def ground_embeddings(
     duration: Optional[float] = None,
     top_k: int = 5,
     alpha: float = 0.5,
-    nms: float = 0.5,
+    nms_threshold: float = 0.5,
     min_clips: int = 1,
     max_clips: Optional[int] = None,
 ) -> GroundingResult:
@@ -69,7 +70,8 @@ def ground_embeddings(
     ``clips [N, D]`` and ``clip_windows [N, 2]`` (seconds) of the video, ``sentence [D]``, ``words [L, D]``
     (valid words; None = sentence only).
     """
-    from locvtp.downstream.grounding import clip_query_scores, nms_windows, rank_windows
+    from locvtp.downstream.grounding import clip_query_scores, rank_windows
+    from locvtp.metrics import nms
 
     clips = np.asarray(clips, dtype=np.float32)
     clip_windows = np.asarray(clip_windows, dtype=np.float64).reshape(-1, 2)
@@ -82,16 +84,9 @@ def ground_embeddings(
     w = None if words is None or np.asarray(words).size == 0 else np.asarray(words, np.float32)
     relevance = clip_query_scores(clips, np.asarray(sentence, np.float32), w, alpha=alpha)
     ranked, vals = rank_windows(relevance, clip_windows, min_len=min_clips, max_len=max_clips)
-    kept = nms_windows(ranked, threshold=nms, top_k=top_k)
-    # nms_windows returns the kept rows of `ranked` in order; recover their scores by position.
-    pos, k = [], 0
-    for row in kept:
-        while not np.array_equal(ranked[k], row):
-            k += 1
-        pos.append(k)
-        k += 1
+    keep = nms(ranked, None, nms_threshold, top_k=top_k) if len(ranked) else np.zeros(0, dtype=np.int64)
     dur = float(duration) if duration is not None else float(clip_windows[-1, 1])
-    return GroundingResult(query, dur, kept, vals[pos] if pos else np.zeros(0), clip_windows, relevance,
+    return GroundingResult(query, dur, ranked[keep], vals[keep], clip_windows, relevance,
                            clips @ np.asarray(sentence, np.float32))
 
 
@@ -199,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         step = float(np.median(np.diff(windows[:, 0]))) if len(windows) > 1 else clip_s
         max_clips = None if args.max_seconds is None else max(1, int(round(args.max_seconds / max(step, 1e-9))))
         res = ground_embeddings(clips, windows, text.sentence[0], text.words[0], query=args.query,
-                                duration=duration, top_k=args.top_k, alpha=args.alpha, nms=args.nms,
+                                duration=duration, top_k=args.top_k, alpha=args.alpha, nms_threshold=args.nms,
                                 max_clips=max_clips)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         print(f"locvtp ground: error: {exc}", file=sys.stderr)

@@ -178,9 +178,9 @@ def multi_caption_retrieval_metrics(sim, video_of_text) -> dict[str, dict[str, f
     t2v = _rank_summary(ranks_t2v, lower_median=True, mean_of_shifted=True)
 
     # video -> text: max over each video's captions, then compute_metrics on [video query, caption group].
-    order = np.argsort(v, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    group_max = np.maximum.reduceat(s[order], starts, axis=0)  # [caption group (video), video]
+    grouped = s if np.all(v[1:] >= v[:-1]) else s[np.argsort(v, kind="stable")]
+    group_max = np.maximum.reduceat(grouped, starts, axis=0)  # [caption group (video), video]
     v2t = _rank_summary(_clip4clip_ranks(group_max.T), lower_median=False, mean_of_shifted=False)
     return {"text_to_video": t2v, "video_to_text": v2t}
 
@@ -257,18 +257,17 @@ def nms(windows, scores=None, threshold: float = 0.5, top_k: int | None = None) 
         if not np.isfinite(sc).all():
             raise ValueError(f"scores: non-finite value at index {int(np.flatnonzero(~np.isfinite(sc))[0])}")
         order = np.argsort(-sc, kind="stable")
-    # The pairwise IoU matrix makes each step a vector operation; the greedy order itself is inherently sequential.
-    iou = _iou_cross(w, w)
+    # Greedy and sequential by nature; each round compares the kept window with all survivors at once, so the cost
+    # is O(kept x n) rather than a full n x n IoU matrix (top_k is small in evaluation).
     keep: list[int] = []
-    alive = np.ones(n, dtype=bool)
-    for pos, i in enumerate(order):
-        if not alive[pos]:
-            continue
-        keep.append(int(i))
+    remaining = order
+    while remaining.size:
+        i = int(remaining[0])
+        keep.append(i)
         if top_k is not None and len(keep) == top_k:
             break
-        later = order[pos + 1:]
-        alive[pos + 1:] &= iou[i, later] <= threshold
+        rest = remaining[1:]
+        remaining = rest[_iou_cross(w[i:i + 1], w[rest])[0] <= threshold]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -364,14 +363,17 @@ def grounding_recall(ranked_windows: Sequence, gt_windows, recalls: Iterable[int
     return out
 
 
-def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
-    """VOC-2011-style interpolated AP: pad precision with 0 at both ends and recall with 0 / 1, make precision
-    monotone from the right, sum precision x recall increments where recall changes."""
-    p = np.concatenate([[0.0], precision, [0.0]])
-    r = np.concatenate([[0.0], recall, [1.0]])
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    idx = np.flatnonzero(r[1:] != r[:-1]) + 1
-    return float(np.sum((r[idx] - r[idx - 1]) * p[idx]))
+def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """VOC-2011-style interpolated AP per row of ``[n_thresholds, n]`` curves: pad precision with 0 at both ends and
+    recall with 0 / 1, make precision monotone from the right, sum precision x recall increments where recall
+    changes (summing only those entries, as the reference does, so the float additions are the same)."""
+    n_rows = precision.shape[0]
+    p = np.concatenate([np.zeros((n_rows, 1)), precision, np.zeros((n_rows, 1))], axis=1)
+    r = np.concatenate([np.zeros((n_rows, 1)), recall, np.ones((n_rows, 1))], axis=1)
+    p = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
+    terms = (r[:, 1:] - r[:, :-1]) * p[:, 1:]
+    changed = r[:, 1:] != r[:, :-1]
+    return np.array([np.sum(terms[t][changed[t]]) for t in range(n_rows)])
 
 
 def _ap_detection(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -382,33 +384,27 @@ def _ap_detection(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float])
         return np.zeros(n_thr)
     pred = pred[np.argsort(-pred[:, 2], kind="stable")]  # Python's list.sort(key=-score): stable
     iou = _iou_cross(pred[:, :2], gt)  # [n_pred, n_gt]
-    # GTs by decreasing IoU; argsort(...)[::-1] of a stable sort puts the higher GT index first among ties.
+    # GTs by decreasing IoU; reversing a stable ascending sort puts the higher GT index first among ties.
     gt_order = np.argsort(iou, axis=1, kind="stable")[:, ::-1]
     thr = np.asarray(thresholds, dtype=np.float64)
     tp = np.zeros((n_thr, n_pred))
-    fp = np.zeros((n_thr, n_pred))
     locked = np.zeros((n_thr, gt.shape[0]), dtype=bool)
-    for p in range(n_pred):  # greedy matching is sequential in score order
-        ious_sorted = iou[p, gt_order[p]]
-        for t in range(n_thr):
-            matched = False
-            for g, v in zip(gt_order[p], ious_sorted):
-                if v < thr[t]:
-                    break  # remaining GTs overlap even less
-                if locked[t, g]:
-                    continue  # already claimed by a higher-scored prediction: try the next GT
-                locked[t, g] = True
-                matched = True
-                break
-            if matched:
-                tp[t, p] = 1
-            else:
-                fp[t, p] = 1
+    rows = np.arange(n_thr)
+    for p in range(n_pred):  # greedy matching is sequential in score order; thresholds are handled together
+        g_order = gt_order[p]
+        # Walking the GTs by decreasing IoU, the reference stops at the first IoU < t and skips locked GTs, so the
+        # match is the first GT (in that order) with IoU >= t that is still free.
+        free = (iou[p, g_order][None, :] >= thr[:, None]) & ~locked[:, g_order]
+        hit = free.any(axis=1)
+        first = np.argmax(free, axis=1)
+        tp[hit, p] = 1
+        locked[rows[hit], g_order[first[hit]]] = True
+    fp = 1 - tp
     tp_c = np.cumsum(tp, axis=1)
     fp_c = np.cumsum(fp, axis=1)
     recall = tp_c / float(gt.shape[0])
     precision = tp_c / (tp_c + fp_c)
-    return np.array([_interpolated_ap(precision[t], recall[t]) for t in range(n_thr)])
+    return _interpolated_ap(precision, recall)
 
 
 def moment_retrieval_map(predictions: Sequence, gt_windows: Sequence, max_pred_windows: int | None = 10
@@ -426,7 +422,7 @@ def moment_retrieval_map(predictions: Sequence, gt_windows: Sequence, max_pred_w
     * thresholds ``np.linspace(0.5, 0.95, 10)`` rounded to 2 decimals;
     * **mAP**: only the first ``max_pred_windows`` (10) predictions *in the given order* are kept, then sorted by
       descending score (stable: ties keep their order). Each prediction, in that order, is matched to the
-      ground-truth windows by decreasing IoU (ties: higher GT index first): a GT with IoU **< t** ends the search
+      ground-truth windows by decreasing IoU: a GT with IoU **< t** ends the search
       (false positive), an already-matched GT is skipped in favour of the next one, the first free GT with
       IoU **>= t** makes a true positive. Precision/recall from cumulative counts (recall over the number of GT
       windows), AP = interpolated (VOC 2011) area. AP is averaged over queries per threshold, ``mAP`` is the mean
@@ -437,7 +433,10 @@ def moment_retrieval_map(predictions: Sequence, gt_windows: Sequence, max_pred_w
     * the GT windows are all used (``max_gt_windows=None``); no length-range filtering (the "full" range).
 
     Deviations: values are not rounded to 2 decimals; a query without predictions counts AP 0 and an R1 miss (the
-    reference leaves it out of mAP and crashes in R1); zero-length windows have IoU 0 with each other.
+    reference leaves it out of mAP and crashes in R1); zero-length windows have IoU 0 with each other. GTs with
+    equal IoU are tried higher index first, which is what the reference's ``tiou_arr.argsort()[::-1]`` gives when
+    numpy's default sort is stable; on SIMD (AVX-512) numpy builds that order is unspecified, and it can change
+    which GT a prediction claims (and so a later prediction's match).
     """
     if len(predictions) != len(gt_windows):
         raise ValueError(f"predictions: got {len(predictions)} queries but gt_windows has {len(gt_windows)}")
@@ -641,16 +640,22 @@ def _viterbi_by_frame(cost: np.ndarray, exactly_one: bool, bg_cost: float) -> np
 # ----------------------------------------------------------------------------------------------------------------
 # action segmentation (MS-TCN)
 # ----------------------------------------------------------------------------------------------------------------
-def _segments(labels: list, background: frozenset) -> tuple[list, np.ndarray, np.ndarray]:
-    """Maximal runs of equal labels, background runs dropped: (labels, starts, ends) with ``end`` exclusive."""
-    n = len(labels)
-    change = [i for i in range(1, n) if labels[i] != labels[i - 1]]
-    starts = np.array([0] + change, dtype=np.int64)
-    ends = np.array(change + [n], dtype=np.int64)
-    keep = [labels[s] not in background for s in starts]
-    seg_labels = [labels[s] for s, k in zip(starts, keep) if k]
-    keep_arr = np.array(keep, dtype=bool)
-    return seg_labels, starts[keep_arr], ends[keep_arr]
+def _segments(labels: np.ndarray, background: frozenset) -> tuple[list, np.ndarray, np.ndarray]:
+    """Maximal runs of equal labels (object array), background runs dropped: (labels, starts, ends), end exclusive."""
+    n = labels.shape[0]
+    change = np.flatnonzero(labels[1:] != labels[:-1]) + 1
+    starts = np.concatenate([[0], change]).astype(np.int64)
+    ends = np.concatenate([change, [n]]).astype(np.int64)
+    run_labels = labels[starts].tolist()
+    keep = np.array([lab not in background for lab in run_labels], dtype=bool)
+    seg_labels = [lab for lab, k in zip(run_labels, keep) if k]
+    return seg_labels, starts[keep], ends[keep]
+
+
+def _object_array(items: list) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    return arr
 
 
 def _levenshtein(p: list, y: list) -> float:
@@ -658,10 +663,9 @@ def _levenshtein(p: list, y: list) -> float:
     m, n = len(p), len(y)
     ar = np.arange(n + 1, dtype=np.float64)
     row = ar.copy()
-    y_arr = np.empty(n, dtype=object)
-    y_arr[:] = y
+    differ = (_object_array(p)[:, None] != _object_array(y)[None, :]).astype(np.float64)  # substitution costs
     for i in range(1, m + 1):
-        sub = row[:-1] + np.array([0.0 if p[i - 1] == yj else 1.0 for yj in y_arr])
+        sub = row[:-1] + differ[i - 1]
         new = np.empty(n + 1)
         new[0] = i
         new[1:] = np.minimum(row[1:] + 1, sub)  # deletion, substitution / match
@@ -676,27 +680,34 @@ def _f_counts(p_lab, p_s, p_e, y_lab, y_s, y_e, overlap: float) -> tuple[float, 
         return 0.0, float(len(p_lab)), 0.0
     inter = np.minimum(p_e[:, None], y_e[None, :]) - np.maximum(p_s[:, None], y_s[None, :])
     hull = np.maximum(p_e[:, None], y_e[None, :]) - np.minimum(p_s[:, None], y_s[None, :])
-    same = np.array([[a == b for b in y_lab] for a in p_lab], dtype=bool)
+    same = (_object_array(p_lab)[:, None] == _object_array(y_lab)[None, :]).astype(bool)
     iou = (1.0 * inter / hull) * same  # negative for disjoint same-label segments, as in the reference
-    hits = np.zeros(len(y_lab), dtype=bool)
+    hits = [False] * len(y_lab)
     tp = fp = 0
-    for j in range(len(p_lab)):  # sequential: a GT segment can be hit once
-        idx = int(np.argmax(iou[j]))
-        if iou[j, idx] >= overlap and not hits[idx]:
+    for row in iou.tolist():  # sequential: a GT segment can be hit once
+        best = max(row)
+        idx = row.index(best)  # the first maximum, as np.argmax
+        if best >= overlap and not hits[idx]:
             tp += 1
             hits[idx] = True
         else:
             fp += 1
-    return float(tp), float(fp), float(len(y_lab) - hits.sum())
+    return float(tp), float(fp), float(len(y_lab) - sum(hits))
 
 
-def _as_label_list(x, name: str) -> list:
+def _as_labels(x, name: str) -> np.ndarray:
+    """Per-frame labels as a 1-D object array of Python scalars (so ``1 == 1.0`` and ``"a" == "a"`` compare as in
+    the reference's lists, and mixed int / str labels are never cast to strings)."""
     if isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
         raise ValueError(f"{name}: expected a sequence of per-frame labels, got {type(x).__name__}")
-    arr = np.asarray(x, dtype=object) if not isinstance(x, np.ndarray) else x
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D sequence of per-frame labels, got shape {np.shape(arr)}")
-    return arr.tolist()
+    items = x.tolist() if isinstance(x, np.ndarray) else list(x)
+    if isinstance(x, np.ndarray) and x.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D sequence of per-frame labels, got shape {x.shape}")
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    if any(isinstance(i, (list, tuple, np.ndarray)) for i in items[:1]):
+        raise ValueError(f"{name}: expected a 1-D sequence of per-frame labels, got nested sequences")
+    return arr
 
 
 def segmentation_metrics(pred_labels: Sequence, gt_labels: Sequence, background="background",
@@ -745,13 +756,13 @@ def segmentation_metrics(pred_labels: Sequence, gt_labels: Sequence, background=
     total = 0
     edit = 0.0
     for v, (pred, gt) in enumerate(zip(pred_labels, gt_labels)):
-        p = _as_label_list(pred, f"pred_labels[{v}]")
-        g = _as_label_list(gt, f"gt_labels[{v}]")
+        p = _as_labels(pred, f"pred_labels[{v}]")
+        g = _as_labels(gt, f"gt_labels[{v}]")
         if len(g) == 0:
             raise ValueError(f"gt_labels[{v}]: empty label sequence")
         if len(p) != len(g):
             raise ValueError(f"pred_labels[{v}]: {len(p)} frames but gt_labels[{v}] has {len(g)}")
-        correct += sum(1 for a, b in zip(g, p) if a == b)
+        correct += int(np.count_nonzero(g == p))
         total += len(g)
         p_seg = _segments(p, bg)
         g_seg = _segments(g, bg)

@@ -253,7 +253,7 @@ def _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha):
     return rows, cols
 
 
-def _negative_log_sums(anchors, words, clip_mask, word_mask, tau, bf16):
+def _negative_log_sums(anchors, words, clip_mask, word_mask, tau, bf16, fused=True):
     """log Σ_{other pairs} exp(logit) per anchor row [S,B,T] and per word column [B,L] (−inf when B = 1)."""
     S, B, T, _ = anchors.shape
     L = words.shape[1]
@@ -265,7 +265,7 @@ def _negative_log_sums(anchors, words, clip_mask, word_mask, tau, bf16):
     alpha = 1.0 / tau
     with torch.no_grad():  # Cauchy–Schwarz bound on the logits decides whether exp needs a max-subtraction
         bound = alpha * float(anchors.norm(dim=-1).max()) * float(words.norm(dim=-1).max())
-    if bound > _NO_SHIFT_BOUND:
+    if bound > _NO_SHIFT_BOUND or not fused:
         return _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha)
     # every row / column has at least one other pair with a valid word / clip, and exp(x) >= e^-60: sums > 0
     rows, cols = _OffDiagonalExpSums.apply(anchors, words, clip_mask, word_mask, alpha, bf16)
@@ -343,11 +343,14 @@ def fine_temporal_losses(
     intra_negatives: bool = False,
     soft: bool = False,
     bf16_products: bool = False,
+    fused: bool = True,
 ) -> tuple[dict[str, torch.Tensor], Correspondences]:
     """Fine-grained (§2) and temporal-aware (§3) terms sharing one similarity product.
 
     Returns ({"fine", "fine_cw", "fine_wc", "temporal", "temporal_z", "temporal_w"} (disabled terms absent),
-    correspondences). ``head`` (g) and ``offsets`` δ [B,T] are required when ``temporal``.
+    correspondences). ``head`` (g) and ``offsets`` δ [B,T] are required when ``temporal``. ``fused=False``
+    computes the negatives with the plain masked log-sum-exp instead of the fused op (same values; kept as a
+    fallback and as the benchmark's "straightforward vectorised" baseline).
     """
     clips, words = _as_float(clips), _as_float(words)
     _check_inputs(clips, words, clip_mask, word_mask)
@@ -380,7 +383,7 @@ def fine_temporal_losses(
         anchors = torch.stack([cm, z])
     else:
         anchors = cm[None]
-    neg_rows, neg_cols = _negative_log_sums(anchors, wm, clip_mask, word_mask, tau, bf16_products)
+    neg_rows, neg_cols = _negative_log_sums(anchors, wm, clip_mask, word_mask, tau, bf16_products, fused)
 
     # clip-anchored positives P[i,t] and word-anchored positives Q[i,l]
     p_idx, p_mask = corr.clip_to_word, corr.clip_to_word_mask
@@ -521,6 +524,7 @@ class LocVTPObjective(nn.Module):
         gather: bool = True,
         bf16_products: bool = False,
         head_hidden: int | None = None,
+        fused: bool = True,
     ):
         super().__init__()
         if topk < 1:
@@ -550,6 +554,7 @@ class LocVTPObjective(nn.Module):
         self.logit_scale_max = float(logit_scale_max)
         self.gather = bool(gather)
         self.bf16_products = bool(bf16_products)
+        self.fused = bool(fused)
         self.context_head = ContextProjectionHead(dim, window=window, kind=head, hidden=head_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
 
@@ -627,6 +632,7 @@ class LocVTPObjective(nn.Module):
             fine=self.use_fine, temporal=self.use_temporal, head=self.context_head, offsets=offsets,
             topk=self.topk, tau=self.tau_fine, window=self.window, sigma=self.sigma,
             intra_negatives=self.intra_negatives, soft=self.soft, bf16_products=self.bf16_products,
+            fused=self.fused,
         )
         out["fine"] = terms.get("fine", zero)
         out["temporal"] = terms.get("temporal", zero)

@@ -376,6 +376,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
     model = LocVTP.from_config(cfg)
     objective = LocVTPObjective.from_config(cfg.objective, dim=int(cfg.model.dim))
     net = Pretrainer(model, objective).to(dist.device)
+    torch.manual_seed(int(cfg.seed) + dist.rank)  # same init everywhere, but each rank its own dropout masks
     optimizer = build_optimizer(net, tc)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, int(tc.warmup_steps), T_max, float(tc.min_lr_ratio)))
@@ -528,7 +529,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, FileExistsError, FileNotFoundError) as exc:
         print(f"locvtp pretrain: error: {exc}", file=sys.stderr)
         return 2
-    print(final)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(final)
     return 0
 
 

@@ -100,10 +100,12 @@ class BadSampleLog:
         return len(self.records)
 
     def add(self, recs: Sequence[BadSample]) -> list[BadSample]:
-        new = [r for r in recs if r.key not in self._seen]
-        for r in new:
-            self._seen.add(r.key)
-            self.records.append(r)
+        new = []
+        for r in recs:
+            if r.key not in self._seen:
+                self._seen.add(r.key)
+                self.records.append(r)
+                new.append(r)
         if new and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as fh:

@@ -594,12 +594,17 @@ def read_msrvtt_data(path: str | Path, known_ids: Collection[str] | None = None,
             if vid in videos:
                 raise _Bad(f"duplicate video_id {vid!r}")
             cat = v.get("category")
+            if cat is not None:
+                cat_f = _num(cat, "category")
+                if cat_f != int(cat_f):
+                    raise _Bad(f"category is not an integer ({cat!r})")
+                cat = int(cat_f)
             s, e = v.get("start time"), v.get("end time")
-            videos[vid] = {"split": str(v.get("split", "")), "category": int(cat) if cat is not None else None,
+            videos[vid] = {"split": str(v.get("split", "")), "category": cat,
                            "start": _num(s, "start time") if s is not None else None,
                            "end": _num(e, "end time") if e is not None else None,
                            "url": str(v.get("url", "")), "captions": []}
-        except (_Bad, TypeError, ValueError) as exc:
+        except _Bad as exc:
             col.bad(f"videos[{i}]", str(exc))
     for i, s in enumerate(data["sentences"]):
         try:

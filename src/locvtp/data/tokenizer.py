@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
-import torch
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
@@ -98,7 +97,9 @@ class Tokenizer:
                     raise ValueError(f"text {i} is not valid Unicode (bad bytes decoded?): {ue}") from e
             raise ValueError(f"tokenization failed: {e}") from e
 
-    def __call__(self, texts: Union[str, Sequence[str]], max_length: int) -> dict[str, torch.Tensor]:
+    def __call__(self, texts: Union[str, Sequence[str]], max_length: int) -> dict[str, "torch.Tensor"]:
+        import torch  # lazily: training / loading a tokenizer does not need torch
+
         encs = self.encode_batch(texts, max_length)
         for i, enc in enumerate(encs):
             if sum(1 for s in enc.special_tokens_mask if not s) == 0:

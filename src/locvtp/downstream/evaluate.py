@@ -168,8 +168,8 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
         flat[f"{task}_seconds"] = res.info["seconds"]
         if out is not None:
             write_json(out / f"{task}.json", res.to_json())
-        if verbose and len(tasks) > 1:
-            print(format_table(_ordered(res.metrics), title=f"[evaluate] {task} ({res.info['seconds']:.1f} s)"))
+        if verbose and len(tasks) > 1:  # `all` prints one table at the end
+            print(f"[evaluate] {task}: done in {res.info['seconds']:.1f} s", file=sys.stderr)
     flat["embed_seconds"] = round(embed_seconds, 2)
     flat["total_seconds"] = round(time.time() - t0, 2)
     flat = _ordered(flat)
@@ -179,9 +179,8 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
                                           "videos": len(vids), "failed_videos": bank.failed})
     if verbose:
         shown = {k: v for k, v in flat.items() if not k.endswith("_seconds")}
-        name = Path(ctx.checkpoint_path).name if ctx.checkpoint_path else "model"
-        print(format_table({name: shown} if len(tasks) > 1 else shown,
-                           title=f"[evaluate] {', '.join(tasks)} on {data_dir} ({flat['total_seconds']:.1f} s)"))
+        print(format_table(shown, title=f"[evaluate] {', '.join(tasks)} | checkpoint {ctx.checkpoint_path} | "
+                                        f"data {data_dir} | {flat['total_seconds']:.1f} s"))
     return flat
 
 

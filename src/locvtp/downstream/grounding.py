@@ -194,30 +194,30 @@ def moment_map_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-class _MaskedConv2d(nn.Module):
-    """Conv + ReLU whose output is re-weighted by 1/(number of valid inputs in its receptive field), zero where
-    none is valid: 2D-TAN's ``get_padded_mask_and_weight``, so moments near the map's edge are not damped."""
-
-    def __init__(self, cin: int, cout: int, kernel: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
-        self.register_buffer("ones", torch.ones(1, 1, kernel, kernel), persistent=False)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        count = torch.round(F.conv2d(mask, self.ones, padding=self.conv.padding))
-        weight = torch.where(count > 0, 1.0 / count.clamp(min=1.0), torch.zeros_like(count))
-        return F.relu(self.conv(x)) * weight, (count > 0).to(mask.dtype)
+def _mask_weights(mask: torch.Tensor, kernel: int, layers: int) -> torch.Tensor:
+    """Per-layer output weights ``[layers, 1, 1, N, N]`` of 2D-TAN's ``get_padded_mask_and_weight``: 1 / (number of
+    valid moments in the receptive field), 0 where there is none; the valid set grows layer by layer. The map's
+    mask is fixed, so this is computed once, not per forward."""
+    ones = torch.ones(1, 1, kernel, kernel)
+    m = mask[None, None].float()
+    out = []
+    for _ in range(layers):
+        count = torch.round(F.conv2d(m, ones, padding=kernel // 2))
+        out.append(torch.where(count > 0, 1.0 / count.clamp(min=1.0), torch.zeros_like(count)))
+        m = (count > 0).float()
+    return torch.stack(out) if out else torch.zeros(0, 1, 1, *mask.shape)
 
 
 class TAN2DHead(nn.Module):
     """2D temporal adjacent network on frozen clip features.
 
     ``forward(feats [B, N, Din], query [B, Dq]) -> logits [B, N, N]`` (invalid moments: large negative).
-    ``pooling``: ``max`` (2D-TAN's pool variant) or ``avg``.
+    ``pooling``: ``max`` (2D-TAN's pool variant) or ``avg``. Each conv (+ReLU) output is re-weighted by
+    1 / (valid inputs in its receptive field), as 2D-TAN, so moments near the map's edge are not damped.
     """
 
-    def __init__(self, in_dim: int, query_dim: int, num_clips: int = 16, hidden: int = 128, layers: int = 3,
-                 kernel: int = 5, pooling: str = "max", dropout: float = 0.1):
+    def __init__(self, in_dim: int, query_dim: int, num_clips: int = 16, hidden: int = 32, layers: int = 2,
+                 kernel: int = 3, pooling: str = "max", dropout: float = 0.1):
         super().__init__()
         if pooling not in ("max", "avg"):
             raise ValueError(f"moment pooling must be 'max' or 'avg', got {pooling!r}")
@@ -227,20 +227,21 @@ class TAN2DHead(nn.Module):
         self.pooling = pooling
         self.frame = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.query = nn.Linear(query_dim, hidden)
-        self.convs = nn.ModuleList(_MaskedConv2d(hidden, hidden, kernel) for _ in range(layers))
+        self.convs = nn.ModuleList(nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2) for _ in range(layers))
         self.pred = nn.Conv2d(hidden, 1, 1)
-        self.register_buffer("mask2d", moment_mask(num_clips), persistent=False)
+        mask = moment_mask(num_clips)
+        self.register_buffer("mask2d", mask, persistent=False)
+        self.register_buffer("conv_weights", _mask_weights(mask, kernel, layers), persistent=False)
 
     def forward(self, feats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         if feats.shape[1] != self.num_clips:
             raise ValueError(f"expected {self.num_clips} pooled clips, got feats of shape {tuple(feats.shape)}")
         vis = moment_map_pool(self.frame(feats), self.pooling)  # [B, H, N, N]
         mask = self.mask2d[None, None].to(vis.dtype)
-        fused = F.normalize(self.query(query)[:, :, None, None] * vis, dim=1) * mask
-        m = mask
-        for conv in self.convs:
-            fused, m = conv(fused, m)
-        logits = self.pred(fused)[:, 0]
+        x = F.normalize(self.query(query)[:, :, None, None] * vis, dim=1) * mask
+        for conv, weight in zip(self.convs, self.conv_weights):
+            x = F.relu(conv(x)) * weight
+        logits = self.pred(x)[:, 0]
         return logits.masked_fill(~self.mask2d[None], -1e4)
 
 
@@ -262,12 +263,12 @@ class HeadConfig:
     hidden 512, 4 layers of kernel 9, lr 1e-4 for 100 epochs."""
 
     num_clips: int = 16
-    hidden: int = 128
-    layers: int = 3
-    kernel: int = 5
+    hidden: int = 32
+    layers: int = 2
+    kernel: int = 3
     pooling: str = "max"
     dropout: float = 0.1
-    epochs: int = 15
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -309,7 +310,7 @@ def train_tan_head(feats: np.ndarray, queries: np.ndarray, gt: np.ndarray, durat
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
         losses.append(total / max(count, 1))
     head.eval()

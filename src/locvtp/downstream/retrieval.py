@@ -130,7 +130,7 @@ def finetune_retrieval(model: Any, tokenizer: Any, video_emb: np.ndarray, captio
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
         losses.append(total / max(count, 1))
     ft.eval()

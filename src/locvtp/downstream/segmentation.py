@@ -122,7 +122,7 @@ def train_probe(feats: Sequence[np.ndarray], labels: Sequence[Sequence[str]], cf
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     else:
         model = TemporalConvHead(dim, len(classes), cfg.hidden, cfg.kernel)
         t_max = max(len(f) for f in feats)
@@ -145,7 +145,7 @@ def train_probe(feats: Sequence[np.ndarray], labels: Sequence[Sequence[str]], cf
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
             losses.append(total / len(feats))
     model.eval()
     return FittedProbe(model, mean.astype(np.float32), std, classes, cfg.head, losses)

@@ -16,6 +16,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .common import Freezable
+
 
 class TextEncoderError(ValueError):
     """Bad text-encoder configuration or input (the message names the key or path)."""
@@ -46,7 +48,7 @@ def _check_ids(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) 
     return attention_mask.bool()
 
 
-class TransformerTextEncoder(nn.Module):
+class TransformerTextEncoder(Freezable):
     """Token + learned position embeddings → pre-LN TransformerEncoder (key padding mask) → LayerNorm."""
 
     pad_token_id = 0
@@ -94,14 +96,15 @@ class TransformerTextEncoder(nn.Module):
                 "the tokenizer and model.text.vocab_size disagree"
             )
         pos = torch.arange(length, device=input_ids.device)
-        x = self.drop(self.tok(input_ids) + self.pos(pos).unsqueeze(0))
         # A row without any valid token would make every attention row empty (NaN): give it no padding instead.
         pad = ~mask & mask.any(dim=1, keepdim=True)
-        h = self.norm(self.encoder(x, src_key_padding_mask=pad))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            x = self.drop(self.tok(input_ids) + self.pos(pos).unsqueeze(0))
+            h = self.norm(self.encoder(x, src_key_padding_mask=pad))
         return h, pool_sentence(h, mask, self.pooling)
 
 
-class HFTextEncoder(nn.Module):
+class HFTextEncoder(Freezable):
     """A BERT-family ``transformers`` model from a local directory, frozen or trainable.
 
     ``from_config_only=True`` builds the architecture from the directory's ``config.json`` with random weights
@@ -140,18 +143,8 @@ class HFTextEncoder(nn.Module):
         self.out_dim = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "dim"))
         self.max_len = int(getattr(cfg, "max_position_embeddings", 512))
         self.pooling = pooling
-        self.frozen = freeze
         if freeze:
-            for p in self.model.parameters():
-                p.requires_grad_(False)
-            self.model.eval()
-
-    def train(self, mode: bool = True) -> "HFTextEncoder":
-        """A frozen encoder stays in eval mode (no dropout) whatever the parent does."""
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
+            self.freeze()
 
     def hf_config(self) -> Any:
         return self.model.config
@@ -181,8 +174,7 @@ def build_text_encoder(tcfg: Any, load_pretrained: bool = True) -> nn.Module:
             str(tcfg.pooling), float(tcfg.dropout),
         )
         if tcfg.freeze:
-            for p in enc.parameters():
-                p.requires_grad_(False)
+            enc.freeze()
         return enc
     if name == "hf":
         return HFTextEncoder(

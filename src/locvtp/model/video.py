@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import Freezable
+
 # Kinetics/ImageNet statistics in [0, 1] RGB: the usual normalization for video CNNs trained from scratch.
 _RGB_MEAN = (0.43216, 0.394666, 0.37645)
 _RGB_STD = (0.22803, 0.22145, 0.216989)
@@ -154,7 +156,8 @@ def _pool(x: torch.Tensor, kernel: tuple[int, int, int], padding: tuple[int, int
 
 
 class C3D(nn.Module):
-    """C3D (Tran et al. 2015): eight 3×3×3 convolutions, five max-pools, fc6/fc7 of 4096 units.
+    """C3D (Tran et al. 2015): eight 3×3×3 convolutions, five max-pools, fc6/fc7 of 4096 units (dropout after
+    each, 0.5 in the paper; ``model.video.dropout`` here).
 
     Layer names follow the paper (``conv1a`` … ``conv5b``, ``fc6``, ``fc7``). A state dict from the widespread
     PyTorch port (``conv1``, ``conv2``, ``fc8`` …) is accepted: ``conv1``/``conv2`` are renamed and the
@@ -243,7 +246,7 @@ class C3D(nn.Module):
         return self.dropout(F.relu(self.fc7(x)))
 
 
-class PixelVideoEncoder(nn.Module):
+class PixelVideoEncoder(Freezable):
     """Wrap a per-clip CNN: fold ``[B, T]`` into the batch, then optionally a transformer across clips."""
 
     def __init__(self, cnn: nn.Module, temporal_layers: int = 0, temporal_heads: int = 4, dropout: float = 0.1,
@@ -262,6 +265,10 @@ class PixelVideoEncoder(nn.Module):
         flat = clips.reshape(b * t, *clips.shape[2:])
         if clip_mask is not None and clip_mask.shape != (b, t):
             raise VideoEncoderError(f"clip_mask shape {tuple(clip_mask.shape)} != clips [B, T] = {(b, t)}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self._forward(flat, clip_mask, b, t)
+
+    def _forward(self, flat: torch.Tensor, clip_mask: Optional[torch.Tensor], b: int, t: int) -> torch.Tensor:
         if clip_mask is None or bool(clip_mask.all()):
             feats = self.cnn(flat).reshape(b, t, -1)
         else:
@@ -279,7 +286,7 @@ class PixelVideoEncoder(nn.Module):
         return feats
 
 
-class FeatureVideoEncoder(nn.Module):
+class FeatureVideoEncoder(Freezable):
     """Temporal encoder over pre-extracted per-clip features ``[B, T, Din]`` (S3D 512, C3D 4096, ResNet 2048 …).
 
     LayerNorm (feature files differ wildly in scale) → 2-layer MLP → optional transformer across clips with
@@ -309,9 +316,12 @@ class FeatureVideoEncoder(nn.Module):
                 f"features encoder expects float clips [B, T, {self.in_dim}] (model.video.in_dim), "
                 f"got shape {tuple(clips.shape)}"
             )
-        x = self.mlp(self.norm(clips.float()))
-        if self.temporal is not None:
-            x = self.temporal(x, clip_mask)
+        if clip_mask is not None and clip_mask.shape != clips.shape[:2]:
+            raise VideoEncoderError(f"clip_mask shape {tuple(clip_mask.shape)} != clips [B, T] = {tuple(clips.shape[:2])}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            x = self.mlp(self.norm(clips.float()))
+            if self.temporal is not None:
+                x = self.temporal(x, clip_mask)
         return x
 
 
@@ -328,14 +338,13 @@ def build_video_encoder(vcfg: Any, load_pretrained: bool = True) -> nn.Module:
         enc: nn.Module = PixelVideoEncoder(Tiny3D(int(vcfg.width), str(vcfg.norm), float(vcfg.dropout)), **common)
     elif name == "c3d":
         pretrained = vcfg.pretrained if load_pretrained else None
-        enc = PixelVideoEncoder(C3D(pretrained=pretrained), **common)
+        enc = PixelVideoEncoder(C3D(pretrained=pretrained, dropout=float(vcfg.dropout)), **common)
     elif name == "features":
         enc = FeatureVideoEncoder(int(vcfg.in_dim), int(vcfg.hidden), **common)
     else:
         raise VideoEncoderError(f"model.video.name must be one of {VIDEO_ENCODERS}, got {name!r}")
     if vcfg.freeze:
-        for p in enc.parameters():
-            p.requires_grad_(False)
+        enc.freeze()
     return enc
 
 

@@ -1,0 +1,90 @@
+"""`locvtp ground`: window scoring on planted curves, and the command on a synthetic MP4 / precomputed features."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from inference_helpers import make_checkpoint
+
+
+def _iou(a, b) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / (max(a[1], b[1]) - min(a[0], b[0]))
+
+
+def test_ground_embeddings_finds_planted_window():
+    from locvtp.ground import ground_embeddings
+
+    rng = np.random.default_rng(0)
+    d, n = 32, 20
+    sentence = rng.normal(size=d)
+    sentence /= np.linalg.norm(sentence)
+    clips = rng.normal(size=(n, d)) * 0.3
+    clips[6:10] += 2.0 * sentence  # clips 6..9 show the query
+    clips /= np.linalg.norm(clips, axis=1, keepdims=True)
+    windows = np.stack([np.arange(n) * 0.5, np.arange(n) * 0.5 + 0.5], 1)
+    res = ground_embeddings(clips, windows, sentence, None, query="q", top_k=4, nms_threshold=0.5)
+    assert tuple(res.windows[0]) == (3.0, 5.0)
+    assert len(res.windows) == 4
+    assert np.all(np.diff(res.scores) <= 0)
+    for i in range(len(res.windows)):  # NMS: no two kept windows overlap by more than the threshold
+        for j in range(i):
+            assert _iou(res.windows[i], res.windows[j]) <= 0.5
+    assert np.all((res.windows[:, 0] >= 0) & (res.windows[:, 1] <= 10.0) & (res.windows[:, 0] < res.windows[:, 1]))
+    one = ground_embeddings(clips, windows, sentence, None, top_k=1, max_clips=2)
+    assert one.windows[0, 1] - one.windows[0, 0] <= 1.0 and 3.0 <= one.windows[0, 0] <= 4.5
+
+
+def test_ground_embeddings_rejects_bad_input():
+    from locvtp.ground import ground_embeddings
+
+    with pytest.raises(ValueError, match="clip windows"):
+        ground_embeddings(np.ones((3, 4)), np.zeros((2, 2)), np.ones(4))
+    with pytest.raises(ValueError, match="top_k"):
+        ground_embeddings(np.ones((3, 4)), np.zeros((3, 2)), np.ones(4), top_k=0)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_world, tmp_path_factory):
+    return make_checkpoint(tiny_world, tmp_path_factory.mktemp("ground") / "ckpt")
+
+
+def test_cli_on_mp4_and_on_features_agree(ckpt, tiny_world, tmp_path, capsys):
+    from locvtp.extract import main as extract_main
+    from locvtp.ground import main
+
+    ann = json.loads((tiny_world / "grounding" / "activitynet" / "val_1.json").read_text())
+    vid, item = sorted(ann.items())[0]
+    video = tiny_world / "videos" / f"{vid}.mp4"
+    query = item["sentences"][0]
+    png = tmp_path / "plot.png"
+    assert main(["--checkpoint", str(ckpt), str(video), query, "--top-k", "3", "--plot", str(png), "--curve"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["query"] == query and res["duration"] == pytest.approx(item["duration"])
+    assert 1 <= len(res["windows"]) <= 3
+    for w in res["windows"]:
+        assert 0.0 <= w["start"] < w["end"] <= item["duration"] + 1e-6
+    assert len(res["clip_scores"]) == len(res["clip_windows"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same through precomputed features
+    feats = tmp_path / "f.h5"
+    lst = tmp_path / "l.txt"
+    lst.write_text(str(video))
+    assert extract_main(["--checkpoint", str(ckpt), "--videos", str(lst), "--out", str(feats), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["--checkpoint", str(ckpt), "--features", str(feats), "--video-id", vid, query, "--top-k", "3"]) == 0
+    res2 = json.loads(capsys.readouterr().out)
+    assert [(w["start"], w["end"]) for w in res2["windows"]] == [(w["start"], w["end"]) for w in res["windows"]]
+    np.testing.assert_allclose([w["score"] for w in res2["windows"]], [w["score"] for w in res["windows"]],
+                               atol=1e-4)
+
+
+def test_cli_errors(ckpt, tmp_path, capsys):
+    from locvtp.ground import main
+
+    assert main(["--checkpoint", str(ckpt), str(tmp_path / "nope.mp4"), "a query"]) == 1
+    assert "nope.mp4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), "only a query"])
