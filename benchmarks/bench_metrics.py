@@ -66,7 +66,8 @@ def main() -> None:
         preds.append(np.concatenate([s, rng.random((10, 1))], axis=1))
         g = np.sort(rng.uniform(0, 150, (int(rng.integers(1, 4)), 2)), axis=1)
         gts.append(g)
-    rows.append(("moment_retrieval_map 1550 queries x 10", median_time(lambda: M.moment_retrieval_map(preds, gts), 3), ""))
+    rows.append(("moment_retrieval_map 1550 queries x 10",
+                 median_time(lambda: M.moment_retrieval_map(preds, gts), 3), ""))
 
     scores = rng.normal(size=(300, 10))
     t_fast = median_time(lambda: M.crosstask_viterbi(scores), 20)

@@ -238,3 +238,20 @@ def test_wrapped_models_are_saved_unwrapped(tmp_path, cfg):
     ck = load_checkpoint(tmp_path / "ck")
     for a, b in zip(_outputs(model), _outputs(ck.model)):
         assert torch.equal(a, b)
+
+
+def test_failed_replace_keeps_the_old_checkpoint(tmp_path, cfg, monkeypatch):
+    save_checkpoint(tmp_path / "ck", _model(cfg), cfg, step=1)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if ".tmp-" in os.fspath(src):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "ck", _model(cfg), cfg, step=2)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["ck"]  # old checkpoint restored, temp dir removed
+    assert load_checkpoint(tmp_path / "ck").step == 1

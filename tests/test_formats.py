@@ -438,3 +438,63 @@ def test_world_with_corrupted_files_reports_not_drops(tiny_world, tmp_path):
     assert reasons == ["start >= end", "unknown video id 'not_a_video'"]
     with pytest.raises(F.FormatError):
         F.load_world_annotations(world, strict=True)
+
+
+# ------------------------------------------------------------------------------------------ property tests
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_sentences = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=30).filter(
+    lambda s: s.strip() != "" and s == s.strip())
+_spans = st.tuples(st.integers(0, 999), st.integers(1, 500)).map(lambda p: (p[0] / 10, (p[0] + p[1]) / 10))
+_videos = st.dictionaries(st.from_regex(r"v_[A-Za-z0-9_-]{4,11}", fullmatch=True),
+                          st.lists(st.tuples(_spans, _sentences), min_size=1, max_size=4), min_size=1, max_size=4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(videos=_videos)
+def test_activitynet_and_charades_round_trip(tmp_path, videos):
+    """Any valid annotation set written in either format reads back exactly, with nothing skipped."""
+    anet, lines, expected = {}, [], []
+    for vid, items in videos.items():
+        duration = max(e for (_, e), _ in items) + 1.0
+        anet[vid] = {"duration": duration, "timestamps": [list(sp) for sp, _ in items],
+                     "sentences": [s for _, s in items]}
+        for (s, e), sent in items:
+            lines.append(f"{vid} {s} {e}##{sent}\n")
+            expected.append((vid, sent, s, e))
+    a = tmp_path / "val_1.json"
+    a.write_text(json.dumps(anet, ensure_ascii=False), encoding="utf-8")
+    got = F.read_activitynet_captions(a, strict=True)
+    assert [(q.video_id, q.query, q.start, q.end) for q in got] == expected
+    c = tmp_path / "charades_sta_test.txt"
+    c.write_text("".join(lines), encoding="utf-8")
+    got = F.read_charades_sta(c, strict=True)
+    assert [(q.video_id, q.query, q.start, q.end) for q in got] == expected
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.floats(-5, 30, allow_nan=False), end=st.floats(-5, 30, allow_nan=False))
+def test_span_rule_matches_the_documented_policy(tmp_path, start, end):
+    """A span is kept iff 0 <= start < end and start < duration and end <= duration + tolerance (then clipped)."""
+    dur, tol = 20.0, F.DEFAULT_DURATION_TOLERANCE
+    p = tmp_path / "val_1.json"
+    p.write_text(json.dumps({"v": {"duration": dur, "timestamps": [[start, end]], "sentences": ["x"]}}))
+    res = F.read_activitynet_captions(p)
+    keep = 0 <= start < end and start < dur and end <= dur + tol
+    assert (len(res) == 1) == keep and len(res.skipped) == (0 if keep else 1)
+    if keep:
+        assert res.records[0].end == min(end, dur)
+
+
+def test_bom_and_crlf_are_tolerated(tmp_path):
+    """Spreadsheet exports: a UTF-8 byte-order mark and CRLF line endings read like the plain file."""
+    p = tmp_path / "MSRVTT_JSFUSION_test.csv"
+    p.write_bytes(b"\xef\xbb\xbfkey,vid_key,video_id,sentence\r\nret0,msr1,video1,a dog runs\r\n")
+    assert F.read_msrvtt_jsfusion_csv(p, strict=True).records == [F.RetrievalQuery("ret0", "video1", "a dog runs")]
+    q = tmp_path / "val_1.json"
+    q.write_bytes(b'\xef\xbb\xbf{"v": {"duration": 5, "timestamps": [[1, 2]], "sentences": ["x"]}}')
+    assert len(F.read_activitynet_captions(q, strict=True)) == 1
+    c = tmp_path / "charades_sta_test.txt"
+    c.write_bytes(b"AAAAA 1.0 2.0##person sits.\r\nAAAAA 2.0 3.0##person stands.\r\n")
+    assert [q.query for q in F.read_charades_sta(c, strict=True)] == ["person sits.", "person stands."]

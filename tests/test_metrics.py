@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from locvtp import metrics as M
 
-FAST = settings(max_examples=60, deadline=None)
+FAST = settings(max_examples=100, deadline=None)
 
 
 # ================================================================================================================
@@ -345,8 +345,8 @@ class TestMultiCaption:
         m = M.multi_caption_retrieval_metrics(sim, np.array([0, 0, 1]))
         t2v = m["text_to_video"]
         assert t2v["R1"] == 200 / 3 and t2v["MeanR"] == 4 / 3 and t2v["MedianR"] == 1.0
-        # video->text: group max = [[0.9, 0.8], [0.3, 0.7]] (rows: caption group) -> query video 0: 0.9 vs 0.3 -> rank 0;
-        # query video 1: own group 0.7 vs group 0 0.8 -> rank 1
+        # video->text: group max = [[0.9, 0.8], [0.3, 0.7]] (rows: caption group);
+        # query video 0: 0.9 vs 0.3 -> rank 0; query video 1: own group 0.7 vs group 0 0.8 -> rank 1
         v2t = m["video_to_text"]
         assert v2t["R1"] == 50.0 and v2t["MedianR"] == 1.5 and v2t["MeanR"] == 1.5
 
@@ -756,6 +756,14 @@ class TestSegmentation:
         # pred segments a[0,2) IoU .5 -> tp; b -> fp; a[3,4) best is the already-hit gt -> fp
         m = M.segmentation_metrics([pr], [gt])
         assert m["F1@50"] == pytest.approx(100 * 2 * (1 / 3 * 1) / (1 / 3 + 1))
+
+    def test_argmax_ties_take_first_gt_segment(self):
+        gt = list("aaaabbaaaa")  # a[0,4) b[4,6) a[6,10)
+        pr = list("xxaaaaaaxa")  # x[0,2) a[2,8) x[8,9) a[9,10)
+        # a[2,8) has IoU exactly 0.25 with both a segments and takes the first, leaving a[6,10) for a[9,10)
+        # (IoU 0.25): 2 tp, 2 fp (the x segments), 1 fn (b). Taking the last tied one would give 1 tp only.
+        m = M.segmentation_metrics([pr], [gt])
+        assert m["F1@25"] == pytest.approx(100 * 4 / 7)
 
     def test_single_frame_segments_and_threshold(self):
         m = M.segmentation_metrics([["x", "y"]], [["x", "y"]])

@@ -181,6 +181,9 @@ def test_single_string_is_a_batch_of_one(tok):
 def test_bad_texts_raise_value_error(tok, bad, match):
     with pytest.raises(ValueError, match=match):
         tok(bad, 16)
+    if isinstance(bad, list) and len(bad) == 1:
+        with pytest.raises(ValueError, match=match):
+            tok.tokens(bad[0])
 
 
 def test_text_without_word_tokens_is_an_error(tok):
@@ -200,6 +203,7 @@ def test_bad_max_length(tok, max_length):
 def test_save_load_round_trip(tok, tmp_path):
     path = tok.save(tmp_path / "ckpt")
     assert path == tmp_path / "ckpt" / "tokenizer.json"
+    assert path.stat().st_mode & 0o044 == 0o044  # readable by others, not owner-only like a temp file
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["tokenizer.json"]  # no temp file left behind
     json.loads(path.read_text())  # a standard JSON file
     texts = ["the red circle moves left", "um so the green triangle flashes now"]
@@ -287,3 +291,42 @@ def test_load_errors_name_the_path(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="broken.json: not a valid tokenizers JSON"):
         Tokenizer.load(bad)
+
+
+def test_directory_saved_by_transformers(tmp_path):
+    """A local HF tokenizer directory (tokenizer.json + friends, padding/truncation settings inside)."""
+    transformers = pytest.importorskip("transformers")
+    src = _vocab_dir(tmp_path, "src")
+    ref = transformers.BertTokenizerFast.from_pretrained(str(src))
+    ref.save_pretrained(str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    from tokenizers import Tokenizer as HF
+
+    raw = HF.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+    raw.enable_padding(pad_id=0, pad_token="[PAD]", length=40)
+    raw.enable_truncation(max_length=7)
+    raw.save(str(tmp_path / "hf" / "tokenizer.json"))  # settings baked in, as some exports have them
+    ours = Tokenizer.load(tmp_path / "hf")
+    assert ours.pad_token_id == 0
+    for s in SENTENCES:
+        assert ours(s, 32)["input_ids"][0].tolist() == ref(s)["input_ids"], s  # no baked-in truncation/padding
+    saved = json.loads(ours.to_str())
+    assert saved["truncation"] is None and saved["padding"] is None
+
+
+def test_pad_token_from_padding_settings(tmp_path):
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models as M
+
+    raw = HF(M.WordLevel({"<unk>": 0, "hello": 1, "<blank>": 2}, unk_token="<unk>"))
+    raw.pre_tokenizer = __import__("tokenizers").pre_tokenizers.Whitespace()
+    raw.enable_padding(pad_id=2, pad_token="<blank>")
+    raw.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.load(tmp_path)
+    assert tok.pad_token_id == 2
+    out = tok(["hello", "hello hello"], 8)
+    assert out["input_ids"].tolist() == [[1, 2], [1, 1]] and out["word_mask"].tolist() == [[True, False], [True, True]]
+    raw.no_padding()
+    raw.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: no padding token"):
+        Tokenizer.load(tmp_path)

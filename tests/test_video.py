@@ -461,3 +461,36 @@ def test_synthetic_world_videos(tiny_world):
         b = sample_clips(frames, times, windows, 4, 32, jitter=True, rng=np.random.default_rng(0),
                          duration=info.duration)
         np.testing.assert_array_equal(a, b)
+
+
+def _decode_in_child(path):
+    return decode_clips(path, 2, 2, 32).shape
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_decoding_after_fork_does_not_hang(videos):
+    """Regression: a converter with a swscale thread pool, inherited by a forked DataLoader worker, deadlocked."""
+    import multiprocessing as mp
+
+    decode_clips(videos["h264"], 2, 2, 32)  # the parent has converted frames before forking
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_decode_in_child, (videos["h264"],)).get(timeout=60) == (2, 2, 32, 32, 3)
+
+
+def test_late_window_seeks_instead_of_decoding_from_start(videos, monkeypatch):
+    """A window near the end decodes from the key frame before it (GOP 10 here), not from frame 0."""
+    from locvtp.data import video as V
+
+    seen = []
+    real = V._iter_frames
+
+    def counting(*args, **kwargs):
+        for t, frame in real(*args, **kwargs):
+            seen.append(t)
+            yield t, frame
+
+    monkeypatch.setattr(V, "_iter_frames", counting)
+    clips = decode_clips(videos["h264"], 2, 2, 32, start=8.0, end=9.0)
+    np.testing.assert_array_equal(_indices(clips), _reference_indices([(8, 8.5), (8.5, 9)], 2, FPS, 80))
+    assert min(seen) >= 8.0 - 10 / FPS - 1e-9  # started at most one GOP before the window
+    assert len(seen) <= 10 + 9  # GOP lead-in + the window's 8 frames + the one that ends the scan

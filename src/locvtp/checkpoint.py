@@ -186,9 +186,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: Any, tokeniz
         _fsync_dir(tmp)
         old = None
         if path.exists():
+            # os.replace cannot overwrite a non-empty directory: move the old one aside first (hidden name, so
+            # resolve_checkpoint never picks it), and put it back if the final rename fails.
             old = path.parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None and not path.exists():
+                os.replace(old, path)
+            raise
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -128,6 +128,7 @@ class TrainConfig:
     strict: bool = False  # fail on the first bad sample instead of skipping it
     min_lr_ratio: float = 0.0  # cosine schedule floor, as a fraction of lr
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    num_threads: int = 0  # torch intra-op threads of each training process; 0 = torch's default
     val_data: Optional[str] = None  # downstream data dir for periodic validation; None = data.root
     val_tasks: list = field(default_factory=lambda: ["retrieval", "grounding"])
 

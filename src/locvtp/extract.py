@@ -707,7 +707,7 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc=f"extract{f' rank {rank}' if world > 1 else ''}", unit="video",
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress, dynamic_ncols=True, mininterval=1.0)
     workers = max(1, int(args.decode_workers))
     prefetch = workers + 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:

@@ -158,8 +158,8 @@ def multi_caption_retrieval_metrics(sim, video_of_text) -> dict[str, dict[str, f
     n_text, n_video = s.shape
     v = np.asarray(video_of_text)
     if v.shape != (n_text,):
-        raise ValueError(f"video_of_text: expected shape ({n_text},) to match sim [n_text={n_text}, n_video={n_video}], "
-                         f"got shape {v.shape}")
+        raise ValueError(f"video_of_text: expected shape ({n_text},) to match sim "
+                         f"[n_text={n_text}, n_video={n_video}], got shape {v.shape}")
     if v.dtype.kind not in "iu":
         raise ValueError(f"video_of_text: expected integer video indices, got dtype {v.dtype}")
     if v.size and (v.min() < 0 or v.max() >= n_video):

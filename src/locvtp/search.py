@@ -255,13 +255,35 @@ def build_index(
     """
     from locvtp.extract import feature_info, iter_features
 
-    out_dir = Path(out_dir)
     info = feature_info(features)
     if info.get("embedding") == "backbone" and not allow_backbone:
         raise ValueError(
             f"{features}: holds pre-projection backbone features (extract --backbone); text queries live in the "
             "joint space, so index the joint embeddings instead (extract without --backbone)"
         )
+    extra = {k: info.get(k) for k in ("checkpoint_sha256", "model", "clip_seconds", "stride_seconds", "embedding")}
+    extra["source"] = str(Path(features).resolve())
+    return build_index_from_records(lambda load: iter_features(features, load=load), out_dir, extra, ivf=ivf,
+                                    nprobe=nprobe, train_size=train_size, seed=seed, progress=progress,
+                                    where=str(features))
+
+
+def build_index_from_records(
+    records: Any,
+    out_dir: str | Path,
+    extra_meta: dict[str, Any] | None = None,
+    ivf: int | None = None,
+    nprobe: int | None = None,
+    train_size: int = 100_000,
+    seed: int = 0,
+    progress: bool = True,
+    where: str = "features",
+) -> dict[str, Any]:
+    """Build an index from ``records(load: bool) -> iterator of FeatureRecord`` (called twice: sizes, then data).
+
+    Two passes so ``embeddings.npy`` is filled in place (memory map) without holding the corpus in memory.
+    """
+    out_dir = Path(out_dir)
     if ivf is not None and not have_faiss():
         raise RuntimeError("--ivf needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -271,31 +293,34 @@ def build_index(
         videos: list[str] = []
         total = 0
         dim = None
-        # pass 1: sizes (cheap: shapes only), so embeddings.npy can be written in place without holding all
-        for rec in iter_features(features, load=False):
+        for rec in records(False):  # pass 1: shapes only
             if rec.num_clips == 0:
                 continue
             if dim is None:
                 dim = rec.dim
             elif rec.dim != dim:
-                raise ValueError(f"{features}: video {rec.video_id!r} has dim {rec.dim}, others {dim}")
+                raise ValueError(f"{where}: video {rec.video_id!r} has dim {rec.dim}, others {dim}")
             total += rec.num_clips
         if dim is None or total == 0:
-            raise ValueError(f"{features}: no clip features to index")
+            raise ValueError(f"{where}: no clip features to index")
+        if ivf is not None and not 1 <= int(ivf) <= total:
+            raise ValueError(f"--ivf {ivf}: need 1 <= NLIST <= number of clips ({total})")
         emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim))
         row_video = np.empty(total, dtype=np.int32)
         row_clip = np.empty(total, dtype=np.int32)
         row_window = np.empty((total, 2), dtype=np.float64)
         pos = 0
-        it = iter_features(features, load=True)
+        it = records(True)
         if progress:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
 
             it = tqdm(it, desc="index", unit="video", leave=False)
         for rec in it:
             n = rec.num_clips
             if n == 0:
                 continue
+            if pos + n > total:
+                raise ValueError(f"{where}: changed while being indexed")
             emb[pos : pos + n] = rec.features
             row_video[pos : pos + n] = len(videos)
             row_clip[pos : pos + n] = np.arange(n)
@@ -318,18 +343,15 @@ def build_index(
             "videos": len(videos),
             "nlist": None,
             "nprobe": None,
-            "source": str(Path(features).resolve()),
-            **{k: info.get(k) for k in ("checkpoint_sha256", "model", "clip_seconds", "stride_seconds", "embedding")},
+            **(extra_meta or {}),
         }
         if ivf is not None:
             import faiss
 
             nlist = int(ivf)
-            if nlist < 1 or nlist > total:
-                raise ValueError(f"--ivf {nlist}: need 1 <= NLIST <= number of clips ({total})")
             data = np.load(tmp / "embeddings.npy", mmap_mode="r")
             rng = np.random.default_rng(seed)
-            ntrain = min(total, max(train_size, 39 * nlist))
+            ntrain = min(total, max(train_size, 39 * nlist))  # faiss warns below 39 points per centroid
             sample = np.ascontiguousarray(data[np.sort(rng.choice(total, ntrain, replace=False))], dtype=np.float32)
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)

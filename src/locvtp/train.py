@@ -354,6 +354,8 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
             print(f"[pretrain] {run} already finished ({T_max} steps): {resume_from}")
         return resume_from
 
+    if int(tc.num_threads) > 0:
+        torch.set_num_threads(int(tc.num_threads))
     seed_everything(int(cfg.seed))
     items, bad_rows = load_caption_items(cfg.data, strict=strict)
     tokenizer = prepare_tokenizer(cfg, run, items, resume_from, dist)
@@ -454,6 +456,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
                 out = ddp_net(batch)
             (out["total"] / accum).backward()
         grad_norm = nn.utils.clip_grad_norm_(net.parameters(), float(tc.grad_clip) if tc.grad_clip > 0 else math.inf)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -465,7 +468,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
             sync_bad(pending_bad)
             elapsed = time.perf_counter() - window["t"]
             terms = _scalar_terms(out)
-            rec = {"step": step, "epoch": (step * accum) // sampler.per_epoch, "lr": scheduler.get_last_lr()[0],
+            rec = {"step": step, "epoch": round(step * accum / sampler.per_epoch, 4), "lr": lr,
                    **{(k if k == "logit_scale" else f"loss/{k}"): v for k, v in terms.items()},
                    "grad_norm": float(grad_norm), "samples_per_s": window["steps"] * accum * B / max(elapsed, 1e-9),
                    "data_wait": window["wait"] / max(elapsed, 1e-9), "skipped": bad_log.count, "time": time.time()}

@@ -236,8 +236,10 @@ def _check_file(path: str | Path) -> Path:
 
 
 def _read_text(p: Path) -> str:
-    """Decode with surrogateescape: invalid UTF-8 survives as lone surrogates and is caught per record."""
-    return p.read_bytes().decode("utf-8", errors="surrogateescape")
+    """Decode with surrogateescape: invalid UTF-8 survives as lone surrogates and is caught per record.
+    A leading byte-order mark (spreadsheet exports) is dropped."""
+    text = p.read_bytes().decode("utf-8", errors="surrogateescape")
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")

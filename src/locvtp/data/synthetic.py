@@ -221,26 +221,48 @@ def _extent(shape: str, r: float) -> float:
     return r * (1.25 if shape in ("triangle", "diamond") else 1.0) + 1.0
 
 
-def _feasible(obj: Obj, action: str, dur: float, size: int = FRAME_SIZE) -> bool:
-    """Can `obj` perform `action` for `dur` seconds without leaving the frame or the size range?"""
+def _clearance(obj: Obj, other: Obj, x0: float, y0: float, x1: float, y1: float, r: float) -> float:
+    """Gap between `other` and `obj` sweeping from (x0, y0) to (x1, y1) at radius r (negative = overlap)."""
+    dx, dy = x1 - x0, y1 - y0
+    seg = dx * dx + dy * dy
+    u = 0.0 if seg == 0 else min(1.0, max(0.0, ((other.x - x0) * dx + (other.y - y0) * dy) / seg))
+    d = float(np.hypot(other.x - (x0 + u * dx), other.y - (y0 + u * dy)))
+    return d - _extent(obj.shape, r) - _extent(other.shape, other.r) + 1.0
+
+
+def _feasible(obj: Obj, action: str, dur: float, others: Iterable[Obj] = (), size: int = FRAME_SIZE) -> bool:
+    """Can `obj` perform `action` for `dur` seconds without leaving the frame or the size range, and end up
+    clear of the (still) `others`?"""
     if action == "blink":
         return True
-    if action == "grow":
-        r1 = obj.r + SIZE_RATE * dur
-        return r1 <= R_MAX and _extent(obj.shape, r1) <= min(obj.x, obj.y, size - obj.x, size - obj.y)
     if action == "shrink":
         return obj.r - SIZE_RATE * dur >= R_MIN
+    x1, y1, r1 = obj.x, obj.y, obj.r
     d = MOVE_SPEED * dur
-    m = _extent(obj.shape, obj.r)
-    if action == "move_left":
-        return obj.x - d >= m
-    if action == "move_right":
-        return obj.x + d <= size - m
-    if action == "move_up":
-        return obj.y - d >= m
-    if action == "move_down":
-        return obj.y + d <= size - m
-    raise ValueError(f"unknown action {action!r}")
+    if action == "grow":
+        r1 = obj.r + SIZE_RATE * dur
+        if r1 > R_MAX:
+            return False
+    elif action == "move_left":
+        x1 -= d
+    elif action == "move_right":
+        x1 += d
+    elif action == "move_up":
+        y1 -= d
+    elif action == "move_down":
+        y1 += d
+    else:
+        raise ValueError(f"unknown action {action!r}")
+    m = _extent(obj.shape, r1)
+    if not (m <= x1 <= size - m and m <= y1 <= size - m):
+        return False
+    # The object may pass over others on its way (the acting object is drawn on top) but must not come to
+    # rest on one: otherwise a later action of either object could be hidden.
+    return all(_clearance(obj, o, x1, y1, x1, y1, r1) >= 0 for o in others if o.role == "actor")
+
+
+def _without(objs: list[Obj], i: int) -> list[Obj]:
+    return objs[:i] + objs[i + 1:]
 
 
 def _apply(obj: Obj, action: str, dur: float) -> None:
@@ -315,14 +337,15 @@ def _place_objects(rng: np.random.Generator, n_actors: int, n_distractors: int,
     objs: list[Obj] = []
     for i, (c, s) in enumerate(kinds):
         r = float(rng.uniform(3.0, 5.6)) if i < n_actors else float(rng.uniform(2.6, 3.6))
-        best, best_d = None, -1.0
-        for _ in range(30):
-            m = _extent(s, r) + 1
+        m = _extent(s, r) + 1
+        best, best_gap = (FRAME_SIZE / 2, FRAME_SIZE / 2), -np.inf
+        for _ in range(60):
             x, y = float(rng.uniform(m, FRAME_SIZE - m)), float(rng.uniform(m, FRAME_SIZE - m))
-            d = min([np.hypot(x - o.x, y - o.y) for o in objs] or [99.0])
-            if d > best_d:
-                best, best_d = (x, y), d
-            if d > 11:
+            cand = Obj(c, s, x, y, r)
+            gap = min([_clearance(cand, o, x, y, x, y, r) for o in objs] or [np.inf])
+            if gap > best_gap:
+                best, best_gap = (x, y), gap
+            if gap >= 2.0:  # apart with room to spare
                 break
         objs.append(Obj(c, s, best[0], best[1], r, "actor" if i < n_actors else "distractor"))
     return objs
@@ -344,21 +367,24 @@ def _plan_long_video(rng: np.random.Generator, vid: str, split: str, n_events: i
     t = _q(rng, 0.0, max_gap)
     events: list[Event] = []
     for _ in range(n_events):
-        dur = _q(rng, 2.0, 5.0)
-        options = []
-        while not options and dur >= 2.0:
-            options = [(i, a) for i in range(n_actors) for a in ACTIONS
-                       if (i, a) not in used and _feasible(state[i], a, dur)]
-            if not options:
+        dur0 = _q(rng, 2.0, 5.0)
+        # Action first (uniformly among those some actor can still do), then the longest feasible duration up
+        # to the drawn one, then an actor: keeps actions balanced although "blink" is always feasible and
+        # moves need room.
+        choice = None
+        for a in (ACTIONS[j] for j in rng.permutation(len(ACTIONS))):
+            dur = dur0
+            while dur >= 2.0 and choice is None:
+                actors = [i for i in range(n_actors)
+                          if (i, a) not in used and _feasible(state[i], a, dur, _without(state, i))]
+                if actors:
+                    choice = (actors[int(rng.integers(len(actors)))], a, dur)
                 dur -= TIME_QUANTUM
-        if not options:
+            if choice is not None:
+                break
+        if choice is None:
             break
-        # action first (uniform over the feasible ones), then an actor: keeps the actions balanced although
-        # "blink" is always feasible and moves are not
-        acts = sorted({a for _, a in options}, key=ACTIONS.index)
-        a = acts[int(rng.integers(len(acts)))]
-        actors = [i for i, b in options if b == a]
-        i = actors[int(rng.integers(len(actors)))]
+        i, a, dur = choice
         used.add((i, a))
         _apply(state[i], a, dur)
         events.append(Event(i, a, t, t + dur, canonical_caption(objs[i], a)))
@@ -380,7 +406,7 @@ def _plan_short_video(rng: np.random.Generator, vid: str, split: str,
     dur = _q(rng, 3.0, 4.0)
     for _ in range(500):
         objs = _place_objects(rng, 1, int(rng.integers(1, 3)), forced=forced)
-        if _feasible(objs[0], action, dur):
+        if _feasible(objs[0], action, dur, objs[1:]):
             break
     else:  # pragma: no cover - each action is feasible for a sizeable share of layouts
         raise RuntimeError(f"{vid}: no feasible layout for {action!r} over {dur} s")
@@ -416,10 +442,13 @@ def _make_task(rng: np.random.Generator, task_id: str) -> Task:
         for _ in range(n_steps):
             dur = 3.0
             opts = [(i, a) for i in range(2) for a in ACTIONS
-                    if (i, a) not in steps and _feasible(state[i], a, dur)]
+                    if (i, a) not in steps and _feasible(state[i], a, dur, _without(state, i))]
             if not opts:
                 break
-            i, a = opts[int(rng.integers(len(opts)))]
+            acts = sorted({a for _, a in opts}, key=ACTIONS.index)  # action first: balanced actions
+            a = acts[int(rng.integers(len(acts)))]
+            actors = [i for i, b in opts if b == a]
+            i = actors[int(rng.integers(len(actors)))]
             _apply(state[i], a, dur)
             steps.append((i, a))
             durs.append(dur)
@@ -443,7 +472,7 @@ def _plan_task_video(rng: np.random.Generator, vid: str, split: str, task: Task)
         ok = True
         for k, d in zip(keep, durs):
             i, a = task.steps[k]
-            if not _feasible(state[i], a, d):
+            if not _feasible(state[i], a, d, _without(state, i)):
                 ok = False
                 break
             _apply(state[i], a, d)
@@ -527,10 +556,8 @@ def render_video(spec: VideoSpec) -> np.ndarray:
     texture = np.repeat(np.repeat(coarse, FRAME_SIZE // 4, 0), FRAME_SIZE // 4, 1)
     img = np.broadcast_to(np.asarray(spec.background, np.float32) + texture, (k, FRAME_SIZE, FRAME_SIZE, 3)).copy()
     tr = object_tracks(spec)
-    # distractors first so actors are drawn on top
-    order = sorted(range(len(spec.objects)), key=lambda i: spec.objects[i].role == "actor")
-    for i in order:
-        o = spec.objects[i]
+    layers = {}
+    for i, o in enumerate(spec.objects):
         state = np.stack([tr["x"][i], tr["y"][i], tr["r"][i], tr["intensity"][i]], axis=1).astype(np.float32)
         # Objects are still most of the time: rasterize each distinct state once, then gather per frame.
         uniq, inverse = np.unique(state, axis=0, return_inverse=True)
@@ -539,12 +566,31 @@ def render_video(spec: VideoSpec) -> np.ndarray:
         cov = _coverage(o.shape, dx, dy, uniq[:, 2, None, None]) * uniq[:, 3, None, None]
         # composite only inside the box the object ever touches (most of the frame is untouched)
         rows, cols = np.flatnonzero(cov.any(axis=(0, 2))), np.flatnonzero(cov.any(axis=(0, 1)))
-        if rows.size == 0:
-            continue
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        c = cov[:, y0:y1, x0:x1][inverse.reshape(-1)][..., None]
-        box = img[:, y0:y1, x0:x1]
-        box += (np.asarray(COLOURS[o.colour], np.float32) - box) * c
+        if rows.size:
+            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            layers[i] = (cov[:, y0:y1, x0:x1], inverse.reshape(-1), (y0, y1, x0, x1),
+                         np.asarray(COLOURS[o.colour], np.float32))
+    # Draw order: distractors, then actors, and the acting object of an event on top during that event (it may
+    # pass over others; at rest actors never overlap each other, see _feasible).
+    static = sorted(range(len(spec.objects)), key=lambda i: spec.objects[i].role == "actor")
+    segments, cur = [], 0
+    for e in sorted(spec.events, key=lambda e: e.start):
+        ks, ke = min(round(e.start * FPS), k), min(round(e.end * FPS), k)
+        if ks > cur:
+            segments.append((cur, ks, None))
+        segments.append((ks, ke, e.obj))
+        cur = ke
+    if cur < k:
+        segments.append((cur, k, None))
+    for k0, k1, acting in segments:
+        order = static if acting is None else [i for i in static if i != acting] + [acting]
+        for i in order:
+            if i not in layers:
+                continue
+            cov, inverse, (y0, y1, x0, x1), colour = layers[i]
+            c = cov[inverse[k0:k1]][..., None]
+            box = img[k0:k1, y0:y1, x0:x1]
+            box += (colour - box) * c
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -672,7 +718,7 @@ def narrations(spec: VideoSpec, rng: np.random.Generator) -> dict[str, list]:
         s = e.start + shift + float(rng.uniform(-0.3, 0.3))
         t = e.end + shift + float(rng.uniform(-0.3, 0.3))
         items.append((s, t, text))
-    n_unrelated = int(rng.binomial(len(spec.events) + 1, 0.15 / 0.85))
+    n_unrelated = int(rng.binomial(len(spec.events), 0.15 / 0.85))  # expected share of all narrations: 15 %
     for _ in range(n_unrelated):
         length = float(rng.uniform(1.5, 4.0))
         s = float(rng.uniform(0.0, max(0.1, spec.duration - length)))

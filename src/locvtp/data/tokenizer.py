@@ -38,13 +38,13 @@ class Tokenizer:
 
     def __init__(self, backend: _HFTokenizer, source: Optional[PathLike] = None, pad_token_id: Optional[int] = None):
         # Keep the saved state canonical: truncation/padding live on a private working copy.
+        self.source = None if source is None else os.fspath(source)
+        self.pad_token_id = _find_pad_id(backend, pad_token_id, self.source)  # before padding is switched off
         self._backend = _HFTokenizer.from_str(backend.to_str())
         self._backend.no_truncation()
         self._backend.no_padding()
         self._work: Optional[_HFTokenizer] = None
         self._work_max: Optional[int] = None
-        self.source = None if source is None else os.fspath(source)
-        self.pad_token_id = _find_pad_id(self._backend, pad_token_id, self.source)
         pp = self._backend.post_processor
         self._num_special = pp.num_special_tokens_to_add(False) if pp is not None else 0
 
@@ -87,15 +87,7 @@ class Tokenizer:
         """``tokenizers.Encoding`` objects for validated ``texts`` (truncated to ``max_length``)."""
         texts = _validate_texts(texts)
         max_length = self._check_max_length(max_length)
-        try:
-            return self._working(max_length).encode_batch(texts)
-        except Exception as e:  # e.g. lone surrogates from badly decoded bytes
-            for i, t in enumerate(texts):
-                try:
-                    t.encode("utf-8")
-                except UnicodeEncodeError as ue:
-                    raise ValueError(f"text {i} is not valid Unicode (bad bytes decoded?): {ue}") from e
-            raise ValueError(f"tokenization failed: {e}") from e
+        return _encode(self._working(max_length), texts)
 
     def __call__(self, texts: Union[str, Sequence[str]], max_length: int) -> dict[str, "torch.Tensor"]:
         import torch  # lazily: training / loading a tokenizer does not need torch
@@ -118,9 +110,8 @@ class Tokenizer:
 
     def tokens(self, text: str, max_length: Optional[int] = None) -> list[str]:
         """Word-piece strings aligned with the positions of ``input_ids`` (special tokens included)."""
-        (text,) = _validate_texts([text])
         if max_length is None:
-            return list(self._backend.encode(text).tokens)
+            return list(_encode(self._backend, _validate_texts([text]))[0].tokens)
         return list(self.encode_batch([text], max_length)[0].tokens)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
@@ -141,6 +132,7 @@ class Tokenizer:
                 f.write(self.to_str())
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a tokenizer file is meant to be shared
             os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
@@ -183,6 +175,18 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _encode(backend: _HFTokenizer, texts: list[str]):
+    try:
+        return backend.encode_batch(texts)
+    except Exception as e:  # e.g. lone surrogates from badly decoded bytes
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as ue:
+                raise ValueError(f"text {i} is not valid Unicode (bad bytes decoded?): {ue}") from e
+        raise ValueError(f"tokenization failed: {e}") from e
 
 
 def _validate_texts(texts) -> list[str]:

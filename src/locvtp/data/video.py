@@ -430,16 +430,23 @@ _local = threading.local()
 def _to_rgb(frame, width: int, height: int) -> np.ndarray:
     """RGB ``uint8 [height, width, 3]`` via swscale (resize and colour conversion in one pass).
 
-    Why a reused reformatter: ``frame.to_ndarray(format=...)`` builds a new swscale context per frame,
-    which costs more than decoding a small frame; one reformatter per thread halves the CPU per clip.
+    Why a reused, single-threaded reformatter: ``frame.to_ndarray(format=...)`` builds a new swscale context
+    (with its own thread pool) per frame, which costs more than decoding a small frame. One context per
+    thread and process halves the CPU per clip. It is keyed by PID and never threaded because a swscale
+    thread pool does not survive ``fork`` (DataLoader workers would wait forever on its dead threads).
     """
     fmt = getattr(_local, "reformatter", None)
-    if fmt is None:
+    if fmt is None or _local.pid != os.getpid():
         from av.video.reformatter import VideoReformatter
 
         fmt = _local.reformatter = VideoReformatter()
+        _local.pid = os.getpid()
     interp = "AREA" if width < frame.width else "BILINEAR"
-    return fmt.reformat(frame, width=width, height=height, format="rgb24", interpolation=interp).to_ndarray()
+    try:
+        out = fmt.reformat(frame, width=width, height=height, format="rgb24", interpolation=interp, threads=1)
+    except TypeError:  # PyAV < 14 has no `threads` argument (and no threaded swscale)
+        out = fmt.reformat(frame, width=width, height=height, format="rgb24", interpolation=interp)
+    return out.to_ndarray()
 
 
 def _frame_seconds(frame, info: VideoInfo) -> float:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from locvtp.downstream.common import torch_generator
+from locvtp.downstream.common import run_single_threaded, torch_generator
 
 BACKGROUND = "background"
 
@@ -79,6 +79,7 @@ class FittedProbe:
     losses: list[float]
 
     @torch.no_grad()
+    @run_single_threaded
     def predict(self, feats: np.ndarray) -> list[str]:
         """Labels of one video's clips ``[T, D]``."""
         x = torch.as_tensor((np.asarray(feats, np.float32) - self.mean) / self.std)
@@ -87,6 +88,7 @@ class FittedProbe:
         return [self.classes[int(k)] for k in logits.argmax(dim=-1)]
 
 
+@run_single_threaded  # tiny tensors: see common.single_threaded
 def train_probe(feats: Sequence[np.ndarray], labels: Sequence[Sequence[str]], cfg: ProbeConfig = ProbeConfig(),
                 seed: int = 0, progress: bool = False) -> FittedProbe:
     """Fit a linear probe (``cfg.head="linear"``) or a temporal conv head (``"tcn"``) on training videos.

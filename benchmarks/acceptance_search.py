@@ -1,0 +1,104 @@
+"""Issue-9 acceptance figures: extract → index → search, and `ground`, on the synthetic world's held-out queries.
+
+For a (trained) checkpoint and a synthetic world:
+
+1. ``locvtp extract`` every video of the world (the corpus: all splits, so the search has distractors);
+2. ``locvtp index`` the features (exact);
+3. every held-out grounding query (ActivityNet-format ``grounding/activitynet/val_1.json``: test videos never
+   used for pre-training) is searched over the whole corpus; a query is a **hit@5** when one of its top-5
+   moments is in the right video and overlaps the annotated moment (IoU > 0), and a **hit@5 IoU≥0.5** when
+   that overlap has IoU ≥ 0.5;
+4. ``ground`` (zero-shot, on the query's own video, from the extracted features): top-1 window overlapping the
+   truth (IoU > 0) and R1@IoU0.5.
+
+Prints the rates, and one example per kind. Uses the package's public functions (the same code the commands run).
+
+    .venv/bin/python benchmarks/acceptance_search.py --checkpoint RUN_OR_CKPT --world WORLD_DIR [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def iou(a, b) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--world", required=True)
+    p.add_argument("--annotations", default="grounding/activitynet/val_1.json",
+                   help="held-out queries (ActivityNet Captions format), relative to --world")
+    p.add_argument("--out", default=None, help="keep features/index here (default: temp dir)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
+    from locvtp.data.formats import read_activitynet_captions
+    from locvtp.extract import build_parser, read_features, run_extract
+    from locvtp.ground import ground_embeddings
+    from locvtp.inference import embed_texts
+    from locvtp.search import MomentIndex, build_index
+
+    world = Path(args.world)
+    queries = read_activitynet_captions(world / args.annotations).records
+    if not queries:
+        print(f"no queries in {world / args.annotations}", file=sys.stderr)
+        return 1
+    ckpt_path = resolve_checkpoint(args.checkpoint)
+    ck = load_checkpoint(ckpt_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.out) if args.out else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        feats = work / "feats.h5"
+        s = run_extract(build_parser().parse_args(["--checkpoint", str(ckpt_path), "--videos", str(world / "videos"),
+                                                   "--out", str(feats), "--device", "cpu"]), progress=True)
+        build_index(feats, work / "index", progress=False)
+        index = MomentIndex(work / "index")
+        text = embed_texts(ck.model, ck.tokenizer, [q.query for q in queries], max_words=int(ck.cfg.data.max_words))
+        results = index.search_moments(text.sentence, top_k=args.top_k)
+        hit, hit5, g_overlap, g_r05 = [], [], [], []
+        examples = {}
+        for i, q in enumerate(queries):
+            gt = (q.start, q.end) if hasattr(q, "start") else q.windows[0]
+            ious = [iou((m.start, m.end), gt) if m.video_id == q.video_id else -1.0 for m in results[i]]
+            hit.append(any(x > 0 for x in ious))
+            hit5.append(any(x >= 0.5 for x in ious))
+            rec = read_features(feats, q.video_id)
+            g = ground_embeddings(rec.features, rec.windows, text.sentence[i], text.words[i], query=q.query,
+                                  duration=rec.duration, top_k=1)
+            gi = iou(tuple(g.windows[0]), gt)
+            g_overlap.append(gi > 0)
+            g_r05.append(gi >= 0.5)
+            if gi > 0 and "ground" not in examples:
+                examples["ground"] = {"video": q.video_id, "query": q.query, "truth": list(gt),
+                                      "top1": [float(x) for x in g.windows[0]], "iou": round(gi, 3)}
+            if hit[-1] and "search" not in examples:
+                examples["search"] = {"query": q.query, "truth": [q.video_id, *gt],
+                                      "results": [m.to_json() for m in results[i]]}
+    n = len(queries)
+    print(f"# acceptance: checkpoint {ckpt_path} (sha {ck.sha256[:12]}), world {world}, {n} held-out queries, "
+          f"corpus {s.extracted + s.skipped_done} videos / {len(index)} clips")
+    print(f"search top-{args.top_k} hit (right video, overlaps truth): {np.mean(hit):.3f}  ({sum(hit)}/{n})")
+    print(f"search top-{args.top_k} hit (right video, IoU >= 0.5):      {np.mean(hit5):.3f}  ({sum(hit5)}/{n})")
+    print(f"ground top-1 overlaps truth:                      {np.mean(g_overlap):.3f}  ({sum(g_overlap)}/{n})")
+    print(f"ground R1@IoU0.5:                                 {np.mean(g_r05):.3f}  ({sum(g_r05)}/{n})")
+    print(json.dumps(examples, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Forward+backward time of the three LocVTP objectives (features given, context head included).
+
+Prints, per (B, T, L) at D = 256 and 2 threads, the median of >= 5 runs of:
+  fused      — ``LocVTPObjective`` as shipped (fp32);
+  fused-bf16 — the same with ``bf16_products=True`` (bf16 GEMMs, fp32 exp / reductions);
+  masked     — the straightforward vectorised version (explicit block mask + masked log-sum-exp, autograd);
+  loop       — a loop reference written the way the authors' release computes its losses: Python loops over
+               the batch and over clips / words picking each anchor's positives and negatives (fewer repeats);
+  floor      — the products the objectives cannot avoid, in fp32: C·Wᵀ and Z·Wᵀ ((B·T)×(B·L), fine and
+               temporal) forward, and their four backward products (dC, dW, dZ, dW).
+All columns are measured in the same run, interleaved, so the ratios are meaningful on a shared machine even
+when the absolute times are not.
+
+    python benchmarks/bench_objectives.py                      # full grid, prints a markdown table
+    python benchmarks/bench_objectives.py --out docs/benchmarks/objectives.md
+    python benchmarks/bench_objectives.py --sizes 32,5,16 --repeats 7
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from locvtp.objectives import LocVTPObjective, draw_offsets
+
+GRID = [(b, t, l) for b in (32, 128) for t in (5, 10) for l in (16, 32)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the authors'-style loop reference (default options: hard top-k, no intra negatives)
+# ----------------------------------------------------------------------------------------------------------
+def authors_style_loop(obj: LocVTPObjective, clips, words, sentence, clip_mask, word_mask, offsets):
+    """Python loops over batch and clips / words, picking positives and negatives per anchor (as the release)."""
+    B, T, _ = clips.shape
+    tau, k, g = obj.tau_fine, obj.topk, obj.context_head
+    valid_c = [clip_mask[i].nonzero().flatten().tolist() for i in range(B)]
+    valid_w = [word_mask[i].nonzero().flatten().tolist() for i in range(B)]
+    Ci = [clips[i, valid_c[i]] for i in range(B)]
+    Wi = [words[i, valid_w[i]] for i in range(B)]
+    # coarse
+    v = torch.stack([F.normalize(Ci[i].mean(0), dim=0) for i in range(B)])
+    logits = obj.scale() * v @ sentence.t()
+    target = torch.arange(B)
+    coarse = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    other_words = [torch.cat([Wi[j] for j in range(B) if j != i] or [words.new_zeros(0, words.shape[2])]) for i in range(B)]
+    other_clips = [torch.cat([Ci[j] for j in range(B) if j != i] or [clips.new_zeros(0, clips.shape[2])]) for i in range(B)]
+    cw, wc, tz, tw = [], [], [], []
+    for i in range(B):
+        with torch.no_grad():
+            S = Ci[i] @ Wi[i].t()
+            P = S.topk(min(k, S.shape[1]), dim=1).indices
+            Q = S.topk(min(k, S.shape[0]), dim=0).indices.t()
+        z = {}
+        for n, t in enumerate(valid_c[i]):  # clip anchors (and their warped versions)
+            pos = Wi[i][P[n]]
+            cand = torch.cat([pos, other_words[i]])
+            lg = (clips[i, t] @ cand.t()) / tau
+            cw.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[: len(pos)], 0))
+            d = int(offsets[i, t])
+            if d != 0 and 0 <= t + d < T and bool(clip_mask[i, t + d]):
+                z[t] = F.normalize(g(clips[i, t + d], offsets[i, t]), dim=0)
+                lg = (z[t] @ cand.t()) / tau
+                tz.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[: len(pos)], 0))
+        for n, l in enumerate(valid_w[i]):  # word anchors
+            pos = Ci[i][Q[n]]
+            cand = torch.cat([pos, other_clips[i]])
+            lg = (words[i, l] @ cand.t()) / tau
+            wc.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[: len(pos)], 0))
+            q = valid_c[i][int(Q[n, 0])]
+            if q in z:
+                lg = (words[i, l] @ torch.cat([z[q][None], other_clips[i]]).t()) / tau
+                tw.append(torch.logsumexp(lg, 0) - lg[0])
+    zero = clips.new_zeros(())
+    fine = 0.5 * (torch.stack(cw).mean() + torch.stack(wc).mean())
+    temporal = 0.5 * ((torch.stack(tz).mean() if tz else zero) + (torch.stack(tw).mean() if tw else zero))
+    return {"coarse": coarse, "fine": fine, "temporal": temporal, "total": coarse + fine + temporal}
+
+
+# ----------------------------------------------------------------------------------------------------------
+def make_inputs(B, T, L, D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = F.normalize(torch.randn(B, T, D, generator=g), dim=-1).requires_grad_()
+    w = F.normalize(torch.randn(B, L, D, generator=g), dim=-1).requires_grad_()
+    s = F.normalize(torch.randn(B, D, generator=g), dim=-1).requires_grad_()
+    # realistic padding: videos and sentences of varying length, a masked [CLS]
+    cm = torch.arange(T)[None] < torch.randint(max(1, T // 2), T + 1, (B,), generator=g)[:, None]
+    wm = torch.arange(L)[None] < torch.randint(max(2, L // 2), L + 1, (B,), generator=g)[:, None]
+    wm[:, 0] = False
+    off = draw_offsets(cm, 2, generator=torch.Generator().manual_seed(seed + 1))
+    return c, w, s, cm, wm, off
+
+
+def fwd_bwd(fn, inputs):
+    c, w, s = inputs[:3]
+    for x in (c, w, s):
+        x.grad = None
+    out = fn(*inputs)
+    out["total"].backward()
+    return out
+
+
+def floor_fn(B, T, L, D):
+    """The unavoidable fp32 products: two (B·T)×(B·L) similarities forward, four products backward."""
+    g = torch.Generator().manual_seed(3)
+    C, Z = torch.randn(B * T, D, generator=g), torch.randn(B * T, D, generator=g)
+    W = torch.randn(B * L, D, generator=g)
+    G1, G2 = torch.randn(B * T, B * L, generator=g), torch.randn(B * T, B * L, generator=g)
+
+    def run():
+        torch.mm(C, W.t())
+        torch.mm(Z, W.t())
+        torch.mm(G1, W)
+        torch.mm(G1.t(), C)
+        torch.mm(G2, W)
+        torch.mm(G2.t(), Z)
+
+    return run
+
+
+def timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def bench_size(B, T, L, D, repeats, loop_repeats, with_loop=True):
+    inputs = make_inputs(B, T, L, D)
+    torch.manual_seed(0)
+    fused = LocVTPObjective(dim=D)
+    bf16 = LocVTPObjective(dim=D, bf16_products=True)
+    masked = LocVTPObjective(dim=D, fused=False)
+    for m in (bf16, masked):
+        m.load_state_dict(fused.state_dict())
+    floor = floor_fn(B, T, L, D)
+    cols = {"fused": [], "fused-bf16": [], "masked": [], "floor": [], "loop": []}
+    runs = {
+        "fused": lambda: fwd_bwd(fused, inputs),
+        "fused-bf16": lambda: fwd_bwd(bf16, inputs),
+        "masked": lambda: fwd_bwd(masked, inputs),
+        "floor": floor,
+    }
+    for fn in runs.values():  # warm-up
+        fn()
+    for _ in range(repeats):  # interleaved: the machine's load hits every column alike
+        for name, fn in runs.items():
+            cols[name].append(timed(fn))
+    if with_loop:
+        for _ in range(loop_repeats):
+            cols["loop"].append(timed(lambda: fwd_bwd(lambda *a: authors_style_loop(fused, *a), inputs)))
+    return {k: (statistics.median(v) if v else float("nan")) for k, v in cols.items()}
+
+
+def check_agreement(D=256):
+    """The loop reference and the fused objective agree (so the timing compares like with like)."""
+    inputs = make_inputs(6, 5, 9, D, seed=5)
+    obj = LocVTPObjective(dim=D)
+    a = obj(*inputs)
+    b = authors_style_loop(obj, *inputs)
+    return max(abs(float(a[k]) - float(b[k])) for k in ("coarse", "fine", "temporal", "total"))
+
+
+def render(rows, threads, note) -> str:
+    lines = [
+        "# Objectives benchmark (forward + backward, all three terms, context head included)",
+        "",
+        f"`python benchmarks/bench_objectives.py` — D = 256, {threads} threads, median of the repeats shown; "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}. {note}",
+        "",
+        "Columns: *fused* = `LocVTPObjective` as shipped (fp32); *bf16* = `bf16_products=True`; *masked* = the "
+        "straightforward vectorised implementation (explicit block mask, autograd); *loop* = Python loops over "
+        "batch and clips/words picking positives and negatives (the authors' release style); *floor* = the "
+        "unavoidable fp32 products (C·Wᵀ and Z·Wᵀ, (B·T)×(B·L), forward + 4 backward products).",
+        "",
+        "| B | T | L | fused ms | bf16 ms | masked ms | loop ms | floor ms | loop/fused | loop/bf16 | fused/floor | bf16/floor | masked/fused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (B, T, L), r in rows:
+        f, h, m, lp, fl = (r[k] * 1e3 for k in ("fused", "fused-bf16", "masked", "loop", "floor"))
+        lines.append(
+            f"| {B} | {T} | {L} | {f:.1f} | {h:.1f} | {m:.1f} | {lp:.0f} | {fl:.1f} | {lp / f:.0f}× | {lp / h:.0f}× | "
+            f"{f / fl:.2f} | {h / fl:.2f} | {m / f:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="*", default=None, help="B,T,L triples (default: the 8-point grid)")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--loop-repeats", type=int, default=None, help="default: 3 at B<=32, 1 above")
+    ap.add_argument("--no-loop", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here (atomically)")
+    args = ap.parse_args(argv)
+    if args.repeats < 5:
+        print("note: fewer than 5 repeats requested", file=sys.stderr)
+    torch.set_num_threads(args.threads)
+    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else GRID
+    err = check_agreement(args.dim)
+    print(f"loop reference vs fused objective, max |Δ| over terms: {err:.2e}")
+    if err > 1e-3:
+        print("ERROR: loop reference disagrees with the objective", file=sys.stderr)
+        return 1
+    rows = []
+    for B, T, L in tqdm(sizes, desc="sizes"):
+        lr = args.loop_repeats if args.loop_repeats is not None else (3 if B <= 32 else 1)
+        r = bench_size(B, T, L, args.dim, args.repeats, lr, with_loop=not args.no_loop)
+        rows.append(((B, T, L), r))
+        tqdm.write(
+            f"B={B} T={T} L={L}: fused {r['fused']*1e3:.1f} ms, bf16 {r['fused-bf16']*1e3:.1f} ms, "
+            f"masked {r['masked']*1e3:.1f} ms, loop {r['loop']*1e3:.0f} ms, floor {r['floor']*1e3:.1f} ms"
+        )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    note = (
+        f"Load average at the end of the run: {load:.1f} on {os.cpu_count()} cores (shared machine). "
+        f"Loop repeats: {args.loop_repeats or '3 at B=32, 1 at B=128'}; others: {args.repeats}."
+    )
+    table = render(rows, args.threads, note)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(table)
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

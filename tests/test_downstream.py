@@ -1,0 +1,361 @@
+"""Downstream tasks: the array logic against plain-loop references, the 2D-TAN head learning, and every task end
+to end on the tiny world with a randomly initialised checkpoint (JSON outputs, CLI, determinism)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from inference_helpers import make_checkpoint
+
+from locvtp.downstream.common import overlap_pool_matrix, format_table, write_json
+from locvtp.downstream.grounding import (
+    HeadConfig, TAN2DHead, clip_query_score_matrix, moment_iou, moment_map_pool, predict_score_maps, rank_windows,
+    scaled_iou_bce, train_tan_head, window_scores,
+)
+from locvtp.downstream.segmentation import ProbeConfig, clip_labels, train_probe
+from locvtp.downstream.steps import assignment_matrix
+
+
+# ------------------------------------------------------------------------------------------- zero-shot windows
+def _window_scores_loop(s, kind):
+    n = len(s)
+    out = np.full((n, n), -np.inf)
+    for i in range(n):
+        for j in range(i, n):
+            inside = s[i:j + 1]
+            outside = np.concatenate([s[:i], s[j + 1:]])
+            if len(outside) == 0:
+                out[i, j] = 0.0
+                continue
+            d = inside.mean() - outside.mean()
+            if kind == "tstat":
+                d /= math.sqrt(1 / len(inside) + 1 / len(outside))
+            out[i, j] = d
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tstat", "contrast"])
+@pytest.mark.parametrize("n", [1, 2, 7, 20])
+def test_window_scores_match_loop(kind, n):
+    s = np.random.default_rng(n).normal(size=n)
+    got = window_scores(s, kind)
+    ref = _window_scores_loop(s, kind)
+    assert np.array_equal(np.isfinite(got), np.isfinite(ref))
+    np.testing.assert_allclose(got[np.isfinite(got)], ref[np.isfinite(ref)], atol=1e-10)
+
+
+def test_window_scores_length_limits():
+    ws = window_scores(np.arange(6.0), min_len=2, max_len=3)
+    lengths = np.arange(6)[None, :] - np.arange(6)[:, None] + 1
+    assert np.all(np.isfinite(ws) == ((lengths >= 2) & (lengths <= 3)))
+
+
+@pytest.mark.parametrize("kind", ["tstat", "contrast"])
+def test_clear_bump_gives_the_right_window(kind):
+    windows = np.stack([np.arange(30.0), np.arange(1.0, 31.0)], axis=1)  # 1-s clips
+    curve = np.zeros(30)
+    curve[11:17] = 1.0  # clips 11..16 -> [11 s, 17 s]
+    ranked, scores = rank_windows(curve, windows, kind=kind)
+    np.testing.assert_array_equal(ranked[0], [11.0, 17.0])
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_tstat_finds_a_noisy_bump_that_contrast_misses():
+    """A single noise spike outscores the bump under the plain contrast; the t statistic prefers the bump."""
+    rng = np.random.default_rng(3)
+    windows = np.stack([np.arange(40.0), np.arange(1.0, 41.0)], axis=1)
+    curve = rng.normal(0, 0.3, size=40)
+    curve[20:28] += 1.0
+    curve[5] = 2.5  # one outlier clip
+    top_t = rank_windows(curve, windows, kind="tstat")[0][0]
+    top_c = rank_windows(curve, windows, kind="contrast")[0][0]
+    iou = lambda a, b: max(0, min(a[1], b[1]) - max(a[0], b[0])) / (max(a[1], b[1]) - min(a[0], b[0]))
+    assert iou(top_t, (20, 28)) > 0.7
+    assert iou(top_c, (20, 28)) < 0.5
+
+
+def test_rank_windows_is_deterministic_on_ties():
+    windows = np.stack([np.arange(5.0), np.arange(1.0, 6.0)], axis=1)
+    a = rank_windows(np.zeros(5), windows, max_candidates=None)[0]
+    b = rank_windows(np.zeros(5), windows, max_candidates=None)[0]
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 15
+
+
+def test_clip_query_score_matrix_matches_loop():
+    rng = np.random.default_rng(0)
+    clips = rng.normal(size=(9, 4))
+    sents = rng.normal(size=(3, 4))
+    words = [rng.normal(size=(2, 4)), np.zeros((0, 4)), rng.normal(size=(5, 4))]
+    got = clip_query_score_matrix(clips, sents, words, alpha=0.3)
+    z = lambda v: (v - v.mean()) / v.std()
+    for k in range(3):
+        s = z(np.array([clips[t] @ sents[k] for t in range(9)]))
+        if len(words[k]):
+            w = z(np.array([np.mean([clips[t] @ w for w in words[k]]) for t in range(9)]))
+            ref = 0.3 * s + 0.7 * w
+        else:
+            ref = s
+        np.testing.assert_allclose(got[:, k], ref, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------- 2D-TAN pieces
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("n", [1, 5, 8, 13])
+def test_moment_map_pool_matches_loop(mode, n):
+    x = torch.randn(2, n, 3, dtype=torch.float64)
+    got = moment_map_pool(x, mode)
+    ref = torch.zeros(2, 3, n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i, n):
+            seg = x[:, i:j + 1]
+            ref[:, :, i, j] = seg.max(dim=1).values if mode == "max" else seg.mean(dim=1)
+    torch.testing.assert_close(got, ref)
+
+
+def test_moment_iou_matches_loop():
+    gt = torch.tensor([[2.0, 7.5], [0.0, 20.0], [13.0, 14.0]])
+    dur = torch.tensor([20.0, 20.0, 16.0])
+    n = 8
+    got = moment_iou(gt, dur, n)
+    for b in range(3):
+        for i in range(n):
+            for j in range(n):
+                if j < i:
+                    assert got[b, i, j] == 0
+                    continue
+                s, e = i * dur[b] / n, (j + 1) * dur[b] / n
+                inter = max(0.0, min(e, gt[b, 1]) - max(s, gt[b, 0]))
+                union = max(e, gt[b, 1]) - min(s, gt[b, 0])
+                assert abs(float(got[b, i, j]) - float(inter / union)) < 1e-5
+
+
+def test_scaled_iou_bce_matches_2dtan_formula_and_grad():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    iou = torch.rand(2, 4, 4, dtype=torch.float64)
+    mask = torch.triu(torch.ones(4, 4, dtype=torch.bool))
+    got = scaled_iou_bce(logits, iou, mask, 0.5, 1.0)
+    # 2D-TAN bce_rescale_loss (bias 0), element by element
+    total, count = 0.0, 0
+    for b in range(2):
+        for i in range(4):
+            for j in range(4):
+                if not mask[i, j]:
+                    continue
+                p = 1 / (1 + math.exp(-float(logits[b, i, j].detach())))
+                t = min(max((float(iou[b, i, j]) - 0.5) / 0.5, 0.0), 1.0)
+                total += -(t * math.log(p) + (1 - t) * math.log(1 - p))
+                count += 1
+    assert abs(float(got) - total / count) < 1e-10
+    assert torch.autograd.gradcheck(lambda x: scaled_iou_bce(x, iou, mask, 0.5, 1.0), (logits,))
+
+
+def test_tan_head_masks_invalid_moments_and_edges():
+    head = TAN2DHead(6, 5, num_clips=6, hidden=8, layers=2, kernel=3)
+    out = head(torch.randn(3, 6, 6), torch.randn(3, 5))
+    assert out.shape == (3, 6, 6)
+    assert torch.all(out[:, ~head.mask2d] <= -1e3)
+    # the edge re-weighting equals 1 / (number of valid moments in the 3x3 field) on the first layer
+    w = head.conv_weights[0, 0, 0]
+    assert w[0, 0] == pytest.approx(1 / 3)  # (0,0), (0,1), (1,1)
+    assert w[3, 0] == 0  # far below the diagonal: nothing valid in reach
+    for i in range(6):
+        for j in range(6):
+            count = sum(1 for a in range(i - 1, i + 2) for b in range(j - 1, j + 2)
+                        if 0 <= a < 6 and 0 <= b < 6 and a <= b)
+            assert float(w[i, j]) == pytest.approx(1 / count if count else 0.0)
+    w2 = head.conv_weights[1, 0, 0]  # second layer: the valid set has grown by one diagonal
+    assert w2[3, 0] > 0 and w2[5, 0] == 0
+
+
+def _synthetic_moments(n_samples, n_bins, rng):
+    """Features that make the moment obvious: channel 0 is on inside the moment, plus noise."""
+    feats = rng.normal(0, 0.2, size=(n_samples, n_bins, 8)).astype(np.float32)
+    gt = np.zeros((n_samples, 2))
+    for k in range(n_samples):
+        length = int(rng.integers(2, 7))
+        start = int(rng.integers(0, n_bins - length + 1))
+        feats[k, start:start + length, 0] += 2.0
+        gt[k] = (start, start + length)
+    queries = rng.normal(0, 0.1, size=(n_samples, 4)).astype(np.float32) + 1.0
+    return feats, queries, gt, np.full(n_samples, float(n_bins))
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_tan_head_learns_an_obvious_moment(pooling):
+    from locvtp.metrics import grounding_recall, score_map_to_windows
+
+    rng = np.random.default_rng(0)
+    x, q, gt, dur = _synthetic_moments(240, 12, rng)
+    cfg = HeadConfig(num_clips=12, hidden=16, layers=2, kernel=3, pooling=pooling, epochs=12, lr=3e-3,
+                     batch_size=16, dropout=0.0)
+
+    def recall(head):
+        maps = predict_score_maps(head, x[200:], q[200:])
+        return grounding_recall([score_map_to_windows(m, d)[0] for m, d in zip(maps, dur[200:])], gt[200:])
+
+    torch.manual_seed(0)
+    untrained = recall(TAN2DHead(8, 4, 12, 16, 2, 3, pooling, 0.0))
+    head, losses = train_tan_head(x[:200], q[:200], gt[:200], dur[:200], cfg, seed=0)
+    assert losses[-1] < 0.7 * losses[0]
+    rec = recall(head)
+    assert rec["R1@0.5"] >= 75.0 and rec["R1@0.5"] >= untrained["R1@0.5"] + 40, (rec, untrained)
+    assert rec["mIoU"] >= 65.0
+    if pooling == "avg":  # and it is deterministic given the seed
+        _, losses2 = train_tan_head(x[:200], q[:200], gt[:200], dur[:200], cfg, seed=0)
+        assert losses2 == losses
+
+
+def test_overlap_pool_matrix():
+    windows = np.array([[0, 1], [1, 2], [2, 3], [3, 4]], dtype=float)
+    w = overlap_pool_matrix(windows, 4.0, 2)
+    np.testing.assert_allclose(w, [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    w = overlap_pool_matrix(windows, 4.0, 8)  # more bins than clips: each bin inside one clip
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    assert np.argmax(w[5]) == 2
+    w = overlap_pool_matrix(windows[:2], 4.0, 4)  # clips end at 2 s: tail bins take the nearest clip
+    np.testing.assert_allclose(w[3], [0, 1])
+
+
+# ------------------------------------------------------------------------------------------- steps, segmentation
+def test_assignment_matrix_follows_crosstask_read_assignment():
+    # CrossTask: Y[floor(start):ceil(end), step-1] = 1
+    y = assignment_matrix(10, 3, [(1, 0.5, 2.2), (3, 6.0, 7.0), (2, 9.5, 12.0)])
+    ref = np.zeros((10, 3), np.uint8)
+    ref[0:3, 0] = 1
+    ref[6:7, 2] = 1
+    ref[9:10, 1] = 1
+    np.testing.assert_array_equal(y, ref)
+    y2 = assignment_matrix(5, 1, [(1, 2.0, 4.0)], stride_seconds=2.0)  # 2-s clips: rows 1..1
+    np.testing.assert_array_equal(y2[:, 0], [0, 1, 0, 0, 0])
+    with pytest.raises(ValueError, match="step 4"):
+        assignment_matrix(5, 3, [(4, 0.0, 1.0)])
+
+
+def test_clip_labels_by_centre():
+    windows = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 4.5]], dtype=float)
+    labels = clip_labels(windows, [(1.0, 3.0, "a"), (3.4, 4.5, "b")])
+    assert labels == ["background", "a", "a", "b", "b"]
+
+
+@pytest.mark.parametrize("head", ["linear", "tcn"])
+def test_probe_learns_separable_labels(head):
+    rng = np.random.default_rng(1)
+    means = {"x": np.array([2.0, 0, 0]), "y": np.array([0, 2.0, 0]), "background": np.array([0, 0, 2.0])}
+    feats, labels = [], []
+    for _ in range(8):
+        lab = [str(l) for l in rng.choice(list(means), size=15)]
+        feats.append(np.stack([means[l] + rng.normal(0, 0.3, 3) for l in lab]).astype(np.float32))
+        labels.append(lab)
+    probe = train_probe(feats[:6], labels[:6], ProbeConfig(head=head, epochs=150, tcn_epochs=150, kernel=1), seed=0)
+    pred = [probe.predict(f) for f in feats[6:]]
+    acc = np.mean([p == g for pp, gg in zip(pred, labels[6:]) for p, g in zip(pp, gg)])
+    assert acc > 0.95
+    with pytest.raises(ValueError, match="2 feature rows but 3 labels"):
+        train_probe([np.zeros((2, 3))], [["a", "b", "c"]])
+
+
+def test_format_table_and_write_json(tmp_path):
+    t = format_table({"a_R1": 1.234, "b": float("nan")}, title="T")
+    assert "a_R1" in t and "1.23" in t and "nan" in t
+    p = write_json(tmp_path / "x" / "m.json", {"v": np.float32(1.5), "arr": np.arange(3), "bad": float("inf")})
+    assert json.loads(p.read_text()) == {"v": 1.5, "arr": [0, 1, 2], "bad": None}
+    assert not list((tmp_path / "x").glob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def random_ckpt(tiny_world, tmp_path_factory):
+    return make_checkpoint(tiny_world, tmp_path_factory.mktemp("dsck") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def all_results(random_ckpt, tiny_world, tmp_path_factory):
+    from locvtp.downstream import evaluate_all
+
+    out = tmp_path_factory.mktemp("dseval")
+    metrics = evaluate_all(random_ckpt, tiny_world, out_dir=out, progress=False, seed=0, verbose=False)
+    return metrics, out
+
+
+EXPECTED = ["retrieval_R1", "retrieval_R5", "retrieval_R10", "retrieval_MedianR", "grounding_R1@0.5",
+            "grounding_R1@0.7", "grounding_mIoU", "head_grounding_R1@0.5", "head_grounding_R1@0.7",
+            "head_grounding_mIoU", "step_recall", "segmentation_acc", "segmentation_edit", "segmentation_F1@50"]
+
+
+def test_evaluate_all_returns_every_metric(all_results):
+    metrics, out = all_results
+    for k in EXPECTED:
+        assert k in metrics and math.isfinite(metrics[k]), k
+        if k != "retrieval_MedianR":
+            assert 0.0 <= metrics[k] <= 100.0, (k, metrics[k])
+    assert metrics["retrieval_MedianR"] >= 1
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"]["step_recall"] == pytest.approx(metrics["step_recall"])
+
+
+def test_task_jsons_hold_metrics_and_predictions(all_results, tiny_world):
+    _, out = all_results
+    gt = json.loads((tiny_world / "ground_truth.json").read_text())
+    ret = json.loads((out / "retrieval.json").read_text())
+    assert ret["metrics"]["retrieval_R1"] >= 0 and len(ret["predictions"]) == ret["info"]["evaluated_queries"] == 4
+    assert all(p["gt_rank"] >= 1 and p["video_id"] in gt for p in ret["predictions"])
+    grd = json.loads((out / "grounding.json").read_text())
+    anet = json.loads((tiny_world / "grounding/activitynet/val_1.json").read_text())
+    assert len(grd["predictions"]) == sum(len(v["sentences"]) for v in anet.values())
+    for p in grd["predictions"]:
+        assert 1 <= len(p["windows"]) <= 5 and 1 <= len(p["head_windows"]) <= 5
+        for s, e in p["windows"] + p["head_windows"]:
+            assert 0 <= s < e <= p["duration"] + 1e-6
+    steps = json.loads((out / "steps.json").read_text())
+    assert steps["info"]["evaluated_videos"] == len(steps["predictions"]) > 0
+    for p in steps["predictions"]:
+        assert p["predicted_clip_per_step"] == sorted(p["predicted_clip_per_step"])  # Viterbi keeps the order
+    seg = json.loads((out / "segmentation.json").read_text())
+    assert all(len(p["pred"]) == len(p["gt"]) for p in seg["predictions"])
+    assert "background" in seg["info"]["classes"]
+
+
+def test_random_model_is_not_far_above_chance_on_retrieval(all_results):
+    """4 test videos: chance R1 is 25 %, MedianR 2.5; a random model must not look like a trained one."""
+    metrics, _ = all_results
+    assert metrics["retrieval_R1"] <= 75.0
+
+
+def test_loaded_checkpoint_object_and_determinism(all_results, random_ckpt, tiny_world):
+    from locvtp.checkpoint import load_checkpoint
+    from locvtp.downstream import evaluate_all
+
+    metrics, _ = all_results
+    ck = load_checkpoint(random_ckpt)
+    again = evaluate_all(ck, tiny_world, tasks=("grounding", "steps"), progress=False, seed=0, verbose=False)
+    for k in ("grounding_R1@0.5", "grounding_mIoU", "head_grounding_mIoU", "step_recall"):
+        assert again[k] == metrics[k], k
+
+
+def test_cli_single_task(random_ckpt, tiny_world, tmp_path, capsys):
+    from locvtp.cli import main
+
+    rc = main(["evaluate", "steps", "--checkpoint", str(random_ckpt), "--data", str(tiny_world),
+               "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    assert "step_recall" in capsys.readouterr().out
+    assert json.loads((tmp_path / "steps.json").read_text())["task"] == "steps"
+    rc = main(["evaluate", "grounding", "--checkpoint", str(tmp_path / "missing"), "--data", str(tiny_world)])
+    assert rc == 1
+    assert "missing" in capsys.readouterr().err
+
+
+def test_options_reject_unknown_keys():
+    from locvtp.downstream.common import DownstreamError
+    from locvtp.downstream.evaluate import load_options
+
+    opts = load_options(None, ["grounding.head_cfg.epochs=3", "segmentation.probe.head=tcn"])
+    assert opts.grounding.head_cfg.epochs == 3 and opts.segmentation.probe.head == "tcn"
+    with pytest.raises(DownstreamError, match="epoch"):
+        load_options(None, ["grounding.head_cfg.epoch=3"])
