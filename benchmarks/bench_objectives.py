@@ -62,22 +62,22 @@ def authors_style_loop(obj: LocVTPObjective, clips, words, sentence, clip_mask, 
         z = {}
         for n, t in enumerate(valid_c[i]):  # clip anchors (and their warped versions)
             pos = Wi[i][P[n]]
-            cand = torch.cat([pos, other_words[i]])
-            lg = (clips[i, t] @ cand.t()) / tau
+            # positives then negatives (the shared negative matrix is not copied per anchor)
+            lg = torch.cat([pos @ clips[i, t], other_words[i] @ clips[i, t]]) / tau
             cw.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[: len(pos)], 0))
             d = int(offsets[i, t])
             if d != 0 and 0 <= t + d < T and bool(clip_mask[i, t + d]):
                 z[t] = F.normalize(g(clips[i, t + d], offsets[i, t]), dim=0)
-                lg = (z[t] @ cand.t()) / tau
+                lg = torch.cat([pos @ z[t], other_words[i] @ z[t]]) / tau
                 tz.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[: len(pos)], 0))
         for n, l in enumerate(valid_w[i]):  # word anchors
             pos = Ci[i][Q[n]]
-            cand = torch.cat([pos, other_clips[i]])
-            lg = (words[i, l] @ cand.t()) / tau
+            neg = other_clips[i] @ words[i, l]
+            lg = torch.cat([pos @ words[i, l], neg]) / tau
             wc.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[: len(pos)], 0))
             q = valid_c[i][int(Q[n, 0])]
             if q in z:
-                lg = (words[i, l] @ torch.cat([z[q][None], other_clips[i]]).t()) / tau
+                lg = torch.cat([(z[q] @ words[i, l])[None], neg]) / tau
                 tw.append(torch.logsumexp(lg, 0) - lg[0])
     zero = clips.new_zeros(())
     fine = 0.5 * (torch.stack(cw).mean() + torch.stack(wc).mean())

@@ -307,3 +307,35 @@ def test_dataset_is_deterministic_per_epoch_and_index():
     np.testing.assert_array_equal(ds[(2, 3)]["clips"], ds[(2, 3)]["clips"])
     assert not np.array_equal(ds[(2, 3)]["clips"], ds[(1, 3)]["clips"])
     assert math.isclose(ds[3]["windows"][0, 0], ds[(0, 3)]["windows"][0, 0])
+
+
+def test_loader_workers_do_not_change_the_batches(tiny_world, tmp_path):
+    """0 or 2 loader workers: identical batches (each sample's randomness comes from (seed, epoch, index))."""
+    data, tok, _ = _build(tiny_world, tmp_path, "data.cache=true")
+
+    def first_batches(workers):
+        sampler = ResumableBatchSampler(len(data.dataset), 4, seed=5, start=2)
+        loader = torch.utils.data.DataLoader(data.dataset, batch_sampler=sampler, collate_fn=Collator(tok, 16),
+                                             num_workers=workers)
+        it = iter(loader)
+        out = [next(it) for _ in range(3)]
+        del it
+        return out
+
+    for a, b in zip(first_batches(0), first_batches(2)):
+        for key in ("clips", "clip_mask", "input_ids", "word_mask", "offsets", "index"):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_webvid_captions_use_the_whole_video(tiny_world, tmp_path):
+    data, _, _ = _build(tiny_world, tmp_path, "data.cache=true", "data.captions=webvid",
+                        "data.caption_file=pretrain/webvid.csv")
+    ds = data.dataset
+    assert len(ds) > 0 and not data.bad and all(math.isinf(it.end) for it in ds.items)
+    for i in range(len(ds)):
+        s = ds[(0, i)]
+        duration = ds.source.durations[s["vid"]]
+        n = int(s["clip_mask"].sum())
+        assert n == min(8, int(duration + 1e-6))  # 1-s clips: floor(duration) of them, the rest padded
+        assert s["windows"][0, 0] == 0 and s["windows"][n - 1, 1] == pytest.approx(duration, abs=1e-4)
+        assert np.all(s["clips"][n:] == 0)

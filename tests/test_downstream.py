@@ -151,7 +151,7 @@ def test_scaled_iou_bce_matches_2dtan_formula_and_grad():
                 t = min(max((float(iou[b, i, j]) - 0.5) / 0.5, 0.0), 1.0)
                 total += -(t * math.log(p) + (1 - t) * math.log(1 - p))
                 count += 1
-    assert abs(float(got) - total / count) < 1e-10
+    assert abs(got.item() - total / count) < 1e-10
     assert torch.autograd.gradcheck(lambda x: scaled_iou_bce(x, iou, mask, 0.5, 1.0), (logits,))
 
 
@@ -359,3 +359,12 @@ def test_options_reject_unknown_keys():
     assert opts.grounding.head_cfg.epochs == 3 and opts.segmentation.probe.head == "tcn"
     with pytest.raises(DownstreamError, match="epoch"):
         load_options(None, ["grounding.head_cfg.epoch=3"])
+
+
+def test_default_yaml_spells_out_the_defaults():
+    from pathlib import Path
+
+    from locvtp.downstream.evaluate import DownstreamOptions, load_options
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "downstream" / "default.yaml"
+    assert load_options(path) == DownstreamOptions()

@@ -240,3 +240,29 @@ def test_backbone_features(ckpt, some_videos, tmp_path):
         assert all(f[k].shape[1] == dv for k in f.keys())
     with pytest.raises(ValueError, match="backbone"):
         build_index(out, tmp_path / "idx", progress=False)
+
+
+def test_features_encoder_model_extracts_from_feature_files(tiny_world, tmp_path):
+    """A `features` video encoder reads per-clip feature files (any readable format) instead of videos."""
+    import torch
+
+    from locvtp.checkpoint import load_checkpoint
+    from locvtp.extract import iter_features
+
+    ck = make_checkpoint(tiny_world, tmp_path / "fck", video="features", in_dim=12)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    inputs = {f"vid{i}": rng.normal(size=(n, 12)).astype(np.float32) for i, n in enumerate([5, 9, 1])}
+    for vid, x in inputs.items():
+        np.save(raw / f"{vid}.npy", x)  # a bare Charades-style npy dir: no metadata at all
+    out = tmp_path / "f.h5"
+    assert _run(["--checkpoint", str(ck), "--videos", str(raw), "--out", str(out)]) == 0
+    model = load_checkpoint(ck).model
+    got = {r.video_id: r for r in iter_features(out)}
+    assert sorted(got) == sorted(inputs)
+    for vid, x in inputs.items():
+        with torch.no_grad():
+            ref = model.encode_video(torch.as_tensor(x)[None])[0].numpy()
+        np.testing.assert_allclose(got[vid].features, ref, atol=1e-5)
+        np.testing.assert_allclose(got[vid].windows[:, 0], np.arange(len(x)) * 1.0)

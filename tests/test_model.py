@@ -406,3 +406,10 @@ def test_default_attention_mask_is_nonzero_ids():
         a = model.encode_text(ids)
         b = model.encode_text(ids, mask)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("frames,size", [(1, 16), (8, 48)])
+def test_tiny3d_other_clip_geometries(frames, size):
+    enc = PixelVideoEncoder(Tiny3D(width=8))
+    out = enc(_pixels(1, 2, f=frames, s=size))
+    assert out.shape == (1, 2, 32) and torch.isfinite(out).all()

@@ -195,6 +195,7 @@ def resume_in_process(world, run):
     return pretrain(tiny_cfg(world, *RESUME_RUN), run, resume="auto", progress=False)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_auto_equals_uninterrupted(tiny_world, tmp_path, uninterrupted, capsys):
     run = tmp_path / "run"
     res = run_driver(tmp_path, run, tiny_world, RESUME_RUN, kill_mode="step", kill_at=5)
@@ -208,6 +209,7 @@ def test_sigkill_then_resume_auto_equals_uninterrupted(tiny_world, tmp_path, uni
     assert steps == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_leaves_previous_checkpoint(tiny_world, tmp_path, uninterrupted):
     run = tmp_path / "run"
     res = run_driver(tmp_path, run, tiny_world, RESUME_RUN, kill_mode="save", kill_at=2)  # during step_6's write

@@ -494,3 +494,27 @@ def test_late_window_seeks_instead_of_decoding_from_start(videos, monkeypatch):
     np.testing.assert_array_equal(_indices(clips), _reference_indices([(8, 8.5), (8.5, 9)], 2, FPS, 80))
     assert min(seen) >= 8.0 - 10 / FPS - 1e-9  # started at most one GOP before the window
     assert len(seen) <= 10 + 9  # GOP lead-in + the window's 8 frames + the one that ends the scan
+
+
+def test_sample_clips_portrait_resize_and_centre_crop():
+    frames = np.zeros((2, 64, 32, 3), np.uint8)
+    frames[:, :16] = (255, 0, 0)  # top quarter red
+    frames[:, 16:48] = (0, 255, 0)  # middle half green
+    frames[:, 48:] = (0, 0, 255)  # bottom quarter blue
+    out = sample_clips(frames, np.array([0.0, 0.5]), [[0.0, 1.0]], 2, 16)
+    assert out.shape == (1, 2, 16, 16, 3)
+    # 64x32 -> 32x16 (short side 16), centre crop keeps rows 8..24 of 32 = the green middle
+    assert (out[..., 1] > 200).all() and (out[..., 0] < 50).all() and (out[..., 2] < 50).all()
+    crops = {tuple(sample_clips(frames, np.array([0.0, 0.5]), [[0.0, 1.0]], 1, 16, jitter=True,
+                                rng=np.random.default_rng(s))[0, 0, :, 0].mean(0).round()) for s in range(20)}
+    assert len(crops) > 1  # random vertical crops reach the red or blue bands
+
+
+def test_probe_memo_sees_a_rewritten_file(videos):
+    p = videos["dir"] / "rewritten.mp4"
+    _write(p, "libx264", n=16)
+    assert probe_video(p).num_frames == 16
+    _write(p, "libx264", n=24)
+    assert probe_video(p).num_frames == 24
+    p.write_bytes(b"")
+    _assert_video_error(probe_video, p, "empty file")

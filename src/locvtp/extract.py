@@ -342,7 +342,8 @@ def iter_features(path: str | Path, load: bool = True, video_ids: Optional[list[
                 if "features" not in z:
                     raise ExtractError(f"{q}: no 'features' array (keys: {sorted(z.keys())})")
                 vid = str(z["video_id"]) if "video_id" in z else q.stem
-                feats = np.asarray(z["features"], dtype=np.float32)
+                feats = (np.asarray(z["features"], dtype=np.float32) if load
+                         else np.empty(_npz_shape(z, "features"), dtype=np.float32))
                 fps = float(z["fps"]) if "fps" in z else 0.0
                 dur = float(z["duration"]) if "duration" in z else None
                 windows = (np.asarray(z["windows"], np.float64).reshape(-1, 2) if "windows" in z
@@ -365,6 +366,15 @@ def iter_features(path: str | Path, load: bool = True, video_ids: Optional[list[
         if dur is None:
             dur = float(windows[-1, 1]) if windows is not None and n else 0.0
         yield FeatureRecord(vid, n, dim, feats if load else None, windows if load else None, fps, float(dur))
+
+
+def _npz_shape(z: Any, key: str) -> tuple[int, ...]:
+    """Shape of an array inside an open ``NpzFile`` from its header only (the data is not read)."""
+    with z.zip.open(f"{key}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(fh)
+    return tuple(shape)
 
 
 def read_features(path: str | Path, video_id: str) -> FeatureRecord:
@@ -466,7 +476,7 @@ class H5Writer(_Writer):
         # Hidden names are temporary files of an interrupted atomic write: never journal entries.
         return sorted(q for q in self.parts.glob("*.npz") if not q.name.startswith("."))
 
-    def done_ids(self) -> set[str]:
+    def done_ids(self, candidates: Optional[set[str]] = None) -> set[str]:
         ids = set(self._written)
         for q in self._parts():
             try:
@@ -563,9 +573,15 @@ class DirWriter(_Writer):
                 stale.unlink(missing_ok=True)
         self.pending = 0
 
-    def done_ids(self) -> set[str]:
-        return {r.video_id for r in iter_features(self.out, load=False)} if any(
-            self.out.glob("*.np[yz]")) else set()
+    def _ext(self) -> str:
+        return ".npz" if self.fmt == "npz-dir" else ".npy"
+
+    def done_ids(self, candidates: Optional[set[str]] = None) -> set[str]:
+        """Ids among ``candidates`` whose file exists (a stat per video, no file is opened)."""
+        if candidates is None:
+            return {r.video_id for r in iter_features(self.out, load=False)} if any(
+                self.out.glob(f"*{self._ext()}")) else set()
+        return {v for v in candidates if (self.out / f"{safe_name(v)}{self._ext()}").is_file()}
 
     def add(self, r: Result) -> None:
         name = safe_name(r.video_id)
@@ -584,7 +600,7 @@ class DirWriter(_Writer):
         return 0
 
     def finish(self, attempted: set[str]) -> list[dict[str, str]]:
-        recs = self.write_failures(attempted, self.done_ids())
+        recs = self.write_failures(attempted, self.done_ids(attempted))
         if not recs:
             shutil.rmtree(self.journal, ignore_errors=True)
         return recs
@@ -680,7 +696,7 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
         writer: Any = H5Writer(out, settings, failures_path)
     else:
         writer = DirWriter(out, args.format, settings, failures_path, rank=rank, single_process=world <= 1)
-    done = writer.done_ids()
+    done = writer.done_ids({it.video_id for it in items})
     todo = [it for it in items if it.video_id not in done]
     skipped_done = len(items) - len(todo)
 

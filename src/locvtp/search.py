@@ -516,9 +516,13 @@ def search_main(argv: list[str] | None = None) -> int:
             return 1
         print(f"locvtp search: warning: {msg}", file=sys.stderr)
     model = ckpt.model.to(args.device)
-    max_words = int(ckpt.cfg.data.max_words) if hasattr(ckpt.cfg, "data") else 24
+    max_words = int(ckpt.cfg.data.max_words) if "data" in ckpt.cfg else 24
     t0 = time.perf_counter()
-    text = embed_texts(model, ckpt.tokenizer, queries, max_words=max_words, device=args.device)
+    try:
+        text = embed_texts(model, ckpt.tokenizer, queries, max_words=max_words, device=args.device)
+    except ValueError as exc:  # e.g. a query with no word token
+        print(f"locvtp search: error: {exc}", file=sys.stderr)
+        return 1
     t1 = time.perf_counter()
     results = index.search_moments(text.sentence, top_k=args.top_k, pool=args.pool, gap=args.gap,
                                     tolerance=args.tolerance)

@@ -275,6 +275,35 @@ class MetricsLog:
             self.tb.close()
 
 
+def warn_config_changes(cfg: Any, saved: Path) -> None:
+    """A resumed run should be the run it resumes: name every setting that differs (except the step budget)."""
+    if not saved.is_file():
+        return
+    from omegaconf import OmegaConf
+
+    from .config import load_config as _load
+
+    try:
+        old = OmegaConf.to_container(_load(saved), resolve=True)
+    except ConfigError:
+        return
+    new = OmegaConf.to_container(cfg, resolve=True)
+
+    def flat(d: Any, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fo, fn = flat(old), flat(new)
+    ignore = {"train.max_steps", "model.text.vocab_size", "train.val_every", "train.log_every", "train.num_threads",
+              "data.num_workers"}
+    changed = [k for k in sorted(set(fo) | set(fn)) if k not in ignore and fo.get(k) != fn.get(k)]
+    if changed:
+        print("[pretrain] warning: resuming with settings that differ from " + str(saved) + ": " + ", ".join(
+            f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in changed[:12]), file=sys.stderr)
+
+
 def prepare_tokenizer(cfg: Any, run: Path, items: list, resume_from: Optional[Path], dist: Dist) -> Any:
     """The run's tokenizer: the resumed checkpoint's, ``data.tokenizer``, the HF model's, or WordPiece trained
     on the pre-training captions (by rank 0; the others load what it saved). Saved to ``RUN/tokenizer/``; sets
@@ -319,8 +348,19 @@ def _validate(cfg: Any, ckpt: Path, run: Path, step: int) -> dict[str, float]:
         print("[pretrain] validation skipped: locvtp.downstream.evaluate_all is not available", file=sys.stderr)
         return {}
     data_dir = cfg.train.val_data or cfg.data.root
-    with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG streams
-        res = evaluate_all(ckpt, data_dir, out_dir=run / "val" / f"step_{step:07d}", tasks=tuple(cfg.train.val_tasks))
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    try:
+        with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG streams
+            res = evaluate_all(ckpt, data_dir, out_dir=run / "val" / f"step_{step:07d}",
+                               tasks=tuple(cfg.train.val_tasks), progress=False, device=device, verbose=False)
+    except Exception as exc:  # noqa: BLE001  (a failed validation must not cost the training run)
+        print(f"[pretrain] validation at step {step} failed ({type(exc).__name__}: {exc}); training continues",
+              file=sys.stderr)
+        return {"val/error": str(exc)[:300]}
+    headline = ("retrieval_R1", "retrieval_R5", "grounding_R1@0.5", "grounding_R1@0.7", "grounding_mIoU",
+                "step_recall", "segmentation_acc")
+    print(f"[pretrain] validation at step {step}: " + ", ".join(
+        f"{k}={res[k]:.2f}" for k in headline if isinstance(res.get(k), (int, float))) + f" (all in {run / 'val'})")
     return {f"val/{k}": float(v) for k, v in res.items() if isinstance(v, (int, float))}
 
 
@@ -352,7 +392,11 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
     if resume_from is not None and resume_from.name == "final" and (read_meta(resume_from).get("step") or 0) >= T_max:
         if dist.is_main:
             print(f"[pretrain] {run} already finished ({T_max} steps): {resume_from}")
+        if dist.initialized_here:
+            torch.distributed.destroy_process_group()
         return resume_from
+    if resume_from is not None and dist.is_main:
+        warn_config_changes(cfg, run / "config.yaml")
 
     if int(tc.num_threads) > 0:
         torch.set_num_threads(int(tc.num_threads))
@@ -363,15 +407,11 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
                                progress=progress and dist.is_main, is_main=dist.is_main, barrier=dist.barrier)
     if dist.is_main:
         save_config(cfg, run / "config.yaml")
-        if resume_from is None:
-            for f in ("metrics.jsonl",):
-                (run / f).unlink(missing_ok=True)
-    bad_log = BadSampleLog(run / "bad_samples.jsonl" if dist.is_main else None)
-    if dist.is_main:
-        if resume_from is None:
+        if resume_from is None:  # a fresh run starts fresh logs (a resumed one keeps and extends them)
+            (run / "metrics.jsonl").unlink(missing_ok=True)
             (run / "bad_samples.jsonl").write_text("", encoding="utf-8")
-            bad_log = BadSampleLog(run / "bad_samples.jsonl")
-        bad_log.add(data.bad)
+    bad_log = BadSampleLog(run / "bad_samples.jsonl" if dist.is_main else None)
+    bad_log.add(data.bad if dist.is_main else [])
 
     # --- model, objective, optimizer, schedule (identical init on every rank; DDP also broadcasts rank 0's)
     torch.manual_seed(int(cfg.seed))
@@ -454,6 +494,10 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
             sync = micro == accum - 1 or not dist.enabled
             with (contextlib.nullcontext() if sync else ddp_net.no_sync()), autocast:
                 out = ddp_net(batch)
+            if not torch.isfinite(out["total"]):  # every rank sees the same global loss, so all stop together
+                raise FloatingPointError(f"non-finite loss at step {step + 1}: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in _scalar_terms(out).items()) + "; lower train.lr or resume from "
+                    "an earlier checkpoint (--resume PATH)")
             (out["total"] / accum).backward()
         grad_norm = nn.utils.clip_grad_norm_(net.parameters(), float(tc.grad_clip) if tc.grad_clip > 0 else math.inf)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used

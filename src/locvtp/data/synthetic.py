@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 FPS = 8
 FRAME_SIZE = 32
 CLIP_SECONDS = 1.0
@@ -122,7 +122,7 @@ UNRELATED = [
 # one 1-s clip (≥ 3 px displacement, ≥ 0.6 px radius, two on/off cycles).
 MOVE_SPEED = 3.5  # px / s
 SIZE_RATE = 0.7  # px of radius / s
-R_MIN, R_MAX = 2.2, 7.5
+R_MIN, R_MAX = 2.6, 7.5
 BLINK_DIM = 0.12  # object intensity during an "off" blink frame (kept > 0: the object stays locatable)
 BLINK_HALF_PERIOD = 2  # frames on, then frames off: any stride-2 frame sampling sees both states
 
@@ -882,8 +882,9 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------------------------- writing
+IN_PROGRESS = ".synth-in-progress"
 LAYOUT_ENTRIES = ("manifest.json", "ground_truth.json", "videos", "pretrain", "grounding", "retrieval",
-                  "crosstask", "coin")
+                  "crosstask", "coin", IN_PROGRESS)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -958,49 +959,57 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
                    force: bool = False) -> dict[str, Any]:
     """Write the synthetic world under `out_dir` and return its manifest.
 
-    A directory that already holds the complete world of the same (seed, preset, generator version) is reused
-    as is. A directory holding a different world or foreign files raises WorldExistsError unless `force`,
-    which deletes the world's own entries (never anything else) first. The manifest is written last, so its
-    presence marks a complete world.
+    A directory that already holds the complete, up-to-date world of the same (seed, preset) — same generator
+    version and the same annotation bytes — is reused as is (the returned manifest has ``"reused": True``).
+    An outdated, incomplete or interrupted world of the same request is cleaned and regenerated. A directory
+    holding a different world, or anything that is not a world of ours, raises WorldExistsError unless
+    `force`; regeneration deletes only the world's own entries (LAYOUT_ENTRIES), never anything else. The
+    manifest is written last, so its presence marks a complete world.
     """
     out = Path(out_dir)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    existing = None
+    plan = plan_world(seed, preset)
+    files = build_annotations(plan)  # cheap; also what a reusable world on disk must match byte for byte
     if out.exists():
         if not out.is_dir():
             raise WorldExistsError(f"{out} exists and is not a directory")
+        existing = None
         try:
             existing = read_manifest(out)
         except WorldExistsError:
             if not force:
                 raise
         if existing is not None and not force:
-            same = (existing.get("seed") == seed and existing.get("preset") == preset
-                    and existing.get("generator_version") == GENERATOR_VERSION)
-            if same and _is_complete(out, existing):
+            same_request = existing.get("seed") == seed and existing.get("preset") == preset
+            if not same_request:
+                raise WorldExistsError(
+                    f"{out} holds a world with seed={existing.get('seed')} preset={existing.get('preset')!r}; "
+                    f"use --force to overwrite it")
+            up_to_date = (existing.get("generator_version") == GENERATOR_VERSION
+                          and existing.get("annotation_sha256") == {k: _sha256(v) for k, v in sorted(files.items())})
+            if up_to_date and _is_complete(out, existing):
                 existing["reused"] = True
                 return existing
-            if not same:
-                raise WorldExistsError(
-                    f"{out} holds a world with seed={existing.get('seed')} preset={existing.get('preset')!r} "
-                    f"version={existing.get('generator_version')}; use --force to overwrite it")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in LAYOUT_ENTRIES)
-        if foreign and not force:
-            raise WorldExistsError(f"{out} is not empty and not a synthetic world (found {foreign[:5]}); "
+            # else: an outdated or incomplete world of the same request, regenerated below
+        entries = sorted(p.name for p in out.iterdir())
+        foreign = [n for n in entries if n not in LAYOUT_ENTRIES]
+        ours = existing is not None or (out / IN_PROGRESS).exists()
+        if entries and not force and (foreign or not ours):
+            # e.g. a directory of real videos/: never delete what we did not write
+            raise WorldExistsError(f"{out} is not empty and not a synthetic world (found {entries[:5]}); "
                                    f"choose another directory or use --force")
-        if force:
-            for name in LAYOUT_ENTRIES:
-                p = out / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
+        # Remove the world's own entries (never anything else): no stale file of an older world may survive.
+        for name in LAYOUT_ENTRIES:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)
+    # marks an interrupted run as ours, so that re-running the same command may clean it up and regenerate
+    _atomic_write(out / IN_PROGRESS, json.dumps({"seed": seed, "preset": preset}).encode("utf-8"))
 
-    plan = plan_world(seed, preset)
-    files = build_annotations(plan)
     video_dir = out / "videos"
     video_dir.mkdir(exist_ok=True)
     specs = list(plan.videos())
@@ -1015,6 +1024,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
         _atomic_write(out / rel, data)
     manifest = _manifest(plan, files)
     _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+    (out / IN_PROGRESS).unlink()
     return manifest
 
 

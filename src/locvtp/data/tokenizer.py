@@ -167,6 +167,9 @@ class Tokenizer:
     def __eq__(self, other) -> bool:
         return isinstance(other, Tokenizer) and self.to_str() == other.to_str()
 
+    def __hash__(self) -> int:  # consistent with __eq__ (usable as a dict key / in caches)
+        return hash(self.to_str())
+
     def __getstate__(self):  # picklable for DataLoader workers (tokenizers objects are, but keep it small)
         return {"json": self._backend.to_str(), "source": self.source, "pad": self.pad_token_id}
 
@@ -286,7 +289,8 @@ def _bert_backend(vocab: dict[str, int], lowercase: bool = True, strip_accents=N
 _MAX_WORD_CHARS = 100  # as BERT: longer "words" become [UNK]
 
 
-def _learn_wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_frequency: int) -> list[str]:
+def _learn_wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_frequency: int,
+                           progress: Optional[bool] = False) -> list[str]:
     """Deterministic WordPiece vocabulary by greedy pair merging (what HF's WordPieceTrainer does).
 
     Why not ``tokenizers.trainers.WordPieceTrainer``: it breaks ties between equally frequent pairs in
@@ -311,6 +315,10 @@ def _learn_wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_fre
     heap = [(-c, a, b) for (a, b), c in pair_count.items()]
     heapq.heapify(heap)
     threshold = max(1, min_frequency)
+    from tqdm import tqdm
+
+    bar = tqdm(total=max(0, vocab_size - len(tokens)), desc="tokenizer merges", unit="tok",
+               disable=None if progress is None else not progress, leave=False)
     while heap and len(tokens) < vocab_size:
         negc, a, b = heapq.heappop(heap)
         if pair_count.get((a, b), 0) != -negc:
@@ -321,6 +329,7 @@ def _learn_wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_fre
         if merged not in seen:
             seen.add(merged)
             tokens.append(merged)
+            bar.update(1)
         changed: set[tuple[str, str]] = set()
         for i in sorted(where.pop((a, b), ())):
             syms, f = symbols[i], freqs[i]
@@ -348,10 +357,12 @@ def _learn_wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_fre
             else:
                 pair_count.pop(pair, None)
                 where.pop(pair, None)
+    bar.close()
     return tokens
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency: int = 1) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency: int = 1,
+                    progress: Optional[bool] = None) -> Tokenizer:
     """Train a BERT-style (lower-cased) WordPiece tokenizer on ``texts``; deterministic for the same corpus.
 
     Special tokens get ids ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``; a single sentence encodes as
@@ -359,6 +370,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency:
     kept (as HF's trainer does), so a tiny ``vocab_size`` may be exceeded. Merges need at least
     ``min_frequency`` occurrences. Non-str entries raise ``ValueError`` naming their index; empty ones are
     ignored. Word order and tie-breaking do not depend on hashing, so results match across processes.
+    ``progress``: tqdm bars (None: only on a terminal).
     """
     if isinstance(texts, str):
         raise ValueError("texts must be an iterable of sentences, not a single str")
@@ -369,7 +381,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency:
     shell = _bert_backend({UNK: 0})
     norm, pre = shell.normalizer, shell.pre_tokenizer
     counts: dict[str, int] = {}
-    for i, t in enumerate(texts):
+    from tqdm import tqdm
+
+    for i, t in enumerate(tqdm(texts, desc="tokenizer corpus", unit="text", leave=False,
+                               disable=None if progress is None else not progress)):
         if not isinstance(t, str):
             raise ValueError(f"text {i} is not a str but {type(t).__name__}: {t!r:.80}")
         if not t.strip():
@@ -383,7 +398,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency:
                 counts[w] = counts.get(w, 0) + 1
     if not counts:
         raise ValueError("no non-empty text to train the tokenizer on")
-    learned = _learn_wordpiece_vocab(counts, vocab_size - len(SPECIAL_TOKENS), min_frequency)
+    learned = _learn_wordpiece_vocab(counts, vocab_size - len(SPECIAL_TOKENS), min_frequency, progress)
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for tok in learned:
         if tok not in vocab:

@@ -200,9 +200,17 @@ def run_segmentation(ctx, opts: SegmentationOptions | None = None) -> "TaskResul
                                          "edit" if k.lower() == "edit" else k): v for k, v in m.items()})
     preds = [{"video_id": vid, "pred": p, "gt": g} for vid, p, g in zip(used_te, pred, y_te)]
     unseen = sorted({lab for y in y_te for lab in y} - set(probe.classes))
+    # The floor a probe must beat: always predicting the most frequent training label (usually background).
+    counts: dict[str, int] = {}
+    for y in y_tr:
+        for lab in y:
+            counts[lab] = counts.get(lab, 0) + 1
+    majority = max(sorted(counts), key=counts.__getitem__)
+    majority_acc = 100.0 * sum(lab == majority for y in y_te for lab in y) / max(1, sum(len(y) for y in y_te))
     info = {"train_videos": len(x_tr), "test_videos": len(x_te), "missing_videos": miss_tr + miss_te,
             "skipped_annotations": skipped, "classes": probe.classes, "test_labels_unseen_in_training": unseen,
-            "probe": asdict(opts.probe), "final_train_loss": probe.losses[-1] if probe.losses else None}
+            "probe": asdict(opts.probe), "final_train_loss": probe.losses[-1] if probe.losses else None,
+            "majority_label": majority, "majority_acc": majority_acc}
     return TaskResult("segmentation", metrics, preds, info)
 
 
