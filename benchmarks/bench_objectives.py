@@ -165,7 +165,7 @@ def check_agreement(D=256):
     obj = LocVTPObjective(dim=D)
     a = obj(*inputs)
     b = authors_style_loop(obj, *inputs)
-    return max(abs(float(a[k]) - float(b[k])) for k in ("coarse", "fine", "temporal", "total"))
+    return max(abs(float(a[k].detach()) - float(b[k].detach())) for k in ("coarse", "fine", "temporal", "total"))
 
 
 def render(rows, threads, note) -> str:

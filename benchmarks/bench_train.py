@@ -49,19 +49,20 @@ def run_once(world: Path, out: Path, cache: Path, overrides: list[str]) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak, cpu = 0.0, {}
+    peak, peak_pss, cpu = 0.0, 0.0, {}
     while proc.poll() is None:
         try:
             tree = [ps, *ps.children(recursive=True)]
-            rss = 0
+            rss = pss = 0
             for p in tree:
                 try:
-                    rss += p.memory_info().rss
+                    mem = p.memory_full_info()  # PSS: the memory-mapped frame cache shared by workers counts once
+                    rss, pss = rss + mem.rss, pss + getattr(mem, "pss", mem.rss)
                     t = p.cpu_times()
                     cpu[p.pid] = t.user + t.system
-                except psutil.NoSuchProcess:
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
-            peak = max(peak, rss / 2**20)
+            peak, peak_pss = max(peak, rss / 2**20), max(peak_pss, pss / 2**20)
         except psutil.NoSuchProcess:
             break
         time.sleep(0.1)
@@ -70,7 +71,7 @@ def run_once(world: Path, out: Path, cache: Path, overrides: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"training failed ({proc.returncode}):\n{stderr[-3000:]}")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"wall": wall, "peak_rss_mb": peak, "cpu_s": sum(cpu.values()), "rows": rows}
+    return {"wall": wall, "peak_rss_mb": peak, "peak_pss_mb": peak_pss, "cpu_s": sum(cpu.values()), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10, help="steps excluded from the figures")
     ap.add_argument("--full", action="store_true", help="also time one complete run of the shipped config")
     ap.add_argument("--md", type=Path, default=None, help="write the table to this markdown file")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     world = ensure_world(a.world, a.work)
@@ -99,16 +101,17 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(out)
         r = run_once(world, out, cache, [f"data.num_workers={w}", f"train.max_steps={a.steps}", "train.log_every=5",
-                                         "train.save_every=0"])
+                                         "train.save_every=0", *a.set])
         rows = [x for x in r["rows"] if x["step"] > a.warmup and "samples_per_s" in x]
         sps = statistics.median(x["samples_per_s"] for x in rows)
         wait = statistics.median(x["data_wait"] for x in rows)
         samples = a.steps * _batch()
         res = {"workers": w, "samples_per_s": sps, "data_wait": wait, "peak_rss_mb": r["peak_rss_mb"],
+               "peak_pss_mb": r["peak_pss_mb"],
                "cpu_s_per_1k": 1000 * r["cpu_s"] / samples, "wall": r["wall"]}
         results.append(res)
         print(f"workers={w}: {sps:6.1f} samples/s  data wait {100 * wait:5.1f}% of step time  "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB  CPU {res['cpu_s_per_1k']:.1f} s/1k samples  "
+              f"peak RSS {r['peak_rss_mb']:6.0f} MB (PSS {r['peak_pss_mb']:.0f} MB)  CPU {res['cpu_s_per_1k']:.1f} s/1k samples  "
               f"(whole process {r['wall']:.0f} s)")
     base = results[0]["samples_per_s"]
     for r in results[1:]:
@@ -126,18 +129,20 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(fresh_cache)
-        r = run_once(world, out, fresh_cache, [])
+        r = run_once(world, out, fresh_cache, list(a.set))
         full = {"wall": r["wall"], "peak_rss_mb": r["peak_rss_mb"], "cpu_s": r["cpu_s"],
                 "steps": r["rows"][-1]["step"]}
         print(f"full run of {CONFIG.name} ({full['steps']} steps, frame cache built from scratch): "
-              f"{full['wall']:.0f} s wall, {full['cpu_s']:.0f} CPU s, peak RSS {full['peak_rss_mb']:.0f} MB")
+              f"{full['wall']:.0f} s wall, {full['cpu_s']:.0f} CPU s, peak RSS {full['peak_rss_mb']:.0f} MB "
+              f"(PSS {r['peak_pss_mb']:.0f} MB)")
 
     if a.md is not None:
-        lines = [f"| loader workers | samples/s | data wait (share of step time) | peak RSS (MB, trainer + workers) "
-                 f"| CPU s / 1k samples |", "|---:|---:|---:|---:|---:|"]
+        lines = [f"overrides: `{' '.join(a.set) or '(none)'}`; load average at start {os.getloadavg()[0]:.1f}", "",
+                 "| loader workers | samples/s | data wait (share of step time) | peak RSS, sum over processes (MB) "
+                 "| peak PSS (MB) | CPU s / 1k samples |", "|---:|---:|---:|---:|---:|---:|"]
         for r in results:
             lines.append(f"| {r['workers']} | {r['samples_per_s']:.1f} | {100 * r['data_wait']:.1f} % "
-                         f"| {r['peak_rss_mb']:.0f} | {r['cpu_s_per_1k']:.1f} |")
+                         f"| {r['peak_rss_mb']:.0f} | {r['peak_pss_mb']:.0f} | {r['cpu_s_per_1k']:.1f} |")
         text = "\n".join(lines) + "\n"
         if full is not None:
             text += (f"\nFull run of `{CONFIG.name}` ({full['steps']} steps, frame cache built from scratch): "

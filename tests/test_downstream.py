@@ -279,7 +279,7 @@ def all_results(random_ckpt, tiny_world, tmp_path_factory):
     from locvtp.downstream import evaluate_all
 
     out = tmp_path_factory.mktemp("dseval")
-    metrics = evaluate_all(random_ckpt, tiny_world, out_dir=out, progress=False, seed=0, verbose=False)
+    metrics = evaluate_all(random_ckpt, tiny_world, out_dir=out, progress=False, seed=0, verbose=False, threads=1)
     return metrics, out
 
 
@@ -333,7 +333,7 @@ def test_loaded_checkpoint_object_and_determinism(all_results, random_ckpt, tiny
 
     metrics, _ = all_results
     ck = load_checkpoint(random_ckpt)
-    again = evaluate_all(ck, tiny_world, tasks=("grounding", "steps"), progress=False, seed=0, verbose=False)
+    again = evaluate_all(ck, tiny_world, tasks=("grounding", "steps"), progress=False, seed=0, verbose=False, threads=1)
     for k in ("grounding_R1@0.5", "grounding_mIoU", "head_grounding_mIoU", "step_recall"):
         assert again[k] == metrics[k], k
 
@@ -342,7 +342,7 @@ def test_cli_single_task(random_ckpt, tiny_world, tmp_path, capsys):
     from locvtp.cli import main
 
     rc = main(["evaluate", "steps", "--checkpoint", str(random_ckpt), "--data", str(tiny_world),
-               "--out", str(tmp_path), "--quiet"])
+               "--out", str(tmp_path), "--quiet", "--threads", "1"])
     assert rc == 0
     assert "step_recall" in capsys.readouterr().out
     assert json.loads((tmp_path / "steps.json").read_text())["task"] == "steps"
@@ -368,3 +368,21 @@ def test_default_yaml_spells_out_the_defaults():
 
     path = Path(__file__).resolve().parents[1] / "configs" / "downstream" / "default.yaml"
     assert load_options(path) == DownstreamOptions()
+
+
+def test_retrieval_finetune_starts_at_zero_shot_and_leaves_the_model_untouched(random_ckpt, tiny_world):
+    """With zero learning rates the fine-tuned model is the zero-shot one (zero-initialized adapter), and
+    fine-tuning works on a copy: the caller's model is unchanged afterwards."""
+    from locvtp.checkpoint import load_checkpoint
+    from locvtp.downstream import evaluate_all, load_options
+
+    ck = load_checkpoint(random_ckpt)
+    before = {k: v.clone() for k, v in ck.model.state_dict().items()}
+    opts = load_options(None, ["retrieval.finetune=true", "retrieval.finetune_cfg.epochs=2",
+                               "retrieval.finetune_cfg.lr=0", "retrieval.finetune_cfg.adapter_lr=0"])
+    m = evaluate_all(ck, tiny_world, tasks=("retrieval",), options=opts, progress=False, verbose=False, threads=1)
+    for k in ("R1", "R5", "MedianR", "MeanR"):
+        assert m[f"retrieval_ft_{k}"] == m[f"retrieval_{k}"], k
+    opts = load_options(None, ["retrieval.finetune=true", "retrieval.finetune_cfg.epochs=2"])
+    m = evaluate_all(ck, tiny_world, tasks=("retrieval",), options=opts, progress=False, verbose=False, threads=1)
+    assert all(torch.equal(before[k], v) for k, v in ck.model.state_dict().items())

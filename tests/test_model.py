@@ -236,6 +236,9 @@ def test_hf_text_encoder_refuses_non_directories(tmp_path):
             LocVTP.from_config(cfg)
     with pytest.raises(TextEncoderError, match="requires model.text.path"):
         LocVTP.from_config(_small_cfg(**{"model.text.name": "hf"}))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TextEncoderError, match="cannot load a transformers model from .*empty"):
+        LocVTP.from_config(_small_cfg(**{"model.text.name": "hf", "model.text.path": str(tmp_path / "empty")}))
 
 
 # ---------------------------------------------------------------------------------------------------- LocVTP

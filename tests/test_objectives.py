@@ -157,7 +157,7 @@ def test_edge_cases_have_no_nan():
     # single-clip videos: no temporal context anywhere -> temporal = 0, excluded
     c, w, s, cm, wm = make_batch(3, 1, 4)
     out = LocVTPObjective(dim=8).double()(c, w, s, cm, wm)
-    assert float(out["temporal"]) == 0.0 and (out["offsets"] == 0).all()
+    assert out["temporal"].item() == 0.0 and (out["offsets"] == 0).all()
 
 
 def test_unnormalised_and_sharp_temperature_inputs_stay_finite_and_exact():
@@ -360,3 +360,17 @@ def test_invalid_inputs_are_named():
         obj(c, w, s, cm, wm, off)
     with pytest.raises(ValueError, match="topk"):
         LocVTPObjective(topk=0)
+
+
+def test_runs_in_fp32_under_bf16_autocast():
+    """Encoders may run under bf16 autocast; the objective computes in fp32 regardless (same values)."""
+    obj = LocVTPObjective(dim=8)
+    c, w, s, cm, wm = make_batch(3, 4, 5, dtype=torch.float32)
+    off = offsets_for(cm)
+    plain = obj(c, w, s, cm, wm, off)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = obj(c.bfloat16(), w.bfloat16(), s.bfloat16(), cm, wm, off)
+    assert auto["total"].dtype == torch.float32
+    ref = obj(c.bfloat16().float(), w.bfloat16().float(), s.bfloat16().float(), cm, wm, off)
+    torch.testing.assert_close(auto["total"], ref["total"])
+    assert abs(float(plain["total"]) - float(auto["total"])) < 0.1

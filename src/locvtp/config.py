@@ -95,19 +95,23 @@ class LossWeights:
 
 @dataclass
 class ObjectiveConfig:
+    # Which terms (METHOD.md §1-3); every ablation row of docs/method.md is a combination of these keys.
     coarse: bool = True
     fine: bool = True
     temporal: bool = True
-    topk: int = 1
-    intra_negatives: bool = False
-    soft: bool = False
-    window: int = 2
-    sigma: float = math.inf
+    topk: int = 1  # k of the correspondence discovery (§2), clipped to the valid words / clips
+    intra_negatives: bool = False  # also push away the unselected words / clips of the same pair
+    soft: bool = False  # softmax-weighted positives over the top-k instead of the hard set
+    window: int = 2  # W: context offsets δ in [-W, W] \ {0} (§3, project choice)
+    sigma: float = math.inf  # ω(δ) = exp(-|δ|/σ); inf = uniform weights (project choice)
     head: str = "mlp"  # linear | mlp (context projection head)
-    tau_fine: float = 0.07
-    logit_scale_init: float = 1.0 / 0.07
+    head_hidden: Optional[int] = None  # hidden width of the mlp head (None = dim)
+    tau_fine: float = 0.07  # τ_f, fixed
+    logit_scale_init: float = 1.0 / 0.07  # 1/τ_c at init (learnable, CLIP)
     logit_scale_max: float = 100.0
     weights: LossWeights = field(default_factory=LossWeights)
+    gather: bool = True  # under DDP, gather features (with gradients) from all ranks before any loss
+    bf16_products: bool = False  # bf16 GEMMs for the (B·T)x(B·L) products (fp32 exp / sums); ~1e-2 rel. error
 
 
 @dataclass

@@ -123,10 +123,11 @@ def coarse_loss(
     clips: torch.Tensor, sentence: torch.Tensor, clip_mask: torch.Tensor, logit_scale: torch.Tensor | float
 ) -> torch.Tensor:
     """L_c = ½(CE(s_c·v sᵀ, I) + CE(s_c·s vᵀ, I)) over the (global) batch; ``logit_scale`` = 1/τ_c."""
-    v = video_embedding(_as_float(clips), clip_mask)
-    logits = logit_scale * (v @ _as_float(sentence).t())
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    with torch.autocast(device_type=clips.device.type, enabled=False):
+        v = video_embedding(_as_float(clips), clip_mask)
+        logits = logit_scale * (v @ _as_float(sentence).t())
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -198,11 +199,11 @@ class _OffDiagonalExpSums(torch.autograd.Function):
         L = words.shape[1]
         a2 = anchors.reshape(S * B * T, D)
         w2 = words.reshape(B * L, D)
-        if bf16:
-            E = torch.mm((a2 * alpha).to(torch.bfloat16), w2.to(torch.bfloat16).t()).to(a2.dtype)
+        if bf16:  # bf16 product, exp written straight into the fp32 buffer (one pass, fp32 reductions)
+            E = torch.exp(torch.mm((a2 * alpha).to(torch.bfloat16), w2.to(torch.bfloat16).t()), out=torch.empty(
+                a2.shape[0], w2.shape[0], dtype=a2.dtype, device=a2.device))
         else:
-            E = torch.mm(a2 * alpha, w2.t())
-        E.exp_()
+            E = torch.mm(a2 * alpha, w2.t()).exp_()
         E.view(S, B, T, B, L).diagonal(dim1=1, dim2=3).zero_()  # own pair: positives / intra handled outside
         rows = torch.mv(E, col_weight.reshape(-1).to(E.dtype)).view(S, B, T)
         cols = torch.mv(E[: B * T].t(), row_weight.reshape(-1).to(E.dtype)).view(B, L)
@@ -350,8 +351,37 @@ def fine_temporal_losses(
     Returns ({"fine", "fine_cw", "fine_wc", "temporal", "temporal_z", "temporal_w"} (disabled terms absent),
     correspondences). ``head`` (g) and ``offsets`` δ [B,T] are required when ``temporal``. ``fused=False``
     computes the negatives with the plain masked log-sum-exp instead of the fused op (same values; kept as a
-    fallback and as the benchmark's "straightforward vectorised" baseline).
+    fallback and as the benchmark's "straightforward vectorised" baseline). Always runs in fp32 (fp64 if
+    given), outside any autocast region: the encoders may run under bf16 autocast, the losses must not.
     """
+    with torch.autocast(device_type=clips.device.type, enabled=False):
+        return _fine_temporal_impl(
+            clips, words, clip_mask, word_mask, fine=fine, temporal=temporal, head=head, offsets=offsets,
+            topk=topk, tau=tau, window=window, sigma=sigma, intra_negatives=intra_negatives, soft=soft,
+            bf16_products=bf16_products, fused=fused,
+        )
+
+
+def _fine_temporal_impl(
+    clips: torch.Tensor,
+    words: torch.Tensor,
+    clip_mask: torch.Tensor,
+    word_mask: torch.Tensor,
+    *,
+    fine: bool = True,
+    temporal: bool = True,
+    head: nn.Module | None = None,
+    offsets: torch.Tensor | None = None,
+    topk: int = 1,
+    tau: float = 0.07,
+    window: int = 2,
+    sigma: float = math.inf,
+    intra_negatives: bool = False,
+    soft: bool = False,
+    bf16_products: bool = False,
+    fused: bool = True,
+) -> tuple[dict[str, torch.Tensor], Correspondences]:
+    """Body of ``fine_temporal_losses`` (see there)."""
     clips, words = _as_float(clips), _as_float(words)
     _check_inputs(clips, words, clip_mask, word_mask)
     if tau <= 0:
@@ -403,9 +433,11 @@ def fine_temporal_losses(
         if intra_negatives:  # every valid word (clip) of the own pair is in the denominator
             own_cw = _safe_lse(x, word_mask[:, None, :].expand(B, T, L), dim=2)
             own_wc = _safe_lse(x.transpose(1, 2), clip_mask[:, None, :].expand(B, L, T), dim=2)
-        else:
+        elif soft:
             own_cw = _safe_lse(x_cw, p_mask | ~cw_rows[..., None], dim=-1)
             own_wc = _safe_lse(x_wc, q_mask | ~wc_rows[..., None], dim=-1)
+        else:  # hard positives: the own-pair part of the denominator is the positive set itself
+            own_cw, own_wc = pos_cw, pos_wc
         l_cw = torch.logaddexp(own_cw, neg_rows[0]) - pos_cw
         l_wc = torch.logaddexp(own_wc, neg_cols) - pos_wc
         out["fine_cw"] = _masked_mean(l_cw, cw_rows)
@@ -421,8 +453,10 @@ def fine_temporal_losses(
         pos_z = _positive_term(xz_pos, zmask, soft, soft_cw)
         if intra_negatives:
             own_z = _safe_lse(xz, word_mask[:, None, :].expand(B, T, L), dim=2)
-        else:
+        elif soft:
             own_z = _safe_lse(xz_pos, zmask, dim=-1)
+        else:
+            own_z = pos_z
         l_z = torch.logaddexp(own_z, neg_rows[1]) - pos_z
         # anchored at word l with its top-1 clip q: positive z[i,q←q+δ], negatives = clips of other videos
         q1 = q_idx[..., 0]  # [B,L]

@@ -33,7 +33,8 @@ from locvtp.downstream.common import (
 
 def clip_query_score_matrix(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.ndarray] | None = None,
                             alpha: float = 0.5) -> np.ndarray:
-    """Per-clip relevance of K queries → ``[N, K]``: ``alpha·z(clips·sentence_k) + (1−alpha)·z(mean_l clips·words_k[l])``.
+    """Per-clip relevance of K queries → ``[N, K]``:
+    ``alpha·z(clips·sentence_k) + (1−alpha)·z(mean_l clips·words_k[l])``.
 
     ``clips [N, D]``, ``sentences [K, D]``, ``words[k] [L_k, D]`` (valid words only; None, or a query with no
     word, uses the sentence alone). ``z`` standardizes each query's column over the clips of this video: window
@@ -489,7 +490,8 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
 
 
 __all__ = [
-    "clip_query_score_matrix", "clip_query_scores", "window_scores", "rank_windows", "top_windows", "moment_mask", "moment_iou",
+    "clip_query_score_matrix", "clip_query_scores", "window_scores", "rank_windows", "top_windows", "moment_mask",
+    "moment_iou",
     "scaled_iou_bce", "moment_map_pool", "TAN2DHead", "pool_to_bins", "HeadConfig", "train_tan_head",
     "predict_score_maps", "GroundingQuery",
     "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "run_grounding",

@@ -131,14 +131,14 @@ class HFTextEncoder(Freezable):
                 f"`huggingface-cli download distilbert-base-uncased --local-dir DIR`) and point to DIR, or set "
                 f"model.text.allow_hub=true to let transformers fetch a hub name"
             )
-        if from_config_only:
-            config = transformers.AutoConfig.from_pretrained(path, local_files_only=local or not allow_hub)
-            self.model = transformers.AutoModel.from_config(config)
-        else:
-            try:
+        try:
+            if from_config_only:
+                config = transformers.AutoConfig.from_pretrained(path, local_files_only=local or not allow_hub)
+                self.model = transformers.AutoModel.from_config(config)
+            else:
                 self.model = transformers.AutoModel.from_pretrained(path, local_files_only=local or not allow_hub)
-            except OSError as exc:
-                raise TextEncoderError(f"cannot load a transformers model from {path!r}: {exc}") from exc
+        except (OSError, ValueError) as exc:  # no config.json / weights, unknown model_type
+            raise TextEncoderError(f"cannot load a transformers model from {path!r}: {exc}") from exc
         cfg = self.model.config
         self.out_dim = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "dim"))
         self.max_len = int(getattr(cfg, "max_position_embeddings", 512))
