@@ -185,8 +185,12 @@ def render(rows, threads, note) -> str:
     ]
     for (B, T, L), r in rows:
         f, h, m, lp, fl = (r[k] * 1e3 for k in ("fused", "fused-bf16", "masked", "loop", "floor"))
+        has_loop = lp == lp  # not NaN
+        loop_s = f"{lp:.0f}" if has_loop else "—"
+        r1 = f"{lp / f:.0f}×" if has_loop else "—"
+        r2 = f"{lp / h:.0f}×" if has_loop else "—"
         lines.append(
-            f"| {B} | {T} | {L} | {f:.1f} | {h:.1f} | {m:.1f} | {lp:.0f} | {fl:.1f} | {lp / f:.0f}× | {lp / h:.0f}× | "
+            f"| {B} | {T} | {L} | {f:.1f} | {h:.1f} | {m:.1f} | {loop_s} | {fl:.1f} | {r1} | {r2} | "
             f"{f / fl:.2f} | {h / fl:.2f} | {m / f:.2f} |"
         )
     return "\n".join(lines) + "\n"
@@ -198,7 +202,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--loop-repeats", type=int, default=None, help="default: 3 at B<=32, 1 above")
+    ap.add_argument("--loop-repeats", type=int, default=1)
+    ap.add_argument(
+        "--loop-sizes", nargs="*", default=["32,5,16", "32,10,32", "128,5,16", "128,10,32"],
+        help="B,T,L triples where the (slow: minutes at B=128) loop reference is timed; 'all' for every size",
+    )
     ap.add_argument("--no-loop", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here (atomically)")
     args = ap.parse_args(argv)
@@ -212,28 +220,39 @@ def main(argv=None) -> int:
         print("ERROR: loop reference disagrees with the objective", file=sys.stderr)
         return 1
     rows = []
+    loop_sizes = sizes if "all" in args.loop_sizes else [tuple(int(v) for v in s.split(",")) for s in args.loop_sizes]
     for B, T, L in tqdm(sizes, desc="sizes"):
-        lr = args.loop_repeats if args.loop_repeats is not None else (3 if B <= 32 else 1)
-        r = bench_size(B, T, L, args.dim, args.repeats, lr, with_loop=not args.no_loop)
+        with_loop = not args.no_loop and (B, T, L) in loop_sizes
+        r = bench_size(B, T, L, args.dim, args.repeats, args.loop_repeats, with_loop=with_loop)
         rows.append(((B, T, L), r))
         tqdm.write(
             f"B={B} T={T} L={L}: fused {r['fused']*1e3:.1f} ms, bf16 {r['fused-bf16']*1e3:.1f} ms, "
             f"masked {r['masked']*1e3:.1f} ms, loop {r['loop']*1e3:.0f} ms, floor {r['floor']*1e3:.1f} ms"
         )
+        partial = render(rows, args.threads, "(partial)")
+        if args.out:  # keep what is measured even if the run is interrupted
+            _atomic_write(args.out.with_name(args.out.name + ".partial"), partial)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     note = (
         f"Load average at the end of the run: {load:.1f} on {os.cpu_count()} cores (shared machine). "
-        f"Loop repeats: {args.loop_repeats or '3 at B=32, 1 at B=128'}; others: {args.repeats}."
+        f"Loop reference: {args.loop_repeats} run(s), at the sizes where a figure is shown; others: {args.repeats}."
     )
     table = render(rows, args.threads, note)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(table)
-        os.replace(tmp, args.out)
+        _atomic_write(args.out, table)
+        partial = args.out.with_name(args.out.name + ".partial")
+        if partial.exists():
+            partial.unlink()
     return 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,9 @@ def ensure_world(world: Path | None, work: Path) -> Path:
 
 
 def run_once(world: Path, out: Path, cache: Path, overrides: list[str]) -> dict:
-    """One training process; returns wall time, peak tree RSS (MB), CPU seconds and the metrics rows."""
+    """One training process (in a fresh run dir); returns wall time, peak tree RSS/PSS (MB), CPU s, metrics rows."""
+    if out.exists():
+        shutil.rmtree(out)
     cmd = [sys.executable, "-m", "locvtp.train", "--config", str(CONFIG), "--out", str(out), "--quiet",
            f"data.root={world}", f"data.cache_dir={cache}", *overrides]
     t0 = time.perf_counter()
@@ -96,10 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for w in a.workers:
         out = a.work / f"run_w{w}"
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
         r = run_once(world, out, cache, [f"data.num_workers={w}", f"train.max_steps={a.steps}", "train.log_every=5",
                                          "train.save_every=0", *a.set])
         rows = [x for x in r["rows"] if x["step"] > a.warmup and "samples_per_s" in x]
@@ -120,14 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     full = None
     if a.full:
         out = a.work / "run_full"
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
         fresh_cache = a.work / "cache_full"
         if fresh_cache.exists():
-            import shutil
-
             shutil.rmtree(fresh_cache)
         r = run_once(world, out, fresh_cache, list(a.set))
         full = {"wall": r["wall"], "peak_rss_mb": r["peak_rss_mb"], "cpu_s": r["cpu_s"],

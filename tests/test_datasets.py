@@ -136,6 +136,7 @@ def test_feature_dataset(tmp_path, kind, captions):
     tok = train_tokenizer([it.text for it in items], 100)
     data = build_pretrain_data(cfg, items, bad_rows, tok, tmp_path / "run", progress=False)
     ds = data.dataset
+    assert isinstance(ds.source, FeatureSource) and ds.source.stride == 1.0 and ds.source.dim == 6
     if captions == "howto100m":
         assert [b.vid for b in data.bad] == ["v9"] and data.bad[0].kind == "video"  # missing features
         assert data.total == 5 and len(ds) == 4

@@ -295,6 +295,10 @@ def test_evaluate_all_returns_every_metric(all_results):
         if k != "retrieval_MedianR":
             assert 0.0 <= metrics[k] <= 100.0, (k, metrics[k])
     assert metrics["retrieval_MedianR"] >= 1
+    # the floors are reported next to the figures
+    assert metrics["chance_retrieval_R1"] == 25.0  # 4 test videos
+    for k in ("chance_grounding_R1@0.5", "chance_grounding_mIoU", "chance_step_recall", "chance_segmentation_acc"):
+        assert 0.0 <= metrics[k] <= 100.0, k
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"]["step_recall"] == pytest.approx(metrics["step_recall"])
 
@@ -386,3 +390,21 @@ def test_retrieval_finetune_starts_at_zero_shot_and_leaves_the_model_untouched(r
     opts = load_options(None, ["retrieval.finetune=true", "retrieval.finetune_cfg.epochs=2"])
     m = evaluate_all(ck, tiny_world, tasks=("retrieval",), options=opts, progress=False, verbose=False, threads=1)
     assert all(torch.equal(before[k], v) for k, v in ck.model.state_dict().items())
+
+
+def test_features_of_this_checkpoint_replace_decoding(all_results, random_ckpt, tiny_world, tmp_path):
+    """`locvtp extract` output for the same checkpoint (joint space, matching sha256) is used instead of the
+    videos: identical figures with an empty video directory."""
+    from locvtp.cli import main
+    from locvtp.downstream import evaluate_all
+
+    metrics, _ = all_results
+    h5 = tmp_path / "feats.h5"
+    assert main(["extract", "--checkpoint", str(random_ckpt), "--videos", str(tiny_world / "videos"),
+                 "--out", str(h5), "--threads", "1", "--no-progress"]) == 0
+    empty = tmp_path / "no_videos"
+    empty.mkdir()
+    got = evaluate_all(random_ckpt, tiny_world, tasks=("grounding", "steps"), features=h5, video_dir=empty,
+                       progress=False, verbose=False, threads=1)
+    for k in ("grounding_R1@0.5", "grounding_mIoU", "head_grounding_mIoU", "step_recall"):
+        assert got[k] == pytest.approx(metrics[k], abs=1e-6), k

@@ -210,8 +210,15 @@ def test_shards_and_merge_equal_single_run(ckpt, some_videos, tmp_path, monkeypa
     assert [s.name for s in shards] == ["feats.rank0.h5", "feats.rank1.h5"]
     with h5py.File(shards[0]) as a, h5py.File(shards[1]) as b:
         assert not set(a.keys()) & set(b.keys()) and len(a.keys()) + len(b.keys()) == 6
+    assert sorted(f.name for f in tmp_path.glob("feats.rank*.failures.jsonl")) == [
+        "feats.rank0.failures.jsonl", "feats.rank1.failures.jsonl"]
+    # a failure recorded by rank 1 is carried into the merged failures file
+    (tmp_path / "feats.rank1.failures.jsonl").write_text(json.dumps(
+        {"video_id": "lost", "path": "/x/lost.mp4", "reason": "VideoError: corrupt"}) + "\n")
     assert merge_main([str(tmp_path / "feats.rank*.h5"), "--out", str(out), "--no-progress"]) == 0
     _assert_same_content(_h5_content(single), _h5_content(out))
+    merged = [json.loads(ln) for ln in (tmp_path / "feats.failures.jsonl").read_text().splitlines()]
+    assert [r["video_id"] for r in merged] == ["lost"]
 
 
 def test_list_file_with_ids_and_bad_lines(ckpt, some_videos, tmp_path, capsys):

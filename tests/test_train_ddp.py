@@ -47,7 +47,6 @@ def test_two_rank_ddp_equals_single_process(tiny_world, tmp_path):
 
     a, b = load_file(str(single / "model.safetensors")), load_file(str(ddp_run / "final" / "model.safetensors"))
     assert a.keys() == b.keys()
-    moved = 0.0
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-5, msg=k)
     init = load_file(str(ddp_run / "checkpoints" / "step_0000002" / "model.safetensors"))

@@ -676,8 +676,8 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
 
     # -- outputs ------------------------------------------------------------------------------------------
     out = rank_path(Path(args.out), args.format, rank, world)
-    failures_path = Path(args.failures) if args.failures else default_failures_path(Path(args.out), args.format,
-                                                                                     rank, world)
+    # h5: next to this rank's file (feats.rank3.failures.jsonl, which `merge` picks up); dirs: per-rank name inside
+    failures_path = Path(args.failures) if args.failures else default_failures_path(out, args.format, rank, world)
     if args.failures and world > 1:
         failures_path = failures_path.with_name(f"{failures_path.stem}.rank{rank}{failures_path.suffix}")
     if args.overwrite:

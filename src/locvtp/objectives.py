@@ -282,6 +282,8 @@ def _positive_term(x_pos: torch.Tensor, pos_mask: torch.Tensor, soft: bool, weig
     hard: log Σ_{P} e^{x};  soft: Σ_{P} a·x with a = softmax over the top-k of the (detached) similarities
     (``weights`` may pass the ``a`` computed elsewhere, e.g. the reference clip's for the warped clip).
     """
+    if x_pos.shape[-1] == 1:  # k = 1 (default): the single positive is valid on every anchor row
+        return x_pos[..., 0]
     if not soft:
         return _safe_lse(x_pos, pos_mask, dim=-1)
     if weights is None:

@@ -487,6 +487,9 @@ def search_main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=("auto", "faiss", "numpy"), default="auto")
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for faiss/torch (0: library default). On a busy machine 1 thread is often "
+                        "faster for single queries: see docs/benchmarks/extract_search.md")
     p.add_argument("--allow-checkpoint-mismatch", action="store_true",
                    help="search even if the index was built from another checkpoint's features")
     args = p.parse_args(argv)
@@ -498,6 +501,14 @@ def search_main(argv: list[str] | None = None) -> int:
         p.error("give at least one query (positional or --queries FILE)")
     if args.top_k < 1:
         p.error("--top-k must be >= 1")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if have_faiss():
+            import faiss
+
+            faiss.omp_set_num_threads(args.threads)
     try:
         index = MomentIndex(args.index, backend=args.backend, nprobe=args.nprobe)
         from locvtp.checkpoint import load_checkpoint, resolve_checkpoint

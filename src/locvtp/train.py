@@ -398,8 +398,9 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
     if resume_from is not None and dist.is_main:
         warn_config_changes(cfg, run / "config.yaml")
 
+    threads_before = torch.get_num_threads()
     if int(tc.num_threads) > 0:
-        torch.set_num_threads(int(tc.num_threads))
+        torch.set_num_threads(int(tc.num_threads))  # restored at the end (pretrain may run inside a bigger program)
     seed_everything(int(cfg.seed))
     items, bad_rows = load_caption_items(cfg.data, strict=strict)
     tokenizer = prepare_tokenizer(cfg, run, items, resume_from, dist)
@@ -539,6 +540,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
     del batches  # shuts the loader workers down before the process group goes
     if dist.initialized_here:
         torch.distributed.destroy_process_group()
+    torch.set_num_threads(threads_before)
     return final
 
 

@@ -419,6 +419,25 @@ def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingO
     return ranked, used, curves
 
 
+def chance_grounding(ctx, queries: Sequence[GroundingQuery], gt: np.ndarray, opts: GroundingOptions,
+                     draws: int = 3) -> dict[str, float]:
+    """The floor for zero-shot grounding: the same window ranking applied to i.i.d. Gaussian clip curves
+    (no information about the query), averaged over ``draws`` seeded draws."""
+    from locvtp.metrics import grounding_recall
+
+    rng = np.random.default_rng(ctx.seed)
+    out: dict[str, float] = {}
+    for _ in range(draws):
+        ranked = []
+        for q in queries:
+            windows = ctx.bank.video(q.vid).windows
+            ranked.append(rank_windows(rng.normal(size=len(windows)), windows, kind=opts.window_score,
+                                       max_candidates=opts.max_candidates)[0])
+        for k, v in grounding_recall(ranked, gt).items():
+            out[k] = out.get(k, 0.0) + v / draws
+    return out
+
+
 def _pooled(ctx, queries: Sequence[GroundingQuery], num_bins: int) -> tuple[np.ndarray, list[int]]:
     """[Q', N, D] pooled frozen features of the queries whose video is available, and their indices."""
     cache: dict[str, np.ndarray] = {}
@@ -456,6 +475,9 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
              for q in test]
     if used:
         metrics.update(prefixed("grounding", grounding_recall(ranked, gt[used])))
+        chance = chance_grounding(ctx, [test[k] for k in used], gt[used], opts)
+        metrics.update({f"chance_grounding_{k}": chance[k] for k in ("R1@0.5", "mIoU")})
+        info["chance"] = chance
         for k, windows in zip(used, ranked):
             preds[k]["windows"] = top_windows(windows, opts.top_k_saved).round(3).tolist()
     info["missing_videos"] = sorted({test[k].vid for k in range(len(test)) if k not in set(used)})

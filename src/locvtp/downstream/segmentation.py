@@ -207,6 +207,7 @@ def run_segmentation(ctx, opts: SegmentationOptions | None = None) -> "TaskResul
             counts[lab] = counts.get(lab, 0) + 1
     majority = max(sorted(counts), key=counts.__getitem__)
     majority_acc = 100.0 * sum(lab == majority for y in y_te for lab in y) / max(1, sum(len(y) for y in y_te))
+    metrics["chance_segmentation_acc"] = majority_acc
     info = {"train_videos": len(x_tr), "test_videos": len(x_te), "missing_videos": miss_tr + miss_te,
             "skipped_annotations": skipped, "classes": probe.classes, "test_labels_unseen_in_training": unseen,
             "probe": asdict(opts.probe), "final_train_loss": probe.losses[-1] if probe.losses else None,

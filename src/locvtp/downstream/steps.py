@@ -94,6 +94,14 @@ def run_steps(ctx, opts: StepsOptions | None = None) -> "TaskResult":
         raise DownstreamError(f"steps: no CrossTask video could be evaluated (missing: {missing[:5]})")
     result = step_recall(y_true, y_pred)
     metrics = {"step_recall": float(result["recall"])}
+    # The floor: the same Viterbi on i.i.d. Gaussian score matrices, averaged over 3 seeded draws.
+    rng = np.random.default_rng(ctx.seed)
+    chance = []
+    for _ in range(3):
+        rand_pred = {t: {v: np.asarray(crosstask_viterbi(rng.normal(size=y.shape))) for v, y in vids.items()}
+                     for t, vids in y_true.items()}
+        chance.append(step_recall(y_true, rand_pred)["recall"])
+    metrics["chance_step_recall"] = float(np.mean(chance))
     info = {"split": opts.split, "tasks": len(task_steps), "videos": len(videos), "evaluated_videos": len(preds),
             "missing_videos": missing, "skipped_annotations": skipped,
             "per_task_recall": {str(k): float(v) for k, v in result["per_task"].items()},
