@@ -2,7 +2,7 @@
 
 Prints, per (B, T, L) at D = 256 and 2 threads, the median of >= 5 runs of:
   fused      — ``LocVTPObjective`` as shipped (fp32);
-  fused-bf16 — the same with ``bf16_products=True`` (bf16 GEMMs, fp32 exp / reductions);
+  fused-bf16 — the same with ``bf16_products=True`` (bf16 GEMMs and exp matrix, fp32-accumulated sums);
   masked     — the straightforward vectorised version (explicit block mask + masked log-sum-exp, autograd);
   loop       — a loop reference written the way the authors' release computes its losses: Python loops over
                the batch and over clips / words picking each anchor's positives and negatives (fewer repeats);
@@ -126,10 +126,13 @@ def floor_fn(B, T, L, D):
     return run
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process, all threads)
+
+
 def timed(fn, *args) -> float:
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn(*args)
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def bench_size(B, T, L, D, repeats, loop_repeats, with_loop=True):
@@ -168,11 +171,12 @@ def check_agreement(D=256):
     return max(abs(float(a[k].detach()) - float(b[k].detach())) for k in ("coarse", "fine", "temporal", "total"))
 
 
-def render(rows, threads, note) -> str:
+def render(rows, threads, note, clock="wall") -> str:
     lines = [
         "# Objectives benchmark (forward + backward, all three terms, context head included)",
         "",
-        f"`python benchmarks/bench_objectives.py` — D = 256, {threads} threads, median of the repeats shown; "
+        f"`python benchmarks/bench_objectives.py --threads {threads} --clock {clock}` — D = 256, {threads} thread(s), "
+        f"{'wall-clock' if clock == 'wall' else 'process CPU'} time, median of the repeats; "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}. {note}",
         "",
         "Columns: *fused* = `LocVTPObjective` as shipped (fp32); *bf16* = `bf16_products=True`; *masked* = the "
@@ -208,11 +212,17 @@ def main(argv=None) -> int:
         help="B,T,L triples where the (slow: minutes at B=128) loop reference is timed; 'all' for every size",
     )
     ap.add_argument("--no-loop", action="store_true")
+    ap.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="cpu = CPU time of this process: with --threads 1 it is insensitive to other tenants of the machine",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here (atomically)")
     args = ap.parse_args(argv)
     if args.repeats < 5:
         print("note: fewer than 5 repeats requested", file=sys.stderr)
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else GRID
     err = check_agreement(args.dim)
     print(f"loop reference vs fused objective, max |Δ| over terms: {err:.2e}")
@@ -229,7 +239,7 @@ def main(argv=None) -> int:
             f"B={B} T={T} L={L}: fused {r['fused']*1e3:.1f} ms, bf16 {r['fused-bf16']*1e3:.1f} ms, "
             f"masked {r['masked']*1e3:.1f} ms, loop {r['loop']*1e3:.0f} ms, floor {r['floor']*1e3:.1f} ms"
         )
-        partial = render(rows, args.threads, "(partial)")
+        partial = render(rows, args.threads, "(partial)", args.clock)
         if args.out:  # keep what is measured even if the run is interrupted
             _atomic_write(args.out.with_name(args.out.name + ".partial"), partial)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -237,7 +247,7 @@ def main(argv=None) -> int:
         f"Load average at the end of the run: {load:.1f} on {os.cpu_count()} cores (shared machine). "
         f"Loop reference: {args.loop_repeats} run(s), at the sizes where a figure is shown; others: {args.repeats}."
     )
-    table = render(rows, args.threads, note)
+    table = render(rows, args.threads, note, args.clock)
     print(table)
     if args.out:
         _atomic_write(args.out, table)

@@ -408,3 +408,26 @@ def test_features_of_this_checkpoint_replace_decoding(all_results, random_ckpt, 
                        progress=False, verbose=False, threads=1)
     for k in ("grounding_R1@0.5", "grounding_mIoU", "head_grounding_mIoU", "step_recall"):
         assert got[k] == pytest.approx(metrics[k], abs=1e-6), k
+
+
+def test_a_broken_video_is_skipped_and_reported_or_fails_in_strict_mode(random_ckpt, tiny_world, tmp_path):
+    import shutil
+
+    from locvtp.downstream import evaluate_all, load_options
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    anet = json.loads((world / "grounding/activitynet/val_1.json").read_text())
+    bad = sorted(anet)[0]
+    (world / "videos" / f"{bad}.mp4").write_bytes(b"not an mp4 at all")
+    opts = load_options(None, ["grounding.head=false"])
+    out = tmp_path / "out"
+    m = evaluate_all(random_ckpt, world, out_dir=out, tasks=("grounding",), options=opts, progress=False,
+                     verbose=False, threads=1)
+    assert math.isfinite(m["grounding_R1@0.5"])
+    info = json.loads((out / "grounding.json").read_text())["info"]
+    assert bad in info["failed_videos"] and bad in info["missing_videos"]
+    assert info["zero_shot_queries"] == info["test_queries"] - len(anet[bad]["sentences"])
+    with pytest.raises(OSError, match=bad):
+        evaluate_all(random_ckpt, world, tasks=("grounding",), options=opts, progress=False, verbose=False,
+                     strict=True, threads=1)

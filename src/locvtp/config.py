@@ -111,7 +111,7 @@ class ObjectiveConfig:
     logit_scale_max: float = 100.0
     weights: LossWeights = field(default_factory=LossWeights)
     gather: bool = True  # under DDP, gather features (with gradients) from all ranks before any loss
-    bf16_products: bool = False  # bf16 GEMMs for the (B·T)x(B·L) products (fp32 exp / sums); ~1e-2 rel. error
+    bf16_products: bool = False  # bf16 (B·T)x(B·L) products / exp matrix, fp32 sums (docs/method.md); faster on AVX512-BF16
 
 
 @dataclass

@@ -213,20 +213,23 @@ class EmbeddingBank:
     """Per-model cache of clip and text embeddings, filled once and shared by all tasks.
 
     ``embed_video(vid) -> ClipSequence`` and ``embed_texts(list[str]) -> TextEmbeddings`` are the two expensive
-    calls (bound to a model by :func:`bank_from_checkpoint`); ``frozen`` optionally maps a video id to
-    externally extracted features (``--features``), used by the supervised heads instead of the embeddings.
+    calls (bound to a model by :func:`make_bank`); ``frozen`` optionally maps a video id to externally
+    extracted features (``--features``), used by the supervised heads instead of the embeddings. Failures are
+    kept with their reason (``failed``: embedding, ``failed_features``: feature rows); ``strict`` raises instead.
     """
 
     embed_video: Callable[[str], ClipSequence]
     embed_texts_fn: Callable[[list[str]], TextEmbeddings]
     frozen: Callable[[str], ClipSequence] | None = None
     progress: bool = True
+    strict: bool = False
     _videos: dict[str, ClipSequence] = field(default_factory=dict)
     _texts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _frozen: dict[str, ClipSequence] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    failed_features: dict[str, str] = field(default_factory=dict)
 
-    def prefetch(self, vids: Iterable[str], desc: str = "embed videos", strict: bool = False) -> None:
+    def prefetch(self, vids: Iterable[str], desc: str = "embed videos", strict: bool | None = None) -> None:
         """Embed every not-yet-cached video once (lenient: a video that fails is recorded in ``failed``)."""
         from tqdm.auto import tqdm
 
@@ -235,7 +238,7 @@ class EmbeddingBank:
             try:
                 self._videos[vid] = self.embed_video(vid)
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
-                if strict:
+                if self.strict if strict is None else strict:
                     raise
                 self.failed[vid] = f"{type(exc).__name__}: {exc}"
 
@@ -249,11 +252,15 @@ class EmbeddingBank:
         """Frozen features for supervised heads: ``--features`` rows if given, else the clip embeddings."""
         if self.frozen is None:
             return self.video(vid)
+        if vid in self.failed_features:
+            return None
         if vid not in self._frozen:
             try:
                 self._frozen[vid] = self.frozen(vid)
-            except KeyError as exc:
-                self.failed[vid] = f"features: {exc}"
+            except (KeyError, OSError, ValueError) as exc:
+                if self.strict:
+                    raise
+                self.failed_features[vid] = f"{type(exc).__name__}: {exc}"
                 return None
         return self._frozen[vid]
 
@@ -371,7 +378,8 @@ class EvalContext:
 
 
 def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path], features: FeatureFile | None,
-              durations: Mapping[str, float], progress: bool = True, checkpoint_sha256: str = "") -> EmbeddingBank:
+              durations: Mapping[str, float], progress: bool = True, checkpoint_sha256: str = "",
+              strict: bool = False) -> EmbeddingBank:
     """Bind the expensive calls to ``model``.
 
     Pixel models embed each video file (``locvtp.inference.embed_video_file``, the training clip layout from the
@@ -407,13 +415,13 @@ def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path
         def embed_video(vid: str) -> ClipSequence:  # noqa: F811  (already this model's clip embeddings)
             return features.read(vid, durations.get(vid))
 
-        return EmbeddingBank(embed_video, embed_txt, frozen=None, progress=progress)
+        return EmbeddingBank(embed_video, embed_txt, frozen=None, progress=progress, strict=strict)
     frozen = None
     if features is not None and takes_pixels:
         def frozen(vid: str) -> ClipSequence:
             return features.read(vid, durations.get(vid))
 
-    return EmbeddingBank(embed_video, embed_txt, frozen=frozen, progress=progress)
+    return EmbeddingBank(embed_video, embed_txt, frozen=frozen, progress=progress, strict=strict)
 
 
 @dataclass

@@ -160,8 +160,8 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     vids, durations = _needed_videos(data_dir, tasks, opts, strict)
     feat = FeatureFile.open(features) if features is not None else None
     bank = make_bank(ck.model, ck.tokenizer, ck.cfg, VideoLocator(video_dir or data_dir / "videos"), feat,
-                     durations, progress=progress, checkpoint_sha256=sha)
-    bank.prefetch(vids, desc="embed videos", strict=strict)
+                     durations, progress=progress, checkpoint_sha256=sha, strict=strict)
+    bank.prefetch(vids, desc="embed videos")
     embed_seconds = time.time() - t0
     if bank.failed and verbose:
         print(f"[evaluate] {len(bank.failed)} of {len(vids)} videos could not be embedded and are skipped "
@@ -178,7 +178,9 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
         res.info["checkpoint"] = ctx.checkpoint_path
         res.info["checkpoint_sha256"] = sha
         res.info["seed"] = seed
-        res.info["failed_videos"] = {v: r for v, r in bank.failed.items()}
+        res.info["failed_videos"] = dict(bank.failed)
+        if bank.failed_features:
+            res.info["failed_features"] = dict(bank.failed_features)
         results[task] = res
         flat.update(res.metrics)
         flat[f"{task}_seconds"] = res.info["seconds"]
@@ -192,7 +194,8 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     if out is not None:
         write_json(out / "metrics.json", {"checkpoint": ctx.checkpoint_path, "checkpoint_sha256": sha,
                                           "data": str(data_dir), "tasks": tasks, "seed": seed, "metrics": flat,
-                                          "videos": len(vids), "failed_videos": bank.failed})
+                                          "videos": len(vids), "failed_videos": bank.failed,
+                                          "failed_features": bank.failed_features})
     if verbose:
         shown = {k: v for k, v in flat.items() if not k.endswith("_seconds")}
         print(format_table(shown, title=f"[evaluate] {', '.join(tasks)} | checkpoint {ctx.checkpoint_path} | "
