@@ -3,8 +3,8 @@
 Zero-shot (no training): every clip gets a query score that combines the sentence level (clip · sentence) and
 the word level (mean over the query's words of clip · word), each standardized over the video's clips so neither
 dominates by scale; every candidate window [i, j] of clips is then scored by how much higher the clips inside
-are than the clips outside (a two-sample t statistic by default, see :func:`window_scores`), and windows are
-ranked best first. NMS and recall are ``locvtp.metrics.grounding_recall`` (2D-TAN conventions).
+are than the clips around it (AutoLoc's outer-inner contrast by default, see :func:`window_scores`), and windows
+are ranked best first. NMS and recall are ``locvtp.metrics.grounding_recall`` (2D-TAN conventions).
 
 Supervised: :class:`TAN2DHead` follows 2D-TAN (Zhang et al., AAAI 2020, microsoft/2D-TAN): clip features pooled
 into N equal time bins, a 2D map of all N×N moments by max (or average) pooling, Hadamard fusion with the
@@ -29,6 +29,7 @@ from locvtp.downstream.common import (
 )
 
 # --------------------------------------------------------------------------------------------------- zero-shot
+WINDOW_SCORES = ("tstat", "contrast", "oic", "oic_t")
 
 
 def clip_query_score_matrix(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.ndarray] | None = None,
@@ -64,39 +65,63 @@ def clip_query_scores(clips: np.ndarray, sentence: np.ndarray, words: np.ndarray
     return clip_query_score_matrix(clips, np.asarray(sentence)[None], w, alpha)[:, 0]
 
 
-def window_scores(scores: np.ndarray, kind: str = "tstat", min_len: int = 1, max_len: int | None = None) -> np.ndarray:
+def window_scores(scores: np.ndarray, kind: str = "oic", min_len: int = 1, max_len: int | None = None,
+                  inflation: float = 0.25) -> np.ndarray:
     """Score every window [i, j] (clips i..j inclusive) of a per-clip curve → ``[N, N]``, −inf where invalid.
 
-    ``kind="contrast"``: mean inside − mean outside. ``kind="tstat"`` (default): the same difference divided by
-    ``sqrt(1/n_in + 1/n_out)``, the two-sample t statistic under i.i.d. clip noise. Why: the plain contrast of a
-    single noisy clip is as large as that of the whole bump it belongs to, so it prefers one-clip windows on
-    noisy curves; dividing by the difference's standard error is the length prior that follows from the noise
-    model rather than a tuned constant. The whole video (nothing outside) scores 0 under both (no contrast).
-    Windows shorter than ``min_len`` or longer than ``max_len`` clips are invalid.
+    Default ``"oic"``: measured on oracle clip embeddings of the demo world (exact ground truth, plus Gaussian
+    noise to mimic imperfect models; grounding *train* split), R1@0.5 for noise 0 / 0.5 / 1 / 2:
+    oic 86/83/65/27, tstat 67/67/59/36, contrast 98/32/9/2, oic_t 61/57/41/23 — the local contrast is the most
+    robust across the range a useful model lives in. Its failure mode: one isolated, strongly matching clip
+    (a spike far above the query's true bump) wins, where ``tstat`` would keep the bump (see the tests).
+
+    Global kinds compare the window with *everything* outside it:
+    ``"contrast"``: mean inside − mean outside; ``"tstat"``: the same difference divided by
+    ``sqrt(1/n_in + 1/n_out)``, the two-sample t statistic under i.i.d. clip noise.
+    Local kinds compare it with its *surroundings* only — the flanks of ``max(1, round(inflation·n_in))`` clips on
+    each side, clipped to the video (AutoLoc's outer-inner contrast, Shou et al. ECCV 2018, inflation 0.25):
+    ``"oic"``: mean inside − mean of the flanks; ``"oic_t"``: that difference over ``sqrt(1/n_in + 1/n_flanks)``.
+
+    Why both a t statistic and local flanks: the plain contrast of a single noisy clip is as large as that of the
+    whole bump it belongs to, so it prefers one-clip windows on noisy curves (dividing by the difference's
+    standard error is the length prior that follows from the noise model); and a global comparison is pulled
+    by the rest of the video (a window that also swallows a neighbouring, moderately similar event beats the
+    exact one when idle clips elsewhere are much lower), which the flanks avoid. A window with nothing to
+    compare with (the whole video) scores 0. Windows shorter than ``min_len`` or longer than ``max_len`` clips
+    are invalid.
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     n = s.shape[0]
-    if kind not in ("tstat", "contrast"):
-        raise ValueError(f"window score kind must be 'tstat' or 'contrast', got {kind!r}")
+    if kind not in WINDOW_SCORES:
+        raise ValueError(f"window score kind must be one of {WINDOW_SCORES}, got {kind!r}")
     csum = np.concatenate([[0.0], np.cumsum(s)])
     i = np.arange(n)[:, None]
     j = np.arange(n)[None, :]
     n_in = (j - i + 1).astype(np.float64)
-    n_out = n - n_in
     valid = (j >= i) & (n_in >= min_len)
     if max_len is not None:
         valid &= n_in <= max_len
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sum_in = csum[np.clip(j + 1, 0, n)] - csum[i]
-        mean_in = sum_in / n_in
-        mean_out = np.where(n_out > 0, (csum[n] - sum_in) / np.maximum(n_out, 1), mean_in)
-        out = mean_in - mean_out
-        if kind == "tstat":
-            out = np.where(n_out > 0, out / np.sqrt(1.0 / n_in + 1.0 / np.maximum(n_out, 1)), 0.0)
-    return np.where(valid, out, -np.inf)
+    jj = np.clip(j + 1, 0, n)
+    n_in = np.maximum(n_in, 1.0)  # i > j entries are masked at the end; keep the arithmetic finite
+    sum_in = csum[jj] - csum[i]
+    if kind in ("contrast", "tstat"):
+        n_out = n - n_in
+        sum_out = csum[n] - sum_in
+    else:
+        r = np.maximum(1, np.round(inflation * n_in)).astype(np.int64)
+        lo = np.clip(i - r, 0, n)
+        hi = np.clip(j + 1 + r, 0, n)
+        n_out = (i - lo) + (hi - jj).astype(np.float64)
+        sum_out = (csum[i] - csum[lo]) + (csum[hi] - csum[jj])
+    has_out = n_out > 0
+    safe_out = np.maximum(n_out, 1)
+    diff = np.where(has_out, sum_in / n_in - sum_out / safe_out, 0.0)
+    if kind in ("tstat", "oic_t"):
+        diff = np.where(has_out, diff / np.sqrt(1.0 / n_in + 1.0 / safe_out), 0.0)
+    return np.where(valid, diff, -np.inf)
 
 
-def rank_windows(scores: np.ndarray, windows: np.ndarray, kind: str = "tstat", max_candidates: int | None = 500,
+def rank_windows(scores: np.ndarray, windows: np.ndarray, kind: str = "oic", max_candidates: int | None = 500,
                  min_len: int = 1, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Candidate windows in seconds, best first: ``([M, 2] seconds, [M] scores)``.
 
@@ -357,7 +382,7 @@ class GroundingOptions:
     activitynet_train: str = "train.json"
     activitynet_test: str = "val_1.json"  # ActivityNet Captions has no public test labels; val_2.json also works
     alpha: float = 0.5  # zero-shot: weight of the sentence level vs the word level
-    window_score: str = "tstat"  # tstat | contrast (see window_scores)
+    window_score: str = "oic"  # oic | oic_t | tstat | contrast (see window_scores)
     max_candidates: int = 500  # zero-shot windows handed to NMS
     head: bool = True  # train and evaluate the 2D-TAN head
     head_cfg: HeadConfig = field(default_factory=HeadConfig)
