@@ -3,7 +3,7 @@
 Prints decode-only, encode-only and end-to-end clips/s (median of ``--repeats`` runs) for the default model size
 (tiny3d, 32x32 frames, 4 frames/clip) with a random initialisation (speed does not depend on the weights) or
 ``--checkpoint``. End-to-end = ``locvtp extract`` into a fresh HDF5 file (decode in a prefetch thread overlapped
-with the encoder, journal, assembly).
+with the encoder, per-video journal with fsync, final HDF5 assembly; model loading excluded).
 
     .venv/bin/python benchmarks/bench_extract.py [--world DIR | --preset tiny] [--threads 2]
 """
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             s = run_extract(a, progress=False)
             dec_rates.append(n / t_dec)
             enc_rates.append(n / t_enc)
-            e2e_rates.append(s.clips / s.seconds)
+            e2e_rates.append(s.clips / s.loop_seconds)
         print(f"clips per run: {n}")
         print(f"{'stage':<28}{'clips/s (median)':>18}{'min':>10}{'max':>10}")
         for name, rates in (("decode (PyAV, 1 thread)", dec_rates), ("encode (model)", enc_rates),

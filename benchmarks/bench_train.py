@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                "cpu_s_per_1k": 1000 * r["cpu_s"] / samples, "wall": r["wall"]}
         results.append(res)
         print(f"workers={w}: {sps:6.1f} samples/s  data wait {100 * wait:5.1f}% of step time  "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB (PSS {r['peak_pss_mb']:.0f} MB)  CPU {res['cpu_s_per_1k']:.1f} s/1k samples  "
+              f"peak RSS {r['peak_rss_mb']:6.0f} MB (PSS {r['peak_pss_mb']:.0f} MB)  "
+              f"CPU {res['cpu_s_per_1k']:.1f} s/1k samples  "
               f"(whole process {r['wall']:.0f} s)")
     base = results[0]["samples_per_s"]
     for r in results[1:]:

@@ -92,8 +92,8 @@ def test_pool_features_matches_a_loop(stride, clip):
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(23, 5))
     windows = np.array([[0.0, 1.0], [1.0, 2.5], [2.5, 2.6], [7.0, 11.0], [20.0, 40.0]])
-    np.testing.assert_allclose(pool_features(feats, windows, stride, clip), _pool_reference(feats, windows, stride, clip),
-                               rtol=1e-5, atol=1e-6)
+    expected = _pool_reference(feats, windows, stride, clip)
+    np.testing.assert_allclose(pool_features(feats, windows, stride, clip), expected, rtol=1e-5, atol=1e-6)
 
 
 def _feature_world(tmp_path, kind):
@@ -301,7 +301,8 @@ def test_dataset_is_deterministic_per_epoch_and_index():
         durations = {"a": 100.0}
 
         def clips(self, vid, windows, jitter, rng):
-            return np.repeat(windows[:, :1].astype(np.float32), 3, axis=1) + rng.random((len(windows), 3), dtype=np.float32)
+            noise = rng.random((len(windows), 3), dtype=np.float32)
+            return np.repeat(windows[:, :1].astype(np.float32), 3, axis=1) + noise
 
     items = [CaptionItem("a", f"t{i}", 10.0 * i, 10.0 * i + 2, "x") for i in range(5)]
     ds = PretrainDataset(items, Fake(), 4, 1.0, jitter_seconds=1.0, seed=7)

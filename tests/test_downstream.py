@@ -377,8 +377,20 @@ def test_default_yaml_spells_out_the_defaults():
 
     from locvtp.downstream.evaluate import DownstreamOptions, load_options
 
+    import yaml
+    from omegaconf import OmegaConf
+
     path = Path(__file__).resolve().parents[1] / "configs" / "downstream" / "default.yaml"
     assert load_options(path) == DownstreamOptions()
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out |= keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+        return out
+
+    spelled = keys(yaml.safe_load(path.read_text()))
+    assert spelled == keys(OmegaConf.to_container(OmegaConf.structured(DownstreamOptions)))
 
 
 def test_retrieval_finetune_starts_at_zero_shot_and_leaves_the_model_untouched(random_ckpt, tiny_world):
@@ -470,9 +482,9 @@ def _oracle_context(world):
         for vid, a in json.loads((world / "grounding/activitynet" / name).read_text()).items():
             for sent, ev in zip(a["sentences"], gt[vid]["events"]):
                 text_code[sent] = code(gt[vid], ev)
-    for line in (world / "retrieval/MSRVTT_JSFUSION_test.csv").read_text().splitlines()[1:]:
-        _, _, vid, sent = line.split(",", 3)
-        text_code[sent] = code(gt[vid], gt[vid]["events"][0])
+    for sent in json.loads((world / "retrieval/MSRVTT_data.json").read_text())["sentences"]:
+        vid = sent["video_id"]
+        text_code[sent["caption"]] = code(gt[vid], gt[vid]["events"][0])
     for vid, video in gt.items():
         for ev in video["events"]:
             text_code.setdefault(ev["caption"], code(video, ev))  # CrossTask step texts are the captions
@@ -515,3 +527,16 @@ def test_oracle_embeddings_score_near_the_top_on_every_protocol(tiny_world):
     assert steps["step_recall"] >= 90.0 and steps["step_recall"] > steps["chance_step_recall"] + 30, steps
     seg = run_segmentation(ctx).metrics
     assert seg["segmentation_acc"] >= 85.0 and seg["segmentation_acc"] > seg["chance_segmentation_acc"] + 20, seg
+
+
+def test_all_captions_protocol_with_oracle_embeddings(tiny_world):
+    """Every caption of every test video as a query (multi-caption protocol): the oracle retrieves them all."""
+    from locvtp.downstream.retrieval import RetrievalOptions, run_retrieval
+
+    ctx = _oracle_context(tiny_world)
+    data = json.loads((tiny_world / "retrieval/MSRVTT_data.json").read_text())
+    gt = json.loads((tiny_world / "ground_truth.json").read_text())
+    res = run_retrieval(ctx, RetrievalOptions(all_captions=True))
+    n_caps = sum(1 for s in data["sentences"] if gt[s["video_id"]]["split"] == "retrieval_test")
+    assert res.info["all_caption_queries"] == n_caps > res.info["evaluated_queries"]
+    assert res.metrics["retrieval_allcap_R1"] == 100.0 and res.metrics["retrieval_allcap_v2t_R1"] == 100.0

@@ -26,15 +26,21 @@ def test_ground_embeddings_finds_planted_window():
     clips /= np.linalg.norm(clips, axis=1, keepdims=True)
     windows = np.stack([np.arange(n) * 0.5, np.arange(n) * 0.5 + 0.5], 1)
     res = ground_embeddings(clips, windows, sentence, None, query="q", top_k=4, nms_threshold=0.5)
-    assert tuple(res.windows[0]) == (3.0, 5.0)
+    assert _iou(res.windows[0], (3.0, 5.0)) >= 0.75  # the planted moment (up to the scoring's boundary slack)
+    for kind in ("tstat", "contrast"):  # the global contrasts recover it exactly on this clean curve
+        exact = ground_embeddings(clips, windows, sentence, None, top_k=1, window_score=kind)
+        assert tuple(exact.windows[0]) == (3.0, 5.0), kind
     assert len(res.windows) == 4
     assert np.all(np.diff(res.scores) <= 0)
     for i in range(len(res.windows)):  # NMS: no two kept windows overlap by more than the threshold
         for j in range(i):
             assert _iou(res.windows[i], res.windows[j]) <= 0.5
     assert np.all((res.windows[:, 0] >= 0) & (res.windows[:, 1] <= 10.0) & (res.windows[:, 0] < res.windows[:, 1]))
-    one = ground_embeddings(clips, windows, sentence, None, top_k=1, max_clips=2)
+    one = ground_embeddings(clips, windows, sentence, None, top_k=1, max_clips=2, window_score="tstat")
     assert one.windows[0, 1] - one.windows[0, 0] <= 1.0 and 3.0 <= one.windows[0, 0] <= 4.5
+    for kind in (None, "oic"):  # max_clips bounds every kind
+        w = ground_embeddings(clips, windows, sentence, None, top_k=3, max_clips=2, window_score=kind).windows
+        assert np.all(w[:, 1] - w[:, 0] <= 1.0 + 1e-9)
 
 
 def test_ground_embeddings_rejects_bad_input():

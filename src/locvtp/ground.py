@@ -6,13 +6,14 @@ Procedure (no training; the same scoring as the evaluation's zero-shot grounding
 1. embed the video's sliding-window clips and the query (``locvtp.inference``);
 2. per-clip relevance = ``alpha·z(clip·sentence) + (1−alpha)·z(mean over words of clip·word)`` (z = standardized
    over the video's clips; :func:`~locvtp.downstream.grounding.clip_query_scores`);
-3. every window of consecutive clips [i, j] is scored by the two-sample t statistic of the clips inside vs.
-   outside (:func:`~locvtp.downstream.grounding.window_scores`), i.e. "how clearly do these clips stand out";
+3. every window of consecutive clips [i, j] gets the evaluation's window score
+   (:func:`~locvtp.downstream.grounding.window_scores`; ``--window-score`` picks the kind, default: the
+   evaluation's default, a contrast of the clips inside against their surroundings);
 4. greedy temporal NMS (``locvtp.metrics.nms``, 2D-TAN's convention) keeps the top-k windows (IoU > ``--nms``
    with a better window drops a window).
 
 Output: one JSON object on stdout: ``video``, ``query``, ``duration``, ``windows`` (``start``, ``end`` seconds,
-``score`` = the t statistic, best first) and, with ``--curve``, the per-clip ``clip_scores`` (raw cosine to the
+``score`` = the window score, best first) and, with ``--curve``, the per-clip ``clip_scores`` (raw cosine to the
 sentence) and ``clip_windows``. ``--plot out.png`` draws the curve with the windows (matplotlib, Agg backend).
 """
 from __future__ import annotations
@@ -64,11 +65,13 @@ def ground_embeddings(
     nms_threshold: float = 0.5,
     min_clips: int = 1,
     max_clips: Optional[int] = None,
+    window_score: Optional[str] = None,
 ) -> GroundingResult:
     """Top-k windows of one query in one video from embeddings (see the module docstring for the procedure).
 
     ``clips [N, D]`` and ``clip_windows [N, 2]`` (seconds) of the video, ``sentence [D]``, ``words [L, D]``
-    (valid words; None = sentence only).
+    (valid words; None = sentence only). ``window_score``: a kind of
+    ``locvtp.downstream.grounding.window_scores`` (None: its default).
     """
     from locvtp.downstream.grounding import clip_query_scores, rank_windows
     from locvtp.metrics import nms
@@ -83,7 +86,8 @@ def ground_embeddings(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     w = None if words is None or np.asarray(words).size == 0 else np.asarray(words, np.float32)
     relevance = clip_query_scores(clips, np.asarray(sentence, np.float32), w, alpha=alpha)
-    ranked, vals = rank_windows(relevance, clip_windows, min_len=min_clips, max_len=max_clips)
+    kw = {} if window_score is None else {"kind": window_score}
+    ranked, vals = rank_windows(relevance, clip_windows, min_len=min_clips, max_len=max_clips, **kw)
     keep = nms(ranked, None, nms_threshold, top_k=top_k) if len(ranked) else np.zeros(0, dtype=np.int64)
     dur = float(duration) if duration is not None else float(clip_windows[-1, 1])
     return GroundingResult(query, dur, ranked[keep], vals[keep], clip_windows, relevance,
@@ -150,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride-seconds", type=float, default=None)
     p.add_argument("--alpha", type=float, default=0.5, help="sentence vs word weight of the clip relevance")
     p.add_argument("--nms", type=float, default=0.5, help="IoU above which a lower-ranked window is dropped")
+    p.add_argument("--window-score", default=None,
+                   help="window scoring kind of locvtp.downstream.grounding.window_scores (default: the evaluation's)")
     p.add_argument("--max-seconds", type=float, default=None, help="longest window considered")
     p.add_argument("--curve", action="store_true", help="include per-clip scores in the JSON")
     p.add_argument("--device", default="cpu")
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         max_clips = None if args.max_seconds is None else max(1, int(round(args.max_seconds / max(step, 1e-9))))
         res = ground_embeddings(clips, windows, text.sentence[0], text.words[0], query=args.query,
                                 duration=duration, top_k=args.top_k, alpha=args.alpha, nms_threshold=args.nms,
-                                max_clips=max_clips)
+                                max_clips=max_clips, window_score=args.window_score)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         print(f"locvtp ground: error: {exc}", file=sys.stderr)
         return 1

@@ -571,7 +571,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--strict", action="store_true", help="fail on the first bad sample instead of skipping it")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.max_steps=200")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before, between or after the options
     try:
         cfg = load_config(find_config(args.config), args.overrides)
         final = pretrain(cfg, args.out, resume=args.resume, strict=args.strict, progress=not args.quiet)

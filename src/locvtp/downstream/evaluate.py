@@ -169,11 +169,10 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     ctx = EvalContext(ck.model, ck.tokenizer, ck.cfg, data_dir, bank, out, seed, progress, strict,
                       str(getattr(ck, "path", "")), sha, durations)
     flat: dict[str, float] = {}
-    results: dict[str, TaskResult] = {}
     for task in tasks:
         seed_everything(seed)
         ts = time.time()
-        res = RUNNERS[task](ctx, getattr(opts, task))
+        res: TaskResult = RUNNERS[task](ctx, getattr(opts, task))
         res.info["seconds"] = round(time.time() - ts, 2)
         res.info["checkpoint"] = ctx.checkpoint_path
         res.info["checkpoint_sha256"] = sha
@@ -181,7 +180,6 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
         res.info["failed_videos"] = dict(bank.failed)
         if bank.failed_features:
             res.info["failed_features"] = dict(bank.failed_features)
-        results[task] = res
         flat.update(res.metrics)
         flat[f"{task}_seconds"] = res.info["seconds"]
         if out is not None:
@@ -204,8 +202,13 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
 
 
 def _ordered(metrics: dict[str, float]) -> dict[str, float]:
-    head = [k for k in HEADLINE if k in metrics]
-    return {**{k: metrics[k] for k in head}, **{k: v for k, v in metrics.items() if k not in head}}
+    """Headline figures first, then the other figures, then the chance floors, then timings."""
+    def rank(k: str) -> tuple[int, int]:
+        if k in HEADLINE:
+            return 0, HEADLINE.index(k)
+        return (3 if k.endswith("_seconds") else 2 if k.startswith("chance_") else 1), 0
+
+    return {k: metrics[k] for k in sorted(metrics, key=rank)}  # sorted is stable: task order kept within a group
 
 
 def build_parser() -> argparse.ArgumentParser:

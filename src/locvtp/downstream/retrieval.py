@@ -72,7 +72,8 @@ class FinetunedRetrieval:
     @torch.no_grad()
     def embed_videos(self, video_emb: np.ndarray) -> np.ndarray:
         self.adapter.eval()
-        return self.adapter(torch.as_tensor(np.asarray(video_emb, np.float32))).numpy()
+        device = next(self.adapter.parameters()).device
+        return self.adapter(torch.as_tensor(np.asarray(video_emb, np.float32), device=device)).cpu().numpy()
 
     def embed_texts(self, tokenizer: Any, texts: Sequence[str], max_words: int) -> np.ndarray:
         from locvtp.inference import embed_texts
@@ -101,15 +102,15 @@ def finetune_retrieval(model: Any, tokenizer: Any, video_emb: np.ndarray, captio
     text_params = list(ft.text_encoder.parameters()) + list(ft.text_proj.parameters())
     for p in text_params:
         p.requires_grad_(True)
-    adapter = VideoAdapter(int(video_emb.shape[1]))
-    log_scale = nn.Parameter(torch.tensor(float(np.log(1.0 / cfg.temperature))))
+    device = next(ft.parameters()).device
+    adapter = VideoAdapter(int(video_emb.shape[1])).to(device)
+    log_scale = nn.Parameter(torch.tensor(float(np.log(1.0 / cfg.temperature)), device=device))
     opt = torch.optim.AdamW([
         {"params": text_params, "lr": cfg.lr},
         {"params": list(adapter.parameters()) + [log_scale], "lr": cfg.adapter_lr},
     ], weight_decay=cfg.weight_decay)
     vids = torch.as_tensor(np.asarray(video_emb, np.float32))
     gen = torch_generator(seed)
-    device = next(ft.parameters()).device
     losses: list[float] = []
     for _ in tqdm(range(cfg.epochs), desc="retrieval fine-tune", disable=not progress, leave=False):
         order = [keep[int(k)] for k in torch.randperm(len(keep), generator=gen)]
@@ -144,12 +145,16 @@ class RetrievalData:
     test: list[tuple[str, str]]  # (video id, caption), one row per test query
     train: dict[str, list[str]]  # video id -> captions (fine-tuning)
     skipped: list[dict]
+    captions: dict[str, list[str]] = field(default_factory=dict)  # every video's MSRVTT_data.json captions
 
 
 @dataclass
 class RetrievalOptions:
     finetune: bool = False
     finetune_cfg: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Also evaluate with *every* caption of the test videos (MSRVTT_data.json) as queries, the multi-caption
+    # protocol (CLIP4Clip's multi-sentence path): reported as retrieval_allcap_* and retrieval_allcap_v2t_*.
+    all_captions: bool = False
     top_k_saved: int = 10  # ranked video ids per query written to the JSON
 
 
@@ -164,14 +169,17 @@ def load_msrvtt(data_dir: str | Path, strict: bool = False, test_csv: str = "MSR
     root = Path(data_dir) / "retrieval"
     test = formats.read_msrvtt_jsfusion_csv(root / test_csv, strict=strict)
     skipped = bad_records(test.skipped)
-    train: dict[str, list[str]] = {}
-    if (root / train_csv).is_file() and (root / "MSRVTT_data.json").is_file():
-        ids = formats.read_msrvtt_split_csv(root / train_csv, strict=strict)
+    captions: dict[str, list[str]] = {}
+    if (root / "MSRVTT_data.json").is_file():
         data = formats.read_msrvtt_data(root / "MSRVTT_data.json", strict=strict)
-        skipped += bad_records(ids.skipped) + bad_records(data.skipped)
+        skipped += bad_records(data.skipped)
         captions = {v.video_id: list(v.captions) for v in data.records}
+    train: dict[str, list[str]] = {}
+    if (root / train_csv).is_file() and captions:
+        ids = formats.read_msrvtt_split_csv(root / train_csv, strict=strict)
+        skipped += bad_records(ids.skipped)
         train = {vid: captions[vid] for vid in ids.records if captions.get(vid)}
-    return RetrievalData([(q.video_id, q.sentence) for q in test.records], train, skipped)
+    return RetrievalData([(q.video_id, q.sentence) for q in test.records], train, skipped, captions)
 
 
 def _ranked(sim: np.ndarray, vids: Sequence[str], top_k: int) -> list[dict]:
@@ -202,6 +210,18 @@ def run_retrieval(ctx, opts: RetrievalOptions | None = None) -> "TaskResult":
     preds = [{"video_id": v, "query": c, **r} for (v, c), r in zip(rows, _ranked(sim, vids, opts.top_k_saved))]
     info: dict[str, Any] = {"test_queries": len(data.test), "evaluated_queries": len(rows), "missing_videos": missing,
                             "skipped_annotations": data.skipped}
+    if opts.all_captions:
+        from locvtp.metrics import multi_caption_retrieval_metrics
+
+        caps = [(k, c) for k, v in enumerate(vids) for c in data.captions.get(v, [])]
+        if not caps or len({k for k, _ in caps}) < len(vids):
+            raise DownstreamError(f"retrieval.all_captions: every test video needs captions in "
+                                  f"{ctx.data_dir}/retrieval/MSRVTT_data.json")
+        sim_all = similarity(ctx.bank.texts([c for _, c in caps]).sentence, video_emb)
+        multi = multi_caption_retrieval_metrics(sim_all, np.array([k for k, _ in caps]))
+        metrics.update(prefixed("retrieval_allcap", multi["text_to_video"]))
+        metrics.update(prefixed("retrieval_allcap_v2t", multi["video_to_text"]))
+        info["all_caption_queries"] = len(caps)
     if opts.finetune:
         train_vids = [v for v in data.train if ctx.bank.video(v) is not None and len(ctx.bank.video(v).feats)]
         tr_emb = np.stack([video_embedding(ctx.bank.video(v).feats) for v in train_vids])
