@@ -268,7 +268,9 @@ def test_bad_samples_are_skipped_and_reported(tiny_world, tmp_path, cache):
 
 def test_decode_time_failure_is_replaced_and_reported(tiny_world, tmp_path):
     """A video that probes fine but fails to decode: the sample is replaced by the next one and reported."""
-    data, _, _ = _build(tiny_world, tmp_path / "run", "data.cache=false")
+    world = tmp_path / "world"  # a private copy: the session's tiny world must stay intact
+    shutil.copytree(tiny_world, world)
+    data, _, _ = _build(world, tmp_path / "run", "data.cache=false")
     ds = data.dataset
     victim = ds.items[0].vid
     path = ds.source.paths[victim]

@@ -540,3 +540,11 @@ def test_all_captions_protocol_with_oracle_embeddings(tiny_world):
     n_caps = sum(1 for s in data["sentences"] if gt[s["video_id"]]["split"] == "retrieval_test")
     assert res.info["all_caption_queries"] == n_caps > res.info["evaluated_queries"]
     assert res.metrics["retrieval_allcap_R1"] == 100.0 and res.metrics["retrieval_allcap_v2t_R1"] == 100.0
+
+
+def test_log_softmax_steps_matches_formula():
+    from locvtp.downstream.steps import log_softmax_steps
+
+    s = np.random.default_rng(0).normal(size=(6, 4)) * 10
+    ref = np.array([[s[t, k] - math.log(sum(math.exp(x) for x in s[t])) for k in range(4)] for t in range(6)])
+    np.testing.assert_allclose(log_softmax_steps(s), ref, atol=1e-9)
