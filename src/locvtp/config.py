@@ -112,6 +112,11 @@ class ObjectiveConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     gather: bool = True  # under DDP, gather features (with gradients) from all ranks before any loss
     bf16_products: bool = False  # bf16 (B·T)x(B·L) products / exp matrix, fp32 sums (docs/method.md); faster on AVX512-BF16
+    # Schedule of the fine-grained and temporal terms (project choice, docs/method.md "Ramp"): their weights are
+    # multiplied by 0 before step ramp_start, then rise linearly to 1 over ramp_steps. Discovered positives are
+    # only meaningful once the joint space is; from-scratch encoders otherwise collapse onto one word per sentence.
+    ramp_start: int = 0
+    ramp_steps: int = 0
 
 
 @dataclass

@@ -107,19 +107,83 @@ def _random_checkpoint(reference_ckpt: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def _pretrain(cfg_path: Path, run_dir: Path, overrides: list[str], progress: bool) -> Path:
-    from locvtp.checkpoint import resolve_checkpoint
-    from locvtp.config import load_config
-    from locvtp.train import pretrain
+def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], parallel: int = 1,
+                  progress: bool = True, poll_seconds: float = 2.0) -> dict[str, Path]:
+    """Run `locvtp pretrain` jobs as subprocesses, ``parallel`` at a time, with one progress bar per job.
 
-    final = run_dir / "final"
-    if (final / "model.safetensors").is_file():
-        print(f"[demo] reusing finished run {run_dir}")
-        return final
-    cfg = load_config(cfg_path, overrides)
-    resume = "auto" if (run_dir / "checkpoints").is_dir() else None
-    out = pretrain(cfg, run_dir, resume=resume, progress=progress)
-    return Path(out) if out is not None else resolve_checkpoint(run_dir)
+    Why processes: on a CPU machine two 1-thread trainings side by side use both cores better than one 2-thread
+    training (docs/benchmarks/train.md). Each job is resumable (``--resume auto`` when its run dir already holds
+    checkpoints) and a finished job (``final/`` complete) is reused. A failing job raises with its log's tail.
+    """
+    import subprocess
+
+    from tqdm import tqdm
+
+    from locvtp.checkpoint import is_complete
+
+    done: dict[str, Path] = {}
+    queue = []
+    for name, (run, ov) in jobs.items():
+        if is_complete(run / "final"):
+            print(f"[demo] reusing finished run {run}")
+            done[name] = run / "final"
+        else:
+            queue.append(name)
+    running: dict[str, tuple[subprocess.Popen, Path, object]] = {}
+    bars: dict[str, tqdm] = {}
+
+    def start(name: str) -> None:
+        run, ov = jobs[name]
+        run.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "locvtp.cli", "pretrain", "--config", str(cfg_path), "--out", str(run), "--quiet"]
+        if (run / "checkpoints").is_dir():
+            cmd += ["--resume", "auto"]
+        log = open(run / "pretrain.log", "ab")
+        running[name] = (subprocess.Popen([*cmd, *ov], stdout=log, stderr=subprocess.STDOUT), run, log)
+        bars[name] = tqdm(total=_max_steps(cfg_path, ov), desc=f"pretrain {name}", unit="step",
+                          disable=not progress, position=len(bars), dynamic_ncols=True)
+
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                start(queue.pop(0))
+            time.sleep(poll_seconds)
+            for name in list(running):
+                proc, run, log = running[name]
+                bars[name].n = _last_step(run / "metrics.jsonl")
+                bars[name].refresh()
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                if proc.returncode != 0:
+                    tail = (run / "pretrain.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+                    raise RuntimeError(f"pre-training {name} failed (exit {proc.returncode}); end of "
+                                       f"{run / 'pretrain.log'}:\n{tail}")
+                done[name] = run / "final"
+    finally:
+        for proc, _, log in running.values():  # interrupted: stop the children, their checkpoints stay resumable
+            proc.terminate()
+            log.close()
+        for bar in bars.values():
+            bar.close()
+    return {name: done[name] for name in jobs}
+
+
+def _max_steps(cfg_path: Path, overrides: list[str]) -> int:
+    from locvtp.config import load_config
+
+    return int(load_config(cfg_path, overrides).train.max_steps)
+
+
+def _last_step(metrics: Path) -> int:
+    """The last logged step of a run (0 before the first log line)."""
+    from locvtp.viz import read_metrics_jsonl
+
+    if not metrics.is_file():
+        return 0
+    rows = read_metrics_jsonl(metrics)
+    return int(rows[-1].get("step", 0)) if rows else 0
 
 
 def _plots(out: Path, world: Path, ckpts: dict[str, Path], eval_dirs: dict[str, Path]) -> dict[str, str]:
@@ -186,8 +250,14 @@ def _predicted_window(eval_dir: Path | None, q) -> tuple[float, float] | None:
 
 
 def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, world: str | Path | None = None,
-             overrides: Sequence[str] = (), progress: bool = True, plots: bool = True) -> dict:
-    """Generate → pre-train coarse and LocVTP → evaluate random/coarse/LocVTP → table, results.json, report.md."""
+             overrides: Sequence[str] = (), progress: bool = True, plots: bool = True, threads: int | None = 1,
+             parallel: int | None = None) -> dict:
+    """Generate → pre-train coarse and LocVTP → evaluate random/coarse/LocVTP → table, results.json, report.md.
+
+    ``parallel``: pre-trainings run at once as separate processes (default: as many as there are cores, each
+    with the synthetic config's ``train.num_threads: 1``).
+    """
+    parallel = max(1, min(len(VARIANTS), os.cpu_count() or 1)) if parallel is None else max(1, int(parallel))
     from locvtp.data.synthetic import generate_world
     from locvtp.downstream import evaluate_all
 
@@ -209,15 +279,14 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
 
     cfg_path = find_config("pretrain_synthetic")
     common = [f"data.root={world}", f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides]
-    ckpts: dict[str, Path] = {}
-    commands: dict[str, str] = {}
-    for i, (name, extra) in enumerate(VARIANTS.items()):
-        s = time.time()
-        print(f"[demo] 2/4 pre-training {name} ({i + 1}/{len(VARIANTS)})")
-        ov = [*common, *extra]
-        commands[name] = f"locvtp pretrain --config {cfg_path.name} --out {out / 'runs' / name} " + " ".join(ov)
-        ckpts[name] = _pretrain(cfg_path, out / "runs" / name, ov, progress)
-        stage(f"pretrain_{name}", s)
+    jobs = {name: (out / "runs" / name, [*common, f"data.cache_dir={out / 'cache' / name}", *extra])
+            for name, extra in VARIANTS.items()}
+    commands = {name: f"locvtp pretrain --config {cfg_path} --out {run} " + " ".join(ov)
+                for name, (run, ov) in jobs.items()}
+    s = time.time()
+    print(f"[demo] 2/4 pre-training {', '.join(jobs)} ({parallel} at a time, logs in runs/<name>/pretrain.log)")
+    ckpts: dict[str, Path] = pretrain_jobs(cfg_path, jobs, parallel=parallel, progress=progress)
+    stage("pretrain", s)
     ckpts = {"random": _random_checkpoint(ckpts["locvtp"], out / "runs" / "random" / "final", seed), **ckpts}
 
     results: dict[str, dict] = {}
@@ -226,7 +295,8 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
         s = time.time()
         print(f"[demo] 3/4 evaluating {name}")
         eval_dirs[name] = out / "eval" / name
-        metrics = evaluate_all(ckpts[name], world, out_dir=eval_dirs[name], progress=progress, seed=seed)
+        metrics = evaluate_all(ckpts[name], world, out_dir=eval_dirs[name], progress=progress, seed=seed,
+                               threads=threads)
         results[name] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         stage(f"evaluate_{name}", s)
 
@@ -255,7 +325,7 @@ def _report(table: str, commands: dict, cfg_path: Path, plots: dict, out: Path, 
             preset: str, seed: int) -> str:
     lines = [
         "# locvtp demo report", "",
-        f"Preset `{preset}`, seed {seed}, {platform.machine()} CPU, torch threads = {os.environ.get('OMP_NUM_THREADS', 'default')}.",
+        f"Preset `{preset}`, seed {seed}, {platform.machine()} CPU ({os.cpu_count()} cores), torch {_torch_version()}.",
         f"Wall time {wall:.0f} s; peak RSS {rss['self_mb']:.0f} MB (largest child process {rss['largest_child_mb']:.0f} MB).", "",
         "Rows: *random* = randomly initialised (the floor); *coarse* = video–sentence contrast only "
         "(retrieval-oriented pre-training); *locvtp* = coarse + fine-grained clip–word + temporal-aware context "
@@ -301,13 +371,18 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}; choose from {list(ABLATIONS)}")
+    safe = {n: n.replace("+", "plus_").replace("=", "_") for n in names}
+    jobs = {n: (out / "runs" / safe[n], [f"data.root={world}", f"data.cache_dir={out / 'cache' / safe[n]}",
+                                         f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides, *ABLATIONS[n]])
+            for n in names}
+    parallel = max(1, os.cpu_count() or 1)
+    print(f"[ablate] pre-training {len(jobs)} rows, {parallel} at a time")
+    ckpts = pretrain_jobs(cfg_path, jobs, parallel=parallel, progress=progress)
     results = {}
     for name in names:
-        print(f"[ablate] {name}")
-        ov = [f"data.root={world}", f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides, *ABLATIONS[name]]
-        safe = name.replace("+", "plus_").replace("=", "_")
-        ck = _pretrain(cfg_path, out / "runs" / safe, ov, progress)
-        metrics = evaluate_all(ck, world, out_dir=out / "eval" / safe, progress=progress, seed=seed)
+        print(f"[ablate] evaluating {name}")
+        metrics = evaluate_all(ckpts[name], world, out_dir=out / "eval" / safe[name], progress=progress, seed=seed,
+                               threads=1)
         results[name] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         _write_atomic(out / "ablation.json", json.dumps(results, indent=2))
     table = format_table(results)
@@ -342,3 +417,9 @@ def ablate_main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     run_ablation(a.out, a.preset, a.seed, a.only, a.overrides, progress=not a.quiet)
     return 0
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__

@@ -586,6 +586,8 @@ class LocVTPObjective(nn.Module):
                     raise ValueError(f"objective.weights.{key}: unknown loss term (expected coarse, fine, temporal)")
                 w[key] = float(value)
         self.weights = w
+        # multiplies the fine and temporal weights; the trainer sets it each step from objective.ramp_* (§ Ramp)
+        self.aux_scale = 1.0
         self.dim, self.topk, self.window, self.sigma = dim, int(topk), int(window), float(sigma)
         self.use_coarse, self.use_fine, self.use_temporal = bool(coarse), bool(fine), bool(temporal)
         self.intra_negatives, self.soft = bool(intra_negatives), bool(soft)
@@ -680,8 +682,11 @@ class LocVTPObjective(nn.Module):
         total = zero
         for key, on in (("coarse", self.use_coarse), ("fine", self.use_fine), ("temporal", self.use_temporal)):
             if on:
-                total = total + self.weights[key] * out[key]
+                ramp = 1.0 if key == "coarse" else self.aux_scale
+                # a zero ramp still keeps the term in the graph: DDP then sees every parameter used
+                total = total + (self.weights[key] * ramp) * out[key]
         out["total"] = total
+        out["aux_scale"] = torch.tensor(float(self.aux_scale))
         out["logit_scale"] = scale.detach()
         out["clip_to_word"] = corr.clip_to_word
         out["word_to_clip"] = corr.word_to_clip

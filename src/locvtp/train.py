@@ -174,6 +174,16 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def aux_ramp(step: int, start: int, length: int) -> float:
+    """Scale of the fine-grained and temporal weights at ``step`` (0-based): 0 before ``start``, then a linear
+    rise to 1 over ``length`` steps (METHOD.md's terms start once the coarse space can discover positives)."""
+    if step < start:
+        return 0.0
+    if length <= 0:
+        return 1.0
+    return min(1.0, (step - start + 1) / length)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Run directory: checkpoints, rotation, resume, metrics
 # ----------------------------------------------------------------------------------------------------------
@@ -486,6 +496,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
     bar = tqdm(total=T_max, initial=step, desc="pretrain", disable=not (progress and dist.is_main), unit="step",
                dynamic_ncols=True)
     while step < T_max:
+        objective.aux_scale = aux_ramp(step, int(cfg.objective.ramp_start), int(cfg.objective.ramp_steps))
         for micro in range(accum):
             t_wait = time.perf_counter()
             batch = next(batches)

@@ -1,0 +1,57 @@
+"""`locvtp demo --preset tiny`: the whole pipeline (world → two pre-trainings → evaluation → report), smoke-sized."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from locvtp import demo
+
+KEYS = ["retrieval_R1", "retrieval_R5", "grounding_R1@0.5", "grounding_R1@0.7", "grounding_mIoU",
+        "head_grounding_R1@0.5", "step_recall", "segmentation_acc"]
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    summary = demo.run_demo(out, preset="tiny", seed=0, progress=False)
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert set(["random", "coarse", "locvtp"]) <= set(results)
+    for name in ("random", "coarse", "locvtp"):
+        # every figure of the table comes from that model's own evaluation output (nothing hard-coded)
+        evaluated = json.loads((out / "eval" / name / "metrics.json").read_text())
+        evaluated = evaluated.get("metrics", evaluated)
+        for key in KEYS:
+            v = results[name][key]
+            assert math.isfinite(v) and 0.0 <= v <= 100.0, (name, key, v)
+            assert v == pytest.approx(float(evaluated[key])), (name, key)
+            assert f"{v:.1f}" in printed
+    assert results["wall_seconds"] > 0 and results["peak_rss"]["self_mb"] > 0
+    assert summary["checkpoints"]["locvtp"].endswith("final")
+    # coarse-only really ran without the fine and temporal terms, LocVTP with them
+    coarse_rows = [json.loads(l) for l in (out / "runs" / "coarse" / "metrics.jsonl").read_text().splitlines()]
+    full_rows = [json.loads(l) for l in (out / "runs" / "locvtp" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r.get("loss/fine", 0.0) == 0.0 for r in coarse_rows if "step" in r)
+    assert any(r.get("loss/fine", 0.0) > 0.0 for r in full_rows if "step" in r)
+    report = (out / "report.md").read_text()
+    assert "| random |" in report and "locvtp pretrain --config" in report
+    for png in ("training_curves", "similarity_heatmap", "grounding_timeline"):
+        data = (out / "plots" / f"{png}.png").read_bytes()
+        assert data[:4] == b"\x89PNG", png
+    # a second call reuses the finished runs instead of training again
+    again = demo.run_demo(out, preset="tiny", seed=0, progress=False, plots=False)
+    assert {k: again["locvtp"][k] for k in KEYS} == {k: results["locvtp"][k] for k in KEYS}
+
+
+def test_format_table_marks_missing_values():
+    table = demo.format_table({"a": {"retrieval_R1": 12.345}, "b": {}})
+    lines = table.splitlines()
+    assert lines[0].startswith("| model | Ret R@1")
+    assert "| a | 12.3 |" in lines[2] and "–" in lines[3]
+
+
+def test_unknown_preset_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        demo.run_demo(tmp_path, preset="huge")
