@@ -35,6 +35,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     full_rows = [json.loads(l) for l in (out / "runs" / "locvtp" / "metrics.jsonl").read_text().splitlines()]
     assert all(r.get("loss/fine", 0.0) == 0.0 for r in coarse_rows if "step" in r)
     assert any(r.get("loss/fine", 0.0) > 0.0 for r in full_rows if "step" in r)
+    assert full_rows[-1]["loss/aux_scale"] == 1.0  # the fine and temporal terms were ramped fully in
     report = (out / "report.md").read_text()
     assert "| random |" in report and "locvtp pretrain --config" in report
     for png in ("training_curves", "similarity_heatmap", "grounding_timeline"):

@@ -37,7 +37,7 @@ PRESET_OVERRIDES: dict[str, list[str]] = {
     # A smoke run of the whole pipeline (used by the test suite): a few steps of a small model.
     "tiny": ["train.max_steps=12", "train.batch_size=8", "train.save_every=6", "train.warmup_steps=2",
              "train.log_every=2", "data.num_workers=0", "model.dim=64", "model.text.width=64",
-             "model.video.width=8"],
+             "model.video.width=8", "objective.ramp_start=4", "objective.ramp_steps=4"],
 }
 
 VARIANTS: dict[str, list[str]] = {

@@ -489,6 +489,11 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
                 bad_log.add(recs)
         pending.clear()
 
+    oc = cfg.objective
+    if (oc.fine or oc.temporal) and int(oc.ramp_start) >= T_max and dist.is_main:
+        print(f"[pretrain] warning: objective.ramp_start={oc.ramp_start} >= train.max_steps={T_max}: the fine and "
+              "temporal terms are logged but never weighted in (lower objective.ramp_start)", file=sys.stderr)
+
     # --- the loop ------------------------------------------------------------------------------------------
     net.train()
     pending_bad: list = []
