@@ -343,3 +343,42 @@ def test_webvid_captions_use_the_whole_video(tiny_world, tmp_path):
         assert n == min(8, int(duration + 1e-6))  # 1-s clips: floor(duration) of them, the rest padded
         assert s["windows"][0, 0] == 0 and s["windows"][n - 1, 1] == pytest.approx(duration, abs=1e-4)
         assert np.all(s["clips"][n:] == 0)
+
+
+def test_frame_cache_handles_non_square_videos(tmp_path):
+    """Real videos are 16:9: the cache keeps each video's own h x w (short side = size), like file decoding."""
+    import av
+
+    from locvtp.data.datasets import FrameCache, VideoFileSource
+    from locvtp.data.video import probe_video
+
+    paths = {}
+    rng = np.random.default_rng(0)
+    for vid, (w, h) in {"wide": (48, 32), "tall": (32, 64)}.items():
+        path = tmp_path / f"{vid}.mp4"
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=8)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.options = {"crf": "0"}
+            for k in range(24):
+                img = np.zeros((h, w, 3), np.uint8)
+                img[:, : w // 2] = rng.integers(0, 255, 3)  # left half changes colour every frame
+                img[:, w // 2:, 1] = (10 * k) % 255
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        paths[vid] = path
+    cache, bad = FrameCache.build(tmp_path / "cache", paths, frames_per_clip=2, size=16, progress=False)
+    assert not bad
+    files = VideoFileSource(paths, {v: probe_video(p) for v, p in paths.items()}, frames_per_clip=2, size=16)
+    frames, _ = cache.frames("wide")
+    assert frames.shape[1:] == (16, 24, 3)  # aspect ratio kept, not squashed into size x size
+    assert cache.frames("tall")[0].shape[1:] == (32, 16, 3)
+    windows = np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]])
+    for vid in paths:
+        for jitter in (False, True):
+            a = cache.clips(vid, windows, jitter, np.random.default_rng(7))
+            b = files.clips(vid, windows, jitter, np.random.default_rng(7))
+            assert a.shape == (3, 2, 16, 16, 3)
+            np.testing.assert_array_equal(a, b)

@@ -201,9 +201,10 @@ class VideoFileSource:
 class FrameCache:
     """All frames of every video, decoded once at ``size`` into one memory-mapped uint8 file.
 
-    Layout of the cache directory: ``frames.u8`` ([total_frames, size, size, 3] raw), ``times.npy``
-    (float64 [total_frames]), ``index.json`` ({vid: [first_frame, num_frames, duration]}, plus the
-    key that says which videos and frame size it was built for). Clips come from the same
+    Layout of the cache directory: ``frames.u8`` (each video's frames [n, h, w, 3] raw, one after the other:
+    the short side is ``size`` and the aspect ratio is kept, so a random crop stays possible), ``times.npy``
+    (float64 [total_frames]), ``index.json`` ({vid: [byte_offset, first_frame, num_frames, duration, h, w]},
+    plus the key that says which videos and frame size it was built for). Clips come from the same
     ``sample_clips`` that file decoding uses, so a cached run sees the clips a file-decoding run sees.
     Built in a temporary sibling directory and ``os.replace``d into place (a killed build leaves nothing).
     """
@@ -214,15 +215,18 @@ class FrameCache:
         self.directory = Path(directory)
         meta = json.loads((self.directory / "index.json").read_text(encoding="utf-8"))
         self.index: dict[str, list] = meta["videos"]
-        self.durations = {v: float(x[2]) for v, x in self.index.items()}
-        self.total = int(meta["total_frames"])
+        self.durations = {v: float(x[3]) for v, x in self.index.items()}
+        self.total_bytes = int(meta["total_bytes"])
         self.frames_per_clip, self.size = frames_per_clip, size
         self._frames: Optional[np.ndarray] = None  # opened lazily: one mapping per (worker) process
         self._times: Optional[np.ndarray] = None
 
     def _open(self) -> None:
-        shape = (self.total, self.size, self.size, 3)
-        self._frames = np.memmap(self.directory / "frames.u8", dtype=np.uint8, mode="r", shape=shape)
+        if self.total_bytes == 0:  # every video was bad: nothing to map
+            self._frames = np.zeros(0, dtype=np.uint8)
+        else:
+            self._frames = np.memmap(self.directory / "frames.u8", dtype=np.uint8, mode="r",
+                                     shape=(self.total_bytes,))
         self._times = np.load(self.directory / "times.npy", mmap_mode="r")
 
     def __getstate__(self) -> dict:  # never pickle the mapping into workers
@@ -233,8 +237,9 @@ class FrameCache:
     def frames(self, vid: str) -> tuple[np.ndarray, np.ndarray]:
         if self._frames is None:
             self._open()
-        first, n, _ = self.index[vid]
-        return self._frames[first:first + n], np.asarray(self._times[first:first + n])
+        offset, first, n, _, h, w = self.index[vid]
+        frames = self._frames[offset:offset + n * h * w * 3].reshape(n, h, w, 3)
+        return frames, np.asarray(self._times[first:first + n])
 
     def clips(self, vid: str, windows: np.ndarray, jitter: bool, rng: np.random.Generator) -> np.ndarray:
         from locvtp.data.video import sample_clips
@@ -245,7 +250,7 @@ class FrameCache:
 
     @staticmethod
     def key(paths: dict[str, Path], size: int) -> str:
-        h = hashlib.sha256(f"size={size}".encode())
+        h = hashlib.sha256(f"layout=2|size={size}".encode())  # layout 2: per-video h x w (non-square videos)
         for vid in sorted(paths):
             st = paths[vid].stat() if paths[vid].exists() else None
             h.update(f"|{vid}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}".encode())
@@ -271,7 +276,7 @@ class FrameCache:
         index: dict[str, list] = {}
         times_all: list[np.ndarray] = []
         bad: list[BadSample] = []
-        total = 0
+        total = total_bytes = 0
         with open(tmp / "frames.u8", "wb") as fh:
             for vid in tqdm(sorted(paths), desc="decoding videos into the frame cache", disable=not progress,
                             unit="video"):
@@ -288,11 +293,13 @@ class FrameCache:
                     continue
                 frames = np.ascontiguousarray(frames, dtype=np.uint8)
                 fh.write(frames.tobytes())
-                index[vid] = [total, int(frames.shape[0]), float(duration)]
+                n, h, w = (int(x) for x in frames.shape[:3])
+                index[vid] = [total_bytes, total, n, float(duration), h, w]
                 times_all.append(np.asarray(times, dtype=np.float64))
-                total += int(frames.shape[0])
+                total += n
+                total_bytes += int(frames.nbytes)
         np.save(tmp / "times.npy", np.concatenate(times_all) if times_all else np.zeros(0))
-        meta = {"size": size, "key": key, "total_frames": total, "videos": index,
+        meta = {"size": size, "key": key, "total_frames": total, "total_bytes": total_bytes, "videos": index,
                 "bad": [asdict(b) for b in bad]}
         (tmp / "index.json").write_text(json.dumps(meta), encoding="utf-8")
         try:
