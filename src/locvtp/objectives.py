@@ -35,6 +35,7 @@ no valid word is a data error and raises ``ValueError`` naming the sample.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -107,6 +108,18 @@ def _check_inputs(clips, words, clip_mask, word_mask) -> None:
             )
 
 
+def _outside_autocast(fn):
+    """Run a loss with autocast disabled (its first argument decides the device): the encoders may run under
+    bf16 autocast, the losses must not."""
+
+    @functools.wraps(fn)
+    def wrapper(clips: torch.Tensor, *args, **kwargs):
+        with torch.autocast(device_type=clips.device.type, enabled=False):
+            return fn(clips, *args, **kwargs)
+
+    return wrapper
+
+
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     """Losses run in fp32 (or fp64 for gradient checks), whatever the encoders' autocast dtype."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -122,15 +135,15 @@ def video_embedding(clips: torch.Tensor, clip_mask: torch.Tensor) -> torch.Tenso
 # ----------------------------------------------------------------------------------------------------------
 # §1 coarse
 # ----------------------------------------------------------------------------------------------------------
+@_outside_autocast
 def coarse_loss(
     clips: torch.Tensor, sentence: torch.Tensor, clip_mask: torch.Tensor, logit_scale: torch.Tensor | float
 ) -> torch.Tensor:
     """L_c = ½(CE(s_c·v sᵀ, I) + CE(s_c·s vᵀ, I)) over the (global) batch; ``logit_scale`` = 1/τ_c."""
-    with torch.autocast(device_type=clips.device.type, enabled=False):
-        v = video_embedding(_as_float(clips), clip_mask)
-        logits = logit_scale * (v @ _as_float(sentence).t())
-        target = torch.arange(logits.shape[0], device=logits.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    v = video_embedding(_as_float(clips), clip_mask)
+    logits = logit_scale * (v @ _as_float(sentence).t())
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -332,6 +345,7 @@ def _temporal_valid(clip_mask: torch.Tensor, offsets: torch.Tensor, window: int)
     return ctx_c, valid
 
 
+@_outside_autocast
 def fine_temporal_losses(
     clips: torch.Tensor,
     words: torch.Tensor,
@@ -359,34 +373,6 @@ def fine_temporal_losses(
     fallback and as the benchmark's "straightforward vectorised" baseline). Always runs in fp32 (fp64 if
     given), outside any autocast region: the encoders may run under bf16 autocast, the losses must not.
     """
-    with torch.autocast(device_type=clips.device.type, enabled=False):
-        return _fine_temporal_impl(
-            clips, words, clip_mask, word_mask, fine=fine, temporal=temporal, head=head, offsets=offsets,
-            topk=topk, tau=tau, window=window, sigma=sigma, intra_negatives=intra_negatives, soft=soft,
-            bf16_products=bf16_products, fused=fused,
-        )
-
-
-def _fine_temporal_impl(
-    clips: torch.Tensor,
-    words: torch.Tensor,
-    clip_mask: torch.Tensor,
-    word_mask: torch.Tensor,
-    *,
-    fine: bool = True,
-    temporal: bool = True,
-    head: nn.Module | None = None,
-    offsets: torch.Tensor | None = None,
-    topk: int = 1,
-    tau: float = 0.07,
-    window: int = 2,
-    sigma: float = math.inf,
-    intra_negatives: bool = False,
-    soft: bool = False,
-    bf16_products: bool = False,
-    fused: bool = True,
-) -> tuple[dict[str, torch.Tensor], Correspondences]:
-    """Body of ``fine_temporal_losses`` (see there)."""
     clips, words = _as_float(clips), _as_float(words)
     _check_inputs(clips, words, clip_mask, word_mask)
     if tau <= 0:
