@@ -382,3 +382,48 @@ def test_frame_cache_handles_non_square_videos(tmp_path):
             b = files.clips(vid, windows, jitter, np.random.default_rng(7))
             assert a.shape == (3, 2, 16, 16, 3)
             np.testing.assert_array_equal(a, b)
+
+
+def test_grouped_sampler_keeps_videos_together_and_is_a_permutation():
+    # 13 videos with 1..6 samples each, interleaved in the item list
+    videos = [f"v{k}" for k in range(13) for _ in range(1 + k % 6)]
+    rng = np.random.default_rng(0)
+    videos = [videos[i] for i in rng.permutation(len(videos))]
+    n, B, k = len(videos), 8, 3
+    single = list(_take(ResumableBatchSampler(n, B, 0, 1, seed=5, groups=videos, group_size=k), 2 * (n // B)))
+    per_epoch = n // B
+    order = ResumableBatchSampler(n, B, 0, 1, seed=5, groups=videos, group_size=k).grouped_order(0)
+    assert sorted(order) == list(range(n))  # every sample exactly once per epoch
+    # runs: consecutive samples of one video, at most k long, and every video's samples form ceil(c/k) runs
+    runs, cur = [], [order[0]]
+    for i in order[1:]:
+        if videos[i] == videos[cur[-1]] and len(cur) < k:
+            cur.append(i)
+        else:
+            runs.append(cur)
+            cur = [i]
+    runs.append(cur)
+    counts = {v: videos.count(v) for v in set(videos)}
+    assert len(runs) >= sum(-(-c // k) for c in counts.values())
+    assert all(len(r) <= k for r in runs)
+    # batches hold more same-video pairs than a plain shuffle would
+    def pairs(batches):
+        return sum(len(b) - len({videos[i] for _, i in b}) for b in batches)
+    plain = list(_take(ResumableBatchSampler(n, B, 0, 1, seed=5), per_epoch))
+    assert pairs(single[:per_epoch]) > pairs(plain)
+    # new order each epoch, same rank-independence of global batches as the plain sampler
+    assert single[0] != [(0, i) for _, i in single[per_epoch]]
+    ranks = [list(_take(ResumableBatchSampler(n, B, r, 2, seed=5, groups=videos, group_size=k), 2 * per_epoch))
+             for r in range(2)]
+    for j in range(2 * per_epoch):
+        assert sorted(i for r in range(2) for _, i in ranks[r][j]) == sorted(i for _, i in single[j])
+    # resume
+    part = list(_take(ResumableBatchSampler(n, B, 0, 1, seed=5, groups=videos, group_size=k, start=3), 5))
+    assert part == single[3:8]
+
+
+def test_grouped_sampler_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="group_size"):
+        ResumableBatchSampler(20, 4, group_size=0)
+    with pytest.raises(ValueError, match="video of every sample"):
+        ResumableBatchSampler(20, 4, groups=["a"] * 19, group_size=2)

@@ -294,3 +294,27 @@ def test_corrupt_videos_and_malformed_rows_train_to_the_end_and_are_reported(tin
 
     with pytest.raises((BadSampleError, ValueError)):  # --strict: the first bad row/video stops the run
         pretrain(tiny_cfg(world, "train.max_steps=1"), tmp_path / "strict", strict=True, progress=False)
+
+
+def test_backbone_lr_scale_puts_the_pixel_cnn_in_scaled_groups():
+    from locvtp.model import LocVTP
+    from locvtp.objectives import LocVTPObjective
+    from locvtp.train import Pretrainer, lr_factor
+
+    cfg = load_config(None, TINY + ["model.text.vocab_size=50", "train.backbone_lr_scale=0.1"])
+    net = Pretrainer(LocVTP.from_config(cfg), LocVTPObjective.from_config(cfg.objective, dim=32))
+    opt = build_optimizer(net, cfg.train)
+    assert len(opt.param_groups) == 4
+    cnn = {id(p) for n, p in net.named_parameters() if n.startswith("model.video_encoder.cnn.")}
+    scaled = {id(p) for g in opt.param_groups[2:] for p in g["params"]}
+    assert cnn and scaled == cnn
+    assert all(g["lr"] == pytest.approx(cfg.train.lr * 0.1) for g in opt.param_groups[2:])
+    assert all(g["lr"] == pytest.approx(cfg.train.lr) for g in opt.param_groups[:2])
+    assert opt.param_groups[2]["weight_decay"] == cfg.train.weight_decay and opt.param_groups[3]["weight_decay"] == 0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 2, 10))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[2]["lr"] == pytest.approx(0.1 * opt.param_groups[0]["lr"])
+    with pytest.raises(ValueError, match="backbone_lr_scale"):
+        build_optimizer(net, load_config(None, TINY + ["train.backbone_lr_scale=-1"]).train)

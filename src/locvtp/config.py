@@ -37,6 +37,9 @@ class DataConfig:
     max_words: int = 24  # L: token budget per sentence (incl. special tokens)
     jitter_seconds: float = 1.0  # misalignment jitter of narration windows (training)
     num_workers: int = 2
+    # Samples of one video placed next to each other in the batch order, in runs of up to this many (1 = plain
+    # shuffle). > 1 puts other moments of the same video in the batch as hard negatives (docs/training.md).
+    group_size: int = 1
     cache: bool = True  # pre-decode videos to a memory-mapped uint8 cache (fast CPU training)
     tokenizer: Optional[str] = None  # tokenizer.json / HF tokenizer dir; None = train WordPiece on captions
     vocab_size: int = 2000  # when training a tokenizer
@@ -56,7 +59,7 @@ class VideoEncoderConfig:
     hidden: int = 512  # features: MLP width
     temporal_layers: int = 0  # transformer layers across clips (features and tiny3d)
     temporal_heads: int = 4
-    pretrained: Optional[str] = None  # local state dict (c3d): .safetensors or a weights-only torch file
+    pretrained: Optional[str] = None  # local backbone state dict (c3d, tiny3d): .safetensors or weights-only torch file
     freeze: bool = False
     dropout: float = 0.1
     max_clips: int = 512  # learned temporal position table size (interpolated beyond; only with temporal_layers)
@@ -127,6 +130,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 30
     grad_clip: float = 1.0
+    # learning-rate factor of the video backbone (the pixel CNN; e.g. 0.1 to fine-tune a pretrained one gently;
+    # 0 keeps it fixed but still in train mode, unlike model.video.freeze)
+    backbone_lr_scale: float = 1.0
     accum_steps: int = 1
     bf16: bool = False
     save_every: int = 100

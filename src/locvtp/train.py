@@ -149,9 +149,22 @@ class Pretrainer(nn.Module):
 _NO_DECAY_NAMES = ("embed", "pos", "logit_scale", "cls_token", "token_type")
 
 
+def _is_backbone(module_name: str) -> bool:
+    """The pixel CNN of the video encoder (``model.video.pretrained`` loads it), inside a Pretrainer or not."""
+    return module_name.startswith(("model.video_encoder.cnn", "video_encoder.cnn"))
+
+
 def build_optimizer(net: nn.Module, tcfg: Any) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms, biases, embeddings, positional tables and the logit scale."""
-    decay, no_decay = [], []
+    """AdamW; no weight decay on norms, biases, embeddings, positional tables and the logit scale.
+
+    ``train.backbone_lr_scale`` != 1 puts the video backbone's parameters in two extra groups (after the usual
+    decay / no-decay pair) whose learning rate is scaled: a pretrained backbone is fine-tuned gently, the
+    freshly initialised heads and text encoder at the full rate (the schedule scales every group alike).
+    """
+    scale = float(getattr(tcfg, "backbone_lr_scale", 1.0))
+    if scale < 0:
+        raise ValueError(f"train.backbone_lr_scale must be >= 0, got {scale}")
+    decay, no_decay, bb_decay, bb_no_decay = [], [], [], []
     for mname, module in net.named_modules():
         for pname, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
@@ -160,9 +173,16 @@ def build_optimizer(net: nn.Module, tcfg: Any) -> torch.optim.Optimizer:
             skip = (p.ndim < 2 or isinstance(module, (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d,
                                                          nn.BatchNorm2d, nn.BatchNorm3d))
                     or any(k in full for k in _NO_DECAY_NAMES))
-            (no_decay if skip else decay).append(p)
+            if scale != 1.0 and _is_backbone(mname):
+                (bb_no_decay if skip else bb_decay).append(p)
+            else:
+                (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": float(tcfg.weight_decay)},
               {"params": no_decay, "weight_decay": 0.0}]
+    if bb_decay or bb_no_decay:
+        lr = float(tcfg.lr) * scale
+        groups += [{"params": bb_decay, "weight_decay": float(tcfg.weight_decay), "lr": lr},
+                   {"params": bb_no_decay, "weight_decay": 0.0, "lr": lr}]
     return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=(0.9, 0.98), eps=1e-6)
 
 
@@ -457,7 +477,9 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
             net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
             find_unused_parameters=unused)
 
-    sampler = ResumableBatchSampler(len(data.dataset), B, dist.rank, dist.world, int(cfg.seed), start=step * accum)
+    sampler = ResumableBatchSampler(len(data.dataset), B, dist.rank, dist.world, int(cfg.seed), start=step * accum,
+                                    groups=[item.vid for item in data.dataset.items],
+                                    group_size=int(cfg.data.group_size))
     workers = int(cfg.data.num_workers)
     loader = torch.utils.data.DataLoader(
         data.dataset, batch_sampler=sampler, collate_fn=Collator(tokenizer, int(cfg.data.max_words)),

@@ -491,7 +491,12 @@ class ResumableBatchSampler(Sampler):
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 start: int = 0, shuffle: bool = True):
+                 start: int = 0, shuffle: bool = True, groups: Optional[Sequence[Any]] = None,
+                 group_size: int = 1):
+        if group_size < 1:
+            raise ValueError(f"data.group_size must be >= 1, got {group_size}")
+        if group_size > 1 and (groups is None or len(groups) != num_samples):
+            raise ValueError("data.group_size > 1 needs the video of every sample (groups of length num_samples)")
         if batch_size % world_size:
             raise ValueError(f"train.batch_size={batch_size} is not divisible by the {world_size} ranks")
         self.local = batch_size // world_size
@@ -501,12 +506,37 @@ class ResumableBatchSampler(Sampler):
                              f"(train.batch_size={batch_size}); lower train.batch_size")
         self.n, self.rank, self.world, self.seed = num_samples, rank, world_size, seed
         self.start, self.shuffle = start, shuffle
+        self.group_size = int(group_size)
+        self._groups = None
+        if self.group_size > 1:  # sample indices of each video, in a fixed order
+            by_video: dict[Any, list[int]] = {}
+            for i, g in enumerate(groups):
+                by_video.setdefault(g, []).append(i)
+            self._groups = [np.asarray(v, dtype=np.int64) for _, v in sorted(by_video.items(), key=lambda kv: str(kv[0]))]
+
+    def grouped_order(self, epoch: int) -> list[int]:
+        """One epoch's permutation with the samples of one video next to each other, in runs of up to
+        ``group_size``: each video's samples are shuffled and cut into runs, then the runs are shuffled. Global
+        batches are contiguous slices of this order, so most runs land whole in one batch and the batch holds
+        hard negatives: other moments of the same videos (the same objects, a different event)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        runs: list[np.ndarray] = []
+        for members in self._groups:
+            members = rng.permutation(members) if self.shuffle else members
+            runs += [members[k:k + self.group_size] for k in range(0, len(members), self.group_size)]
+        order = rng.permutation(len(runs)) if self.shuffle else np.arange(len(runs))
+        return np.concatenate([runs[k] for k in order]).tolist()
 
     def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
-        ds = DistributedSampler(range(self.n), num_replicas=self.world, rank=self.rank, shuffle=self.shuffle,
-                                seed=self.seed, drop_last=True)
-        ds.set_epoch(epoch)
-        idx = list(iter(ds))
+        if self._groups is not None:  # DistributedSampler's rank split (drop_last) of the grouped order
+            perm = self.grouped_order(epoch)
+            total = (self.n // self.world) * self.world
+            idx = perm[self.rank:total:self.world]
+        else:
+            ds = DistributedSampler(range(self.n), num_replicas=self.world, rank=self.rank, shuffle=self.shuffle,
+                                    seed=self.seed, drop_last=True)
+            ds.set_epoch(epoch)
+            idx = list(iter(ds))
         return [[(epoch, i) for i in idx[j * self.local:(j + 1) * self.local]] for j in range(self.per_epoch)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

@@ -103,6 +103,50 @@ def _norm3d(kind: str, channels: int) -> nn.Module:
     raise VideoEncoderError(f"model.video.norm must be 'group' or 'batch', got {kind!r}")
 
 
+def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """A local state dict from ``.safetensors`` or a weights-only torch file (never unpickles objects); a
+    ``{"state_dict": ...}`` wrapper and DDP's ``module.`` prefix are accepted. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoEncoderError(f"{what} pretrained weights not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise VideoEncoderError(f"{path}: cannot read {what} state dict: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise VideoEncoderError(f"{path}: expected a state dict (mapping of tensors), got {type(state).__name__}")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def load_matching(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """``load_state_dict(strict=True)`` with one error that lists every missing, unexpected and mis-shaped key."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if mismatched:
+            parts.append(f"shape mismatches {mismatched}")
+        raise VideoEncoderError(f"{path}: {what} state dict does not match: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
 class Tiny3D(nn.Module):
     """A small 3D CNN for CPU-scale pre-training.
 
@@ -140,6 +184,10 @@ class Tiny3D(nn.Module):
         self.out_dim = 4 * w
         self.register_buffer("mean", torch.tensor(_RGB_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(_RGB_STD), persistent=False)
+
+    def load_pretrained(self, path: str | Path) -> None:
+        """Backbone weights from ``locvtp backbone`` (or any state dict with these keys and widths)."""
+        load_matching(self, read_state_dict(path, "tiny3d"), path, "tiny3d")
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """clips uint8 [N, F, H, W, 3] -> [N, out_dim]."""
@@ -186,49 +234,16 @@ class C3D(nn.Module):
 
     def load_pretrained(self, path: str | Path) -> None:
         """Load a local state dict (``.safetensors`` or a weights-only torch file). Never unpickles objects."""
-        path = Path(path)
-        if not path.is_file():
-            raise VideoEncoderError(f"C3D pretrained weights not found: {path}")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-            raise VideoEncoderError(f"{path}: cannot read C3D state dict: {exc}") from exc
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise VideoEncoderError(f"{path}: expected a state dict (mapping of tensors), got {type(state).__name__}")
+        state = read_state_dict(path, "C3D")
         renamed = {}
         for key, value in state.items():
-            key = key[len("module."):] if key.startswith("module.") else key
             for old, new in self._RENAME.items():
                 if key.startswith(old):
                     key = new + key[len(old):]
             if key.startswith("fc8."):
                 continue  # Sports-1M classifier: not part of the backbone
             renamed[key] = value
-        own = self.state_dict()
-        missing = sorted(set(own) - set(renamed))
-        unexpected = sorted(set(renamed) - set(own))
-        mismatched = sorted(
-            f"{k}: checkpoint {tuple(renamed[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in set(own) & set(renamed)
-            if tuple(renamed[k].shape) != tuple(own[k].shape)
-        )
-        if missing or unexpected or mismatched:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            if mismatched:
-                parts.append(f"shape mismatches {mismatched}")
-            raise VideoEncoderError(f"{path}: C3D state dict does not match: " + "; ".join(parts))
-        self.load_state_dict(renamed, strict=True)
+        load_matching(self, renamed, path, "C3D")
 
     def conv_features(self, clips: torch.Tensor) -> torch.Tensor:
         """clips uint8 [N, F, H, W, 3] -> pool5 maps [N, 512, t, h, w] (1×4×4 at the native 16×112×112)."""
@@ -335,7 +350,10 @@ def build_video_encoder(vcfg: Any, load_pretrained: bool = True) -> nn.Module:
     common = dict(temporal_layers=int(vcfg.temporal_layers), temporal_heads=int(vcfg.temporal_heads),
                   dropout=float(vcfg.dropout), max_clips=int(vcfg.max_clips))
     if name == "tiny3d":
-        enc: nn.Module = PixelVideoEncoder(Tiny3D(int(vcfg.width), str(vcfg.norm), float(vcfg.dropout)), **common)
+        cnn = Tiny3D(int(vcfg.width), str(vcfg.norm), float(vcfg.dropout))
+        if vcfg.pretrained and load_pretrained:
+            cnn.load_pretrained(vcfg.pretrained)
+        enc: nn.Module = PixelVideoEncoder(cnn, **common)
     elif name == "c3d":
         pretrained = vcfg.pretrained if load_pretrained else None
         enc = PixelVideoEncoder(C3D(pretrained=pretrained, dropout=float(vcfg.dropout)), **common)
