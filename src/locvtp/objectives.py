@@ -12,22 +12,35 @@ for every anchor, a log-sum-exp over *all valid words (clips) of the other pairs
 negatives live in the off-diagonal blocks of the (B·T)×(B·L) similarity matrix; the positives (and the
 optional intra-pair negatives) live in its B diagonal T×L blocks. So we
 
-1. compute the diagonal blocks with one small ``bmm`` (B·T·L entries, ordinary autograd): positives are index
-   gathers from it, and correspondence discovery is a ``topk`` on it under ``no_grad``;
-2. compute the off-diagonal exp-sums with one custom autograd op (``_OffDiagonalExpSums``): a single GEMM for
-   ``[clips; warped clips] · wordsᵀ`` (the fine and temporal terms share it, and the temporal word-anchored
-   negatives are exactly the fine word-anchored ones), an in-place ``exp``, the diagonal blocks zeroed in
-   place (B·T·L writes), and the row / column sums as matrix–vector products with the 0/1 validity vectors —
-   no (B·T)×(B·L) mask is ever built and no masked copy is made. Its backward forms E∘(g_row ⊕ g_col) in the
-   stored exp matrix and runs the two GEMMs. Inputs are L2-normalised, so |logit| ≤ 1/τ and the exponentials
-   need no max-subtraction; when a Cauchy–Schwarz bound says they might overflow (unnormalised inputs or a
-   tiny τ) a plain masked log-sum-exp (exact, slower) is used instead.
+1. compute the diagonal blocks with one small ``bmm`` (B·T·L entries, ordinary autograd through a thin
+   wrapper whose backward keeps the word gradient contiguous): positives are index gathers from it, and
+   correspondence discovery is a ``topk`` on it under ``no_grad``;
+2. compute the off-diagonal exp-sums with one custom autograd op (``_OffDiagonalExpSums``) that works on the
+   *valid* rows and columns only. Padded clips, padded / special words and warped clips without a context
+   (δ = 0, context outside the video) contribute nothing to any sum, yet with realistic padding they are a
+   quarter or more of each side, so the op first gathers the valid anchors ([clips; warped clips]) and the
+   valid words into compact matrices (``nonzero`` indices, one ``index_select`` each). Then: a single GEMM
+   (the fine and temporal terms share it, and the temporal word-anchored negatives are exactly the fine
+   word-anchored ones), an in-place ``exp``, the own-pair entries zeroed in place (in compact layout they are
+   variable-sized rectangles, addressed by flat indices built from the per-sample word counts; zeroed, not
+   subtracted afterwards, which would cancel catastrophically next to a positive of e^14), and the row /
+   column sums; the results are scattered back to [S,B,T] / [B,L] with a harmless 1 (log 0) in invalid slots,
+   which the callers mask. No (B·T)×(B·L) mask is ever built and no masked copy is made. Its backward forms
+   E∘(g_row ⊕ g_col) in E's own buffer (a fresh matrix of that size costs more in first-touch page faults
+   than the multiply; a second backward recomputes E), runs the two GEMMs and scatters into zero full-size
+   gradients, so padded positions get exactly zero gradient. With ~75 % valid clips and ~70 % valid words the three
+   GEMMs and every pass over the exp matrix shrink to about half of the padded size. Inputs are
+   L2-normalised, so |logit| ≤ 1/τ and the exponentials need no max-subtraction; when a Cauchy–Schwarz bound
+   says they might overflow (unnormalised inputs or a tiny τ) a plain masked log-sum-exp (exact, slower) is
+   used instead.
+
+The context head g, too, runs on the valid warped clips only (the others would be discarded).
 
 Optionally (``bf16_products=True``) the big-matrix pipeline runs in bfloat16: the three GEMMs, the exp matrix
 and the backward's gradient matrix are bf16 (half the memory traffic, no conversion passes); the row / column
-sums accumulate in fp32 inside the matrix–vector kernel; everything on the small B·T·L tensors stays fp32. The
-loop-reference tests pass at rtol 3e-2 in that mode (``tests/test_objectives.py``); at B=128, T=10, L=32 the
-loss differs from fp64 by ~1e-5 relative and the input gradients by ~5e-4.
+sums accumulate in fp32 inside the reduction kernel and are rounded to bf16 once; everything on the small
+B·T·L tensors stays fp32. The loop-reference tests pass at rtol 3e-2 in that mode (``tests/test_objectives.py``);
+at B=128, T=10, L=32 the loss differs from fp64 by ~1e-5 relative and the input gradients by ~5e-4.
 
 Edge cases are defined, never NaN: B = 1 has no negatives (fine terms with k = 1 are then 0); a sample with a
 single valid clip has no temporal context, so its temporal terms are excluded; a sample with no valid clip or
@@ -200,58 +213,112 @@ def discover_correspondences(
 # the fused negatives op
 # ----------------------------------------------------------------------------------------------------------
 class _OffDiagonalExpSums(torch.autograd.Function):
-    """Row / column sums of exp(α·A·Wᵀ) over the off-diagonal (other-pair) blocks — the fused fast path.
+    """Row / column sums of exp(α·A·Wᵀ) over the off-diagonal (other-pair) blocks, on valid rows / columns only.
 
-    anchors [S,B,T,D] (S = 1: clips; S = 2: clips then warped clips), words [B,L,D]; padded rows of both must be
-    zero (the caller zeroes them with ``torch.where``, which also stops their gradient). ``col_weight`` [B,L]
-    (0/1) selects which words count in the row sums; ``row_weight`` [B,T] which clips (of segment 0 only)
-    count in the column sums. Returns rows [S,B,T] and cols [B,L]. Only valid when α·|a|·|w| stays below
-    ``_NO_SHIFT_BOUND`` (no max-subtraction is done); ``_negative_log_sums`` checks that.
+    anchors [S,B,T,D] (S = 1: clips; S = 2: clips then warped clips), words [B,L,D]; ``row_ok`` [S,B,T] marks
+    the valid anchor rows (segment 0: the clip mask; segment 1: the temporal ``ref_ok``), ``word_mask`` [B,L]
+    the valid words. Every sample must have at least one valid word (``_check_inputs`` guarantees it).
+
+    Returns rows [S,B,T] = Σ_{valid words of other pairs} e^{α a·w} and cols [B,L] = Σ_{valid clips (segment 0)
+    of other pairs} e^{α a·w}, in the inputs' dtype (with ``bf16``: accumulated in fp32, rounded to bf16 once).
+    Invalid slots hold 1 (a harmless log 0; callers mask them) and padded rows / words get exactly zero
+    gradient, whatever they hold. Only valid when α·|a|·|w| stays below ``_NO_SHIFT_BOUND`` (no
+    max-subtraction); ``_negative_log_sums`` checks that.
+
+    Layout: the valid rows and words are gathered (``index_select`` by ``nonzero`` indices) into compact
+    matrices A_v [R,D] and W_v [C,D]; row order is (segment, sample, clip), so segment 0 is the prefix
+    A_v[:n0] and each sample's words are one contiguous column range of W_v. The own-pair entries then form
+    variable-sized rectangles, which are zeroed in place through flat indices built from the per-sample
+    word counts (they are zeroed, not subtracted afterwards: a positive e^{14} next to negatives ~e^{0} would
+    cancel catastrophically).
     """
 
     @staticmethod
-    def forward(ctx, anchors, words, row_weight, col_weight, alpha: float, bf16: bool):
+    def forward(ctx, anchors, words, row_ok, word_mask, alpha: float, bf16: bool):
         S, B, T, D = anchors.shape
         L = words.shape[1]
-        a2 = anchors.reshape(S * B * T, D)
-        w2 = words.reshape(B * L, D)
-        if bf16:  # the whole big-matrix pipeline in bf16 (half the memory traffic, no conversion passes);
-            # the matrix-vector sums accumulate in fp32 inside the kernel
-            E = torch.mm((a2 * alpha).to(torch.bfloat16), w2.to(torch.bfloat16).t())
-        else:
-            E = torch.mm(a2 * alpha, w2.t())
+        dtype = anchors.dtype
+        mm_dtype = torch.bfloat16 if bf16 else dtype
+        r_idx = row_ok.reshape(-1).nonzero().squeeze(1)  # ascending: segment 0 rows come first
+        c_idx = word_mask.reshape(-1).nonzero().squeeze(1)
+        n0 = int(row_ok[0].sum())
+        R, C = r_idx.numel(), c_idx.numel()
+        # α·A_v (scaled before any bf16 rounding: one rounding per operand) and W_v
+        A = anchors.reshape(S * B * T, D).index_select(0, r_idx).mul_(alpha).to(mm_dtype)
+        W = words.reshape(B * L, D).index_select(0, c_idx).to(mm_dtype)
+        # own-pair rectangles: row r (sample b) × the n_words[b] columns starting at col_start[b]. Each row
+        # gets max(n_words) flat indices, the surplus ones repeating its last own column (zeroing twice is
+        # harmless).
+        n_words = word_mask.sum(1)
+        col_start = n_words.cumsum(0) - n_words
+        row_sample = torch.div(r_idx % (B * T), T, rounding_mode="floor")
+        j = torch.arange(int(n_words.max()), device=A.device)
+        j = torch.minimum(j[None, :], (n_words[row_sample] - 1)[:, None])
+        own = (torch.arange(R, device=A.device) * C + col_start[row_sample])[:, None] + j
+        if bool((n_words == 0).any()):  # a sample without words has no own rectangle (callers forbid it)
+            own = own[n_words[row_sample] > 0]
+        own = own.reshape(-1)
+        E = _OffDiagonalExpSums._exp_matrix(A, W, own)
+        # bf16 E: the sums accumulate in fp32 inside the reduction kernel and are rounded to bf16 once (relative
+        # 2^-8, the same order as the rounding of each exp entry); sum(dtype=float32) would first convert the
+        # whole matrix (an extra pass over it)
+        rows = anchors.new_ones(S * B * T).index_copy_(0, r_idx, E.sum(1).to(dtype))
+        cols = anchors.new_ones(B * L).index_copy_(0, c_idx, E[:n0].sum(0).to(dtype))
+        ctx.save_for_backward(A, W, r_idx, c_idx, own)
+        ctx.E = E  # an intermediate, kept on ctx (not an input/output of the op); consumed by the backward
+        ctx.meta = (S, B, T, L, D, n0, alpha, dtype)
+        return rows.view(S, B, T), cols.view(B, L)
+
+    @staticmethod
+    def _exp_matrix(A, W, own):
+        """E = exp(A·Wᵀ) with the own-pair entries (flat indices ``own``) set to 0, computed in place."""
+        E = torch.mm(A, W.t())  # bf16: half the memory traffic of the whole big-matrix pipeline
         E.exp_()
-        E.view(S, B, T, B, L).diagonal(dim1=1, dim2=3).zero_()  # own pair: positives / intra handled outside
-        rows = torch.mv(E, col_weight.reshape(-1).to(E.dtype)).view(S, B, T).to(a2.dtype)
-        cols = torch.mv(E[: B * T].t(), row_weight.reshape(-1).to(E.dtype)).view(B, L).to(a2.dtype)
-        ctx.save_for_backward(a2, w2)
-        ctx.E = E  # an intermediate, kept on ctx (not an input/output of the op)
-        ctx.meta = (S, B, T, L, D, alpha, bf16)
-        return rows, cols
+        E.view(-1).index_fill_(0, own, 0.0)
+        return E
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_rows, g_cols):
-        a2, w2 = ctx.saved_tensors
-        E = ctx.E
-        S, B, T, L, D, alpha, bf16 = ctx.meta
-        BT = B * T
-        # dL/dE[r,c] = g_rows[r] + [r in segment 0]·g_cols[c]; entries of padded rows / columns may be
-        # wrong but meet zero rows of A / W in the GEMMs and are cut by the caller's torch.where.
-        # G is built in a fresh buffer (E stays intact, so retain_graph / gradcheck work): one write pass for
-        # the broadcast sum, one fused multiply pass.
-        gr = g_rows.reshape(S * BT, 1).to(E.dtype)
-        G = torch.empty_like(E)
-        torch.add(gr[:BT], g_cols.reshape(1, B * L).to(E.dtype), out=G[:BT]).mul_(E[:BT])
-        if S > 1:
-            torch.mul(E[BT:], gr[BT:], out=G[BT:])
-        if bf16:  # G is already bf16 (E's dtype)
-            d_a = torch.mm(G, w2.to(torch.bfloat16)).to(a2.dtype).mul_(alpha)
-            d_w = torch.mm(G.t(), a2.to(torch.bfloat16)).to(a2.dtype).mul_(alpha)
-        else:
-            d_a = torch.mm(G, w2).mul_(alpha)
-            d_w = torch.mm(G.t(), a2).mul_(alpha)
+        A, W, r_idx, c_idx, own = ctx.saved_tensors
+        S, B, T, L, D, n0, alpha, dtype = ctx.meta
+        # dL/d(αa·w)[r,c] = E[r,c]·(g_rows[r] + [r in segment 0]·g_cols[c]) =: G[r,c]; d_A = α·G·W_v and
+        # d_W = Gᵀ·(α·A_v) (A holds α·A_v). G is built in E's buffer: a fresh matrix of that size costs more
+        # than the multiply itself (first-touch page faults), and E is not needed afterwards. A second
+        # backward through the same graph (retain_graph=True, gradcheck) finds E consumed and recomputes it.
+        G = ctx.E if ctx.E is not None else _OffDiagonalExpSums._exp_matrix(A, W, own)
+        ctx.E = None
+        gr = g_rows.reshape(-1).index_select(0, r_idx).to(G.dtype)[:, None]
+        gc = g_cols.reshape(-1).index_select(0, c_idx).to(G.dtype)[None, :]
+        # segment 0: G *= g_r ⊕ g_c, the broadcast sum formed in cache-sized row blocks
+        step = max(1, (1 << 18) // max(G.shape[1], 1))
+        buf = G.new_empty(min(step, n0), G.shape[1])
+        for i in range(0, n0, step):
+            k = min(i + step, n0) - i
+            G[i : i + k].mul_(torch.add(gr[i : i + k], gc, out=buf[:k]))
+        G[n0:].mul_(gr[n0:])  # segment 1 (warped clips): row scaling only
+        # scatter into zero full-size gradients: padded rows / words get exactly 0
+        d_a = A.new_zeros(S * B * T, D, dtype=dtype).index_copy_(0, r_idx, torch.mm(G, W).to(dtype).mul_(alpha))
+        d_w = W.new_zeros(B * L, D, dtype=dtype).index_copy_(0, c_idx, torch.mm(G.t(), A).to(dtype))
         return d_a.view(S, B, T, D), d_w.view(B, L, D), None, None, None, None
+
+
+class _OwnPairLogits(torch.autograd.Function):
+    """α·bmm(a, wᵀ) [B,T,L] for a [B,T,D], w [B,L,D], with a backward that returns both gradients contiguous
+    in the inputs' layout (autograd's bmm backward of ``w.transpose(1, 2)`` gives a transposed [B,L,D] view,
+    which then makes every later pass over the word gradient — accumulation, masking — a strided one)."""
+
+    @staticmethod
+    def forward(ctx, a, w, alpha: float):
+        ctx.save_for_backward(a, w)
+        ctx.alpha = alpha
+        return torch.bmm(a, w.transpose(1, 2)).mul_(alpha)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, w = ctx.saved_tensors
+        g = g * ctx.alpha
+        return torch.bmm(g, w), torch.bmm(g.transpose(1, 2), a), None
 
 
 def _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha):
@@ -270,8 +337,12 @@ def _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha):
     return rows, cols
 
 
-def _negative_log_sums(anchors, words, clip_mask, word_mask, tau, bf16, fused=True):
-    """log Σ_{other pairs} exp(logit) per anchor row [S,B,T] and per word column [B,L] (−inf when B = 1)."""
+def _negative_log_sums(anchors, words, row_ok, word_mask, tau, bf16, fused=True):
+    """log Σ_{other pairs} exp(logit) per anchor row [S,B,T] and per word column [B,L] (−inf when B = 1).
+
+    ``row_ok`` [S,B,T] marks the valid anchor rows; ``row_ok[0]`` is the clip mask (the column sums run over the
+    valid clips of segment 0). Invalid rows / words hold an arbitrary finite value: callers mask them.
+    """
     S, B, T, _ = anchors.shape
     L = words.shape[1]
     if B == 1:
@@ -283,9 +354,10 @@ def _negative_log_sums(anchors, words, clip_mask, word_mask, tau, bf16, fused=Tr
     with torch.no_grad():  # Cauchy–Schwarz bound on the logits decides whether exp needs a max-subtraction
         bound = alpha * float(anchors.norm(dim=-1).max()) * float(words.norm(dim=-1).max())
     if bound > _NO_SHIFT_BOUND or not fused:
-        return _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha)
-    # every row / column has at least one other pair with a valid word / clip, and exp(x) >= e^-60: sums > 0
-    rows, cols = _OffDiagonalExpSums.apply(anchors, words, clip_mask, word_mask, alpha, bf16)
+        return _negative_log_sums_masked(anchors, words, row_ok[0], word_mask, alpha)
+    # every valid row / column has at least one other pair with a valid word / clip, and exp(x) >= e^-60:
+    # sums > 0 (invalid slots hold 1)
+    rows, cols = _OffDiagonalExpSums.apply(anchors, words, row_ok, word_mask, alpha, bf16)
     return rows.log(), cols.log()
 
 
@@ -368,10 +440,12 @@ def fine_temporal_losses(
     """Fine-grained (§2) and temporal-aware (§3) terms sharing one similarity product.
 
     Returns ({"fine", "fine_cw", "fine_wc", "temporal", "temporal_z", "temporal_w"} (disabled terms absent),
-    correspondences). ``head`` (g) and ``offsets`` δ [B,T] are required when ``temporal``. ``fused=False``
-    computes the negatives with the plain masked log-sum-exp instead of the fused op (same values; kept as a
-    fallback and as the benchmark's "straightforward vectorised" baseline). Always runs in fp32 (fp64 if
-    given), outside any autocast region: the encoders may run under bf16 autocast, the losses must not.
+    correspondences). ``head`` (g) and ``offsets`` δ [B,T] are required when ``temporal``; g is called on the
+    valid context clips only, as g(x [N,D], δ [N]), so it must act row by row (``ContextProjectionHead``
+    does). ``fused=False`` computes the negatives with the plain masked log-sum-exp instead of the fused op
+    (same values; kept as a fallback and as the benchmark's "straightforward vectorised" baseline). Always
+    runs in fp32 (fp64 if given), outside any autocast region: the encoders may run under bf16 autocast, the
+    losses must not.
     """
     clips, words = _as_float(clips), _as_float(words)
     _check_inputs(clips, words, clip_mask, word_mask)
@@ -385,12 +459,12 @@ def fine_temporal_losses(
     cm = torch.where(clip_mask[..., None], clips, zero)  # padded rows = 0 (and no gradient to them)
     wm = torch.where(word_mask[..., None], words, zero)
 
-    # own-pair similarity blocks S[i] = c[i]·w[i]ᵀ: positives, intra negatives, discovery
-    sim = torch.bmm(cm, wm.transpose(1, 2)) if (fine or temporal) else None
-    if sim is None:
+    if not (fine or temporal):
         return {}, discover_correspondences(cm, wm, clip_mask, word_mask, topk)
-    corr = discover_correspondences(None, None, clip_mask, word_mask, topk, sim=sim)
-    x = sim / tau  # [B,T,L] logits of the own pair
+    # own-pair logit blocks x[i] = c[i]·w[i]ᵀ/τ: positives, intra negatives, discovery (the selection only
+    # compares values, so it runs on x as well as on the similarities)
+    x = _OwnPairLogits.apply(cm, wm, 1.0 / tau)  # [B,T,L]
+    corr = discover_correspondences(None, None, clip_mask, word_mask, topk, sim=x)
     out: dict[str, torch.Tensor] = {}
 
     if temporal:
@@ -398,13 +472,18 @@ def fine_temporal_losses(
             raise ValueError("the temporal term needs the context head g and the offsets δ")
         ctx_idx, ref_ok = _temporal_valid(clip_mask, offsets, window)
         offsets = offsets.to(device=clips.device, dtype=torch.long)
-        ctx_clip = cm.gather(1, ctx_idx[..., None].expand(B, T, D))
-        z = F.normalize(head(ctx_clip, offsets), dim=-1)  # z[i,t←t+δ]
-        z = torch.where(ref_ok[..., None], z, zero)
+        # g runs on the valid references only (flat row b·T + t, context row b·T + t + δ); the other rows of z
+        # are 0 (and get no gradient)
+        z_rows = ref_ok.reshape(-1).nonzero().squeeze(1)
+        ctx_rows = z_rows - z_rows % T + ctx_idx.reshape(-1)[z_rows]
+        z = F.normalize(head(cm.reshape(B * T, D)[ctx_rows], offsets.reshape(-1)[z_rows]), dim=-1)
+        z = cm.new_zeros(B * T, D).index_copy(0, z_rows, z).view(B, T, D)  # z[i,t←t+δ]
         anchors = torch.stack([cm, z])
+        row_ok = torch.stack([clip_mask, ref_ok])
     else:
         anchors = cm[None]
-    neg_rows, neg_cols = _negative_log_sums(anchors, wm, clip_mask, word_mask, tau, bf16_products, fused)
+        row_ok = clip_mask[None]
+    neg_rows, neg_cols = _negative_log_sums(anchors, wm, row_ok, word_mask, tau, bf16_products, fused)
 
     # clip-anchored positives P[i,t] and word-anchored positives Q[i,l]
     p_idx, p_mask = corr.clip_to_word, corr.clip_to_word_mask
@@ -437,7 +516,7 @@ def fine_temporal_losses(
 
     if temporal:
         omega = torch.exp(-offsets.abs().to(clips.dtype) / sigma)  # ω(δ); σ = inf -> 1
-        xz = torch.bmm(z, wm.transpose(1, 2)) / tau  # [B,T,L] warped-clip logits of the own pair
+        xz = _OwnPairLogits.apply(z, wm, 1.0 / tau)  # [B,T,L] warped-clip logits of the own pair
         # anchored at the warped clip z[i,t]: positives = words discovered for the reference clip t
         xz_pos = xz.gather(2, p_idx)
         zmask = p_mask | ~ref_ok[..., None]
