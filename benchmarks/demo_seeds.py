@@ -11,11 +11,13 @@ import statistics
 from locvtp.demo import COLUMNS
 
 
-def aggregate(paths: list[str], models=("random", "coarse", "locvtp")) -> str:
+def aggregate(paths: list[str], models=("random", "backbone", "coarse", "locvtp")) -> str:
     runs = [json.load(open(p, encoding="utf-8")) for p in paths]
     head = "| model | " + " | ".join(h for _, h in COLUMNS) + " |"
     rows = [head, "|---|" + "|".join("---:" for _ in COLUMNS) + "|"]
     for m in models:
+        if not any(m in r for r in runs):
+            continue
         cells = []
         for key, _ in COLUMNS:
             vals = [r[m][key] for r in runs if m in r and key in r[m]]

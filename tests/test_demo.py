@@ -18,8 +18,13 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     summary = demo.run_demo(out, preset="tiny", seed=0, progress=False)
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    assert set(["random", "coarse", "locvtp"]) <= set(results)
-    for name in ("random", "coarse", "locvtp"):
+    assert set(["random", "backbone", "coarse", "locvtp"]) <= set(results)
+    # both pre-trainings started from the backbone the demo trained first (the Kinetics step)
+    bb = sorted((out / "backbone").glob("tiny3d_*.safetensors"))
+    assert len(bb) == 1
+    for name in ("coarse", "locvtp"):
+        assert f"pretrained: {bb[0]}" in (out / "runs" / name / "config.yaml").read_text()
+    for name in ("random", "backbone", "coarse", "locvtp"):
         # every figure of the table comes from that model's own evaluation output (nothing hard-coded)
         evaluated = json.loads((out / "eval" / name / "metrics.json").read_text())
         evaluated = evaluated.get("metrics", evaluated)

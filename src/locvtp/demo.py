@@ -40,6 +40,9 @@ PRESET_OVERRIDES: dict[str, list[str]] = {
              "model.video.width=8", "objective.ramp_start=4", "objective.ramp_steps=4"],
 }
 
+# Steps of the supervised backbone stage (`locvtp backbone`) per preset.
+BACKBONE_STEPS: dict[str, int] = {"demo": 400, "tiny": 6}
+
 VARIANTS: dict[str, list[str]] = {
     "coarse": ["objective.fine=false", "objective.temporal=false"],
     "locvtp": [],
@@ -91,8 +94,10 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _random_checkpoint(reference_ckpt: Path, out: Path, seed: int) -> Path:
-    """The floor: the same architecture and tokenizer as the trained model, randomly initialised."""
+def _random_checkpoint(reference_ckpt: Path, out: Path, seed: int, backbone: bool = False) -> Path:
+    """A floor: the same architecture and tokenizer as the trained model, randomly initialised — entirely
+    (``backbone=False``), or around the pretrained video backbone of the reference config (``backbone=True``:
+    the "no video–text pre-training" row)."""
     import torch
 
     from locvtp.checkpoint import load_checkpoint, save_checkpoint
@@ -102,9 +107,32 @@ def _random_checkpoint(reference_ckpt: Path, out: Path, seed: int) -> Path:
         return out
     ref = load_checkpoint(reference_ckpt)
     torch.manual_seed(seed)
-    model = LocVTP.from_config(ref.cfg)
+    model = LocVTP.from_config(ref.cfg, load_pretrained=backbone)
     save_checkpoint(out, model, ref.cfg, ref.tokenizer)
     return out
+
+
+def _backbone(out: Path, world: Path, cfg_path: Path, overrides: Sequence[str], preset: str, seed: int,
+              progress: bool) -> tuple[Path | None, str]:
+    """Train the tiny3d backbone on the world's labelled videos (`locvtp backbone`), unless the config does not
+    use tiny3d or already names pretrained weights. Returns (weights or None, the equivalent command)."""
+    from locvtp.backbone import build_parser, train_backbone
+    from locvtp.config import load_config
+
+    cfg = load_config(cfg_path, [f"data.root={world}", *overrides])
+    v = cfg.model.video
+    if v.name != "tiny3d" or v.pretrained:
+        return None, ""
+    path = out / "backbone" / f"tiny3d_w{int(v.width)}_seed{seed}.safetensors"
+    argv = ["--data", str(world), "--out", str(path), "--width", str(int(v.width)), "--norm", str(v.norm),
+            "--frames-per-clip", str(int(cfg.data.frames_per_clip)), "--frame-size", str(int(cfg.data.frame_size)),
+            "--clip-seconds", str(float(cfg.data.clip_seconds)), "--steps", str(BACKBONE_STEPS.get(preset, 400)),
+            "--seed", str(seed)]
+    if not path.is_file():
+        res = train_backbone(build_parser().parse_args(argv), progress=progress)
+        acc = "n/a" if res.heldout_accuracy is None else f"{100 * res.heldout_accuracy:.1f} %"
+        print(f"[demo] backbone: {res.train_clips} labelled clips, held-out clip accuracy {acc} -> {path}")
+    return path, "locvtp backbone " + " ".join(argv)
 
 
 def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], parallel: int = 1,
@@ -279,19 +307,31 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
 
     cfg_path = find_config("pretrain_synthetic")
     common = [f"data.root={world}", f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides]
+    s = time.time()
+    print("[demo] 2/4 video backbone on the world's labelled action videos (the Kinetics step), then pre-training")
+    backbone, backbone_cmd = _backbone(out, world, cfg_path, common, preset, seed, progress)
+    if backbone is not None:
+        common.append(f"model.video.pretrained={backbone}")
+    stage("backbone", s)
     jobs = {name: (out / "runs" / name, [*common, f"data.cache_dir={out / 'cache' / name}", *extra])
             for name, extra in VARIANTS.items()}
     commands = {name: f"locvtp pretrain --config {cfg_path} --out {run} " + " ".join(ov)
                 for name, (run, ov) in jobs.items()}
+    if backbone_cmd:
+        commands = {"backbone": backbone_cmd, **commands}
     s = time.time()
     print(f"[demo] 2/4 pre-training {', '.join(jobs)} ({parallel} at a time, logs in runs/<name>/pretrain.log)")
     ckpts: dict[str, Path] = pretrain_jobs(cfg_path, jobs, parallel=parallel, progress=progress)
     stage("pretrain", s)
-    ckpts = {"random": _random_checkpoint(ckpts["locvtp"], out / "runs" / "random" / "final", seed), **ckpts}
+    floors = {"random": _random_checkpoint(ckpts["locvtp"], out / "runs" / "random" / "final", seed)}
+    if backbone is not None:
+        floors["backbone"] = _random_checkpoint(ckpts["locvtp"], out / "runs" / "backbone" / "final", seed,
+                                                backbone=True)
+    ckpts = {**floors, **ckpts}
 
     results: dict[str, dict] = {}
     eval_dirs: dict[str, Path] = {}
-    for name in ("random", "coarse", "locvtp"):
+    for name in ckpts:
         s = time.time()
         print(f"[demo] 3/4 evaluating {name}")
         eval_dirs[name] = out / "eval" / name
@@ -327,9 +367,11 @@ def _report(table: str, commands: dict, cfg_path: Path, plots: dict, out: Path, 
         "# locvtp demo report", "",
         f"Preset `{preset}`, seed {seed}, {platform.machine()} CPU ({os.cpu_count()} cores), torch {_torch_version()}.",
         f"Wall time {wall:.0f} s; peak RSS {rss['self_mb']:.0f} MB (largest child process {rss['largest_child_mb']:.0f} MB).", "",
-        "Rows: *random* = randomly initialised (the floor); *coarse* = video–sentence contrast only "
-        "(retrieval-oriented pre-training); *locvtp* = coarse + fine-grained clip–word + temporal-aware context "
-        "objectives. Same data, steps and seed for both pre-trainings. All figures are percentages computed in this run.",
+        "Rows: *random* = randomly initialised (the floor); *backbone* = the supervised video backbone with "
+        "randomly initialised heads and text encoder (no video–text pre-training); *coarse* = video–sentence "
+        "contrast only (retrieval-oriented pre-training); *locvtp* = coarse + fine-grained clip–word + temporal-aware "
+        "context objectives. Both pre-trainings start from the same backbone, with the same data, steps and seed. "
+        "All figures are percentages computed in this run.",
         "", table, "",
         "## Commands", "",
     ]
@@ -367,6 +409,10 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
     world = out / "world"
     generate_world(world, seed=0, preset=preset, progress=progress)
     cfg_path = find_config("pretrain_synthetic")
+    backbone, _ = _backbone(out, world, cfg_path, [f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides], preset,
+                            seed, progress)
+    if backbone is not None:
+        overrides = [*overrides, f"model.video.pretrained={backbone}"]
     names = list(only) if only else list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
