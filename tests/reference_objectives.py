@@ -13,7 +13,9 @@ Definitions (see docs/method.md):
   a = softmax of x over P (constants).
 - warped clip z[i,t] = normalize(g(c[i,t+δ], δ)) for valid t with a valid context clip; anchored like the
   reference clip (positives P[i,t], same soft weights a); word anchor l with q = top-1 clip of l: positive
-  w·z[i,q], negatives = clips of the other videos (+ clips t≠q of the own video when intra_negatives).
+  w·z[i,q], negatives = clips of the other videos (+ clips t≠q of the own video when intra_negatives);
+  with temporal_negatives="warped" the negatives are instead the warped clips z[j,t] of the other videos
+  (+ the warped clips z[i,t], t≠q, of the own video when intra_negatives).
 - temporal terms weighted by ω(δ) = exp(−|δ|/σ), weighted means; L_t = ½(L_tz + L_tw), an empty direction = 0.
 """
 from __future__ import annotations
@@ -110,8 +112,9 @@ def ref_fine(clips, words, clip_mask, word_mask, topk=1, tau=0.07, intra_negativ
 
 def ref_temporal(
     clips, words, clip_mask, word_mask, head, offsets, topk=1, tau=0.07, sigma=math.inf,
-    intra_negatives=False, soft=False,
+    intra_negatives=False, soft=False, temporal_negatives="clips",
 ):
+    assert temporal_negatives in ("clips", "warped")
     B, T, _ = clips.shape
     P, Q = ref_correspondences(clips, words, clip_mask, word_mask, topk)
     z = {}
@@ -130,6 +133,7 @@ def ref_temporal(
         ts, ls = _valid(clip_mask[i]), _valid(word_mask[i])
         other_words = [words[j, m] for j in range(B) if j != i for m in _valid(word_mask[j])]
         other_clips = [clips[j, t] for j in range(B) if j != i for t in _valid(clip_mask[j])]
+        other_warped = [z[j, t] for j in range(B) if j != i for t in range(T) if (j, t) in z]
         for t in ts:
             if (i, t) not in z:
                 continue
@@ -145,9 +149,14 @@ def ref_temporal(
             q = Q[i, l][0]
             if (i, q) not in z:
                 continue
-            neg = list(other_clips)
-            if intra_negatives:
-                neg += [clips[i, t] for t in ts if t != q]
+            if temporal_negatives == "warped":
+                neg = list(other_warped)
+                if intra_negatives:
+                    neg += [z[i, t] for t in ts if t != q and (i, t) in z]
+            else:
+                neg = list(other_clips)
+                if intra_negatives:
+                    neg += [clips[i, t] for t in ts if t != q]
             term = _anchor_term(words[i, l], [z[i, q]], neg, tau, False)
             w = omega(int(offsets[i, q]))
             num_w, den_w = num_w + w * term, den_w + w
@@ -169,7 +178,7 @@ def ref_total(objective, clips, words, sentence, clip_mask, word_mask, offsets):
     )
     out.update(
         ref_temporal(clips, words, clip_mask, word_mask, o.context_head, offsets, o.topk, o.tau_fine, o.sigma,
-                     o.intra_negatives, o.soft)
+                     o.intra_negatives, o.soft, getattr(o, "temporal_negatives", "clips"))
         if o.use_temporal else {"temporal": zero, "temporal_z": zero, "temporal_w": zero}
     )
     total = zero

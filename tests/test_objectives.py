@@ -242,7 +242,12 @@ def test_soft_positive_weights_carry_no_gradient():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("options", [{}, {"topk": 2, "intra_negatives": True, "soft": True, "sigma": 1.0}])
+@pytest.mark.parametrize("options", [
+    {},
+    {"topk": 2, "intra_negatives": True, "soft": True, "sigma": 1.0},
+    {"temporal_negatives": "warped"},
+    {"topk": 2, "intra_negatives": True, "sigma": 1.0, "temporal_negatives": "warped"},
+])
 def test_batch_permutation_invariance(options):
     obj = LocVTPObjective(dim=8, **options).double()
     c, w, s, cm, wm = make_batch(5, 4, 6, seed=9)
@@ -280,9 +285,10 @@ def test_overfit_tiny_batch():
     assert all(math.isfinite(v) for v in losses)
 
 
-def test_bf16_products_match_reference_at_stated_tolerance():
-    obj32 = LocVTPObjective(dim=32, topk=2).double()
-    obj16 = LocVTPObjective(dim=32, topk=2, bf16_products=True).double()
+@pytest.mark.parametrize("negatives", ["clips", "warped"])
+def test_bf16_products_match_reference_at_stated_tolerance(negatives):
+    obj32 = LocVTPObjective(dim=32, topk=2, temporal_negatives=negatives).double()
+    obj16 = LocVTPObjective(dim=32, topk=2, bf16_products=True, temporal_negatives=negatives).double()
     obj16.load_state_dict(obj32.state_dict())
     c, w, s, cm, wm = make_batch(6, 5, 8, D=32, seed=4, requires_grad=True)
     off = offsets_for(cm)
@@ -374,3 +380,139 @@ def test_runs_in_fp32_under_bf16_autocast():
     ref = obj(c.bfloat16().float(), w.bfloat16().float(), s.bfloat16().float(), cm, wm, off)
     torch.testing.assert_close(auto["total"], ref["total"])
     assert abs(plain["total"].item() - auto["total"].item()) < 0.1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# temporal_negatives="warped": the word-anchored temporal term contrasts against warped clips of other videos
+# ----------------------------------------------------------------------------------------------------------
+WARPED_SHAPES = [(3, 4, 5), (1, 3, 4), (2, 1, 3), (3, 4, 1), (1, 1, 1), (5, 4, 6)]
+WARPED_OPTIONS = [
+    {},
+    {"intra_negatives": True},
+    {"topk": 2, "soft": True},
+    {"topk": 2, "soft": True, "intra_negatives": True, "sigma": 1.5},
+    {"topk": 2},
+]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "masked"])
+@pytest.mark.parametrize("shape", WARPED_SHAPES, ids=lambda s: "B{}T{}L{}".format(*s))
+@pytest.mark.parametrize("options", WARPED_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_warped_temporal_negatives_match_loop_reference(shape, options, fused):
+    B, T, L = shape
+    torch.manual_seed(1)
+    obj = LocVTPObjective(dim=8, temporal_negatives="warped", fused=fused, **options).double()
+    c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
+    if B > 3:  # enough videos with a temporal context that the warped negatives are not trivial
+        cm[:, :3] = True
+    off = offsets_for(cm, obj.window, seed=B)
+    out = obj(c, w, s, cm, wm, off)
+    ref = ref_total(obj, c, w, s, cm, wm, off)
+    for key in TERMS:
+        assert torch.isfinite(out[key]), key
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-9, atol=1e-10, msg=key)
+    inputs = [c, w, s] + [p for p in obj.parameters()]
+    got = torch.autograd.grad(out["total"], inputs, allow_unused=True)
+    want = torch.autograd.grad(ref["total"], inputs, allow_unused=True)
+    for n, (a, b) in enumerate(zip(got, want)):
+        a = torch.zeros_like(inputs[n]) if a is None else a
+        b = torch.zeros_like(inputs[n]) if b is None else b
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f"gradient of input #{n}")
+    assert (got[0][~cm] == 0).all() and (got[1][~wm] == 0).all()
+    if B > 3:  # the option changes exactly the word-anchored temporal term
+        clips_obj = LocVTPObjective(dim=8, fused=fused, **options).double()
+        clips_obj.load_state_dict(obj.state_dict())
+        base = clips_obj(c, w, s, cm, wm, off)
+        for key in ("coarse", "fine", "fine_cw", "fine_wc", "temporal_z"):
+            torch.testing.assert_close(out[key], base[key], rtol=0, atol=0, msg=key)
+        assert abs(out["temporal_w"].item() - base["temporal_w"].item()) > 1e-3
+
+
+def test_warped_option_of_the_standalone_temporal_loss():
+    c, w, s, cm, wm = make_batch(5, 4, 6, seed=8)
+    head = LocVTPObjective(dim=8, window=2).double().context_head
+    off = offsets_for(cm)
+    t = temporal_loss(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="warped")
+    r = ref_temporal(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="warped")
+    for key in ("temporal", "temporal_z", "temporal_w"):
+        torch.testing.assert_close(t[key], r[key])
+    with pytest.raises(ValueError, match="temporal_negatives"):
+        temporal_loss(c, w, cm, wm, head, off, temporal_negatives="raw")
+
+
+def test_clips_negatives_are_the_default_and_bit_identical():
+    """temporal_negatives="clips" is exactly the behaviour without the option (METHOD.md §3)."""
+    torch.manual_seed(0)
+    default = LocVTPObjective(dim=8, topk=2, intra_negatives=True).double()
+    explicit = LocVTPObjective(dim=8, topk=2, intra_negatives=True, temporal_negatives="clips").double()
+    explicit.load_state_dict(default.state_dict())
+    assert default.temporal_negatives == "clips" and "temporal_negatives='clips'" in repr(default)
+    assert LocVTPObjective.from_config(default_config(), dim=8).temporal_negatives == "clips"
+    c, w, s, cm, wm = make_batch(5, 4, 6, seed=4)
+    off = offsets_for(cm)
+    results = []
+    for obj in (default, explicit):
+        leaves = [t.clone().requires_grad_() for t in (c, w, s)]
+        out = obj(*leaves, cm, wm, off)
+        results.append((out, torch.autograd.grad(out["total"], leaves + list(obj.parameters()))))
+    (a, ga), (b, gb) = results
+    for key in TERMS:
+        assert torch.equal(a[key], b[key]), key
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
+def test_temporal_negatives_config_key_is_validated():
+    from locvtp.config import load_config
+
+    cfg = load_config(overrides=["objective.temporal_negatives=warped"])
+    obj = LocVTPObjective.from_config(cfg, dim=8)
+    assert obj.temporal_negatives == "warped" and "temporal_negatives='warped'" in repr(obj)
+    bad = load_config(overrides=["objective.temporal_negatives=bogus"])
+    with pytest.raises(ValueError, match=r"objective\.temporal_negatives.*'clips', 'warped'.*'bogus'"):
+        LocVTPObjective.from_config(bad, dim=8)
+    with pytest.raises(ValueError, match=r"objective\.temporal_negatives"):
+        LocVTPObjective(dim=8, temporal_negatives="raw")
+
+
+def test_warped_negatives_edge_cases_have_no_nan():
+    """B = 1 (no negatives), single-clip videos, and batches where only one video has a temporal context (no
+    warped negative at all for any word): defined values, finite gradients."""
+    obj = LocVTPObjective(dim=8, topk=3, intra_negatives=True, temporal_negatives="warped").double()
+    plain = LocVTPObjective(dim=8, temporal_negatives="warped").double()
+    for B, T, L in [(1, 1, 1), (2, 1, 1), (1, 4, 1), (1, 1, 4), (1, 3, 4)]:
+        for o in (obj, plain):
+            c, w, s, cm, wm = make_batch(B, T, L, requires_grad=True)
+            out = o(c, w, s, cm, wm)
+            out["total"].backward()
+            assert all(torch.isfinite(out[k]) for k in TERMS)
+            assert torch.isfinite(c.grad).all() and torch.isfinite(w.grad).all()
+    # B = 1, top-1, no intra negatives: the positive is the whole denominator
+    c, w, s, cm, wm = make_batch(1, 3, 4)
+    assert plain(c, w, s, cm, wm)["temporal_w"].item() == 0.0
+    # only sample 0 has context clips: the other-video warped negatives are empty (−inf), still no NaN
+    for fused in (True, False):
+        o = LocVTPObjective(dim=8, temporal_negatives="warped", fused=fused).double()
+        c, w, s, cm, wm = make_batch(3, 4, 5, seed=2, requires_grad=True)
+        cm[1:, 1:] = False
+        out = o(c, w, s, cm, wm)
+        assert out["temporal_w"].item() == 0.0
+        out["total"].backward()
+        assert torch.isfinite(c.grad).all() and torch.isfinite(w.grad).all()
+        assert all(torch.isfinite(p.grad).all() for p in o.parameters() if p.grad is not None)
+
+
+def test_warped_negatives_gradcheck_through_the_objective():
+    torch.manual_seed(0)
+    obj = LocVTPObjective(dim=6, topk=2, intra_negatives=True, temporal_negatives="warped", sigma=2.0).double()
+    c, w, s, cm, wm = make_batch(4, 3, 4, D=6, seed=11)
+    cm[:, :2] = True
+    off = offsets_for(cm)
+    names = [n for n, _ in obj.named_parameters()]
+
+    def f(c_, w_, *ps):
+        return torch.func.functional_call(obj, dict(zip(names, ps)), (c_, w_, s, cm, wm, off))["total"]
+
+    inputs = (c.clone().requires_grad_(), w.clone().requires_grad_(),
+              *(p.detach().clone().requires_grad_() for _, p in obj.named_parameters()))
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)

@@ -54,8 +54,9 @@ def heavy_padding_batch(B=6, T=6, L=10, D=8, seed=0, dtype=torch.float64):
     return c, w, s, clip_mask, word_mask
 
 
-def brute_force_sums(anchors, words, row_ok, word_mask, alpha):
-    """Σ over other pairs' valid words (per row) / segment-0 valid clips (per word), by explicit loops."""
+def brute_force_sums(anchors, words, row_ok, word_mask, alpha, segment=0):
+    """Σ over other pairs' valid words (per row) / valid rows of ``segment`` (per word; 0 = clips, 1 = warped
+    clips), by explicit loops. A valid word without any such row sums to 0."""
     S, B, T, _ = anchors.shape
     L = words.shape[1]
     rows = torch.ones(S, B, T, dtype=torch.float64)
@@ -73,14 +74,19 @@ def brute_force_sums(anchors, words, row_ok, word_mask, alpha):
         for l in range(L):
             if word_mask[j, l]:
                 cols[j, l] = sum(
-                    torch.exp(alpha * a[0, i, t] @ w[j, l])
-                    for i in range(B) if i != j for t in range(T) if row_ok[0, i, t]
+                    (torch.exp(alpha * a[segment, i, t] @ w[j, l])
+                     for i in range(B) if i != j for t in range(T) if row_ok[segment, i, t]),
+                    torch.zeros((), dtype=torch.float64),
                 )
     return rows, cols
 
 
-@pytest.mark.parametrize("options", [{}, {"topk": 3, "soft": True}, {"topk": 2, "intra_negatives": True, "sigma": 1.0}],
-                         ids=["default", "top3-soft", "top2-intra"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"topk": 3, "soft": True}, {"topk": 2, "intra_negatives": True, "sigma": 1.0},
+     {"temporal_negatives": "warped"}, {"topk": 2, "intra_negatives": True, "temporal_negatives": "warped"}],
+    ids=["default", "top3-soft", "top2-intra", "warped", "top2-intra-warped"],
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_heavy_padding_matches_loop_reference_and_padding_gets_zero_gradient(options, seed):
     torch.manual_seed(seed)
@@ -103,10 +109,11 @@ def test_heavy_padding_matches_loop_reference_and_padding_gets_zero_gradient(opt
     assert (got[0][~cm] == 0).all() and (got[1][~wm] == 0).all()
 
 
-def test_fp32_fused_equals_masked_path_and_loop_reference():
+@pytest.mark.parametrize("negatives", ["clips", "warped"])
+def test_fp32_fused_equals_masked_path_and_loop_reference(negatives):
     torch.manual_seed(0)
-    fused = LocVTPObjective(dim=32)
-    masked = LocVTPObjective(dim=32, fused=False)
+    fused = LocVTPObjective(dim=32, temporal_negatives=negatives)
+    masked = LocVTPObjective(dim=32, fused=False, temporal_negatives=negatives)
     masked.load_state_dict(fused.state_dict())
     c, w, s, cm, wm = heavy_padding_batch(B=12, T=8, L=14, D=32, seed=3, dtype=torch.float32)
     off = draw_offsets(cm, 2, generator=torch.Generator().manual_seed(3))
@@ -121,7 +128,7 @@ def test_fp32_fused_equals_masked_path_and_loop_reference():
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
     # and both equal the fp64 loop reference
-    obj64 = LocVTPObjective(dim=32).double()
+    obj64 = LocVTPObjective(dim=32, temporal_negatives=negatives).double()
     obj64.load_state_dict(fused.state_dict())
     ref = ref_total(obj64, c.double(), w.double(), s.double(), cm, wm, off)
     for key in TERMS:
@@ -209,3 +216,65 @@ def test_op_second_backward_recomputes_the_consumed_exp_matrix(bf16):
     for x, y in zip(first, second):
         assert torch.isfinite(x).all()
         torch.testing.assert_close(x, y, rtol=1e-12, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# warped_cols (temporal_negatives="warped"): column sums over the segment-1 rows of the same exp matrix
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp64", "bf16"])
+def test_op_warped_column_sums_equal_brute_force(bf16):
+    anchors, w, row_ok, wm = _op_inputs(seed=1)
+    alpha = 1 / 0.07
+    rows, cols, cols_z = _OffDiagonalExpSums.apply(anchors, w, row_ok, wm, alpha, bf16, True)
+    plain_rows, plain_cols = _OffDiagonalExpSums.apply(anchors, w, row_ok, wm, alpha, bf16, False)
+    assert torch.equal(rows, plain_rows) and torch.equal(cols, plain_cols)  # the option only adds an output
+    _, want = brute_force_sums(anchors, w, row_ok, wm, alpha, segment=1)
+    assert (want[wm] > 0).all()  # the input has warped rows in several samples
+    if bf16:
+        torch.testing.assert_close(cols_z.log(), want.log(), rtol=0, atol=0.07)
+    else:
+        torch.testing.assert_close(cols_z, want, rtol=1e-12, atol=0)
+    assert (cols_z[~wm] == 1).all()
+
+
+def test_op_gradcheck_with_warped_columns_on_padded_input():
+    anchors, w, row_ok, wm = _op_inputs(seed=2, B=4, T=3, L=4, D=4)
+    assert row_ok[1].sum(1).gt(0).sum() >= 2  # warped rows in at least two samples: non-empty cols_z
+    a, w = anchors.clone().requires_grad_(), w.clone().requires_grad_()
+
+    def f(a_, w_):
+        rows, cols, cols_z = _OffDiagonalExpSums.apply(a_, w_, row_ok, wm, 2.0, False, True)
+        return rows.log(), cols.log(), cols_z.log()
+
+    assert torch.autograd.gradcheck(f, (a, w))
+    rows, cols, cols_z = f(a, w)
+    ga, gw = torch.autograd.grad(cols_z.sum(), (a, w))  # cols_z alone: gradient reaches segment 1 only
+    assert (ga[~row_ok] == 0).all() and (gw[~wm] == 0).all()
+    assert (ga[0] == 0).all() and (ga[1][row_ok[1]] != 0).any()
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp64", "bf16"])
+def test_op_warped_columns_second_backward(bf16):
+    anchors, w, row_ok, wm = _op_inputs(seed=5)
+    a, w = anchors.clone().requires_grad_(), w.clone().requires_grad_()
+    rows, cols, cols_z = _OffDiagonalExpSums.apply(a, w, row_ok, wm, 1 / 0.07, bf16, True)
+    weights = torch.linspace(0.5, 2.0, cols.numel(), dtype=cols.dtype).view_as(cols)
+    loss = rows.log().sum() + (cols.log() * weights).sum() + (cols_z.log() * weights.flip(0)).sum()
+    first = torch.autograd.grad(loss, (a, w), retain_graph=True)
+    second = torch.autograd.grad(loss, (a, w))
+    for x, y in zip(first, second):
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=0)
+
+
+def test_op_warped_columns_without_other_warped_rows_are_zero():
+    """Only one sample has valid warped rows: its own words see none (sum 0), the others see its rows."""
+    anchors, w, row_ok, wm = _op_inputs(seed=4)
+    only = row_ok.clone()
+    keep = int(row_ok[1].sum(1).argmax())
+    only[1] = False
+    only[1, keep] = row_ok[1, keep]
+    _, _, cols_z = _OffDiagonalExpSums.apply(anchors, w, only, wm, 3.0, False, True)
+    _, want = brute_force_sums(anchors, w, only, wm, 3.0, segment=1)
+    torch.testing.assert_close(cols_z, want, rtol=1e-12, atol=0)
+    assert (cols_z[keep][wm[keep]] == 0).all()

@@ -109,6 +109,9 @@ class ObjectiveConfig:
     sigma: float = math.inf  # ω(δ) = exp(-|δ|/σ); inf = uniform weights (project choice)
     head: str = "mlp"  # linear | mlp (context projection head)
     head_hidden: Optional[int] = None  # hidden width of the mlp head (None = dim)
+    # negatives of the word-anchored temporal term (§3): "clips" = raw clips of the other videos (METHOD.md);
+    # "warped" = their warped clips g(c, δ), which removes the warped-vs-raw shortcut (docs/method.md §3)
+    temporal_negatives: str = "clips"
     tau_fine: float = 0.07  # τ_f, fixed
     logit_scale_init: float = 1.0 / 0.07  # 1/τ_c at init (learnable, CLIP)
     logit_scale_max: float = 100.0

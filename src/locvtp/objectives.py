@@ -21,7 +21,8 @@ optional intra-pair negatives) live in its B diagonal T×L blocks. So we
    quarter or more of each side, so the op first gathers the valid anchors ([clips; warped clips]) and the
    valid words into compact matrices (``nonzero`` indices, one ``index_select`` each). Then: a single GEMM
    (the fine and temporal terms share it, and the temporal word-anchored negatives are exactly the fine
-   word-anchored ones), an in-place ``exp``, the own-pair entries zeroed in place (in compact layout they are
+   word-anchored ones — or, with ``temporal_negatives="warped"``, the column sums over the warped-clip rows of
+   the same matrix), an in-place ``exp``, the own-pair entries zeroed in place (in compact layout they are
    variable-sized rectangles, addressed by flat indices built from the per-sample word counts; zeroed, not
    subtracted afterwards, which would cancel catastrophically next to a positive of e^14), and the row /
    column sums; the results are scattered back to [S,B,T] / [B,L] with a harmless 1 (log 0) in invalid slots,
@@ -221,6 +222,9 @@ class _OffDiagonalExpSums(torch.autograd.Function):
 
     Returns rows [S,B,T] = Σ_{valid words of other pairs} e^{α a·w} and cols [B,L] = Σ_{valid clips (segment 0)
     of other pairs} e^{α a·w}, in the inputs' dtype (with ``bf16``: accumulated in fp32, rounded to bf16 once).
+    With ``warped_cols`` (S = 2) a third output cols_z [B,L] = Σ_{valid warped clips (segment 1) of other
+    pairs} e^{α z·w}: one more reduction of the same exp matrix (``temporal_negatives="warped"``); it is 0 for
+    a valid word when no other pair has a valid warped clip (the caller takes a safe log).
     Invalid slots hold 1 (a harmless log 0; callers mask them) and padded rows / words get exactly zero
     gradient, whatever they hold. Only valid when α·|a|·|w| stays below ``_NO_SHIFT_BOUND`` (no
     max-subtraction); ``_negative_log_sums`` checks that.
@@ -234,8 +238,10 @@ class _OffDiagonalExpSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, anchors, words, row_ok, word_mask, alpha: float, bf16: bool):
+    def forward(ctx, anchors, words, row_ok, word_mask, alpha: float, bf16: bool, warped_cols: bool = False):
         S, B, T, D = anchors.shape
+        if warped_cols and S != 2:
+            raise ValueError(f"warped_cols needs the warped clips as segment 1 (S = 2), got S = {S}")
         L = words.shape[1]
         dtype = anchors.dtype
         mm_dtype = torch.bfloat16 if bf16 else dtype
@@ -266,8 +272,11 @@ class _OffDiagonalExpSums(torch.autograd.Function):
         cols = anchors.new_ones(B * L).index_copy_(0, c_idx, E[:n0].sum(0).to(dtype))
         ctx.save_for_backward(A, W, r_idx, c_idx, own)
         ctx.E = E  # an intermediate, kept on ctx (not an input/output of the op); consumed by the backward
-        ctx.meta = (S, B, T, L, D, n0, alpha, dtype)
-        return rows.view(S, B, T), cols.view(B, L)
+        ctx.meta = (S, B, T, L, D, n0, alpha, dtype, bool(warped_cols))
+        if not warped_cols:
+            return rows.view(S, B, T), cols.view(B, L)
+        cols_z = anchors.new_ones(B * L).index_copy_(0, c_idx, E[n0:].sum(0).to(dtype))
+        return rows.view(S, B, T), cols.view(B, L), cols_z.view(B, L)
 
     @staticmethod
     def _exp_matrix(A, W, own):
@@ -279,28 +288,37 @@ class _OffDiagonalExpSums(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_rows, g_cols):
+    def backward(ctx, g_rows, g_cols, g_cols_z=None):
         A, W, r_idx, c_idx, own = ctx.saved_tensors
-        S, B, T, L, D, n0, alpha, dtype = ctx.meta
-        # dL/d(αa·w)[r,c] = E[r,c]·(g_rows[r] + [r in segment 0]·g_cols[c]) =: G[r,c]; d_A = α·G·W_v and
-        # d_W = Gᵀ·(α·A_v) (A holds α·A_v). G is built in E's buffer: a fresh matrix of that size costs more
-        # than the multiply itself (first-touch page faults), and E is not needed afterwards. A second
-        # backward through the same graph (retain_graph=True, gradcheck) finds E consumed and recomputes it.
+        S, B, T, L, D, n0, alpha, dtype, warped_cols = ctx.meta
+        # dL/d(αa·w)[r,c] = E[r,c]·(g_rows[r] + [r in segment 0]·g_cols[c] + [r in segment 1]·g_cols_z[c])
+        # =: G[r,c] (the g_cols_z part only with ``warped_cols``); d_A = α·G·W_v and d_W = Gᵀ·(α·A_v) (A holds
+        # α·A_v). G is built in E's buffer: a fresh matrix of that size costs more than the multiply itself
+        # (first-touch page faults), and E is not needed afterwards. A second backward through the same graph
+        # (retain_graph=True, gradcheck) finds E consumed and recomputes it.
         G = ctx.E if ctx.E is not None else _OffDiagonalExpSums._exp_matrix(A, W, own)
         ctx.E = None
         gr = g_rows.reshape(-1).index_select(0, r_idx).to(G.dtype)[:, None]
         gc = g_cols.reshape(-1).index_select(0, c_idx).to(G.dtype)[None, :]
         # segment 0: G *= g_r ⊕ g_c, the broadcast sum formed in cache-sized row blocks
         step = max(1, (1 << 18) // max(G.shape[1], 1))
-        buf = G.new_empty(min(step, n0), G.shape[1])
-        for i in range(0, n0, step):
-            k = min(i + step, n0) - i
-            G[i : i + k].mul_(torch.add(gr[i : i + k], gc, out=buf[:k]))
-        G[n0:].mul_(gr[n0:])  # segment 1 (warped clips): row scaling only
+        R = G.shape[0]
+        buf = G.new_empty(min(step, max(n0, R - n0 if warped_cols else 0)), G.shape[1])
+
+        def scale_rows_plus_cols(lo, hi, col):
+            for i in range(lo, hi, step):
+                k = min(i + step, hi) - i
+                G[i : i + k].mul_(torch.add(gr[i : i + k], col, out=buf[:k]))
+
+        scale_rows_plus_cols(0, n0, gc)
+        if warped_cols:  # segment 1 (warped clips) are the word-anchored temporal negatives too: g_r ⊕ g_cz
+            scale_rows_plus_cols(n0, R, g_cols_z.reshape(-1).index_select(0, c_idx).to(G.dtype)[None, :])
+        else:
+            G[n0:].mul_(gr[n0:])  # segment 1 (warped clips): row scaling only
         # scatter into zero full-size gradients: padded rows / words get exactly 0
         d_a = A.new_zeros(S * B * T, D, dtype=dtype).index_copy_(0, r_idx, torch.mm(G, W).to(dtype).mul_(alpha))
         d_w = W.new_zeros(B * L, D, dtype=dtype).index_copy_(0, c_idx, torch.mm(G.t(), A).to(dtype))
-        return d_a.view(S, B, T, D), d_w.view(B, L, D), None, None, None, None
+        return d_a.view(S, B, T, D), d_w.view(B, L, D), None, None, None, None, None
 
 
 class _OwnPairLogits(torch.autograd.Function):
@@ -321,10 +339,12 @@ class _OwnPairLogits(torch.autograd.Function):
         return torch.bmm(g, w), torch.bmm(g.transpose(1, 2), a), None
 
 
-def _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha):
+def _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha, warped_ok=None):
     """Plain-autograd version (explicit block mask, max-subtracted log-sum-exp): exact for any input scale.
 
     Used when the logits may exceed the fast path's no-shift bound (unnormalised inputs or a tiny τ).
+    With ``warped_ok`` [B,T] (the valid warped rows of segment 1) it also returns the column log-sums over the
+    valid warped clips of the other pairs (−inf where there are none).
     """
     S, B, T, D = anchors.shape
     L = words.shape[1]
@@ -332,33 +352,47 @@ def _negative_log_sums_masked(anchors, words, clip_mask, word_mask, alpha):
     other = ~torch.eye(B, dtype=torch.bool, device=x.device)
     row_ok = (other[None, :, None, :, None] & word_mask[None, None, None]).expand(S, B, T, B, L)
     rows = _safe_lse(x.reshape(S, B, T, B * L), row_ok.reshape(S, B, T, B * L), dim=-1)
-    col_ok = other[:, None, :, None] & clip_mask[:, :, None, None]  # [B,T,B,L]
-    cols = _safe_lse(x[0].reshape(B * T, B, L), col_ok.expand(B, T, B, L).reshape(B * T, B, L), dim=0)
-    return rows, cols
+
+    def col_lse(seg, ok):
+        col_ok = other[:, None, :, None] & ok[:, :, None, None]  # [B,T,B,L]
+        return _safe_lse(x[seg].reshape(B * T, B, L), col_ok.expand(B, T, B, L).reshape(B * T, B, L), dim=0)
+
+    if warped_ok is None:
+        return rows, col_lse(0, clip_mask)
+    return rows, col_lse(0, clip_mask), col_lse(1, warped_ok)
 
 
-def _negative_log_sums(anchors, words, row_ok, word_mask, tau, bf16, fused=True):
+def _negative_log_sums(anchors, words, row_ok, word_mask, tau, bf16, fused=True, warped_cols=False):
     """log Σ_{other pairs} exp(logit) per anchor row [S,B,T] and per word column [B,L] (−inf when B = 1).
 
     ``row_ok`` [S,B,T] marks the valid anchor rows; ``row_ok[0]`` is the clip mask (the column sums run over the
     valid clips of segment 0). Invalid rows / words hold an arbitrary finite value: callers mask them.
+    ``warped_cols`` (S = 2) adds a third result: the column log-sums over the valid warped clips (segment 1,
+    ``row_ok[1]``) of the other pairs, −inf (with zero gradient) where no other pair has one.
     """
     S, B, T, _ = anchors.shape
     L = words.shape[1]
     if B == 1:
-        return (
-            anchors.new_full((S, B, T), float("-inf")),
-            anchors.new_full((B, L), float("-inf")),
-        )
+        empty = (anchors.new_full((S, B, T), float("-inf")), anchors.new_full((B, L), float("-inf")))
+        return empty + (anchors.new_full((B, L), float("-inf")),) if warped_cols else empty
     alpha = 1.0 / tau
     with torch.no_grad():  # Cauchy–Schwarz bound on the logits decides whether exp needs a max-subtraction
         bound = alpha * float(anchors.norm(dim=-1).max()) * float(words.norm(dim=-1).max())
     if bound > _NO_SHIFT_BOUND or not fused:
-        return _negative_log_sums_masked(anchors, words, row_ok[0], word_mask, alpha)
+        return _negative_log_sums_masked(
+            anchors, words, row_ok[0], word_mask, alpha, row_ok[1] if warped_cols else None
+        )
     # every valid row / column has at least one other pair with a valid word / clip, and exp(x) >= e^-60:
     # sums > 0 (invalid slots hold 1)
-    rows, cols = _OffDiagonalExpSums.apply(anchors, words, row_ok, word_mask, alpha, bf16)
-    return rows.log(), cols.log()
+    if not warped_cols:
+        rows, cols = _OffDiagonalExpSums.apply(anchors, words, row_ok, word_mask, alpha, bf16, False)
+        return rows.log(), cols.log()
+    rows, cols, cols_z = _OffDiagonalExpSums.apply(anchors, words, row_ok, word_mask, alpha, bf16, True)
+    # cols_z is 0 where no other pair has a valid warped clip: log 0 = −inf there, with zero gradient (the
+    # where() keeps the 1/0 of log's backward out of the graph)
+    has = cols_z > 0
+    log_z = torch.where(has, cols_z, torch.ones_like(cols_z)).log()
+    return rows.log(), cols.log(), torch.where(has, log_z, torch.full_like(log_z, float("-inf")))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -417,6 +451,16 @@ def _temporal_valid(clip_mask: torch.Tensor, offsets: torch.Tensor, window: int)
     return ctx_c, valid
 
 
+TEMPORAL_NEGATIVES = ("clips", "warped")
+
+
+def _check_temporal_negatives(value: Any) -> None:
+    if value not in TEMPORAL_NEGATIVES:
+        raise ValueError(
+            f"objective.temporal_negatives must be one of {', '.join(map(repr, TEMPORAL_NEGATIVES))}, got {value!r}"
+        )
+
+
 @_outside_autocast
 def fine_temporal_losses(
     clips: torch.Tensor,
@@ -436,6 +480,7 @@ def fine_temporal_losses(
     soft: bool = False,
     bf16_products: bool = False,
     fused: bool = True,
+    temporal_negatives: str = "clips",
 ) -> tuple[dict[str, torch.Tensor], Correspondences]:
     """Fine-grained (§2) and temporal-aware (§3) terms sharing one similarity product.
 
@@ -446,6 +491,11 @@ def fine_temporal_losses(
     (same values; kept as a fallback and as the benchmark's "straightforward vectorised" baseline). Always
     runs in fp32 (fp64 if given), outside any autocast region: the encoders may run under bf16 autocast, the
     losses must not.
+
+    ``temporal_negatives`` chooses the negatives of the word-anchored temporal term ``temporal_w``: ``"clips"``
+    (METHOD.md §3) = the valid raw clips of the other videos; ``"warped"`` = the valid *warped* clips z of the
+    other videos (and, with ``intra_negatives``, the other valid warped clips of the own video), so that the
+    positive z and its negatives come from the same head (docs/method.md §3: removes a shortcut).
     """
     clips, words = _as_float(clips), _as_float(words)
     _check_inputs(clips, words, clip_mask, word_mask)
@@ -453,6 +503,7 @@ def fine_temporal_losses(
         raise ValueError(f"tau_fine must be > 0, got {tau}")
     if not (sigma > 0):
         raise ValueError(f"temporal.sigma must be > 0 (math.inf for uniform weights), got {sigma}")
+    _check_temporal_negatives(temporal_negatives)
     B, T, D = clips.shape
     L = words.shape[1]
     zero = clips.new_zeros(())
@@ -483,7 +534,10 @@ def fine_temporal_losses(
     else:
         anchors = cm[None]
         row_ok = clip_mask[None]
-    neg_rows, neg_cols = _negative_log_sums(anchors, wm, row_ok, word_mask, tau, bf16_products, fused)
+    warped_negs = temporal and temporal_negatives == "warped"
+    neg_rows, neg_cols, *neg_cols_z = _negative_log_sums(
+        anchors, wm, row_ok, word_mask, tau, bf16_products, fused, warped_cols=warped_negs
+    )
 
     # clip-anchored positives P[i,t] and word-anchored positives Q[i,l]
     p_idx, p_mask = corr.clip_to_word, corr.clip_to_word_mask
@@ -528,14 +582,18 @@ def fine_temporal_losses(
         else:
             own_z = pos_z
         l_z = torch.logaddexp(own_z, neg_rows[1]) - pos_z
-        # anchored at word l with its top-1 clip q: positive z[i,q←q+δ], negatives = clips of other videos
+        # anchored at word l with its top-1 clip q: positive z[i,q←q+δ], negatives = the clips of the other
+        # videos ("clips", METHOD.md) or their warped clips ("warped": the same head on both sides)
         q1 = q_idx[..., 0]  # [B,L]
         w_ok = word_mask & ref_ok.gather(1, q1)
         x_wz = xz.gather(1, q1[:, None, :]).squeeze(1)  # [B,L]
-        den_w = torch.logaddexp(x_wz, neg_cols)
-        if intra_negatives:  # the other clips of the same video
+        den_w = torch.logaddexp(x_wz, neg_cols_z[0] if warped_negs else neg_cols)
+        if intra_negatives:  # the other (warped) clips of the same video
             not_q = torch.arange(T, device=clips.device)[None, None, :] != q1[..., None]
-            intra = _safe_lse(x.transpose(1, 2), clip_mask[:, None, :] & not_q, dim=2)
+            if warped_negs:
+                intra = _safe_lse(xz.transpose(1, 2), ref_ok[:, None, :] & not_q, dim=2)
+            else:
+                intra = _safe_lse(x.transpose(1, 2), clip_mask[:, None, :] & not_q, dim=2)
             den_w = torch.logaddexp(den_w, intra)
         l_w = den_w - x_wz
         out["temporal_z"] = _masked_mean(l_z, ref_ok, omega)
@@ -579,12 +637,15 @@ def temporal_loss(
     intra_negatives: bool = False,
     soft: bool = False,
     bf16_products: bool = False,
+    temporal_negatives: str = "clips",
 ) -> dict[str, torch.Tensor]:
-    """§3 alone: {"temporal", "temporal_z", "temporal_w"} (L_t = ½(L_tz + L_tw), each ω-weighted)."""
+    """§3 alone: {"temporal", "temporal_z", "temporal_w"} (L_t = ½(L_tz + L_tw), each ω-weighted).
+
+    ``temporal_negatives``: "clips" (METHOD.md) or "warped" (see ``fine_temporal_losses``)."""
     out, _ = fine_temporal_losses(
         clips, words, clip_mask, word_mask, fine=False, temporal=True, head=head, offsets=offsets, topk=topk,
         tau=tau, window=window, sigma=sigma, intra_negatives=intra_negatives, soft=soft,
-        bf16_products=bf16_products,
+        bf16_products=bf16_products, temporal_negatives=temporal_negatives,
     )
     return out
 
@@ -629,8 +690,10 @@ class LocVTPObjective(nn.Module):
         bf16_products: bool = False,
         head_hidden: int | None = None,
         fused: bool = True,
+        temporal_negatives: str = "clips",
     ):
         super().__init__()
+        _check_temporal_negatives(temporal_negatives)
         if topk < 1:
             raise ValueError(f"objective.topk must be >= 1, got {topk}")
         if tau_fine <= 0:
@@ -661,6 +724,7 @@ class LocVTPObjective(nn.Module):
         self.gather = bool(gather)
         self.bf16_products = bool(bf16_products)
         self.fused = bool(fused)
+        self.temporal_negatives = str(temporal_negatives)
         self.context_head = ContextProjectionHead(dim, window=window, kind=head, hidden=head_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
 
@@ -689,6 +753,7 @@ class LocVTPObjective(nn.Module):
             gather=get("gather", True),
             bf16_products=get("bf16_products", False),
             head_hidden=get("head_hidden", None),
+            temporal_negatives=get("temporal_negatives", "clips"),
         )
 
     def scale(self) -> torch.Tensor:
@@ -738,7 +803,7 @@ class LocVTPObjective(nn.Module):
             fine=self.use_fine, temporal=self.use_temporal, head=self.context_head, offsets=offsets,
             topk=self.topk, tau=self.tau_fine, window=self.window, sigma=self.sigma,
             intra_negatives=self.intra_negatives, soft=self.soft, bf16_products=self.bf16_products,
-            fused=self.fused,
+            fused=self.fused, temporal_negatives=self.temporal_negatives,
         )
         out["fine"] = terms.get("fine", zero)
         out["temporal"] = terms.get("temporal", zero)
@@ -764,5 +829,6 @@ class LocVTPObjective(nn.Module):
         return (
             f"coarse={self.use_coarse}, fine={self.use_fine}, temporal={self.use_temporal}, topk={self.topk}, "
             f"window={self.window}, sigma={self.sigma}, weights={self.weights}, intra_negatives={self.intra_negatives}, "
-            f"soft={self.soft}, tau_fine={self.tau_fine}, gather={self.gather}, bf16_products={self.bf16_products}"
+            f"soft={self.soft}, tau_fine={self.tau_fine}, gather={self.gather}, bf16_products={self.bf16_products}, "
+            f"temporal_negatives={self.temporal_negatives!r}"
         )
