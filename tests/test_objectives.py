@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from reference_objectives import ref_coarse, ref_correspondences, ref_fine, ref_temporal, ref_total  # noqa: E402
+from reference_objectives import (  # noqa: E402
+    _single_thread,  # noqa: F401  (module-scoped autouse fixture)
+    ref_coarse, ref_correspondences, ref_fine, ref_temporal, ref_total,
+)
 
 from locvtp.config import default_config  # noqa: E402
 from locvtp.objectives import (  # noqa: E402
@@ -26,14 +29,6 @@ from locvtp.objectives import (  # noqa: E402
     fine_loss,
     temporal_loss,
 )
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on the shared 2-core machine (10x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 TERMS = ("coarse", "fine", "fine_cw", "fine_wc", "temporal", "temporal_z", "temporal_w", "total")
@@ -75,14 +70,9 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}L{}".format(*s))
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
-def test_objective_matches_loop_reference_values_and_gradients(shape, options):
-    B, T, L = shape
-    torch.manual_seed(1)
-    obj = LocVTPObjective(dim=8, **options).double()
-    c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
-    off = offsets_for(cm, obj.window, seed=B)
+def assert_matches_reference(obj, c, w, s, cm, wm, off):
+    """Every term and every gradient (inputs and the objective's parameters) of ``obj`` equal the loop
+    reference's, in fp64; returns (terms, gradients)."""
     out = obj(c, w, s, cm, wm, off)
     ref = ref_total(obj, c, w, s, cm, wm, off)
     for key in TERMS:
@@ -96,6 +86,18 @@ def test_objective_matches_loop_reference_values_and_gradients(shape, options):
         b = torch.zeros_like(inputs[n]) if b is None else b
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f"gradient of input #{n}")
+    return out, got
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}L{}".format(*s))
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_objective_matches_loop_reference_values_and_gradients(shape, options):
+    B, T, L = shape
+    torch.manual_seed(1)
+    obj = LocVTPObjective(dim=8, **options).double()
+    c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
+    off = offsets_for(cm, obj.window, seed=B)
+    out, got = assert_matches_reference(obj, c, w, s, cm, wm, off)
     # padding receives no gradient
     assert (got[0][~cm] == 0).all() and (got[1][~wm] == 0).all()
 
@@ -406,19 +408,7 @@ def test_warped_temporal_negatives_match_loop_reference(shape, options, fused):
     if B > 3:  # enough videos with a temporal context that the warped negatives are not trivial
         cm[:, :3] = True
     off = offsets_for(cm, obj.window, seed=B)
-    out = obj(c, w, s, cm, wm, off)
-    ref = ref_total(obj, c, w, s, cm, wm, off)
-    for key in TERMS:
-        assert torch.isfinite(out[key]), key
-        torch.testing.assert_close(out[key], ref[key], rtol=1e-9, atol=1e-10, msg=key)
-    inputs = [c, w, s] + [p for p in obj.parameters()]
-    got = torch.autograd.grad(out["total"], inputs, allow_unused=True)
-    want = torch.autograd.grad(ref["total"], inputs, allow_unused=True)
-    for n, (a, b) in enumerate(zip(got, want)):
-        a = torch.zeros_like(inputs[n]) if a is None else a
-        b = torch.zeros_like(inputs[n]) if b is None else b
-        assert torch.isfinite(a).all()
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f"gradient of input #{n}")
+    out, got = assert_matches_reference(obj, c, w, s, cm, wm, off)
     assert (got[0][~cm] == 0).all() and (got[1][~wm] == 0).all()
     if B > 3:  # the option changes exactly the word-anchored temporal term
         clips_obj = LocVTPObjective(dim=8, fused=fused, **options).double()

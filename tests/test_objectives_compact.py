@@ -15,19 +15,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from reference_objectives import ref_total  # noqa: E402
+from reference_objectives import _single_thread, ref_total  # noqa: E402,F401  (autouse fixture)
 
 from locvtp.objectives import LocVTPObjective, _OffDiagonalExpSums, _temporal_valid, draw_offsets  # noqa: E402
 
 TERMS = ("coarse", "fine", "fine_cw", "fine_wc", "temporal", "temporal_z", "temporal_w", "total")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def heavy_padding_batch(B=6, T=6, L=10, D=8, seed=0, dtype=torch.float64):

@@ -396,6 +396,7 @@ ABLATIONS: dict[str, list[str]] = {
     "window=1": ["objective.window=1"],
     "window=3": ["objective.window=3"],
     "head=linear": ["objective.head=linear"],
+    "temporal_negatives=warped": ["objective.temporal_negatives=warped"],
 }
 
 
