@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from locvtp.checkpoint import CheckpointError, load_checkpoint, load_trainer_state
 from locvtp.config import load_config
@@ -318,3 +318,27 @@ def test_backbone_lr_scale_puts_the_pixel_cnn_in_scaled_groups():
     assert opt.param_groups[2]["lr"] == pytest.approx(0.1 * opt.param_groups[0]["lr"])
     with pytest.raises(ValueError, match="backbone_lr_scale"):
         build_optimizer(net, load_config(None, TINY + ["train.backbone_lr_scale=-1"]).train)
+
+
+def test_resume_does_not_need_the_backbone_file_again(tiny_world, tmp_path):
+    """Pre-training from a backbone, then resuming after the backbone file is gone: every weight comes from the
+    checkpoint, so the run continues; and the backbone really was the start (with lr scale 0 the checkpoint's CNN
+    is exactly the file's)."""
+    from locvtp.model.video import Tiny3D
+
+    torch.manual_seed(123)
+    bb = tmp_path / "bb.safetensors"
+    save_file(Tiny3D(8).state_dict(), str(bb))
+    run = tmp_path / "run"
+    cfg = [f"model.video.pretrained={bb}", "train.backbone_lr_scale=0"]
+    pretrain(tiny_cfg(tiny_world, "train.max_steps=2", "train.save_every=2", *cfg), run, progress=False)
+    prefix = "model.video_encoder.cnn."
+    cnn = {k[len(prefix):]: v for k, v in weights(run / "final").items() if k.startswith(prefix)}
+    ref = load_file(str(bb))
+    assert cnn.keys() == ref.keys()
+    for k in ref:  # lr scale 0: the backbone is exactly the file's
+        torch.testing.assert_close(cnn[k], ref[k], rtol=0, atol=0, msg=k)
+    bb.unlink()
+    pretrain(tiny_cfg(tiny_world, "train.max_steps=3", "train.save_every=2", *cfg), run, resume="auto",
+             progress=False)
+    assert (run / "final").is_dir() and json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3

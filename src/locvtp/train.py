@@ -446,7 +446,8 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
 
     # --- model, objective, optimizer, schedule (identical init on every rank; DDP also broadcasts rank 0's)
     torch.manual_seed(int(cfg.seed))
-    model = LocVTP.from_config(cfg)
+    # a resumed run takes every weight from its checkpoint: external weights (backbone, C3D, HF) are not re-read
+    model = LocVTP.from_config(cfg, load_pretrained=resume_from is None)
     objective = LocVTPObjective.from_config(cfg.objective, dim=int(cfg.model.dim))
     net = Pretrainer(model, objective).to(dist.device)
     torch.manual_seed(int(cfg.seed) + dist.rank)  # same init everywhere, but each rank its own dropout masks
