@@ -26,6 +26,7 @@ clips between) whose scores are close to the seed's (``tolerance``, relative to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -429,22 +430,29 @@ class MomentIndex:
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _omp_threads(n: int | None):
+        """faiss' OpenMP thread count set to ``n`` for the block (``None``/0: left alone)."""
+        if not n:
+            yield
+            return
+        import faiss
+
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(int(n))
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
+
     def search_clips(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` clip rows per query: (scores float64 [n, k], rows int64 [n, k], -1 = none)."""
         q = _as_queries(queries, self.dim)
         k = int(k)
         if self._faiss is None:
             return numpy_topk(self.embeddings, q, k)
-        if q.shape[0] == 1 and self.single_query_threads:
-            import faiss
-
-            before = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(int(self.single_query_threads))
-            try:
-                _, rows = self._faiss.search(q, min(k, len(self)))
-            finally:
-                faiss.omp_set_num_threads(before)
-        else:
+        with self._omp_threads(self.single_query_threads if q.shape[0] == 1 else None):
             _, rows = self._faiss.search(q, min(k, len(self)))
         if rows.shape[1] < k:
             rows = np.concatenate([rows, np.full((rows.shape[0], k - rows.shape[1]), -1)], axis=1)

@@ -149,9 +149,11 @@ class Pretrainer(nn.Module):
 _NO_DECAY_NAMES = ("embed", "pos", "logit_scale", "cls_token", "token_type")
 
 
-def _is_backbone(module_name: str) -> bool:
-    """The pixel CNN of the video encoder (``model.video.pretrained`` loads it), inside a Pretrainer or not."""
-    return module_name.startswith(("model.video_encoder.cnn", "video_encoder.cnn"))
+def _backbone_param_ids(net: nn.Module) -> set[int]:
+    """The parameters of the video encoder's pixel CNN (what ``model.video.pretrained`` loads)."""
+    from .model.video import PixelVideoEncoder
+
+    return {id(p) for m in net.modules() if isinstance(m, PixelVideoEncoder) for p in m.cnn.parameters()}
 
 
 def build_optimizer(net: nn.Module, tcfg: Any) -> torch.optim.Optimizer:
@@ -164,6 +166,7 @@ def build_optimizer(net: nn.Module, tcfg: Any) -> torch.optim.Optimizer:
     scale = float(getattr(tcfg, "backbone_lr_scale", 1.0))
     if scale < 0:
         raise ValueError(f"train.backbone_lr_scale must be >= 0, got {scale}")
+    backbone = _backbone_param_ids(net) if scale != 1.0 else set()
     decay, no_decay, bb_decay, bb_no_decay = [], [], [], []
     for mname, module in net.named_modules():
         for pname, p in module.named_parameters(recurse=False):
@@ -173,7 +176,7 @@ def build_optimizer(net: nn.Module, tcfg: Any) -> torch.optim.Optimizer:
             skip = (p.ndim < 2 or isinstance(module, (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d,
                                                          nn.BatchNorm2d, nn.BatchNorm3d))
                     or any(k in full for k in _NO_DECAY_NAMES))
-            if scale != 1.0 and _is_backbone(mname):
+            if id(p) in backbone:
                 (bb_no_decay if skip else bb_decay).append(p)
             else:
                 (no_decay if skip else decay).append(p)

@@ -349,14 +349,12 @@ def build_video_encoder(vcfg: Any, load_pretrained: bool = True) -> nn.Module:
     name = vcfg.name
     common = dict(temporal_layers=int(vcfg.temporal_layers), temporal_heads=int(vcfg.temporal_heads),
                   dropout=float(vcfg.dropout), max_clips=int(vcfg.max_clips))
-    if name == "tiny3d":
-        cnn = Tiny3D(int(vcfg.width), str(vcfg.norm), float(vcfg.dropout))
-        if vcfg.pretrained and load_pretrained:
+    if name in ("tiny3d", "c3d"):
+        cnn = (Tiny3D(int(vcfg.width), str(vcfg.norm), float(vcfg.dropout)) if name == "tiny3d"
+               else C3D(dropout=float(vcfg.dropout)))
+        if vcfg.pretrained and load_pretrained:  # both CNNs take a local state dict (load_pretrained)
             cnn.load_pretrained(vcfg.pretrained)
         enc: nn.Module = PixelVideoEncoder(cnn, **common)
-    elif name == "c3d":
-        pretrained = vcfg.pretrained if load_pretrained else None
-        enc = PixelVideoEncoder(C3D(pretrained=pretrained, dropout=float(vcfg.dropout)), **common)
     elif name == "features":
         enc = FeatureVideoEncoder(int(vcfg.in_dim), int(vcfg.hidden), **common)
     else:
