@@ -61,3 +61,24 @@ def test_format_table_marks_missing_values():
 def test_unknown_preset_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown preset"):
         demo.run_demo(tmp_path, preset="huge")
+
+
+@pytest.mark.slow
+def test_tiny_ablation_rows_share_the_backbone_and_differ_by_their_override(tmp_path):
+    out = tmp_path / "abl"
+    results = demo.run_ablation(out, preset="tiny", seed=0, only=["coarse", "topk=2"], progress=False)
+    assert set(results) == {"coarse", "topk=2"}
+    saved = json.loads((out / "ablation.json").read_text())
+    bb = sorted((out / "backbone").glob("tiny3d_*.safetensors"))
+    assert len(bb) == 1
+    for name, run in (("coarse", "coarse"), ("topk=2", "topk_2")):
+        cfg = (out / "runs" / run / "config.yaml").read_text()
+        assert f"pretrained: {bb[0]}" in cfg
+        evaluated = json.loads((out / "eval" / run / "metrics.json").read_text())
+        evaluated = evaluated.get("metrics", evaluated)
+        for key in KEYS:
+            assert saved[name][key] == pytest.approx(float(evaluated[key])), (name, key)
+    assert "topk: 2" in (out / "runs" / "topk_2" / "config.yaml").read_text()
+    assert "fine: false" in (out / "runs" / "coarse" / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="unknown ablation rows"):
+        demo.run_ablation(out, preset="tiny", only=["nope"], progress=False)

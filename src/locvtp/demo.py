@@ -119,7 +119,7 @@ def _backbone(out: Path, world: Path, cfg_path: Path, overrides: Sequence[str], 
     from locvtp.backbone import build_parser, train_backbone
     from locvtp.config import load_config
 
-    cfg = load_config(cfg_path, [f"data.root={world}", *overrides])
+    cfg = load_config(cfg_path, list(overrides))
     v = cfg.model.video
     if v.name != "tiny3d" or v.pretrained:
         return None, ""
@@ -133,6 +133,26 @@ def _backbone(out: Path, world: Path, cfg_path: Path, overrides: Sequence[str], 
         acc = "n/a" if res.heldout_accuracy is None else f"{100 * res.heldout_accuracy:.1f} %"
         print(f"[demo] backbone: {res.train_clips} labelled clips, held-out clip accuracy {acc} -> {path}")
     return path, "locvtp backbone " + " ".join(argv)
+
+
+def _common_overrides(out: Path, world: Path, cfg_path: Path, preset: str, seed: int, overrides: Sequence[str],
+                      progress: bool) -> tuple[list[str], Path | None, str]:
+    """Overrides shared by every pre-training of a demo or ablation (world, seed, preset, the user's, and the
+    backbone trained here first), the backbone weights (None without) and its command ("" without)."""
+    common = [f"data.root={world}", f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides]
+    backbone, cmd = _backbone(out, world, cfg_path, common, preset, seed, progress)
+    if backbone is not None:
+        common.append(f"model.video.pretrained={backbone}")
+    return common, backbone, cmd
+
+
+def _jobs(out: Path, common: Sequence[str], rows: dict[str, list[str]]) -> dict[str, tuple[Path, list[str]]]:
+    """One pre-training per row: its run directory (a file-system-safe form of the row name) and overrides."""
+    jobs = {}
+    for name, extra in rows.items():
+        safe = name.replace("+", "plus_").replace("=", "_")
+        jobs[name] = (out / "runs" / safe, [*common, f"data.cache_dir={out / 'cache' / safe}", *extra])
+    return jobs
 
 
 def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], parallel: int = 1,
@@ -306,15 +326,11 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
     stage("world", s)
 
     cfg_path = find_config("pretrain_synthetic")
-    common = [f"data.root={world}", f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides]
     s = time.time()
     print("[demo] 2/4 video backbone on the world's labelled action videos (the Kinetics step), then pre-training")
-    backbone, backbone_cmd = _backbone(out, world, cfg_path, common, preset, seed, progress)
-    if backbone is not None:
-        common.append(f"model.video.pretrained={backbone}")
+    common, backbone, backbone_cmd = _common_overrides(out, world, cfg_path, preset, seed, overrides, progress)
     stage("backbone", s)
-    jobs = {name: (out / "runs" / name, [*common, f"data.cache_dir={out / 'cache' / name}", *extra])
-            for name, extra in VARIANTS.items()}
+    jobs = _jobs(out, common, VARIANTS)
     commands = {name: f"locvtp pretrain --config {cfg_path} --out {run} " + " ".join(ov)
                 for name, (run, ov) in jobs.items()}
     if backbone_cmd:
@@ -410,26 +426,20 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
     world = out / "world"
     generate_world(world, seed=0, preset=preset, progress=progress)
     cfg_path = find_config("pretrain_synthetic")
-    backbone, _ = _backbone(out, world, cfg_path, [f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides], preset,
-                            seed, progress)
-    if backbone is not None:
-        overrides = [*overrides, f"model.video.pretrained={backbone}"]
     names = list(only) if only else list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}; choose from {list(ABLATIONS)}")
-    safe = {n: n.replace("+", "plus_").replace("=", "_") for n in names}
-    jobs = {n: (out / "runs" / safe[n], [f"data.root={world}", f"data.cache_dir={out / 'cache' / safe[n]}",
-                                         f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides, *ABLATIONS[n]])
-            for n in names}
+    common, _, _ = _common_overrides(out, world, cfg_path, preset, seed, overrides, progress)
+    jobs = _jobs(out, common, {n: ABLATIONS[n] for n in names})
     parallel = max(1, os.cpu_count() or 1)
     print(f"[ablate] pre-training {len(jobs)} rows, {parallel} at a time")
     ckpts = pretrain_jobs(cfg_path, jobs, parallel=parallel, progress=progress)
     results = {}
     for name in names:
         print(f"[ablate] evaluating {name}")
-        metrics = evaluate_all(ckpts[name], world, out_dir=out / "eval" / safe[name], progress=progress, seed=seed,
-                               threads=1)
+        metrics = evaluate_all(ckpts[name], world, out_dir=out / "eval" / jobs[name][0].name, progress=progress,
+                               seed=seed, threads=1)
         results[name] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         _write_atomic(out / "ablation.json", json.dumps(results, indent=2))
     table = format_table(results)
