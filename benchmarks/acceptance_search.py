@@ -39,9 +39,10 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def same_content_events(world: Path) -> dict | None:
-    """(video, start, end) of each annotated event -> every corpus event with the same colour, shape and action,
-    as (video, start, end); None when the world has no ``ground_truth.json`` (not a synthetic world)."""
+def same_content_events(world: Path) -> tuple[dict, dict] | None:
+    """From the world's ``ground_truth.json``: (video, start, end) of each annotated event -> (its (colour, shape,
+    action), every corpus event with that content as (video, start, end)); and video -> the (colour, shape) of
+    the objects it shows. None when there is no ``ground_truth.json`` (not a synthetic world)."""
     path = world / "ground_truth.json"
     if not path.is_file():
         return None
@@ -54,7 +55,8 @@ def same_content_events(world: Path) -> dict | None:
             content = (o["colour"], o["shape"], e["action"])
             by_content.setdefault(content, []).append((vid, float(e["start"]), float(e["end"])))
             keys.append(((vid, round(float(e["start"]), 2), round(float(e["end"]), 2)), content))
-    return {key: by_content[content] for key, content in keys}
+    shown = {vid: {(o["colour"], o["shape"]) for o in rec["objects"]} for vid, rec in gt.items()}
+    return {key: (content, by_content[content]) for key, content in keys}, shown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         text = embed_texts(ck.model, ck.tokenizer, [q.query for q in queries], max_words=int(ck.cfg.data.max_words))
         results = index.search_moments(text.sentence, top_k=args.top_k)
         hit, hit5, g_overlap, g_r05 = [], [], [], []
-        c_hit, c_hit5, ceiling = [], [], []
+        c_hit, c_hit5, ceiling, n_equivalent = [], [], [], []
+        shows_object = moments = 0  # top-k moments in a video that shows the query's object at all
         examples = {}
         for i, q in enumerate(queries):
             gt = (q.start, q.end) if hasattr(q, "start") else q.windows[0]
@@ -105,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             hit.append(any(x > 0 for x in ious))
             hit5.append(any(x >= 0.5 for x in ious))
             if same is not None:
-                events = same.get((q.video_id, round(gt[0], 2), round(gt[1], 2)), [])
+                content, events = same[0].get((q.video_id, round(gt[0], 2), round(gt[1], 2)), (None, []))
+                if content is not None:
+                    shows_object += sum(content[:2] in same[1].get(m.video_id, ()) for m in results[i])
+                    moments += len(results[i])
+                n_equivalent.append(len(events))
                 ceiling.append(min(1.0, args.top_k / max(1, len(events))))
                 c_ious = [max((iou((m.start, m.end), (s0, s1)) for v, s0, s1 in events if v == m.video_id),
                               default=-1.0) for m in results[i]]
@@ -133,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{np.mean(c_hit):.3f}  ({sum(c_hit)}/{n})")
         print(f"search top-{args.top_k} content hit (equivalent moment, IoU >= 0.5):            "
               f"{np.mean(c_hit5):.3f}  ({sum(c_hit5)}/{n})")
-        print(f"strict-hit ceiling (perfect model, ties among equivalent moments broken at random): {np.mean(ceiling):.3f}")
+        print(f"strict-hit ceiling (perfect model, ties among equivalent moments broken at random): {np.mean(ceiling):.3f}"
+              f"  (median {np.median(n_equivalent):.0f} equivalent events per query)")
+        print(f"top-{args.top_k} moments in a video that shows the query's object: "
+              f"{shows_object / max(1, moments):.3f}  ({shows_object}/{moments})")
     print(f"ground top-1 overlaps truth:                      {np.mean(g_overlap):.3f}  ({sum(g_overlap)}/{n})")
     print(f"ground R1@IoU0.5:                                 {np.mean(g_r05):.3f}  ({sum(g_r05)}/{n})")
     print(json.dumps(examples, indent=1))

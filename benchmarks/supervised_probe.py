@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-ACTIONS = ["none", "move_left", "move_right", "move_up", "move_down", "grow", "shrink", "blink"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from action_probe import ACTIONS, clip_labels  # noqa: E402  (the same clip labels as the linear probe)
 
 
 def world_clips(world: Path, frames_per_clip: int = 4, size: int = 32):
@@ -36,12 +38,7 @@ def world_clips(world: Path, frames_per_clip: int = 4, size: int = 32):
         clips = sample_clips(frames, times, win, frames_per_clip, size, False, rng, duration=g["duration"], source=vid)
         xs, ys = parts["test" if k % 5 == 0 else "train"]
         xs.append(clips)
-        for t in range(n):
-            lab = 0
-            for e in g["events"]:
-                if e["start"] <= t + 0.5 < e["end"]:
-                    lab = ACTIONS.index(e["action"])
-            ys.append(lab)
+        ys += clip_labels(g["events"], n, 1.0)
     return {p: (torch.from_numpy(np.concatenate(x)), torch.tensor(y)) for p, (x, y) in parts.items()}
 
 
