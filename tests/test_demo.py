@@ -24,6 +24,10 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert len(bb) == 1
     for name in ("coarse", "locvtp"):
         assert f"pretrained: {bb[0]}" in (out / "runs" / name / "config.yaml").read_text()
+    # trained on the world's EPIC-format segments: verb and noun heads, plus the background class
+    side = json.loads(bb[0].with_suffix(".json").read_text())
+    assert side["labels"] == "epic-kitchens" and side["args"]["background"] is True
+    assert set(side["classes"]) == {"verb", "noun"}
     for name in ("random", "backbone", "coarse", "locvtp"):
         # every figure of the table comes from that model's own evaluation output (nothing hard-coded)
         evaluated = json.loads((out / "eval" / name / "metrics.json").read_text())

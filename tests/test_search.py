@@ -226,3 +226,26 @@ def test_cli_index_and_search_end_to_end(tiny_world, tmp_path, capsys):
     other = make_checkpoint(tiny_world, tmp_path / "other", seed=1)
     assert search_main(["--index", str(tmp_path / "idx"), "--checkpoint", str(other), "query"]) == 1
     assert "embedding spaces differ" in capsys.readouterr().err
+
+
+def test_index_a_subset_of_videos(tmp_path):
+    """`video_ids` / `--videos`: only the listed videos are indexed (an evaluation split of a larger extraction);
+    the rows equal those of an index over a file that holds just those videos."""
+    from locvtp.search import MomentIndex, build_index, index_main
+
+    feats = _write_features(tmp_path / "f.h5", [4, 6, 3, 5], dim=8)
+    build_index(tmp_path / "f.h5", tmp_path / "sub", progress=False, video_ids=["v003", "v001"])
+    idx = MomentIndex(tmp_path / "sub")
+    assert idx.videos == ["v001", "v003"] and len(idx) == 6 + 5
+    np.testing.assert_allclose(idx.embeddings[:6], feats["v001"], rtol=1e-6)
+    np.testing.assert_allclose(idx.embeddings[6:], feats["v003"], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"no features for 1 requested video.*'v009'"):
+        build_index(tmp_path / "f.h5", tmp_path / "bad", progress=False, video_ids=["v000", "v009"])
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "ids.txt").write_text("# the held-out split\nv002\n\nv000\n")
+    assert index_main(["--features", str(tmp_path / "f.h5"), "--out", str(tmp_path / "cli"), "--videos",
+                       str(tmp_path / "ids.txt"), "--no-progress"]) == 0
+    assert MomentIndex(tmp_path / "cli").videos == ["v000", "v002"]
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    assert index_main(["--features", str(tmp_path / "f.h5"), "--out", str(tmp_path / "cli2"), "--videos",
+                       str(tmp_path / "empty.txt"), "--no-progress"]) == 1

@@ -21,6 +21,7 @@ LAYOUT = [
     "grounding/qvhighlights/highlight_train_release.jsonl", "grounding/qvhighlights/highlight_val_release.jsonl",
     "retrieval/MSRVTT_data.json", "retrieval/MSRVTT_train.9k.csv", "retrieval/MSRVTT_JSFUSION_test.csv",
     "crosstask/tasks_primary.txt", "crosstask/videos.csv", "crosstask/videos_val.csv", "coin/COIN.json",
+    "epic/EPIC_100_train.csv", "epic/EPIC_100_validation.csv",
 ]
 
 
@@ -210,6 +211,30 @@ def test_downstream_annotations_are_exact(tiny_world):
     coin = json.loads((tiny_world / "coin/COIN.json").read_text())["database"]
     for vid, c in coin.items():
         assert [x["segment"] for x in c["annotation"]] == [[e["start"], e["end"]] for e in gt[vid]["events"]]
+
+
+def test_epic_segments_are_the_events_verb_action_noun_actor(tiny_world):
+    """EPIC-KITCHENS-100 rows: one per event of the epic splits, timestamps = event times, verb = the action,
+    noun "shape:colour" = the acting object (class colour-major), read back by the published-format reader."""
+    from locvtp.data import formats as F
+
+    gt = json.loads((tiny_world / "ground_truth.json").read_text())
+    for split, name in (("epic_train", "EPIC_100_train.csv"), ("epic_val", "EPIC_100_validation.csv")):
+        rows = F.read_epic_kitchens(tiny_world / "epic" / name, strict=True).records
+        expect = []
+        for vid in sorted(v for v, g in gt.items() if g["split"] == split):
+            for e in gt[vid]["events"]:
+                o = gt[vid]["objects"][e["object"]]
+                expect.append((vid, e["start"], e["end"], S.ACTIONS.index(e["action"]), f"{o['shape']}:{o['colour']}",
+                               list(S.COLOURS).index(o["colour"]) * len(S.SHAPES) + S.SHAPES.index(o["shape"])))
+        got = [(r.video_id, r.start, r.end, r.verb_class, r.noun, r.noun_class) for r in rows]
+        assert got == expect and len(got) > 0
+        assert all(r.verb == S.ACTIONS[r.verb_class].replace("_", "-") for r in rows)
+    # the labelled set is disjoint from every evaluation split
+    epic = {v for v, g in gt.items() if g["split"].startswith("epic")}
+    evaluation = {v for v, g in gt.items() if g["split"] in ("grounding_test", "retrieval_test", "crosstask_val",
+                                                               "coin_test")}
+    assert epic and not epic & evaluation
 
 
 def test_crosstask_steps_in_order_with_skips(tiny_world):

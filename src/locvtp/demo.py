@@ -41,7 +41,7 @@ PRESET_OVERRIDES: dict[str, list[str]] = {
 }
 
 # Steps of the supervised backbone stage (`locvtp backbone`) per preset.
-BACKBONE_STEPS: dict[str, int] = {"demo": 400, "tiny": 6}
+BACKBONE_STEPS: dict[str, int] = {"demo": 1500, "tiny": 6}
 
 VARIANTS: dict[str, list[str]] = {
     "coarse": ["objective.fine=false", "objective.temporal=false"],
@@ -116,7 +116,7 @@ def _backbone(out: Path, world: Path, cfg_path: Path, overrides: Sequence[str], 
               progress: bool) -> tuple[Path | None, str]:
     """Train the tiny3d backbone on the world's labelled videos (`locvtp backbone`), unless the config does not
     use tiny3d or already names pretrained weights. Returns (weights or None, the equivalent command)."""
-    from locvtp.backbone import build_parser, train_backbone
+    from locvtp.backbone import build_parser, describe_accuracy, train_backbone
     from locvtp.config import load_config
 
     cfg = load_config(cfg_path, list(overrides))
@@ -124,14 +124,19 @@ def _backbone(out: Path, world: Path, cfg_path: Path, overrides: Sequence[str], 
     if v.name != "tiny3d" or v.pretrained:
         return None, ""
     path = out / "backbone" / f"tiny3d_w{int(v.width)}_seed{seed}.safetensors"
-    argv = ["--data", str(world), "--out", str(path), "--width", str(int(v.width)), "--norm", str(v.norm),
+    # EPIC-style verb + noun labels, with a background class, when the world has them (generator >= 1.2): the
+    # backbone then knows which object acts and when nothing does, not only how something moves
+    # (docs/results.md); else the MSR-VTT categories (actions only).
+    epic = (world / "epic" / "EPIC_100_train.csv").is_file()
+    argv = ["--data", str(world), *(["--labels", "epic-kitchens", "--background"] if epic else ["--labels", "msrvtt"]),
+            "--out", str(path), "--width", str(int(v.width)), "--norm", str(v.norm),
             "--frames-per-clip", str(int(cfg.data.frames_per_clip)), "--frame-size", str(int(cfg.data.frame_size)),
             "--clip-seconds", str(float(cfg.data.clip_seconds)), "--steps", str(BACKBONE_STEPS.get(preset, 400)),
             "--seed", str(seed)]
     if not path.is_file():
         res = train_backbone(build_parser().parse_args(argv), progress=progress)
-        acc = "n/a" if res.heldout_accuracy is None else f"{100 * res.heldout_accuracy:.1f} %"
-        print(f"[demo] backbone: {res.train_clips} labelled clips, held-out clip accuracy {acc} -> {path}")
+        print(f"[demo] backbone: {res.train_clips} labelled {res.labels} clips, held-out clip accuracy "
+              f"{describe_accuracy(res)} -> {path}")
     return path, "locvtp backbone " + " ".join(argv)
 
 

@@ -248,8 +248,12 @@ def build_index(
     seed: int = 0,
     progress: bool = True,
     allow_backbone: bool = False,
+    video_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Build a moment index from a feature file/dir written by ``locvtp extract``.
+
+    ``video_ids``: index only these videos (e.g. one evaluation split of a larger extraction); an id that the
+    features do not hold is an error that names it.
 
     ``ivf=None``: exact inner product. ``ivf=NLIST``: a faiss IVF index with NLIST lists trained on up to
     ``train_size`` rows (requires faiss). Returns the index's ``meta.json`` content.
@@ -264,7 +268,14 @@ def build_index(
         )
     extra = {k: info.get(k) for k in ("checkpoint_sha256", "model", "clip_seconds", "stride_seconds", "embedding")}
     extra["source"] = str(Path(features).resolve())
-    return build_index_from_records(lambda load: iter_features(features, load=load), out_dir, extra, ivf=ivf,
+    if video_ids is not None:
+        video_ids = sorted(set(video_ids))
+        held = {rec.video_id for rec in iter_features(features, load=False)}
+        missing = [v for v in video_ids if v not in held]
+        if missing:
+            raise ValueError(f"{features}: has no features for {len(missing)} requested video(s), e.g. {missing[:3]}")
+    return build_index_from_records(lambda load: iter_features(features, load=load, video_ids=video_ids), out_dir,
+                                    extra, ivf=ivf,
                                     nprobe=nprobe, train_size=train_size, seed=seed, progress=progress,
                                     where=str(features))
 
@@ -484,11 +495,19 @@ def index_main(argv: list[str] | None = None) -> int:
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (default NLIST/16)")
     p.add_argument("--train-size", type=int, default=100_000, help="IVF training sample size")
     p.add_argument("--allow-backbone", action="store_true", help="index backbone features anyway")
+    p.add_argument("--videos", default=None, metavar="LIST",
+                   help="index only the video ids listed in this file (one per line, '#' comments)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
+        video_ids = None
+        if args.videos:
+            lines = Path(args.videos).read_text(encoding="utf-8").splitlines()
+            video_ids = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+            if not video_ids:
+                raise ValueError(f"{args.videos}: lists no video id")
         meta = build_index(args.features, args.out, ivf=args.ivf, nprobe=args.nprobe, train_size=args.train_size,
-                           progress=not args.no_progress, allow_backbone=args.allow_backbone)
+                           progress=not args.no_progress, allow_backbone=args.allow_backbone, video_ids=video_ids)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"locvtp index: error: {exc}", file=sys.stderr)
         return 1

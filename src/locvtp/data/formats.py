@@ -10,8 +10,9 @@ One reader per format, all with the same contract:
   always raises :class:`FormatError` (a missing file also is a ``FileNotFoundError``): there is no record to
   skip.
 
-Times are seconds everywhere (the formats below all use seconds). A record is bad when: a time is not a finite
-number, start < 0, start ≥ end, the end lies beyond the known duration by more than ``duration_tolerance``
+Times are seconds everywhere (the formats below all use seconds, but for EPIC-KITCHENS' ``HH:MM:SS.ff``
+timestamps, which are converted). A record is bad when: a time is not a finite number (or not a timestamp),
+start < 0, start ≥ end, the end lies beyond the known duration by more than ``duration_tolerance``
 (ends within the tolerance are clipped to the duration — ActivityNet and Charades-STA contain many such
 rounding overshoots), the sentence is empty or not valid UTF-8, the row/record is malformed, or the video id
 is not in ``known_ids`` (when given).
@@ -31,6 +32,10 @@ CrossTask                      ``tasks_primary.txt`` (blocks: id, name, url, n_s
                                (``step,start,end``, 1-based steps, no header)
 COIN ``COIN.json``             ``{"database": {vid: {"subset", "recipe_type", "class", "duration",
                                "annotation": [{"id", "segment": [s, e], "label"}]}}}``
+EPIC-KITCHENS-100 CSV          ``EPIC_100_{train,validation}.csv``: header ``narration_id,participant_id,video_id,
+                               narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame,
+                               narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes``
+                               (times ``HH:MM:SS.ff``, read as seconds)
 ============================  =====================================================================
 """
 from __future__ import annotations
@@ -207,6 +212,21 @@ class CoinVideo:
     segments: tuple[CoinSegment, ...]
 
 
+@dataclass(frozen=True)
+class EpicSegment:
+    """One EPIC-KITCHENS-100 action segment (a row of ``EPIC_100_train.csv`` / ``EPIC_100_validation.csv``)."""
+
+    narration_id: str
+    video_id: str
+    start: float  # seconds (start_timestamp)
+    end: float  # seconds (stop_timestamp)
+    narration: str
+    verb: str
+    verb_class: int
+    noun: str
+    noun_class: int
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 class _Collector:
     """Lenient/strict bookkeeping shared by the readers."""
@@ -336,6 +356,16 @@ def _header(p: Path, rows: Iterator[tuple[int, Any]], required: tuple[str, ...])
     return header
 
 
+def _open_csv(path: str | Path, strict: bool, required: tuple[str, ...]
+              ) -> tuple[_Collector, list[str], dict[str, int], Iterator[tuple[int, Any]]]:
+    """The shared start of every CSV reader: check the file, read the header (FormatError when a required column
+    is missing), and return (collector, header, column index of each required name, remaining rows)."""
+    p = _check_file(path)
+    rows = _csv_rows(p)
+    header = _header(p, rows, required)
+    return _Collector(p, strict), header, {h: header.index(h) for h in required}, rows
+
+
 class _CsvError(str):
     """Stands in for the fields of a row the csv module could not parse."""
 
@@ -408,11 +438,7 @@ WEBVID_HEADER = ("videoid", "contentUrl", "duration", "page_dir", "name")
 def read_webvid_csv(path: str | Path, known_ids: Collection[str] | None = None,
                     strict: bool = False) -> LoadResult[WebVidVideo]:
     """WebVid CSV with header ``videoid,contentUrl,duration,page_dir,name`` (extra columns are ignored)."""
-    p = _check_file(path)
-    col = _Collector(p, strict)
-    rows = _csv_rows(p)
-    header = _header(p, rows, WEBVID_HEADER)
-    idx = {h: header.index(h) for h in WEBVID_HEADER}
+    col, header, idx, rows = _open_csv(path, strict, WEBVID_HEADER)
     out: list[WebVidVideo] = []
     for line, row in rows:
         try:
@@ -474,11 +500,8 @@ def read_activitynet_captions(path: str | Path, known_ids: Collection[str] | Non
 
 def read_charades_durations(path: str | Path, strict: bool = False) -> LoadResult[tuple[str, float]]:
     """``Charades_v1_train.csv`` / ``_test.csv``: (id, length in seconds) pairs from the ``id``/``length`` columns."""
-    p = _check_file(path)
-    col = _Collector(p, strict)
-    rows = _csv_rows(p)
-    header = _header(p, rows, ("id", "length"))
-    i_id, i_len = header.index("id"), header.index("length")
+    col, header, idx, rows = _open_csv(path, strict, ("id", "length"))
+    i_id, i_len = idx["id"], idx["length"]
     out: list[tuple[str, float]] = []
     for line, row in rows:
         try:
@@ -625,11 +648,8 @@ def read_msrvtt_data(path: str | Path, known_ids: Collection[str] | None = None,
 def read_msrvtt_split_csv(path: str | Path, known_ids: Collection[str] | None = None,
                           strict: bool = False) -> LoadResult[str]:
     """``MSRVTT_train.9k.csv`` / ``MSRVTT_train.7k.csv``: a ``video_id`` column → the video ids."""
-    p = _check_file(path)
-    col = _Collector(p, strict)
-    rows = _csv_rows(p)
-    header = _header(p, rows, ("video_id",))
-    k = header.index("video_id")
+    col, header, idx, rows = _open_csv(path, strict, ("video_id",))
+    k = idx["video_id"]
     out: list[str] = []
     for line, row in rows:
         try:
@@ -649,11 +669,7 @@ JSFUSION_HEADER = ("key", "vid_key", "video_id", "sentence")
 def read_msrvtt_jsfusion_csv(path: str | Path, known_ids: Collection[str] | None = None,
                              strict: bool = False) -> LoadResult[RetrievalQuery]:
     """JSFusion 1k-A test csv ``key,vid_key,video_id,sentence`` (one query per test video)."""
-    p = _check_file(path)
-    col = _Collector(p, strict)
-    rows = _csv_rows(p)
-    header = _header(p, rows, JSFUSION_HEADER)
-    idx = {h: header.index(h) for h in JSFUSION_HEADER}
+    col, header, idx, rows = _open_csv(path, strict, JSFUSION_HEADER)
     out: list[RetrievalQuery] = []
     for line, row in rows:
         try:
@@ -845,6 +861,91 @@ def read_coin(path: str | Path, known_ids: Collection[str] | None = None, subset
     return col.result(out)
 
 
+# ------------------------------------------------------------------------------------------ EPIC-KITCHENS
+_HMS = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2})(?:\.(\d+))?$")
+_SECONDS = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
+
+
+def parse_timestamp(value: str) -> float:
+    """Seconds of an EPIC-KITCHENS timestamp: ``HH:MM:SS.ff`` or ``MM:SS.ff`` (the fraction may have any number
+    of digits, or be absent; minutes and seconds must be < 60), or a plain non-negative number of seconds."""
+    if not isinstance(value, str):
+        raise ValueError(f"timestamp is not a string ({type(value).__name__})")
+    v = value.strip()
+    m = _HMS.match(v)
+    if m:
+        h, mi, sec, frac = m.groups()
+        if int(mi) >= 60:
+            raise ValueError(f"timestamp {value!r}: minutes field {mi} is not < 60")
+        if int(sec) >= 60:
+            raise ValueError(f"timestamp {value!r}: seconds field {sec} is not < 60")
+        whole = int(h or 0) * 3600 + int(mi) * 60 + int(sec)
+        # one decimal conversion, so "00:01:00.14" is exactly the float 60.14
+        return float(f"{whole}.{frac}") if frac else float(whole)
+    if _SECONDS.match(v):
+        return float(v)
+    raise ValueError(f"timestamp {value!r} is not HH:MM:SS.ff, MM:SS.ff or a non-negative number of seconds")
+
+
+EPIC_HEADER = ("narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
+               "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun",
+               "noun_class", "all_nouns", "all_noun_classes")
+EPIC_REQUIRED = ("narration_id", "video_id", "start_timestamp", "stop_timestamp", "narration", "verb",
+                 "verb_class", "noun", "noun_class")
+_CLASS = re.compile(r"^[0-9]+$")
+
+
+def _timestamp(value: str, column: str) -> float:
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise _Bad(f"unparsable {column}: {exc}") from None
+
+
+def _class_id(value: str, column: str) -> int:
+    v = value.strip()
+    if not _CLASS.match(v):
+        raise _Bad(f"{column} is not a non-negative integer ({value!r})")
+    return int(v)
+
+
+def read_epic_kitchens(path: str | Path, known_ids: Collection[str] | None = None,
+                       durations: Mapping[str, float] | None = None, strict: bool = False,
+                       duration_tolerance: float = DEFAULT_DURATION_TOLERANCE) -> LoadResult[EpicSegment]:
+    """EPIC-KITCHENS-100 ``EPIC_100_train.csv`` / ``EPIC_100_validation.csv``: one EpicSegment per row.
+
+    Columns are found by header name; only those of ``EPIC_REQUIRED`` must be present (frames, participant,
+    ``all_nouns``... are ignored). The span is ``start_timestamp``–``stop_timestamp`` in seconds, checked
+    against ``durations[video_id]`` when known. A repeated ``narration_id`` is a bad record.
+    """
+    col, header, idx, rows = _open_csv(path, strict, EPIC_REQUIRED)
+    out: list[EpicSegment] = []
+    seen: set[str] = set()
+    for line, row in rows:
+        try:
+            row = _fields(row, len(header), ",".join(header))
+            nid = _text(row[idx["narration_id"]], "narration_id")
+            vid = _text(row[idx["video_id"]], "video_id")
+            _known(vid, known_ids)
+            s = _timestamp(row[idx["start_timestamp"]], "start_timestamp")
+            e = _timestamp(row[idx["stop_timestamp"]], "stop_timestamp")
+            dur = durations.get(vid) if durations is not None else None
+            s, e = _span(s, e, dur, duration_tolerance)
+            narration = _text(row[idx["narration"]], "narration")
+            verb = _text(row[idx["verb"]], "verb")
+            verb_class = _class_id(row[idx["verb_class"]], "verb_class")
+            noun = _text(row[idx["noun"]], "noun")
+            noun_class = _class_id(row[idx["noun_class"]], "noun_class")
+            if nid in seen:
+                raise _Bad(f"duplicate narration_id {nid!r}")
+        except _Bad as exc:
+            col.bad(f"line {line}", str(exc))
+            continue
+        seen.add(nid)
+        out.append(EpicSegment(nid, vid, s, e, narration, verb, verb_class, noun, noun_class))
+    return col.result(out)
+
+
 # ------------------------------------------------------------------------------------------ whole worlds
 def load_world_annotations(root: str | Path, strict: bool = False) -> dict[str, LoadResult]:
     """Read every annotation file of a synthetic world (or a directory laid out the same way).
@@ -894,5 +995,8 @@ def load_world_annotations(root: str | Path, strict: bool = False) -> dict[str, 
         r[f"{name}_annotations"] = read_crosstask_annotations(root / "crosstask/annotations", vids.records,
                                                               task_map, durations, strict)
     r["coin"] = read_coin(root / "coin/COIN.json", known, strict=strict)
+    for name, f in (("epic_train", "EPIC_100_train.csv"), ("epic_val", "EPIC_100_validation.csv")):
+        if (root / "epic" / f).is_file():  # worlds generated before EPIC-KITCHENS was added have none
+            r[name] = read_epic_kitchens(root / "epic" / f, known, durations, strict)
     return r
 

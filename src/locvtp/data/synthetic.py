@@ -29,7 +29,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-GENERATOR_VERSION = "1.1"
+from locvtp.data.formats import EPIC_HEADER
+
+GENERATOR_VERSION = "1.2"
 FPS = 8
 FRAME_SIZE = 32
 CLIP_SECONDS = 1.0
@@ -145,6 +147,10 @@ class Preset:
     coin_test_per_task: int
     events: tuple[int, int]  # events per long video (inclusive)
     captions_per_retrieval_video: int
+    # EPIC-KITCHENS-style labelled action segments (verb = action, noun = the acting object): the labelled set
+    # the video backbone is trained on (`locvtp backbone --labels epic-kitchens`), the world's Kinetics step
+    epic_train: int = 0
+    epic_val: int = 0
 
 
 PRESETS: dict[str, Preset] = {
@@ -152,13 +158,13 @@ PRESETS: dict[str, Preset] = {
         pretrain=6, webvid=3, grounding_train=3, grounding_test=3, retrieval_train=4, retrieval_test=4,
         crosstask_tasks=2, crosstask_train_per_task=2, crosstask_val_per_task=2,
         coin_tasks=2, coin_train_per_task=2, coin_test_per_task=2,
-        events=(3, 5), captions_per_retrieval_video=3,
+        events=(3, 5), captions_per_retrieval_video=3, epic_train=3, epic_val=2,
     ),
     "demo": Preset(
         pretrain=220, webvid=60, grounding_train=50, grounding_test=36, retrieval_train=160, retrieval_test=120,
         crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
         coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
-        events=(3, 10), captions_per_retrieval_video=5,
+        events=(3, 10), captions_per_retrieval_video=5, epic_train=160, epic_val=40,
     ),
 }
 
@@ -173,6 +179,8 @@ SPLIT_PREFIX = {
     "crosstask_val": "ct",
     "coin_train": "coin",
     "coin_test": "coin",
+    "epic_train": "epk",
+    "epic_val": "epk",
 }
 
 
@@ -627,7 +635,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
 
 # ---------------------------------------------------------------------------------------------- world plan
 SPLIT_ORDER = ("pretrain", "webvid", "grounding_train", "grounding_test", "retrieval_train", "retrieval_test",
-               "crosstask_train", "crosstask_val", "coin_train", "coin_test")
+               "crosstask_train", "crosstask_val", "coin_train", "coin_test", "epic_train", "epic_val")
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -698,6 +706,8 @@ def plan_world(seed: int = 0, preset: str = "tiny") -> WorldPlan:
                     ("crosstask_val", p.crosstask_val_per_task))
     coin = procedures(7, p.coin_tasks, 1, ("coin_train", p.coin_train_per_task),
                       ("coin_test", p.coin_test_per_task))
+    long_videos("epic_train", 8, p.epic_train)
+    long_videos("epic_val", 9, p.epic_val)
     return WorldPlan(seed, preset, splits, ct, coin)
 
 
@@ -745,6 +755,17 @@ def _paraphrases(rng: np.random.Generator, obj: Obj, action: str, n: int) -> lis
     while len(out) < n:
         out.append(describe(rng, obj, action))
     return out
+
+
+def epic_noun(obj: Obj) -> tuple[str, int]:
+    """EPIC-style noun key (``noun:modifier``, e.g. ``circle:red``) and class id (colour-major) of an object."""
+    return f"{obj.shape}:{obj.colour}", list(COLOURS).index(obj.colour) * len(SHAPES) + SHAPES.index(obj.shape)
+
+
+def _timestamp(seconds: float) -> str:
+    """EPIC-KITCHENS ``HH:MM:SS.ff`` timestamp."""
+    cs = int(round(seconds * 100))
+    return f"{cs // 360000:02d}:{(cs // 6000) % 60:02d}:{(cs // 100) % 60:02d}.{cs % 100:02d}"
 
 
 def _iso_duration(seconds: float) -> str:
@@ -868,6 +889,20 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
             }
     files["coin/COIN.json"] = js({"database": database})
 
+    # labelled action segments: EPIC-KITCHENS-100 csv (verb = action, noun "shape:colour" = the acting object)
+    for split, name in (("epic_train", "EPIC_100_train.csv"), ("epic_val", "EPIC_100_validation.csv")):
+        rows = []
+        for i, v in enumerate(S[split]):
+            rng = _text_rng(seed, split, i)
+            for k, e in enumerate(v.events):
+                obj = v.objects[e.obj]
+                noun, noun_class = epic_noun(obj)
+                rows.append([f"{v.vid}_{k}", "P00", v.vid, _timestamp(e.start), _timestamp(e.start),
+                             _timestamp(e.end), int(round(e.start * FPS)), int(round(e.end * FPS)),
+                             instruct(rng, obj, e.action), e.action.replace("_", "-"), ACTIONS.index(e.action),
+                             noun, noun_class, str([noun]), str([noun_class])])
+        files[f"epic/{name}"] = csv_bytes(rows, list(EPIC_HEADER))
+
     # exact ground truth of every video (objects, events, canonical captions): for tests, viz and debugging
     gt = {}
     for v in plan.videos():
@@ -884,7 +919,7 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------------- writing
 IN_PROGRESS = ".synth-in-progress"
 LAYOUT_ENTRIES = ("manifest.json", "ground_truth.json", "videos", "pretrain", "grounding", "retrieval",
-                  "crosstask", "coin", IN_PROGRESS)
+                  "crosstask", "coin", "epic", IN_PROGRESS)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -1058,4 +1093,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  crosstask/         {c['crosstask_tasks']} tasks, {c['split_crosstask_train']} train / "
           f"{c['split_crosstask_val']} val videos")
     print(f"  coin/              {c['coin_tasks']} tasks, {c['split_coin_train']} train / {c['split_coin_test']} test videos")
+    print(f"  epic/              EPIC-KITCHENS-100 action segments: {c['split_epic_train']} train / "
+          f"{c['split_epic_val']} validation videos")
     return 0
