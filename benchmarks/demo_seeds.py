@@ -1,6 +1,8 @@
-"""Mean ± std of `locvtp demo` results over seeds (reads each run's results.json; prints a markdown table).
+"""Mean ± std of `locvtp demo` / `locvtp ablate` results over seeds (reads each run's results.json or
+ablation.json; prints a markdown table with one row per model / ablation row).
 
     python benchmarks/demo_seeds.py demo_run/results.json seed1/results.json seed2/results.json
+    python benchmarks/demo_seeds.py abl0/ablation.json abl1/ablation.json abl2/ablation.json
 """
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import statistics
 from locvtp.demo import COLUMNS
 
 
-def aggregate(paths: list[str], models=("random", "backbone", "coarse", "locvtp")) -> str:
+def aggregate(paths: list[str], models=None) -> str:
     runs = [json.load(open(p, encoding="utf-8")) for p in paths]
+    if models is None:  # every entry that holds metrics, in first-seen order
+        models = list(dict.fromkeys(k for r in runs for k, v in r.items()
+                                    if isinstance(v, dict) and any(c in v for c, _ in COLUMNS)))
     head = "| model | " + " | ".join(h for _, h in COLUMNS) + " |"
     rows = [head, "|---|" + "|".join("---:" for _ in COLUMNS) + "|"]
     for m in models:
@@ -30,6 +35,8 @@ def aggregate(paths: list[str], models=("random", "backbone", "coarse", "locvtp"
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     seeds = [r.get("seed") for r in runs]
     walls = [r.get("wall_seconds") for r in runs]
+    if all(w is None for w in walls):  # ablation.json files carry neither
+        return "\n".join(rows) + f"\n\n{len(runs)} runs"
     return "\n".join(rows) + f"\n\nseeds {seeds}; demo wall time (s, excluding set-up) {walls}"
 
 

@@ -68,10 +68,12 @@ def test_unknown_preset_is_rejected(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_ablation_rows_share_the_backbone_and_differ_by_their_override(tmp_path):
+def test_tiny_ablation_rows_share_the_backbone_and_differ_by_their_override(tmp_path, tiny_world):
     out = tmp_path / "abl"
-    results = demo.run_ablation(out, preset="tiny", seed=0, only=["coarse", "topk=2"], progress=False)
-    assert set(results) == {"coarse", "topk=2"}
+    results = demo.run_ablation(out, preset="tiny", seed=0, only=["coarse", "topk=2", "+temporal"], progress=False,
+                                world=tiny_world)
+    assert set(results) == {"coarse", "topk=2", "+temporal"}
+    assert not (out / "world").exists()  # the given world was used, not a new one
     saved = json.loads((out / "ablation.json").read_text())
     bb = sorted((out / "backbone").glob("tiny3d_*.safetensors"))
     assert len(bb) == 1
@@ -84,5 +86,7 @@ def test_tiny_ablation_rows_share_the_backbone_and_differ_by_their_override(tmp_
             assert saved[name][key] == pytest.approx(float(evaluated[key])), (name, key)
     assert "topk: 2" in (out / "runs" / "topk_2" / "config.yaml").read_text()
     assert "fine: false" in (out / "runs" / "coarse" / "config.yaml").read_text()
+    temporal_only = (out / "runs" / "plus_temporal" / "config.yaml").read_text()
+    assert "fine: false" in temporal_only and "temporal: true" in temporal_only
     with pytest.raises(ValueError, match="unknown ablation rows"):
         demo.run_ablation(out, preset="tiny", only=["nope"], progress=False)

@@ -411,6 +411,7 @@ def _report(table: str, commands: dict, cfg_path: Path, plots: dict, out: Path, 
 ABLATIONS: dict[str, list[str]] = {
     "coarse": ["objective.fine=false", "objective.temporal=false"],
     "+fine": ["objective.temporal=false"],
+    "+temporal": ["objective.fine=false"],
     "+fine+temporal": [],
     "topk=2": ["objective.topk=2"],
     "topk=3": ["objective.topk=3"],
@@ -422,13 +423,14 @@ ABLATIONS: dict[str, list[str]] = {
 
 
 def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: int = 0,
-                 only: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True) -> dict:
+                 only: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True,
+                 world: str | Path | None = None) -> dict:
     from locvtp.data.synthetic import generate_world
     from locvtp.downstream import evaluate_all
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world = out / "world"
+    world = Path(world) if world else out / "world"
     generate_world(world, seed=0, preset=preset, progress=progress)
     cfg_path = find_config("pretrain_synthetic")
     names = list(only) if only else list(ABLATIONS)
@@ -474,10 +476,11 @@ def ablate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="demo", choices=sorted(PRESET_OVERRIDES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=None, help=f"subset of rows: {list(ABLATIONS)}")
+    ap.add_argument("--world", default=None, help="use an existing synthetic world directory (e.g. the demo's)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides applied to every row (key=value)")
     a = ap.parse_args(argv)
-    run_ablation(a.out, a.preset, a.seed, a.only, a.overrides, progress=not a.quiet)
+    run_ablation(a.out, a.preset, a.seed, a.only, a.overrides, progress=not a.quiet, world=a.world)
     return 0
 
 
