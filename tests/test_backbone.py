@@ -170,3 +170,30 @@ def test_epic_background_clips_get_one_extra_class_per_head(tiny_world):
         keep = got.labels["verb"] != bg_verb
         assert got.labels["verb"][keep].tolist() == base.labels["verb"].tolist()
         assert got.labels["noun"][keep].tolist() == base.labels["noun"].tolist()
+
+
+def test_a_video_that_fails_midway_adds_no_clip(tiny_world, monkeypatch):
+    """All of a video's clips, or none: a failure on a later segment must not leave the earlier ones behind
+    (labels and clips would still line up, but half a video would be trained on while reported as skipped)."""
+    import locvtp.data.video as V
+
+    real = V.sample_clips
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second segment of the first video
+            raise OSError("simulated decode failure")
+        return real(*args, **kwargs)
+
+    full, _, _ = epic_clips(tiny_world, "epic/EPIC_100_train.csv", "", 1.0, 4, 32, progress=False)
+    monkeypatch.setattr(V, "sample_clips", flaky)
+    part, _, skipped = epic_clips(tiny_world, "epic/EPIC_100_train.csv", "", 1.0, 4, 32, progress=False)
+    assert len(skipped) == 1 and "simulated decode failure" in skipped[0]["reason"]
+    first_video = skipped[0]["source"]
+    gt = json.loads((tiny_world / "ground_truth.json").read_text())
+    vid = first_video.rsplit("/", 1)[-1].removesuffix(".mp4")
+    import math
+    lost = sum(max(1, math.floor(e["end"] - e["start"] + 1e-6)) for e in gt[vid]["events"])
+    assert len(part) == len(full) - lost
+    assert part.labels["verb"].tolist() == full.labels["verb"][lost:].tolist()

@@ -105,7 +105,8 @@ class _Collector:
             if frames.shape[0] == 0:
                 raise OSError("no decodable frames")
             duration = float(duration) if duration is not None else float(times[-1]) + 1e-3
-            xs, ys = self.parts[part]
+            new_x: list[np.ndarray] = []
+            new_y: dict[str, list[int]] = {h: [] for h in self.heads}
             if background is not None:
                 starts = np.arange(int(math.floor(duration / self.cs + 1e-6)))[:, None] * self.cs
                 grid = starts + np.array([0.0, self.cs])
@@ -118,14 +119,19 @@ class _Collector:
             for start, end, labels in spans:
                 end = duration if end is None else min(float(end), duration)
                 win = _clip_windows(float(start), end, self.cs, duration)
-                xs.append(sample_clips(frames, times, win, self.fpc, self.size, False, self.rng, duration=duration,
-                                       source=video_id))
+                new_x.append(sample_clips(frames, times, win, self.fpc, self.size, False, self.rng,
+                                          duration=duration, source=video_id))
                 for h in self.heads:
-                    ys[h] += [int(labels[h])] * len(win)
+                    new_y[h] += [int(labels[h])] * len(win)
         except Exception as exc:  # noqa: BLE001 - one bad video must not end the run
             if self.strict:
                 raise SystemExit(f"locvtp backbone: {path}: unreadable video: {exc}") from exc
             self.skipped.append({"source": str(path), "reason": f"{type(exc).__name__}: {exc}"})
+            return
+        xs, ys = self.parts[part]  # all of a video's clips, or none of them
+        xs += new_x
+        for h in self.heads:
+            ys[h] += new_y[h]
 
     def result(self) -> tuple[LabelledClips, LabelledClips]:
         out = []
