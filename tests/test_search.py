@@ -239,13 +239,17 @@ def test_index_a_subset_of_videos(tmp_path):
     assert idx.videos == ["v001", "v003"] and len(idx) == 6 + 5
     np.testing.assert_allclose(idx.embeddings[:6], feats["v001"], rtol=1e-6)
     np.testing.assert_allclose(idx.embeddings[6:], feats["v003"], rtol=1e-6)
-    with pytest.raises(ValueError, match=r"no features for 1 requested video.*'v009'"):
+    with pytest.raises(KeyError, match=r"f\.h5: no video 'v009'"):
         build_index(tmp_path / "f.h5", tmp_path / "bad", progress=False, video_ids=["v000", "v009"])
     assert not (tmp_path / "bad").exists()
     (tmp_path / "ids.txt").write_text("# the held-out split\nv002\n\nv000\n")
     assert index_main(["--features", str(tmp_path / "f.h5"), "--out", str(tmp_path / "cli"), "--videos",
                        str(tmp_path / "ids.txt"), "--no-progress"]) == 0
     assert MomentIndex(tmp_path / "cli").videos == ["v000", "v002"]
+    (tmp_path / "missing.txt").write_text("v001\nv042\n")
+    assert index_main(["--features", str(tmp_path / "f.h5"), "--out", str(tmp_path / "cli3"), "--videos",
+                       str(tmp_path / "missing.txt"), "--no-progress"]) == 1
+    assert not (tmp_path / "cli3").exists()
     (tmp_path / "empty.txt").write_text("# nothing\n")
     assert index_main(["--features", str(tmp_path / "f.h5"), "--out", str(tmp_path / "cli2"), "--videos",
                        str(tmp_path / "empty.txt"), "--no-progress"]) == 1

@@ -14,7 +14,8 @@ Kinetics step for the synthetic world, or for any labelled set in one of two pub
   object does *what* — an action-only backbone knew the motion but could not tell the actor's shape
   (docs/results.md). ``--background`` also trains on the clips between segments, as one extra "no action" class
   per head (as temporal action detectors train on untrimmed video): a backbone for *localization* must tell an
-  action from its absence (seed 0 of the demo: zero-shot grounding R1@0.5 45.0 without, 63.5 with);
+  action from its absence (the demo's seed-0 LocVTP row: zero-shot grounding R1@0.5 45.0 without, 58.0 with;
+  docs/results.md);
 * ``--labels msrvtt``: ``MSRVTT_data.json`` with a ``category`` per video and a train-id CSV; every clip of a
   training video gets its video's category (one head).
 
@@ -142,16 +143,6 @@ class _Collector:
         return out[0], out[1]
 
 
-def _video_path(data: Path, video_dir: str, video_id: str, url: str = "") -> Path:
-    if url:
-        return data / url
-    base = data / video_dir
-    for ext in (".mp4", ".MP4", ".mkv", ".webm", ".avi"):
-        if (base / f"{video_id}{ext}").is_file():
-            return base / f"{video_id}{ext}"
-    return base / f"{video_id}.mp4"  # reported as unreadable by the decoder, with this path
-
-
 def labelled_clips(data: Path, msrvtt: str, train_split: Optional[str], clip_seconds: float, frames_per_clip: int,
                    frame_size: int, strict: bool = False, progress: bool = True, video_dir: str = "videos"):
     """MSR-VTT layout: every clip of a labelled video gets the video's ``category`` (head ``category``); split
@@ -159,6 +150,7 @@ def labelled_clips(data: Path, msrvtt: str, train_split: Optional[str], clip_sec
     Returns (train, held-out, skipped)."""
     from tqdm import tqdm
 
+    from locvtp.data.datasets import find_video
     from locvtp.data.formats import read_msrvtt_data, read_msrvtt_split_csv
 
     meta = read_msrvtt_data(data / msrvtt, strict=strict)
@@ -170,7 +162,7 @@ def labelled_clips(data: Path, msrvtt: str, train_split: Optional[str], clip_sec
     col.skipped += [{"source": f"{b.file}: {b.location}", "reason": b.reason} for b in meta.skipped]
     for v in tqdm(videos, desc="decoding labelled videos", unit="video", disable=not progress):
         is_train = (v.video_id in train_ids) if train_ids is not None else (v.split == "train")
-        col.add(_video_path(data, video_dir, v.video_id, v.url), v.video_id,
+        col.add(data / v.url if v.url else find_video(data / video_dir, v.video_id), v.video_id,
                 [(float(v.start or 0.0), v.end, {"category": int(v.category)})], "train" if is_train else "heldout",
                 duration=v.end)
     return (*col.result(), col.skipped)
@@ -186,27 +178,31 @@ def epic_clips(data: Path, train_csv: str, heldout_csv: Optional[str], clip_seco
     without it they are not used (EPIC labels none). Returns (train, held-out, skipped)."""
     from tqdm import tqdm
 
+    from locvtp.data.datasets import find_video
     from locvtp.data.formats import read_epic_kitchens
 
     col = _Collector(["verb", "noun"], clip_seconds, frames_per_clip, frame_size, strict)
-    todo: list[tuple[str, str, list]] = []
-    top = {"verb": -1, "noun": -1}
+    segments = {}
     for part, rel in (("train", train_csv), ("heldout", heldout_csv)):
-        if not rel:
-            continue
-        res = read_epic_kitchens(data / rel, strict=strict)
-        col.skipped += [{"source": f"{b.file}: {b.location}", "reason": b.reason} for b in res.skipped]
+        if rel:
+            res = read_epic_kitchens(data / rel, strict=strict)
+            col.skipped += [{"source": f"{b.file}: {b.location}", "reason": b.reason} for b in res.skipped]
+            segments[part] = res.records
+    if not segments.get("train"):
+        raise SystemExit(f"locvtp backbone: {data / train_csv} has no valid segment: nothing to learn from")
+    every = [seg for segs in segments.values() for seg in segs]
+    # background = the last class of each head
+    bg = ({"verb": max(s.verb_class for s in every) + 1, "noun": max(s.noun_class for s in every) + 1}
+          if background else None)
+    todo: list[tuple[str, str, list]] = []
+    for part, segs in segments.items():
         by_video: dict[str, list] = {}
-        for seg in res.records:
+        for seg in segs:
             by_video.setdefault(seg.video_id, []).append(
                 (seg.start, seg.end, {"verb": seg.verb_class, "noun": seg.noun_class}))
-            top = {"verb": max(top["verb"], seg.verb_class), "noun": max(top["noun"], seg.noun_class)}
         todo += [(part, vid, spans) for vid, spans in by_video.items()]
-    if not any(part == "train" for part, _, _ in todo):
-        raise SystemExit(f"locvtp backbone: {data / train_csv} has no valid segment: nothing to learn from")
-    bg = {h: n + 1 for h, n in top.items()} if background else None  # the last class of each head
     for part, vid, spans in tqdm(todo, desc="decoding labelled videos", unit="video", disable=not progress):
-        col.add(_video_path(data, video_dir, vid), vid, spans, part, bg)
+        col.add(find_video(data / video_dir, vid), vid, spans, part, bg)
     return (*col.result(), col.skipped)
 
 

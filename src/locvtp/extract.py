@@ -305,7 +305,8 @@ def _h5_dataset(obj: Any) -> Any:
 
 def iter_features(path: str | Path, load: bool = True, video_ids: Optional[list[str]] = None
                   ) -> Iterator[FeatureRecord]:
-    """Iterate the videos of a feature file/dir (any of the three formats), sorted by id."""
+    """Iterate the videos of a feature file/dir (any of the three formats), sorted by id; with ``video_ids``, those
+    videos in that order (``KeyError`` naming the file and the id when one is absent, whatever the format)."""
     p = Path(path)
     fmt = detect_format(p)
     info = feature_info(p)
@@ -336,6 +337,9 @@ def iter_features(path: str | Path, load: bool = True, video_ids: Optional[list[
         files = sorted(q for q in p.glob(f"*{ext}") if not q.name.startswith("."))
     else:
         files = [p / f"{safe_name(v)}{ext}" for v in video_ids]
+        absent = [v for v, q in zip(video_ids, files) if not q.is_file()]
+        if absent:
+            raise KeyError(f"{p}: no video {absent[0]!r}")
     for q in files:
         if fmt == "npz-dir":
             with np.load(q, allow_pickle=False) as z:
@@ -379,12 +383,7 @@ def _npz_shape(z: Any, key: str) -> tuple[int, ...]:
 
 def read_features(path: str | Path, video_id: str) -> FeatureRecord:
     """One video's features (``KeyError`` naming the file when absent)."""
-    p = Path(path)
-    if detect_format(p) != "h5":
-        ext = ".npz" if detect_format(p) == "npz-dir" else ".npy"
-        if not (p / f"{safe_name(video_id)}{ext}").is_file():
-            raise KeyError(f"{p}: no video {video_id!r}")
-    return next(iter_features(p, load=True, video_ids=[video_id]))
+    return next(iter_features(path, load=True, video_ids=[video_id]))
 
 
 # ------------------------------------------------------------------------------------------------ writing

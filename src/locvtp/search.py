@@ -253,7 +253,7 @@ def build_index(
     """Build a moment index from a feature file/dir written by ``locvtp extract``.
 
     ``video_ids``: index only these videos (e.g. one evaluation split of a larger extraction); an id that the
-    features do not hold is an error that names it.
+    features do not hold is a ``KeyError`` that names it (raised by the first, shapes-only pass: nothing written).
 
     ``ivf=None``: exact inner product. ``ivf=NLIST``: a faiss IVF index with NLIST lists trained on up to
     ``train_size`` rows (requires faiss). Returns the index's ``meta.json`` content.
@@ -268,15 +268,9 @@ def build_index(
         )
     extra = {k: info.get(k) for k in ("checkpoint_sha256", "model", "clip_seconds", "stride_seconds", "embedding")}
     extra["source"] = str(Path(features).resolve())
-    if video_ids is not None:
-        video_ids = sorted(set(video_ids))
-        held = {rec.video_id for rec in iter_features(features, load=False)}
-        missing = [v for v in video_ids if v not in held]
-        if missing:
-            raise ValueError(f"{features}: has no features for {len(missing)} requested video(s), e.g. {missing[:3]}")
-    return build_index_from_records(lambda load: iter_features(features, load=load, video_ids=video_ids), out_dir,
-                                    extra, ivf=ivf,
-                                    nprobe=nprobe, train_size=train_size, seed=seed, progress=progress,
+    ids = sorted(set(video_ids)) if video_ids is not None else None  # index rows ordered by id, as without
+    return build_index_from_records(lambda load: iter_features(features, load=load, video_ids=ids), out_dir, extra,
+                                    ivf=ivf, nprobe=nprobe, train_size=train_size, seed=seed, progress=progress,
                                     where=str(features))
 
 
@@ -508,8 +502,9 @@ def index_main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{args.videos}: lists no video id")
         meta = build_index(args.features, args.out, ivf=args.ivf, nprobe=args.nprobe, train_size=args.train_size,
                            progress=not args.no_progress, allow_backbone=args.allow_backbone, video_ids=video_ids)
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"locvtp index: error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+        print(f"locvtp index: error: {msg}", file=sys.stderr)
         return 1
     print(f"indexed {meta['rows']} clips of {meta['videos']} videos ({meta['kind']}, dim {meta['dim']}) -> {args.out}",
           file=sys.stderr)

@@ -569,7 +569,7 @@ def find_video(video_dir: Path, vid: str) -> Path:
     p = video_dir / f"{vid}.mp4"
     if p.exists():
         return p
-    for ext in (".webm", ".mkv", ".avi", ".mov", ".m4v"):
+    for ext in (".webm", ".mkv", ".avi", ".mov", ".m4v", ".MP4"):  # .MP4: EPIC-KITCHENS' camera files
         q = video_dir / f"{vid}{ext}"
         if q.exists():
             return q
