@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .config import Config, ModelConfig, to_yaml
+from locvtp.errors import LocVTPError
 
 FORMAT = "locvtp-checkpoint"
 FORMAT_VERSION = 1
@@ -44,7 +45,7 @@ HF_TEXT_DIR = "hf_text"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(OSError):
+class CheckpointError(LocVTPError, OSError):
     """A checkpoint is missing, incomplete, corrupt or inconsistent; the message names the file."""
 
 

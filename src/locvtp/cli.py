@@ -3,11 +3,24 @@
 Each sub-command lives in its own module and exposes ``main(argv: list[str]) -> int``; the table below is
 the only place that knows them, and modules are imported lazily so `locvtp synth` does not import torch
 models and `locvtp --help` is instant.
+
+A user's mistake is one line, never a stack trace: the package's own errors (:mod:`locvtp.errors`) and the
+OS errors a user causes (a missing file, a directory where a file was expected, no permission, a file that is
+not UTF-8) are printed as ``locvtp CMD: error: MESSAGE`` with exit code 2 (usage) or 1 (failure). Anything
+else is a bug and keeps its traceback. ``locvtp --debug CMD ...`` or ``LOCVTP_DEBUG=1`` shows the stack of
+every error.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from locvtp.errors import LocVTPError
+
+# OS errors that mean "the user pointed at the wrong thing"; others (ENOSPC, EIO, ...) are reported the same
+# way because the message names the file, but they are failures (exit 1), not usage errors.
+_USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("locvtp.demo:main", "generate the synthetic world, pre-train coarse-only vs LocVTP, evaluate, report"),
@@ -25,13 +38,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: locvtp COMMAND [options]   (locvtp COMMAND --help for details)", "", "commands:"]
+    lines = ["usage: locvtp [--debug] COMMAND [options]   (locvtp COMMAND --help for details)", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "--debug (or LOCVTP_DEBUG=1): show the stack trace of an error instead of its one-line message"]
     return "\n".join(lines)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("LOCVTP_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def error_line(command: str, exc: BaseException) -> tuple[str, int]:
+    """The one line and exit code for an error a user caused, or ("", 0) for one that is a bug."""
+    if isinstance(exc, LocVTPError):
+        msg, code = str(exc), int(getattr(exc, "exit_code", 1))
+    elif isinstance(exc, UnicodeDecodeError):
+        msg, code = f"a file is not valid UTF-8 text ({exc.reason} at byte {exc.start})", 1
+    elif isinstance(exc, OSError) and (isinstance(exc, _USER_OS_ERRORS) or exc.filename is not None):
+        msg, code = str(exc), 1
+    else:
+        return "", 0
+    msg = " ".join(msg.split()) or type(exc).__name__
+    return f"locvtp {command}: error: {msg}", code
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(argv) and argv[0] == "--debug"
+    if debug:
+        argv = argv[1:]
+    debug = debug or debug_enabled()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -46,8 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target = COMMANDS[name][0]
     module_name, func_name = target.split(":")
-    module = importlib.import_module(module_name)
-    rc = getattr(module, func_name)(rest)
+    try:
+        module = importlib.import_module(module_name)
+        rc = getattr(module, func_name)(rest)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"locvtp {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  (user errors become one line; bugs are re-raised)
+        line, code = error_line(name, exc)
+        if not line or debug:
+            raise
+        print(line, file=sys.stderr)
+        return code
     return int(rc or 0)
 
 

@@ -12,9 +12,10 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: F401  (MISSING re-exported for modules)
 from omegaconf.errors import OmegaConfBaseException
+from locvtp.errors import UsageError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration file or override is invalid; the message names the file and key."""
 
 

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
+from locvtp.errors import LocVTPError
 
 FEATURE_FORMAT = "locvtp-features"
 FEATURE_VERSION = 1
@@ -70,7 +71,7 @@ RECORDED_ERRORS = (OSError, ValueError, RuntimeError, MemoryError, EOFError, Key
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-class ExtractError(RuntimeError):
+class ExtractError(LocVTPError, RuntimeError):
     """Extraction cannot start or continue (bad input list, settings mismatch, unreadable output)."""
 
 

@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from locvtp.errors import LocVTPError
 
 INDEX_FORMAT = "locvtp-moment-index"
 INDEX_VERSION = 1
 
 
-class IndexError_(RuntimeError):  # noqa: N801  (avoid shadowing the builtin IndexError)
+class IndexError_(LocVTPError, RuntimeError):  # noqa: N801  (avoid shadowing the builtin IndexError)
     """An index directory is missing, incomplete or inconsistent; the message names the file."""
 
 

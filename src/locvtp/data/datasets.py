@@ -36,9 +36,10 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
+from locvtp.errors import LocVTPError
 
 
-class BadSampleError(RuntimeError):
+class BadSampleError(LocVTPError, RuntimeError):
     """A sample could not be read (strict mode); the message names the file and the sample."""
 
 

@@ -49,13 +49,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Generic, Iterable, Iterator, Mapping, TypeVar
+from locvtp.errors import LocVTPError
 
 T = TypeVar("T")
 
 DEFAULT_DURATION_TOLERANCE = 0.5  # seconds an end time may overshoot the duration (then clipped)
 
 
-class FormatError(ValueError):
+class FormatError(LocVTPError, ValueError):
     """An annotation file (or one of its records) is invalid; the message names the file and line/key."""
 
 

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from locvtp.data.formats import EPIC_HEADER
+from locvtp.errors import LocVTPError
 
 GENERATOR_VERSION = "1.2"
 FPS = 8
@@ -976,7 +977,7 @@ def _is_complete(out: Path, manifest: dict[str, Any]) -> bool:
                for vids in manifest.get("splits", {}).values() for vid in vids)
 
 
-class WorldExistsError(FileExistsError):
+class WorldExistsError(LocVTPError, FileExistsError):
     """The output directory holds something else (another world or foreign files); use force=True."""
 
 

@@ -32,6 +32,7 @@ from typing import Iterator, Optional, Union
 
 import av
 import numpy as np
+from locvtp.errors import LocVTPError
 
 PathLike = Union[str, os.PathLike]
 
@@ -53,7 +54,7 @@ _EPS = 1e-6
 _TIME_DECIMALS = 9
 
 
-class VideoError(OSError):
+class VideoError(LocVTPError, OSError):
     """A video file cannot be used: missing, corrupt, truncated, empty, unsupported, or a bad window.
 
     ``str(err)`` is ``"<path>: <reason>"``; ``err.filename`` and ``err.reason`` hold the parts.

@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from locvtp.errors import LocVTPError
 
 
-class DownstreamError(ValueError):
+class DownstreamError(LocVTPError, ValueError):
     """A downstream input (annotation, feature file, checkpoint) is unusable; the message names it."""
 
 

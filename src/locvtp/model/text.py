@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from .common import Freezable
+from locvtp.errors import LocVTPError
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(LocVTPError, ValueError):
     """Bad text-encoder configuration or input (the message names the key or path)."""
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import Freezable
+from locvtp.errors import LocVTPError
 
 # Kinetics/ImageNet statistics in [0, 1] RGB: the usual normalization for video CNNs trained from scratch.
 _RGB_MEAN = (0.43216, 0.394666, 0.37645)
@@ -31,7 +32,7 @@ _RGB_STD = (0.22803, 0.22145, 0.216989)
 _C3D_MEAN_255 = (101.4, 97.7, 90.3)
 
 
-class VideoEncoderError(ValueError):
+class VideoEncoderError(LocVTPError, ValueError):
     """An encoder input or a pretrained state dict does not match what the encoder expects."""
 
 

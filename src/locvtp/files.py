@@ -1,0 +1,341 @@
+"""Files the commands write: atomic replacement, ownership, one writer per output, stale temporaries.
+
+Why one module: a command may only delete or replace what it wrote itself. Each helper here states one rule
+that every command follows the same way:
+
+* **atomic writes** — data goes to a hidden temporary next to the target (``.NAME.tmp-PID-RAND``), is fsynced,
+  then ``os.replace``d over it: a kill at any moment leaves the old file or the new one, never half of one;
+* **ownership** — a directory a command fills gets a manifest (``.locvtp-manifest.json``) naming the command
+  and the files it wrote; :func:`remove_owned` deletes exactly those, and :func:`replace_dir` refuses a target
+  that holds anything else;
+* **inputs stay apart from outputs** — :func:`check_apart` refuses an output that is, contains or lies inside an
+  input, before anything is written;
+* **one writer per output** — :class:`OutputLock` is an advisory ``flock`` on ``.NAME.lock`` next to the output;
+  a second run on the same output stops at once with a message naming the holder;
+* **stale temporaries** — the temporaries of a killed run carry the output's name; the next run on the same
+  output removes them (:func:`remove_stale_temporaries`), which is safe because it holds the output's lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Optional
+
+from locvtp.errors import NotOwnedError, OutputBusyError, UsageError
+
+MANIFEST = ".locvtp-manifest.json"
+TMP_TAG = ".tmp-"
+OLD_TAG = ".old-"
+
+
+# ------------------------------------------------------------------------------------------------ atomic writes
+def temp_path(path: str | os.PathLike, suffix: str = "") -> Path:
+    """A hidden, unique sibling of ``path`` for writing it atomically (``suffix`` keeps an extension some
+    writers insist on, e.g. ``.npy``)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is fsynced and replaces ``path``, on failure removed.
+
+    >>> with atomic_path("out.npy", suffix=".npy") as tmp:
+    ...     np.save(tmp, arr)
+    """
+    target = Path(path)
+    tmp = temp_path(target, suffix)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ stale temporaries
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings of ``path`` that an interrupted write left behind."""
+    p = Path(path)
+    if not p.parent.is_dir():
+        return []
+    prefixes = (f".{p.name}{TMP_TAG}", f".{p.name}{OLD_TAG}")
+    return sorted(q for q in p.parent.iterdir() if q.name.startswith(prefixes))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what :func:`stale_temporaries` finds. Call it only while holding ``OutputLock(path)``: then no
+    live run can own those temporaries. Returns what was removed."""
+    found = stale_temporaries(path)
+    for q in found:
+        _remove(q)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ inputs vs outputs
+def _resolved(p: str | os.PathLike) -> Path:
+    return Path(p).expanduser().resolve()
+
+
+def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> Optional[str]:
+    """How path ``a`` relates to path ``b``: ``"is"``, ``"contains"``, ``"lies inside"``, or None."""
+    ra, rb = _resolved(a), _resolved(b)
+    if ra == rb:
+        return "is"
+    if ra in rb.parents:
+        return "contains"
+    if rb in ra.parents:
+        return "lies inside"
+    return None
+
+
+def check_apart(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
+                out_flag: str = "--out") -> None:
+    """Refuse (:class:`UsageError`) an output that is, contains or lies inside one of ``inputs``
+    (``{"--videos": path, ...}``), before anything is written or deleted."""
+    for flag, inp in inputs.items():
+        if inp is None:
+            continue
+        how = overlaps(out, inp)
+        if how is not None:
+            raise UsageError(f"{out_flag} {out} {how} the input {flag} {inp}: choose an output apart from the "
+                             "inputs (nothing was written or deleted)")
+
+
+# ------------------------------------------------------------------------------------------------ ownership
+@dataclass(frozen=True)
+class Manifest:
+    """What one command wrote into one directory (names relative to it)."""
+
+    writer: str
+    files: frozenset[str]
+
+
+def read_manifest(directory: str | os.PathLike) -> Optional[Manifest]:
+    """The directory's manifest, or None when it has none (or an unreadable one: then nothing is ours)."""
+    f = Path(directory) / MANIFEST
+    try:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+        return Manifest(str(raw["writer"]), frozenset(str(x) for x in raw["files"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_manifest(directory: str | os.PathLike, writer: str, files: Iterable[str]) -> None:
+    """Record (atomically) that ``writer`` wrote ``files`` into ``directory``; merged with an existing manifest
+    of the same writer, so a resumed run keeps the claim on what an earlier run wrote."""
+    d = Path(directory)
+    old = read_manifest(d)
+    names = set(files)
+    if old is not None and old.writer == writer:
+        names |= old.files
+    names.discard(MANIFEST)
+    atomic_write_json(d / MANIFEST, {"writer": writer, "files": sorted(names)})
+
+
+def foreign_entries(directory: str | os.PathLike, writer: str) -> list[str]:
+    """Top-level entries of ``directory`` that ``writer``'s manifest does not claim (hidden temporaries and
+    lock files of our own outputs excluded)."""
+    d = Path(directory)
+    m = read_manifest(d)
+    owned = set(m.files) if m is not None and m.writer == writer else set()
+    tops = {n.split("/", 1)[0] for n in owned}
+    out = []
+    for q in sorted(d.iterdir()):
+        if q.name == MANIFEST or q.name in tops or q.name in owned:
+            continue
+        if q.name.startswith(".") and (TMP_TAG in q.name or OLD_TAG in q.name or q.name.endswith(".lock")):
+            continue
+        out.append(q.name)
+    return out
+
+
+def remove_owned(directory: str | os.PathLike, writer: str) -> int:
+    """Delete the files ``writer``'s manifest lists in ``directory`` (and the manifest); leave everything else,
+    and the directory itself when something else remains. Returns how many files were removed."""
+    d = Path(directory)
+    m = read_manifest(d)
+    if m is None or m.writer != writer:
+        return 0
+    n = 0
+    for name in sorted(m.files, key=lambda s: -s.count("/")):
+        q = d / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            continue  # a tampered manifest never reaches outside the directory
+        if q.is_file() or q.is_symlink():
+            q.unlink()
+            n += 1
+        elif q.is_dir():
+            shutil.rmtree(q)
+            n += 1
+    (d / MANIFEST).unlink(missing_ok=True)
+    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # only empty folders our files lived in
+    with contextlib.suppress(OSError):
+        d.rmdir()
+    return n
+
+
+def check_replaceable_dir(out: str | os.PathLike, writer: str, what: str) -> None:
+    """Refuse to replace ``out`` unless it is absent or a directory holding only what ``writer`` wrote."""
+    p = Path(out)
+    if not p.exists() and not p.is_symlink():
+        return
+    if not p.is_dir() or p.is_symlink():
+        raise NotOwnedError(f"{p} exists and is not a {what} (a file or link): refusing to replace it; "
+                            "remove it yourself or choose another output")
+    m = read_manifest(p)
+    if m is None or m.writer != writer:
+        if not any(p.iterdir()):
+            return
+        raise NotOwnedError(f"{p} is a directory that `locvtp {writer}` did not write (no {MANIFEST} of it): "
+                            "refusing to replace it; choose another output")
+    foreign = foreign_entries(p, writer)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise NotOwnedError(f"{p} holds files that `locvtp {writer}` did not write ({shown}): refusing to replace "
+                            "it; move them or choose another output")
+
+
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike, writer: str, what: str) -> None:
+    """Move a fully written directory ``tmp`` (with its manifest) to ``out``, replacing an earlier output of the
+    same ``writer`` — never anything else (:func:`check_replaceable_dir`) — with no window in which ``out``
+    holds half of either."""
+    tmp_p, out_p = Path(tmp), Path(out)
+    check_replaceable_dir(out_p, writer, what)
+    old = None
+    if out_p.exists():
+        old = out_p.with_name(f".{out_p.name}{OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(out_p, old)
+    try:
+        os.replace(tmp_p, out_p)
+    except BaseException:
+        if old is not None and not out_p.exists():
+            os.replace(old, out_p)
+        raise
+    fsync_dir(out_p.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ one writer
+class OutputLock:
+    """An advisory lock on one output path: ``flock`` on ``.NAME.lock`` beside it, held for the whole run.
+
+    Why a sibling file: it works the same for file and directory outputs and for outputs that do not exist yet.
+    The lock file names its holder (pid and command) for the message a second run prints; it is removed on
+    release, and a run that acquires it checks it still locks the file at that path (a holder that just removed
+    it may have been waited on), so two runs can never both hold one output.
+    """
+
+    def __init__(self, path: str | os.PathLike, command: str):
+        self.path = Path(path)
+        self.command = command
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._fd: Optional[int] = None
+
+    def _holder(self) -> str:
+        try:
+            text = self.lock_path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return "another process"
+        pid, _, cmd = text.partition(" ")
+        return f"`locvtp {cmd}` (pid {pid})" if pid.isdigit() and cmd else "another process"
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise OutputBusyError(f"{self.path}: {self._holder()} is writing this output; wait for it to "
+                                          "finish or choose another output") from None
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder removed the file between our open and our lock: take the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {self.command}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_path.unlink()  # while still locked: a waiter then sees a stale inode and retries
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+__all__ = [
+    "MANIFEST", "Manifest", "OutputLock", "atomic_path", "atomic_write_bytes", "atomic_write_json",
+    "atomic_write_text", "check_apart", "check_replaceable_dir", "foreign_entries", "fsync_dir", "fsync_file",
+    "overlaps", "read_manifest", "remove_owned", "remove_stale_temporaries", "replace_dir", "stale_temporaries",
+    "temp_path", "write_manifest",
+]
