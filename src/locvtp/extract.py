@@ -40,20 +40,21 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
-from locvtp.errors import LocVTPError
+from locvtp.features import (  # noqa: F401  (re-exported: the reader's historical home)
+    FeatureError, FeatureRecord, _decode_attr, check_finite, detect_format, feature_info, iter_features,
+    read_features, safe_name,
+)
 
 FEATURE_FORMAT = "locvtp-features"
 FEATURE_VERSION = 1
@@ -68,10 +69,9 @@ SETTING_KEYS = (
 # What a bad *input* raises: unreadable/corrupt files (VideoError and PyAV errors are OSErrors), bad values,
 # out-of-memory on a huge video. Anything else (TypeError, AttributeError ...) is a bug and stops the run.
 RECORDED_ERRORS = (OSError, ValueError, RuntimeError, MemoryError, EOFError, KeyError)
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-class ExtractError(LocVTPError, RuntimeError):
+class ExtractError(FeatureError):
     """Extraction cannot start or continue (bad input list, settings mismatch, unreadable output)."""
 
 
@@ -105,13 +105,6 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def safe_name(video_id: str) -> str:
-    """A file name for ``video_id``: the id itself when it is a plain name, else a stable hash."""
-    if _SAFE_NAME.match(video_id) and len(video_id) <= 200:
-        return video_id
-    return "_id-" + hashlib.sha1(video_id.encode("utf-8")).hexdigest()[:20]
 
 
 def world_info() -> tuple[int, int]:
@@ -211,180 +204,6 @@ def list_videos(spec: str | Path, recursive: bool = False, strict: bool = False
         unique.append(it)
     unique.sort(key=lambda it: it.video_id)
     return unique, problems
-
-
-# ------------------------------------------------------------------------------------------------ reading
-@dataclass
-class FeatureRecord:
-    """One video's clip features as read back from any output format (``features`` is None if not loaded)."""
-
-    video_id: str
-    num_clips: int
-    dim: int
-    features: Optional[np.ndarray]
-    windows: Optional[np.ndarray]
-    fps: float
-    duration: float
-
-
-def detect_format(path: str | Path) -> str:
-    p = Path(path)
-    if p.is_file():
-        return "h5"
-    if p.is_dir():
-        meta = p / "meta.json"
-        if meta.is_file():
-            try:
-                fmt = json.loads(meta.read_text(encoding="utf-8")).get("layout")
-                if fmt in ("npy-dir", "npz-dir"):
-                    return fmt
-            except ValueError:
-                pass
-        if any(p.glob("*.npz")):
-            return "npz-dir"
-        if any(p.glob("*.npy")):
-            return "npy-dir"
-        raise ExtractError(f"{p}: no .npz/.npy feature files in this directory")
-    raise ExtractError(f"{p}: no such feature file or directory")
-
-
-def _decode_attr(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def feature_info(path: str | Path) -> dict[str, Any]:
-    """Run settings of a feature file/dir (root attributes or ``meta.json``); ``{}`` for foreign files."""
-    p = Path(path)
-    fmt = detect_format(p)
-    if fmt == "h5":
-        import h5py
-
-        try:
-            with h5py.File(p, "r") as f:
-                return {k: _decode_attr(v) for k, v in f.attrs.items()}
-        except OSError as exc:
-            raise ExtractError(f"{p}: not a readable HDF5 file: {exc}") from None
-    meta = p / "meta.json"
-    if meta.is_file():
-        try:
-            return dict(json.loads(meta.read_text(encoding="utf-8")))
-        except ValueError as exc:
-            raise ExtractError(f"{meta}: invalid JSON: {exc}") from None
-    return {}
-
-
-def _default_windows(n: int, info: dict[str, Any], duration: Optional[float]) -> np.ndarray:
-    clip = float(info.get("clip_seconds") or 1.0)
-    stride = float(info.get("stride_seconds") or clip)
-    starts = np.arange(n, dtype=np.float64) * stride
-    ends = starts + clip
-    if duration is not None and duration > 0 and n:
-        ends = np.minimum(ends, duration)
-    return np.stack([starts, ends], axis=1)
-
-
-def _h5_dataset(obj: Any) -> Any:
-    """The feature dataset of a root entry: itself, or the single/`c3d_features` dataset of a group (the
-    ActivityNet C3D release nests features as ``f[vid]["c3d_features"]``)."""
-    import h5py
-
-    if isinstance(obj, h5py.Dataset):
-        return obj
-    if isinstance(obj, h5py.Group):
-        dsets = [v for v in obj.values() if isinstance(v, h5py.Dataset)]
-        for d in dsets:
-            if d.name.endswith("features"):
-                return d
-        if len(dsets) == 1:
-            return dsets[0]
-    return None
-
-
-def iter_features(path: str | Path, load: bool = True, video_ids: Optional[list[str]] = None
-                  ) -> Iterator[FeatureRecord]:
-    """Iterate the videos of a feature file/dir (any of the three formats), sorted by id; with ``video_ids``, those
-    videos in that order (``KeyError`` naming the file and the id when one is absent, whatever the format)."""
-    p = Path(path)
-    fmt = detect_format(p)
-    info = feature_info(p)
-    if fmt == "h5":
-        import h5py
-
-        with h5py.File(p, "r") as f:
-            keys = sorted(f.keys()) if video_ids is None else list(video_ids)
-            for vid in keys:
-                if vid not in f:
-                    raise KeyError(f"{p}: no video {vid!r}")
-                d = _h5_dataset(f[vid])
-                if d is None or d.ndim != 2:
-                    continue
-                fps = float(_decode_attr(d.attrs.get("fps", 0.0)) or 0.0)
-                dur = _decode_attr(d.attrs.get("duration", None))
-                n, dim = int(d.shape[0]), int(d.shape[1])
-                feats = windows = None
-                if load:
-                    feats = np.asarray(d[()], dtype=np.float32)
-                    windows = (np.asarray(d.attrs["windows"], dtype=np.float64).reshape(-1, 2)
-                               if "windows" in d.attrs else _default_windows(n, info, dur))
-                yield FeatureRecord(vid, n, dim, feats, windows, fps,
-                                    float(dur) if dur is not None else (float(windows[-1, 1]) if load and n else 0.0))
-        return
-    ext = ".npz" if fmt == "npz-dir" else ".npy"
-    if video_ids is None:
-        files = sorted(q for q in p.glob(f"*{ext}") if not q.name.startswith("."))
-    else:
-        files = [p / f"{safe_name(v)}{ext}" for v in video_ids]
-        absent = [v for v, q in zip(video_ids, files) if not q.is_file()]
-        if absent:
-            raise KeyError(f"{p}: no video {absent[0]!r}")
-    for q in files:
-        if fmt == "npz-dir":
-            with np.load(q, allow_pickle=False) as z:
-                if "features" not in z:
-                    raise ExtractError(f"{q}: no 'features' array (keys: {sorted(z.keys())})")
-                vid = str(z["video_id"]) if "video_id" in z else q.stem
-                feats = (np.asarray(z["features"], dtype=np.float32) if load
-                         else np.empty(_npz_shape(z, "features"), dtype=np.float32))
-                fps = float(z["fps"]) if "fps" in z else 0.0
-                dur = float(z["duration"]) if "duration" in z else None
-                windows = (np.asarray(z["windows"], np.float64).reshape(-1, 2) if "windows" in z
-                           else _default_windows(len(feats), info, dur))
-        else:
-            arr = np.load(q, mmap_mode=None if load else "r", allow_pickle=False)
-            feats = np.asarray(arr, dtype=np.float32) if load else arr
-            vid, fps, dur, windows = q.stem, 0.0, None, None
-            side = p / "_info" / f"{q.stem}.json"
-            if side.is_file():
-                meta = json.loads(side.read_text(encoding="utf-8"))
-                vid, fps, dur = meta.get("video_id", vid), float(meta.get("fps", 0.0)), meta.get("duration")
-                if load and "windows" in meta:
-                    windows = np.asarray(meta["windows"], np.float64).reshape(-1, 2)
-            if load and windows is None:
-                windows = _default_windows(len(feats), info, dur)
-        if feats.ndim != 2:
-            raise ExtractError(f"{q}: features must be [num_clips, D], got shape {feats.shape}")
-        n, dim = int(feats.shape[0]), int(feats.shape[1])
-        if dur is None:
-            dur = float(windows[-1, 1]) if windows is not None and n else 0.0
-        yield FeatureRecord(vid, n, dim, feats if load else None, windows if load else None, fps, float(dur))
-
-
-def _npz_shape(z: Any, key: str) -> tuple[int, ...]:
-    """Shape of an array inside an open ``NpzFile`` from its header only (the data is not read)."""
-    with z.zip.open(f"{key}.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, _ = read(fh)
-    return tuple(shape)
-
-
-def read_features(path: str | Path, video_id: str) -> FeatureRecord:
-    """One video's features (``KeyError`` naming the file when absent)."""
-    return next(iter_features(path, load=True, video_ids=[video_id]))
 
 
 # ------------------------------------------------------------------------------------------------ writing

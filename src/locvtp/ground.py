@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         clip_s = args.clip_seconds or (float(dcfg.clip_seconds) if dcfg is not None else 1.0)
         max_words = int(dcfg.max_words) if dcfg is not None else 24
         if args.features is not None:
-            from locvtp.extract import feature_info, read_features
+            from locvtp.features import feature_info, read_features
 
             info = feature_info(args.features)
             if info.get("embedding") == "backbone":

@@ -259,7 +259,7 @@ def build_index(
     ``ivf=None``: exact inner product. ``ivf=NLIST``: a faiss IVF index with NLIST lists trained on up to
     ``train_size`` rows (requires faiss). Returns the index's ``meta.json`` content.
     """
-    from locvtp.extract import feature_info, iter_features
+    from locvtp.features import feature_info, iter_features
 
     info = feature_info(features)
     if info.get("embedding") == "backbone" and not allow_backbone:

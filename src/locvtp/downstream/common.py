@@ -317,21 +317,21 @@ class FeatureFile:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "FeatureFile":
-        from locvtp.extract import ExtractError, feature_info
+        from locvtp.features import FeatureError, feature_info
 
         path = Path(path)
         if not path.exists():
             raise DownstreamError(f"feature file not found: {path}")
         try:
             attrs = feature_info(path)
-        except ExtractError as exc:
+        except FeatureError as exc:
             raise DownstreamError(str(exc)) from None
         return cls(path, {str(k): _jsonable(v) for k, v in attrs.items()})
 
     def read(self, vid: str, duration: float | None = None) -> ClipSequence:
         """Rows of ``vid`` with their windows (the file's own, else consecutive clips of the run settings).
         Raises ``KeyError`` naming the file when the video is absent."""
-        from locvtp.extract import iter_features
+        from locvtp.features import iter_features
 
         try:
             rec = next(iter(iter_features(self.path, load=True, video_ids=[vid])), None)
