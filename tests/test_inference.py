@@ -145,3 +145,43 @@ def test_embed_features_matches_encode_video(tiny_world, tmp_path):
     assert emb.duration == pytest.approx(22.0)
     with pytest.raises(ValueError, match="pixels"):
         embed_features(load_checkpoint(make_checkpoint(tiny_world, tmp_path / "pck")).model, x)
+
+
+# ------------------------------------------------------------------------------------------------ query warnings
+@pytest.fixture(scope="module")
+def small_tok():
+    from locvtp.data.tokenizer import train_tokenizer
+
+    return train_tokenizer(["a man opens the door", "the woman cuts an onion"], vocab_size=100)
+
+
+def test_text_query_warnings_quiet_for_an_ordinary_query(small_tok):
+    from locvtp.inference import text_query_warnings
+
+    assert text_query_warnings(small_tok, "a man opens the door", max_words=24) == []
+    assert text_query_warnings(small_tok, "the man cuts a zebra", max_words=24) == []  # some unknown: fine
+
+
+def test_text_query_warnings_names_what_a_long_query_loses(small_tok):
+    """A 10 000-word query is cut to max_words - 2 word pieces; the warning says how many and what is dropped."""
+    from locvtp.inference import embed_texts, text_query_warnings
+
+    query = "the door " + " ".join(["onion"] * 10_000)
+    (msg,) = text_query_warnings(small_tok, query, max_words=24)
+    assert "10002 word pieces" in msg and "first 22" in msg and "max_words=24" in msg and "ignored" in msg
+    assert "'onion onion" in msg  # names the ignored text (shortened)
+    # exactly at the budget: nothing is cut, nothing said
+    assert text_query_warnings(small_tok, " ".join(["door"] * 22), max_words=24) == []
+    assert len(text_query_warnings(small_tok, " ".join(["door"] * 23), max_words=24)) == 1
+
+
+def test_text_query_warnings_unknown_or_no_words(small_tok):
+    from locvtp.inference import text_query_warnings
+
+    (msg,) = text_query_warnings(small_tok, "zzqx qqqy", max_words=24)
+    assert "none of the words" in msg and "[UNK]" in msg and "'zzqx qqqy'" in msg
+    for empty in ("", "   ", "\x00"):
+        (msg,) = text_query_warnings(small_tok, empty, max_words=24)
+        assert "has no words" in msg
+    # both at once: unknown and too long
+    assert len(text_query_warnings(small_tok, " ".join(["zzqx"] * 30), max_words=24)) == 2

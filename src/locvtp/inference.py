@@ -268,6 +268,57 @@ def _token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [str(int(i)) for i in ids]
 
 
+def _encoding_pieces(tokenizer: Any, text: str) -> tuple[list[str], list[int], list[tuple[int, int]], int, str]:
+    """``text`` encoded WITHOUT truncation: (tokens, is-a-word flags, character offsets, number of special
+    tokens the tokenizer adds, its unknown token). Works with a locvtp ``Tokenizer``, a ``tokenizers.Tokenizer``
+    or a transformers tokenizer."""
+    backend = getattr(tokenizer, "backend", tokenizer)
+    if hasattr(backend, "encode") and hasattr(backend, "post_processor") and hasattr(backend, "model"):
+        enc = backend.encode(text)  # a tokenizers.Tokenizer: our own or an HF one
+        pp = backend.post_processor
+        n_special = pp.num_special_tokens_to_add(False) if pp is not None else 0
+        unk = getattr(backend.model, "unk_token", None) or "[UNK]"
+        return list(enc.tokens), [1 - int(s) for s in enc.special_tokens_mask], list(enc.offsets), n_special, unk
+    pieces = list(tokenizer.tokenize(text))  # transformers: no offsets without a fast tokenizer; good enough
+    n_special = int(tokenizer.num_special_tokens_to_add(False)) if hasattr(tokenizer, "num_special_tokens_to_add") else 2
+    return pieces, [1] * len(pieces), [(0, 0)] * len(pieces), n_special, str(getattr(tokenizer, "unk_token", "[UNK]"))
+
+
+def text_query_warnings(tokenizer: Any, text: str, max_words: int) -> list[str]:
+    """Warnings for a query whose ranking cannot mean what it seems (empty list: nothing to say).
+
+    Why: the model only ever sees the first ``max_words`` tokens (special tokens included, as in training) and
+    maps unknown words to one shared unknown token, so a long query is silently cut and a query of unknown
+    words ranks by noise -- both still return a confident-looking list. The cases:
+    (a) the query has more word pieces than fit ``max_words``: it names what is ignored;
+    (b) none of its words is known to the tokenizer (every word piece is the unknown token), or it has no
+    words at all (empty, whitespace, or only characters the tokenizer drops).
+    """
+    text = str(text)
+    tokens, is_word, offsets, n_special, unk = _encoding_pieces(tokenizer, text)
+    words = [(t, o) for t, w, o in zip(tokens, is_word, offsets) if w]
+    if not words:
+        return [f"query {_excerpt(text)} has no words (empty, whitespace, or only characters the tokenizer drops): "
+                "there is nothing to match"]
+    out = []
+    if all(t == unk for t, _ in words):
+        out.append(f"none of the words of query {_excerpt(text)} is known to the tokenizer (all {len(words)} word "
+                   f"piece(s) are {unk}): the ranking is not about its words")
+    fit = max(0, int(max_words) - n_special)
+    if len(words) > fit:
+        start = words[fit][1][0]
+        ignored = f": {_excerpt(text[start:])} is ignored" if start > 0 else ", the rest is ignored"
+        out.append(f"query has {len(words)} word pieces; only the first {fit} fit max_words={max_words} "
+                   f"(which counts the {n_special} special tokens){ignored}")
+    return out
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    """``text`` quoted for a one-line message, shortened to ``limit`` characters."""
+    t = " ".join(text.split()) or text[:limit]
+    return repr(t if len(t) <= limit else t[: limit - 1] + "…")
+
+
 def embed_texts(
     model: Any,
     tokenizer: Any,
@@ -306,4 +357,5 @@ def embed_texts(
 __all__ = [
     "DecodedClips", "TextEmbedding", "VideoEmbedding", "decode_video_clips", "embed_features", "embed_texts",
     "embed_video_file", "embed_video_frames", "encode_clip_sequence", "eval_mode", "has_temporal_layers",
+    "text_query_warnings",
 ]
