@@ -390,6 +390,26 @@ def test_unsupported_stream_audio_only(videos, fn):
     _assert_video_error(fn, p, "unsupported stream: no video stream")
 
 
+def _write_png(path, size=32):
+    """A PNG (written with PyAV's image2 muxer) at ``path``, whatever its extension."""
+    tmp = path.with_name(path.stem + "_src.png")
+    with av.open(str(tmp), "w", format="image2") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = size, size, "rgb24"
+        fr = av.VideoFrame.from_ndarray(np.zeros((size, size, 3), np.uint8), format="rgb24")
+        for pkt in [*s.encode(fr), *s.encode()]:
+            c.mux(pkt)
+    tmp.replace(path)
+    return path
+
+
+@pytest.mark.parametrize("fn", ALL_ENTRY_POINTS)
+def test_still_image_renamed_mp4_is_an_error(videos, fn):
+    """FFmpeg opens a PNG as a one-frame video: grounding then returned one window of score 0.0 (issue #18)."""
+    p = _write_png(videos["dir"] / "picture.mp4")
+    _assert_video_error(fn, p, "still image")
+
+
 def test_directory_is_an_error(videos):
     _assert_video_error(probe_video, videos["dir"], "directory")
 

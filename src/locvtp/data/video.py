@@ -103,6 +103,12 @@ def _open(path: PathLike):
         raise VideoError(p, f"cannot open as a video container (corrupt or truncated?): {_ffmsg(e)}") from e
     except (OSError, ValueError) as e:
         raise VideoError(p, f"cannot open: {e}") from e
+    fmt = str(getattr(container.format, "name", "") or "")
+    if fmt.endswith("_pipe") or fmt == "image2":
+        # FFmpeg reads a PNG/JPEG/... as a one-frame "video"; every clip would be that one picture and every
+        # window would score alike, a result that looks like an answer and means nothing.
+        container.close()
+        raise VideoError(p, f"is a still image ({fmt.removesuffix('_pipe')}), not a video")
     streams = [s for s in container.streams if s.type == "video"]
     if not list(container.streams):
         container.close()
