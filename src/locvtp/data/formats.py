@@ -397,27 +397,36 @@ def read_howto100m_captions(path: str | Path, known_ids: Collection[str] | None 
         raise FormatError(f"{p}: top level must be an object mapping video ids to captions")
     out: list[Narration] = []
     for vid, entry in data.items():
-        try:
-            _known(vid, known_ids)
-            entry = _mapping(entry, "entry")
-            lists = [entry.get(k) for k in ("start", "end", "text")]
-            if not all(isinstance(x, list) for x in lists):
-                raise _Bad("'start', 'end' and 'text' must all be lists")
-            if not len(lists[0]) == len(lists[1]) == len(lists[2]):
-                raise _Bad(f"list lengths differ (start {len(lists[0])}, end {len(lists[1])}, text {len(lists[2])})")
-        except _Bad as exc:
-            col.bad(f"key {vid!r}", str(exc))
-            continue
-        dur = durations.get(vid) if durations is not None else None
-        for i, (s, e, t) in enumerate(zip(*lists)):
-            try:
-                text = _text(t)
-                s, e = _span(s, e, dur, duration_tolerance)
-            except _Bad as exc:
-                col.bad(f"key {vid!r} item {i}", str(exc))
-                continue
-            out.append(Narration(vid, s, e, text))
+        howto100m_entry(vid, entry, col, out, known_ids, durations, duration_tolerance)
     return col.result(out)
+
+
+def howto100m_entry(vid: str, entry: Any, col: _Collector, out: list, known_ids: Collection[str] | None = None,
+                    durations: Mapping[str, float] | None = None,
+                    duration_tolerance: float = DEFAULT_DURATION_TOLERANCE) -> None:
+    """One ``caption.json`` member: its good narrations are appended to ``out``, its bad ones reported to
+    ``col``. Shared by :func:`read_howto100m_captions` and the streaming corpus preparation
+    (:mod:`locvtp.data.corpus`), so both accept and reject exactly the same rows."""
+    try:
+        _known(vid, known_ids)
+        entry = _mapping(entry, "entry")
+        lists = [entry.get(k) for k in ("start", "end", "text")]
+        if not all(isinstance(x, list) for x in lists):
+            raise _Bad("'start', 'end' and 'text' must all be lists")
+        if not len(lists[0]) == len(lists[1]) == len(lists[2]):
+            raise _Bad(f"list lengths differ (start {len(lists[0])}, end {len(lists[1])}, text {len(lists[2])})")
+    except _Bad as exc:
+        col.bad(f"key {vid!r}", str(exc))
+        return
+    dur = durations.get(vid) if durations is not None else None
+    for i, (s, e, t) in enumerate(zip(*lists)):
+        try:
+            text = _text(t)
+            s, e = _span(s, e, dur, duration_tolerance)
+        except _Bad as exc:
+            col.bad(f"key {vid!r} item {i}", str(exc))
+            continue
+        out.append(Narration(vid, s, e, text))
 
 
 _ISO = re.compile(r"^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
@@ -442,23 +451,30 @@ def read_webvid_csv(path: str | Path, known_ids: Collection[str] | None = None,
     col, header, idx, rows = _open_csv(path, strict, WEBVID_HEADER)
     out: list[WebVidVideo] = []
     for line, row in rows:
-        try:
-            row = _fields(row, len(header), ",".join(header))
-            vid = _text(row[idx["videoid"]], "videoid")
-            _known(vid, known_ids)
-            caption = _text(row[idx["name"]], "sentence")
-            raw = row[idx["duration"]].strip()
-            try:
-                dur = parse_iso_duration(raw) if raw else None
-            except ValueError:
-                raise _Bad(f"duration {raw!r} is neither ISO-8601 nor a number") from None
-            if dur is not None and not (math.isfinite(dur) and dur > 0):
-                raise _Bad(f"non-positive duration ({raw!r})")
-        except _Bad as exc:
-            col.bad(f"line {line}", str(exc))
-            continue
-        out.append(WebVidVideo(vid, row[idx["contentUrl"]].strip(), dur, row[idx["page_dir"]].strip(), caption))
+        webvid_row(line, row, header, idx, col, out, known_ids)
     return col.result(out)
+
+
+def webvid_row(line: int, row: Any, header: list[str], idx: Mapping[str, int], col: _Collector, out: list,
+               known_ids: Collection[str] | None = None) -> None:
+    """One WebVid CSV row: appended to ``out`` when good, reported to ``col`` when bad (shared with the
+    streaming corpus preparation, like :func:`howto100m_entry`)."""
+    try:
+        row = _fields(row, len(header), ",".join(header))
+        vid = _text(row[idx["videoid"]], "videoid")
+        _known(vid, known_ids)
+        caption = _text(row[idx["name"]], "sentence")
+        raw = row[idx["duration"]].strip()
+        try:
+            dur = parse_iso_duration(raw) if raw else None
+        except ValueError:
+            raise _Bad(f"duration {raw!r} is neither ISO-8601 nor a number") from None
+        if dur is not None and not (math.isfinite(dur) and dur > 0):
+            raise _Bad(f"non-positive duration ({raw!r})")
+    except _Bad as exc:
+        col.bad(f"line {line}", str(exc))
+        return
+    out.append(WebVidVideo(vid, row[idx["contentUrl"]].strip(), dur, row[idx["page_dir"]].strip(), caption))
 
 
 # ----------------------------------------------------------------------------------------------- grounding
