@@ -41,7 +41,6 @@ EPIC-KITCHENS-100 CSV          ``EPIC_100_{train,validation}.csv``: header ``nar
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import re
@@ -328,18 +327,24 @@ def _load_json(p: Path) -> Any:
 
 
 def _csv_rows(p: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, fields) of every non-blank CSV row; unparsable rows yield a _CsvError instead of fields."""
-    reader = csv.reader(io.StringIO(_read_text(p), newline=""), strict=True)
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield reader.line_num, _CsvError(str(exc))
-            continue
-        if row and any(c.strip() for c in row):
-            yield reader.line_num, row
+    """(line number, fields) of every non-blank CSV row; unparsable rows yield a _CsvError instead of fields.
+
+    Streams the file (WebVid's 10 M-row CSV is never held whole), decoded like :func:`_read_text`: invalid UTF-8
+    survives as lone surrogates, a leading byte-order mark is dropped."""
+    with open(p, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        if fh.read(1) != "\ufeff":
+            fh.seek(0)
+        reader = csv.reader(fh, strict=True)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield reader.line_num, _CsvError(str(exc))
+                continue
+            if row and any(c.strip() for c in row):
+                yield reader.line_num, row
 
 
 def _header(p: Path, rows: Iterator[tuple[int, Any]], required: tuple[str, ...]) -> list[str]:
