@@ -88,9 +88,10 @@ def test_cli_on_mp4_and_on_features_agree(ckpt, tiny_world, tmp_path, capsys):
 
 
 def test_cli_errors(ckpt, tmp_path, capsys):
+    from cli_helpers import assert_one_line_error, run_cli
     from locvtp.ground import main
 
-    assert main(["--checkpoint", str(ckpt), str(tmp_path / "nope.mp4"), "a query"]) == 1
-    assert "nope.mp4" in capsys.readouterr().err
+    res = run_cli(["ground", "--checkpoint", ckpt, tmp_path / "nope.mp4", "a query"], capsys)
+    assert_one_line_error(res, 1, "nope.mp4")
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), "only a query"])

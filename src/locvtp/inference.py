@@ -29,8 +29,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from locvtp.errors import LocVTPError
+
 DEFAULT_BATCH_CLIPS = 64
 DEFAULT_BATCH_TEXTS = 256
+
+
+class InferenceError(LocVTPError, ValueError):
+    """A loaded checkpoint or input cannot be used for inference (the message names the file)."""
+
+
+def require_tokenizer(ckpt: Any, command: str = "this command") -> Any:
+    """``ckpt.tokenizer``, or an :class:`InferenceError` naming the checkpoint and its missing
+    ``tokenizer.json`` (a checkpoint saved without a tokenizer cannot embed text)."""
+    tok = getattr(ckpt, "tokenizer", None)
+    if tok is None:
+        where = getattr(ckpt, "path", None) or "the checkpoint"
+        raise InferenceError(f"{where}: the checkpoint has no tokenizer.json; {command} needs it to embed text "
+                             "(copy the tokenizer.json of the run that trained it into the checkpoint directory)")
+    return tok
 
 
 @dataclass
@@ -331,6 +348,8 @@ def embed_texts(
 
     ``words[i]``/``tokens[i]`` keep only the tokenizer's ``word_mask`` positions (no [CLS]/[SEP]/padding).
     """
+    if tokenizer is None:
+        raise InferenceError("no tokenizer to embed text with (the checkpoint has no tokenizer.json)")
     texts = [str(t) for t in texts]
     device = torch.device(device) if device is not None else model_device(model)
     dim = int(model.dim)
@@ -357,5 +376,5 @@ def embed_texts(
 __all__ = [
     "DecodedClips", "TextEmbedding", "VideoEmbedding", "decode_video_clips", "embed_features", "embed_texts",
     "embed_video_file", "embed_video_frames", "encode_clip_sequence", "eval_mode", "has_temporal_layers",
-    "text_query_warnings",
+    "InferenceError", "require_tokenizer", "text_query_warnings",
 ]

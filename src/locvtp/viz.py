@@ -16,14 +16,47 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, out: str | os.PathLike) -> Path:
+def save_figure(fig, out: str | os.PathLike, dpi: int = 110, make_parent: bool = True, **kwargs) -> Path:
+    """Write ``fig`` to ``out`` atomically and close it; on any failure nothing is left behind.
+
+    Why: a plot written in place and interrupted (or refused by matplotlib) left a half-written PNG or a
+    ``.tmp`` sibling. The format follows ``out``'s extension (none: PNG); an extension matplotlib cannot write
+    is a :class:`~locvtp.errors.UsageError` naming the file, raised before anything is written.
+    """
+    from locvtp.files import atomic_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        fmt = check_figure_path(out)
+        if make_parent:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out, suffix=out.suffix or ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, format=fmt, **kwargs)
+    finally:
+        plt.close(fig)
     return out
+
+
+def check_figure_path(out: str | os.PathLike) -> str:
+    """The matplotlib format for ``out`` (its extension; none: ``png``), or a ``UsageError`` naming ``out``
+    when it is a directory or its extension is not an image format matplotlib writes."""
+    from locvtp.errors import UsageError
+
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory; give a file name, e.g. {out / 'plot.png'}")
+    fmt = out.suffix[1:].lower() or "png"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if fmt not in supported:
+        raise UsageError(f"{out}: cannot write a .{fmt} figure; use one of "
+                         f"{', '.join('.' + k for k in sorted(supported))}")
+    return fmt
+
+
+def _save(fig, out: str | os.PathLike) -> Path:
+    return save_figure(fig, out, bbox_inches="tight")
 
 
 def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
