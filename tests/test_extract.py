@@ -31,9 +31,10 @@ def some_videos(tiny_world, tmp_path_factory):
 
 
 def _run(args: list[str]) -> int:
-    from locvtp.extract import main
+    """`locvtp extract ARGS` as the console script runs it (errors become one line and an exit code)."""
+    from locvtp.cli import main
 
-    return main(args + ["--no-progress"])
+    return main(["extract", *args, "--no-progress"])
 
 
 def _h5_content(path: Path) -> dict:
