@@ -1,0 +1,578 @@
+"""The prepared corpus: caption files converted once into memory-mapped columns, plus per-corpus caches.
+
+Why: HowTo100M has 136 M narrations in one 7–8 GB ``caption.json``. Parsed whole, every narration becomes
+Python objects (≈ 550 B each) on every rank: ≈ 75 GB and hours before the first step. Here the caption file is
+read once, as a stream (:mod:`locvtp.data.jsonstream`, WebVid's CSV row by row), into flat binary columns that
+every rank and loader worker maps without copying:
+
+==========================  ========================================================================
+``narr_video.bin``          uint32: the video index of each narration (into the video columns)
+``narr_start.bin``          float64: start (s); ``narr_end.bin`` end (s; ``+inf`` for WebVid: the whole video)
+``text_off.bin``/``text.bin``  uint64 byte offset of each narration's UTF-8 text (n + 1 entries), the bytes
+``vid_off.bin``/``vid.bin``    the video ids, in order of first appearance
+``bad_rows.jsonl``          the rows the reader skipped (file, location, reason), as ``locvtp.data.formats``
+                            reports them: the readers' own per-row functions are used, so the prepared corpus
+                            accepts and rejects exactly the rows the in-memory readers do
+``meta.json``               counts, the caption file and format; written last: it marks the corpus complete
+==========================  ========================================================================
+
+One narration costs 28 bytes of columns plus its text; none of it is resident until touched.
+
+Caches that depend on more than the caption file (which captions keep a word under a tokenizer, what each video
+file's container says) are computed by :func:`chunked_array` in chunks: each chunk is one atomically written part
+file, so a killed run resumes with the missing chunks; ``share=(i, N)`` computes every N-th chunk (``locvtp
+prepare --shard i/N`` on N machines, or N ranks at once) and the first process that finds every part assembles
+the result. ``workers`` processes compute one share's chunks in parallel.
+
+Where: ``data.prepared_dir`` (default ``$LOCVTP_CACHE`` or ``~/.cache/locvtp``, then ``prepared/``), under a
+directory named by a key of the inputs (version, format, caption file path, size and modification time, split
+file): a changed caption file is a new key, so a stale corpus is never reused. Video-probe caches are keyed
+likewise by the video directory's path and modification time (adding, removing or renaming a file changes it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from locvtp.errors import LocVTPError
+from locvtp.files import OutputLock, atomic_write_json, fsync_dir, fsync_file, remove_stale_temporaries
+
+CORPUS_VERSION = 1
+COMMIT_EVERY = 500_000  # narrations between two commits of a conversion (what a kill can cost)
+COMMIT_SECONDS = 30.0
+_COLUMNS = {"narr_video": np.uint32, "narr_start": np.float64, "narr_end": np.float64}
+
+
+class CorpusError(LocVTPError, RuntimeError):
+    """The prepared corpus cannot be built or read (the message names the directory or file)."""
+
+
+# ------------------------------------------------------------------------------------------------ locations, keys
+def default_prepared_root() -> Path:
+    base = os.environ.get("LOCVTP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "locvtp")
+    return Path(base) / "prepared"
+
+
+def _file_key(p: Optional[Path]) -> str:
+    if p is None:
+        return "-"
+    st = p.stat()
+    return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def captions_key(caption_file: Path, captions: str, split_file: Optional[Path]) -> str:
+    h = hashlib.sha256(f"v{CORPUS_VERSION}|{captions}|{_file_key(caption_file)}|{_file_key(split_file)}".encode())
+    return h.hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------------------------------ writing columns
+class _Appender:
+    """Append-only binary column files with a committed length (what a resume truncates back to)."""
+
+    def __init__(self, directory: Path, names: dict[str, Any], counts: dict[str, int]):
+        self.fh = {}
+        self.dtypes = names
+        for name, dtype in names.items():
+            path = directory / f"{name}.bin"
+            fh = open(path, "ab" if path.exists() else "wb")
+            fh.truncate(counts.get(name, 0) * np.dtype(dtype).itemsize)  # drop what the last commit did not cover
+            fh.seek(0, os.SEEK_END)
+            self.fh[name] = fh
+        self.counts = {n: int(counts.get(n, 0)) for n in names}
+
+    def append(self, name: str, values: np.ndarray) -> None:
+        arr = np.ascontiguousarray(values, dtype=self.dtypes[name])
+        self.fh[name].write(arr.tobytes())
+        self.counts[name] += int(arr.size)
+
+    def flush(self) -> None:
+        for fh in self.fh.values():
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def close(self) -> None:
+        for fh in self.fh.values():
+            fh.close()
+
+
+_WRITE_DTYPES = {**_COLUMNS, "text_off": np.uint64, "text": np.uint8, "vid_off": np.uint64, "vid": np.uint8}
+
+
+def _read_captions(path: Path, captions: str, strict: bool, resume: dict[str, Any]
+                   ) -> Iterator[tuple[list, list, dict[str, Any]]]:
+    """``(narrations or rows, bad records, resume state)`` in small batches, read as a stream from ``resume``."""
+    from locvtp.data import formats
+
+    if captions == "howto100m":
+        from locvtp.data.jsonstream import JSONStreamError, iter_object_members
+
+        formats._check_file(path)
+        col = formats._Collector(path, strict)
+        out: list = []
+        try:
+            for vid, entry, resume_at in iter_object_members(path, start=int(resume.get("resume_at", 0))):
+                formats.howto100m_entry(vid, entry, col, out)
+                yield out, col.skipped, {"resume_at": resume_at}
+                out, col.skipped = [], []
+        except JSONStreamError as exc:
+            raise formats.FormatError(f"{path}: line {exc.lineno} column {exc.colno}: malformed JSON: "
+                                      f"{exc.msg}") from None
+        except TypeError:
+            raise formats.FormatError(f"{path}: top level must be an object mapping video ids to captions") from None
+    elif captions == "webvid":
+        col, header, idx, rows = formats._open_csv(path, strict, formats.WEBVID_HEADER)
+        done = int(resume.get("rows", 0))
+        out = []
+        for k, (line, row) in enumerate(rows, start=1):
+            if k <= done:
+                continue  # a resumed run re-reads, but does not re-write, what the last commit covered
+            formats.webvid_row(line, row, header, idx, col, out)
+            yield out, col.skipped, {"rows": k}
+            out, col.skipped = [], []
+    else:
+        raise CorpusError(f"data.captions must be 'howto100m' or 'webvid', got {captions!r}")
+
+
+def _convert(path: Path, captions: str, work: Path, strict: bool, progress: bool) -> dict[str, Any]:
+    """Stream the caption file into the columns of ``work``, resuming from ``work/progress.json``: a commit
+    (every ``commit_every`` narrations or ``commit_seconds``) fsyncs the columns and records their lengths and
+    the reader's position; a killed run truncates the columns back to the last commit and reads on from there."""
+    commit_every, commit_seconds = COMMIT_EVERY, COMMIT_SECONDS
+    state_file = work / "progress.json"
+    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+    app = _Appender(work, _WRITE_DTYPES, state.get("counts", {}))
+    bad_file = work / "bad_rows.jsonl"
+    bad_lines = int(state.get("bad_rows", 0))
+    _truncate_lines(bad_file, bad_lines)
+    vid_index: dict[str, int] = {}
+    if app.counts["vid_off"]:  # resumed: the video ids written so far
+        offs = np.fromfile(work / "vid_off.bin", dtype=np.uint64, count=app.counts["vid_off"]).astype(np.int64)
+        raw = np.fromfile(work / "vid.bin", dtype=np.uint8, count=app.counts["vid"]).tobytes()
+        bounds = np.append(offs, len(raw))
+        for k in range(len(offs)):
+            vid_index[raw[bounds[k]:bounds[k + 1]].decode("utf-8", "surrogateescape")] = k
+    resume = state.get("resume", {})
+    bar = _progress(progress, path, int(resume.get("resume_at", 0)))
+    batch: dict[str, list] = {"vids": [], "starts": [], "ends": [], "texts": []}
+    since_commit, last_commit = 0, time.monotonic()
+    with open(bad_file, "a", encoding="utf-8") as bad_fh:
+        try:
+            for recs, bads, resume_state in _read_captions(path, captions, strict, resume):
+                for b in bads:
+                    bad_fh.write(json.dumps({"file": b.file, "location": b.location, "reason": b.reason},
+                                            ensure_ascii=False) + "\n")
+                bad_lines += len(bads)
+                for r in recs:
+                    k = vid_index.get(r.video_id)
+                    if k is None:
+                        k = vid_index[r.video_id] = len(vid_index)
+                        app.append("vid_off", np.array([app.counts["vid"]]))
+                        app.append("vid", np.frombuffer(r.video_id.encode("utf-8", "surrogateescape"), np.uint8))
+                    batch["vids"].append(k)
+                    if captions == "howto100m":
+                        batch["starts"].append(r.start)
+                        batch["ends"].append(r.end)
+                        batch["texts"].append(r.text)
+                    else:
+                        batch["starts"].append(0.0)
+                        batch["ends"].append(math.inf)
+                        batch["texts"].append(r.caption)
+                since_commit += len(recs)
+                if len(batch["vids"]) >= 8192:
+                    _flush_batch(app, batch)
+                if since_commit >= commit_every or time.monotonic() - last_commit >= commit_seconds:
+                    _flush_batch(app, batch)
+                    app.flush()
+                    bad_fh.flush()
+                    os.fsync(bad_fh.fileno())
+                    atomic_write_json(state_file, {"counts": app.counts, "bad_rows": bad_lines,
+                                                   "resume": resume_state})
+                    since_commit, last_commit = 0, time.monotonic()
+                if bar is not None:
+                    bar.update((resume_state.get("resume_at", 0) - bar.n) if captions == "howto100m" else len(recs))
+            _flush_batch(app, batch)
+            app.append("text_off", np.array([app.counts["text"]]))  # the closing offset
+            app.flush()
+            bad_fh.flush()
+            os.fsync(bad_fh.fileno())
+        finally:
+            app.close()
+            if bar is not None:
+                bar.close()
+    return {"narrations": app.counts["narr_video"], "videos": len(vid_index), "bad_rows": bad_lines}
+
+
+def _flush_batch(app: _Appender, batch: dict[str, list]) -> None:
+    if not batch["vids"]:
+        return
+    enc = [t.encode("utf-8", "surrogateescape") for t in batch["texts"]]
+    lens = np.fromiter((len(e) for e in enc), dtype=np.uint64, count=len(enc))
+    offs = np.uint64(app.counts["text"]) + np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.uint64)
+    app.append("text_off", offs)
+    app.append("text", np.frombuffer(b"".join(enc), dtype=np.uint8))
+    app.append("narr_video", np.asarray(batch["vids"]))
+    app.append("narr_start", np.asarray(batch["starts"], dtype=np.float64))
+    app.append("narr_end", np.asarray(batch["ends"], dtype=np.float64))
+    for v in batch.values():
+        v.clear()
+
+
+def _truncate_lines(path: Path, n: int) -> None:
+    """Keep the first ``n`` lines of a text file (what the last commit covered)."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as fh:
+        pos = 0
+        for _ in range(n):
+            line = fh.readline()
+            if not line:
+                break
+            pos += len(line)
+        fh.truncate(pos)
+
+
+def _progress(enabled: bool, path: Path, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=path.stat().st_size, initial=initial, unit="B", unit_scale=True,
+                desc=f"preparing {path.name}", mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+
+def prepare_captions(caption_file: str | Path, captions: str, root: str | Path | None = None,
+                     split_file: str | Path | None = None, strict: bool = False, progress: bool = True
+                     ) -> "CaptionStore":
+    """The prepared corpus of ``caption_file`` (built, resumed or reused). Safe to call from every rank at
+    once: one builds under the output lock while the others wait for it, then all map the same files."""
+    path = Path(caption_file)
+    if not path.is_file():
+        raise FileNotFoundError(2, "caption file not found", str(path))
+    split = Path(split_file) if split_file else None
+    root = Path(root) if root is not None else default_prepared_root()
+    d = root / f"captions-{captions_key(path, captions, split)}"
+    if (d / "meta.json").is_file():
+        return CaptionStore(d)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    lock = _wait_for_lock(d)
+    try:
+        if (d / "meta.json").is_file():  # another process finished it while we waited
+            return CaptionStore(d)
+        work = d.with_name(d.name + ".partial")
+        work.mkdir(exist_ok=True)
+        stats = _convert(path, captions, work, strict, progress)
+        keep = None
+        if split is not None:
+            keep = {ln.strip() for ln in split.read_text(encoding="utf-8").splitlines() if ln.strip()}
+        _finish_columns(work, keep)
+        meta = {"version": CORPUS_VERSION, "captions": captions, "caption_file": str(path),
+                "split_file": str(split) if split else None, **stats, "complete": True}
+        for f in work.iterdir():
+            if f.is_file():
+                fsync_file(f)
+        atomic_write_json(work / "meta.json", meta)
+        os.replace(work, d)
+        fsync_dir(d.parent)
+    finally:
+        lock.release()
+    return CaptionStore(d)
+
+
+def _wait_for_lock(d: Path, poll: float = 1.0) -> OutputLock:
+    from locvtp.errors import OutputBusyError
+
+    while True:
+        try:
+            lock = OutputLock(d, "prepare").acquire()
+        except OutputBusyError:
+            time.sleep(poll)
+            continue
+        remove_stale_temporaries(d)
+        return lock
+
+
+def _finish_columns(work: Path, keep: Optional[set[str]]) -> None:
+    """With a split file, mark the narrations of the videos it keeps (``narr_keep.npy``), as ``data.split_file``
+    did in the in-memory path."""
+    if keep is not None:
+        store = CaptionStore(work, check=False)
+        kept_videos = np.fromiter((v in keep for v in store.video_ids), dtype=bool, count=store.num_videos)
+        np.save(work / "narr_keep.npy", kept_videos[np.asarray(store.narr_video)])
+
+
+# ------------------------------------------------------------------------------------------------ reading
+class CaptionStore:
+    """Read side of a prepared corpus: columns mapped lazily, once per process (never pickled into workers)."""
+
+    def __init__(self, directory: str | Path, check: bool = True):
+        self.directory = Path(directory)
+        meta_file = self.directory / "meta.json"
+        if check:
+            try:
+                self.meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise CorpusError(f"{self.directory}: not a complete prepared corpus ({exc})") from None
+        else:
+            self.meta = {}
+        self._maps: dict[str, np.ndarray] = {}
+        self._video_ids: Optional[list[str]] = None
+        self.n = int(self._col("narr_video").shape[0])
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_maps"] = {}
+        return d
+
+    def _col(self, name: str) -> np.ndarray:
+        m = self._maps.get(name)
+        if m is None:
+            dt = np.dtype(_WRITE_DTYPES[name])
+            f = self.directory / f"{name}.bin"
+            m = np.memmap(f, dtype=dt, mode="r") if f.stat().st_size else np.zeros(0, dtype=dt)
+            self._maps[name] = m
+        return m
+
+    @property
+    def captions(self) -> str:
+        return str(self.meta.get("captions", "howto100m"))
+
+    @property
+    def caption_file(self) -> str:
+        return str(self.meta.get("caption_file", ""))
+
+    @property
+    def narr_video(self) -> np.ndarray:
+        return self._col("narr_video")
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self._col("narr_start")
+
+    @property
+    def ends(self) -> np.ndarray:
+        return self._col("narr_end")
+
+    @property
+    def num_videos(self) -> int:
+        return int(self._col("vid_off").shape[0])
+
+    @property
+    def video_ids(self) -> list[str]:
+        """Every video id (one Python string per video, not per narration)."""
+        if self._video_ids is None:
+            offs = np.asarray(self._col("vid_off"), dtype=np.int64)
+            raw = self._col("vid").tobytes()
+            bounds = np.append(offs, len(raw))
+            self._video_ids = [raw[bounds[k]:bounds[k + 1]].decode("utf-8", "surrogateescape")
+                               for k in range(len(offs))]
+        return self._video_ids
+
+    def keep_mask(self) -> Optional[np.ndarray]:
+        """Narrations of the videos ``data.split_file`` keeps (None: no split file)."""
+        f = self.directory / "narr_keep.npy"
+        return np.load(f, mmap_mode="r") if f.is_file() else None
+
+    def text(self, i: int) -> str:
+        off = self._col("text_off")
+        return self._col("text")[int(off[i]):int(off[i + 1])].tobytes().decode("utf-8", "surrogateescape")
+
+    def texts(self, lo: int = 0, hi: Optional[int] = None) -> Iterator[str]:
+        hi = self.n if hi is None else hi
+        off = np.asarray(self._col("text_off")[lo:hi + 1], dtype=np.int64)
+        if len(off) < 2:
+            return
+        raw = self._col("text")[off[0]:off[-1]].tobytes()
+        base = off[0]
+        for k in range(len(off) - 1):
+            yield raw[off[k] - base:off[k + 1] - base].decode("utf-8", "surrogateescape")
+
+    def source(self, i: int) -> str:
+        """Where narration ``i`` comes from, worded as the in-memory path words it (bad-sample reports)."""
+        vid = self.video_ids[int(self.narr_video[i])]
+        if self.captions == "webvid":
+            return f"{self.caption_file}: videoid {vid!r}"
+        return f"{self.caption_file}: key {vid!r} narration {float(self.starts[i]):.2f}-{float(self.ends[i]):.2f} s"
+
+    def bad_rows(self) -> list[tuple[str, str, str]]:
+        """``(file, location, reason)`` of every row the reader skipped, in file order."""
+        f = self.directory / "bad_rows.jsonl"
+        if not f.is_file():
+            return []
+        out = []
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                d = json.loads(line)
+                out.append((d["file"], d["location"], d["reason"]))
+        return out
+
+
+class CaptionItems(Sequence):
+    """The training samples: narrations ``indices`` of a :class:`CaptionStore`, as ``CaptionItem``s made on
+    access (the dataset's ``items``; nothing per narration lives in Python)."""
+
+    def __init__(self, store: CaptionStore, indices: np.ndarray):
+        self.store = store
+        self.indices = np.asarray(indices)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, k: int):
+        from locvtp.data.datasets import CaptionItem
+
+        if not isinstance(k, (int, np.integer)):
+            raise TypeError("CaptionItems is indexed by one integer")
+        i = int(self.indices[k])
+        s = self.store
+        return CaptionItem(s.video_ids[int(s.narr_video[i])], s.text(i), float(s.starts[i]), float(s.ends[i]),
+                           s.source(i))
+
+    def video_index(self) -> np.ndarray:
+        """The video index of every item (an integer array, for the grouped sampler)."""
+        return np.asarray(self.store.narr_video)[self.indices]
+
+
+# ------------------------------------------------------------------------------------------------ chunked caches
+def chunked_array(directory: Path, name: str, n_items: int, chunk: int, compute: Callable[[int, int], dict],
+                  share: tuple[int, int] = (0, 1), workers: int = 0, progress: bool = True,
+                  wait: bool = True, poll: float = 2.0) -> Optional[dict[str, np.ndarray]]:
+    """A per-item cache computed in chunks: ``compute(lo, hi)`` returns a dict of arrays for items ``lo:hi``.
+
+    Each chunk is written atomically as ``NAME.parts/NNNNNNN.npz``; the assembled ``NAME.npz`` (arrays
+    concatenated) is what callers read. This process computes the missing chunks of its share (every
+    ``share[1]``-th from ``share[0]``) with ``workers`` processes (``compute`` must then be picklable); with
+    ``wait`` it then waits for the other shares' parts and assembles (the first to get there does).
+    """
+    final = directory / f"{name}.npz"
+    if final.is_file():
+        return _load_npz(final)
+    parts = directory / f"{name}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    n_chunks = max(1, math.ceil(n_items / chunk))
+    part = [parts / f"{i:07d}.npz" for i in range(n_chunks)]
+    rank, world = share
+    mine = [i for i in range(rank, n_chunks, world) if not part[i].is_file()]
+    bar = None
+    if progress and mine:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc=name, unit="chunk", mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    if workers > 0 and len(mine) > 1:
+        ctx = get_context("spawn")  # no fork: torch / tokenizer thread pools are not fork-safe
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futs = {pool.submit(_compute_part, compute, i * chunk, min(n_items, (i + 1) * chunk), part[i]): i
+                    for i in mine}
+            for f in futs:
+                f.result()
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for i in mine:
+            _compute_part(compute, i * chunk, min(n_items, (i + 1) * chunk), part[i])
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    if not wait:
+        return None
+    while not all(p.is_file() for p in part):
+        if final.is_file():
+            return _load_npz(final)
+        time.sleep(poll)  # other shares are still computing theirs
+    if not final.is_file():
+        arrays: dict[str, list] = {}
+        for p in part:
+            with np.load(p, allow_pickle=False) as z:
+                for k in z.files:
+                    arrays.setdefault(k, []).append(z[k])
+        tmp = directory / f".{name}.npz.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.concatenate(v) for k, v in arrays.items()})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    return _load_npz(final)
+
+
+def _compute_part(compute: Callable[[int, int], dict], lo: int, hi: int, out: Path) -> None:
+    arrays = compute(lo, hi)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ------------------------------------------------------------------------------------------------ which captions have words
+def texts_with_words(tokenizer: Any, texts: list[str], max_words: int, chunk: int = 4096) -> list[bool]:
+    """Which captions keep at least one word piece after tokenization (others would break a whole batch)."""
+    def has_words(enc) -> bool:
+        return any(not s for s in enc.special_tokens_mask)
+
+    ok: list[bool] = []
+    for i in range(0, len(texts), chunk):
+        part = texts[i:i + chunk]
+        usable = [isinstance(t, str) and bool(t.strip()) for t in part]
+        try:
+            encs = tokenizer.encode_batch([t if u else "." for t, u in zip(part, usable)], max_words)
+            ok.extend(u and has_words(e) for u, e in zip(usable, encs))
+        except ValueError:  # e.g. invalid Unicode somewhere in the chunk: find which, one by one
+            for t, u in zip(part, usable):
+                try:
+                    ok.append(u and has_words(tokenizer.encode_batch([t], max_words)[0]))
+                except ValueError:
+                    ok.append(False)
+    return ok
+
+
+@dataclass(frozen=True)
+class _WordsJob:
+    """Picklable: what a worker needs to test one chunk of captions."""
+
+    store_dir: str
+    tokenizer_json: str
+    pad_token_id: Optional[int]
+    max_words: int
+
+    def __call__(self, lo: int, hi: int) -> dict:
+        from tokenizers import Tokenizer as _HF
+
+        from locvtp.data.tokenizer import Tokenizer
+
+        tok = Tokenizer(_HF.from_str(self.tokenizer_json), pad_token_id=self.pad_token_id)
+        store = CaptionStore(self.store_dir, check=False)
+        return {"ok": np.asarray(texts_with_words(tok, list(store.texts(lo, hi)), self.max_words), dtype=bool)}
+
+
+def words_mask(store: CaptionStore, tokenizer: Any, max_words: int, share: tuple[int, int] = (0, 1),
+               workers: int = 0, progress: bool = True, chunk: int = 65_536, wait: bool = True
+               ) -> Optional[np.ndarray]:
+    """Per narration: does its caption keep a word piece under ``tokenizer`` at ``max_words``? Cached in the
+    corpus directory per tokenizer and budget."""
+    tj = tokenizer.to_str()
+    key = hashlib.sha256(f"{tj}|{max_words}".encode()).hexdigest()[:16]
+    job = _WordsJob(str(store.directory), tj, getattr(tokenizer, "pad_token_id", None), int(max_words))
+    res = chunked_array(store.directory, f"words-{key}", store.n, chunk, job, share, workers, progress, wait)
+    return None if res is None else res["ok"]
+
+
+__all__ = ["CaptionItems", "CaptionStore", "CorpusError", "chunked_array", "default_prepared_root",
+           "prepare_captions", "texts_with_words", "words_mask"]

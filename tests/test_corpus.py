@@ -1,0 +1,221 @@
+"""The prepared corpus (locvtp.data.corpus) against the in-memory readers: same items, same bad rows, same errors;
+resumable after SIGKILL; invalidated by a changed caption file."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from locvtp.data import corpus as corpus_mod
+from locvtp.data.corpus import CaptionItems, prepare_captions, words_mask
+from locvtp.data.datasets import load_caption_items
+from locvtp.data.formats import FormatError
+
+
+def _reference(caption_file: Path, captions: str, split_file: Path | None = None, strict: bool = False):
+    dcfg = OmegaConf.create({"root": str(caption_file.parent), "caption_file": caption_file.name,
+                             "captions": captions, "split_file": split_file.name if split_file else None})
+    return load_caption_items(dcfg, strict=strict)
+
+
+def _all_items(store, keep=None):
+    idx = np.arange(store.n) if keep is None else np.nonzero(keep)[0]
+    items = CaptionItems(store, idx)
+    return [items[k] for k in range(len(items))]
+
+
+def _messy_howto(path: Path) -> None:
+    """HowTo100M format with every kind of bad member / row the reader reports, and non-ASCII text."""
+    text = (
+        '{"v1": {"start": [0, 1.5, 3], "end": [1, 2.5, 2], "text": ["cut the onion", "  ", "stir"]},\n'
+        ' "v2": {"start": [0], "end": [1, 2], "text": ["x"]},\n'
+        ' "v 3é": {"start": [0.25, "a"], "end": [4.5, 5], "text": ["pour the crème", "mix"]},\n'
+        ' "v4": [1, 2],\n'
+        ' "v5": {"start": [0, 1], "end": [1, 2], "text": [7, "bake \\ud800 bread"]},\n'
+        ' "v6": {"start": [0], "end": [1], "text": "not a list"},\n'
+        ' "v1b": {"start": [10, 20], "end": [12, 21], "text": ["whisk eggs", "serve"]}}\n'
+    )
+    path.write_bytes(text.encode("utf-8").replace(b"\\ud800", b"\xff"))
+
+
+def test_tiny_world_items_equal_the_reader(tiny_world, tmp_path):
+    cap = tiny_world / "pretrain" / "caption.json"
+    store = prepare_captions(cap, "howto100m", root=tmp_path, progress=False)
+    ref, bad = _reference(cap, "howto100m")
+    assert store.n == len(ref) and store.bad_rows() == []
+    assert _all_items(store) == ref
+    assert sorted(store.video_ids) == sorted({it.vid for it in ref})
+
+
+def test_bad_rows_and_items_equal_the_reader(tmp_path):
+    cap = tmp_path / "caption.json"
+    _messy_howto(cap)
+    store = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
+    ref, bad = _reference(cap, "howto100m")
+    assert _all_items(store) == ref
+    assert len(bad) >= 6
+    got_bad = [f"{f}: {loc}" for f, loc, _ in store.bad_rows()]
+    assert got_bad == [b.source for b in bad]
+    assert [r for _, _, r in store.bad_rows()] == [b.reason for b in bad]
+
+
+def test_strict_and_malformed_json_raise_the_readers_message(tmp_path):
+    cap = tmp_path / "caption.json"
+    _messy_howto(cap)
+    with pytest.raises(FormatError) as ref:
+        _reference(cap, "howto100m", strict=True)
+    with pytest.raises(FormatError) as got:
+        prepare_captions(cap, "howto100m", root=tmp_path / "prep", strict=True, progress=False)
+    assert str(got.value) == str(ref.value)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"v1": {"start": [0], "end": [1], "text": ["a"]},\n  "v2": {"start": [0] "end": [1]}}')
+    with pytest.raises(FormatError) as ref:
+        _reference(broken, "howto100m")
+    with pytest.raises(FormatError) as got:
+        prepare_captions(broken, "howto100m", root=tmp_path / "prep", progress=False)
+    assert str(got.value) == str(ref.value) and "line 2 column" in str(got.value)
+
+
+def test_webvid_equals_the_reader(tmp_path):
+    csv = tmp_path / "results.csv"
+    csv.write_text("\ufeffvideoid,contentUrl,duration,page_dir,name\n"
+                   "1,http://x/1.mp4,PT00H00M11S,d,a man cooks\n"
+                   "2,http://x/2.mp4,-3,d,bad duration\n"
+                   "3,http://x/3.mp4,PT5S,d,\n"
+                   '4,http://x/4.mp4,7,d,"quoted, with a comma"\n'
+                   "5,http://x/5.mp4,7,d\n"
+                   "1,http://x/1.mp4,11,d,the same video again\n", encoding="utf-8")
+    store = prepare_captions(csv, "webvid", root=tmp_path / "prep", progress=False)
+    ref, bad = _reference(csv, "webvid")
+    assert _all_items(store) == ref and len(ref) == 3
+    assert [f"{f}: {loc}" for f, loc, _ in store.bad_rows()] == [b.source for b in bad] and len(bad) == 3
+    assert store.num_videos == 2
+
+
+def test_split_file_keeps_the_same_items(tiny_world, tmp_path):
+    cap = tiny_world / "pretrain" / "caption.json"
+    ref_all, _ = _reference(cap, "howto100m")
+    vids = sorted({it.vid for it in ref_all})[:2]
+    local = tmp_path / "c"
+    local.mkdir()
+    (local / "caption.json").write_bytes(cap.read_bytes())
+    (local / "split.txt").write_text("\n".join(vids) + "\n")
+    store = prepare_captions(local / "caption.json", "howto100m", root=tmp_path / "prep",
+                             split_file=local / "split.txt", progress=False)
+    ref, _ = _reference(local / "caption.json", "howto100m", split_file=local / "split.txt")
+    assert _all_items(store, store.keep_mask()) == ref and 0 < len(ref) < len(ref_all)
+
+
+def test_changed_caption_file_is_a_new_corpus(tmp_path):
+    cap = tmp_path / "caption.json"
+    cap.write_text(json.dumps({"a": {"start": [0], "end": [1], "text": ["one"]}}))
+    s1 = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
+    assert prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False).directory == s1.directory
+    time.sleep(0.01)
+    cap.write_text(json.dumps({"a": {"start": [0, 2], "end": [1, 3], "text": ["one", "two"]}}))
+    s2 = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
+    assert s2.directory != s1.directory and s2.n == 2 and s1.n == 1
+
+
+def _big_caption(path: Path, videos: int, per_video: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("{")
+        for v in range(videos):
+            starts = np.sort(rng.uniform(0, 600, per_video)).round(2)
+            ends = (starts + rng.uniform(1, 8, per_video)).round(2)
+            texts = [f"step {v} {k} stir the pan ü" for k in range(per_video)]
+            if v % 97 == 5:
+                texts[0] = " "  # a bad row now and then
+            fh.write(("," if v else "") + json.dumps(f"vid{v:06d}") + ":" +
+                     json.dumps({"start": starts.tolist(), "end": ends.tolist(), "text": texts}))
+        fh.write("}")
+
+
+def _tree_bytes(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file() and p.name != "progress.json"}
+
+
+def test_sigkill_during_prepare_then_rerun_equals_uninterrupted(tmp_path):
+    cap = tmp_path / "caption.json"
+    _big_caption(cap, videos=3000, per_video=40)
+    clean = prepare_captions(cap, "howto100m", root=tmp_path / "clean", progress=False)
+    code = textwrap.dedent(f"""
+        from locvtp.data import corpus
+        corpus.COMMIT_EVERY = 2000
+        corpus.prepare_captions({str(cap)!r}, "howto100m", root={str(tmp_path / 'killed')!r}, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    work = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = list((tmp_path / "killed").glob("*.partial/progress.json"))
+        if found:
+            state = json.loads(found[0].read_text())
+            if state["counts"]["narr_video"] >= 20_000:
+                work = found[0].parent
+                break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert work is not None, "the conversion finished before it could be killed: make the corpus bigger"
+    assert not (work.with_name(work.name.replace(".partial", "")) / "meta.json").exists()
+    again = prepare_captions(cap, "howto100m", root=tmp_path / "killed", progress=False)
+    a, b = _tree_bytes(clean.directory), _tree_bytes(again.directory)
+    assert a.keys() == b.keys()
+    for k in a:
+        if k == "meta.json":
+            assert json.loads(a[k]) == json.loads(b[k])
+        else:
+            assert a[k] == b[k], k
+    assert again.n == 3000 * 40 - len(again.bad_rows())
+
+
+def test_words_mask_matches_direct_tokenization(tmp_path, tiny_world):
+    from locvtp.data.corpus import texts_with_words
+    from locvtp.data.tokenizer import train_tokenizer
+
+    cap = tmp_path / "caption.json"
+    texts = ["cut the onion", "???", "\u200b", "stir", "a b c d e f"]
+    cap.write_text(json.dumps({"v": {"start": list(range(5)), "end": list(range(1, 6)), "text": texts}}))
+    store = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
+    tok = train_tokenizer(["cut the onion", "stir"], vocab_size=60)
+    kept = list(store.texts())
+    expected = texts_with_words(tok, kept, 8)
+    got = words_mask(store, tok, 8, chunk=2, progress=False)
+    assert got.tolist() == expected and not all(expected)
+    # cached: a second call reads the assembled file
+    assert (store.directory / [p.name for p in store.directory.glob("words-*.npz")][0]).is_file()
+    assert words_mask(store, tok, 8, chunk=2, progress=False).tolist() == expected
+
+
+def test_words_mask_in_worker_processes_and_shards(tmp_path):
+    from locvtp.data.tokenizer import train_tokenizer
+
+    cap = tmp_path / "caption.json"
+    texts = [f"word{k % 7} more" if k % 5 else "" for k in range(40)]
+    texts = [t or "!" for t in texts]
+    cap.write_text(json.dumps({"v": {"start": list(range(40)), "end": list(range(1, 41)), "text": texts}}))
+    store = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
+    tok = train_tokenizer([f"word{k} more" for k in range(7)], vocab_size=60)
+    one = words_mask(store, tok, 8, chunk=8, progress=False)
+    for f in store.directory.glob("words-*"):
+        if f.is_dir():
+            for q in f.iterdir():
+                q.unlink()
+            f.rmdir()
+        else:
+            f.unlink()
+    assert words_mask(store, tok, 8, chunk=8, share=(0, 2), progress=False, wait=False) is None
+    assert words_mask(store, tok, 8, chunk=8, share=(1, 2), workers=2, progress=False).tolist() == one.tolist()
