@@ -9,6 +9,13 @@ An index is a directory (no pickle anywhere; everything is ``.npy`` or JSON, plu
     row_clip.npy      int32 [M]     clip index of each row inside its video
     row_window.npy    float64 [M,2] clip window in seconds
     ivf.faiss         (kind = ivf only) trained faiss IndexIVFFlat, inner-product metric
+    .locvtp-manifest.json  ownership manifest (writer ``index``): what `locvtp index` wrote here
+
+Why a manifest: ``--out`` is replaced as a whole, so it must be an index this command wrote — never a folder
+of the user's files, the feature directory itself, or a file (:func:`locvtp.files.replace_dir`). A build holds
+the output's lock (one writer per index) and starts by removing the temporaries of a killed earlier build.
+A video with NaN/inf features is skipped and listed under ``skipped`` in ``meta.json`` (``--strict``: an
+error): its rows would score NaN, which ranks last, so the index could never return them.
 
 Why the exact index stores no faiss file: ``IndexFlatIP`` *is* the matrix of embeddings, so it is rebuilt from
 ``embeddings.npy`` at load time (a memcpy) and the fallback reads the very same file; nothing is stored twice.
@@ -25,20 +32,24 @@ clips between) whose scores are close to the seed's (``tolerance``, relative to 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
 import shutil
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-from locvtp.errors import LocVTPError
+
+from locvtp import cliargs
+from locvtp.errors import LocVTPError, UsageError
+from locvtp.files import (
+    OutputLock, atomic_path, atomic_write_text, check_apart, check_replaceable_dir, read_manifest,
+    remove_stale_temporaries, replace_dir, temp_path, write_manifest,
+)
 
 INDEX_FORMAT = "locvtp-moment-index"
 INDEX_VERSION = 1
@@ -177,6 +188,7 @@ def merge_moments(
     not; an unrelated clip that merely made the pool next to a true moment is not swallowed by it.
     Returns up to ``top_k`` moments, best first (ties by row order).
     """
+    _check_merge_args(gap, tolerance)
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     ok = rows >= 0
@@ -221,23 +233,51 @@ def merge_moments(
     return out
 
 
+def _check_merge_args(gap: int, tolerance: float) -> None:
+    """A negative gap would silently merge nothing; a tolerance outside [0, 1] has no meaning."""
+    if int(gap) < 0:
+        raise UsageError(f"gap must be >= 0 (clips allowed between merged hits), got {gap}")
+    if not 0.0 <= float(tolerance) <= 1.0:
+        raise UsageError(f"tolerance must be in [0, 1], got {tolerance}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the index
 # ----------------------------------------------------------------------------------------------------------
-def _atomic_replace_dir(tmp: Path, out: Path) -> None:
-    """Move a fully written ``tmp`` directory to ``out`` (replacing an existing one) without a window in
-    which ``out`` holds a half-written index."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+INDEX_WRITER = "index"
+_INDEX_FILES = frozenset({"meta.json", "videos.json", "embeddings.npy", "row_video.npy", "row_clip.npy",
+                          "row_window.npy", "ivf.faiss"})
+
+
+class IndexInputError(LocVTPError, ValueError):
+    """The features cannot be indexed (no clips, widths that disagree, ...); the message names the file."""
+
+
+class MissingVideoError(LocVTPError, KeyError):
+    """A requested video id is not in the features (a ``KeyError``, as ``iter_features`` raises, that the command
+    line reports as one line)."""
+
+    def __str__(self) -> str:  # KeyError's str() quotes its message
+        return str(self.args[0]) if self.args else ""
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     np.save(path, arr, allow_pickle=False)
+
+
+def _adopt_legacy_index(out: Path) -> None:
+    """An index written before indexes carried an ownership manifest: its ``meta.json`` names the index format
+    and it holds only index files. Give it the manifest it would have had, so it can be replaced like any
+    index of ours (anything else stays refused by :func:`locvtp.files.check_replaceable_dir`)."""
+    if not out.is_dir() or out.is_symlink() or read_manifest(out) is not None:
+        return
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    names = {q.name for q in out.iterdir()}
+    if isinstance(meta, dict) and meta.get("format") == INDEX_FORMAT and names <= _INDEX_FILES:
+        write_manifest(out, INDEX_WRITER, names)
 
 
 def build_index(
@@ -250,29 +290,47 @@ def build_index(
     progress: bool = True,
     allow_backbone: bool = False,
     video_ids: Sequence[str] | None = None,
+    strict: bool = False,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Build a moment index from a feature file/dir written by ``locvtp extract``.
 
     ``video_ids``: index only these videos (e.g. one evaluation split of a larger extraction); an id that the
-    features do not hold is a ``KeyError`` that names it (raised by the first, shapes-only pass: nothing written).
+    features do not hold is a ``KeyError`` (:class:`MissingVideoError`) that names it (raised by the first,
+    shapes-only pass: nothing written).
+
+    A video with NaN/inf features is skipped — its rows could never be returned, since a NaN score ranks last —
+    reported to ``on_skip(video_id, message)`` and listed under ``skipped`` in ``meta.json``; ``strict`` makes it
+    a :class:`~locvtp.errors.NonFiniteFeaturesError` instead.
 
     ``ivf=None``: exact inner product. ``ivf=NLIST``: a faiss IVF index with NLIST lists trained on up to
     ``train_size`` rows (requires faiss). Returns the index's ``meta.json`` content.
     """
     from locvtp.features import feature_info, iter_features
 
+    check_apart(out_dir, {"--features": features})
     info = feature_info(features)
     if info.get("embedding") == "backbone" and not allow_backbone:
-        raise ValueError(
+        raise UsageError(
             f"{features}: holds pre-projection backbone features (extract --backbone); text queries live in the "
             "joint space, so index the joint embeddings instead (extract without --backbone)"
         )
     extra = {k: info.get(k) for k in ("checkpoint_sha256", "model", "clip_seconds", "stride_seconds", "embedding")}
     extra["source"] = str(Path(features).resolve())
     ids = sorted(set(video_ids)) if video_ids is not None else None  # index rows ordered by id, as without
-    return build_index_from_records(lambda load: iter_features(features, load=load, video_ids=ids), out_dir, extra,
-                                    ivf=ivf, nprobe=nprobe, train_size=train_size, seed=seed, progress=progress,
-                                    where=str(features))
+
+    def on_bad(video_id: str, message: str) -> None:
+        if on_skip is not None:
+            on_skip(video_id, message)
+
+    def records(load: bool) -> Any:
+        try:
+            yield from iter_features(features, load=load, video_ids=ids, on_bad=None if strict else on_bad)
+        except KeyError as exc:  # iter_features: an id of `video_ids` the features do not hold
+            raise MissingVideoError(exc.args[0] if exc.args else str(exc)) from None
+
+    return build_index_from_records(records, out_dir, extra, ivf=ivf, nprobe=nprobe, train_size=train_size, seed=seed,
+                                    progress=progress, where=str(features))
 
 
 def build_index_from_records(
@@ -288,93 +346,136 @@ def build_index_from_records(
 ) -> dict[str, Any]:
     """Build an index from ``records(load: bool) -> iterator of FeatureRecord`` (called twice: sizes, then data).
 
-    Two passes so ``embeddings.npy`` is filled in place (memory map) without holding the corpus in memory.
+    Two passes so ``embeddings.npy`` is filled in place (memory map) without holding the corpus in memory. A video
+    the second pass leaves out (non-finite features: see :func:`build_index`) is listed in ``meta["skipped"]``.
+
+    ``out_dir`` is written under its :class:`~locvtp.files.OutputLock`, into a hidden temporary that replaces it
+    at the end — only when it is absent, empty or an index this command wrote (its manifest), never a folder of
+    other files or a file. Temporaries of a killed earlier run are removed first.
     """
     out_dir = Path(out_dir)
     if ivf is not None and not have_faiss():
-        raise RuntimeError("--ivf needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        videos: list[str] = []
-        total = 0
-        dim = None
-        for rec in records(False):  # pass 1: shapes only
-            if rec.num_clips == 0:
-                continue
-            if dim is None:
-                dim = rec.dim
-            elif rec.dim != dim:
-                raise ValueError(f"{where}: video {rec.video_id!r} has dim {rec.dim}, others {dim}")
-            total += rec.num_clips
-        if dim is None or total == 0:
-            raise ValueError(f"{where}: no clip features to index")
-        if ivf is not None and not 1 <= int(ivf) <= total:
-            raise ValueError(f"--ivf {ivf}: need 1 <= NLIST <= number of clips ({total})")
-        emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim))
-        row_video = np.empty(total, dtype=np.int32)
-        row_clip = np.empty(total, dtype=np.int32)
-        row_window = np.empty((total, 2), dtype=np.float64)
-        pos = 0
-        it = records(True)
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(it, desc="index", unit="video", leave=False)
-        for rec in it:
-            n = rec.num_clips
-            if n == 0:
-                continue
-            if pos + n > total:
-                raise ValueError(f"{where}: changed while being indexed")
-            emb[pos : pos + n] = rec.features
-            row_video[pos : pos + n] = len(videos)
-            row_clip[pos : pos + n] = np.arange(n)
-            row_window[pos : pos + n] = rec.windows
-            videos.append(rec.video_id)
-            pos += n
-        emb.flush()
-        del emb
-        _save_npy(tmp / "row_video.npy", row_video)
-        _save_npy(tmp / "row_clip.npy", row_clip)
-        _save_npy(tmp / "row_window.npy", row_window)
-        (tmp / "videos.json").write_text(json.dumps(videos), encoding="utf-8")
-        meta: dict[str, Any] = {
-            "format": INDEX_FORMAT,
-            "version": INDEX_VERSION,
-            "metric": "inner_product",
-            "kind": "exact" if ivf is None else "ivf",
-            "dim": int(dim),
-            "rows": int(total),
-            "videos": len(videos),
-            "nlist": None,
-            "nprobe": None,
-            **(extra_meta or {}),
-        }
-        if ivf is not None:
-            import faiss
-
-            nlist = int(ivf)
-            data = np.load(tmp / "embeddings.npy", mmap_mode="r")
-            rng = np.random.default_rng(seed)
-            ntrain = min(total, max(train_size, 39 * nlist))  # faiss warns below 39 points per centroid
-            sample = np.ascontiguousarray(data[np.sort(rng.choice(total, ntrain, replace=False))], dtype=np.float32)
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = seed
-            index.train(sample)
-            for lo in range(0, total, 262144):
-                index.add(np.ascontiguousarray(data[lo : lo + 262144], dtype=np.float32))
-            faiss.write_index(index, str(tmp / "ivf.faiss"))
-            meta["nlist"] = nlist
-            meta["nprobe"] = int(nprobe or max(1, nlist // 16))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        _atomic_replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise UsageError("--ivf needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
+    with OutputLock(out_dir, "index"):
+        remove_stale_temporaries(out_dir)
+        _adopt_legacy_index(out_dir)
+        check_replaceable_dir(out_dir, INDEX_WRITER, "moment index")  # before the work, not only at the end
+        tmp = temp_path(out_dir)
+        tmp.mkdir(parents=True)
+        try:
+            meta = _build_into(tmp, records, extra_meta, ivf, nprobe, train_size, seed, progress, where)
+            write_manifest(tmp, INDEX_WRITER, [q.name for q in tmp.iterdir()])
+            replace_dir(tmp, out_dir, INDEX_WRITER, "moment index")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return meta
+
+
+def _build_into(tmp: Path, records: Any, extra_meta: dict[str, Any] | None, ivf: int | None, nprobe: int | None,
+                train_size: int, seed: int, progress: bool, where: str) -> dict[str, Any]:
+    videos: list[str] = []
+    seen: list[str] = []
+    total = 0
+    dim = None
+    for rec in records(False):  # pass 1: shapes only
+        if rec.num_clips == 0:
+            continue
+        if dim is None:
+            dim = rec.dim
+        elif rec.dim != dim:
+            raise IndexInputError(f"{where}: video {rec.video_id!r} has features of width {rec.dim}, the videos "
+                                  f"before it {dim}: one index holds one embedding width")
+        total += rec.num_clips
+        seen.append(rec.video_id)
+    if dim is None or total == 0:
+        raise IndexInputError(f"{where}: no clip features to index")
+    if ivf is not None and not 1 <= int(ivf) <= total:
+        raise UsageError(f"--ivf {ivf}: need 1 <= NLIST <= number of clips ({total})")
+    emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim))
+    row_video = np.empty(total, dtype=np.int32)
+    row_clip = np.empty(total, dtype=np.int32)
+    row_window = np.empty((total, 2), dtype=np.float64)
+    pos = 0
+    it = records(True)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="index", unit="video", leave=False)
+    for rec in it:
+        n = rec.num_clips
+        if n == 0:
+            continue
+        if pos + n > total:
+            raise IndexInputError(f"{where}: changed while being indexed")
+        emb[pos : pos + n] = rec.features
+        row_video[pos : pos + n] = len(videos)
+        row_clip[pos : pos + n] = np.arange(n)
+        row_window[pos : pos + n] = rec.windows
+        videos.append(rec.video_id)
+        pos += n
+    emb.flush()
+    del emb
+    kept = set(videos)
+    skipped = [v for v in seen if v not in kept]  # left out by the data pass (non-finite features)
+    if pos == 0:
+        raise IndexInputError(f"{where}: no clip features to index ({len(skipped)} video(s) skipped: non-finite "
+                              "features)")
+    if pos < total:  # rare: shrink embeddings.npy to the rows written, chunk by chunk
+        _shrink_npy(tmp / "embeddings.npy", pos)
+        row_video, row_clip, row_window = row_video[:pos], row_clip[:pos], row_window[:pos]
+        if ivf is not None and int(ivf) > pos:
+            raise UsageError(f"--ivf {ivf}: need 1 <= NLIST <= number of clips ({pos} after skipping "
+                             f"{len(skipped)} video(s))")
+    total = pos
+    _save_npy(tmp / "row_video.npy", row_video)
+    _save_npy(tmp / "row_clip.npy", row_clip)
+    _save_npy(tmp / "row_window.npy", row_window)
+    atomic_write_text(tmp / "videos.json", json.dumps(videos))
+    meta: dict[str, Any] = {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "metric": "inner_product",
+        "kind": "exact" if ivf is None else "ivf",
+        "dim": int(dim),
+        "rows": int(total),
+        "videos": len(videos),
+        "nlist": None,
+        "nprobe": None,
+        **(extra_meta or {}),
+        "skipped": [{"video_id": v, "reason": "non-finite features (NaN/inf)"} for v in skipped],
+    }
+    if ivf is not None:
+        import faiss
+
+        nlist = int(ivf)
+        data = np.load(tmp / "embeddings.npy", mmap_mode="r")
+        rng = np.random.default_rng(seed)
+        ntrain = min(total, max(train_size, 39 * nlist))  # faiss warns below 39 points per centroid
+        sample = np.ascontiguousarray(data[np.sort(rng.choice(total, ntrain, replace=False))], dtype=np.float32)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(sample)
+        for lo in range(0, total, 262144):
+            index.add(np.ascontiguousarray(data[lo : lo + 262144], dtype=np.float32))
+        faiss.write_index(index, str(tmp / "ivf.faiss"))
+        meta["nlist"] = nlist
+        meta["nprobe"] = int(nprobe or max(1, nlist // 16))
+    atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+    return meta
+
+
+def _shrink_npy(path: Path, rows: int, chunk: int = 262144) -> None:
+    """Keep the first ``rows`` rows of a 2-D ``.npy`` file (copied in chunks: memory stays bounded)."""
+    src = np.load(path, mmap_mode="r")
+    with atomic_path(path, suffix=".npy") as tmp:
+        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(rows, src.shape[1]))
+        for lo in range(0, rows, chunk):
+            dst[lo : lo + chunk] = src[lo : min(rows, lo + chunk)]
+        dst.flush()
+        del dst
+    del src
 
 
 class MomentIndex:
@@ -395,28 +496,38 @@ class MomentIndex:
             raise IndexError_(f"{self.path}: not a moment index (no meta.json); build one with `locvtp index`")
         try:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise IndexError_(f"{meta_path}: invalid JSON: {exc}") from None
+        if not isinstance(self.meta, dict):
+            raise IndexError_(f"{meta_path}: not a moment index meta.json (expected a JSON object)")
         if self.meta.get("format") != INDEX_FORMAT or self.meta.get("version") != INDEX_VERSION:
             raise IndexError_(f"{meta_path}: unknown index format {self.meta.get('format')!r} v{self.meta.get('version')}")
+        absent = [k for k in ("rows", "kind") if k not in self.meta]
+        if absent:
+            raise IndexError_(f"{meta_path}: incomplete index meta.json (no {', '.join(absent)})")
         try:
             self.embeddings = np.load(self.path / "embeddings.npy", mmap_mode="r", allow_pickle=False)
             self.row_video = np.load(self.path / "row_video.npy", allow_pickle=False)
             self.row_clip = np.load(self.path / "row_clip.npy", allow_pickle=False)
             self.row_window = np.load(self.path / "row_window.npy", allow_pickle=False)
             self.videos = json.loads((self.path / "videos.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise IndexError_(f"{self.path}: incomplete or corrupt index: {exc}") from None
+        if getattr(self.embeddings, "ndim", 0) != 2:
+            raise IndexError_(f"{self.path / 'embeddings.npy'}: expected a [rows, dim] matrix, got shape "
+                              f"{tuple(self.embeddings.shape)}")
         m = self.embeddings.shape[0]
         if not (len(self.row_video) == len(self.row_clip) == len(self.row_window) == m == self.meta["rows"]):
             raise IndexError_(f"{self.path}: row files disagree with embeddings.npy ({m} rows)")
         self.dim = int(self.embeddings.shape[1])
         if backend not in ("auto", "faiss", "numpy"):
-            raise ValueError(f"backend must be auto|faiss|numpy, got {backend!r}")
+            raise UsageError(f"backend must be auto|faiss|numpy, got {backend!r}")
         if backend == "auto":
             backend = "faiss" if have_faiss() else "numpy"
         if backend == "faiss" and not have_faiss():
-            raise RuntimeError("backend 'faiss' requested but faiss is not installed (pip install faiss-cpu)")
+            raise UsageError("--backend faiss: faiss is not installed (pip install faiss-cpu), use --backend numpy")
+        if nprobe is not None and int(nprobe) < 1:
+            raise UsageError(f"nprobe must be >= 1, got {nprobe}")
         self.kind = self.meta["kind"]
         if self.kind == "ivf" and backend == "numpy":
             warnings.warn(f"{self.path}: IVF index searched without faiss: falling back to exact numpy search")
@@ -453,9 +564,14 @@ class MomentIndex:
             faiss.omp_set_num_threads(before)
 
     def search_clips(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``k`` clip rows per query: (scores float64 [n, k], rows int64 [n, k], -1 = none)."""
+        """Best ``k`` clip rows per query: (scores float64 [n, k'], rows int64 [n, k'], -1 = none), where
+        ``k' = min(k, len(self))``: asking for more rows than the index holds cannot allocate more than it holds
+        (a ``k`` of 10 million on a 52-clip index used to try to allocate 95 GiB)."""
         q = _as_queries(queries, self.dim)
         k = int(k)
+        if k < 1:
+            raise UsageError(f"k must be >= 1, got {k}")
+        k = min(k, len(self))
         if self._faiss is None:
             return numpy_topk(self.embeddings, q, k)
         with self._omp_threads(self.single_query_threads if q.shape[0] == 1 else None):
@@ -468,8 +584,14 @@ class MomentIndex:
         self, queries: np.ndarray, top_k: int = 10, pool: int | None = None, gap: int = 0, tolerance: float = 0.5
     ) -> list[list[Moment]]:
         """Top ``top_k`` moments per query, merged (:func:`merge_moments`) from the ``pool`` best clips
-        (default max(50, 10*top_k))."""
-        pool = int(pool or max(50, 10 * top_k))
+        (default max(50, 10*top_k)); ``top_k`` and ``pool`` are capped at the index size."""
+        if int(top_k) < 1:
+            raise UsageError(f"top_k must be >= 1, got {top_k}")
+        if pool is not None and int(pool) < 1:
+            raise UsageError(f"pool must be >= 1, got {pool}")
+        _check_merge_args(gap, tolerance)
+        top_k = min(int(top_k), len(self))
+        pool = min(int(pool or max(50, 10 * top_k)), len(self))
         scores, rows = self.search_clips(queries, pool)
         return [
             merge_moments(rows[i], scores[i], self.row_video, self.row_clip, self.row_window, self.videos, top_k,
@@ -481,54 +603,84 @@ class MomentIndex:
 # ----------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------
+def _read_lines(path: str, flag: str) -> list[str]:
+    """Non-empty, stripped lines of a user's text file; a missing file, a directory or a non-UTF-8 file is one
+    clear error naming ``flag`` and the file."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{flag} {p}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{flag} {p} is a directory: expected a text file with one entry per line")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{flag} {p}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one entry per "
+                         "line") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
 def index_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="locvtp index", description="Build a moment-search index over clip features.")
+    p = cliargs.ArgumentParser(prog="locvtp index", description="Build a moment-search index over clip features.")
     p.add_argument("--features", required=True, help="feature file/dir from `locvtp extract` (h5, npy-dir, npz-dir)")
-    p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
-    p.add_argument("--ivf", type=int, default=None, metavar="NLIST",
+    p.add_argument("--out", required=True,
+                   help="index directory to write (replaced atomically; only an index `locvtp index` wrote is "
+                        "replaced)")
+    p.add_argument("--ivf", type=cliargs.positive_int, default=None, metavar="NLIST",
                    help="approximate faiss IVF index with NLIST lists (default: exact inner product)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (default NLIST/16)")
-    p.add_argument("--train-size", type=int, default=100_000, help="IVF training sample size")
+    p.add_argument("--nprobe", type=cliargs.positive_int, default=None,
+                   help="IVF lists probed per query (default NLIST/16)")
+    p.add_argument("--train-size", type=cliargs.positive_int, default=100_000, help="IVF training sample size")
     p.add_argument("--allow-backbone", action="store_true", help="index backbone features anyway")
     p.add_argument("--videos", default=None, metavar="LIST",
                    help="index only the video ids listed in this file (one per line, '#' comments)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on a video with NaN/inf features instead of skipping and reporting it")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    try:
-        video_ids = None
-        if args.videos:
-            lines = Path(args.videos).read_text(encoding="utf-8").splitlines()
-            video_ids = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-            if not video_ids:
-                raise ValueError(f"{args.videos}: lists no video id")
-        meta = build_index(args.features, args.out, ivf=args.ivf, nprobe=args.nprobe, train_size=args.train_size,
-                           progress=not args.no_progress, allow_backbone=args.allow_backbone, video_ids=video_ids)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
-        print(f"locvtp index: error: {msg}", file=sys.stderr)
-        return 1
-    print(f"indexed {meta['rows']} clips of {meta['videos']} videos ({meta['kind']}, dim {meta['dim']}) -> {args.out}",
-          file=sys.stderr)
+    video_ids = None
+    check_apart(args.out, {"--features": args.features, "--videos": args.videos})
+    if args.videos:
+        video_ids = [ln for ln in _read_lines(args.videos, "--videos") if not ln.startswith("#")]
+        if not video_ids:
+            raise UsageError(f"--videos {args.videos}: lists no video id")
+    skipped: list[str] = []
+
+    def on_skip(video_id: str, message: str) -> None:
+        skipped.append(video_id)
+        if len(skipped) <= 20:
+            cliargs.warn("locvtp index", f"skipped: {message}")
+
+    meta = build_index(args.features, args.out, ivf=args.ivf, nprobe=args.nprobe, train_size=args.train_size,
+                       progress=not args.no_progress, allow_backbone=args.allow_backbone, video_ids=video_ids,
+                       strict=args.strict, on_skip=on_skip)
+    if len(skipped) > 20:
+        cliargs.warn("locvtp index", f"... and {len(skipped) - 20} more videos with non-finite features skipped")
+    note = (f"; skipped {len(skipped)} video(s) with non-finite features (listed under 'skipped' in "
+            f"{Path(args.out) / 'meta.json'}; --strict makes this an error)" if skipped else "")
+    print(f"indexed {meta['rows']} clips of {meta['videos']} videos ({meta['kind']}, dim {meta['dim']}) -> {args.out}"
+          f"{note}", file=sys.stderr)
     return 0
 
 
 def search_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="locvtp search", description="Search a moment index with text queries; "
-                                "prints one JSON object per query on stdout.")
+    p = cliargs.ArgumentParser(prog="locvtp search", description="Search a moment index with text queries; "
+                               "prints one JSON object per query on stdout.")
     p.add_argument("query", nargs="*", help="query sentence(s)")
     p.add_argument("--index", required=True, help="index directory from `locvtp index`")
     p.add_argument("--checkpoint", required=True, help="checkpoint (or run dir) used to embed the query")
     p.add_argument("--queries", default=None, help="file with one query per line (in addition to positional ones)")
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--pool", type=int, default=None, help="clips retrieved before merging (default max(50, 10*k))")
-    p.add_argument("--gap", type=int, default=0, help="merge hits at most GAP clips apart (default: adjacent)")
-    p.add_argument("--tolerance", type=float, default=0.5,
+    p.add_argument("--top-k", type=cliargs.positive_int, default=10, help="moments per query (at most the index size)")
+    p.add_argument("--pool", type=cliargs.positive_int, default=None,
+                   help="clips retrieved before merging (default max(50, 10*k); at most the index size)")
+    p.add_argument("--gap", type=cliargs.nonnegative_int, default=0,
+                   help="merge hits at most GAP clips apart (default: adjacent)")
+    p.add_argument("--tolerance", type=cliargs.fraction, default=0.5,
                    help="a neighbour joins a moment if its score >= floor + (1-TOL)*(seed - floor), floor = the "
                    "pool's lowest score; 0 = single clips, 1 = chain every adjacent pool hit")
     p.add_argument("--backend", choices=("auto", "faiss", "numpy"), default="auto")
-    p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--nprobe", type=cliargs.positive_int, default=None, help="IVF lists probed per query")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--threads", type=cliargs.nonnegative_int, default=0,
                    help="CPU threads for faiss/torch (0: library default). On a busy machine 1 thread is often "
                         "faster for single queries: see docs/benchmarks/extract_search.md")
     p.add_argument("--allow-checkpoint-mismatch", action="store_true",
@@ -536,12 +688,12 @@ def search_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     queries = list(args.query)
     if args.queries:
-        with open(args.queries, encoding="utf-8") as fh:
-            queries += [ln.strip() for ln in fh if ln.strip()]
+        queries += _read_lines(args.queries, "--queries")
     if not queries:
         p.error("give at least one query (positional or --queries FILE)")
-    if args.top_k < 1:
-        p.error("--top-k must be >= 1")
+    from locvtp.device import resolve_device
+
+    device = resolve_device(args.device)
     if args.threads > 0:
         import torch
 
@@ -550,37 +702,39 @@ def search_main(argv: list[str] | None = None) -> int:
             import faiss
 
             faiss.omp_set_num_threads(args.threads)
-    try:
-        index = MomentIndex(args.index, backend=args.backend, nprobe=args.nprobe)
-        from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
-        from locvtp.inference import embed_texts
+    index = MomentIndex(args.index, backend=args.backend, nprobe=args.nprobe)
+    from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
+    from locvtp.inference import embed_texts, text_query_warnings
 
-        ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"locvtp search: error: {exc}", file=sys.stderr)
-        return 1
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
     want = index.meta.get("checkpoint_sha256")
     if want and ckpt.sha256 and want != ckpt.sha256:
         msg = (f"index {args.index} was built from checkpoint {want[:12]}…, query model is {ckpt.sha256[:12]}…: "
                "their embedding spaces differ")
         if not args.allow_checkpoint_mismatch:
-            print(f"locvtp search: error: {msg} (pass --allow-checkpoint-mismatch to search anyway)", file=sys.stderr)
-            return 1
-        print(f"locvtp search: warning: {msg}", file=sys.stderr)
-    model = ckpt.model.to(args.device)
+            raise LocVTPError(f"{msg} (pass --allow-checkpoint-mismatch to search anyway)")
+        cliargs.warn("locvtp search", msg)
+    model = ckpt.model.to(device)
+    width = int(getattr(model, "dim", index.dim))
+    if width != index.dim:
+        raise UsageError(f"--index {args.index} holds embeddings of width {index.dim}, the checkpoint "
+                         f"{args.checkpoint} embeds queries with width {width}: use the checkpoint whose features "
+                         "built this index")
     max_words = int(ckpt.cfg.data.max_words) if "data" in ckpt.cfg else 24
+    notes = []
+    for q in queries:
+        ws = text_query_warnings(ckpt.tokenizer, q, max_words)
+        for w in ws:
+            cliargs.warn("locvtp search", w)
+        notes.append(ws)
     t0 = time.perf_counter()
-    try:
-        text = embed_texts(model, ckpt.tokenizer, queries, max_words=max_words, device=args.device)
-    except ValueError as exc:  # e.g. a query with no word token
-        print(f"locvtp search: error: {exc}", file=sys.stderr)
-        return 1
+    text = embed_texts(model, ckpt.tokenizer, queries, max_words=max_words, device=device)
     t1 = time.perf_counter()
     results = index.search_moments(text.sentence, top_k=args.top_k, pool=args.pool, gap=args.gap,
                                     tolerance=args.tolerance)
     t2 = time.perf_counter()
-    for q, moments in zip(queries, results):
-        print(json.dumps({"query": q, "moments": [m.to_json() for m in moments]}))
+    for q, moments, ws in zip(queries, results, notes):
+        print(json.dumps({"query": q, "moments": [m.to_json() for m in moments], "warnings": ws}))
     print(f"{len(queries)} queries: embed {1e3 * (t1 - t0):.1f} ms, search {1e3 * (t2 - t1):.1f} ms "
           f"({index.backend}, {index.kind}, {len(index)} clips)", file=sys.stderr)
     return 0
