@@ -219,3 +219,30 @@ def test_words_mask_in_worker_processes_and_shards(tmp_path):
             f.unlink()
     assert words_mask(store, tok, 8, chunk=8, share=(0, 2), progress=False, wait=False) is None
     assert words_mask(store, tok, 8, chunk=8, share=(1, 2), workers=2, progress=False).tolist() == one.tolist()
+
+
+def test_video_probes_equal_probe_video(tiny_world, tmp_path):
+    from locvtp.data.datasets import _probe_all, find_video
+
+    cap = tmp_path / "caption.json"
+    data = json.loads((tiny_world / "pretrain" / "caption.json").read_text())
+    data["missing_video"] = {"start": [0], "end": [1], "text": ["a cat"]}
+    cap.write_text(json.dumps(data))
+    store = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
+    probes = corpus_mod.video_probes(store, tiny_world / "videos", chunk=2, progress=False)
+    ref = _probe_all({v: find_video(tiny_world / "videos", v) for v in store.video_ids}, progress=False)
+    bad = {store.video_ids[int(k)]: str(m) for k, m in zip(probes["err_idx"], probes["err_msg"])}
+    assert bad == {v: x["error"] for v, x in ref.items() if "error" in x} and list(bad) == ["missing_video"]
+    for k, v in enumerate(store.video_ids):
+        if v not in bad:
+            assert probes["duration"][k] == ref[v]["duration"] and probes["num_frames"][k] == ref[v]["num_frames"]
+
+
+def test_group_keys_order_like_the_ids(tmp_path):
+    cap = tmp_path / "caption.json"
+    cap.write_text(json.dumps({v: {"start": [0, 1], "end": [1, 2], "text": ["a", "b"]} for v in ["v2", "v10", "a"]}))
+    store = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
+    items = CaptionItems(store, np.arange(store.n))
+    keys = items.group_keys()
+    vids = [items[k].vid for k in range(len(items))]
+    assert sorted(range(len(vids)), key=lambda k: (vids[k], k)) == sorted(range(len(vids)), key=lambda k: (keys[k], k))

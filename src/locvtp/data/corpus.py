@@ -379,6 +379,13 @@ class CaptionStore:
                                for k in range(len(offs))]
         return self._video_ids
 
+    def video_rank(self) -> np.ndarray:
+        """Each video's position in the sorted order of the ids (the order the grouped sampler visits them)."""
+        order = sorted(range(self.num_videos), key=self.video_ids.__getitem__)
+        rank = np.empty(self.num_videos, dtype=np.int64)
+        rank[np.asarray(order, dtype=np.int64)] = np.arange(self.num_videos)
+        return rank
+
     def keep_mask(self) -> Optional[np.ndarray]:
         """Narrations of the videos ``data.split_file`` keeps (None: no split file)."""
         f = self.directory / "narr_keep.npy"
@@ -440,8 +447,12 @@ class CaptionItems(Sequence):
                            s.source(i))
 
     def video_index(self) -> np.ndarray:
-        """The video index of every item (an integer array, for the grouped sampler)."""
+        """The video index of every item (into ``store.video_ids``)."""
         return np.asarray(self.store.narr_video)[self.indices]
+
+    def group_keys(self) -> np.ndarray:
+        """Per item, an integer ordered like its video id (what ``ResumableBatchSampler(groups=...)`` takes)."""
+        return self.store.video_rank()[self.video_index()]
 
 
 # ------------------------------------------------------------------------------------------------ chunked caches
@@ -574,5 +585,58 @@ def words_mask(store: CaptionStore, tokenizer: Any, max_words: int, share: tuple
     return None if res is None else res["ok"]
 
 
+
+# ------------------------------------------------------------------------------------------------ what each video file holds
+@dataclass(frozen=True)
+class _ProbeJob:
+    """Picklable: probe the container of videos ``lo:hi`` (in the corpus's video order)."""
+
+    store_dir: str
+    video_dir: str
+
+    def __call__(self, lo: int, hi: int) -> dict:
+        from locvtp.data.datasets import _reason, find_video
+        from locvtp.data.video import probe_video
+
+        ids = CaptionStore(self.store_dir, check=False).video_ids[lo:hi]
+        n = len(ids)
+        out = {"fps": np.zeros(n), "duration": np.zeros(n), "num_frames": np.zeros(n, np.int64),
+               "width": np.zeros(n, np.int32), "height": np.zeros(n, np.int32)}
+        err_idx, err_msg = [], []
+        for k, vid in enumerate(ids):
+            path = find_video(Path(self.video_dir), vid)
+            try:
+                info = probe_video(path)
+                if not (info.duration > 0):
+                    raise OSError(f"{path}: zero duration")
+            except Exception as exc:  # noqa: BLE001  (any container failure = one bad video, reported)
+                err_idx.append(lo + k)
+                err_msg.append(_reason(exc))
+                continue
+            for name in out:
+                out[name][k] = getattr(info, name)
+        out["err_idx"] = np.asarray(err_idx, dtype=np.int64)
+        out["err_msg"] = np.asarray(err_msg, dtype="<U300")
+        return out
+
+
+def probe_key(video_dir: Path) -> str:
+    st = video_dir.stat()
+    return hashlib.sha256(f"v{CORPUS_VERSION}|{video_dir.resolve()}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def video_probes(store: CaptionStore, video_dir: str | Path, share: tuple[int, int] = (0, 1), workers: int = 0,
+                 progress: bool = True, chunk: int = 2048, wait: bool = True) -> Optional[dict[str, np.ndarray]]:
+    """What the container of every video of the corpus says (fps, duration, frames, size) and, for the ones that
+    cannot be read, why (``err_idx``/``err_msg``). Cached per video directory; computed in chunks by ``workers``
+    processes and ``share``s (machines or ranks), so 1.2 M files take minutes on many cores, not hours on one."""
+    vd = Path(video_dir)
+    if not vd.is_dir():
+        raise FileNotFoundError(2, "data.video_dir: no such directory", str(vd))
+    job = _ProbeJob(str(store.directory), str(vd))
+    return chunked_array(store.directory, f"probe-{probe_key(vd)}", store.num_videos, chunk, job, share, workers,
+                         progress, wait)
+
+
 __all__ = ["CaptionItems", "CaptionStore", "CorpusError", "chunked_array", "default_prepared_root",
-           "prepare_captions", "texts_with_words", "words_mask"]
+           "prepare_captions", "texts_with_words", "video_probes", "words_mask"]
