@@ -72,7 +72,9 @@ def test_backbone_skips_and_reports_a_corrupt_video(tiny_world, tmp_path):
     _, _, skipped = labelled_clips(world, "retrieval/MSRVTT_data.json", "retrieval/MSRVTT_train.9k.csv",
                                    1.0, 4, 32, progress=False)
     assert len(skipped) == 1 and str(broken) in skipped[0]["source"]
-    with pytest.raises(SystemExit, match="unreadable video"):
+    from locvtp.data.datasets import BadSampleError
+
+    with pytest.raises(BadSampleError, match="unreadable video"):
         labelled_clips(world, "retrieval/MSRVTT_data.json", "retrieval/MSRVTT_train.9k.csv", 1.0, 4, 32,
                        strict=True, progress=False)
 

@@ -107,14 +107,17 @@ def test_tiny_run_writes_a_complete_run_dir(tiny_world, tmp_path):
 
 
 def test_cli_main(tiny_world, tmp_path, capsys):
+    from cli_helpers import assert_one_line_error, run_cli
+
     run = tmp_path / "cli"
     args = ["--config", str(REPO / "configs" / "pretrain_synthetic.yaml"), "--out", str(run), "--quiet",
             f"data.root={tiny_world}", *TINY, "train.max_steps=2", "train.save_every=0"]
     assert main(args) == 0
     assert capsys.readouterr().out.strip().endswith(str(run / "final"))
-    assert main(args) == 2 and "--resume auto" in capsys.readouterr().err
-    assert main(["--config", "nope.yaml", "--out", str(run)]) == 2
-    assert main(["--config", "pretrain_synthetic", "--out", str(tmp_path / "x"), "train.max_stepz=3"]) == 2
+    assert_one_line_error(run_cli(["pretrain", *args], capsys), 2, "--resume auto")
+    assert_one_line_error(run_cli(["pretrain", "--config", "nope.yaml", "--out", str(run)], capsys), 2, "nope.yaml")
+    assert_one_line_error(run_cli(["pretrain", "--config", "pretrain_synthetic", "--out", str(tmp_path / "x"),
+                                   "train.max_stepz=3"], capsys), 2, "max_stepz")
 
 
 def test_grad_accumulation_and_features_path(tmp_path):
@@ -240,7 +243,12 @@ def test_trainer_state_is_loaded_with_weights_only(tiny_world, tmp_path, uninter
     subprocess.run([sys.executable, str(evil)], check=True)
     shutil.rmtree(run / "final")
     cfg = tiny_cfg(tiny_world, *RESUME_RUN)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only"):  # named explicitly: refused
+        pretrain(cfg, run, resume=run / "checkpoints" / "step_0000006", progress=False)
+    assert not marker.exists()
+    # --resume auto names the refused checkpoint and falls back to the previous one (never running its code)
+    shutil.rmtree(run / "checkpoints" / "step_0000003")
+    with pytest.raises(CheckpointError, match=r"no checkpoint .* loads.*step_0000006.*weights_only"):
         pretrain(cfg, run, resume="auto", progress=False)
     assert not marker.exists()
     # the uninterrupted run's real states load fine with weights_only=True (plain tensors, numbers, containers)

@@ -25,7 +25,7 @@ written as safetensors for ``model.video.pretrained`` (same ``width`` and ``norm
 Only the training split is used for training (never an evaluation video); held-out clip accuracy (every head
 right, and per head) on the held-out labelled videos is printed and stored next to the weights. Unreadable
 videos are skipped, counted and reported (``--strict`` makes them fatal). The file is written atomically
-(temporary file, then ``os.replace``).
+(a hidden temporary, fsynced, then ``os.replace``; nothing is left behind when the write fails).
 
     locvtp backbone --data world --labels epic-kitchens --background --steps 1500 \\
         --out world/backbone_tiny3d.safetensors
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from locvtp.cliargs import (ArgumentParser, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                            ranged)
+from locvtp.errors import LocVTPError, UsageError
+
+
+class BackboneError(LocVTPError, RuntimeError):
+    """Nothing to learn from (no labelled clip could be read); the message names the annotation file."""
 
 
 @dataclass
@@ -126,7 +133,9 @@ class _Collector:
                     new_y[h] += [int(labels[h])] * len(win)
         except Exception as exc:  # noqa: BLE001 - one bad video must not end the run
             if self.strict:
-                raise SystemExit(f"locvtp backbone: {path}: unreadable video: {exc}") from exc
+                from locvtp.data.datasets import BadSampleError
+
+                raise BadSampleError(f"{path}: unreadable video ({video_id}): {exc} (--strict)") from exc
             self.skipped.append({"source": str(path), "reason": f"{type(exc).__name__}: {exc}"})
             return
         xs, ys = self.parts[part]  # all of a video's clips, or none of them
@@ -156,7 +165,7 @@ def labelled_clips(data: Path, msrvtt: str, train_split: Optional[str], clip_sec
     meta = read_msrvtt_data(data / msrvtt, strict=strict)
     videos = [v for v in meta.records if v.category is not None]
     if not videos:
-        raise SystemExit(f"locvtp backbone: {data / msrvtt} has no video with a 'category': nothing to learn from")
+        raise BackboneError(f"{data / msrvtt} has no video with a 'category': nothing to learn from")
     train_ids = set(read_msrvtt_split_csv(data / train_split, strict=strict).records) if train_split else None
     col = _Collector(["category"], clip_seconds, frames_per_clip, frame_size, strict)
     col.skipped += [{"source": f"{b.file}: {b.location}", "reason": b.reason} for b in meta.skipped]
@@ -189,7 +198,7 @@ def epic_clips(data: Path, train_csv: str, heldout_csv: Optional[str], clip_seco
             col.skipped += [{"source": f"{b.file}: {b.location}", "reason": b.reason} for b in res.skipped]
             segments[part] = res.records
     if not segments.get("train"):
-        raise SystemExit(f"locvtp backbone: {data / train_csv} has no valid segment: nothing to learn from")
+        raise BackboneError(f"{data / train_csv} has no valid segment: nothing to learn from")
     every = [seg for segs in segments.values() for seg in segs]
     # background = the last class of each head
     bg = ({"verb": max(s.verb_class for s in every) + 1, "noun": max(s.noun_class for s in every) + 1}
@@ -215,6 +224,7 @@ def train_backbone(args: argparse.Namespace, progress: bool = True) -> BackboneR
     from locvtp.model.video import Tiny3D
 
     t0 = time.time()
+    check_args(args)
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -228,7 +238,9 @@ def train_backbone(args: argparse.Namespace, progress: bool = True) -> BackboneR
                                               args.frames_per_clip, args.frame_size, args.strict, progress,
                                               args.video_dir)
     if len(train) == 0:
-        raise SystemExit("locvtp backbone: no training clip could be decoded (see the skipped videos)")
+        raise BackboneError(f"no training clip could be decoded from {data} ({len(skipped)} videos/rows skipped; "
+                            "first: " + (f"{skipped[0]['source']}: {skipped[0]['reason']}" if skipped else "none")
+                            + ")")
     heads = list(train.labels)
     classes = {h: int(max(train.labels[h].max(), held.labels[h].max() if len(held) else 0)) + 1 for h in heads}
     net = Tiny3D(args.width, args.norm, dropout=0.1)
@@ -258,23 +270,56 @@ def train_backbone(args: argparse.Namespace, progress: bool = True) -> BackboneR
             right = {h: classifiers[h](feats).argmax(1).numpy() == held.labels[h] for h in heads}
         per_head = {h: float(r.mean()) for h, r in right.items()}
         acc = float(np.logical_and.reduce([right[h] for h in heads]).mean())
+    from locvtp.files import atomic_path, atomic_write_text
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
-              metadata={"encoder": "tiny3d", "width": str(args.width), "norm": args.norm, "labels": args.labels})
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
+                  metadata={"encoder": "tiny3d", "width": str(args.width), "norm": args.norm, "labels": args.labels})
     res = BackboneResult(str(out), args.labels, classes, len(train), len(held), acc, per_head, args.steps,
                          round(time.time() - t0, 1), skipped)
-    side = out.with_suffix(".json")
-    tmp = side.with_name(side.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({**asdict(res), "args": vars(args)}, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, side)
+    atomic_write_text(out.with_suffix(".json"),
+                      json.dumps({**asdict(res), "args": vars(args)}, indent=1, default=str))
     return res
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The mistakes a run would otherwise find late (after decoding every video) or never: a missing --data or
+    annotation file, an output that is a directory, that has the summary's name, or that is an input file."""
+    from locvtp.files import check_apart
+
+    data, out = Path(args.data), Path(args.out)
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: no such directory (a synthetic world or the same layout)")
+    if args.labels == "epic-kitchens":
+        needed = [("--epic-train", args.epic_train), ("--epic-val", args.epic_val)]
+    else:
+        needed = [("--msrvtt", args.msrvtt), ("--train-split", args.train_split)]
+    for flag, rel in needed:
+        if rel and not (data / rel).is_file():
+            raise UsageError(f"--data {data} has no {rel} ({flag}, needed by --labels {args.labels}); point "
+                             f"{flag} at the file, relative to --data")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give the .safetensors file to write")
+    if out.suffix == ".json":
+        raise UsageError(f"--out {out}: the .json summary is written next to the weights; give a .safetensors "
+                         "name")
+    check_apart(out, {flag: data / rel for flag, rel in needed if rel})  # inside --data is fine, over an input not
+
+
+_at_least_8 = ranged(int, 8)
+
+
+def _even_width(text: str) -> int:
+    w = _at_least_8(text)
+    if w % 2:
+        raise argparse.ArgumentTypeError(f"must be an even integer >= 8, got {text}")
+    return w
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="locvtp backbone", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="locvtp backbone", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="data root (a synthetic world or the same layout)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json summary is written next to it)")
@@ -290,18 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", action="store_true",
                    help="epic-kitchens: also train on the clips outside every segment, as one extra class per head")
     p.add_argument("--video-dir", default="videos", help="video directory (<id>.mp4), relative to --data")
-    p.add_argument("--width", type=int, default=16, help="tiny3d width (must match model.video.width)")
-    p.add_argument("--norm", default="group", help="tiny3d normalisation (must match model.video.norm)")
-    p.add_argument("--clip-seconds", type=float, default=1.0)
-    p.add_argument("--frames-per-clip", type=int, default=4)
-    p.add_argument("--frame-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
+    p.add_argument("--width", type=_even_width, default=16,
+                   help="tiny3d width, an even integer >= 8 (must match model.video.width)")
+    p.add_argument("--norm", choices=("group", "batch"), default="group",
+                   help="tiny3d normalisation (must match model.video.norm)")
+    p.add_argument("--clip-seconds", type=positive_float, default=1.0)
+    p.add_argument("--frames-per-clip", type=positive_int, default=4)
+    p.add_argument("--frame-size", type=positive_int, default=32)
+    p.add_argument("--steps", type=positive_int, default=400)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.05)
+    p.add_argument("--warmup", type=nonnegative_int, default=20)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--threads", type=nonnegative_int, default=1, help="torch threads (0 = torch's default)")
     p.add_argument("--strict", action="store_true", help="an unreadable video or bad row is an error")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

@@ -33,6 +33,7 @@ from torch import nn
 
 from .config import Config, ModelConfig, to_yaml
 from locvtp.errors import LocVTPError
+from locvtp.files import OLD_TAG, fsync_dir, fsync_file, temp_path
 
 FORMAT = "locvtp-checkpoint"
 FORMAT_VERSION = 1
@@ -118,23 +119,6 @@ def _state_for_safetensors(prefix: str, module: nn.Module) -> dict[str, torch.Te
     return {prefix + k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: Any, tokenizer: Any = None,
                     trainer_state: Optional[dict] = None, objective: Optional[nn.Module] = None,
                     step: Optional[int] = None) -> Path:
@@ -152,7 +136,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: Any, tokeniz
         _check_plain(trainer_state)
         if step is None and isinstance(trainer_state.get("step"), int):
             step = int(trainer_state["step"])
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_path(path)  # hidden .NAME.tmp-PID-RAND: never taken for a checkpoint, removed by the next run
     tmp.mkdir()
     try:
         tensors = _state_for_safetensors("model.", model)
@@ -179,17 +163,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: Any, tokeniz
             "format": FORMAT, "version": FORMAT_VERSION, "locvtp_version": pkg_version, "step": step,
             "sha256": _sha256(tmp / MODEL_FILE), "files": files, "has_objective": objective is not None,
         }
-        _write_json(tmp / META_FILE, meta)  # last: its presence marks the checkpoint complete
+        # last: its presence marks the checkpoint complete (a plain write: the whole directory is replaced atomically)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for f in tmp.rglob("*"):
             if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+                fsync_file(f)
+        fsync_dir(tmp)
         old = None
         if path.exists():
             # os.replace cannot overwrite a non-empty directory: move the old one aside first (hidden name, so
             # resolve_checkpoint never picks it), and put it back if the final rename fails.
-            old = path.parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            old = path.parent / f".{path.name}{OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.replace(path, old)
         try:
             os.replace(tmp, path)
@@ -197,7 +181,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: Any, tokeniz
             if old is not None and not path.exists():
                 os.replace(old, path)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -331,6 +315,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                       objective_state=objective_state or None, meta=meta)
 
 
+def verify_checkpoint(path: str | os.PathLike, need_trainer_state: bool = False) -> Path:
+    """Check that a checkpoint directory loads, without building the model: meta.json is ours, the weights
+    match its sha256 and their safetensors header reads, config.yaml parses, and trainer_state.pt (required
+    with ``need_trainer_state``) loads with ``weights_only=True``. Returns the directory, or raises
+    :class:`CheckpointError` naming the file and what is wrong (what ``--resume auto`` reports before it
+    falls back to an earlier checkpoint)."""
+    from safetensors import SafetensorError, safe_open
+
+    ck = Path(path)
+    if not is_complete(ck):
+        raise CheckpointError(f"{ck}: incomplete checkpoint (no {META_FILE} or {MODEL_FILE})")
+    meta = _read_meta(ck)
+    mfile = ck / MODEL_FILE
+    if meta.get("sha256") and meta["sha256"] != _sha256(mfile):
+        raise CheckpointError(f"{mfile}: does not match the sha256 in {META_FILE}: the file is corrupt or was "
+                              "replaced")
+    try:
+        with safe_open(str(mfile), framework="pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{mfile}: corrupt or not a safetensors file: {exc}") from None
+    _load_cfg(ck)
+    if need_trainer_state and not (ck / TRAINER_FILE).is_file():
+        raise CheckpointError(f"{ck / TRAINER_FILE}: missing (a model-only checkpoint cannot resume training)")
+    if (ck / TRAINER_FILE).is_file():
+        load_trainer_state(ck)
+    return ck
+
+
 def load_trainer_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Optional[dict]:
     """The trainer state of a checkpoint (``None`` if it has none), loaded with ``weights_only=True``."""
     ck = resolve_checkpoint(path)
@@ -346,5 +359,5 @@ def load_trainer_state(path: str | os.PathLike, map_location: str | torch.device
 
 __all__ = [
     "Checkpoint", "CheckpointError", "is_complete", "load_checkpoint", "load_trainer_state", "read_meta",
-    "resolve_checkpoint", "save_checkpoint",
+    "resolve_checkpoint", "save_checkpoint", "verify_checkpoint",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: F401  (MISSING re-exported for modules)
 from omegaconf.errors import OmegaConfBaseException
@@ -195,6 +195,122 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override {ov!r}: {exc}") from None
+    overridden = {ov.split("=", 1)[0].strip().lstrip("+~") for ov in overrides}
+    validate_config(cfg, where=lambda key: f"{path}: " if path is not None and key not in overridden else "")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ value ranges
+# Why one table: OmegaConf checks types, not meaning. ``model.dim=0`` used to train a 0-d model and exit 0, and
+# ``train.batch_size=0`` died in a division deep in the sampler. Every key whose value has a meaningful range is
+# listed here with its rule; a value outside is a ConfigError naming the key and the value, before anything runs.
+# Rules: (">=", x) / (">", x) lower bounds, ("even>=", x) an even number >= x, ("in", lo, hi) a closed interval, ("choice", a, b, ...) a set of words.
+_AT_LEAST_1 = (">=", 1)
+_AT_LEAST_0 = (">=", 0)
+_POSITIVE = (">", 0)
+_PROBABILITY = ("in", 0.0, 1.0)
+RULES: dict[str, tuple] = {
+    "seed": _AT_LEAST_0,  # numpy's generators refuse negative seeds
+    "data.kind": ("choice", "videos", "features"),
+    "data.captions": ("choice", "howto100m", "webvid"),
+    "data.num_clips": _AT_LEAST_1,
+    "data.frames_per_clip": _AT_LEAST_1,
+    "data.frame_size": _AT_LEAST_1,
+    "data.clip_seconds": _POSITIVE,
+    "data.max_words": (">=", 3),  # [CLS], at least one word, [SEP]
+    "data.jitter_seconds": _AT_LEAST_0,
+    "data.num_workers": _AT_LEAST_0,
+    "data.group_size": _AT_LEAST_1,
+    "data.vocab_size": _AT_LEAST_1,
+    "data.feature_stride": _POSITIVE,  # or null (= data.clip_seconds)
+    "model.dim": _AT_LEAST_1,
+    "model.proj_dropout": _PROBABILITY,
+    "model.video.name": ("choice", "tiny3d", "c3d", "features"),
+    "model.video.width": ("even>=", 8),  # tiny3d halves it in its first layer
+    "model.video.in_dim": _AT_LEAST_1,
+    "model.video.hidden": _AT_LEAST_1,
+    "model.video.temporal_layers": _AT_LEAST_0,  # 0 = no cross-clip transformer
+    "model.video.temporal_heads": _AT_LEAST_1,
+    "model.video.dropout": _PROBABILITY,
+    "model.video.max_clips": _AT_LEAST_1,
+    "model.video.norm": ("choice", "group", "batch"),
+    "model.text.name": ("choice", "transformer", "hf"),
+    "model.text.vocab_size": _AT_LEAST_1,
+    "model.text.width": _AT_LEAST_1,
+    "model.text.layers": _AT_LEAST_1,
+    "model.text.heads": _AT_LEAST_1,
+    "model.text.max_len": (">=", 3),
+    "model.text.pooling": ("choice", "cls", "mean"),
+    "model.text.dropout": _PROBABILITY,
+    "objective.topk": _AT_LEAST_1,
+    "objective.window": _AT_LEAST_1,
+    "objective.sigma": _POSITIVE,  # inf = uniform weights
+    "objective.head": ("choice", "linear", "mlp"),
+    "objective.head_hidden": _AT_LEAST_1,  # or null (= model.dim)
+    "objective.temporal_negatives": ("choice", "clips", "warped"),
+    "objective.tau_fine": _POSITIVE,
+    "objective.logit_scale_init": _POSITIVE,
+    "objective.logit_scale_max": _POSITIVE,
+    "objective.weights.coarse": _AT_LEAST_0,
+    "objective.weights.fine": _AT_LEAST_0,
+    "objective.weights.temporal": _AT_LEAST_0,
+    "objective.ramp_start": _AT_LEAST_0,
+    "objective.ramp_steps": _AT_LEAST_0,
+    "train.batch_size": _AT_LEAST_1,
+    "train.max_steps": _AT_LEAST_1,
+    "train.lr": _POSITIVE,
+    "train.weight_decay": _AT_LEAST_0,
+    "train.warmup_steps": _AT_LEAST_0,
+    "train.grad_clip": _AT_LEAST_0,  # 0 = no clipping
+    "train.backbone_lr_scale": _AT_LEAST_0,  # 0 = the backbone stays fixed
+    "train.accum_steps": _AT_LEAST_1,
+    "train.save_every": _AT_LEAST_0,  # 0 = only the final checkpoint
+    "train.keep_last": _AT_LEAST_0,
+    "train.log_every": _AT_LEAST_1,
+    "train.val_every": _AT_LEAST_0,  # 0 = no periodic validation
+    "train.min_lr_ratio": _PROBABILITY,
+    "train.num_threads": _AT_LEAST_0,  # 0 = torch's default
+}
+
+
+def _broken_rule(value: Any, rule: tuple) -> Optional[str]:
+    """What ``value`` must be, or None when it satisfies ``rule``."""
+    kind = rule[0]
+    if kind == "choice":
+        return None if value in rule[1:] else "one of " + ", ".join(repr(c) for c in rule[1:])
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, float) and math.isnan(value):
+        return "a number (not NaN)"
+    if kind == ">=":
+        return None if value >= rule[1] else f">= {rule[1]}"
+    if kind == "even>=":
+        return None if value >= rule[1] and value % 2 == 0 else f"an even integer >= {rule[1]}"
+    if kind == ">":
+        return None if value > rule[1] else f"> {rule[1]}"
+    lo, hi = rule[1], rule[2]
+    return None if lo <= value <= hi else f"in [{lo:g}, {hi:g}]"
+
+
+def validate_config(cfg: Any, where: str | Callable[[str], str] = "") -> Any:
+    """Check every key of :data:`RULES` present in ``cfg``: a ConfigError names the key, its value and the
+    rule. ``where`` (or ``where(key)``) prefixes the message, e.g. the config file the value came from. Unset
+    optional keys (null) are not checked. Returns ``cfg``."""
+    prefix = where if callable(where) else (lambda key: where)
+    for key, rule in RULES.items():
+        try:
+            value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{prefix(key)}{key}: {exc}") from None
+        if value is None:
+            continue
+        need = _broken_rule(value, rule)
+        if need is not None:
+            raise ConfigError(f"{prefix(key)}{key}={value!r}: must be {need}")
+    lsi, lsm = (OmegaConf.select(cfg, k, default=None) for k in ("objective.logit_scale_init",
+                                                                  "objective.logit_scale_max"))
+    if lsi is not None and lsm is not None and lsi > lsm:
+        raise ConfigError(f"{prefix('objective.logit_scale_init')}objective.logit_scale_init={lsi!r} is above objective.logit_scale_max={lsm!r}")
     return cfg
 
 
@@ -203,13 +319,10 @@ def to_yaml(cfg: Any) -> str:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write atomically (temporary file, then os.replace)."""
-    import os
+    """Write atomically (temporary file, fsync, then os.replace)."""
+    from locvtp.files import atomic_write_text
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, to_yaml(cfg))
 
 
 def as_model_config(cfg: Any) -> DictConfig:

@@ -8,7 +8,6 @@ every figure comes from this run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -18,6 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from locvtp.cliargs import ArgumentParser, nonnegative_int
+from locvtp.errors import LocVTPError
 
 # Columns of the demo table: (results.json key, table header).
 COLUMNS: list[tuple[str, str]] = [
@@ -89,9 +91,20 @@ def format_table(results: dict[str, dict], columns: Sequence[tuple[str, str]] = 
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from locvtp.files import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+class DemoError(LocVTPError, RuntimeError):
+    """A pre-training job of the demo/ablation failed; the message quotes its last line and names its log."""
+
+
+def _last_line(log: Path) -> str:
+    """The last non-empty line of a job's log (a failed `locvtp pretrain` prints its one-line error last)."""
+    tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.is_file() else ""
+    lines = [ln.strip() for ln in tail.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1] if lines else "(empty log)"
 
 
 def _random_checkpoint(reference_ckpt: Path, out: Path, seed: int, backbone: bool = False) -> Path:
@@ -210,9 +223,8 @@ def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], paral
                 log.close()
                 del running[name]
                 if proc.returncode != 0:
-                    tail = (run / "pretrain.log").read_text(encoding="utf-8", errors="replace")[-3000:]
-                    raise RuntimeError(f"pre-training {name} failed (exit {proc.returncode}); end of "
-                                       f"{run / 'pretrain.log'}:\n{tail}")
+                    raise DemoError(f"pre-training {name} failed (exit {proc.returncode}): "
+                                    f"{_last_line(run / 'pretrain.log')} (full log: {run / 'pretrain.log'})")
                 done[name] = run / "final"
     finally:
         for proc, _, log in running.values():  # interrupted: stop the children, their checkpoints stay resumable
@@ -456,30 +468,41 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
     return results
 
 
+def check_overrides(preset: str, overrides: Sequence[str]) -> None:
+    """The user's overrides are valid config keys and values (a ConfigError naming the key), checked before the
+    world is generated and anything is trained, not in a child process minutes later."""
+    from locvtp.config import load_config
+
+    load_config(find_config("pretrain_synthetic"), [*PRESET_OVERRIDES[preset], *overrides])
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="locvtp demo", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="locvtp demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="demo_run", help="output directory (world, runs, eval, report.md)")
     ap.add_argument("--preset", default="demo", choices=sorted(PRESET_OVERRIDES))
-    ap.add_argument("--seed", type=int, default=0, help="training seed (the world always uses seed 0)")
+    ap.add_argument("--seed", type=nonnegative_int, default=0, help="training seed (the world always uses seed 0)")
     ap.add_argument("--world", default=None, help="use an existing synthetic world directory")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("overrides", nargs="*", help="config overrides applied to both pre-trainings (key=value)")
     a = ap.parse_args(argv)
+    check_overrides(a.preset, a.overrides)
     run_demo(a.out, a.preset, a.seed, a.world, a.overrides, progress=not a.quiet, plots=not a.no_plots)
     return 0
 
 
 def ablate_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="locvtp ablate", description="component ablation on the synthetic world")
+    ap = ArgumentParser(prog="locvtp ablate", description="component ablation on the synthetic world")
     ap.add_argument("--out", default="ablation_run")
     ap.add_argument("--preset", default="demo", choices=sorted(PRESET_OVERRIDES))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", nargs="*", default=None, help=f"subset of rows: {list(ABLATIONS)}")
+    ap.add_argument("--seed", type=nonnegative_int, default=0)
+    ap.add_argument("--only", nargs="*", default=None, choices=list(ABLATIONS), metavar="ROW",
+                    help=f"subset of rows: {list(ABLATIONS)}")
     ap.add_argument("--world", default=None, help="use an existing synthetic world directory (e.g. the demo's)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides applied to every row (key=value)")
     a = ap.parse_args(argv)
+    check_overrides(a.preset, a.overrides)
     run_ablation(a.out, a.preset, a.seed, a.only, a.overrides, progress=not a.quiet, world=a.world)
     return 0
 

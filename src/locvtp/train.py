@@ -17,7 +17,6 @@ with the weights an uninterrupted run ends with.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -36,9 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError, load_config, save_config
+from .config import ConfigError, load_config, save_config, validate_config
+from .errors import LocVTPError, UsageError
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
+PROG = "locvtp pretrain"
+
+
+class TrainingDivergedError(LocVTPError, FloatingPointError):
+    """The loss became NaN/inf (the message names the step and every loss term)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -80,14 +85,20 @@ class Dist:
 
 
 def setup_distributed(device: str = "auto") -> Dist:
-    """Join the torchrun process group if there is one (WORLD_SIZE > 1); pick this rank's device."""
+    """Join the torchrun process group if there is one (WORLD_SIZE > 1); pick this rank's device.
+
+    ``train.device`` is checked by :func:`locvtp.device.resolve_device`: a device this machine does not have is
+    a one-line error naming the key. ``cuda`` (and ``auto`` on a GPU machine) means this rank's GPU
+    (``cuda:LOCAL_RANK``); an explicit ``cuda:N`` is taken as given."""
+    from .device import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available")
-    dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    spec = resolve_device(str(device), what="train.device")
+    use_cuda = spec.startswith("cuda")
+    explicit = use_cuda and ":" in str(device)
+    dev = torch.device(spec if explicit or not use_cuda else f"cuda:{local_rank}")
     if use_cuda:
         torch.cuda.set_device(dev)
     d = Dist(rank, world, local_rank, dev)
@@ -231,18 +242,50 @@ def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(out, key=lambda sp: (sp[0], sp[1].name != "final"))
 
 
-def find_resume(run: Path, resume: Optional[str]) -> Optional[Path]:
+class RunExistsError(UsageError, FileExistsError):
+    """``--out`` already holds checkpoints and no ``--resume`` was given."""
+
+
+def find_resume(run: Path, resume: Optional[str], warn: bool = True) -> Optional[Path]:
+    """The checkpoint to resume from: None (fresh run), the newest one of ``run`` that loads (``auto``), or the
+    one ``resume`` names.
+
+    Why ``auto`` checks what it picks: a checkpoint whose files were damaged after it was written (a truncated
+    copy, a full disk) would stop every later resume. ``auto`` names it in one warning and takes the newest
+    earlier checkpoint that passes :func:`locvtp.checkpoint.verify_checkpoint`; only when none does is it an
+    error. An explicit path is not replaced by another: its problem is the error.
+    """
+    from .checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
+
     if resume is None:
         if list_checkpoints(run):
-            raise FileExistsError(f"{run} already holds checkpoints: pass --resume auto to continue that run, "
-                                  "or choose another --out")
+            raise RunExistsError(f"{run} already holds checkpoints: pass --resume auto to continue that run, "
+                                 "or choose another --out")
         return None
     if resume == "auto":
         found = list_checkpoints(run)
-        return found[-1][1] if found else None
-    from .checkpoint import resolve_checkpoint
+        failures = []
+        for _, path in reversed(found):
+            try:
+                verify_checkpoint(path, need_trainer_state=True)
+            except CheckpointError as exc:
+                failures.append((path, exc))
+                continue
+            if warn:
+                from .cliargs import warn as _warn
 
-    return resolve_checkpoint(resume)
+                for bad, exc in failures:
+                    _warn(PROG, f"--resume auto: skipping the damaged checkpoint {bad} ({exc}); resuming from "
+                                f"{path} instead")
+            return path
+        if failures:
+            raise CheckpointError(f"--resume auto: no checkpoint of {run} loads; the newest, {failures[0][0]}: "
+                                  f"{failures[0][1]}")
+        return None
+    try:
+        return resolve_checkpoint(os.path.expanduser(str(resume)))
+    except CheckpointError as exc:
+        raise UsageError(f"--resume {resume}: {exc}") from None
 
 
 def rotate_checkpoints(run: Path, keep_last: int) -> None:
@@ -272,9 +315,9 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
                 keep.append(line)
         except ValueError:
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    from .files import atomic_write_text
+
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 class MetricsLog:
@@ -344,6 +387,8 @@ def prepare_tokenizer(cfg: Any, run: Path, items: list, resume_from: Optional[Pa
     from .data.tokenizer import Tokenizer, train_tokenizer
 
     tok_dir = run / "tokenizer"
+    if (resume_from is None or not (resume_from / "tokenizer.json").is_file()) and cfg.data.tokenizer:
+        _existing_path("data.tokenizer", cfg.data.tokenizer)
     if resume_from is not None and (resume_from / "tokenizer.json").is_file():
         tok = Tokenizer.load(resume_from / "tokenizer.json")
     elif cfg.data.tokenizer:
@@ -361,6 +406,31 @@ def prepare_tokenizer(cfg: Any, run: Path, items: list, resume_from: Optional[Pa
     if cfg.model.text.name == "transformer":
         cfg.model.text.vocab_size = int(tok.vocab_size)
     return tok
+
+
+def _existing_path(key: str, value: Any) -> Path:
+    """``value`` as a path (``~`` expanded), or a ConfigError naming ``key`` when nothing is there."""
+    p = Path(os.path.expanduser(str(value)))
+    if not p.exists():
+        raise ConfigError(f"{key}: {p} does not exist")
+    return p
+
+
+def check_model_paths(cfg: Any, resuming: bool) -> None:
+    """The files the model is built from exist (before any data is read). A resumed run takes every weight from
+    its checkpoint, so ``model.video.pretrained`` is not needed then; ``model.text.path`` still is (the HF
+    architecture and tokenizer are read from it)."""
+    v, t = cfg.model.video, cfg.model.text
+    if v.pretrained and not resuming:
+        p = _existing_path("model.video.pretrained", v.pretrained)
+        if not p.is_file():
+            raise ConfigError(f"model.video.pretrained: {p} is not a file (expected a .safetensors or torch state "
+                              "dict)")
+    if t.name == "hf":
+        if not t.path:
+            raise ConfigError("model.text.name=hf needs model.text.path (a local directory of a BERT-family model)")
+        if not t.allow_hub:
+            _existing_path("model.text.path", t.path)
 
 
 def _scalar_terms(out: dict) -> dict[str, float]:
@@ -413,6 +483,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
 
     run = Path(out_dir)
     cfg = copy.deepcopy(cfg)  # the vocabulary size is filled in below; never mutate the caller's config
+    validate_config(cfg)
     dist = setup_distributed(str(cfg.train.device))
     strict = bool(strict or cfg.train.strict)
     tc = cfg.train
@@ -421,7 +492,8 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
         run.mkdir(parents=True, exist_ok=True)
         clean_partial_writes(run)
     dist.barrier()
-    resume_from = find_resume(run, None if resume is None else str(resume))
+    resume_from = find_resume(run, None if resume is None else str(resume), warn=dist.is_main)
+    check_model_paths(cfg, resuming=resume_from is not None)
     if resume_from is not None and resume_from.name == "final" and (read_meta(resume_from).get("step") or 0) >= T_max:
         if dist.is_main:
             print(f"[pretrain] {run} already finished ({T_max} steps): {resume_from}")
@@ -538,7 +610,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
             with (contextlib.nullcontext() if sync else ddp_net.no_sync()), autocast:
                 out = ddp_net(batch)
             if not torch.isfinite(out["total"]):  # every rank sees the same global loss, so all stop together
-                raise FloatingPointError(f"non-finite loss at step {step + 1}: " + ", ".join(
+                raise TrainingDivergedError(f"non-finite loss at step {step + 1}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in _scalar_terms(out).items()) + "; lower train.lr or resume from "
                     "an earlier checkpoint (--resume PATH)")
             (out["total"] / accum).backward()
@@ -603,8 +675,10 @@ def find_config(name: str | Path) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="locvtp pretrain", description="Pre-train LocVTP (single process, or DDP under torchrun).",
+    from .cliargs import ArgumentParser
+
+    ap = ArgumentParser(
+        prog=PROG, description="Pre-train LocVTP (single process, or DDP under torchrun).",
         epilog="example: locvtp pretrain --config configs/pretrain_synthetic.yaml --out runs/a "
                "train.max_steps=200 data.root=world")
     ap.add_argument("--config", required=True, help="YAML config (a path, or the name of a shipped config)")
@@ -614,18 +688,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.max_steps=200")
     args = ap.parse_intermixed_args(argv)  # overrides may come before, between or after the options
-    try:
-        cfg = load_config(find_config(args.config), args.overrides)
-        final = pretrain(cfg, args.out, resume=args.resume, strict=args.strict, progress=not args.quiet)
-    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
-        print(f"locvtp pretrain: error: {exc}", file=sys.stderr)
-        return 2
+    # errors are reported by locvtp.cli (one line naming the file, key or argument; --debug shows the stack)
+    cfg = load_config(find_config(args.config), args.overrides)
+    final = pretrain(cfg, args.out, resume=args.resume, strict=args.strict, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(final)
     return 0
 
 
-__all__ = ["pretrain", "main", "find_config", "lr_factor", "build_optimizer", "Pretrainer", "setup_distributed"]
+__all__ = ["pretrain", "main", "find_config", "lr_factor", "build_optimizer", "Pretrainer", "setup_distributed",
+           "RunExistsError", "TrainingDivergedError", "check_model_paths", "find_resume"]
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # torchrun -m locvtp.train ...: the same one-line errors as `locvtp pretrain`
+    from locvtp.cli import main as _cli_main
+
+    sys.exit(_cli_main(["pretrain", *sys.argv[1:]]))

@@ -36,11 +36,19 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
+from locvtp.config import ConfigError
 from locvtp.errors import LocVTPError
 
 
 class BadSampleError(LocVTPError, RuntimeError):
     """A sample could not be read (strict mode); the message names the file and the sample."""
+
+
+STRICT_NOTE = " (--strict: the first bad sample stops the run; without it, it is skipped and reported)"
+
+
+class NoSamplesError(LocVTPError, ValueError):
+    """Nothing is left to train on (every sample bad, or none in the caption file); the message says why."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,7 +297,7 @@ class FrameCache:
                 except Exception as exc:  # noqa: BLE001  (any decoder failure = one bad video)
                     if strict:
                         shutil.rmtree(tmp, ignore_errors=True)
-                        raise BadSampleError(f"{paths[vid]}: unreadable video: {exc}") from exc
+                        raise BadSampleError(f"{paths[vid]}: unreadable video: {exc}{STRICT_NOTE}") from exc
                     bad.append(BadSample("video", str(paths[vid]), _reason(exc), vid))
                     continue
                 frames = np.ascontiguousarray(frames, dtype=np.uint8)
@@ -326,24 +334,44 @@ def _reason(exc: BaseException) -> str:
 
 
 class FeatureSource:
-    """Pre-extracted per-clip features: an HDF5 file (one dataset per video id) or a directory of ``<vid>.npy``."""
+    """Pre-extracted per-clip features in any layout ``locvtp extract`` writes (:mod:`locvtp.features`): an HDF5
+    file (one dataset per video id), an ``npy-dir`` or an ``npz-dir``.
+
+    Why the extraction's own metadata: a directory's ``meta.json`` says the seconds between rows
+    (``stride_seconds``) and per clip (``clip_seconds``); reading a 0.5 s-stride extraction as 1 s misaligns every
+    caption. Like the HDF5 attributes, these win over ``data.feature_stride``. Ids that are not plain file names
+    are stored under a hashed name (:func:`locvtp.features.safe_name`, the id in ``_info/`` or the npz's
+    ``video_id``); they are found by that name.
+
+    Lazy: with ``video_ids`` only the files of those videos are looked at (their headers, for the row count), and
+    rows are read per sample. Loaded rows are checked for NaN/inf: a bad video fails the sample that reads it,
+    which the dataset reports as a bad sample naming the file and the video (``--strict``: fatal).
+    """
 
     kind = "features"
 
-    def __init__(self, path: Path, clip_seconds: float, stride: Optional[float] = None):
+    def __init__(self, path: Path, clip_seconds: float, stride: Optional[float] = None,
+                 video_ids: Optional[Sequence[str]] = None):
+        from locvtp.features import FeatureError, detect_format, feature_info
+
         self.path = Path(path)
-        self.is_h5 = self.path.is_file()
-        if not self.is_h5 and not self.path.is_dir():
+        if not self.path.exists():
             raise FileNotFoundError(f"data.features: {self.path} is neither an HDF5 file nor a directory")
+        self.is_h5 = self.path.is_file()
         self._h5 = None
         self.clip_seconds = clip_seconds
         self.stride = stride
         self.lengths: dict[str, int] = {}
+        self.files: dict[str, Path] = {}  # npy-dir / npz-dir: the file of each video id
         self.dim = 0
         if self.is_h5:
             import h5py
 
-            with h5py.File(self.path, "r") as f:
+            try:
+                f = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise FeatureError(f"data.features: {self.path}: not a readable HDF5 file: {exc}") from None
+            with f:
                 attrs = dict(f.attrs)
                 for vid, ds in f.items():
                     if isinstance(ds, h5py.Dataset) and ds.ndim == 2:
@@ -353,14 +381,56 @@ class FeatureSource:
             self.clip_seconds = float(attrs.get("clip_seconds", clip_seconds))
             self.stride = float(attrs.get("stride_seconds", stride or self.clip_seconds))
         else:
-            for p in sorted(self.path.glob("*.npy")):
-                arr = np.load(p, mmap_mode="r")
-                if arr.ndim == 2:
-                    self.lengths[p.stem] = int(arr.shape[0])
-                    self.dim = int(arr.shape[1])
-            self.stride = float(stride or clip_seconds)
+            self.layout = detect_format(self.path)
+            info = feature_info(self.path)
+            self.clip_seconds = float(info.get("clip_seconds") or clip_seconds)
+            self.stride = float(info.get("stride_seconds") or stride or self.clip_seconds)
+            if video_ids is None:
+                self._scan_all()
+            else:
+                for vid in video_ids:
+                    self._find(vid)
         self.durations = {v: n * self.stride + max(self.clip_seconds - self.stride, 0.0)
                           for v, n in self.lengths.items()}
+
+    def _ext(self) -> str:
+        return ".npz" if self.layout == "npz-dir" else ".npy"
+
+    def _rows_in(self, q: Path) -> Optional[tuple[int, int]]:
+        """(rows, dim) of a feature file from its header only; None when it is not a 2-D array."""
+        from locvtp.features import FeatureError, _npz_shape
+
+        try:
+            if self.layout == "npz-dir":
+                with np.load(q, allow_pickle=False) as z:
+                    shape = _npz_shape(z, "features") if "features" in z else ()
+            else:
+                shape = np.load(q, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError, KeyError) as exc:
+            raise FeatureError(f"data.features: {q}: unreadable feature file: {exc}") from None
+        return (int(shape[0]), int(shape[1])) if len(shape) == 2 else None
+
+    def _add(self, vid: str, q: Path) -> None:
+        shape = self._rows_in(q)
+        if shape is not None:
+            self.lengths[vid], self.dim = shape
+            self.files[vid] = q
+
+    def _find(self, vid: str) -> None:
+        """The file of ``vid``: its :func:`safe_name` (what ``locvtp extract`` writes), else ``<vid>.npy`` as
+        other tools name them. A video with neither stays out of ``lengths`` (reported as missing)."""
+        from locvtp.features import safe_name
+
+        for name in dict.fromkeys((safe_name(vid), vid)):
+            q = self.path / f"{name}{self._ext()}"
+            if "/" not in name and q.is_file():
+                self._add(vid, q)
+                return
+
+    def _scan_all(self) -> None:
+        """Every video of the directory, with its id from ``_info`` / the npz (the slow path: all headers)."""
+        for rec in _iter_feature_headers(self.path):
+            self._add(rec[0], rec[1])
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
@@ -368,13 +438,23 @@ class FeatureSource:
         return d
 
     def rows(self, vid: str, lo: int, hi: int) -> np.ndarray:
+        from locvtp.features import FeatureRecord, check_finite
+
         if self.is_h5:
             if self._h5 is None:
                 import h5py
 
                 self._h5 = h5py.File(self.path, "r")
-            return np.asarray(self._h5[vid][lo:hi])
-        return np.asarray(np.load(self.path / f"{vid}.npy", mmap_mode="r")[lo:hi])
+            out, where = np.asarray(self._h5[vid][lo:hi]), self.path
+        elif self.layout == "npz-dir":
+            where = self.files[vid]
+            with np.load(where, allow_pickle=False) as z:
+                out = np.asarray(z["features"][lo:hi])
+        else:
+            where = self.files[vid]
+            out = np.asarray(np.load(where, mmap_mode="r", allow_pickle=False)[lo:hi])
+        check_finite(FeatureRecord(vid, len(out), self.dim, out, None, 0.0, 0.0), where)
+        return out
 
     def clips(self, vid: str, windows: np.ndarray, jitter: bool, rng: np.random.Generator) -> np.ndarray:
         n = self.lengths[vid]
@@ -383,6 +463,30 @@ class FeatureSource:
         feats = self.rows(vid, lo, hi)
         shifted = windows - lo * self.stride
         return pool_features(feats, shifted, self.stride, self.clip_seconds)
+
+
+def _iter_feature_headers(path: Path) -> Iterator[tuple[str, Path]]:
+    """(video id, file) of every feature file of an npy-dir / npz-dir (ids from ``_info`` or the npz)."""
+    from locvtp.features import detect_format
+
+    ext = ".npz" if detect_format(path) == "npz-dir" else ".npy"
+    for q in sorted(path.glob(f"*{ext}")):
+        if q.name.startswith("."):
+            continue
+        vid = q.stem
+        if ext == ".npz":
+            with np.load(q, allow_pickle=False) as z:
+                vid = str(z["video_id"]) if "video_id" in z else vid
+        else:
+            side = path / "_info" / f"{q.stem}.json"
+            if side.is_file():
+                try:
+                    vid = str(json.loads(side.read_text(encoding="utf-8")).get("video_id", vid))
+                except ValueError as exc:
+                    from locvtp.features import FeatureError
+
+                    raise FeatureError(f"{side}: invalid JSON: {exc}") from None
+        yield vid, q
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -447,7 +551,8 @@ class PretrainDataset(Dataset):
             except Exception as exc:  # noqa: BLE001  (decode/read failure = one bad sample)
                 item = self.items[i]
                 if self.strict:
-                    raise BadSampleError(f"{item.source}: sample {i} (video {item.vid}) failed: {exc}") from exc
+                    raise BadSampleError(f"{item.source}: sample {i} (video {item.vid}) failed: {exc}"
+                                         f"{STRICT_NOTE}") from exc
                 bad.append(BadSample("sample", item.source, _reason(exc), item.vid))
                 continue
             sample["bad"] = bad
@@ -495,15 +600,17 @@ class ResumableBatchSampler(Sampler):
                  start: int = 0, shuffle: bool = True, groups: Optional[Sequence[Any]] = None,
                  group_size: int = 1):
         if group_size < 1:
-            raise ValueError(f"data.group_size must be >= 1, got {group_size}")
+            raise ConfigError(f"data.group_size must be >= 1, got {group_size}")
         if group_size > 1 and (groups is None or len(groups) != num_samples):
             raise ValueError("data.group_size > 1 needs the video of every sample (groups of length num_samples)")
+        if batch_size < 1:
+            raise ConfigError(f"train.batch_size={batch_size}: must be >= 1")
         if batch_size % world_size:
-            raise ValueError(f"train.batch_size={batch_size} is not divisible by the {world_size} ranks")
+            raise ConfigError(f"train.batch_size={batch_size} is not divisible by the {world_size} ranks")
         self.local = batch_size // world_size
         self.per_epoch = num_samples // batch_size
         if self.per_epoch < 1:
-            raise ValueError(f"the dataset has {num_samples} samples, fewer than one batch "
+            raise ConfigError(f"the dataset has {num_samples} samples, fewer than one batch "
                              f"(train.batch_size={batch_size}); lower train.batch_size")
         self.n, self.rank, self.world, self.seed = num_samples, rank, world_size, seed
         self.start, self.shuffle = start, shuffle
@@ -614,8 +721,8 @@ def build_pretrain_data(cfg: Any, items: list[CaptionItem], bad_rows: list[BadSa
     bad_videos: dict[str, tuple[str, str]] = {}  # vid -> (source, reason)
     if d.kind == "features":
         if d.features is None:
-            raise ValueError("data.kind=features needs data.features (an HDF5 file or a directory of <vid>.npy)")
-        source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride)
+            raise ConfigError("data.kind=features needs data.features (an HDF5 file or a directory of <vid>.npy)")
+        source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride, video_ids=vids)
         for v in vids:
             if v not in source.lengths:
                 bad_videos[v] = (str(source.path), f"no features for video {v!r} in {source.path}")
@@ -649,13 +756,13 @@ def build_pretrain_data(cfg: Any, items: list[CaptionItem], bad_rows: list[BadSa
                 x = known[v]
                 if "error" in x:
                     if strict:
-                        raise BadSampleError(f"{paths[v]}: unreadable video: {x['error']}")
+                        raise BadSampleError(f"{paths[v]}: unreadable video: {x['error']}{STRICT_NOTE}")
                     bad_videos[v] = (str(paths[v]), x["error"])
                 else:
                     infos[v] = VideoInfo(**{k: x[k] for k in ("fps", "duration", "num_frames", "width", "height")})
             source = VideoFileSource(paths, infos, int(d.frames_per_clip), int(d.frame_size))
     else:
-        raise ValueError(f"data.kind must be 'videos' or 'features', got {d.kind!r}")
+        raise ConfigError(f"data.kind must be 'videos' or 'features', got {d.kind!r}")
 
     # Per-sample checks: unreadable video, narration outside the video, caption without words.
     bad: list[BadSample] = list(bad_rows)
@@ -674,10 +781,10 @@ def build_pretrain_data(cfg: Any, items: list[CaptionItem], bad_rows: list[BadSa
             good.append(it)
             continue
         if strict:
-            raise BadSampleError(f"{rec.source}: {rec.reason}")
+            raise BadSampleError(f"{rec.source}: {rec.reason}{STRICT_NOTE}")
         bad.append(rec)
     if not good:
-        raise ValueError(f"no usable pre-training samples under {root} ({len(bad)} bad; first: "
+        raise NoSamplesError(f"no usable pre-training samples under {root} ({len(bad)} bad; first: "
                          f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
     dataset = PretrainDataset(good, source, int(d.num_clips), float(d.clip_seconds), float(d.jitter_seconds),
                               train=True, seed=int(cfg.seed), strict=strict,
@@ -728,10 +835,15 @@ def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionIte
         items = [CaptionItem(r.video_id, r.caption, 0.0, math.inf, f"{path}: videoid {r.video_id!r}")
                  for r in res.records]
     else:
-        raise ValueError(f"data.captions must be 'howto100m' or 'webvid', got {dcfg.captions!r}")
+        raise ConfigError(f"data.captions must be 'howto100m' or 'webvid', got {dcfg.captions!r}")
     bad = [BadSample("row", f"{b.file}: {b.location}", b.reason) for b in res.skipped]
     if dcfg.split_file:
         split = _resolve(root, dcfg.split_file)
-        keep = {ln.strip() for ln in split.read_text(encoding="utf-8").splitlines() if ln.strip()}
+        if not split.is_file():
+            raise FileNotFoundError(f"data.split_file: {split} does not exist (data.root={root})")
+        try:
+            keep = {ln.strip() for ln in split.read_text(encoding="utf-8").splitlines() if ln.strip()}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"data.split_file: {split} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         items = [it for it in items if it.vid in keep]
     return items, bad

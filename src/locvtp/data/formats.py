@@ -60,7 +60,13 @@ class FormatError(LocVTPError, ValueError):
 
 
 class MissingFileError(FormatError, FileNotFoundError):
-    """An annotation file does not exist."""
+    """An annotation file does not exist. Built as ``MissingFileError(errno, message, filename)``; its text is
+    the message (not the argument tuple ValueError's ``str`` would give)."""
+
+    def __str__(self) -> str:
+        if len(self.args) >= 2 and isinstance(self.args[1], str):
+            return self.args[1]
+        return super().__str__()
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,10 @@ See ``docs/data.md`` for the world's description and the file layout.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 import json
-import os
 import shutil
 import sys
 import time
@@ -607,12 +605,13 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
     """H.264 yuv420p MP4 with a fixed single-threaded x264 configuration (reproducible bytes), atomically."""
     import av
 
+    from locvtp.files import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:
         raise ValueError(f"{path}: frame size {w}x{h} must be even for yuv420p")
-    try:
+    with atomic_path(path, suffix=".mp4") as tmp:  # a failed or killed write leaves no half MP4 under the name
         with av.open(str(tmp), mode="w", format="mp4") as container:
             # No B-frames and a fixed 2-s GOP: cheap seeking for window decoding; explicit pts: reproducible.
             stream = container.add_stream("libx264", rate=fps, options={
@@ -628,10 +627,6 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------------- world plan
@@ -924,10 +919,10 @@ LAYOUT_ENTRIES = ("manifest.json", "ground_truth.json", "videos", "pretrain", "g
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    from locvtp.files import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def _sha256(data: bytes) -> str:
@@ -1065,11 +1060,13 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="locvtp synth", description=(
+    from locvtp.cliargs import ArgumentParser, nonnegative_int
+
+    ap = ArgumentParser(prog="locvtp synth", description=(
         "Write the procedural video-text world: H.264 MP4s plus annotation files in the real formats "
         "(HowTo100M, WebVid, ActivityNet Captions, Charades-STA, QVHighlights, MSR-VTT, CrossTask, COIN)."))
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=nonnegative_int, default=0)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--force", action="store_true", help="overwrite an existing world in --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -107,9 +107,9 @@ def _norm3d(kind: str, channels: int) -> nn.Module:
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """A local state dict from ``.safetensors`` or a weights-only torch file (never unpickles objects); a
     ``{"state_dict": ...}`` wrapper and DDP's ``module.`` prefix are accepted. Errors name the file."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise VideoEncoderError(f"{what} pretrained weights not found: {path}")
+        raise VideoEncoderError(f"model.video.pretrained: {what} pretrained weights not found: {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
