@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("locvtp.demo:ablate_main", "component ablation table on the synthetic world"),
     "synth": ("locvtp.data.synthetic:main", "write the procedural video-text world (MP4s + real annotation formats)"),
     "backbone": ("locvtp.backbone:main", "supervised pre-training of the tiny3d backbone on labelled action videos"),
+    "prepare": ("locvtp.prepare:main", "convert a pre-training corpus once (captions, probes) for pretrain at scale"),
     "pretrain": ("locvtp.train:main", "pre-train LocVTP (single process or torchrun DDP)"),
     "evaluate": ("locvtp.downstream.evaluate:main", "retrieval | grounding | steps | segmentation | all"),
     "extract": ("locvtp.extract:main", "clip features of videos to HDF5 / npy-dir / npz-dir"),

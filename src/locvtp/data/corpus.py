@@ -203,6 +203,8 @@ def _convert(path: Path, captions: str, work: Path, strict: bool, progress: bool
                 if bar is not None:
                     bar.update((resume_state.get("resume_at", 0) - bar.n) if captions == "howto100m" else len(recs))
             _flush_batch(app, batch)
+            if bar is not None and captions == "howto100m":
+                bar.update(bar.total - bar.n)
             app.append("text_off", np.array([app.counts["text"]]))  # the closing offset
             app.flush()
             bad_fh.flush()
@@ -638,5 +640,72 @@ def video_probes(store: CaptionStore, video_dir: str | Path, share: tuple[int, i
                          progress, wait)
 
 
-__all__ = ["CaptionItems", "CaptionStore", "CorpusError", "chunked_array", "default_prepared_root",
-           "prepare_captions", "texts_with_words", "video_probes", "words_mask"]
+
+# ------------------------------------------------------------------------------------------------ one call per config
+@dataclass
+class PreparedCorpus:
+    """Everything pre-training reads that grows with the corpus, for one config."""
+
+    store: CaptionStore
+    words: Optional[np.ndarray] = None  # per narration (None: the tokenizer is trained later, by pretrain)
+    probes: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=videos without the frame cache)
+
+    def summary(self) -> str:
+        parts = [f"{self.store.n} narrations of {self.store.num_videos} videos",
+                 f"{len(self.store.bad_rows())} bad rows"]
+        if self.words is not None:
+            parts.append(f"{int((~self.words).sum())} captions without words")
+        if self.probes is not None:
+            parts.append(f"{len(self.probes['err_idx'])} unreadable videos")
+        return ", ".join(parts) + f" -> {self.store.directory}"
+
+
+def resolve_data_path(root: str | Path, p: str | Path | None) -> Optional[Path]:
+    """A ``data.*`` path: absolute as given, else relative to ``data.root`` (``~`` expanded)."""
+    if p is None:
+        return None
+    q = Path(os.path.expanduser(str(p)))
+    return q if q.is_absolute() else Path(os.path.expanduser(str(root))) / q
+
+
+def fixed_tokenizer(cfg: Any) -> Any:
+    """The tokenizer a config names (``data.tokenizer`` or the HF text model's), or None when pre-training
+    trains one on the captions."""
+    from locvtp.data.tokenizer import Tokenizer
+
+    if cfg.data.get("tokenizer"):
+        return Tokenizer.load(os.path.expanduser(str(cfg.data.tokenizer)))
+    if cfg.model.text.name == "hf" and cfg.model.text.get("path"):
+        return Tokenizer.load(os.path.expanduser(str(cfg.model.text.path)))
+    return None
+
+
+def prepare_corpus(cfg: Any, tokenizer: Any = None, share: tuple[int, int] = (0, 1), workers: int = 0,
+                   strict: bool = False, progress: bool = True, wait: bool = True) -> PreparedCorpus:
+    """Prepare (or reuse) what ``cfg.data`` needs: the caption columns, the words mask under ``tokenizer``
+    (default: the config's fixed tokenizer, if any) and, for ``data.kind=videos`` without the frame cache, the
+    video probes. ``share``/``workers``/``wait`` as in :func:`chunked_array` (``locvtp prepare --shard``)."""
+    d = cfg.data
+    caption = resolve_data_path(d.root, d.caption_file)
+    if caption is None or not caption.is_file():
+        raise FileNotFoundError(2, f"data.caption_file does not exist (data.root={d.root})", str(caption))
+    root = Path(os.path.expanduser(str(d.prepared_dir))) if d.get("prepared_dir") else default_prepared_root()
+    store = prepare_captions(caption, str(d.captions), root=root, split_file=resolve_data_path(d.root, d.split_file),
+                             strict=strict, progress=progress)
+    if strict and store.bad_rows():  # a corpus prepared leniently earlier: strict still stops at the first
+        from locvtp.data.formats import BadRecord, FormatError
+
+        raise FormatError(str(BadRecord(*store.bad_rows()[0])))
+    tok = tokenizer if tokenizer is not None else fixed_tokenizer(cfg)
+    out = PreparedCorpus(store)
+    if tok is not None:
+        out.words = words_mask(store, tok, int(d.max_words), share, workers, progress, wait=wait)
+    if d.kind == "videos" and not d.cache:
+        out.probes = video_probes(store, resolve_data_path(d.root, d.video_dir), share, workers, progress,
+                                  wait=wait)
+    return out
+
+
+__all__ = ["CaptionItems", "CaptionStore", "CorpusError", "PreparedCorpus", "chunked_array", "default_prepared_root",
+           "fixed_tokenizer", "prepare_captions", "prepare_corpus", "resolve_data_path", "texts_with_words",
+           "video_probes", "words_mask"]
