@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +96,35 @@ def test_cli_errors(ckpt, tmp_path, capsys):
     assert_one_line_error(res, 1, "nope.mp4")
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), "only a query"])
+
+
+def test_window_score_choices_match_the_scorer():
+    from locvtp.downstream.grounding import WINDOW_SCORES
+    from locvtp.ground import WINDOW_SCORE_KINDS
+
+    assert tuple(WINDOW_SCORE_KINDS) == tuple(WINDOW_SCORES)
+
+
+def test_plot_grounding_is_atomic(tmp_path, monkeypatch):
+    """A plot that fails while being written leaves no temporary file and keeps the previous plot (issue #18)."""
+    import matplotlib.figure
+
+    from locvtp.ground import ground_embeddings, plot_grounding
+
+    rng = np.random.default_rng(0)
+    clips = rng.normal(size=(8, 4)).astype(np.float32)
+    windows = np.stack([np.arange(8), np.arange(8) + 1], 1).astype(float)
+    res = ground_embeddings(clips, windows, clips[3], None, top_k=2)
+    out = tmp_path / "g.png"
+    plot_grounding(res, out)
+    good = out.read_bytes()
+    assert good[:4] == b"\x89PNG"
+
+    def fail(self, fname, **kw):
+        Path(fname).write_bytes(b"half")
+        raise RuntimeError("renderer died")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fail)
+    with pytest.raises(RuntimeError, match="renderer died"):
+        plot_grounding(res, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["g.png"] and out.read_bytes() == good

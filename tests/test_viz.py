@@ -32,3 +32,44 @@ def test_training_curves_without_terms_fail_clearly(tmp_path):
         assert "no loss terms" in str(exc)
     else:
         raise AssertionError("expected ValueError")
+
+
+def _figure():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    return fig
+
+
+def test_failed_plot_write_leaves_nothing_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """A write that dies midway (disk full, interrupted) used to leave ``NAME.tmp.png`` behind (issue #18)."""
+    import pytest
+
+    out = tmp_path / "plot.png"
+    out.write_bytes(b"the previous plot")
+
+    def half_then_fail(self, fname, **kw):
+        with open(fname, "wb") as fh:
+            fh.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(_figure()), "savefig", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        viz.save_figure(_figure(), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+    assert out.read_bytes() == b"the previous plot"
+
+
+def test_save_figure_refuses_a_directory_or_unknown_extension(tmp_path):
+    import pytest
+
+    from locvtp.errors import UsageError
+
+    with pytest.raises(UsageError, match=str(tmp_path)):
+        viz.save_figure(_figure(), tmp_path)
+    with pytest.raises(UsageError, match=r"p\.foo"):
+        viz.save_figure(_figure(), tmp_path / "p.foo")
+    assert list(tmp_path.iterdir()) == []
+    p = viz.save_figure(_figure(), tmp_path / "noext")  # no extension: PNG
+    assert p.read_bytes()[:4] == b"\x89PNG" and [q.name for q in tmp_path.iterdir()] == ["noext"]

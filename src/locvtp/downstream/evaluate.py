@@ -5,10 +5,17 @@ any chosen task needs exactly once (one progress bar), then runs the tasks on th
 seeded with ``seed`` on entry, so its figures do not depend on which other tasks ran before it. Every task
 writes ``<out>/<task>.json`` (metrics, per-query predictions, settings, skipped inputs with reasons); ``all``
 also writes ``<out>/metrics.json`` (the flat dict returned) and prints one table.
+
+Inputs that cannot be used never turn into a figure that looks like an answer: option values out of range are
+refused up front (:func:`check_options`), a feature file whose width does not fit the checkpoint is an error
+naming both widths, a run in which no video can be embedded fails, and a video that cannot be used (unreadable,
+NaN/inf features, ...) is left out with a ``locvtp evaluate: warning:`` line naming it, its reason in the JSON
+files, and a closing line saying how many of the figures' videos were left out (``--strict`` fails instead).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -16,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from locvtp.errors import UsageError
 from locvtp.downstream.common import (
     DownstreamError, EvalContext, FeatureFile, TaskResult, VideoLocator, format_table, make_bank, seed_everything,
     write_json,
@@ -30,6 +38,10 @@ TASKS = ("retrieval", "grounding", "steps", "segmentation")
 HEADLINE = ("retrieval_R1", "retrieval_R5", "retrieval_R10", "retrieval_MedianR", "grounding_R1@0.5",
             "grounding_R1@0.7", "grounding_mIoU", "head_grounding_R1@0.5", "head_grounding_R1@0.7",
             "head_grounding_mIoU", "step_recall", "segmentation_acc", "segmentation_edit", "segmentation_F1@50")
+
+
+class OptionError(UsageError, DownstreamError):
+    """A downstream option (``--config`` file, ``--set KEY=VALUE``) is unknown or out of range (exit code 2)."""
 
 
 @dataclass
@@ -49,24 +61,91 @@ def load_options(path: str | os.PathLike | None = None, overrides: Sequence[str]
     from omegaconf.errors import OmegaConfBaseException
 
     cfg = OmegaConf.structured(DownstreamOptions)
+    where = "downstream options"
     try:
         if path is not None:
+            where = f"{path}"
             p = Path(path)
             if not p.is_file():
-                raise DownstreamError(f"downstream config not found: {p}")
+                raise OptionError(f"downstream config not found: {p}")
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
             if not isinstance(raw, dict):
-                raise DownstreamError(f"{p}: top level must be a mapping")
+                raise OptionError(f"{p}: top level must be a mapping")
             cfg = OmegaConf.merge(cfg, OmegaConf.create(raw))
         for ov in overrides:
+            where = f"--set {ov}"
             if "=" not in ov:
-                raise DownstreamError(f"override {ov!r} is not of the form key=value")
+                raise OptionError(f"override {ov!r} is not of the form key=value")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
     except OmegaConfBaseException as exc:
-        raise DownstreamError(f"downstream options: {exc}") from None
+        raise OptionError(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise DownstreamError(f"{path}: invalid YAML: {exc}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+        raise OptionError(f"{path}: invalid YAML: {exc}") from None
+    return check_options(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+
+
+# Checked values of the options: dotted key -> allowed choices, or (low, high, low_open, high_open).
+_CHOICES = {
+    "grounding.dataset": ("activitynet", "charades"),
+    "grounding.window_score": ("tstat", "contrast", "oic", "oic_t"),
+    "grounding.head_cfg.pooling": ("max", "avg"),
+    "steps.normalize": ("log_softmax", "none"),
+    "steps.split": ("val", "train", "all"),
+    "segmentation.probe.head": ("linear", "tcn"),
+}
+_RANGES = {
+    "grounding.alpha": (0, 1, False, False), "steps.alpha": (0, 1, False, False),
+    "grounding.max_candidates": (1, None, False, False), "grounding.top_k_saved": (1, None, False, False),
+    "grounding.head_cfg.num_clips": (1, None, False, False), "grounding.head_cfg.hidden": (1, None, False, False),
+    "grounding.head_cfg.layers": (0, None, False, False), "grounding.head_cfg.kernel": (1, None, False, False),
+    "grounding.head_cfg.dropout": (0, 1, False, True), "grounding.head_cfg.epochs": (1, None, False, False),
+    "grounding.head_cfg.batch_size": (1, None, False, False), "grounding.head_cfg.lr": (0, None, True, False),
+    "grounding.head_cfg.weight_decay": (0, None, False, False), "grounding.head_cfg.min_iou": (0, 1, False, True),
+    "grounding.head_cfg.max_iou": (0, 1, True, False),
+    "retrieval.top_k_saved": (1, None, False, False), "retrieval.finetune_cfg.epochs": (1, None, False, False),
+    "retrieval.finetune_cfg.batch_size": (1, None, False, False),
+    "retrieval.finetune_cfg.lr": (0, None, False, False), "retrieval.finetune_cfg.adapter_lr": (0, None, False, False),
+    "retrieval.finetune_cfg.weight_decay": (0, None, False, False),
+    "retrieval.finetune_cfg.temperature": (0, None, True, False),
+    "retrieval.finetune_cfg.max_words": (3, None, False, False),
+    "segmentation.probe.epochs": (1, None, False, False), "segmentation.probe.tcn_epochs": (1, None, False, False),
+    "segmentation.probe.lr": (0, None, True, False), "segmentation.probe.weight_decay": (0, None, False, False),
+    "segmentation.probe.hidden": (1, None, False, False), "segmentation.probe.kernel": (1, None, False, False),
+    "segmentation.probe.batch_size": (1, None, False, False),
+}
+
+
+def _option(opts: Any, key: str) -> Any:
+    for part in key.split("."):
+        opts = getattr(opts, part)
+    return opts
+
+
+def check_options(opts: DownstreamOptions) -> DownstreamOptions:
+    """``opts`` unchanged, or a :class:`DownstreamError` naming the first option whose value cannot mean
+    anything (``grounding.head_cfg.epochs=-1`` trained nothing and reported the untrained head's figures;
+    ``grounding.max_candidates=0`` reported R1 = 0)."""
+    for key, allowed in _CHOICES.items():
+        v = _option(opts, key)
+        if v not in allowed:
+            raise OptionError(f"option {key}={v!r}: choose one of {', '.join(allowed)}")
+    for key, (lo, hi, lo_open, hi_open) in _RANGES.items():
+        v = _option(opts, key)
+        bad = not math.isfinite(float(v))
+        bad |= lo is not None and (v <= lo if lo_open else v < lo)
+        bad |= hi is not None and (v >= hi if hi_open else v > hi)
+        if bad:
+            rule = " and ".join(t for t in (
+                None if lo is None else f"{'>' if lo_open else '>='} {lo}",
+                None if hi is None else f"{'<' if hi_open else '<='} {hi}") if t)
+            raise OptionError(f"option {key}={v!r}: must be {rule}")
+    hc = opts.grounding.head_cfg
+    if hc.kernel % 2 != 1:
+        raise OptionError(f"option grounding.head_cfg.kernel={hc.kernel}: must be odd (same padding)")
+    if not hc.min_iou < hc.max_iou:
+        raise OptionError(f"options grounding.head_cfg.min_iou={hc.min_iou} and max_iou={hc.max_iou}: "
+                              "min_iou must be below max_iou")
+    return opts
 
 
 def _load_checkpoint(checkpoint: Any, device: str = "cpu"):
@@ -133,6 +212,10 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     Returns e.g. ``retrieval_R1, grounding_R1@0.5, head_grounding_R1@0.5, step_recall, segmentation_acc``, and
     ``<task>_seconds`` timings.
     """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        from locvtp.device import resolve_device
+
+        device = resolve_device(device)  # before loading: no CUDA here is not a corrupt checkpoint
     if threads is not None:
         import torch
 
@@ -149,23 +232,32 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise DownstreamError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
-    opts = options or DownstreamOptions()
+    opts = check_options(options or DownstreamOptions())
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DownstreamError(f"data directory not found: {data_dir}")
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a directory for <task>.json and metrics.json")
     t0 = time.time()
     ck = _load_checkpoint(checkpoint, device)
+    if any(t != "segmentation" for t in tasks):  # every other task embeds sentences
+        from locvtp.inference import require_tokenizer
+
+        require_tokenizer(ck, "locvtp evaluate " + "/".join(t for t in tasks if t != "segmentation"))
     sha = str(getattr(ck, "sha256", "") or "")
     vids, durations = _needed_videos(data_dir, tasks, opts, strict)
     feat = FeatureFile.open(features) if features is not None else None
+    if feat is not None:
+        _check_feature_width(feat, ck, sha)
     bank = make_bank(ck.model, ck.tokenizer, ck.cfg, VideoLocator(video_dir or data_dir / "videos"), feat,
                      durations, progress=progress, checkpoint_sha256=sha, strict=strict)
     bank.prefetch(vids, desc="embed videos")
     embed_seconds = time.time() - t0
-    if bank.failed and verbose:
-        print(f"[evaluate] {len(bank.failed)} of {len(vids)} videos could not be embedded and are skipped "
-              f"(reasons in the task JSON files); first: {next(iter(bank.failed.items()))}", file=sys.stderr)
+    if vids and len(bank.failed) == len(vids):
+        vid, why = next(iter(bank.failed.items()))
+        raise DownstreamError(f"none of the {len(vids)} videos the task(s) need could be embedded, so there is "
+                              f"nothing to measure; the first, {vid!r}: {why}")
     ctx = EvalContext(ck.model, ck.tokenizer, ck.cfg, data_dir, bank, out, seed, progress, strict,
                       str(getattr(ck, "path", "")), sha, durations)
     flat: dict[str, float] = {}
@@ -198,7 +290,52 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
         shown = {k: v for k, v in flat.items() if not k.endswith("_seconds")}
         print(format_table(shown, title=f"[evaluate] {', '.join(tasks)} | checkpoint {ctx.checkpoint_path} | "
                                         f"data {data_dir} | {flat['total_seconds']:.1f} s"))
+        report_skipped(bank, len(vids), out)
     return flat
+
+
+def report_skipped(bank: Any, total: int, out: Path | None = None, limit: int = 20) -> None:
+    """One warning line per video left out of the figures (the first ``limit``), then how many and where the
+    full list is. Why: a video with NaN features or an unreadable file silently lowered or raised a recall."""
+    from locvtp.cliargs import warn
+
+    skipped = {**{v: f"features: {r}" for v, r in bank.failed_features.items()}, **bank.failed}
+    if not skipped:
+        return
+    for vid, why in list(skipped.items())[:limit]:
+        warn("locvtp evaluate", f"video {vid!r} skipped: {why}")
+    more = f" (+{len(skipped) - limit} more)" if len(skipped) > limit else ""
+    where = f"; all of them in {out / 'metrics.json'}" if out is not None else ""
+    warn("locvtp evaluate", f"the figures above leave out {len(skipped)} of {total} videos: "
+                            f"{', '.join(list(skipped)[:limit])}{more}{where} (--strict fails instead)")
+
+
+def _check_feature_width(feat: FeatureFile, ck: Any, sha: str) -> None:
+    """A :class:`DownstreamError` naming the feature file and both widths when its rows cannot feed this
+    checkpoint: a features model reads ``model.video.in_dim`` columns, this checkpoint's own joint embeddings
+    have ``model.dim``, and the supervised heads need one width for every video."""
+    from locvtp.features import iter_features
+
+    model = ck.model
+    if not bool(getattr(model, "takes_pixels", True)):
+        want = int(getattr(model.video_encoder, "in_dim", 0) or ck.cfg.model.video.in_dim)
+        what = "this checkpoint's video encoder (model.video.in_dim) reads"
+    elif feat.is_joint_embedding_of(sha):
+        want, what = int(model.dim), "this checkpoint's joint space (model.dim) has"
+    else:
+        want, what = None, ""
+    first: tuple[str, int] | None = None
+    for rec in iter_features(feat.path, load=False):
+        if want is not None and rec.dim != want:
+            raise DownstreamError(f"{feat.path}: video {rec.video_id!r} has {rec.dim}-dim features, but {what} "
+                                  f"{want}-dim ones (checkpoint {getattr(ck, 'path', '')})")
+        if first is None:
+            first = (rec.video_id, rec.dim)
+        elif rec.dim != first[1]:
+            raise DownstreamError(f"{feat.path}: videos have features of different widths ({first[0]!r}: "
+                                  f"{first[1]}, {rec.video_id!r}: {rec.dim}); one run's features only")
+        if want is not None:
+            break  # the width is fixed by the checkpoint: the encoder checks every row anyway
 
 
 def _ordered(metrics: dict[str, float]) -> dict[str, float]:
@@ -212,8 +349,10 @@ def _ordered(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="locvtp evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from locvtp.cliargs import ArgumentParser, nonnegative_int, positive_int
+
+    p = ArgumentParser(prog="locvtp evaluate", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("task", choices=[*TASKS, "all"], help="which downstream task")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
     p.add_argument("--data", required=True, help="data root (a synthetic world or the same layout)")
@@ -228,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grounding annotations to read (default from the options: activitynet)")
     p.add_argument("--no-head", action="store_true", help="grounding: zero-shot only (skip the 2D-TAN head)")
     p.add_argument("--seg-head", choices=["linear", "tcn"], default=None, help="segmentation classifier")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's); 1 is fastest on a busy machine")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N] | mps")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch intra-op threads, >= 1 (default: torch's); 1 is fastest on a busy machine")
     p.add_argument("--strict", action="store_true", help="fail on the first bad annotation or video")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -249,14 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seg_head:
         overrides.append(f"segmentation.probe.head={args.seg_head}")
     tasks = TASKS if args.task == "all" else (args.task,)
-    try:
-        opts = load_options(args.config, overrides)
-        evaluate_all(args.checkpoint, args.data, out_dir=args.out, tasks=tasks, features=args.features,
-                     progress=not args.quiet, seed=args.seed, options=opts, video_dir=args.video_dir,
-                     strict=args.strict, device=args.device, threads=args.threads)
-    except (DownstreamError, OSError, ValueError, KeyError) as exc:
-        print(f"locvtp evaluate: error: {exc}", file=sys.stderr)
-        return 1
+    # Errors are raised (locvtp.errors) and reported by locvtp.cli as one line naming the file or option.
+    opts = load_options(args.config, overrides)
+    evaluate_all(args.checkpoint, args.data, out_dir=args.out, tasks=tasks, features=args.features,
+                 progress=not args.quiet, seed=args.seed, options=opts, video_dir=args.video_dir,
+                 strict=args.strict, device=args.device, threads=args.threads)
     return 0
 
 
