@@ -185,3 +185,13 @@ def test_text_query_warnings_unknown_or_no_words(small_tok):
         assert "has no words" in msg
     # both at once: unknown and too long
     assert len(text_query_warnings(small_tok, " ".join(["zzqx"] * 30), max_words=24)) == 2
+
+
+def test_text_query_warnings_refuses_undecodable_text(small_tok):
+    """Command-line bytes that are not UTF-8 arrive as surrogates: a TypeError traceback before (issue #18)."""
+    from locvtp.errors import UsageError
+    from locvtp.inference import text_query_warnings
+
+    bad = b"a \xff person".decode("utf-8", "surrogateescape")
+    with pytest.raises(UsageError, match="not valid text"):
+        text_query_warnings(small_tok, bad, max_words=24)

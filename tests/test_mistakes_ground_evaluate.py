@@ -128,6 +128,8 @@ GROUND_MISTAKES = [
     ("window-score-unknown", lambda W: _ground(W, "--window-score", "foo"), 2, ["--window-score", "foo"]),
     pytest.param("device-cuda-without-cuda", lambda W: _ground(W, "--device", "cuda"), 2, ["--device", "CUDA"],
                  marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
+    ("query-not-utf8", lambda W: ["ground", "--checkpoint", W.ckpt, W.video,
+                                  b"a \xff person".decode("utf-8", "surrogateescape")], 2, ["query", "not valid text"]),
     ("empty-query", lambda W: ["ground", "--checkpoint", W.ckpt, W.video, "  "], 2, ["query"]),
     ("plot-into-a-directory", lambda W: _ground(W, "--plot", W.root), 2, ["--plot", lambda W: str(W.root), "directory"]),
     ("plot-into-a-missing-directory", lambda W: _ground(W, "--plot", W.root / "nope" / "p.png"), 2,
@@ -224,6 +226,8 @@ def test_ground_without_warnings_on_an_ordinary_query(W, capsys):
     ("clip-longer-than-video", lambda W: _ground(W, "--clip-seconds", "1000"), ["single clip", "--clip-seconds"]),
     ("fewer-windows-than-asked", lambda W: _ground(W, "--clip-seconds", "8", "--top-k", "20"),
      ["window(s) of the 20 asked"]),
+    ("stride-longer-than-clip", lambda W: _ground(W, "--stride-seconds", "5", "--clip-seconds", "1"),
+     ["--stride-seconds", "unseen"]),
     ("max-seconds-below-one-clip", lambda W: _ground(W, "--max-seconds", "0.25"), ["--max-seconds", "single clip"]),
 ])
 def test_ground_result_that_cannot_mean_much_is_flagged(W, capsys, case, argv, needles):

@@ -257,6 +257,8 @@ def _sliding_reference(duration, clip, stride):
     k = 0
     while True:
         s = k * stride
+        if s >= duration - 1e-6:  # stride > clip: nothing left to start in
+            return np.array(out)
         out.append((s, min(s + clip, duration)))
         if s + clip >= duration - 1e-6:
             return np.array(out)
@@ -270,6 +272,16 @@ def test_sliding_windows_against_loop(duration, clip, stride):
     np.testing.assert_allclose(w, _sliding_reference(duration, clip, stride))
     assert w[-1, 1] == pytest.approx(duration) and w[0, 0] == 0.0
     assert np.all(w[:, 1] > w[:, 0]) and np.all(w[:, 0] < duration)
+
+
+def test_sliding_windows_with_gaps_never_start_past_the_end():
+    """stride 5 > clip 1 on 24.5 s: the 6th window started at 25 s and every decode failed (issue #18)."""
+    w = sliding_windows(24.5, 1.0, 5.0)
+    np.testing.assert_allclose(w, [[0, 1], [5, 6], [10, 11], [15, 16], [20, 21]])
+    np.testing.assert_allclose(w, _sliding_reference(24.5, 1.0, 5.0))
+    for duration, clip, stride in [(10.0, 1.0, 3.0), (7.2, 0.5, 2.4), (3.0, 1.0, 3.0)]:
+        w = sliding_windows(duration, clip, stride)
+        assert np.all(w[:, 1] > w[:, 0]) and np.all(w[:, 0] < duration), (duration, clip, stride, w)
 
 
 def test_sliding_windows_cover_video_when_stride_le_clip():

@@ -28,6 +28,7 @@ Warnings. A result that cannot mean what it seems still comes out (the caller ma
 * every clip scores the same for the query (e.g. a still video): any window ranking is arbitrary;
 * fewer windows than ``--top-k`` survive (too few clips for that many distinct windows at that ``--nms``);
 * ``--max-seconds`` is shorter than one clip step, so every window is a single clip;
+* ``--stride-seconds`` is longer than the clip, so the clips leave parts of the video unseen;
 * ``--features`` were extracted with another checkpoint than the one that embeds the query.
 """
 from __future__ import annotations
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--checkpoint {args.checkpoint}: this model reads pre-extracted features, not video "
                              "pixels; give --features FILE --video-id ID")
         stride = args.stride_seconds if args.stride_seconds is not None else clip_s
+        if stride > clip_s:
+            warnings.append(f"--stride-seconds {stride:g} is longer than the clip ({clip_s:g} s): only "
+                            f"{clip_s / stride:.0%} of the video is looked at, windows span unseen gaps")
         emb = embed_video_file(model, args.video, clip_seconds=clip_s, stride_seconds=stride,
                                frames_per_clip=int(dcfg.frames_per_clip) if dcfg is not None else 4,
                                frame_size=int(dcfg.frame_size) if dcfg is not None else 32, device=device)

@@ -310,8 +310,16 @@ def text_query_warnings(tokenizer: Any, text: str, max_words: int) -> list[str]:
     (a) the query has more word pieces than fit ``max_words``: it names what is ignored;
     (b) none of its words is known to the tokenizer (every word piece is the unknown token), or it has no
     words at all (empty, whitespace, or only characters the tokenizer drops).
+    Text that is not valid Unicode (undecodable command-line bytes) is a ``UsageError``, not a warning.
     """
     text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes the terminal could not decode (Python keeps them as surrogates)
+        from locvtp.errors import UsageError
+
+        raise UsageError(f"query {_excerpt(text)}: not valid text (undecodable bytes at character {exc.start}); "
+                         "pass UTF-8") from None
     tokens, is_word, offsets, n_special, unk = _encoding_pieces(tokenizer, text)
     words = [(t, o) for t, w, o in zip(tokens, is_word, offsets) if w]
     if not words:

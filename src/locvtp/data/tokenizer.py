@@ -19,13 +19,20 @@ from typing import Iterable, Optional, Sequence, Union
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from locvtp.errors import LocVTPError
+
 PathLike = Union[str, os.PathLike]
+
+
+class TokenizerError(LocVTPError, ValueError):
+    """A tokenizer file or a text cannot be used (the message names the file, or the text's index)."""
+
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4 in a trained vocabulary
 TOKENIZER_FILE = "tokenizer.json"
 
-__all__ = ["Tokenizer", "train_tokenizer", "SPECIAL_TOKENS", "TOKENIZER_FILE"]
+__all__ = ["Tokenizer", "TokenizerError", "train_tokenizer", "SPECIAL_TOKENS", "TOKENIZER_FILE"]
 
 
 class Tokenizer:
@@ -77,9 +84,9 @@ class Tokenizer:
 
     def _check_max_length(self, max_length) -> int:
         if isinstance(max_length, bool) or not isinstance(max_length, int):
-            raise ValueError(f"max_length must be an int, got {type(max_length).__name__}")
+            raise TokenizerError(f"max_length must be an int, got {type(max_length).__name__}")
         if max_length < self._num_special + 1:
-            raise ValueError(f"max_length={max_length} leaves no room for words "
+            raise TokenizerError(f"max_length={max_length} leaves no room for words "
                              f"({self._num_special} special tokens are added)")
         return max_length
 
@@ -95,7 +102,7 @@ class Tokenizer:
         encs = self.encode_batch(texts, max_length)
         for i, enc in enumerate(encs):
             if sum(1 for s in enc.special_tokens_mask if not s) == 0:
-                raise ValueError(f"text {i} produced no word tokens: {texts if isinstance(texts, str) else texts[i]!r}")
+                raise TokenizerError(f"text {i} produced no word tokens: {texts if isinstance(texts, str) else texts[i]!r}")
         B = len(encs)
         L = max(len(e.ids) for e in encs)
         ids = torch.full((B, L), self.pad_token_id, dtype=torch.long)
@@ -158,7 +165,7 @@ class Tokenizer:
         if (p / "vocab.txt").is_file():
             return _from_vocab_dir(p, p / "vocab.txt")
         present = sorted(x.name for x in p.iterdir())[:10]
-        raise ValueError(f"{p}: not a tokenizer directory: expected {TOKENIZER_FILE} or vocab.txt "
+        raise TokenizerError(f"{p}: not a tokenizer directory: expected {TOKENIZER_FILE} or vocab.txt "
                          f"(found: {', '.join(present) or 'nothing'})")
 
     def __repr__(self) -> str:
@@ -188,22 +195,22 @@ def _encode(backend: _HFTokenizer, texts: list[str]):
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError as ue:
-                raise ValueError(f"text {i} is not valid Unicode (bad bytes decoded?): {ue}") from e
-        raise ValueError(f"tokenization failed: {e}") from e
+                raise TokenizerError(f"text {i} is not valid Unicode (bad bytes decoded?): {ue}") from e
+        raise TokenizerError(f"tokenization failed: {e}") from e
 
 
 def _validate_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, (list, tuple)):
-        raise ValueError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+        raise TokenizerError(f"texts must be a str or a list of str, got {type(texts).__name__}")
     if len(texts) == 0:
-        raise ValueError("texts is empty")
+        raise TokenizerError("texts is empty")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise ValueError(f"text {i} is not a str but {type(t).__name__}: {t!r:.80}")
+            raise TokenizerError(f"text {i} is not a str but {type(t).__name__}: {t!r:.80}")
         if not t.strip():
-            raise ValueError(f"text {i} is empty or whitespace only")
+            raise TokenizerError(f"text {i} is empty or whitespace only")
     return list(texts)
 
 
@@ -216,14 +223,14 @@ def _find_pad_id(backend: _HFTokenizer, explicit: Optional[int], source) -> int:
         i = backend.token_to_id(tok)
         if i is not None:
             return int(i)
-    raise ValueError(f"{source or 'tokenizer'}: no padding token ([PAD] or <pad>) in the vocabulary")
+    raise TokenizerError(f"{source or 'tokenizer'}: no padding token ([PAD] or <pad>) in the vocabulary")
 
 
 def _from_json(path: Path) -> Tokenizer:
     try:
         backend = _HFTokenizer.from_file(os.fspath(path))
     except Exception as e:  # tokenizers raises a plain Exception on bad JSON
-        raise ValueError(f"{path}: not a valid tokenizers JSON file: {e}") from e
+        raise TokenizerError(f"{path}: not a valid tokenizers JSON file: {e}") from e
     return Tokenizer(backend, source=path)
 
 
@@ -233,7 +240,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from e
+        raise TokenizerError(f"{path}: invalid JSON: {e}") from e
     return data if isinstance(data, dict) else {}
 
 
@@ -249,20 +256,20 @@ def _from_vocab_dir(directory: Path, vocab_file: Path) -> Tokenizer:
     try:
         lines = vocab_file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
-        raise ValueError(f"{vocab_file}: not UTF-8: {e}") from e
+        raise TokenizerError(f"{vocab_file}: not UTF-8: {e}") from e
     vocab: dict[str, int] = {}
     for i, line in enumerate(lines):
         tok = line.rstrip("\r\n")
         if tok and tok not in vocab:
             vocab[tok] = i
     if not vocab:
-        raise ValueError(f"{vocab_file}: empty vocabulary")
+        raise TokenizerError(f"{vocab_file}: empty vocabulary")
     cfg = {**_read_json(directory / "special_tokens_map.json"), **_read_json(directory / "tokenizer_config.json")}
     names = {k: _special(cfg, f"{k}_token", d) for k, d in
              (("pad", PAD), ("unk", UNK), ("cls", CLS), ("sep", SEP), ("mask", MASK))}
     for k in ("unk", "cls", "sep", "pad"):
         if names[k] not in vocab:
-            raise ValueError(f"{vocab_file}: special token {names[k]!r} ({k}) is not in the vocabulary")
+            raise TokenizerError(f"{vocab_file}: special token {names[k]!r} ({k}) is not in the vocabulary")
     lower = bool(cfg.get("do_lower_case", True))
     strip_accents = cfg.get("strip_accents", None)
     backend = _bert_backend(vocab, lowercase=lower, strip_accents=strip_accents, unk=names["unk"],
@@ -373,11 +380,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency:
     ``progress``: tqdm bars (None: only on a terminal).
     """
     if isinstance(texts, str):
-        raise ValueError("texts must be an iterable of sentences, not a single str")
+        raise TokenizerError("texts must be an iterable of sentences, not a single str")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"vocab_size must be an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+        raise TokenizerError(f"vocab_size must be an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
-        raise ValueError(f"min_frequency must be an int >= 0, got {min_frequency!r}")
+        raise TokenizerError(f"min_frequency must be an int >= 0, got {min_frequency!r}")
     shell = _bert_backend({UNK: 0})
     norm, pre = shell.normalizer, shell.pre_tokenizer
     counts: dict[str, int] = {}
@@ -386,18 +393,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency:
     for i, t in enumerate(tqdm(texts, desc="tokenizer corpus", unit="text", leave=False,
                                disable=None if progress is None else not progress)):
         if not isinstance(t, str):
-            raise ValueError(f"text {i} is not a str but {type(t).__name__}: {t!r:.80}")
+            raise TokenizerError(f"text {i} is not a str but {type(t).__name__}: {t!r:.80}")
         if not t.strip():
             continue
         try:
             words = pre.pre_tokenize_str(norm.normalize_str(t))
         except Exception as e:  # lone surrogates etc.
-            raise ValueError(f"text {i} cannot be tokenized (invalid Unicode?): {e}") from e
+            raise TokenizerError(f"text {i} cannot be tokenized (invalid Unicode?): {e}") from e
         for w, _ in words:
             if len(w) <= _MAX_WORD_CHARS:
                 counts[w] = counts.get(w, 0) + 1
     if not counts:
-        raise ValueError("no non-empty text to train the tokenizer on")
+        raise TokenizerError("no non-empty text to train the tokenizer on")
     learned = _learn_wordpiece_vocab(counts, vocab_size - len(SPECIAL_TOKENS), min_frequency, progress)
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for tok in learned:

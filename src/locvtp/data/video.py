@@ -403,7 +403,9 @@ def sliding_windows(duration: float, clip_seconds: float, stride_seconds: float)
     Window ``k`` starts at ``k * stride_seconds`` and lasts ``clip_seconds``; windows are added until one
     reaches the end. The last window is *clipped* to end at ``duration`` (it may be shorter), so the grid
     stays regular (clip ``k`` always starts at ``k * stride``); a video shorter than one clip gives one
-    window ``[0, duration]``. A remainder below 1 microsecond does not create an extra window.
+    window ``[0, duration]``. A remainder below 1 microsecond does not create an extra window. With
+    ``stride_seconds > clip_seconds`` the windows leave gaps, and no window starts at or after the end (the
+    video's tail after the last window is then not covered).
     """
     for name, v in (("duration", duration), ("clip_seconds", clip_seconds), ("stride_seconds", stride_seconds)):
         if not (isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v)) and v > 0):
@@ -413,6 +415,7 @@ def sliding_windows(duration: float, clip_seconds: float, stride_seconds: float)
         return np.array([[0.0, duration]])
     n = int(math.ceil((duration - clip - _EPS) / stride)) + 1
     starts = np.arange(n, dtype=np.float64) * stride
+    starts = starts[starts < duration - _EPS]  # stride > clip: the last start may fall past the end
     return np.stack([starts, np.minimum(starts + clip, duration)], axis=1)
 
 
