@@ -92,11 +92,16 @@ def W(tiny_world, tmp_path_factory):
     novideos = root / "novideos"
     novideos.mkdir()
     (root / "a_file.txt").write_text("not a directory\n")
+    othertok = root / "othertok"  # the tokenizer of another run (a different vocabulary size)
+    shutil.copytree(ckpt, othertok)
+    from locvtp.data.tokenizer import train_tokenizer
+
+    train_tokenizer([f"w{i} x{i % 7} y{i % 13}" for i in range(400)], vocab_size=600).save(othertok)
     return SimpleNamespace(
         root=root, world=tiny_world, ckpt=ckpt, notok=notok, fckpt=fckpt, feats=feats, nan=nan, wide=wide,
         gvid=gvid, n_queries_gvid=len(anet[gvid]["sentences"]), video=tiny_world / "videos" / f"{gvid}.mp4",
         png=_write_png(root / "picture.mp4"), one=_write_one_frame_mp4(root / "one_frame.mp4"),
-        novideos=novideos, a_file=root / "a_file.txt",
+        novideos=novideos, a_file=root / "a_file.txt", othertok=othertok,
     )
 
 
@@ -137,6 +142,8 @@ GROUND_MISTAKES = [
     ("plot-unknown-extension", lambda W: _ground(W, "--plot", W.root / "p.foo"), 2, ["--plot", "p.foo"]),
     ("checkpoint-without-tokenizer", lambda W: ["ground", "--checkpoint", W.notok, W.video, QUERY], 1,
      [lambda W: str(W.notok), "tokenizer.json"]),
+    ("tokenizer-of-another-run", lambda W: ["ground", "--checkpoint", W.othertok, W.video, QUERY], 1,
+     [lambda W: str(W.othertok / "tokenizer.json"), "model.text.vocab_size"]),
     ("png-renamed-mp4", lambda W: ["ground", "--checkpoint", W.ckpt, W.png, QUERY], 1,
      [lambda W: str(W.png), "still image"]),
     ("missing-video", lambda W: ["ground", "--checkpoint", W.ckpt, W.root / "nope.mp4", QUERY], 1, ["nope.mp4"]),

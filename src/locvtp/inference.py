@@ -47,7 +47,24 @@ def require_tokenizer(ckpt: Any, command: str = "this command") -> Any:
         where = getattr(ckpt, "path", None) or "the checkpoint"
         raise InferenceError(f"{where}: the checkpoint has no tokenizer.json; {command} needs it to embed text "
                              "(copy the tokenizer.json of the run that trained it into the checkpoint directory)")
+    tcfg = _text_cfg(ckpt)
+    if tcfg is not None and str(tcfg.get("name", "")) == "transformer" and tcfg.get("vocab_size"):
+        want, have = int(tcfg["vocab_size"]), getattr(tok, "vocab_size", None)
+        if have is not None and int(have) != want:
+            # A tokenizer from another run maps words to ids this model never learned: every query would be
+            # embedded as noise (or fail on an id past the table) -- refuse it up front, naming the file.
+            raise InferenceError(f"{getattr(ckpt, 'path', 'the checkpoint')}/tokenizer.json: {have} tokens, but "
+                                 f"the model was trained with a {want}-token vocabulary (model.text.vocab_size): "
+                                 "the tokenizer belongs to another run")
     return tok
+
+
+def _text_cfg(ckpt: Any) -> Any:
+    """``ckpt.cfg.model.text`` (None when the config does not say)."""
+    try:
+        return ckpt.cfg.model.text
+    except (AttributeError, KeyError):
+        return None
 
 
 @dataclass
