@@ -88,6 +88,11 @@ def W(tiny_world, tmp_path_factory):
                  "--threads", "1", "--no-progress"]) == 0
     nan = _rewrite_h5(feats, root / "nan.h5", gvid, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7,
                                                                        np.inf, a).astype(np.float32))
+    one_video_h5 = root / "one_video.h5"  # features of a single, non-grounding video
+    lst = root / "one.txt"
+    lst.write_text(str(sorted((tiny_world / "videos").glob("coin_*.mp4"))[0]) + "\n")
+    assert main(["extract", "--checkpoint", str(ckpt), "--videos", str(lst), "--out", str(one_video_h5),
+                 "--threads", "1", "--no-progress"]) == 0
     wide = _rewrite_h5(feats, root / "wide.h5", gvid, lambda a: np.concatenate([a, a], axis=1))
     novideos = root / "novideos"
     novideos.mkdir()
@@ -101,7 +106,7 @@ def W(tiny_world, tmp_path_factory):
         root=root, world=tiny_world, ckpt=ckpt, notok=notok, fckpt=fckpt, feats=feats, nan=nan, wide=wide,
         gvid=gvid, n_queries_gvid=len(anet[gvid]["sentences"]), video=tiny_world / "videos" / f"{gvid}.mp4",
         png=_write_png(root / "picture.mp4"), one=_write_one_frame_mp4(root / "one_frame.mp4"),
-        novideos=novideos, a_file=root / "a_file.txt", othertok=othertok,
+        novideos=novideos, a_file=root / "a_file.txt", othertok=othertok, one_video_h5=one_video_h5,
     )
 
 
@@ -175,6 +180,8 @@ EVALUATE_MISTAKES = [
      [lambda W: str(W.feats), "64", "16"]),
     ("out-is-a-file", lambda W: _evaluate(W, "--out", W.a_file), 2, ["--out", lambda W: str(W.a_file)]),
     ("no-video-can-be-embedded", lambda W: _evaluate(W, "--video-dir", W.novideos), 1, ["none of the"]),
+    ("features-missing-a-video-strict", lambda W: _evaluate(W, "--features", W.one_video_h5, "--strict"), 1,
+     [lambda W: str(W.one_video_h5), lambda W: W.gvid]),
     ("features-with-inf-strict", lambda W: _evaluate(W, "--features", W.nan, "--video-dir", W.novideos,
                                                      "--strict"), 1, [lambda W: str(W.nan), lambda W: W.gvid]),
 ]

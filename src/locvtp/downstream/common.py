@@ -23,6 +23,13 @@ class DownstreamError(LocVTPError, ValueError):
     """A downstream input (annotation, feature file, checkpoint) is unusable; the message names it."""
 
 
+class MissingFeaturesError(DownstreamError, KeyError):
+    """A feature file has no (usable) rows for a video. Still a ``KeyError`` for callers that catch one; a
+    ``LocVTPError`` so that ``--strict`` reports it as one line."""
+
+    __str__ = Exception.__str__  # not KeyError's quoted repr
+
+
 # --------------------------------------------------------------------------------------------- reproducibility
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch so every head and every shuffle is a function of ``seed``."""
@@ -335,10 +342,12 @@ class FeatureFile:
 
         try:
             rec = next(iter(iter_features(self.path, load=True, video_ids=[vid])), None)
+        except KeyError:
+            raise MissingFeaturesError(f"{self.path}: no features for video {vid!r}") from None
         except (FileNotFoundError, OSError) as exc:
-            raise KeyError(f"{self.path}: no features for video {vid!r} ({exc})") from None
+            raise MissingFeaturesError(f"{self.path}: no features for video {vid!r} ({exc})") from None
         if rec is None or rec.features is None:
-            raise KeyError(f"{self.path}: no usable [num_clips, D] features for video {vid!r}")
+            raise MissingFeaturesError(f"{self.path}: no usable [num_clips, D] features for video {vid!r}")
         windows = np.asarray(rec.windows, dtype=np.float64).reshape(-1, 2).copy()
         dur = float(rec.duration) if rec.duration and rec.duration > 0 else None
         if dur is None:
