@@ -97,6 +97,9 @@ def W(tiny_world, tmp_path_factory):
     novideos = root / "novideos"
     novideos.mkdir()
     (root / "a_file.txt").write_text("not a directory\n")
+    foreign_out = root / "foreign_out"  # a user's directory with their own metrics.json
+    foreign_out.mkdir()
+    (foreign_out / "metrics.json").write_text('{"accuracy": 0.93}\n')
     othertok = root / "othertok"  # the tokenizer of another run (a different vocabulary size)
     shutil.copytree(ckpt, othertok)
     from locvtp.data.tokenizer import train_tokenizer
@@ -107,6 +110,7 @@ def W(tiny_world, tmp_path_factory):
         gvid=gvid, n_queries_gvid=len(anet[gvid]["sentences"]), video=tiny_world / "videos" / f"{gvid}.mp4",
         png=_write_png(root / "picture.mp4"), one=_write_one_frame_mp4(root / "one_frame.mp4"),
         novideos=novideos, a_file=root / "a_file.txt", othertok=othertok, one_video_h5=one_video_h5,
+        foreign_out=foreign_out,
     )
 
 
@@ -179,6 +183,8 @@ EVALUATE_MISTAKES = [
     ("features-of-the-wrong-width", lambda W: _evaluate(W, "--features", W.feats, ckpt=W.fckpt), 1,
      [lambda W: str(W.feats), "64", "16"]),
     ("out-is-a-file", lambda W: _evaluate(W, "--out", W.a_file), 2, ["--out", lambda W: str(W.a_file)]),
+    ("out-holds-a-foreign-metrics-json", lambda W: _evaluate(W, "--out", W.foreign_out), 2,
+     [lambda W: str(W.foreign_out / "metrics.json"), "not written by"]),
     ("no-video-can-be-embedded", lambda W: _evaluate(W, "--video-dir", W.novideos), 1, ["none of the"]),
     ("features-missing-a-video-strict", lambda W: _evaluate(W, "--features", W.one_video_h5, "--strict"), 1,
      [lambda W: str(W.one_video_h5), lambda W: W.gvid]),
@@ -206,6 +212,19 @@ def test_user_mistake_is_one_line(W, capsys, case, argv, code, needles):
     res = run_cli(argv(W), capsys)
     assert_one_line_error(res, code, *_needles(W, needles))
     assert res.out == "", res.out  # no half result on stdout
+
+
+def test_foreign_metrics_json_survives(W, capsys):
+    run_cli(_evaluate(W, "--out", W.foreign_out), capsys)
+    assert (W.foreign_out / "metrics.json").read_text() == '{"accuracy": 0.93}\n'
+    assert sorted(p.name for p in W.foreign_out.iterdir()) == ["metrics.json"]
+
+
+def test_evaluate_twice_into_the_same_out_replaces_its_own_files(W, capsys, tmp_path):
+    for _ in range(2):
+        res = run_cli(_evaluate(W, "--features", W.feats, "--out", tmp_path), capsys)
+        assert res.code == 0, res.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grounding.json", "metrics.json"]
 
 
 def test_plot_mistakes_leave_nothing_behind(W, capsys):

@@ -95,14 +95,15 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON atomically (temporary sibling, then ``os.replace``); numpy/torch values converted."""
+    """Write ``obj`` as JSON atomically (``locvtp.files.atomic_path``: fsynced temporary sibling, then
+    ``os.replace``, removed on failure); numpy/torch values converted."""
+    from locvtp.files import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_jsonable(obj), fh, indent=1, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(_jsonable(obj), indent=1, sort_keys=False) + "\n"  # before the file: a bad value writes nothing
+    with atomic_path(path, suffix=".json") as tmp:  # a failed write leaves no temporary behind
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

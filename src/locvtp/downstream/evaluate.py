@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from locvtp.errors import UsageError
+from locvtp.errors import NotOwnedError, UsageError
 from locvtp.downstream.common import (
     DownstreamError, EvalContext, FeatureFile, TaskResult, VideoLocator, format_table, make_bank, seed_everything,
     write_json,
@@ -237,8 +237,8 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     if not data_dir.is_dir():
         raise DownstreamError(f"data directory not found: {data_dir}")
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: is a file; give a directory for <task>.json and metrics.json")
+    if out is not None:
+        _check_out(out, tasks)
     t0 = time.time()
     ck = _load_checkpoint(checkpoint, device)
     if any(t != "segmentation" for t in tasks):  # every other task embeds sentences
@@ -292,6 +292,31 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
                                         f"data {data_dir} | {flat['total_seconds']:.1f} s"))
         report_skipped(bank, len(vids), out)
     return flat
+
+
+# The keys that mark a JSON file as written by evaluate: it may be replaced by a new run, anything else may not.
+_OWN_KEYS = {"metrics.json": {"checkpoint", "metrics", "tasks"}, "task": {"task", "metrics", "info", "predictions"}}
+
+
+def _check_out(out: Path, tasks: Sequence[str]) -> None:
+    """``--out`` must be a directory (or not exist yet), and every file this run will write there must be absent
+    or an earlier evaluate's output: a user's own ``metrics.json`` in that directory is not overwritten."""
+    import json
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a directory for <task>.json and metrics.json")
+    for name in [f"{t}.json" for t in tasks] + ["metrics.json"]:
+        f = out / name
+        if not f.exists():
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        keys = _OWN_KEYS["metrics.json" if name == "metrics.json" else "task"]
+        if not (isinstance(data, dict) and keys <= set(data)):
+            raise NotOwnedError(f"--out {out}: {f} exists and was not written by locvtp evaluate; it is not "
+                                "overwritten (choose another --out, or move the file)")
 
 
 def report_skipped(bank: Any, total: int, out: Path | None = None, limit: int = 20) -> None:
