@@ -89,6 +89,7 @@ from locvtp.files import (
 FEATURE_FORMAT = "locvtp-features"
 FEATURE_VERSION = 1
 FORMATS = ("h5", "npy-dir", "npz-dir")
+FEATURE_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".npy", ".npz")
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".ts", ".wmv", ".3gp", ".ogv",
 )
@@ -186,6 +187,10 @@ def list_videos(spec: str | Path, recursive: bool = False, strict: bool = False
         if spec.suffix.lower() in VIDEO_EXTENSIONS:
             raise UsageError(f"--videos {spec} is a video file: give the directory that holds the videos, or a "
                              "list file (one `path` or `id<TAB>path` per line)")
+        if spec.suffix.lower() in FEATURE_EXTENSIONS:
+            raise UsageError(f"--videos {spec} is a feature file, but this checkpoint's video encoder reads "
+                             "pixels: give a directory of videos or a list file (feature files are the input of a "
+                             "`features` video encoder)")
         try:
             lines = spec.read_text(encoding="utf-8").split("\n")
         except UnicodeDecodeError as exc:
@@ -386,11 +391,12 @@ class DirWriter(_Writer):
     """
 
     def __init__(self, out: Path, fmt: str, settings: dict[str, Any], failures_path: Path, rank: int = 0,
-                 single_process: bool = True):
+                 single_process: bool = True, emptied: bool = False):
         self.out = out
         self.fmt = fmt
         meta = out / "meta.json"
-        _check_dir_output(out, "--out")  # a file, a folder of someone else's files, a foreign meta.json: refused
+        if not emptied:  # (``emptied``: --overwrite just removed our files; what is left is the user's, kept)
+            _check_dir_output(out, "--out")  # a file, a folder of other files, a foreign meta.json: refused
         out.mkdir(parents=True, exist_ok=True)
         super().__init__(settings, failures_path, out / f".journal-rank{rank}")
         self._claims_path = self.journal / CLAIMS
@@ -401,7 +407,12 @@ class DirWriter(_Writer):
             own.append(failures_path.resolve().relative_to(out.resolve()).as_posix())  # the default failures file
         self._claim(*own)
         if meta.is_file():
-            self._check_settings(_read_json(meta), meta)
+            found = _read_json(meta)
+            self._check_settings(found, meta)
+            if found.get("layout") not in (None, fmt):
+                raise ExtractError(f"{meta}: this directory holds {found['layout']} features, this run writes "
+                                   f"{fmt}; one directory holds one layout (use --format {found['layout']}, another "
+                                   "--out, or --overwrite)")
         payload = {"format": FEATURE_FORMAT, "version": FEATURE_VERSION, "layout": fmt, **settings}
         atomic_write_text(meta, json.dumps(payload, indent=1))
         if fmt == "npy-dir":
@@ -690,7 +701,8 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
         out.parent.mkdir(parents=True, exist_ok=True)
         writer: Any = H5Writer(out, settings, failures_path)
     else:
-        writer = DirWriter(out, args.format, settings, failures_path, rank=rank, single_process=world <= 1)
+        writer = DirWriter(out, args.format, settings, failures_path, rank=rank, single_process=world <= 1,
+                           emptied=bool(args.overwrite))
     try:
         return _extract_loop(args, writer, items, problems, out, failures_path, rank, world, device, pixels, model,
                              t_start, progress)

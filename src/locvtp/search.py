@@ -691,6 +691,9 @@ def search_main(argv: list[str] | None = None) -> int:
         queries += _read_lines(args.queries, "--queries")
     if not queries:
         p.error("give at least one query (positional or --queries FILE)")
+    empty = [i for i, q in enumerate(queries, 1) if not q.strip()]
+    if empty:
+        p.error(f"query {empty[0]} is empty or whitespace only: there is nothing to search for")
     from locvtp.device import resolve_device
 
     device = resolve_device(args.device)

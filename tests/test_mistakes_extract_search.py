@@ -1,0 +1,211 @@
+"""Issue #18, user mistakes of `locvtp extract / merge / index / search`: each row is one mistake a careless user
+makes; each must be ONE line on stderr naming the file or argument, with the right exit code (2 usage, 1 failure),
+never a traceback, and nothing written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cli_helpers import CliResult, assert_one_line_error
+from cli_helpers import run_cli as _run_cli
+from inference_helpers import make_checkpoint, world_videos
+
+NOT_UTF8 = b"\xff\xfe\xfa not text \x80\x81"
+
+
+def run_cli(argv, capsys) -> CliResult:
+    """``cli_helpers.run_cli``, plus argparse's own exit (a SystemExit with the code the console script exits with)."""
+    try:
+        return _run_cli(argv, capsys)
+    except SystemExit as exc:
+        cap = capsys.readouterr()
+        return CliResult(int(exc.code or 0), cap.out, cap.err)
+
+
+def _cli(argv) -> int:
+    from locvtp.cli import main
+
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def w(tiny_world, tmp_path_factory):
+    """Paths every row uses: a checkpoint, 2 videos, their features (h5), an index, a features-encoder checkpoint,
+    a non-UTF-8 file, an index of another embedding width (no checkpoint fingerprint)."""
+    from locvtp.features import FeatureRecord
+    from locvtp.search import build_index_from_records
+
+    root = tmp_path_factory.mktemp("mistakes")
+    ns = SimpleNamespace(root=root)
+    ns.ckpt = make_checkpoint(tiny_world, root / "ckpt")
+    ns.fck = make_checkpoint(tiny_world, root / "fck", video="features", in_dim=12)
+    ns.vids = root / "vids"
+    ns.vids.mkdir()
+    for p in world_videos(tiny_world)[:2]:
+        (ns.vids / p.name).symlink_to(p)
+    ns.video = sorted(ns.vids.iterdir())[0]
+    ns.feats = root / "f.h5"
+    assert _cli(["extract", "--checkpoint", ns.ckpt, "--videos", ns.vids, "--out", ns.feats, "--no-progress"]) == 0
+    ns.idx = root / "idx"
+    assert _cli(["index", "--features", ns.feats, "--out", ns.idx, "--no-progress"]) == 0
+    ns.bad = root / "not_utf8.txt"
+    ns.bad.write_bytes(NOT_UTF8)
+    ns.idx8 = root / "idx8"  # an index of width 8 built from foreign features (no checkpoint_sha256)
+    rng = np.random.default_rng(0)
+
+    def records(load):
+        for i in range(2):
+            f = rng.normal(size=(4, 8)).astype(np.float32) if load else None
+            win = np.stack([np.arange(4.0), np.arange(4.0) + 1], 1) if load else None
+            yield FeatureRecord(f"v{i}", 4, 8, f, win, 1.0, 4.0)
+
+    build_index_from_records(records, ns.idx8, progress=False)
+    ns.userfile = root / "notes.txt"
+    ns.userfile.write_text("mine\n")
+    return ns
+
+
+def ext(w, *extra):
+    return ["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", w.root / "new.h5", "--no-progress", *extra]
+
+
+def srch(w, *extra, index=None):
+    return ["search", "--index", index or w.idx, "--checkpoint", w.ckpt, *extra]
+
+
+def idx(w, *extra):
+    return ["index", "--features", w.feats, "--out", w.root / "new_idx", "--no-progress", *extra]
+
+
+NO_CUDA = not torch.cuda.is_available()
+
+# (id, argv builder, exit code, needles the one line must name)
+CASES = [
+    # ---- extract: ranges (case 8) -----------------------------------------------------------------------
+    ("extract-batch-clips-0", lambda w: ext(w, "--batch-clips", "0"), 2, ["--batch-clips"]),
+    ("extract-decode-workers-0", lambda w: ext(w, "--decode-workers", "0"), 2, ["--decode-workers"]),
+    ("extract-threads-negative", lambda w: ext(w, "--threads", "-1"), 2, ["--threads"]),
+    ("extract-flush-every-negative", lambda w: ext(w, "--flush-every", "-1"), 2, ["--flush-every"]),
+    ("extract-flush-seconds-negative", lambda w: ext(w, "--flush-seconds", "-5"), 2, ["--flush-seconds"]),
+    ("extract-clip-seconds-0", lambda w: ext(w, "--clip-seconds", "0"), 2, ["--clip-seconds"]),
+    ("extract-stride-nan", lambda w: ext(w, "--stride-seconds", "nan"), 2, ["--stride-seconds"]),
+    ("extract-frames-per-clip-0", lambda w: ext(w, "--frames-per-clip", "0"), 2, ["--frames-per-clip"]),
+    ("extract-frame-size-negative", lambda w: ext(w, "--frame-size", "-32"), 2, ["--frame-size"]),
+    # ---- extract: device (case 9) ----------------------------------------------------------------------
+    pytest.param("extract-device-cuda", lambda w: ext(w, "--device", "cuda"), 2, ["--device", "CUDA"],
+                 marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
+    # ---- extract: inputs ---------------------------------------------------------------------------------
+    ("extract-list-not-utf8", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.bad, "--out",
+                                         w.root / "new.h5", "--no-progress"], 2, ["--videos", "not_utf8.txt", "UTF-8"]),
+    ("extract-video-file-as-videos", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.video, "--out",
+                                                w.root / "new.h5"], 2, ["--videos", "video file"]),
+    ("extract-feature-file-for-pixel-model", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.feats,
+                                                        "--out", w.root / "new.h5"], 2, ["--videos", "f.h5"]),
+    ("extract-features-wrong-width", lambda w: ["extract", "--checkpoint", w.fck, "--videos", w.feats, "--out",
+                                                w.root / "new.h5", "--no-progress"], 2, ["f.h5", "64", "12"]),
+    ("extract-videos-missing", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.root / "nope", "--out",
+                                          w.root / "new.h5"], 1, ["--videos", "nope"]),
+    # ---- extract: outputs (case 1) ---------------------------------------------------------------------
+    ("extract-out-inside-checkpoint", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out",
+                                                 w.ckpt / "f.h5"], 2, ["--out", "--checkpoint"]),
+    ("extract-out-file-for-dir-format", lambda w: ext(w, "--format", "npy-dir")[:5] + [
+        "--out", w.userfile, "--format", "npy-dir"], 2, ["--out", "notes.txt", "not a directory"]),
+    ("extract-out-dir-for-h5", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", w.idx],
+     2, ["--out", "idx", "directory"]),
+    ("extract-out-foreign-text-file", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out",
+                                                 w.userfile, "--overwrite"], 2, ["--out", "notes.txt"]),
+    ("extract-failures-is-out", lambda w: ext(w, "--failures", w.root / "new.h5"), 2, ["--failures", "new.h5"]),
+    # ---- merge (case 3) --------------------------------------------------------------------------------
+    ("merge-no-match", lambda w: ["merge", "--out", w.root / "m.h5", str(w.root / "nothing*.h5")], 2,
+     ["nothing*.h5"]),
+    ("merge-missing-shard", lambda w: ["merge", "--out", w.root / "m.h5", w.root / "gone.h5"], 1, ["gone.h5"]),
+    ("merge-out-is-input", lambda w: ["merge", "--out", w.feats, w.feats], 2, ["--out", "f.h5", "input"]),
+    ("merge-out-exists", lambda w: ["merge", "--out", w.userfile, w.feats], 2, ["--out", "notes.txt", "--overwrite"]),
+    ("merge-overwrite-foreign", lambda w: ["merge", "--out", w.userfile, w.feats, "--overwrite"], 2,
+     ["notes.txt"]),
+    ("merge-shard-not-hdf5", lambda w: ["merge", "--out", w.root / "m.h5", w.bad], 1, ["not_utf8.txt"]),
+    # ---- index -----------------------------------------------------------------------------------------
+    ("index-ivf-0", lambda w: idx(w, "--ivf", "0"), 2, ["--ivf"]),
+    ("index-nprobe-0", lambda w: idx(w, "--nprobe", "0"), 2, ["--nprobe"]),
+    ("index-train-size-0", lambda w: idx(w, "--train-size", "0"), 2, ["--train-size"]),
+    ("index-ivf-more-than-clips", lambda w: idx(w, "--ivf", "100000"), 2, ["--ivf", "100000"]),
+    ("index-videos-not-utf8", lambda w: idx(w, "--videos", w.bad), 2, ["--videos", "not_utf8.txt", "UTF-8"]),
+    ("index-videos-missing", lambda w: idx(w, "--videos", w.root / "ids.txt"), 2, ["--videos", "ids.txt"]),
+    ("index-videos-dir", lambda w: idx(w, "--videos", w.vids), 2, ["--videos", "vids", "directory"]),
+    ("index-unknown-video-id", lambda w: idx(w, "--videos", w.root / "ids_unknown.txt"), 1, ["f.h5", "zzz"]),
+    ("index-features-missing", lambda w: ["index", "--features", w.root / "nope.h5", "--out", w.root / "i2"], 1,
+     ["nope.h5"]),
+    ("index-features-not-hdf5", lambda w: ["index", "--features", w.bad, "--out", w.root / "i2"], 1,
+     ["not_utf8.txt"]),
+    ("index-out-is-features", lambda w: ["index", "--features", w.feats, "--out", w.feats], 2,
+     ["--out", "--features"]),
+    ("index-out-is-user-file", lambda w: ["index", "--features", w.feats, "--out", w.userfile], 2, ["notes.txt"]),
+    # ---- search (cases 7, 8, 9 and tracebacks) -----------------------------------------------------------
+    ("search-top-k-0", lambda w: srch(w, "q", "--top-k", "0"), 2, ["--top-k"]),
+    ("search-pool-negative", lambda w: srch(w, "q", "--pool", "-5"), 2, ["--pool"]),
+    ("search-gap-negative", lambda w: srch(w, "q", "--gap", "-1"), 2, ["--gap"]),
+    ("search-tolerance-2", lambda w: srch(w, "q", "--tolerance", "2"), 2, ["--tolerance"]),
+    ("search-nprobe-0", lambda w: srch(w, "q", "--nprobe", "0"), 2, ["--nprobe"]),
+    ("search-threads-negative", lambda w: srch(w, "q", "--threads", "-1"), 2, ["--threads"]),
+    pytest.param("search-device-cuda", lambda w: srch(w, "q", "--device", "cuda"), 2, ["--device", "CUDA"],
+                 marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
+    ("search-queries-missing", lambda w: srch(w, "--queries", w.root / "qs.txt"), 2, ["--queries", "qs.txt"]),
+    ("search-queries-dir", lambda w: srch(w, "--queries", w.vids), 2, ["--queries", "vids", "directory"]),
+    ("search-queries-not-utf8", lambda w: srch(w, "--queries", w.bad), 2, ["--queries", "not_utf8.txt", "UTF-8"]),
+    ("search-empty-query", lambda w: srch(w, "  "), 2, ["query 1", "empty"]),
+    ("search-no-query", lambda w: srch(w), 2, ["query"]),
+    ("search-index-width-differs", lambda w: srch(w, "q", index=w.idx8), 2, ["idx8", "8", "64"]),
+    ("search-index-not-an-index", lambda w: srch(w, "q", index=w.vids), 1, ["vids", "not a moment index"]),
+    ("search-index-is-a-file", lambda w: srch(w, "q", index=w.feats), 1, ["f.h5", "not a moment index"]),
+    ("search-checkpoint-missing", lambda w: ["search", "--index", w.idx, "--checkpoint", w.root / "nock", "q"], 1,
+     ["nock"]),
+]
+
+
+@pytest.mark.parametrize("case_id,argv,code,needles", CASES, ids=[
+    c.values[0] if hasattr(c, "values") else c[0] for c in CASES])
+def test_one_line_error(w, capsys, case_id, argv, code, needles):
+    (w.root / "ids_unknown.txt").write_text("zzz\n")
+    before = sorted(p.name for p in w.root.iterdir())
+    res = run_cli(argv(w), capsys)
+    assert_one_line_error(res, code, *needles)
+    after = sorted(p.name for p in w.root.iterdir())
+    assert after == before, f"{case_id} wrote or deleted {set(after) ^ set(before)}"
+    assert w.userfile.read_text() == "mine\n"
+
+
+def test_top_k_and_pool_larger_than_the_index_are_capped(w, capsys):
+    """Case 7: `--top-k 10000000` on a small index used to allocate ~95 GiB and die; now it returns at most the
+    index's rows, and the library caps it too (not only the command line)."""
+    from locvtp.search import MomentIndex
+
+    res = run_cli(srch(w, "a red circle", "--top-k", "10000000", "--pool", "99999999"), capsys)
+    assert res.code == 0, res.err
+    index = MomentIndex(w.idx)
+    out = json.loads(res.out.strip().splitlines()[0])
+    assert 1 <= len(out["moments"]) <= len(index)
+    q = np.random.default_rng(0).normal(size=(2, index.dim)).astype(np.float32)
+    scores, rows = index.search_clips(q, 10**9)
+    assert rows.shape == (2, len(index)) and (rows >= 0).all()
+    assert len(index.search_moments(q[0], top_k=10**9, pool=10**9)[0]) <= len(index)
+    from locvtp.errors import UsageError
+
+    for kw in ({"top_k": 0}, {"pool": -5}, {"gap": -1}, {"tolerance": 1.5}):
+        with pytest.raises(UsageError):
+            index.search_moments(q[0], **kw)
+
+
+def test_query_warnings_in_json_and_on_stderr(w, capsys):
+    """A query of unknown words ranks by noise: said once on stderr and listed in the JSON `warnings`."""
+    res = run_cli(srch(w, "xyzzy qwertyuiop", "a red circle"), capsys)
+    assert res.code == 0, res.err
+    lines = [json.loads(ln) for ln in res.out.strip().splitlines()]
+    assert lines[0]["warnings"] and "known" in lines[0]["warnings"][0]
+    assert lines[1]["warnings"] == []
+    warn_lines = [ln for ln in res.err_lines if "warning" in ln]
+    assert len(warn_lines) == 1 and "xyzzy" in warn_lines[0]
