@@ -142,6 +142,9 @@ def check_options(opts: DownstreamOptions) -> DownstreamOptions:
     hc = opts.grounding.head_cfg
     if hc.kernel % 2 != 1:
         raise OptionError(f"option grounding.head_cfg.kernel={hc.kernel}: must be odd (same padding)")
+    probe = opts.segmentation.probe
+    if probe.head == "tcn" and probe.kernel % 2 != 1:
+        raise OptionError(f"option segmentation.probe.kernel={probe.kernel}: the tcn head needs an odd kernel")
     if not hc.min_iou < hc.max_iou:
         raise OptionError(f"options grounding.head_cfg.min_iou={hc.min_iou} and max_iou={hc.max_iou}: "
                               "min_iou must be below max_iou")
