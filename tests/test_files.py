@@ -176,3 +176,14 @@ def test_atomic_write_text(tmp_path):
     atomic_write_text(p, "hello")
     assert p.read_text() == "hello"
     assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_remove_owned_keeps_an_empty_folder_of_the_user(tmp_path):
+    d = tmp_path / "out"
+    (d / "_info").mkdir(parents=True)
+    (d / "mine_empty").mkdir()
+    (d / "_info" / "a.json").write_text("ours")
+    (d / "a.npy").write_text("ours")
+    write_manifest(d, "extract", ["a.npy", "_info/a.json"])
+    assert remove_owned(d, "extract") == 2
+    assert sorted(p.name for p in d.iterdir()) == ["mine_empty"]

@@ -37,6 +37,14 @@ class FeatureError(LocVTPError, RuntimeError):
     """A feature file or directory cannot be read (the message names it)."""
 
 
+class MissingVideoError(LocVTPError, KeyError):
+    """A requested video id is not in the features (a ``KeyError`` naming the file and the id, which the command
+    line reports as one line)."""
+
+    def __str__(self) -> str:  # KeyError's str() would quote its message
+        return str(self.args[0]) if self.args else ""
+
+
 def safe_name(video_id: str) -> str:
     """A file name for ``video_id``: the id itself when it is a plain name, else a stable hash."""
     if _SAFE_NAME.match(video_id) and len(video_id) <= 200:
@@ -166,7 +174,7 @@ def _iter_records(path: Path, load: bool, video_ids: Optional[list[str]]) -> Ite
             keys = sorted(f.keys()) if video_ids is None else list(video_ids)
             for vid in keys:
                 if vid not in f:
-                    raise KeyError(f"{p}: no video {vid!r}")
+                    raise MissingVideoError(f"{p}: no video {vid!r}")
                 d = _h5_dataset(f[vid])
                 if d is None or d.ndim != 2:
                     continue
@@ -188,7 +196,7 @@ def _iter_records(path: Path, load: bool, video_ids: Optional[list[str]]) -> Ite
         files = [p / f"{safe_name(v)}{ext}" for v in video_ids]
         absent = [v for v, q in zip(video_ids, files) if not q.is_file()]
         if absent:
-            raise KeyError(f"{p}: no video {absent[0]!r}")
+            raise MissingVideoError(f"{p}: no video {absent[0]!r}")
     for q in files:
         if fmt == "npz-dir":
             with np.load(q, allow_pickle=False) as z:
@@ -246,5 +254,5 @@ def check_finite(rec: FeatureRecord, where: str | Path) -> FeatureRecord:
     return rec
 
 
-__all__ = ["FeatureError", "FeatureRecord", "check_finite", "detect_format", "feature_info", "iter_features",
+__all__ = ["FeatureError", "FeatureRecord", "MissingVideoError", "check_finite", "detect_format", "feature_info", "iter_features",
            "read_features", "safe_name"]

@@ -207,6 +207,7 @@ def remove_owned(directory: str | os.PathLike, writer: str) -> int:
     if m is None or m.writer != writer:
         return 0
     n = 0
+    parents: set[Path] = set()
     for name in sorted(m.files, key=lambda s: -s.count("/")):
         q = d / name
         if ".." in Path(name).parts or Path(name).is_absolute():
@@ -217,10 +218,12 @@ def remove_owned(directory: str | os.PathLike, writer: str) -> int:
         elif q.is_dir():
             shutil.rmtree(q)
             n += 1
+        parents.update(q.parents)
     (d / MANIFEST).unlink(missing_ok=True)
-    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    inside = [p for p in parents if d in p.parents]
+    for sub in sorted(inside, key=lambda p: -len(p.parts)):
         with contextlib.suppress(OSError):
-            sub.rmdir()  # only empty folders our files lived in
+            sub.rmdir()  # only the folders our files lived in, once they are empty
     with contextlib.suppress(OSError):
         d.rmdir()
     return n

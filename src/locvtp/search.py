@@ -253,12 +253,7 @@ class IndexInputError(LocVTPError, ValueError):
     """The features cannot be indexed (no clips, widths that disagree, ...); the message names the file."""
 
 
-class MissingVideoError(LocVTPError, KeyError):
-    """A requested video id is not in the features (a ``KeyError``, as ``iter_features`` raises, that the command
-    line reports as one line)."""
-
-    def __str__(self) -> str:  # KeyError's str() quotes its message
-        return str(self.args[0]) if self.args else ""
+from locvtp.features import MissingVideoError  # noqa: E402  (re-exported: raised by iter_features)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
