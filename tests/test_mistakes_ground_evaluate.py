@@ -160,6 +160,11 @@ GROUND_MISTAKES = [
     ("features-of-the-wrong-width", lambda W: _feat(W, W.wide), 1, [lambda W: str(W.wide), "128", "64"]),
     ("features-without-the-video-id", lambda W: _feat(W, W.feats, "no_such_video"), 2,
      ["--video-id", "no_such_video", lambda W: str(W.feats)]),
+    ("features-with-clip-seconds", lambda W: [*_feat(W, W.feats), "--clip-seconds", "3"], 2,
+     ["--clip-seconds", "--features"]),
+    ("features-and-a-video", lambda W:
+     ["ground", "--checkpoint", W.ckpt, W.video, QUERY, "--features", W.feats, "--video-id", W.gvid], 2,
+     ["VIDEO", "--features"]),
     ("features-file-missing", lambda W: _feat(W, W.root / "nope.h5"), 1, ["nope.h5"]),
     ("features-checkpoint-without-features", lambda W: ["ground", "--checkpoint", W.fckpt, W.video, QUERY], 2,
      ["--checkpoint", "--features"]),

@@ -273,12 +273,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.video is None:
             p.error("--features needs --video-id (or a VIDEO argument whose stem is the id)")
         args.video_id = Path(args.video).stem
+    elif args.features is not None and args.video is not None:
+        p.error(f"give VIDEO ({args.video}) or --features with --video-id ({args.video_id}), not both")
+    if args.features is not None:
+        given = [f for f, v in (("--clip-seconds", args.clip_seconds), ("--stride-seconds", args.stride_seconds))
+                 if v is not None]
+        if given:  # silently ignoring them would answer another question than the one asked
+            p.error(f"{' and '.join(given)} cannot apply to --features: the clips were cut at extraction "
+                    "(re-extract with other clip settings, or ground the video file)")
     plot = _check_plot_path(args.plot) if args.plot is not None else None
     from locvtp.device import resolve_device
 
     device = resolve_device(args.device)  # before loading: no CUDA is not a corrupt checkpoint
     from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
-    from locvtp.inference import embed_texts, embed_video_file, require_tokenizer, text_query_warnings
+    from locvtp.inference import NO_WORDS, embed_texts, embed_video_file, require_tokenizer, text_query_warnings
 
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), map_location=device)
     tokenizer = require_tokenizer(ckpt, PROG)
@@ -288,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                       else 1.0)
     max_words = int(dcfg.max_words) if dcfg is not None else 24
     warnings = text_query_warnings(tokenizer, args.query, max_words)
-    if any("has no words" in w for w in warnings):
+    if any(NO_WORDS in w for w in warnings):
         raise UsageError(f"argument query: {args.query!r} has no words to ground")
     if args.features is not None:
         rec = _read_feature_record(args, ckpt, warnings)

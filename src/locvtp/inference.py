@@ -318,6 +318,9 @@ def _encoding_pieces(tokenizer: Any, text: str) -> tuple[list[str], list[int], l
     return pieces, [1] * len(pieces), [(0, 0)] * len(pieces), n_special, str(getattr(tokenizer, "unk_token", "[UNK]"))
 
 
+NO_WORDS = "has no words"  # in the warning for a query without any word (callers may refuse such a query)
+
+
 def text_query_warnings(tokenizer: Any, text: str, max_words: int) -> list[str]:
     """Warnings for a query whose ranking cannot mean what it seems (empty list: nothing to say).
 
@@ -340,7 +343,7 @@ def text_query_warnings(tokenizer: Any, text: str, max_words: int) -> list[str]:
     tokens, is_word, offsets, n_special, unk = _encoding_pieces(tokenizer, text)
     words = [(t, o) for t, w, o in zip(tokens, is_word, offsets) if w]
     if not words:
-        return [f"query {_excerpt(text)} has no words (empty, whitespace, or only characters the tokenizer drops): "
+        return [f"query {_excerpt(text)} {NO_WORDS} (empty, whitespace, or only characters the tokenizer drops): "
                 "there is nothing to match"]
     out = []
     if all(t == unk for t, _ in words):
@@ -401,5 +404,5 @@ def embed_texts(
 __all__ = [
     "DecodedClips", "TextEmbedding", "VideoEmbedding", "decode_video_clips", "embed_features", "embed_texts",
     "embed_video_file", "embed_video_frames", "encode_clip_sequence", "eval_mode", "has_temporal_layers",
-    "InferenceError", "require_tokenizer", "text_query_warnings",
+    "InferenceError", "NO_WORDS", "require_tokenizer", "text_query_warnings",
 ]
