@@ -24,7 +24,10 @@ def run_cli(argv: Sequence[str], capsys) -> CliResult:
     from locvtp.cli import main
 
     capsys.readouterr()
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own exit (usage errors: 2, --help: 0)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     cap = capsys.readouterr()
     return CliResult(int(code), cap.out, cap.err)
 
