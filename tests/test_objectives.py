@@ -458,7 +458,10 @@ def test_temporal_negatives_config_key_is_validated():
     cfg = load_config(overrides=["objective.temporal_negatives=warped"])
     obj = LocVTPObjective.from_config(cfg, dim=8)
     assert obj.temporal_negatives == "warped" and "temporal_negatives='warped'" in repr(obj)
-    bad = load_config(overrides=["objective.temporal_negatives=bogus"])
+    with pytest.raises(ValueError, match=r"objective\.temporal_negatives='bogus'.*'clips', 'warped'"):
+        load_config(overrides=["objective.temporal_negatives=bogus"])  # refused where the config is loaded
+    bad = load_config()
+    bad.objective.temporal_negatives = "bogus"  # a config edited in code is still checked by the objective
     with pytest.raises(ValueError, match=r"objective\.temporal_negatives.*'clips', 'warped'.*'bogus'"):
         LocVTPObjective.from_config(bad, dim=8)
     with pytest.raises(ValueError, match=r"objective\.temporal_negatives"):
