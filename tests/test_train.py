@@ -227,6 +227,24 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint(tiny_world, tmp
     assert_same_weights(run / "final", uninterrupted / "final")
 
 
+def test_resume_auto_skips_a_damaged_newest_checkpoint(tiny_world, tmp_path, uninterrupted, capsys):
+    """Issue #18: a truncated model.safetensors in the newest checkpoint used to stop every `--resume auto`. Now
+    one warning names it and why, the newest checkpoint that loads is used, and the run still ends exactly where
+    an uninterrupted one does."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    shutil.rmtree(run / "final")  # newest: step_6, then step_3
+    model = run / "checkpoints" / "step_0000006" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:1000])
+    capsys.readouterr()
+    resume_in_process(tiny_world, run)
+    cap = capsys.readouterr()
+    warnings = [ln for ln in cap.err.splitlines() if "warning" in ln and "damaged" in ln]
+    assert len(warnings) == 1 and str(model) in warnings[0] and "sha256" in warnings[0], cap.err
+    assert "step_0000003" in warnings[0] and "resumed from" in cap.out and "step_0000003" in cap.out
+    assert_same_weights(run / "final", uninterrupted / "final")
+
+
 def test_trainer_state_is_loaded_with_weights_only(tiny_world, tmp_path, uninterrupted):
     """A trainer_state.pt that would run code when unpickled is refused, and the code never runs."""
     run = tmp_path / "run"
