@@ -77,6 +77,11 @@ MISTAKES = [
      lambda t, w, b: ["pretrain", "--config", _yaml(t, "train:\n  batch_size: 0\n"), "--out", t / "run"], 2,
      ["bad.yaml", "train.batch_size=0"]),
     _cuda_row(),
+    ("features encoder on pixels", lambda t, w, b: pretrain_args(t, w, "model.video.name=features"), 2,
+     ["data.kind=videos", "model.video.name"]),
+    # --- the run directory
+    ("--out is a file", lambda t, w, b: [*pretrain_args(t, w), "--out", _file(t)], 2, ["--out", "afile"]),
+    ("--out is data.root", lambda t, w, b: [*pretrain_args(t, w), "--out", w], 2, ["--out", "data.root"]),
     # --- --resume
     ("--resume a missing dir", lambda t, w, b: pretrain_args(t, w, "--resume", t / "nope"), 2,
      ["--resume", str("nope")]),
@@ -91,8 +96,9 @@ MISTAKES = [
      ["model.text.path", "distilbert"]),
     ("missing data.tokenizer", lambda t, w, b: pretrain_args(t, w, f"data.tokenizer={t / 'tok.json'}"), 2,
      ["data.tokenizer", "tok.json"]),
-    ("data.kind=features without data.features", lambda t, w, b: pretrain_args(t, w, "data.kind=features"), 2,
-     ["data.features"]),
+    ("data.kind=features without data.features", lambda t, w, b: pretrain_args(t, w, "data.kind=features",
+                                                                                   "model.video.name=features"),
+     2, ["data.features"]),
     ("missing data.split_file", lambda t, w, b: pretrain_args(t, w, "data.split_file=ids.txt"), 1,
      ["data.split_file", "ids.txt"]),
     # --- data
@@ -142,6 +148,11 @@ def run(argv, capsys) -> CliResult:
     except SystemExit as exc:
         cap = capsys.readouterr()
         return CliResult(int(exc.code), cap.out, cap.err)
+
+
+def _file(tmp_path: Path) -> Path:
+    (tmp_path / "afile").write_text("mine")
+    return tmp_path / "afile"
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:

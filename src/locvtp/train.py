@@ -433,6 +433,26 @@ def check_model_paths(cfg: Any, resuming: bool) -> None:
             _existing_path("model.text.path", t.path)
 
 
+def check_run_dir(run: Path, cfg: Any) -> None:
+    """Mistakes found before anything is written: ``--out`` is a file, or is (or contains) the data root — a
+    run writes config.yaml, tokenizer/ and logs into its directory; and data that the video encoder cannot
+    take (pixels into the features encoder, or the reverse)."""
+    from .files import overlaps
+    from .model.video import is_pixel_encoder
+
+    if run.exists() and not run.is_dir():
+        raise UsageError(f"--out {run} is a file; the run directory must be a directory (or not exist yet)")
+    root = Path(os.path.expanduser(str(cfg.data.root)))
+    how = overlaps(run, root)
+    if how in ("is", "contains"):
+        raise UsageError(f"--out {run} {how} data.root {root}: choose a run directory apart from the data "
+                         "(nothing was written)")
+    pixels, name = cfg.data.kind == "videos", str(cfg.model.video.name)
+    if pixels != is_pixel_encoder(name):
+        need = "tiny3d or c3d" if pixels else "features"
+        raise ConfigError(f"data.kind={cfg.data.kind} needs model.video.name={need}, got model.video.name={name}")
+
+
 def _scalar_terms(out: dict) -> dict[str, float]:
     """Every scalar tensor the objective returned (loss terms, logit scale, ...), as floats."""
     return {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
@@ -484,6 +504,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
     run = Path(out_dir)
     cfg = copy.deepcopy(cfg)  # the vocabulary size is filled in below; never mutate the caller's config
     validate_config(cfg)
+    check_run_dir(run, cfg)
     dist = setup_distributed(str(cfg.train.device))
     strict = bool(strict or cfg.train.strict)
     tc = cfg.train

@@ -745,10 +745,10 @@ def build_pretrain_data(cfg: Any, items: list[CaptionItem], bad_rows: list[BadSa
                 known = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
                 todo = {v: p for v, p in paths.items() if v not in known or known[v].get("path", str(p)) != str(p)}
                 known.update({v: {**x, "path": str(paths[v])} for v, x in _probe_all(todo, progress).items()})
-                tmp = index_file.with_name(index_file.name + ".tmp")
+                from locvtp.files import atomic_write_text
+
                 run_dir.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(json.dumps(known, indent=0), encoding="utf-8")
-                os.replace(tmp, index_file)
+                atomic_write_text(index_file, json.dumps(known, indent=0))
             barrier()
             known = json.loads(index_file.read_text(encoding="utf-8"))
             infos = {}
