@@ -29,7 +29,7 @@ class DataConfig:
     captions: str = "howto100m"
     caption_file: str = "pretrain/caption.json"  # relative to root unless absolute
     video_dir: str = "videos"  # relative to root unless absolute
-    features: Optional[str] = None  # HDF5 file or directory of <vid>.npy (kind=features)
+    features: Optional[str] = None  # kind=features: HDF5 file, npy-dir or npz-dir (what `locvtp extract` writes)
     split_file: Optional[str] = None  # optional list of video ids to use
     num_clips: int = 8  # T: clips per training sample
     frames_per_clip: int = 4  # F: frames sampled per clip
@@ -47,8 +47,8 @@ class DataConfig:
     # Where the pre-decoded frame cache lives (data.cache=true). None = <run dir>/cache. Point two runs on the
     # same videos at one directory to decode once (the cache is keyed by frame size and the video list).
     cache_dir: Optional[str] = None
-    # kind=features: seconds between consecutive feature rows when the file does not say (HDF5 attribute
-    # `stride_seconds` wins); None = data.clip_seconds.
+    # kind=features: seconds between consecutive feature rows when the extraction does not say (its own
+    # `stride_seconds` wins: HDF5 attribute, or meta.json of an npy-dir / npz-dir); None = data.clip_seconds.
     feature_stride: Optional[float] = None
 
 

@@ -7,8 +7,9 @@ Three sources share one sample rule (see docs/training.md, "How a training sampl
   real narrations are misaligned), shifted to lie inside the video. The window is wider than most narrations on
   purpose: it carries the temporal context the fine-grained and temporal objectives need;
 * videos + WebVid CSV captions: one sample per row, the window is the whole video;
-* pre-extracted per-clip features (HDF5, one dataset per video id, or a directory of ``<vid>.npy``) with either
-  caption format: the same windows, each clip the mean of the feature rows whose centres fall inside it.
+* pre-extracted per-clip features (any layout ``locvtp extract`` writes: HDF5, npy-dir, npz-dir; stride and ids
+  from the extraction itself) with either caption format: the same windows, each clip the mean of the feature
+  rows whose centres fall inside it.
 
 A window of length ``W`` holds ``n = min(T, max(1, floor(W / clip_seconds)))`` equal clips; the remaining
 ``T - n`` slots are padding, masked by ``clip_mask`` (only videos shorter than the window have them).
