@@ -222,7 +222,21 @@ def test_words_mask_in_worker_processes_and_shards(tmp_path):
 
 
 def test_video_probes_equal_probe_video(tiny_world, tmp_path):
-    from locvtp.data.datasets import _probe_all, find_video
+    from dataclasses import asdict
+
+    from locvtp.data.datasets import find_video
+    from locvtp.data.video import probe_video
+
+    def _probe_all(paths):  # the in-memory path's probe, written plainly
+        out = {}
+        for v, p in paths.items():
+            try:
+                info = probe_video(p)
+                out[v] = asdict(info)
+            except Exception as exc:  # noqa: BLE001
+                out[v] = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"[:300]}
+        return out
+
 
     cap = tmp_path / "caption.json"
     data = json.loads((tiny_world / "pretrain" / "caption.json").read_text())
@@ -230,7 +244,7 @@ def test_video_probes_equal_probe_video(tiny_world, tmp_path):
     cap.write_text(json.dumps(data))
     store = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
     probes = corpus_mod.video_probes(store, tiny_world / "videos", chunk=2, progress=False)
-    ref = _probe_all({v: find_video(tiny_world / "videos", v) for v in store.video_ids}, progress=False)
+    ref = _probe_all({v: find_video(tiny_world / "videos", v) for v in store.video_ids})
     bad = {store.video_ids[int(k)]: str(m) for k, m in zip(probes["err_idx"], probes["err_msg"])}
     assert bad == {v: x["error"] for v, x in ref.items() if "error" in x} and list(bad) == ["missing_video"]
     for k, v in enumerate(store.video_ids):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from locvtp.config import load_config
+from locvtp.data.corpus import prepare_corpus
 from locvtp.data.datasets import (
     BadSample,
     BadSampleError,
@@ -21,7 +22,6 @@ from locvtp.data.datasets import (
     PretrainDataset,
     ResumableBatchSampler,
     build_pretrain_data,
-    load_caption_items,
     narration_window,
     pool_features,
     split_window,
@@ -132,9 +132,7 @@ def test_feature_dataset(tmp_path, kind, captions):
                              f"data.captions={captions}",
                              f"data.caption_file={'caption.json' if captions == 'howto100m' else 'webvid.csv'}",
                              "data.num_clips=8", "data.clip_seconds=1.0", "data.jitter_seconds=0"])
-    items, bad_rows = load_caption_items(cfg.data)
-    tok = train_tokenizer([it.text for it in items], 100)
-    data = build_pretrain_data(cfg, items, bad_rows, tok, tmp_path / "run", progress=False)
+    data, _ = _prepared_data(cfg, tmp_path / "run", vocab=100)
     ds = data.dataset
     assert isinstance(ds.source, FeatureSource) and ds.source.stride == 1.0 and ds.source.dim == 6
     if captions == "howto100m":
@@ -201,15 +199,22 @@ def _tiny_cfg(world, *extra):
 
 def _build(world, run, *extra, strict=False):
     cfg = _tiny_cfg(world, *extra)
-    items, bad_rows = load_caption_items(cfg.data, strict=strict)
-    tok = train_tokenizer([it.text for it in items], 200)
-    return build_pretrain_data(cfg, items, bad_rows, tok, run, strict=strict, progress=False), tok, cfg
+    data, tok = _prepared_data(cfg, run, strict=strict, vocab=200)
+    return data, tok, cfg
+
+
+def _prepared_data(cfg, run, strict=False, vocab=200):
+    """What `pretrain` builds: the prepared corpus, a tokenizer trained on its captions, the dataset."""
+    prepared = prepare_corpus(cfg, tokenizer=False, strict=strict, progress=False)
+    tok = train_tokenizer(prepared.store.texts(), vocab)
+    return build_pretrain_data(cfg, prepared, tok, run, strict=strict, progress=False), tok
 
 
 def test_cache_and_mp4_decoding_give_the_same_clips(tiny_world, tmp_path):
     cached, tok, _ = _build(tiny_world, tmp_path / "a", "data.cache=true")
     files, _, _ = _build(tiny_world, tmp_path / "b", "data.cache=false")
-    assert (tmp_path / "a" / "cache").is_dir() and (tmp_path / "b" / "video_index.json").is_file()
+    assert (tmp_path / "a" / "cache").is_dir()
+    assert list(files.dataset.items.store.directory.glob("probe-*.npz"))  # the file path probes via the corpus
     n = _num_narrations(tiny_world)
     assert len(cached.dataset) == len(files.dataset) == n and not cached.bad
     for key in [(0, 0), (0, 5), (3, 11), (1, n - 1)]:  # training mode: jittered windows, frames and crops

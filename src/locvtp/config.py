@@ -47,6 +47,10 @@ class DataConfig:
     # Where the pre-decoded frame cache lives (data.cache=true). None = <run dir>/cache. Point two runs on the
     # same videos at one directory to decode once (the cache is keyed by frame size and the video list).
     cache_dir: Optional[str] = None
+    # Where the prepared corpus lives (docs/training.md, "At scale"): the caption file converted once into
+    # memory-mapped columns, plus its per-tokenizer and per-video caches. None = $LOCVTP_CACHE/prepared, else
+    # ~/.cache/locvtp/prepared. Each corpus is a subdirectory named by a key of its inputs.
+    prepared_dir: Optional[str] = None
     # kind=features: seconds between consecutive feature rows when the extraction does not say (its own
     # `stride_seconds` wins: HDF5 attribute, or meta.json of an npy-dir / npz-dir); None = data.clip_seconds.
     feature_stride: Optional[float] = None

@@ -380,7 +380,10 @@ def warn_config_changes(cfg: Any, saved: Path) -> None:
             f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in changed[:12]), file=sys.stderr)
 
 
-def prepare_tokenizer(cfg: Any, run: Path, items: list, resume_from: Optional[Path], dist: Dist) -> Any:
+_no_tokenizer = False  # prepare_corpus(tokenizer=False): the words mask is built with the run's own tokenizer
+
+
+def prepare_tokenizer(cfg: Any, run: Path, store: Any, resume_from: Optional[Path], dist: Dist) -> Any:
     """The run's tokenizer: the resumed checkpoint's, ``data.tokenizer``, the HF model's, or WordPiece trained
     on the pre-training captions (by rank 0; the others load what it saved). Saved to ``RUN/tokenizer/``; sets
     ``model.text.vocab_size`` for the transformer text encoder."""
@@ -397,8 +400,7 @@ def prepare_tokenizer(cfg: Any, run: Path, items: list, resume_from: Optional[Pa
         tok = Tokenizer.load(os.path.expanduser(str(cfg.model.text.path)))
     else:
         if dist.is_main:
-            train_tokenizer([it.text for it in items if isinstance(it.text, str)],
-                            vocab_size=int(cfg.data.vocab_size)).save(tok_dir)
+            train_tokenizer(store.texts(), vocab_size=int(cfg.data.vocab_size)).save(tok_dir)
         dist.barrier()
         tok = Tokenizer.load(tok_dir / "tokenizer.json")
     if dist.is_main:
@@ -496,8 +498,9 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
     from tqdm import tqdm
 
     from .checkpoint import load_checkpoint, load_trainer_state, read_meta, save_checkpoint
-    from .data.datasets import (BadSampleLog, Collator, ResumableBatchSampler, build_pretrain_data,
-                                load_caption_items)
+    from .data.corpus import prepare_corpus
+    from .data.datasets import BadSampleLog, Collator, build_pretrain_data
+    from .data.sampler import ResumableBatchSampler
     from .model import LocVTP
     from .objectives import LocVTPObjective
 
@@ -528,10 +531,12 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
     if int(tc.num_threads) > 0:
         torch.set_num_threads(int(tc.num_threads))  # restored at the end (pretrain may run inside a bigger program)
     seed_everything(int(cfg.seed))
-    items, bad_rows = load_caption_items(cfg.data, strict=strict)
-    tokenizer = prepare_tokenizer(cfg, run, items, resume_from, dist)
-    data = build_pretrain_data(cfg, items, bad_rows, tokenizer, run, strict=strict,
-                               progress=progress and dist.is_main, is_main=dist.is_main, barrier=dist.barrier)
+    share = (dist.rank, dist.world)  # corpus-sized work is split over the ranks, never done by one while others wait
+    prepared = prepare_corpus(cfg, tokenizer=_no_tokenizer, share=share, strict=strict,
+                              progress=progress and dist.is_main)
+    tokenizer = prepare_tokenizer(cfg, run, prepared.store, resume_from, dist)
+    data = build_pretrain_data(cfg, prepared, tokenizer, run, strict=strict, progress=progress and dist.is_main,
+                               is_main=dist.is_main, barrier=dist.barrier, share=share)
     if dist.is_main:
         save_config(cfg, run / "config.yaml")
         if resume_from is None:  # a fresh run starts fresh logs (a resumed one keeps and extends them)
@@ -575,7 +580,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
             find_unused_parameters=unused)
 
     sampler = ResumableBatchSampler(len(data.dataset), B, dist.rank, dist.world, int(cfg.seed), start=step * accum,
-                                    groups=[item.vid for item in data.dataset.items],
+                                    groups=data.dataset.items.group_keys() if int(cfg.data.group_size) > 1 else None,
                                     group_size=int(cfg.data.group_size))
     workers = int(cfg.data.num_workers)
     loader = torch.utils.data.DataLoader(

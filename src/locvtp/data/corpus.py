@@ -263,6 +263,8 @@ def prepare_captions(caption_file: str | Path, captions: str, root: str | Path |
     if not path.is_file():
         raise FileNotFoundError(2, "caption file not found", str(path))
     split = Path(split_file) if split_file else None
+    if split is not None and not split.is_file():
+        raise FileNotFoundError(2, "data.split_file does not exist", str(split))
     root = Path(root) if root is not None else default_prepared_root()
     d = root / f"captions-{captions_key(path, captions, split)}"
     if (d / "meta.json").is_file():
@@ -277,7 +279,13 @@ def prepare_captions(caption_file: str | Path, captions: str, root: str | Path |
         stats = _convert(path, captions, work, strict, progress)
         keep = None
         if split is not None:
-            keep = {ln.strip() for ln in split.read_text(encoding="utf-8").splitlines() if ln.strip()}
+            try:
+                keep = {ln.strip() for ln in split.read_text(encoding="utf-8").splitlines() if ln.strip()}
+            except UnicodeDecodeError as exc:
+                from locvtp.config import ConfigError
+
+                raise ConfigError(f"data.split_file: {split} is not UTF-8 text ({exc.reason} at byte "
+                                  f"{exc.start})") from None
         _finish_columns(work, keep)
         meta = {"version": CORPUS_VERSION, "captions": captions, "caption_file": str(path),
                 "split_file": str(split) if split else None, **stats, "complete": True}
@@ -696,9 +704,9 @@ def prepare_corpus(cfg: Any, tokenizer: Any = None, share: tuple[int, int] = (0,
         from locvtp.data.formats import BadRecord, FormatError
 
         raise FormatError(str(BadRecord(*store.bad_rows()[0])))
-    tok = tokenizer if tokenizer is not None else fixed_tokenizer(cfg)
+    tok = fixed_tokenizer(cfg) if tokenizer is None else tokenizer  # False: no words mask here (pretrain's own)
     out = PreparedCorpus(store)
-    if tok is not None:
+    if tok is not None and tok is not False:
         out.words = words_mask(store, tok, int(d.max_words), share, workers, progress, wait=wait)
     if d.kind == "videos" and not d.cache:
         out.probes = video_probes(store, resolve_data_path(d.root, d.video_dir), share, workers, progress,

@@ -36,8 +36,10 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset
 from locvtp.config import ConfigError
+from locvtp.data.corpus import resolve_data_path
+from locvtp.data.sampler import ResumableBatchSampler  # noqa: F401  (re-exported)
 from locvtp.errors import LocVTPError
 
 
@@ -179,11 +181,7 @@ def pool_features(feats: np.ndarray, windows: np.ndarray, stride: float, clip_se
     return (weights @ np.asarray(feats, dtype=np.float64)).astype(np.float32)
 
 
-def _resolve(root: str | Path, p: str | Path | None) -> Optional[Path]:
-    if p is None:
-        return None
-    p = Path(os.path.expanduser(str(p)))
-    return p if p.is_absolute() else Path(root) / p
+_resolve = resolve_data_path  # data.* paths: absolute, or relative to data.root
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -587,78 +585,6 @@ class Collator:
         return batch
 
 
-class ResumableBatchSampler(Sampler):
-    """An endless stream of this rank's micro-batches of ``(epoch, index)``, starting at any global position.
-
-    Each epoch is ``torch.utils.data.DistributedSampler``'s order (a permutation seeded by ``seed + epoch``,
-    rank r taking every world-th element), cut into local batches of ``batch_size // world`` with the tail
-    dropped; local batch j of every rank together form global batch j = the j-th ``batch_size`` slice of the
-    permutation, whatever the number of ranks. ``start`` = the number of global micro-batches already consumed,
-    which is the whole data-order state a checkpoint needs.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 start: int = 0, shuffle: bool = True, groups: Optional[Sequence[Any]] = None,
-                 group_size: int = 1):
-        if group_size < 1:
-            raise ConfigError(f"data.group_size must be >= 1, got {group_size}")
-        if group_size > 1 and (groups is None or len(groups) != num_samples):
-            raise ValueError("data.group_size > 1 needs the video of every sample (groups of length num_samples)")
-        if batch_size < 1:
-            raise ConfigError(f"train.batch_size={batch_size}: must be >= 1")
-        if batch_size % world_size:
-            raise ConfigError(f"train.batch_size={batch_size} is not divisible by the {world_size} ranks")
-        self.local = batch_size // world_size
-        self.per_epoch = num_samples // batch_size
-        if self.per_epoch < 1:
-            raise ConfigError(f"the dataset has {num_samples} samples, fewer than one batch "
-                             f"(train.batch_size={batch_size}); lower train.batch_size")
-        self.n, self.rank, self.world, self.seed = num_samples, rank, world_size, seed
-        self.start, self.shuffle = start, shuffle
-        self.group_size = int(group_size)
-        self._groups = None
-        if self.group_size > 1:  # sample indices of each video, in a fixed order
-            by_video: dict[Any, list[int]] = {}
-            for i, g in enumerate(groups):
-                by_video.setdefault(g, []).append(i)
-            self._groups = [np.asarray(v, dtype=np.int64) for _, v in sorted(by_video.items(), key=lambda kv: str(kv[0]))]
-
-    def grouped_order(self, epoch: int) -> list[int]:
-        """One epoch's permutation with the samples of one video next to each other, in runs of up to
-        ``group_size``: each video's samples are shuffled and cut into runs, then the runs are shuffled. Global
-        batches are contiguous slices of this order, so most runs land whole in one batch and the batch holds
-        hard negatives: other moments of the same videos (the same objects, a different event)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        runs: list[np.ndarray] = []
-        for members in self._groups:
-            members = rng.permutation(members) if self.shuffle else members
-            runs += [members[k:k + self.group_size] for k in range(0, len(members), self.group_size)]
-        order = rng.permutation(len(runs)) if self.shuffle else np.arange(len(runs))
-        return np.concatenate([runs[k] for k in order]).tolist()
-
-    def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
-        if self._groups is not None:  # DistributedSampler's rank split (drop_last) of the grouped order
-            perm = self.grouped_order(epoch)
-            total = (self.n // self.world) * self.world
-            idx = perm[self.rank:total:self.world]
-        else:
-            ds = DistributedSampler(range(self.n), num_replicas=self.world, rank=self.rank, shuffle=self.shuffle,
-                                    seed=self.seed, drop_last=True)
-            ds.set_epoch(epoch)
-            idx = list(iter(ds))
-        return [[(epoch, i) for i in idx[j * self.local:(j + 1) * self.local]] for j in range(self.per_epoch)]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, j = divmod(self.start, self.per_epoch)
-        while True:
-            batches = self.epoch_batches(epoch)
-            yield from batches[j:]
-            epoch, j = epoch + 1, 0
-
-    def __len__(self) -> int:  # one epoch (the stream itself is endless)
-        return self.per_epoch
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Building a dataset from the config
 # ----------------------------------------------------------------------------------------------------------
@@ -685,55 +611,51 @@ def find_video(video_dir: Path, vid: str) -> Path:
     return p  # does not exist: probing reports "file not found" with this path
 
 
-def _probe_all(paths: dict[str, Path], progress: bool) -> dict[str, dict]:
-    from dataclasses import asdict as _asdict
+def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, strict: bool = False,
+                        progress: bool = True, is_main: bool = True, barrier: Any = None,
+                        share: tuple[int, int] = (0, 1)) -> PretrainData:
+    """Sources, up-front checks and the dataset, from ``cfg.data`` and the prepared corpus
+    (:func:`locvtp.data.corpus.prepare_corpus`).
 
-    from tqdm import tqdm
-
-    from locvtp.data.video import probe_video
-
-    out: dict[str, dict] = {}
-    for vid in tqdm(sorted(paths), desc="probing videos", disable=not progress, unit="video"):
-        try:
-            info = probe_video(paths[vid])
-            if not (info.duration > 0):
-                raise OSError(f"{paths[vid]}: zero duration")
-            out[vid] = _asdict(info)
-        except Exception as exc:  # noqa: BLE001
-            out[vid] = {"error": _reason(exc), "path": str(paths[vid])}
-    return out
-
-
-def build_pretrain_data(cfg: Any, items: list[CaptionItem], bad_rows: list[BadSample], tokenizer: Any,
-                        run_dir: Path, strict: bool = False, progress: bool = True, is_main: bool = True,
-                        barrier: Any = None) -> PretrainData:
-    """Sources, up-front checks and the dataset, from ``cfg.data`` and the caption records.
-
-    Under DDP every rank calls this; rank 0 (``is_main``) does the one-off work (probing, the frame cache) and
-    the others wait at ``barrier`` and read its results, so videos are never decoded twice.
+    Nothing per narration becomes a Python object: the checks (unreadable video, caption without words under
+    ``tokenizer``, narration after the end of its video) are array operations over the corpus's columns, and the
+    dataset's items are made on access. Only the samples found bad get a record, worded as the in-memory path
+    words it. Under DDP every rank calls this with ``share=(rank, world)``: the words mask is computed in shares
+    by all ranks at once (:func:`~locvtp.data.corpus.words_mask`); the frame cache (``data.cache``, for corpora
+    that fit on disk decoded) is built by rank 0 while the others wait at ``barrier``.
     """
+    from locvtp.data.corpus import CaptionItems, words_mask
     from locvtp.data.video import VideoInfo
 
     barrier = barrier or (lambda: None)
     d = cfg.data
     root = Path(os.path.expanduser(str(d.root)))
-    run_dir = Path(run_dir)
-    vids = sorted({it.vid for it in items})
+    store = prepared.store
+    keep = store.keep_mask()
+    idx_dtype = np.int32 if store.n < 2**31 else np.int64
+    cand = (np.nonzero(keep)[0] if keep is not None else np.arange(store.n)).astype(idx_dtype, copy=False)
+    narr_video = np.asarray(store.narr_video)
+    cand_video = narr_video[cand]
+    used = np.zeros(store.num_videos, dtype=bool)
+    used[cand_video] = True
+    vid_names = store.video_ids
+    vids = sorted(vid_names[k] for k in np.nonzero(used)[0])
     bad_videos: dict[str, tuple[str, str]] = {}  # vid -> (source, reason)
     if d.kind == "features":
         if d.features is None:
             raise ConfigError("data.kind=features needs data.features (an HDF5 file or a directory of <vid>.npy)")
-        source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride, video_ids=vids)
+        source = FeatureSource(resolve_data_path(root, d.features), float(d.clip_seconds), d.feature_stride,
+                               video_ids=vids)
         for v in vids:
             if v not in source.lengths:
                 bad_videos[v] = (str(source.path), f"no features for video {v!r} in {source.path}")
             elif source.lengths[v] == 0:
                 bad_videos[v] = (str(source.path), f"empty feature array for video {v!r}")
     elif d.kind == "videos":
-        video_dir = _resolve(root, d.video_dir)
+        video_dir = resolve_data_path(root, d.video_dir)
         paths = {v: find_video(video_dir, v) for v in vids}
         if d.cache:
-            cache_root = Path(os.path.expanduser(str(d.cache_dir))) if d.cache_dir else run_dir / "cache"
+            cache_root = Path(os.path.expanduser(str(d.cache_dir))) if d.cache_dir else Path(run_dir) / "cache"
             if is_main:
                 FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict, progress)
             barrier()
@@ -741,77 +663,62 @@ def build_pretrain_data(cfg: Any, items: list[CaptionItem], bad_rows: list[BadSa
                                            progress=False)
             bad_videos.update({b.vid: (b.source, b.reason) for b in bad})
         else:
-            index_file = run_dir / "video_index.json"
-            if is_main:
-                known = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
-                todo = {v: p for v, p in paths.items() if v not in known or known[v].get("path", str(p)) != str(p)}
-                known.update({v: {**x, "path": str(paths[v])} for v, x in _probe_all(todo, progress).items()})
-                from locvtp.files import atomic_write_text
-
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(index_file, json.dumps(known, indent=0))
-            barrier()
-            known = json.loads(index_file.read_text(encoding="utf-8"))
+            probes = prepared.probes
+            errors = {int(k): str(m) for k, m in zip(probes["err_idx"], probes["err_msg"])}
             infos = {}
-            for v in vids:
-                x = known[v]
-                if "error" in x:
+            for k in np.nonzero(used)[0]:
+                v = vid_names[k]
+                if int(k) in errors:
                     if strict:
-                        raise BadSampleError(f"{paths[v]}: unreadable video: {x['error']}{STRICT_NOTE}")
-                    bad_videos[v] = (str(paths[v]), x["error"])
+                        raise BadSampleError(f"{paths[v]}: unreadable video: {errors[int(k)]}{STRICT_NOTE}")
+                    bad_videos[v] = (str(paths[v]), errors[int(k)])
                 else:
-                    infos[v] = VideoInfo(**{k: x[k] for k in ("fps", "duration", "num_frames", "width", "height")})
+                    infos[v] = VideoInfo(*(float(probes["fps"][k]), float(probes["duration"][k]),
+                                           int(probes["num_frames"][k]), int(probes["width"][k]),
+                                           int(probes["height"][k])))
             source = VideoFileSource(paths, infos, int(d.frames_per_clip), int(d.frame_size))
     else:
         raise ConfigError(f"data.kind must be 'videos' or 'features', got {d.kind!r}")
 
-    # Per-sample checks: unreadable video, narration outside the video, caption without words.
-    bad: list[BadSample] = list(bad_rows)
-    good: list[CaptionItem] = []
-    texts_ok = _texts_with_words(tokenizer, [it.text for it in items], int(d.max_words))
-    for it, ok in zip(items, texts_ok):
-        if it.vid in bad_videos:
-            src, reason = bad_videos[it.vid]
-            rec = BadSample("video", it.source, f"{src}: {reason}" if src not in reason else reason, it.vid)
-        elif not ok:
-            rec = BadSample("row", it.source, f"caption has no word tokens: {it.text!r:.80}", it.vid)
-        elif not math.isinf(it.end) and it.start >= source.durations[it.vid]:
-            rec = BadSample("row", it.source, f"narration [{it.start:.2f}, {it.end:.2f}] s starts after the end of "
-                                              f"the video ({source.durations[it.vid]:.2f} s)", it.vid)
+    # Per-sample checks, as arrays: unreadable video, caption without words, narration after the video's end.
+    video_bad = np.zeros(store.num_videos, dtype=bool)
+    duration = np.full(store.num_videos, np.nan)
+    for k in np.nonzero(used)[0]:
+        v = vid_names[k]
+        if v in bad_videos:
+            video_bad[k] = True
         else:
-            good.append(it)
-            continue
+            duration[k] = source.durations[v]
+    ok_words = words_mask(store, tokenizer, int(d.max_words), share=share, progress=progress)
+    starts, ends = np.asarray(store.starts)[cand], np.asarray(store.ends)[cand]
+    is_bad_video = video_bad[cand_video]
+    no_words = ~ok_words[cand] & ~is_bad_video
+    with np.errstate(invalid="ignore"):
+        after_end = np.isfinite(ends) & (starts >= duration[cand_video]) & ~is_bad_video & ~no_words
+    bad_pos = np.nonzero(is_bad_video | no_words | after_end)[0]
+    bad: list[BadSample] = [BadSample("row", f"{f}: {loc}", reason) for f, loc, reason in store.bad_rows()]
+    for p in bad_pos:
+        i = int(cand[p])
+        vid, src_i = vid_names[int(narr_video[i])], store.source(i)
+        if is_bad_video[p]:
+            src, reason = bad_videos[vid]
+            rec = BadSample("video", src_i, f"{src}: {reason}" if src not in reason else reason, vid)
+        elif no_words[p]:
+            rec = BadSample("row", src_i, f"caption has no word tokens: {store.text(i)!r:.80}", vid)
+        else:
+            rec = BadSample("row", src_i, f"narration [{starts[p]:.2f}, {ends[p]:.2f}] s starts after the end of "
+                                          f"the video ({source.durations[vid]:.2f} s)", vid)
         if strict:
             raise BadSampleError(f"{rec.source}: {rec.reason}{STRICT_NOTE}")
         bad.append(rec)
-    if not good:
+    good = np.delete(cand, bad_pos) if len(bad_pos) else cand
+    if not len(good):
         raise NoSamplesError(f"no usable pre-training samples under {root} ({len(bad)} bad; first: "
-                         f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
-    dataset = PretrainDataset(good, source, int(d.num_clips), float(d.clip_seconds), float(d.jitter_seconds),
-                              train=True, seed=int(cfg.seed), strict=strict,
+                             f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
+    dataset = PretrainDataset(CaptionItems(store, good), source, int(d.num_clips), float(d.clip_seconds),
+                              float(d.jitter_seconds), train=True, seed=int(cfg.seed), strict=strict,
                               offset_window=int(cfg.objective.window) if cfg.objective.temporal else 0)
-    return PretrainData(dataset=dataset, bad=bad, total=len(items) + len(bad_rows))
-
-
-def _texts_with_words(tokenizer: Any, texts: list[str], max_words: int, chunk: int = 4096) -> list[bool]:
-    """Which captions keep at least one word piece after tokenization (others would break a whole batch)."""
-    def has_words(enc) -> bool:
-        return any(not s for s in enc.special_tokens_mask)
-
-    ok: list[bool] = []
-    for i in range(0, len(texts), chunk):
-        part = texts[i:i + chunk]
-        usable = [isinstance(t, str) and bool(t.strip()) for t in part]
-        try:
-            encs = tokenizer.encode_batch([t if u else "." for t, u in zip(part, usable)], max_words)
-            ok.extend(u and has_words(e) for u, e in zip(usable, encs))
-        except ValueError:  # e.g. invalid Unicode somewhere in the chunk: find which, one by one
-            for t, u in zip(part, usable):
-                try:
-                    ok.append(u and has_words(tokenizer.encode_batch([t], max_words)[0]))
-                except ValueError:
-                    ok.append(False)
-    return ok
+    return PretrainData(dataset=dataset, bad=bad, total=len(cand) + len(store.bad_rows()))
 
 
 def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionItem], list[BadSample]]:

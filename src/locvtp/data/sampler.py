@@ -30,17 +30,21 @@ class ResumableBatchSampler:
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  start: int = 0, shuffle: bool = True, groups: Optional[Sequence[Any]] = None,
                  group_size: int = 1):
+        from locvtp.config import ConfigError
+
         if group_size < 1:
-            raise ValueError(f"data.group_size must be >= 1, got {group_size}")
+            raise ConfigError(f"data.group_size must be >= 1, got {group_size}")
         if group_size > 1 and (groups is None or len(groups) != num_samples):
             raise ValueError("data.group_size > 1 needs the video of every sample (groups of length num_samples)")
+        if batch_size < 1:
+            raise ConfigError(f"train.batch_size={batch_size}: must be >= 1")
         if batch_size % world_size:
-            raise ValueError(f"train.batch_size={batch_size} is not divisible by the {world_size} ranks")
+            raise ConfigError(f"train.batch_size={batch_size} is not divisible by the {world_size} ranks")
         self.local = batch_size // world_size
         self.per_epoch = num_samples // batch_size
         if self.per_epoch < 1:
-            raise ValueError(f"the dataset has {num_samples} samples, fewer than one batch "
-                             f"(train.batch_size={batch_size}); lower train.batch_size")
+            raise ConfigError(f"the dataset has {num_samples} samples, fewer than one batch "
+                              f"(train.batch_size={batch_size}); lower train.batch_size")
         self.n, self.rank, self.world, self.seed = num_samples, rank, world_size, seed
         self.start, self.shuffle = start, shuffle
         self.group_size = int(group_size)
