@@ -260,3 +260,65 @@ def test_group_keys_order_like_the_ids(tmp_path):
     keys = items.group_keys()
     vids = [items[k].vid for k in range(len(items))]
     assert sorted(range(len(vids)), key=lambda k: (vids[k], k)) == sorted(range(len(vids)), key=lambda k: (keys[k], k))
+
+
+@pytest.mark.parametrize("layout", ["h5", "npy-dir"])
+def test_feature_lengths_equal_a_scan_and_follow_the_features(tmp_path, layout):
+    import h5py
+
+    from locvtp.data.datasets import FeatureSource
+
+    cap = tmp_path / "caption.json"
+    vids = ["a", "b c", "d"]  # "b c" is stored under a hashed name; "d" has no features
+    cap.write_text(json.dumps({v: {"start": [0], "end": [1], "text": ["x"]} for v in vids}))
+    store = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
+    rng = np.random.default_rng(0)
+    feats = {"a": rng.standard_normal((7, 4)).astype(np.float32), "b c": rng.standard_normal((3, 4)).astype(np.float32)}
+    if layout == "h5":
+        path = tmp_path / "f.h5"
+        with h5py.File(path, "w") as f:
+            for v, x in feats.items():
+                f[v] = x
+    else:
+        from locvtp.features import safe_name
+
+        path = tmp_path / "feats"
+        (path / "_info").mkdir(parents=True)
+        for v, x in feats.items():
+            np.save(path / f"{safe_name(v)}.npy", x)
+            (path / "_info" / f"{safe_name(v)}.json").write_text(json.dumps({"video_id": v}))
+    got = corpus_mod.feature_lengths(store, path, chunk=2, progress=False)
+    scan = FeatureSource(path, 1.0, None, video_ids=store.video_ids)
+    assert got["rows"].tolist() == [scan.lengths.get(v, -1) for v in store.video_ids] == [7, 3, -1]
+    src = FeatureSource(path, 1.0, None, known_lengths={v: (int(r), int(d)) for v, r, d in
+                                                         zip(store.video_ids, got["rows"], got["dim"])})
+    assert src.lengths == scan.lengths and src.dim == 4
+    np.testing.assert_array_equal(src.rows("b c", 0, 3), feats["b c"])
+    if src._h5 is not None:
+        src._h5.close()
+    before = {p.name for p in store.directory.glob("featlen-*.npz")}
+    time.sleep(0.01)
+    if layout == "h5":
+        with h5py.File(path, "a") as f:
+            f["d"] = np.zeros((2, 4), np.float32)
+    else:
+        np.save(path / "d.npy", np.zeros((2, 4), np.float32))
+    again = corpus_mod.feature_lengths(store, path, chunk=2, progress=False)
+    assert again["rows"].tolist() == [7, 3, 2]  # a changed feature store is a new cache, never a stale one
+    assert len({p.name for p in store.directory.glob("featlen-*.npz")} - before) == 1
+
+
+def test_video_directory_change_invalidates_the_probes(tiny_world, tmp_path):
+    import shutil
+
+    vd = tmp_path / "videos"
+    shutil.copytree(tiny_world / "videos", vd)
+    store = prepare_captions(tiny_world / "pretrain" / "caption.json", "howto100m", root=tmp_path / "prep",
+                             progress=False)
+    first = corpus_mod.video_probes(store, vd, progress=False)
+    assert len(first["err_idx"]) == 0
+    time.sleep(0.01)
+    victim = vd / f"{store.video_ids[0]}.mp4"
+    victim.unlink()
+    second = corpus_mod.video_probes(store, vd, progress=False)
+    assert [store.video_ids[int(k)] for k in second["err_idx"]] == [victim.stem]

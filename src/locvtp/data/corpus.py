@@ -649,6 +649,42 @@ def video_probes(store: CaptionStore, video_dir: str | Path, share: tuple[int, i
 
 
 
+# ------------------------------------------------------------------------------------------------ feature lengths
+@dataclass(frozen=True)
+class _FeatureLengthJob:
+    """Picklable: the row count and width of the features of videos ``lo:hi`` (-1: no features for it)."""
+
+    store_dir: str
+    features: str
+
+    def __call__(self, lo: int, hi: int) -> dict:
+        from locvtp.data.datasets import FeatureSource
+
+        ids = CaptionStore(self.store_dir, check=False).video_ids[lo:hi]
+        src = FeatureSource(Path(self.features), 1.0, None, video_ids=ids)
+        rows = np.asarray([src.lengths.get(v, -1) for v in ids], dtype=np.int64)
+        return {"rows": rows, "dim": np.full(len(ids), src.dim, dtype=np.int64)}
+
+
+def feature_key(features: Path) -> str:
+    st = features.stat()
+    return hashlib.sha256(f"v{CORPUS_VERSION}|{features.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
+                          ).hexdigest()[:16]
+
+
+def feature_lengths(store: CaptionStore, features: str | Path, share: tuple[int, int] = (0, 1), workers: int = 0,
+                    progress: bool = True, chunk: int = 4096, wait: bool = True) -> Optional[dict[str, np.ndarray]]:
+    """Per video of the corpus: how many feature rows ``data.features`` holds for it (-1: none) and their width,
+    read from the files' headers once and cached (keyed by the feature file / directory's path, size and
+    modification time), so a launch does not open every feature file on every rank."""
+    f = Path(features)
+    if not f.exists():
+        raise FileNotFoundError(2, "data.features: no such feature file or directory", str(f))
+    job = _FeatureLengthJob(str(store.directory), str(f))
+    return chunked_array(store.directory, f"featlen-{feature_key(f)}", store.num_videos, chunk, job, share, workers,
+                         progress, wait)
+
+
 # ------------------------------------------------------------------------------------------------ one call per config
 @dataclass
 class PreparedCorpus:
@@ -657,6 +693,7 @@ class PreparedCorpus:
     store: CaptionStore
     words: Optional[np.ndarray] = None  # per narration (None: the tokenizer is trained later, by pretrain)
     probes: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=videos without the frame cache)
+    feature_rows: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=features): rows, dim
 
     def summary(self) -> str:
         parts = [f"{self.store.n} narrations of {self.store.num_videos} videos",
@@ -708,6 +745,9 @@ def prepare_corpus(cfg: Any, tokenizer: Any = None, share: tuple[int, int] = (0,
     out = PreparedCorpus(store)
     if tok is not None and tok is not False:
         out.words = words_mask(store, tok, int(d.max_words), share, workers, progress, wait=wait)
+    if d.kind == "features" and d.get("features"):
+        out.feature_rows = feature_lengths(store, resolve_data_path(d.root, d.features), share, workers, progress,
+                                           wait=wait)
     if d.kind == "videos" and not d.cache:
         out.probes = video_probes(store, resolve_data_path(d.root, d.video_dir), share, workers, progress,
                                   wait=wait)
@@ -715,5 +755,5 @@ def prepare_corpus(cfg: Any, tokenizer: Any = None, share: tuple[int, int] = (0,
 
 
 __all__ = ["CaptionItems", "CaptionStore", "CorpusError", "PreparedCorpus", "chunked_array", "default_prepared_root",
-           "fixed_tokenizer", "prepare_captions", "prepare_corpus", "resolve_data_path", "texts_with_words",
+           "feature_lengths", "fixed_tokenizer", "prepare_captions", "prepare_corpus", "resolve_data_path", "texts_with_words",
            "video_probes", "words_mask"]

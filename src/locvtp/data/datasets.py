@@ -350,7 +350,8 @@ class FeatureSource:
     kind = "features"
 
     def __init__(self, path: Path, clip_seconds: float, stride: Optional[float] = None,
-                 video_ids: Optional[Sequence[str]] = None):
+                 video_ids: Optional[Sequence[str]] = None,
+                 known_lengths: Optional[dict[str, tuple[int, int]]] = None):
         from locvtp.features import FeatureError, detect_format, feature_info
 
         self.path = Path(path)
@@ -372,11 +373,16 @@ class FeatureSource:
                 raise FeatureError(f"data.features: {self.path}: not a readable HDF5 file: {exc}") from None
             with f:
                 attrs = dict(f.attrs)
-                for vid, ds in f.items():
-                    if isinstance(ds, h5py.Dataset) and ds.ndim == 2:
-                        self.lengths[vid] = int(ds.shape[0])
-                        self.dim = int(ds.shape[1])
-                        attrs = attrs or dict(ds.attrs)
+                if not attrs and len(f):  # settings on the datasets instead of the root: the first one's
+                    first = f[next(iter(f.keys()))]
+                    attrs = dict(first.attrs) if isinstance(first, h5py.Dataset) else {}
+                if known_lengths is None:
+                    names = f.keys() if video_ids is None else [v for v in video_ids if v in f]
+                    for vid in names:
+                        ds = f[vid]
+                        if isinstance(ds, h5py.Dataset) and ds.ndim == 2:
+                            self.lengths[vid] = int(ds.shape[0])
+                            self.dim = int(ds.shape[1])
             self.clip_seconds = float(attrs.get("clip_seconds", clip_seconds))
             self.stride = float(attrs.get("stride_seconds", stride or self.clip_seconds))
         else:
@@ -384,11 +390,15 @@ class FeatureSource:
             info = feature_info(self.path)
             self.clip_seconds = float(info.get("clip_seconds") or clip_seconds)
             self.stride = float(info.get("stride_seconds") or stride or self.clip_seconds)
-            if video_ids is None:
+            if known_lengths is None and video_ids is None:
                 self._scan_all()
-            else:
+            elif known_lengths is None:
                 for vid in video_ids:
                     self._find(vid)
+        if known_lengths is not None:  # from the prepared corpus: (rows, dim), rows -1 = no features
+            for vid, (n, dim) in known_lengths.items():
+                if n >= 0:
+                    self.lengths[vid], self.dim = int(n), int(dim)
         self.durations = {v: n * self.stride + max(self.clip_seconds - self.stride, 0.0)
                           for v, n in self.lengths.items()}
 
@@ -426,6 +436,21 @@ class FeatureSource:
                 self._add(vid, q)
                 return
 
+    def _file(self, vid: str) -> Path:
+        """The file of ``vid`` (found on first use when the lengths came from the prepared corpus)."""
+        q = self.files.get(vid)
+        if q is None:
+            from locvtp.features import safe_name
+
+            for name in dict.fromkeys((safe_name(vid), vid)):
+                cand = self.path / f"{name}{self._ext()}"
+                if "/" not in name and cand.is_file():
+                    q = self.files[vid] = cand
+                    break
+            else:
+                raise FileNotFoundError(2, f"no feature file for video {vid!r}", str(self.path / f"{vid}{self._ext()}"))
+        return q
+
     def _scan_all(self) -> None:
         """Every video of the directory, with its id from ``_info`` / the npz (the slow path: all headers)."""
         for rec in _iter_feature_headers(self.path):
@@ -446,11 +471,11 @@ class FeatureSource:
                 self._h5 = h5py.File(self.path, "r")
             out, where = np.asarray(self._h5[vid][lo:hi]), self.path
         elif self.layout == "npz-dir":
-            where = self.files[vid]
+            where = self._file(vid)
             with np.load(where, allow_pickle=False) as z:
                 out = np.asarray(z["features"][lo:hi])
         else:
-            where = self.files[vid]
+            where = self._file(vid)
             out = np.asarray(np.load(where, mmap_mode="r", allow_pickle=False)[lo:hi])
         check_finite(FeatureRecord(vid, len(out), self.dim, out, None, 0.0, 0.0), where)
         return out
@@ -644,8 +669,12 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     if d.kind == "features":
         if d.features is None:
             raise ConfigError("data.kind=features needs data.features (an HDF5 file or a directory of <vid>.npy)")
-        source = FeatureSource(resolve_data_path(root, d.features), float(d.clip_seconds), d.feature_stride,
-                               video_ids=vids)
+        rows = prepared.feature_rows
+        known = None
+        if rows is not None:  # lengths from the prepared corpus: no feature file is opened at launch
+            known = {vid_names[k]: (int(rows["rows"][k]), int(rows["dim"][k])) for k in np.nonzero(used)[0]}
+        source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride,
+                               video_ids=vids, known_lengths=known)
         for v in vids:
             if v not in source.lengths:
                 bad_videos[v] = (str(source.path), f"no features for video {v!r} in {source.path}")
