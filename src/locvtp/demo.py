@@ -157,7 +157,9 @@ def _common_overrides(out: Path, world: Path, cfg_path: Path, preset: str, seed:
                       progress: bool) -> tuple[list[str], Path | None, str]:
     """Overrides shared by every pre-training of a demo or ablation (world, seed, preset, the user's, and the
     backbone trained here first), the backbone weights (None without) and its command ("" without)."""
-    common = [f"data.root={world}", f"seed={seed}", *PRESET_OVERRIDES[preset], *overrides]
+    # the prepared corpus stays with the demo's other outputs (not in ~/.cache), shared by its pre-trainings
+    common = [f"data.root={world}", f"data.prepared_dir={out / 'prepared'}", f"seed={seed}",
+              *PRESET_OVERRIDES[preset], *overrides]
     backbone, cmd = _backbone(out, world, cfg_path, common, preset, seed, progress)
     if backbone is not None:
         common.append(f"model.video.pretrained={backbone}")
