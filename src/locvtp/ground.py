@@ -1,13 +1,14 @@
 """`locvtp ground`: zero-shot grounding of one sentence in one video (a file PyAV reads, or precomputed features).
 
-Procedure (no training; the same scoring as the evaluation's zero-shot grounding, reused from
-``locvtp.downstream.grounding`` so the command and the reported numbers cannot drift apart):
+Procedure (no training; :meth:`locvtp.predictor.LocVTPPredictor.ground`, whose scoring lives in
+``locvtp.localize`` with the evaluation's zero-shot grounding, so the command and the reported numbers cannot
+drift apart):
 
-1. embed the video's sliding-window clips and the query (``locvtp.inference``);
+1. embed the video's sliding-window clips (the checkpoint's preprocessing) and the query (``locvtp.predictor``);
 2. per-clip relevance = ``alpha·z(clip·sentence) + (1−alpha)·z(mean over words of clip·word)`` (z = standardized
-   over the video's clips; :func:`~locvtp.downstream.grounding.clip_query_scores`);
+   over the video's clips; :func:`~locvtp.localize.clip_query_scores`);
 3. every window of consecutive clips [i, j] gets the evaluation's window score
-   (:func:`~locvtp.downstream.grounding.window_scores`; ``--window-score`` picks the kind, default: the
+   (:func:`~locvtp.localize.window_scores`; ``--window-score`` picks the kind, default: the
    evaluation's default, a contrast of the clips inside against their surroundings);
 4. greedy temporal NMS (``locvtp.metrics.nms``, 2D-TAN's convention) keeps the top-k windows (IoU > ``--nms``
    with a better window drops a window).
@@ -29,115 +30,32 @@ Warnings. A result that cannot mean what it seems still comes out (the caller ma
 * fewer windows than ``--top-k`` survive (too few clips for that many distinct windows at that ``--nms``);
 * ``--max-seconds`` is shorter than one clip step, so every window is a single clip;
 * ``--stride-seconds`` is longer than the clip, so the clips leave parts of the video unseen;
-* ``--features`` were extracted with another checkpoint than the one that embeds the query.
+* ``--features`` carry no checkpoint fingerprint, or (with ``--allow-foreign-features``) were extracted with
+  another checkpoint than the one that embeds the query (without that flag: an error; the policy of
+  ``locvtp.predictor``).
+
+``--features`` of a ``features``-encoder checkpoint that are its raw *input* (no ``embedding=joint`` setting)
+are embedded first; joint-space features are used as they are.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
-from locvtp.errors import LocVTPError, UsageError
+from locvtp.errors import UsageError
+from locvtp.localize import WINDOW_SCORES, GroundingResult, ground_embeddings  # noqa: F401  (re-exported)
 
 PROG = "locvtp ground"
-# Window scoring kinds of locvtp.downstream.grounding.window_scores (kept here so `--help` need not import it;
-# a test checks that the two agree).
-WINDOW_SCORE_KINDS = ("tstat", "contrast", "oic", "oic_t")
+WINDOW_SCORE_KINDS = WINDOW_SCORES  # the kinds of locvtp.localize.window_scores (numpy only: `--help` stays fast)
 
 
-class GroundError(LocVTPError, ValueError):
-    """An input of `locvtp ground` cannot be used (the message names the file or argument)."""
+def __getattr__(name: str) -> Any:
+    if name == "GroundError":  # historical name of the predictor's input error (kept for callers)
+        from locvtp.predictor import PredictorError
 
-
-@dataclass
-class GroundingResult:
-    query: str
-    duration: float
-    windows: np.ndarray  # [K, 2] seconds, best first
-    scores: np.ndarray  # [K]
-    clip_windows: np.ndarray  # [N, 2]
-    clip_relevance: np.ndarray  # [N] combined standardized relevance (what windows are scored on)
-    clip_cosine: np.ndarray  # [N] raw clip·sentence cosine
-    warnings: list[str] = field(default_factory=list)  # why the windows may not mean what they seem
-
-    def to_json(self, curve: bool = False) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "query": self.query,
-            "duration": round(float(self.duration), 4),
-            "windows": [{"start": round(float(s), 4), "end": round(float(e), 4), "score": float(sc)}
-                        for (s, e), sc in zip(self.windows, self.scores)],
-            "warnings": list(self.warnings),
-        }
-        if curve:
-            d["clip_windows"] = np.round(self.clip_windows, 4).tolist()
-            d["clip_scores"] = [float(x) for x in self.clip_cosine]
-            d["clip_relevance"] = [float(x) for x in self.clip_relevance]
-        return d
-
-
-def ground_embeddings(
-    clips: np.ndarray,
-    clip_windows: np.ndarray,
-    sentence: np.ndarray,
-    words: Optional[np.ndarray] = None,
-    query: str = "",
-    duration: Optional[float] = None,
-    top_k: int = 5,
-    alpha: float = 0.5,
-    nms_threshold: float = 0.5,
-    min_clips: int = 1,
-    max_clips: Optional[int] = None,
-    window_score: Optional[str] = None,
-) -> GroundingResult:
-    """Top-k windows of one query in one video from embeddings (see the module docstring for the procedure).
-
-    ``clips [N, D]`` and ``clip_windows [N, 2]`` (seconds) of the video, ``sentence [D]``, ``words [L, D]``
-    (valid words; None = sentence only). ``window_score``: a kind of
-    ``locvtp.downstream.grounding.window_scores`` (None: its default).
-    """
-    from locvtp.downstream.grounding import clip_query_scores, rank_windows
-    from locvtp.metrics import nms
-
-    clips = np.asarray(clips, dtype=np.float32)
-    clip_windows = np.asarray(clip_windows, dtype=np.float64).reshape(-1, 2)
-    if clips.ndim != 2 or clips.shape[0] == 0:
-        raise ValueError(f"need clip embeddings [N>=1, D], got shape {clips.shape}")
-    if clip_windows.shape[0] != clips.shape[0]:
-        raise ValueError(f"{clip_windows.shape[0]} clip windows for {clips.shape[0]} clips")
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    w = None if words is None or np.asarray(words).size == 0 else np.asarray(words, np.float32)
-    relevance = clip_query_scores(clips, np.asarray(sentence, np.float32), w, alpha=alpha)
-    kw = {} if window_score is None else {"kind": window_score}
-    ranked, vals = rank_windows(relevance, clip_windows, min_len=min_clips, max_len=max_clips, **kw)
-    keep = nms(ranked, None, nms_threshold, top_k=top_k) if len(ranked) else np.zeros(0, dtype=np.int64)
-    dur = float(duration) if duration is not None else float(clip_windows[-1, 1])
-    res = GroundingResult(query, dur, ranked[keep], vals[keep], clip_windows, relevance,
-                          clips @ np.asarray(sentence, np.float32))
-    res.warnings = _clip_warnings(res, top_k, nms_threshold)
-    return res
-
-
-def _clip_warnings(res: GroundingResult, top_k: int, nms_threshold: float) -> list[str]:
-    """Why the windows of ``res`` may mean nothing (see the module docstring)."""
-    n = len(res.clip_windows)
-    out = []
-    if n == 1:
-        w = res.clip_windows[0]
-        out.append(f"the video ({res.duration:.3g} s) gives a single clip [{w[0]:.3g}, {w[1]:.3g}] s: the only "
-                   "window is the whole video and its score says nothing about the query (a video shorter than "
-                   "one clip, or --clip-seconds longer than the video)")
-        return out
-    if np.ptp(res.clip_relevance) < 1e-6:
-        out.append(f"all {n} clips score the same for this query (a still or blank video?): the window ranking "
-                   "is arbitrary")
-    if len(res.windows) < top_k:
-        out.append(f"only {len(res.windows)} window(s) of the {top_k} asked: {n} clips do not give more windows "
-                   f"that overlap less than IoU {nms_threshold:g}")
-    return out
+        return PredictorError
+    raise AttributeError(name)
 
 
 def plot_grounding(result: GroundingResult, out: str | Path, title: Optional[str] = None,
@@ -208,9 +126,11 @@ def build_parser():
     p.add_argument("--nms", type=fraction, default=0.5, help="IoU (0..1) above which a lower-ranked window is "
                    "dropped")
     p.add_argument("--window-score", default=None, choices=WINDOW_SCORE_KINDS,
-                   help="window scoring kind of locvtp.downstream.grounding.window_scores (default: the evaluation's)")
+                   help="window scoring kind of locvtp.localize.window_scores (default: the evaluation's)")
     p.add_argument("--max-seconds", type=positive_float, default=None, help="longest window considered")
     p.add_argument("--curve", action="store_true", help="include per-clip scores in the JSON")
+    p.add_argument("--allow-foreign-features", action="store_true",
+                   help="ground in --features extracted with another checkpoint (a warning instead of an error)")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N] | mps")
     return p
 
@@ -235,35 +155,17 @@ def _check_plot_path(path: str) -> Path:
     return out
 
 
-def _read_feature_record(args: Any, ckpt: Any, warnings: list[str]) -> Any:
-    """The ``--video-id`` record of ``--features``, checked against the checkpoint (kind, width, origin)."""
-    from locvtp.features import feature_info, read_features
+def _device(spec: str) -> str:
+    from locvtp.device import resolve_device
 
-    info = feature_info(args.features)
-    if info.get("embedding") == "backbone":
-        raise UsageError(f"--features {args.features}: holds backbone features (extract --backbone); grounding "
-                         "needs the joint-space embeddings (extract without --backbone)")
-    sha = info.get("checkpoint_sha256")
-    if sha and ckpt.sha256 and sha != ckpt.sha256:
-        warnings.append(f"{args.features} was extracted with checkpoint {sha[:12]}…, the query is embedded with "
-                        f"{ckpt.sha256[:12]}…: the scores compare two different models")
-    try:
-        rec = read_features(args.features, args.video_id)  # NaN/inf: NonFiniteFeaturesError naming file + video
-    except KeyError as exc:
-        raise UsageError(f"--video-id {args.video_id}: not in --features {args.features} ({exc.args[0]})") from None
-    dim = int(ckpt.model.dim)
-    if rec.dim != dim:
-        raise GroundError(f"{args.features}: video {args.video_id!r} has {rec.dim}-dim features but checkpoint "
-                          f"{ckpt.path} embeds queries in {dim} dims (were they extracted with another model, or "
-                          "with --backbone?)")
-    if rec.num_clips == 0:
-        raise GroundError(f"{args.features}: video {args.video_id!r} has no clips")
-    return rec
+    return resolve_device(spec)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Errors are raised (``locvtp.errors``) and reported by ``locvtp.cli`` as one line."""
     from locvtp.cliargs import warn
+    from locvtp.features import MissingVideoError
+    from locvtp.inference import NO_WORDS
 
     p = build_parser()
     args = p.parse_args(argv)
@@ -282,50 +184,28 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{' and '.join(given)} cannot apply to --features: the clips were cut at extraction "
                     "(re-extract with other clip settings, or ground the video file)")
     plot = _check_plot_path(args.plot) if args.plot is not None else None
-    from locvtp.device import resolve_device
+    from locvtp.predictor import LocVTPPredictor
 
-    device = resolve_device(args.device)  # before loading: no CUDA is not a corrupt checkpoint
-    from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
-    from locvtp.inference import NO_WORDS, embed_texts, embed_video_file, require_tokenizer, text_query_warnings
-
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), map_location=device)
-    tokenizer = require_tokenizer(ckpt, PROG)
-    model = ckpt.model
-    dcfg = ckpt.cfg.data if "data" in ckpt.cfg else None
-    clip_s = args.clip_seconds if args.clip_seconds is not None else (float(dcfg.clip_seconds) if dcfg is not None
-                                                                      else 1.0)
-    max_words = int(dcfg.max_words) if dcfg is not None else 24
-    warnings = text_query_warnings(tokenizer, args.query, max_words)
-    if any(NO_WORDS in w for w in warnings):
+    # the device is checked before loading: no CUDA is not a corrupt checkpoint
+    pred = LocVTPPredictor.from_checkpoint(args.checkpoint, device=_device(args.device))
+    pred.require_tokenizer(PROG)
+    if any(NO_WORDS in w for w in pred.text_warnings(args.query)):
         raise UsageError(f"argument query: {args.query!r} has no words to ground")
     if args.features is not None:
-        rec = _read_feature_record(args, ckpt, warnings)
-        clips, windows, duration = rec.features, rec.windows, rec.duration
+        video: Any = args.features
         source = f"{args.features}:{args.video_id}"
     else:
-        if not getattr(model, "takes_pixels", True):
+        if not pred.takes_pixels:
             raise UsageError(f"--checkpoint {args.checkpoint}: this model reads pre-extracted features, not video "
                              "pixels; give --features FILE --video-id ID")
-        stride = args.stride_seconds if args.stride_seconds is not None else clip_s
-        if stride > clip_s:
-            warnings.append(f"--stride-seconds {stride:g} is longer than the clip ({clip_s:g} s): only "
-                            f"{clip_s / stride:.0%} of the video is looked at, windows span unseen gaps")
-        emb = embed_video_file(model, args.video, clip_seconds=clip_s, stride_seconds=stride,
-                               frames_per_clip=int(dcfg.frames_per_clip) if dcfg is not None else 4,
-                               frame_size=int(dcfg.frame_size) if dcfg is not None else 32, device=device)
-        clips, windows, duration, source = emb.clips, emb.windows, emb.duration, str(args.video)
-    text = embed_texts(model, tokenizer, [args.query], max_words=max_words, device=device)
-    step = float(np.median(np.diff(windows[:, 0]))) if len(windows) > 1 else clip_s
-    max_clips = None
-    if args.max_seconds is not None:
-        max_clips = max(1, int(round(args.max_seconds / max(step, 1e-9))))
-        if args.max_seconds < step and len(windows) > 1:
-            warnings.append(f"--max-seconds {args.max_seconds:g} is shorter than one clip step ({step:g} s): every "
-                            "window is a single clip")
-    res = ground_embeddings(clips, windows, text.sentence[0], text.words[0], query=args.query,
-                            duration=duration, top_k=args.top_k, alpha=args.alpha, nms_threshold=args.nms,
-                            max_clips=max_clips, window_score=args.window_score)
-    res.warnings = warnings + res.warnings
+        video, source = args.video, str(args.video)
+    try:
+        res = pred.ground(video, args.query, video_id=args.video_id if args.features is not None else None,
+                          clip_seconds=args.clip_seconds, stride_seconds=args.stride_seconds, top_k=args.top_k,
+                          alpha=args.alpha, nms=args.nms, max_seconds=args.max_seconds,
+                          window_score=args.window_score, allow_foreign_features=args.allow_foreign_features)
+    except MissingVideoError as exc:
+        raise UsageError(f"--video-id {args.video_id}: not in --features {args.features} ({exc.args[0]})") from None
     out = {"video": source, **res.to_json(curve=args.curve)}
     if plot is not None:
         out["plot"] = str(plot_grounding(res, plot))

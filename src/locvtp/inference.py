@@ -73,7 +73,8 @@ class VideoEmbedding:
 
     ``clips`` float32 ``[N, D]`` (L2-normalized joint embeddings, or backbone features ``[N, Dv]`` when asked
     for), ``windows`` float64 ``[N, 2]`` clip windows in seconds, ``fps`` and ``duration`` of the source
-    (``fps`` is 0.0 for feature inputs that carry no frame rate).
+    (``fps`` is 0.0 for feature inputs that carry no frame rate), ``backbone`` the pre-projection features when
+    asked for, and ``warnings``: why clips made by ``locvtp.predictor`` may not mean what they seem.
     """
 
     clips: np.ndarray
@@ -81,6 +82,7 @@ class VideoEmbedding:
     fps: float
     duration: float
     backbone: Optional[np.ndarray] = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def num_clips(self) -> int:
@@ -90,11 +92,13 @@ class VideoEmbedding:
 @dataclass
 class TextEmbedding:
     """Sentence embeddings ``[n, D]``; per sentence the valid (non-special, non-pad) word embeddings
-    ``[L_i, D]`` and the matching token strings (``len(tokens[i]) == words[i].shape[0]``)."""
+    ``[L_i, D]`` and the matching token strings (``len(tokens[i]) == words[i].shape[0]``); ``warnings[i]``: the
+    query warnings of text i (:func:`text_query_warnings`) when ``locvtp.predictor`` made them."""
 
     sentence: np.ndarray
     words: list[np.ndarray] = field(default_factory=list)
     tokens: list[list[str]] = field(default_factory=list)
+    warnings: list[list[str]] = field(default_factory=list)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from locvtp.errors import LocVTPError
+from locvtp.localize import standardize  # noqa: F401  (re-exported: its historical home)
 
 
 class DownstreamError(LocVTPError, ValueError):
@@ -151,14 +152,6 @@ def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], 
 
 
 # --------------------------------------------------------------------------------------------- small numerics
-def standardize(x: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.ndarray:
-    """Zero mean, unit std along ``axis`` (a constant vector maps to zeros, not NaN)."""
-    x = np.asarray(x, dtype=np.float64)
-    mu = x.mean(axis=axis, keepdims=True)
-    sd = x.std(axis=axis, keepdims=True)
-    return (x - mu) / np.maximum(sd, eps)
-
-
 def overlap_pool_matrix(windows: np.ndarray, duration: float, num_bins: int) -> np.ndarray:
     """Weights ``[num_bins, n]`` that average clip features into ``num_bins`` equal time bins of ``[0, duration]``.
 

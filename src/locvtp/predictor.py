@@ -1,0 +1,559 @@
+"""The Python front door for a trained model: :class:`LocVTPPredictor` binds a checkpoint to its preprocessing.
+
+After lighthouse's predictor and open_clip's ``create_model_and_transforms``: one object holds the model, the
+tokenizer and the preprocessing the model was trained with, so a caller cannot embed a video with the wrong clip
+layout by forgetting an argument::
+
+    from locvtp.predictor import LocVTPPredictor
+
+    p = LocVTPPredictor.from_checkpoint("runs/demo", device="cpu", threads=1)
+    video = p.encode_video("clip.mp4")                  # VideoEmbedding: clips [N, D], windows [N, 2] s, ...
+    text = p.encode_text(["a person opens a door"])     # TextEmbedding (+ .warnings per text)
+    res = p.ground(video, "a person opens a door", top_k=5)   # GroundingResult: windows, scores, warnings
+    hits = p.search("index_dir", ["a person opens a door"])   # SearchResponse (locvtp.search.MomentIndex)
+
+Every command that embeds (``locvtp extract``, ``ground``, ``search``, ``evaluate``) goes through this class, so
+the command line and Python give the same numbers (``tests/test_predictor.py`` checks it).
+
+Preprocessing (:class:`Preprocessing`)
+--------------------------------------
+Read ONCE from the checkpoint's ``config.yaml`` (``data`` section), here and nowhere else:
+``clip_seconds`` (``data.clip_seconds``), ``stride_seconds`` (= ``clip_seconds``: inference clips are
+non-overlapping unless asked), ``frames_per_clip`` (``data.frames_per_clip``), ``frame_size``
+(``data.frame_size``) and ``max_words`` (``data.max_words``, special tokens included). A config without a
+``data`` section (or without one of these keys) falls back to the library defaults of ``locvtp.config.DataConfig``
+-- 1.0 s clips, 4 frames of 32 px, 24 tokens -- the same fallbacks the commands used before this class existed.
+
+What a caller may change and what not:
+
+* ``clip_seconds`` and ``stride_seconds`` are the sliding-window choice (how a long video is cut): they may
+  differ from training (``ground --clip-seconds``, ``extract --stride-seconds``); the model still sees
+  ``frames_per_clip`` frames per clip.
+* ``frames_per_clip``, ``frame_size`` and ``max_words`` are the model's input contract. Asking for other values
+  (``extract --frames-per-clip 16`` on a 4-frame checkpoint, decoded clips of another shape, ``encode_video(...,
+  frame_size=112)``) is a :class:`~locvtp.errors.UsageError` naming both values -- never a silent default, never a
+  silent resize. Pre-extracted *input* features (a ``features`` video encoder) must have the encoder's width
+  (``model.video.in_dim``).
+
+Features made by another checkpoint (the policy, applied by every command)
+------------------------------------------------------------------------
+Joint-space clip embeddings (``locvtp extract`` without ``--backbone``, or a moment index built from them) are
+only comparable with text embedded by the SAME model. ``locvtp extract`` records the model's fingerprint
+(``checkpoint_sha256``, the sha256 of ``model.safetensors``) with the features; :func:`feature_origin` classifies a
+feature file or index by it, and :meth:`LocVTPPredictor.check_features` applies the rule:
+
+* ``own`` (the fingerprint equals this checkpoint's): used as they are. When the extraction recorded
+  ``frames_per_clip`` / ``frame_size`` that contradict the checkpoint, it is a ``UsageError`` (both values named).
+* ``foreign`` (another fingerprint): refused with :class:`ForeignFeaturesError` (exit code 1) naming both
+  fingerprints, unless ``allow_foreign_features=True`` (``ground --allow-foreign-features``, ``search
+  --allow-checkpoint-mismatch``): then used, with a warning.
+* ``unknown`` (no fingerprint: a foreign tool's file, or an index built from one): used, with a warning that
+  nothing can check which model made them.
+* ``backbone`` (``extract --backbone``: pre-projection features): not in the joint space; refused for grounding
+  and search (a ``UsageError``).
+
+``locvtp evaluate`` decodes the videos itself and takes ``--features`` only as an optional shortcut: there a
+file is used as the model's embeddings only when it is ``own``; any other file is never compared with this
+model's text and only feeds the supervised heads (whose inputs may come from any model). Features that are a
+``features`` encoder's *input* (raw per-clip features) are not embeddings and carry no such check.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from locvtp.errors import LocVTPError, UsageError
+from locvtp.features import FeatureRecord, feature_info, read_features
+from locvtp.inference import (
+    DecodedClips, TextEmbedding, VideoEmbedding, decode_video_clips, embed_features, embed_texts,
+    embed_video_frames, encode_clip_sequence, require_tokenizer, text_query_warnings,
+)
+from locvtp.localize import GroundingResult, ground_embeddings
+
+# The fallbacks of a config without a `data` section: locvtp.config.DataConfig's defaults.
+DEFAULT_CLIP_SECONDS = 1.0
+DEFAULT_FRAMES_PER_CLIP = 4
+DEFAULT_FRAME_SIZE = 32
+DEFAULT_MAX_WORDS = 24
+# The keyword arguments that may not contradict the checkpoint, with the config key that fixes them.
+CONTRACT = {"frames_per_clip": "data.frames_per_clip", "frame_size": "data.frame_size"}
+
+
+class PredictorError(LocVTPError, ValueError):
+    """An input cannot be embedded or grounded with this checkpoint (the message names the file or value)."""
+
+
+class ForeignFeaturesError(LocVTPError, ValueError):
+    """Joint-space features or an index made by another checkpoint (see the module docstring's policy)."""
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a checkpoint turns a video and a sentence into model inputs (see the module docstring)."""
+
+    clip_seconds: float = DEFAULT_CLIP_SECONDS
+    stride_seconds: float = DEFAULT_CLIP_SECONDS
+    frames_per_clip: int = DEFAULT_FRAMES_PER_CLIP
+    frame_size: int = DEFAULT_FRAME_SIZE
+    max_words: int = DEFAULT_MAX_WORDS
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Preprocessing":
+        """The checkpoint's ``cfg.data`` (the one place it is read), with the documented fallbacks."""
+        dcfg = cfg.get("data", None) if hasattr(cfg, "get") else getattr(cfg, "data", None)
+
+        def value(key: str, default: Any, kind: type) -> Any:
+            v = dcfg.get(key, None) if dcfg is not None and hasattr(dcfg, "get") else getattr(dcfg, key, None)
+            return kind(default if v is None else v)
+
+        clip = value("clip_seconds", DEFAULT_CLIP_SECONDS, float)
+        return cls(clip, clip, value("frames_per_clip", DEFAULT_FRAMES_PER_CLIP, int),
+                   value("frame_size", DEFAULT_FRAME_SIZE, int), value("max_words", DEFAULT_MAX_WORDS, int))
+
+    def with_windows(self, clip_seconds: Optional[float] = None,
+                     stride_seconds: Optional[float] = None) -> "Preprocessing":
+        """Another sliding-window cut (allowed); ``stride_seconds`` defaults to the (new) clip length."""
+        clip = float(clip_seconds) if clip_seconds is not None else self.clip_seconds
+        if clip_seconds is None and stride_seconds is None:
+            return self
+        stride = float(stride_seconds) if stride_seconds is not None else clip
+        if not (clip > 0 and stride > 0):
+            raise UsageError(f"clip_seconds and stride_seconds must be > 0, got {clip:g} and {stride:g}")
+        return replace(self, clip_seconds=clip, stride_seconds=stride)
+
+
+def feature_origin(info: Mapping[str, Any], sha256: str) -> str:
+    """``"own" | "foreign" | "unknown" | "backbone"``: who made a feature file or index (its settings ``info``),
+    relative to the checkpoint with fingerprint ``sha256`` (the policy of the module docstring)."""
+    if str(info.get("embedding") or "") == "backbone":
+        return "backbone"
+    theirs = str(info.get("checkpoint_sha256") or "")
+    if not theirs or not sha256:
+        return "unknown"
+    return "own" if theirs == sha256 else "foreign"
+
+
+@dataclass
+class QueryMoments:
+    """One query's search result: its moments (``locvtp.search.Moment``, best first) and query warnings."""
+
+    query: str
+    moments: list
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"query": self.query, "moments": [m.to_json() for m in self.moments], "warnings": self.warnings}
+
+
+@dataclass
+class SearchResponse:
+    """:meth:`LocVTPPredictor.search`: one :class:`QueryMoments` per query, index-level warnings, timings."""
+
+    results: list[QueryMoments]
+    warnings: list[str] = field(default_factory=list)
+    embed_seconds: float = 0.0
+    search_seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------ the predictor
+class LocVTPPredictor:
+    """A trained LocVTP model with its tokenizer and preprocessing; see the module docstring.
+
+    Build it with :meth:`from_checkpoint` (a checkpoint or run directory) or :meth:`from_loaded` (a
+    ``locvtp.checkpoint.Checkpoint``). ``threads``: torch intra-op threads during each call (restored after;
+    None leaves torch's setting alone).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: Any, path: Any = None, sha256: str = "",
+                 device: Optional[str] = None, threads: Optional[int] = None) -> None:
+        from locvtp.inference import model_device
+
+        if threads is not None and int(threads) < 1:
+            raise UsageError(f"threads must be >= 1 (or None), got {threads}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.path = Path(path) if path is not None else None
+        self.sha256 = str(sha256 or "")
+        self.device = str(device) if device is not None else str(model_device(model))
+        self.threads = int(threads) if threads is not None else None
+        self.preprocessing = Preprocessing.from_config(cfg)
+        self._checkpoint: Any = None
+
+    # -- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", threads: Optional[int] = None,
+                        verify: bool = True) -> "LocVTPPredictor":
+        """Load a checkpoint (or the newest of a run directory) onto ``device`` ("auto" | "cpu" | "cuda[:N]" |
+        "mps", checked before loading)."""
+        from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
+        from locvtp.device import resolve_device
+
+        dev = resolve_device(device, what="device")
+        ck = load_checkpoint(resolve_checkpoint(path), map_location=dev, verify=verify)
+        return cls.from_loaded(ck, device=dev, threads=threads)
+
+    @classmethod
+    def from_loaded(cls, ckpt: Any, device: Optional[str] = None, threads: Optional[int] = None
+                    ) -> "LocVTPPredictor":
+        """Wrap an already loaded ``locvtp.checkpoint.Checkpoint`` (no copy of the model)."""
+        p = cls(ckpt.model, getattr(ckpt, "tokenizer", None), ckpt.cfg, getattr(ckpt, "path", None),
+                str(getattr(ckpt, "sha256", "") or ""), device=device, threads=threads)
+        p._checkpoint = ckpt
+        return p
+
+    # -- facts about the model ----------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Width of the joint space (clip and text embeddings)."""
+        return int(self.model.dim)
+
+    @property
+    def takes_pixels(self) -> bool:
+        """True for a pixel video encoder; False for a ``features`` encoder (reads pre-extracted features)."""
+        return bool(getattr(self.model, "takes_pixels", True))
+
+    @property
+    def input_width(self) -> Optional[int]:
+        """Width of the input features a ``features`` encoder reads (``model.video.in_dim``); None for pixels."""
+        if self.takes_pixels:
+            return None
+        return int(getattr(self.model.video_encoder, "in_dim", 0) or self.cfg.model.video.in_dim)
+
+    def require_tokenizer(self, command: str = "this command") -> Any:
+        """The tokenizer, or an ``InferenceError`` naming the checkpoint (see ``inference.require_tokenizer``)."""
+        holder = self._checkpoint if self._checkpoint is not None else self
+        return require_tokenizer(holder, command)
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        if self.threads is None:
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        if before != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+    # -- preprocessing --------------------------------------------------------------------------------------
+    def resolve_preprocessing(self, clip_seconds: Optional[float] = None, stride_seconds: Optional[float] = None,
+                              frames_per_clip: Optional[int] = None, frame_size: Optional[int] = None,
+                              flags: Optional[Mapping[str, str]] = None) -> Preprocessing:
+        """The checkpoint's preprocessing with a caller's choices: another window cut is allowed, a
+        ``frames_per_clip`` / ``frame_size`` other than the checkpoint's is a ``UsageError`` naming both values.
+        ``flags`` names the command-line flag of an argument in the message (``{"frame_size": "--frame-size"}``).
+        """
+        prep = self.preprocessing
+        for name, given in (("frames_per_clip", frames_per_clip), ("frame_size", frame_size)):
+            if given is not None and int(given) != getattr(prep, name):
+                self._contradiction(name, int(given), flags)
+        return prep.with_windows(clip_seconds, stride_seconds)
+
+    def _contradiction(self, name: str, given: Any, flags: Optional[Mapping[str, str]] = None,
+                       what: str = "") -> None:
+        arg = (flags or {}).get(name, name)
+        sep = " " if arg.startswith("-") else " = "
+        where = f"{self.path}/config.yaml" if self.path is not None else "the checkpoint's config"
+        raise UsageError(f"{arg}{sep}{given}{what}: the model was trained with {CONTRACT[name]} = "
+                         f"{getattr(self.preprocessing, name)} ({where}); embeddings made with other inputs would "
+                         "be silently wrong (leave it unset to use the checkpoint's value)")
+
+    # -- features policy ----------------------------------------------------------------------------------
+    def check_features(self, info: Mapping[str, Any], where: str, allow_foreign_features: bool = False,
+                       allow_flag: str = "allow_foreign_features=True") -> list[str]:
+        """Apply the feature policy (module docstring) to a feature file's or index's settings ``info``:
+        raise, or return the warnings to report. ``where`` names the file; ``allow_flag`` how to override."""
+        origin = feature_origin(info, self.sha256)
+        if origin == "backbone":
+            raise UsageError(f"{where}: holds backbone features (extract --backbone), not the joint-space "
+                             "embeddings text is compared with (extract without --backbone)")
+        if origin == "unknown":
+            return [f"{where} carries no checkpoint fingerprint (checkpoint_sha256): nothing can check that "
+                    "it was made by this model; if not, the scores compare two different models"]
+        if origin == "foreign":
+            msg = (f"{where} was made with checkpoint {str(info.get('checkpoint_sha256'))[:12]}…, this model is "
+                   f"{self.sha256[:12]}…: their embedding spaces differ")
+            if not allow_foreign_features:
+                raise ForeignFeaturesError(f"{msg} (pass {allow_flag} to use them anyway)")
+            return [msg]
+        if self.takes_pixels:  # own: the extraction's recorded input settings must be this model's
+            for name in CONTRACT:
+                rec = info.get(name)
+                if rec is not None and int(rec) != getattr(self.preprocessing, name):
+                    self._contradiction(name, int(rec), what=f" (recorded by the extraction {where})")
+        return []
+
+    # -- video --------------------------------------------------------------------------------------------
+    def decode_video(self, path: str | Path, preprocessing: Optional[Preprocessing] = None) -> DecodedClips:
+        """The decode half of :meth:`encode_video` for a file (thread-safe: no model involved)."""
+        prep = preprocessing or self.preprocessing
+        return decode_video_clips(path, prep.clip_seconds, prep.stride_seconds, prep.frames_per_clip,
+                                  prep.frame_size)
+
+    def encode_video(self, video: Any, *, video_id: Optional[str] = None, clip_seconds: Optional[float] = None,
+                     stride_seconds: Optional[float] = None, frames_per_clip: Optional[int] = None,
+                     frame_size: Optional[int] = None, times: Optional[np.ndarray] = None,
+                     duration: Optional[float] = None, fps: float = 0.0, windows: Optional[np.ndarray] = None,
+                     features_are: str = "auto", backbone: bool = False, batch_clips: Optional[int] = None,
+                     allow_foreign_features: bool = False) -> VideoEmbedding:
+        """One video's clip embeddings (:class:`~locvtp.inference.VideoEmbedding`, with ``warnings``).
+
+        ``video`` is one of:
+
+        * a video file path (decoded with the checkpoint's preprocessing; ``clip_seconds`` / ``stride_seconds``
+          may choose another window cut);
+        * a feature file/dir path with ``video_id`` (``locvtp extract`` output or a foreign file; the policy of
+          the module docstring applies to joint-space features);
+        * a :class:`~locvtp.inference.DecodedClips`, or decoded clips ``uint8 [N, F, S, S, 3]`` with ``windows``;
+        * decoded frames ``uint8 [M, H, W, 3]`` with their ``times`` (s) and the video's ``duration``;
+        * a :class:`~locvtp.features.FeatureRecord` or an array ``float [N, D]`` of per-clip features: the
+          model's joint embeddings (``features_are="joint"``) or a ``features`` encoder's input
+          (``features_are="input"``); ``"auto"``: the file's ``embedding`` setting, else input for a features
+          encoder and joint for a pixel model.
+
+        ``frames_per_clip`` / ``frame_size``, when given, must equal the checkpoint's (else ``UsageError``).
+        """
+        prep = self.resolve_preprocessing(clip_seconds, stride_seconds, frames_per_clip, frame_size)
+        with self._threads():
+            if isinstance(video, (str, Path)):
+                if video_id is not None:
+                    return self._encode_feature_file(Path(video), video_id, features_are, backbone, batch_clips,
+                                                     allow_foreign_features)
+                return self._encode_file(Path(video), prep, backbone, batch_clips)
+            if isinstance(video, DecodedClips):
+                return self._encode_clips(video.clips, video.windows, video.fps, video.duration, backbone,
+                                          batch_clips)
+            if isinstance(video, FeatureRecord):
+                return self._encode_features(video, features_are, backbone, batch_clips, str(video.video_id))
+            arr = np.asarray(video)
+            if arr.dtype == np.uint8 and arr.ndim == 5:
+                if windows is None:
+                    raise PredictorError("decoded clips [N, F, S, S, 3] need their windows [N, 2] (seconds)")
+                w = np.asarray(windows, np.float64).reshape(-1, 2)
+                dur = float(duration) if duration is not None else (float(w[-1, 1]) if len(w) else 0.0)
+                return self._encode_clips(arr, w, fps, dur, backbone, batch_clips)
+            if arr.dtype == np.uint8 and arr.ndim == 4:
+                return self._encode_frames(arr, times, duration, fps, prep, backbone, batch_clips)
+            if arr.ndim == 2:
+                rec = FeatureRecord(str(video_id or "features"), arr.shape[0], arr.shape[1], arr, windows, fps,
+                                    float(duration) if duration is not None else 0.0)
+                return self._encode_features(rec, features_are, backbone, batch_clips, "features")
+            raise PredictorError(f"cannot embed an array of shape {arr.shape} and dtype {arr.dtype}: give a video "
+                                 "file, decoded clips uint8 [N, F, S, S, 3], frames uint8 [M, H, W, 3] or features "
+                                 "[N, D]")
+
+    def _batch(self, batch_clips: Optional[int], default: int) -> int:
+        return int(batch_clips) if batch_clips is not None else default
+
+    def _encode_file(self, path: Path, prep: Preprocessing, backbone: bool, batch_clips: Optional[int]
+                     ) -> VideoEmbedding:
+        from locvtp.inference import DEFAULT_BATCH_CLIPS
+
+        if not self.takes_pixels:
+            raise UsageError(f"{path}: this checkpoint's video encoder reads pre-extracted features, not video "
+                             "pixels: give a feature file with video_id (or the features themselves)")
+        warnings = []
+        if prep.stride_seconds > prep.clip_seconds:
+            warnings.append(f"--stride-seconds {prep.stride_seconds:g} is longer than the clip "
+                            f"({prep.clip_seconds:g} s): only {prep.clip_seconds / prep.stride_seconds:.0%} of the "
+                            "video is looked at, windows span unseen gaps")
+        dec = self.decode_video(path, prep)
+        emb, bb = encode_clip_sequence(self.model, dec.clips, batch_clips=self._batch(batch_clips, DEFAULT_BATCH_CLIPS),
+                                       backbone=backbone, device=self.device)
+        return VideoEmbedding(emb, dec.windows, dec.fps, dec.duration, bb, warnings=warnings)
+
+    def _encode_clips(self, clips: np.ndarray, windows: np.ndarray, fps: float, duration: float, backbone: bool,
+                      batch_clips: Optional[int]) -> VideoEmbedding:
+        from locvtp.inference import DEFAULT_BATCH_CLIPS
+
+        if not self.takes_pixels:
+            raise UsageError("this checkpoint's video encoder reads pre-extracted features, not decoded clips")
+        clips = np.asarray(clips)
+        if clips.ndim != 5 or clips.shape[-1] != 3:
+            raise PredictorError(f"decoded clips must be uint8 [N, F, S, S, 3], got shape {clips.shape}")
+        if len(clips) and clips.shape[1] != self.preprocessing.frames_per_clip:
+            self._contradiction("frames_per_clip", int(clips.shape[1]), what=" (decoded clips)")
+        if len(clips) and clips.shape[2:4] != (self.preprocessing.frame_size,) * 2:
+            self._contradiction("frame_size", "x".join(map(str, clips.shape[2:4])), what=" (decoded clips)")
+        if len(windows) != len(clips):
+            raise PredictorError(f"{len(windows)} windows for {len(clips)} decoded clips")
+        emb, bb = encode_clip_sequence(self.model, clips, batch_clips=self._batch(batch_clips, DEFAULT_BATCH_CLIPS),
+                                       backbone=backbone, device=self.device)
+        return VideoEmbedding(emb, np.asarray(windows, np.float64), float(fps), float(duration), bb)
+
+    def _encode_frames(self, frames: np.ndarray, times: Any, duration: Any, fps: float, prep: Preprocessing,
+                       backbone: bool, batch_clips: Optional[int]) -> VideoEmbedding:
+        from locvtp.inference import DEFAULT_BATCH_CLIPS
+
+        if not self.takes_pixels:
+            raise UsageError("this checkpoint's video encoder reads pre-extracted features, not frames")
+        if times is None or duration is None:
+            raise PredictorError("decoded frames [M, H, W, 3] need their times [M] (seconds) and the video's duration")
+        return embed_video_frames(self.model, frames, np.asarray(times, np.float64), float(duration), fps=fps,
+                                  clip_seconds=prep.clip_seconds, stride_seconds=prep.stride_seconds,
+                                  frames_per_clip=prep.frames_per_clip, frame_size=prep.frame_size,
+                                  batch_clips=self._batch(batch_clips, DEFAULT_BATCH_CLIPS), backbone=backbone,
+                                  device=self.device)
+
+    def _encode_feature_file(self, path: Path, video_id: str, features_are: str, backbone: bool,
+                             batch_clips: Optional[int], allow_foreign: bool) -> VideoEmbedding:
+        info = feature_info(path)
+        kind = self._features_kind(features_are, info)
+        warnings = self.check_features(info, str(path), allow_foreign) if kind == "joint" else []
+        rec = read_features(path, video_id)  # MissingVideoError (a KeyError) / NonFiniteFeaturesError name it
+        emb = self._encode_features(rec, kind, backbone, batch_clips, f"{path}: video {video_id!r}")
+        emb.warnings = warnings + emb.warnings
+        return emb
+
+    def _features_kind(self, features_are: str, info: Optional[Mapping[str, Any]] = None) -> str:
+        if features_are not in ("auto", "joint", "input"):
+            raise UsageError(f"features_are must be 'auto', 'joint' or 'input', got {features_are!r}")
+        if features_are != "auto":
+            return features_are
+        if info is not None and str(info.get("embedding") or "") == "joint":
+            return "joint"
+        return "joint" if self.takes_pixels else "input"
+
+    def _encode_features(self, rec: FeatureRecord, features_are: str, backbone: bool, batch_clips: Optional[int],
+                         where: str) -> VideoEmbedding:
+        feats = np.asarray(rec.features, dtype=np.float32)
+        if feats.ndim != 2:
+            raise PredictorError(f"{where}: features must be [num_clips, D], got shape {feats.shape}")
+        if feats.shape[0] == 0:
+            raise PredictorError(f"{where} has no clips")
+        if self._features_kind(features_are) == "joint":
+            if feats.shape[1] != self.dim:
+                where_ck = self.path if self.path is not None else "this checkpoint"
+                raise PredictorError(f"{where} has {feats.shape[1]}-dim features but checkpoint {where_ck} embeds "
+                                     f"queries in {self.dim} dims (were they extracted with another model, or with "
+                                     "--backbone?)")
+            windows = rec.windows if rec.windows is not None else _consecutive(len(feats), self.preprocessing)
+            dur = rec.duration if rec.duration else float(np.asarray(windows)[-1, 1])
+            return VideoEmbedding(feats, np.asarray(windows, np.float64).reshape(-1, 2), rec.fps, dur)
+        if self.takes_pixels:
+            raise UsageError(f"{where}: this checkpoint's video encoder reads pixels, not input features")
+        if feats.shape[1] != self.input_width:
+            raise UsageError(f"{where} has features of width {feats.shape[1]}, the checkpoint's features encoder "
+                             f"reads width {self.input_width} (model.video.in_dim)")
+        kw = {} if batch_clips is None else {"batch_clips": int(batch_clips)}
+        e = embed_features(self.model, feats, windows=rec.windows, clip_seconds=self.preprocessing.clip_seconds,
+                           backbone=backbone, device=self.device, **kw)
+        dur = rec.duration if rec.duration else e.duration
+        return VideoEmbedding(e.clips, e.windows, rec.fps, dur, e.backbone)
+
+    # -- text ---------------------------------------------------------------------------------------------
+    def text_warnings(self, text: str) -> list[str]:
+        """Why a query's result may not mean what it seems (cut to ``max_words``, no known word)."""
+        return text_query_warnings(self.require_tokenizer(), text, self.preprocessing.max_words)
+
+    def encode_text(self, texts: str | Sequence[str], batch_size: Optional[int] = None) -> TextEmbedding:
+        """Sentence and word embeddings (``max_words`` of the checkpoint), with ``warnings[i]`` per text."""
+        texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+        tok = self.require_tokenizer()
+        warnings = [text_query_warnings(tok, t, self.preprocessing.max_words) for t in texts]
+        kw = {} if batch_size is None else {"batch_size": int(batch_size)}
+        with self._threads():
+            emb = embed_texts(self.model, tok, texts, max_words=self.preprocessing.max_words, device=self.device,
+                              **kw)
+        emb.warnings = warnings
+        return emb
+
+    # -- grounding ------------------------------------------------------------------------------------------
+    def ground(self, video: Any, query: str, *, top_k: int = 5, nms: float = 0.5, alpha: float = 0.5,
+               window_score: Optional[str] = None, max_seconds: Optional[float] = None,
+               video_id: Optional[str] = None, clip_seconds: Optional[float] = None,
+               stride_seconds: Optional[float] = None, allow_foreign_features: bool = False) -> GroundingResult:
+        """Top-k windows of ``query`` in one video: the scoring of ``locvtp ground`` (``locvtp.localize``).
+
+        ``video``: anything :meth:`encode_video` takes, or a :class:`VideoEmbedding` already made. The
+        result's ``warnings`` hold the query's, the video's and the ranking's (best first: the command's order).
+        A query with no words at all is a ``UsageError``.
+        """
+        from locvtp.inference import NO_WORDS
+
+        warnings = self.text_warnings(query)
+        if any(NO_WORDS in w for w in warnings):
+            raise UsageError(f"query {query!r} has no words to ground")
+        if isinstance(video, VideoEmbedding):
+            emb = video
+        else:
+            emb = self.encode_video(video, video_id=video_id, clip_seconds=clip_seconds,
+                                    stride_seconds=stride_seconds, allow_foreign_features=allow_foreign_features)
+        warnings += list(getattr(emb, "warnings", []) or [])
+        text = self.encode_text([query])
+        windows = np.asarray(emb.windows, np.float64).reshape(-1, 2)
+        clip_s = float(clip_seconds) if clip_seconds is not None else self.preprocessing.clip_seconds
+        step = float(np.median(np.diff(windows[:, 0]))) if len(windows) > 1 else clip_s
+        max_clips = None
+        if max_seconds is not None:
+            max_clips = max(1, int(round(max_seconds / max(step, 1e-9))))
+            if max_seconds < step and len(windows) > 1:
+                warnings.append(f"--max-seconds {max_seconds:g} is shorter than one clip step ({step:g} s): every "
+                                "window is a single clip")
+        res = ground_embeddings(emb.clips, windows, text.sentence[0], text.words[0], query=query,
+                                duration=emb.duration, top_k=top_k, alpha=alpha, nms_threshold=nms,
+                                max_clips=max_clips, window_score=window_score)
+        res.warnings = warnings + res.warnings
+        return res
+
+    # -- search ---------------------------------------------------------------------------------------------
+    def open_index(self, index: Any, backend: str = "auto", nprobe: Optional[int] = None,
+                   allow_foreign_features: bool = False, allow_flag: str = "allow_foreign_features=True",
+                   where: Optional[str] = None) -> tuple[Any, list[str]]:
+        """A ``locvtp.search.MomentIndex`` (opened from a path, or as given) checked against this model: the
+        feature policy on its fingerprint, then its width. Returns (index, warnings)."""
+        from locvtp.search import MomentIndex
+
+        idx = index if isinstance(index, MomentIndex) else MomentIndex(index, backend=backend, nprobe=nprobe)
+        name = where or f"index {idx.path}"
+        info = {"checkpoint_sha256": idx.meta.get("checkpoint_sha256"), "embedding": None}
+        warnings = self.check_features(info, name, allow_foreign_features, allow_flag)
+        if self.dim != idx.dim:
+            raise UsageError(f"{name} holds embeddings of width {idx.dim}, the checkpoint {self.path} embeds "
+                             f"queries with width {self.dim}: use the checkpoint whose features built this index")
+        return idx, warnings
+
+    def search(self, index: Any, queries: str | Sequence[str], *, top_k: int = 10, pool: Optional[int] = None,
+               gap: int = 0, tolerance: float = 0.5, backend: str = "auto", nprobe: Optional[int] = None,
+               allow_foreign_features: bool = False) -> SearchResponse:
+        """Moments of a moment index (``locvtp index`` output: a path or a ``MomentIndex``) for text queries:
+        what ``locvtp search`` prints (one :class:`QueryMoments` per query)."""
+        queries = [queries] if isinstance(queries, str) else list(queries)
+        idx, warnings = self.open_index(index, backend, nprobe, allow_foreign_features)
+        return self.search_index(idx, queries, top_k=top_k, pool=pool, gap=gap, tolerance=tolerance,
+                                 warnings=warnings)
+
+    def search_index(self, idx: Any, queries: Sequence[str], top_k: int = 10, pool: Optional[int] = None,
+                     gap: int = 0, tolerance: float = 0.5, warnings: Sequence[str] = ()) -> SearchResponse:
+        """:meth:`search` on an index already checked by :meth:`open_index`."""
+        t0 = time.perf_counter()
+        text = self.encode_text(list(queries))
+        t1 = time.perf_counter()
+        with self._threads():
+            found = idx.search_moments(text.sentence, top_k=top_k, pool=pool, gap=gap, tolerance=tolerance)
+        t2 = time.perf_counter()
+        results = [QueryMoments(q, m, w) for q, m, w in zip(queries, found, text.warnings)]
+        return SearchResponse(results, list(warnings), t1 - t0, t2 - t1)
+
+
+def _consecutive(n: int, prep: Preprocessing) -> np.ndarray:
+    starts = np.arange(n, dtype=np.float64) * prep.stride_seconds
+    return np.stack([starts, starts + prep.clip_seconds], axis=1)
+
+
+__all__ = [
+    "CONTRACT", "ForeignFeaturesError", "LocVTPPredictor", "Preprocessing", "PredictorError", "QueryMoments",
+    "SearchResponse", "feature_origin",
+]
