@@ -432,3 +432,17 @@ def test_grouped_sampler_rejects_bad_arguments():
         ResumableBatchSampler(20, 4, group_size=0)
     with pytest.raises(ValueError, match="video of every sample"):
         ResumableBatchSampler(20, 4, groups=["a"] * 19, group_size=2)
+
+
+def test_checks_in_small_chunks_give_the_same_dataset(tmp_path, monkeypatch):
+    """The up-front checks run over the corpus in chunks; chunk edges change nothing (bad records, order)."""
+    from locvtp.data import datasets
+
+    path, _ = _feature_world(tmp_path, "npy")
+    cfg = load_config(None, [f"data.root={tmp_path}", "data.kind=features", f"data.features={path}",
+                             "data.num_clips=8", "data.clip_seconds=1.0", "data.jitter_seconds=0"])
+    whole, _ = _prepared_data(cfg, tmp_path / "run_a", vocab=100)
+    monkeypatch.setattr(datasets, "_CHECK_CHUNK", 2)
+    chunked, _ = _prepared_data(cfg, tmp_path / "run_b", vocab=100)
+    assert [b.to_json() for b in chunked.bad] == [b.to_json() for b in whole.bad] and whole.bad
+    assert chunked.dataset.items.indices.tolist() == whole.dataset.items.indices.tolist()

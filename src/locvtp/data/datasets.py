@@ -636,6 +636,9 @@ def find_video(video_dir: Path, vid: str) -> Path:
     return p  # does not exist: probing reports "file not found" with this path
 
 
+_CHECK_CHUNK = 1 << 22  # narrations per step of the up-front checks (bounds their temporaries: ~100 MB)
+
+
 def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, strict: bool = False,
                         progress: bool = True, is_main: bool = True, barrier: Any = None,
                         share: tuple[int, int] = (0, 1)) -> PretrainData:
@@ -658,11 +661,11 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     store = prepared.store
     keep = store.keep_mask()
     idx_dtype = np.int32 if store.n < 2**31 else np.int64
-    cand = (np.nonzero(keep)[0] if keep is not None else np.arange(store.n)).astype(idx_dtype, copy=False)
+    cand = (np.nonzero(keep)[0].astype(idx_dtype) if keep is not None else np.arange(store.n, dtype=idx_dtype))
     narr_video = np.asarray(store.narr_video)
-    cand_video = narr_video[cand]
     used = np.zeros(store.num_videos, dtype=bool)
-    used[cand_video] = True
+    for lo in range(0, len(cand), _CHECK_CHUNK):
+        used[narr_video[cand[lo:lo + _CHECK_CHUNK]]] = True
     vid_names = store.video_ids
     vids = sorted(vid_names[k] for k in np.nonzero(used)[0])
     bad_videos: dict[str, tuple[str, str]] = {}  # vid -> (source, reason)
@@ -719,28 +722,33 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
         else:
             duration[k] = source.durations[v]
     ok_words = words_mask(store, tokenizer, int(d.max_words), share=share, progress=progress)
-    starts, ends = np.asarray(store.starts)[cand], np.asarray(store.ends)[cand]
-    is_bad_video = video_bad[cand_video]
-    no_words = ~ok_words[cand] & ~is_bad_video
-    with np.errstate(invalid="ignore"):
-        after_end = np.isfinite(ends) & (starts >= duration[cand_video]) & ~is_bad_video & ~no_words
-    bad_pos = np.nonzero(is_bad_video | no_words | after_end)[0]
     bad: list[BadSample] = [BadSample("row", f"{f}: {loc}", reason) for f, loc, reason in store.bad_rows()]
-    for p in bad_pos:
-        i = int(cand[p])
-        vid, src_i = vid_names[int(narr_video[i])], store.source(i)
-        if is_bad_video[p]:
-            src, reason = bad_videos[vid]
-            rec = BadSample("video", src_i, f"{src}: {reason}" if src not in reason else reason, vid)
-        elif no_words[p]:
-            rec = BadSample("row", src_i, f"caption has no word tokens: {store.text(i)!r:.80}", vid)
-        else:
-            rec = BadSample("row", src_i, f"narration [{starts[p]:.2f}, {ends[p]:.2f}] s starts after the end of "
-                                          f"the video ({source.durations[vid]:.2f} s)", vid)
-        if strict:
-            raise BadSampleError(f"{rec.source}: {rec.reason}{STRICT_NOTE}")
-        bad.append(rec)
-    good = np.delete(cand, bad_pos) if len(bad_pos) else cand
+    good_parts = []
+    for lo in range(0, len(cand), _CHECK_CHUNK):  # in chunks: the temporaries stay small at any corpus size
+        idx = cand[lo:lo + _CHECK_CHUNK]
+        vid_of = narr_video[idx]
+        starts, ends = np.asarray(store.starts[idx]), np.asarray(store.ends[idx])
+        is_bad_video = video_bad[vid_of]
+        no_words = ~ok_words[idx] & ~is_bad_video
+        with np.errstate(invalid="ignore"):
+            after_end = np.isfinite(ends) & (starts >= duration[vid_of]) & ~is_bad_video & ~no_words
+        bad_pos = np.nonzero(is_bad_video | no_words | after_end)[0]
+        for p in bad_pos:
+            i = int(idx[p])
+            vid, src_i = vid_names[int(vid_of[p])], store.source(i)
+            if is_bad_video[p]:
+                src, reason = bad_videos[vid]
+                rec = BadSample("video", src_i, f"{src}: {reason}" if src not in reason else reason, vid)
+            elif no_words[p]:
+                rec = BadSample("row", src_i, f"caption has no word tokens: {store.text(i)!r:.80}", vid)
+            else:
+                rec = BadSample("row", src_i, f"narration [{starts[p]:.2f}, {ends[p]:.2f}] s starts after the end "
+                                              f"of the video ({source.durations[vid]:.2f} s)", vid)
+            if strict:
+                raise BadSampleError(f"{rec.source}: {rec.reason}{STRICT_NOTE}")
+            bad.append(rec)
+        good_parts.append(np.delete(idx, bad_pos) if len(bad_pos) else idx)
+    good = np.concatenate(good_parts) if good_parts else cand[:0]
     if not len(good):
         raise NoSamplesError(f"no usable pre-training samples under {root} ({len(bad)} bad; first: "
                              f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
