@@ -440,7 +440,8 @@ def test_checks_in_small_chunks_give_the_same_dataset(tmp_path, monkeypatch):
 
     path, _ = _feature_world(tmp_path, "npy")
     cfg = load_config(None, [f"data.root={tmp_path}", "data.kind=features", f"data.features={path}",
-                             "data.num_clips=8", "data.clip_seconds=1.0", "data.jitter_seconds=0"])
+                             "data.caption_file=caption.json", "data.num_clips=8", "data.clip_seconds=1.0",
+                             "data.jitter_seconds=0"])
     whole, _ = _prepared_data(cfg, tmp_path / "run_a", vocab=100)
     monkeypatch.setattr(datasets, "_CHECK_CHUNK", 2)
     chunked, _ = _prepared_data(cfg, tmp_path / "run_b", vocab=100)
