@@ -400,6 +400,10 @@ def prepare_tokenizer(cfg: Any, run: Path, store: Any, resume_from: Optional[Pat
         tok = Tokenizer.load(os.path.expanduser(str(cfg.model.text.path)))
     else:
         if dist.is_main:
+            if store.n > 5_000_000:
+                print(f"[pretrain] training a WordPiece tokenizer on {store.n} captions on rank 0 (it grows with the "
+                      "corpus; the other ranks wait): give data.tokenizer (e.g. a BERT vocab) at this scale",
+                      file=sys.stderr)
             train_tokenizer(store.texts(), vocab_size=int(cfg.data.vocab_size)).save(tok_dir)
         dist.barrier()
         tok = Tokenizer.load(tok_dir / "tokenizer.json")
