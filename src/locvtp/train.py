@@ -498,7 +498,21 @@ def _validate(cfg: Any, ckpt: Path, run: Path, step: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------
 def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None, strict: bool = False,
              progress: bool = True) -> Path:
-    """Pre-train LocVTP as ``cfg`` says; returns the final checkpoint directory ``out_dir/final``."""
+    """Pre-train LocVTP as ``cfg`` says; returns the final checkpoint directory ``out_dir/final``.
+
+    One run per run directory: rank 0 holds an advisory lock on ``out_dir`` (``.NAME.lock`` beside it) for the
+    whole run, so a second ``pretrain`` into the same directory stops at once naming the first, instead of both
+    writing checkpoints into it."""
+    from .files import OutputLock
+
+    lock = OutputLock(Path(out_dir), "pretrain") if int(os.environ.get("RANK", "0")) == 0 else None
+    with lock if lock is not None else contextlib.nullcontext():
+        return _pretrain(cfg, out_dir, resume=resume, strict=strict, progress=progress)
+
+
+def _pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None, strict: bool = False,
+             progress: bool = True) -> Path:
+    """The run :func:`pretrain` locks: set-up, data, model, the loop, the final checkpoint."""
     from tqdm import tqdm
 
     from .checkpoint import load_checkpoint, load_trainer_state, read_meta, save_checkpoint
