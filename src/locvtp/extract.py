@@ -611,6 +611,7 @@ class ExtractSummary:
 
 
 def _settings(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings written with the features (``ckpt``: the ``LocVTPPredictor`` or a loaded checkpoint)."""
     model = ckpt.model
     summary = model.summary() if hasattr(model, "summary") else type(model).__name__
     return {
@@ -655,31 +656,23 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
 def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: int, world: int, device: str,
                 t_start: float, progress: bool) -> "ExtractSummary":
     """Load the model, list the inputs, open the writer (the caller holds the output's lock)."""
-    import torch
+    from locvtp.predictor import LocVTPPredictor
 
-    from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
-
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), map_location=device)
-    model = ckpt.model.eval()
-    dcfg = ckpt.cfg.data if "data" in ckpt.cfg else None
-    if args.clip_seconds is None:
-        args.clip_seconds = float(dcfg.clip_seconds) if dcfg is not None else 1.0
-    if args.stride_seconds is None:
-        args.stride_seconds = float(args.clip_seconds)
-    if args.frames_per_clip is None:
-        args.frames_per_clip = int(dcfg.frames_per_clip) if dcfg is not None else 4
-    if args.frame_size is None:
-        args.frame_size = int(dcfg.frame_size) if dcfg is not None else 32
-    pixels = bool(getattr(model, "takes_pixels", True))
+    pred = LocVTPPredictor.from_checkpoint(args.checkpoint, device=device, threads=args.threads or None)
+    # The checkpoint's preprocessing (the predictor reads it once); another window cut is allowed, frames per
+    # clip or a frame size other than the checkpoint's are a UsageError naming both values.
+    prep = pred.resolve_preprocessing(args.clip_seconds, args.stride_seconds, args.frames_per_clip, args.frame_size,
+                                      flags={"frames_per_clip": "--frames-per-clip", "frame_size": "--frame-size"})
+    args.clip_seconds, args.stride_seconds = prep.clip_seconds, prep.stride_seconds
+    args.frames_per_clip, args.frame_size = prep.frames_per_clip, prep.frame_size
+    pixels = pred.takes_pixels
 
     # -- inputs -------------------------------------------------------------------------------------------
     if pixels:
         items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
     else:  # a features encoder: inputs are per-clip feature files (any format iter_features reads)
         recs = list(iter_features(args.videos, load=False))
-        want = getattr(getattr(model, "video_encoder", None), "in_dim", None)
+        want = pred.input_width
         wrong = [r for r in recs if want is not None and r.dim != int(want)]
         if wrong:
             raise UsageError(f"--videos {args.videos}: video {wrong[0].video_id!r} has features of width "
@@ -696,7 +689,7 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
             _discard_h5_output(out)
         else:
             _discard_dir_output(out)
-    settings = _settings(ckpt, args)
+    settings = _settings(pred, args)
     if args.format == "h5":
         out.parent.mkdir(parents=True, exist_ok=True)
         writer: Any = H5Writer(out, settings, failures_path)
@@ -704,39 +697,37 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
         writer = DirWriter(out, args.format, settings, failures_path, rank=rank, single_process=world <= 1,
                            emptied=bool(args.overwrite))
     try:
-        return _extract_loop(args, writer, items, problems, out, failures_path, rank, world, device, pixels, model,
-                             t_start, progress)
+        with pred.thread_limit():  # --threads for the whole run (decoding resizes with torch too); restored after
+            return _extract_loop(args, writer, items, problems, out, failures_path, rank, world, pred, prep,
+                                 t_start, progress)
     finally:
         if isinstance(writer, DirWriter):
             writer.close()
 
 
 def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem], problems: list[dict[str, str]],
-                  out: Path, failures_path: Path, rank: int, world: int, device: str, pixels: bool, model: Any,
+                  out: Path, failures_path: Path, rank: int, world: int, pred: Any, prep: Any,
                   t_start: float, progress: bool) -> "ExtractSummary":
-    """Decode ahead, encode, write, flush; the per-video loop of ``locvtp extract``."""
-    from locvtp.inference import decode_video_clips, embed_features, encode_clip_sequence
-
+    """Decode ahead, encode, write, flush; the per-video loop of ``locvtp extract`` (``pred``: the
+    ``LocVTPPredictor``, ``prep``: the preprocessing resolved from the checkpoint and the arguments)."""
+    pixels = pred.takes_pixels
     done = writer.done_ids({it.video_id for it in items})
     todo = [it for it in items if it.video_id not in done]
     skipped_done = len(items) - len(todo)
 
     def load(it: VideoItem) -> Any:
         if pixels:
-            return decode_video_clips(it.path, args.clip_seconds, args.stride_seconds, args.frames_per_clip,
-                                      args.frame_size)
+            return pred.decode_video(it.path, prep)
         return read_features(it.path, it.video_id)
 
     def encode(it: VideoItem, data: Any) -> Result:
         if pixels:
             if data.clips.shape[0] == 0:
                 raise ValueError("no clips: the video has no decodable frames")
-            emb, bb = encode_clip_sequence(model, data.clips, batch_clips=args.batch_clips, backbone=args.backbone,
-                                           device=device)
-            feats = bb if args.backbone else emb
-            return Result(it.video_id, feats, data.windows, data.fps, data.duration)
-        e = embed_features(model, data.features, windows=data.windows, batch_clips=args.batch_clips,
-                           backbone=args.backbone, device=device)
+            e = pred.encode_video(data, batch_clips=args.batch_clips, backbone=args.backbone)
+            return Result(it.video_id, e.backbone if args.backbone else e.clips, data.windows, data.fps,
+                          data.duration)
+        e = pred.encode_video(data, features_are="input", batch_clips=args.batch_clips, backbone=args.backbone)
         return Result(it.video_id, e.backbone if args.backbone else e.clips, e.windows, data.fps, data.duration)
 
     extracted = failed = clips = 0

@@ -232,7 +232,9 @@ class LocVTPPredictor:
         return require_tokenizer(holder, command)
 
     @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
+    def thread_limit(self) -> Iterator[None]:
+        """``threads`` torch threads for the block (every call of the predictor runs in one), then the previous
+        setting again; a no-op when ``threads`` is None."""
         if self.threads is None:
             yield
             return
@@ -326,7 +328,7 @@ class LocVTPPredictor:
         ``frames_per_clip`` / ``frame_size``, when given, must equal the checkpoint's (else ``UsageError``).
         """
         prep = self.resolve_preprocessing(clip_seconds, stride_seconds, frames_per_clip, frame_size)
-        with self._threads():
+        with self.thread_limit():
             if isinstance(video, (str, Path)):
                 if video_id is not None:
                     return self._encode_feature_file(Path(video), video_id, features_are, backbone, batch_clips,
@@ -431,9 +433,9 @@ class LocVTPPredictor:
         feats = np.asarray(rec.features, dtype=np.float32)
         if feats.ndim != 2:
             raise PredictorError(f"{where}: features must be [num_clips, D], got shape {feats.shape}")
-        if feats.shape[0] == 0:
-            raise PredictorError(f"{where} has no clips")
         if self._features_kind(features_are) == "joint":
+            if feats.shape[0] == 0:
+                raise PredictorError(f"{where} has no clips")
             if feats.shape[1] != self.dim:
                 where_ck = self.path if self.path is not None else "this checkpoint"
                 raise PredictorError(f"{where} has {feats.shape[1]}-dim features but checkpoint {where_ck} embeds "
@@ -458,16 +460,18 @@ class LocVTPPredictor:
         """Why a query's result may not mean what it seems (cut to ``max_words``, no known word)."""
         return text_query_warnings(self.require_tokenizer(), text, self.preprocessing.max_words)
 
-    def encode_text(self, texts: str | Sequence[str], batch_size: Optional[int] = None) -> TextEmbedding:
-        """Sentence and word embeddings (``max_words`` of the checkpoint), with ``warnings[i]`` per text."""
+    def encode_text(self, texts: str | Sequence[str], batch_size: Optional[int] = None,
+                    warnings: bool = True) -> TextEmbedding:
+        """Sentence and word embeddings (``max_words`` of the checkpoint), with ``warnings[i]`` per text
+        (``warnings=False``: not computed, e.g. for a corpus of captions)."""
         texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
         tok = self.require_tokenizer()
-        warnings = [text_query_warnings(tok, t, self.preprocessing.max_words) for t in texts]
+        notes = [text_query_warnings(tok, t, self.preprocessing.max_words) for t in texts] if warnings else []
         kw = {} if batch_size is None else {"batch_size": int(batch_size)}
-        with self._threads():
+        with self.thread_limit():
             emb = embed_texts(self.model, tok, texts, max_words=self.preprocessing.max_words, device=self.device,
                               **kw)
-        emb.warnings = warnings
+        emb.warnings = notes
         return emb
 
     # -- grounding ------------------------------------------------------------------------------------------
@@ -541,7 +545,7 @@ class LocVTPPredictor:
         t0 = time.perf_counter()
         text = self.encode_text(list(queries))
         t1 = time.perf_counter()
-        with self._threads():
+        with self.thread_limit():
             found = idx.search_moments(text.sentence, top_k=top_k, pool=pool, gap=gap, tolerance=tolerance)
         t2 = time.perf_counter()
         results = [QueryMoments(q, m, w) for q, m, w in zip(queries, found, text.warnings)]

@@ -701,38 +701,22 @@ def search_main(argv: list[str] | None = None) -> int:
 
             faiss.omp_set_num_threads(args.threads)
     index = MomentIndex(args.index, backend=args.backend, nprobe=args.nprobe)
-    from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
-    from locvtp.inference import embed_texts, text_query_warnings
+    from locvtp.predictor import LocVTPPredictor
 
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    want = index.meta.get("checkpoint_sha256")
-    if want and ckpt.sha256 and want != ckpt.sha256:
-        msg = (f"index {args.index} was built from checkpoint {want[:12]}…, query model is {ckpt.sha256[:12]}…: "
-               "their embedding spaces differ")
-        if not args.allow_checkpoint_mismatch:
-            raise LocVTPError(f"{msg} (pass --allow-checkpoint-mismatch to search anyway)")
-        cliargs.warn("locvtp search", msg)
-    model = ckpt.model.to(device)
-    width = int(getattr(model, "dim", index.dim))
-    if width != index.dim:
-        raise UsageError(f"--index {args.index} holds embeddings of width {index.dim}, the checkpoint "
-                         f"{args.checkpoint} embeds queries with width {width}: use the checkpoint whose features "
-                         "built this index")
-    max_words = int(ckpt.cfg.data.max_words) if "data" in ckpt.cfg else 24
-    notes = []
-    for q in queries:
-        ws = text_query_warnings(ckpt.tokenizer, q, max_words)
-        for w in ws:
+    pred = LocVTPPredictor.from_checkpoint(args.checkpoint, device=device)
+    # the feature policy of locvtp.predictor on the index's fingerprint, then its width
+    index, index_warnings = pred.open_index(index, allow_foreign_features=args.allow_checkpoint_mismatch,
+                                            allow_flag="--allow-checkpoint-mismatch", where=f"--index {args.index}")
+    for w in index_warnings:
+        cliargs.warn("locvtp search", w)
+    pred.require_tokenizer("locvtp search")
+    resp = pred.search_index(index, queries, top_k=args.top_k, pool=args.pool, gap=args.gap,
+                             tolerance=args.tolerance)
+    for r in resp.results:
+        for w in r.warnings:
             cliargs.warn("locvtp search", w)
-        notes.append(ws)
-    t0 = time.perf_counter()
-    text = embed_texts(model, ckpt.tokenizer, queries, max_words=max_words, device=device)
-    t1 = time.perf_counter()
-    results = index.search_moments(text.sentence, top_k=args.top_k, pool=args.pool, gap=args.gap,
-                                    tolerance=args.tolerance)
-    t2 = time.perf_counter()
-    for q, moments, ws in zip(queries, results, notes):
-        print(json.dumps({"query": q, "moments": [m.to_json() for m in moments], "warnings": ws}))
-    print(f"{len(queries)} queries: embed {1e3 * (t1 - t0):.1f} ms, search {1e3 * (t2 - t1):.1f} ms "
+    for r in resp.results:
+        print(json.dumps(r.to_json()))
+    print(f"{len(queries)} queries: embed {1e3 * resp.embed_seconds:.1f} ms, search {1e3 * resp.search_seconds:.1f} ms "
           f"({index.backend}, {index.kind}, {len(index)} clips)", file=sys.stderr)
     return 0

@@ -350,9 +350,10 @@ class FeatureFile:
 
     def is_joint_embedding_of(self, sha256: str) -> bool:
         """True when the file holds *this* checkpoint's joint-space clip embeddings (``locvtp extract`` default):
-        they can then replace decoding the videos."""
-        return (str(self.attrs.get("embedding", "")) == "joint" and bool(sha256)
-                and str(self.attrs.get("checkpoint_sha256", "")) == sha256)
+        they can then replace decoding the videos (the feature policy of ``locvtp.predictor``: origin ``own``)."""
+        from locvtp.predictor import feature_origin
+
+        return str(self.attrs.get("embedding", "")) == "joint" and feature_origin(self.attrs, sha256) == "own"
 
 
 @dataclass
@@ -371,51 +372,62 @@ class EvalContext:
     checkpoint_path: str = ""
     checkpoint_sha256: str = ""
     durations: dict[str, float] = field(default_factory=dict)  # from annotations, for feature-file windows
+    preprocessing: Any = None  # locvtp.predictor.Preprocessing (None: read from ``cfg`` by the predictor's rule)
+
+    def __post_init__(self) -> None:
+        if self.preprocessing is None:
+            from locvtp.predictor import Preprocessing
+
+            self.preprocessing = Preprocessing.from_config(self.cfg)
 
     @property
     def max_words(self) -> int:
-        return int(self.cfg.data.max_words)
+        return int(self.preprocessing.max_words)
 
     @property
     def stride_seconds(self) -> float:
-        return float(self.cfg.data.clip_seconds)
+        return float(self.preprocessing.stride_seconds)
 
 
 def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path], features: FeatureFile | None,
               durations: Mapping[str, float], progress: bool = True, checkpoint_sha256: str = "",
-              strict: bool = False) -> EmbeddingBank:
-    """Bind the expensive calls to ``model``.
+              strict: bool = False, predictor: Any = None) -> EmbeddingBank:
+    """Bind the expensive calls to the model, through ``predictor`` (a ``locvtp.predictor.LocVTPPredictor``;
+    None: one over ``model``, ``tokenizer``, ``cfg`` and ``checkpoint_sha256``).
 
-    Pixel models embed each video file (``locvtp.inference.embed_video_file``, the training clip layout from the
-    checkpoint's ``data`` config); ``--features`` rows then feed the supervised heads. Feature models
-    (``model.video.name = features``) read their input from ``--features`` (``embed_features``), and the
-    heads use the resulting joint embeddings. A feature file that holds this very checkpoint's joint
-    embeddings (``embedding=joint`` and a matching ``checkpoint_sha256``, as ``locvtp extract`` writes) is used
-    for everything, and no video is decoded.
+    Pixel models embed each video file with the checkpoint's preprocessing (``LocVTPPredictor.encode_video``);
+    ``--features`` rows then feed the supervised heads. Feature models (``model.video.name = features``) read
+    their input from ``--features``, and the heads use the resulting joint embeddings. A feature file that holds
+    this very checkpoint's joint embeddings (the predictor's feature policy: origin ``own``, as ``locvtp extract``
+    writes) is used for everything, and no video is decoded; any other file is never used as the model's
+    embeddings.
     """
-    from locvtp.inference import embed_features, embed_texts, embed_video_file
+    if predictor is None:
+        from locvtp.predictor import LocVTPPredictor
 
-    dcfg = cfg.data
-    takes_pixels = bool(getattr(model, "takes_pixels", True))
+        predictor = LocVTPPredictor(model, tokenizer, cfg, sha256=checkpoint_sha256)
+    pred = predictor
+    takes_pixels = pred.takes_pixels
     if not takes_pixels and features is None:
         raise DownstreamError("this checkpoint's video encoder reads pre-extracted features: pass --features H5")
 
     def embed_video(vid: str) -> ClipSequence:
         if takes_pixels:
-            emb = embed_video_file(model, locate(vid), clip_seconds=float(dcfg.clip_seconds),
-                                   frames_per_clip=int(dcfg.frames_per_clip), frame_size=int(dcfg.frame_size))
+            emb = pred.encode_video(locate(vid))
             return ClipSequence(np.asarray(emb.clips, np.float32), np.asarray(emb.windows, np.float64),
                                 float(emb.duration))
         assert features is not None
         raw = features.read(vid, durations.get(vid))
-        emb = embed_features(model, raw.feats, windows=raw.windows)
+        emb = pred.encode_video(raw.feats, windows=raw.windows, features_are="input")
         return ClipSequence(np.asarray(emb.clips, np.float32), raw.windows, raw.duration)
 
     def embed_txt(texts: list[str]) -> TextEmbeddings:
-        t = embed_texts(model, tokenizer, texts, max_words=int(dcfg.max_words))
+        t = pred.encode_text(texts, warnings=False)
         return TextEmbeddings(np.asarray(t.sentence, np.float32), [np.asarray(w, np.float32) for w in t.words])
 
-    if features is not None and takes_pixels and features.is_joint_embedding_of(checkpoint_sha256):
+    if features is not None and takes_pixels and features.is_joint_embedding_of(pred.sha256):
+        pred.check_features(features.attrs, str(features.path))  # own: its recorded frames must be the model's
+
         def embed_video(vid: str) -> ClipSequence:  # noqa: F811  (already this model's clip embeddings)
             return features.read(vid, durations.get(vid))
 

@@ -253,8 +253,11 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     feat = FeatureFile.open(features) if features is not None else None
     if feat is not None:
         _check_feature_width(feat, ck, sha)
+    from locvtp.predictor import LocVTPPredictor
+
+    pred = LocVTPPredictor.from_loaded(ck)  # the checkpoint's preprocessing, read once
     bank = make_bank(ck.model, ck.tokenizer, ck.cfg, VideoLocator(video_dir or data_dir / "videos"), feat,
-                     durations, progress=progress, checkpoint_sha256=sha, strict=strict)
+                     durations, progress=progress, checkpoint_sha256=sha, strict=strict, predictor=pred)
     bank.prefetch(vids, desc="embed videos")
     embed_seconds = time.time() - t0
     if vids and len(bank.failed) == len(vids):
@@ -262,7 +265,7 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
         raise DownstreamError(f"none of the {len(vids)} videos the task(s) need could be embedded, so there is "
                               f"nothing to measure; the first, {vid!r}: {why}")
     ctx = EvalContext(ck.model, ck.tokenizer, ck.cfg, data_dir, bank, out, seed, progress, strict,
-                      str(getattr(ck, "path", "")), sha, durations)
+                      str(getattr(ck, "path", "")), sha, durations, preprocessing=pred.preprocessing)
     flat: dict[str, float] = {}
     for task in tasks:
         seed_everything(seed)
