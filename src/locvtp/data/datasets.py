@@ -665,7 +665,7 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     narr_video = np.asarray(store.narr_video)
     used = np.zeros(store.num_videos, dtype=bool)
     for lo in range(0, len(cand), _CHECK_CHUNK):
-        used[narr_video[cand[lo:lo + _CHECK_CHUNK]]] = True
+        used[narr_video[cand[lo:lo + _CHECK_CHUNK]] if keep is not None else narr_video[lo:lo + _CHECK_CHUNK]] = True
     vid_names = store.video_ids
     vids = sorted(vid_names[k] for k in np.nonzero(used)[0])
     bad_videos: dict[str, tuple[str, str]] = {}  # vid -> (source, reason)
@@ -726,10 +726,11 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     good_parts = []
     for lo in range(0, len(cand), _CHECK_CHUNK):  # in chunks: the temporaries stay small at any corpus size
         idx = cand[lo:lo + _CHECK_CHUNK]
-        vid_of = narr_video[idx]
-        starts, ends = np.asarray(store.starts[idx]), np.asarray(store.ends[idx])
+        at = slice(int(idx[0]), int(idx[-1]) + 1) if keep is None else idx  # no split: views, not gathers
+        vid_of = narr_video[at]
+        starts, ends = np.asarray(store.starts[at]), np.asarray(store.ends[at])
         is_bad_video = video_bad[vid_of]
-        no_words = ~ok_words[idx] & ~is_bad_video
+        no_words = ~ok_words[at] & ~is_bad_video
         with np.errstate(invalid="ignore"):
             after_end = np.isfinite(ends) & (starts >= duration[vid_of]) & ~is_bad_video & ~no_words
         bad_pos = np.nonzero(is_bad_video | no_words | after_end)[0]
