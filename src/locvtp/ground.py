@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{' and '.join(given)} cannot apply to --features: the clips were cut at extraction "
                     "(re-extract with other clip settings, or ground the video file)")
     plot = _check_plot_path(args.plot) if args.plot is not None else None
-    from locvtp.predictor import LocVTPPredictor
+    from locvtp.predictor import ForeignFeaturesError, LocVTPPredictor
 
     # the device is checked before loading: no CUDA is not a corrupt checkpoint
     pred = LocVTPPredictor.from_checkpoint(args.checkpoint, device=_device(args.device))
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                           window_score=args.window_score, allow_foreign_features=args.allow_foreign_features)
     except MissingVideoError as exc:
         raise UsageError(f"--video-id {args.video_id}: not in --features {args.features} ({exc.args[0]})") from None
+    except ForeignFeaturesError as exc:
+        raise exc.with_flag("--allow-foreign-features") from None
     out = {"video": source, **res.to_json(curve=args.curve)}
     if plot is not None:
         out["plot"] = str(plot_grounding(res, plot))

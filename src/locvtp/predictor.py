@@ -89,7 +89,17 @@ class PredictorError(LocVTPError, ValueError):
 
 
 class ForeignFeaturesError(LocVTPError, ValueError):
-    """Joint-space features or an index made by another checkpoint (see the module docstring's policy)."""
+    """Joint-space features or an index made by another checkpoint (see the module docstring's policy).
+
+    ``reason`` is the message without the hint; :meth:`with_flag` names how a command overrides it."""
+
+    def __init__(self, reason: str, flag: str = "allow_foreign_features=True") -> None:
+        super().__init__(f"{reason} (pass {flag} to use them anyway)")
+        self.reason = reason
+
+    def with_flag(self, flag: str) -> "ForeignFeaturesError":
+        """The same error naming a command-line flag instead of the keyword argument."""
+        return ForeignFeaturesError(self.reason, flag)
 
 
 # ------------------------------------------------------------------------------------------ preprocessing
@@ -288,7 +298,7 @@ class LocVTPPredictor:
             msg = (f"{where} was made with checkpoint {str(info.get('checkpoint_sha256'))[:12]}…, this model is "
                    f"{self.sha256[:12]}…: their embedding spaces differ")
             if not allow_foreign_features:
-                raise ForeignFeaturesError(f"{msg} (pass {allow_flag} to use them anyway)")
+                raise ForeignFeaturesError(msg, allow_flag)
             return [msg]
         if self.takes_pixels:  # own: the extraction's recorded input settings must be this model's
             for name in CONTRACT:
