@@ -4,27 +4,16 @@ never a traceback, and nothing written."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from cli_helpers import CliResult, assert_one_line_error
-from cli_helpers import run_cli as _run_cli
+from cli_helpers import assert_one_line_error, run_cli
 from inference_helpers import make_checkpoint, world_videos
 
 NOT_UTF8 = b"\xff\xfe\xfa not text \x80\x81"
-
-
-def run_cli(argv, capsys) -> CliResult:
-    """``cli_helpers.run_cli``, plus argparse's own exit (a SystemExit with the code the console script exits with)."""
-    try:
-        return _run_cli(argv, capsys)
-    except SystemExit as exc:
-        cap = capsys.readouterr()
-        return CliResult(int(exc.code or 0), cap.out, cap.err)
 
 
 def _cli(argv) -> int:
@@ -34,7 +23,7 @@ def _cli(argv) -> int:
 
 
 @pytest.fixture(scope="module")
-def w(tiny_world, tmp_path_factory):
+def w(tiny_world, tiny_checkpoint, tmp_path_factory):
     """Paths every row uses: a checkpoint, 2 videos, their features (h5), an index, a features-encoder checkpoint,
     a non-UTF-8 file, an index of another embedding width (no checkpoint fingerprint)."""
     from locvtp.features import FeatureRecord
@@ -42,7 +31,7 @@ def w(tiny_world, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mistakes")
     ns = SimpleNamespace(root=root)
-    ns.ckpt = make_checkpoint(tiny_world, root / "ckpt")
+    ns.ckpt = tiny_checkpoint
     ns.fck = make_checkpoint(tiny_world, root / "fck", video="features", in_dim=12)
     ns.vids = root / "vids"
     ns.vids.mkdir()

@@ -16,20 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import CliResult, assert_one_line_error
-from cli_helpers import run_cli as _run_cli
+from cli_helpers import assert_one_line_error, run_cli
 from inference_helpers import make_checkpoint
 
 QUERY = "a person"
-
-
-def run_cli(argv, capsys) -> CliResult:
-    """``cli_helpers.run_cli``, plus argparse's own exit (SystemExit, what the console script exits with)."""
-    try:
-        return _run_cli(argv, capsys)
-    except SystemExit as exc:
-        cap = capsys.readouterr()
-        return CliResult(int(exc.code or 0), cap.out, cap.err)
 
 
 def _write_one_frame_mp4(path: Path) -> Path:
@@ -70,13 +60,13 @@ def _rewrite_h5(src: Path, dst: Path, vid: str, fn) -> Path:
 
 
 @pytest.fixture(scope="module")
-def W(tiny_world, tmp_path_factory):
+def W(tiny_world, tiny_checkpoint, tmp_path_factory):
     """Paths shared by every row: a checkpoint, one without tokenizer.json, a features checkpoint, extracted
     features (good, with an inf, too wide), a PNG named .mp4, a 1-frame video."""
     from locvtp.cli import main
 
     root = tmp_path_factory.mktemp("mistakes_ge")
-    ckpt = make_checkpoint(tiny_world, root / "ckpt")
+    ckpt = tiny_checkpoint
     notok = root / "notok"
     shutil.copytree(ckpt, notok)
     (notok / "tokenizer.json").unlink()

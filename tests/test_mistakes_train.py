@@ -25,11 +25,7 @@ TINY = ["train.batch_size=4", "train.log_every=1", "data.num_workers=0", "data.f
         "train.save_every=0", "data.cache=false"]
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # conftest: TINY sets train.num_threads=1
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ of a killed run removed by the next one, and no silently missing rows (NaN/inf f
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,18 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cli_helpers import CliResult, assert_one_line_error
-from cli_helpers import run_cli as _run_cli
-from inference_helpers import make_checkpoint, world_videos
-
-
-def run_cli(argv, capsys) -> CliResult:
-    """``cli_helpers.run_cli``, plus argparse's own exit (a SystemExit with the code the console script exits with)."""
-    try:
-        return _run_cli(argv, capsys)
-    except SystemExit as exc:
-        cap = capsys.readouterr()
-        return CliResult(int(exc.code or 0), cap.out, cap.err)
+from cli_helpers import assert_one_line_error, run_cli
+from inference_helpers import world_videos
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
@@ -32,9 +21,9 @@ def _snapshot(d: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def w(tiny_world, tmp_path_factory):
+def w(tiny_world, tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("safety")
-    ns = SimpleNamespace(root=root, ckpt=make_checkpoint(tiny_world, root / "ckpt"))
+    ns = SimpleNamespace(root=root, ckpt=tiny_checkpoint)
     ns.vids = root / "vids"
     ns.vids.mkdir()
     for p in world_videos(tiny_world)[:2]:

@@ -26,12 +26,7 @@ TINY = ["train.batch_size=8", "train.warmup_steps=2", "train.log_every=1", "data
         "model.video.temporal_layers=0", "train.num_threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """TINY sets train.num_threads=1 (runs in and out of process then compute identically); restore after."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # conftest: TINY sets train.num_threads=1
 
 
 def tiny_cfg(world, *extra):
