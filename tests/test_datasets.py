@@ -447,3 +447,17 @@ def test_checks_in_small_chunks_give_the_same_dataset(tmp_path, monkeypatch):
     chunked, _ = _prepared_data(cfg, tmp_path / "run_b", vocab=100)
     assert [b.to_json() for b in chunked.bad] == [b.to_json() for b in whole.bad] and whole.bad
     assert chunked.dataset.items.indices.tolist() == whole.dataset.items.indices.tolist()
+
+
+def test_feature_width_and_missing_path_are_named_up_front(tmp_path):
+    from locvtp.config import ConfigError
+
+    path, _ = _feature_world(tmp_path, "npy")
+    base = [f"data.root={tmp_path}", "data.kind=features", "data.caption_file=caption.json",
+            "model.video.name=features"]
+    cfg = load_config(None, [*base, f"data.features={path}", "model.video.in_dim=64"])
+    with pytest.raises(ConfigError, match=r"data.features: .* holds 6-d features but model.video.in_dim=64"):
+        _prepared_data(cfg, tmp_path / "run", vocab=100)
+    cfg = load_config(None, [*base, "data.features=nowhere"])
+    with pytest.raises(FileNotFoundError, match=r"resolved under data.root.*nowhere"):
+        _prepared_data(cfg, tmp_path / "run2", vocab=100)

@@ -679,7 +679,8 @@ def feature_lengths(store: CaptionStore, features: str | Path, share: tuple[int,
     modification time), so a launch does not open every feature file on every rank."""
     f = Path(features)
     if not f.exists():
-        raise FileNotFoundError(2, "data.features: no such feature file or directory", str(f))
+        raise FileNotFoundError(2, "data.features: no such feature file or directory (a relative path is resolved "
+                                   "under data.root)", str(f))
     job = _FeatureLengthJob(str(store.directory), str(f))
     return chunked_array(store.directory, f"featlen-{feature_key(f)}", store.num_videos, chunk, job, share, workers,
                          progress, wait)

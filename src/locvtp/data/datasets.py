@@ -356,7 +356,8 @@ class FeatureSource:
 
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"data.features: {self.path} is neither an HDF5 file nor a directory")
+            raise FileNotFoundError(2, "data.features: no such feature file or directory (a relative path is "
+                                       "resolved under data.root)", str(self.path))
         self.is_h5 = self.path.is_file()
         self._h5 = None
         self.clip_seconds = clip_seconds
@@ -678,6 +679,10 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
             known = {vid_names[k]: (int(rows["rows"][k]), int(rows["dim"][k])) for k in np.nonzero(used)[0]}
         source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride,
                                video_ids=vids, known_lengths=known)
+        in_dim = int(cfg.model.video.in_dim) if cfg.model.video.name == "features" else None
+        if in_dim is not None and source.dim and source.dim != in_dim:
+            raise ConfigError(f"data.features: {source.path} holds {source.dim}-d features but "
+                              f"model.video.in_dim={in_dim}; set model.video.in_dim={source.dim}")
         for v in vids:
             if v not in source.lengths:
                 bad_videos[v] = (str(source.path), f"no features for video {v!r} in {source.path}")
