@@ -363,3 +363,15 @@ def test_resume_does_not_need_the_backbone_file_again(tiny_world, tmp_path):
     pretrain(tiny_cfg(tiny_world, "train.max_steps=3", "train.save_every=2", *cfg), run, resume="auto",
              progress=False)
     assert (run / "final").is_dir() and json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+
+
+def test_a_second_pretrain_into_a_locked_run_dir_stops_at_once(tmp_path, capsys):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    from locvtp.files import OutputLock
+
+    run = tmp_path / "run"
+    with OutputLock(run, "pretrain"):
+        res = run_cli(["pretrain", "--config", "pretrain_synthetic", "--out", str(run), "data.root=nowhere"], capsys)
+    assert_one_line_error(res, 1, str(run), "`locvtp pretrain`", "is writing this output")
+    assert not run.exists()
