@@ -17,6 +17,17 @@ Definitions (see docs/method.md):
   with temporal_negatives="warped" the negatives are instead the warped clips z[j,t] of the other videos
   (+ the warped clips z[i,t], t≠q, of the own video when intra_negatives).
 - temporal terms weighted by ω(δ) = exp(−|δ|/σ), weighted means; L_t = ½(L_tz + L_tw), an empty direction = 0.
+
+Options of issue 15 (docs/method_options.md), written from their definitions, not from the vectorised code:
+- content words (``objective.stopwords``): a word may be a discovered positive (in P) and a word anchor (of
+  L_wc and L_tw) only if it is valid and not a stop word; a sentence with no such word uses all its valid words.
+  Negatives are unchanged (all valid words of the other sentences; intra: all unselected valid own words).
+- context_stop_grad: g receives c[i,t+δ] detached.
+- temporal_negatives="within": the word anchor's negatives are the warped clips z[i,t], t ≠ q, of its own video
+  only; a word with none is skipped.
+- temporal_directions: "clip" → L_t = L_tz, "word" → L_t = L_tw, "both" → ½(L_tz + L_tw).
+- span-restricted offsets (``objective.context_in_span``): ``ref_offset_choices`` lists, per clip, the offsets
+  the draw may pick: δ ≠ 0, |δ| ≤ W, reference and context valid and inside the span.
 """
 from __future__ import annotations
 
@@ -70,12 +81,30 @@ def _topk(scores, idx, k):
     return [idx[n] for n in order[: min(k, len(idx))]]
 
 
-def ref_correspondences(clips, words, clip_mask, word_mask, topk):
+def _content(word_mask, content_mask, i):
+    """Positive-eligible words of sentence i: valid content words, or all valid words if it has none."""
+    ls = _valid(word_mask[i])
+    if content_mask is None:
+        return ls
+    kept = [l for l in ls if bool(content_mask[i, l])]
+    return kept if kept else ls
+
+
+def ref_offset_choices(clip_mask, window, span_mask=None):
+    """{(i, t): sorted list of the offsets the draw may pick} (empty list = δ must be 0)."""
+    B, T = clip_mask.shape
+    ok = [[bool(clip_mask[i, t]) and (span_mask is None or bool(span_mask[i, t])) for t in range(T)]
+          for i in range(B)]
+    return {(i, t): [d for d in range(-window, window + 1) if d != 0 and ok[i][t] and 0 <= t + d < T and ok[i][t + d]]
+            for i in range(B) for t in range(T)}
+
+
+def ref_correspondences(clips, words, clip_mask, word_mask, topk, content_mask=None):
     B = clips.shape[0]
     P, Q = {}, {}
     with torch.no_grad():
         for i in range(B):
-            ts, ls = _valid(clip_mask[i]), _valid(word_mask[i])
+            ts, ls = _valid(clip_mask[i]), _content(word_mask, content_mask, i)
             for t in ts:
                 P[i, t] = _topk([torch.dot(clips[i, t], words[i, l]) for l in ls], ls, topk)
             for l in ls:
@@ -95,12 +124,14 @@ def _anchor_term(anchor, positives, negatives, tau, soft, soft_logits=None):
     return den - sum(a[n] * pos[n] for n in range(len(pos)))
 
 
-def ref_fine(clips, words, clip_mask, word_mask, topk=1, tau=0.07, intra_negatives=False, soft=False):
+def ref_fine(clips, words, clip_mask, word_mask, topk=1, tau=0.07, intra_negatives=False, soft=False,
+             content_mask=None):
     B = clips.shape[0]
-    P, Q = ref_correspondences(clips, words, clip_mask, word_mask, topk)
+    P, Q = ref_correspondences(clips, words, clip_mask, word_mask, topk, content_mask)
     cw, wc = [], []
     for i in range(B):
         ts, ls = _valid(clip_mask[i]), _valid(word_mask[i])
+        anchors = _content(word_mask, content_mask, i)
         other_words = [words[j, m] for j in range(B) if j != i for m in _valid(word_mask[j])]
         other_clips = [clips[j, t] for j in range(B) if j != i for t in _valid(clip_mask[j])]
         for t in ts:
@@ -109,7 +140,7 @@ def ref_fine(clips, words, clip_mask, word_mask, topk=1, tau=0.07, intra_negativ
             if intra_negatives:
                 neg += [words[i, l] for l in ls if l not in P[i, t]]
             cw.append(_anchor_term(clips[i, t], pos, neg, tau, soft))
-        for l in ls:
+        for l in anchors:
             pos = [clips[i, t] for t in Q[i, l]]
             neg = list(other_clips)
             if intra_negatives:
@@ -122,18 +153,21 @@ def ref_fine(clips, words, clip_mask, word_mask, topk=1, tau=0.07, intra_negativ
 
 def ref_temporal(
     clips, words, clip_mask, word_mask, head, offsets, topk=1, tau=0.07, sigma=math.inf,
-    intra_negatives=False, soft=False, temporal_negatives="clips",
+    intra_negatives=False, soft=False, temporal_negatives="clips", context_stop_grad=False,
+    temporal_directions="both", content_mask=None,
 ):
-    assert temporal_negatives in ("clips", "warped")
+    assert temporal_negatives in ("clips", "warped", "within")
+    assert temporal_directions in ("both", "word", "clip")
     B, T, _ = clips.shape
-    P, Q = ref_correspondences(clips, words, clip_mask, word_mask, topk)
+    P, Q = ref_correspondences(clips, words, clip_mask, word_mask, topk, content_mask)
     z = {}
     for i in range(B):
         ts = _valid(clip_mask[i])
         for t in ts:
             d = int(offsets[i, t])
             if d != 0 and 0 <= t + d < T and bool(clip_mask[i, t + d]):
-                z[i, t] = _norm(head(clips[i, t + d], torch.tensor(d)))
+                context = clips[i, t + d].detach() if context_stop_grad else clips[i, t + d]
+                z[i, t] = _norm(head(context, torch.tensor(d)))
 
     def omega(d):
         return math.exp(-abs(d) / sigma)
@@ -155,11 +189,15 @@ def ref_temporal(
             term = _anchor_term(z[i, t], pos, neg, tau, soft, soft_logits)
             w = omega(int(offsets[i, t]))
             num_z, den_z = num_z + w * term, den_z + w
-        for l in ls:
+        for l in _content(word_mask, content_mask, i):
             q = Q[i, l][0]
             if (i, q) not in z:
                 continue
-            if temporal_negatives == "warped":
+            if temporal_negatives == "within":
+                neg = [z[i, t] for t in ts if t != q and (i, t) in z]
+                if not neg:
+                    continue
+            elif temporal_negatives == "warped":
                 neg = list(other_warped)
                 if intra_negatives:
                     neg += [z[i, t] for t in ts if t != q and (i, t) in z]
@@ -173,22 +211,28 @@ def ref_temporal(
     zero = clips.new_zeros(())
     l_z = num_z / den_z if den_z else zero
     l_w = num_w / den_w if den_w else zero
-    return {"temporal": 0.5 * (l_z + l_w), "temporal_z": l_z, "temporal_w": l_w}
+    total = {"both": 0.5 * (l_z + l_w), "clip": l_z, "word": l_w}[temporal_directions]
+    return {"temporal": total, "temporal_z": l_z, "temporal_w": l_w}
 
 
-def ref_total(objective, clips, words, sentence, clip_mask, word_mask, offsets):
-    """The whole LocVTPObjective, from the loop references (uses the objective's g, scale and options)."""
+def ref_total(objective, clips, words, sentence, clip_mask, word_mask, offsets, content_mask=None):
+    """The whole LocVTPObjective, from the loop references (uses the objective's g, scale and options).
+
+    ``content_mask`` is used only when the objective's ``stopwords`` is not "none" (as the objective does)."""
     o = objective
+    if getattr(o, "stopwords", "none") == "none":
+        content_mask = None
     out = {}
     zero = clips.new_zeros(())
     out["coarse"] = ref_coarse(clips, sentence, clip_mask, o.scale()) if o.use_coarse else zero
     out.update(
-        ref_fine(clips, words, clip_mask, word_mask, o.topk, o.tau_fine, o.intra_negatives, o.soft)
+        ref_fine(clips, words, clip_mask, word_mask, o.topk, o.tau_fine, o.intra_negatives, o.soft, content_mask)
         if o.use_fine else {"fine": zero, "fine_cw": zero, "fine_wc": zero}
     )
     out.update(
         ref_temporal(clips, words, clip_mask, word_mask, o.context_head, offsets, o.topk, o.tau_fine, o.sigma,
-                     o.intra_negatives, o.soft, getattr(o, "temporal_negatives", "clips"))
+                     o.intra_negatives, o.soft, getattr(o, "temporal_negatives", "clips"),
+                     getattr(o, "context_stop_grad", False), getattr(o, "temporal_directions", "both"), content_mask)
         if o.use_temporal else {"temporal": zero, "temporal_z": zero, "temporal_w": zero}
     )
     total = zero

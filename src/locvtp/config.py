@@ -115,8 +115,18 @@ class ObjectiveConfig:
     head: str = "mlp"  # linear | mlp (context projection head)
     head_hidden: Optional[int] = None  # hidden width of the mlp head (None = dim)
     # negatives of the word-anchored temporal term (§3): "clips" = raw clips of the other videos (METHOD.md);
-    # "warped" = their warped clips g(c, δ), which removes the warped-vs-raw shortcut (docs/method.md §3)
+    # "warped" = their warped clips g(c, δ), which removes the warped-vs-raw shortcut (docs/method.md §3);
+    # "within" = only the other warped clips of the same video (the authors' release; docs/method_options.md)
     temporal_negatives: str = "clips"
+    # Issue 15's suspects of the temporal term, each one key away (docs/method_options.md; defaults = METHOD.md):
+    # reference and context clip both inside the caption's own span (offsets drawn in the dataset)
+    context_in_span: bool = False
+    # detach the context clip before g: no gradient into the clip encoder through the context (g still trains)
+    context_stop_grad: bool = False
+    # which directions of §3 train: both = ½(L_tz + L_tw); clip = L_tz (warped clip -> words); word = L_tw
+    temporal_directions: str = "both"
+    # none | english: a fixed English stop-word list is masked from the discovered positives and word anchors
+    stopwords: str = "none"
     tau_fine: float = 0.07  # τ_f, fixed
     logit_scale_init: float = 1.0 / 0.07  # 1/τ_c at init (learnable, CLIP)
     logit_scale_max: float = 100.0
@@ -251,7 +261,9 @@ RULES: dict[str, tuple] = {
     "objective.sigma": _POSITIVE,  # inf = uniform weights
     "objective.head": ("choice", "linear", "mlp"),
     "objective.head_hidden": _AT_LEAST_1,  # or null (= model.dim)
-    "objective.temporal_negatives": ("choice", "clips", "warped"),
+    "objective.temporal_negatives": ("choice", "clips", "warped", "within"),
+    "objective.temporal_directions": ("choice", "both", "word", "clip"),
+    "objective.stopwords": ("choice", "none", "english"),
     "objective.tau_fine": _POSITIVE,
     "objective.logit_scale_init": _POSITIVE,
     "objective.logit_scale_max": _POSITIVE,

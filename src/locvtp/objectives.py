@@ -66,10 +66,12 @@ __all__ = [
     "Correspondences",
     "LocVTPObjective",
     "coarse_loss",
+    "content_words",
     "discover_correspondences",
     "draw_offsets",
     "fine_loss",
     "fine_temporal_losses",
+    "stopword_ids",
     "temporal_loss",
     "video_embedding",
 ]
@@ -186,10 +188,13 @@ def discover_correspondences(
     word_mask: torch.Tensor,
     topk: int = 1,
     sim: torch.Tensor | None = None,
+    content_mask: torch.Tensor | None = None,
 ) -> Correspondences:
     """Top-k selection on S[i] = c[i]·w[i]ᵀ under ``no_grad`` (the selection carries no gradient).
 
     ``sim`` [B,T,L] may be given to reuse an already computed similarity (its values are only read).
+    ``content_mask`` [B,L] (``objective.stopwords``; see :func:`content_words`): only these words can be
+    discovered as a clip's positives, and only they get a word→clip row; None = every valid word.
     """
     if topk < 1:
         raise ValueError(f"fine.topk must be >= 1, got {topk}")
@@ -198,6 +203,8 @@ def discover_correspondences(
     sim = sim.detach()
     B, T, L = sim.shape
     neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device)
+    if content_mask is not None:
+        word_mask = _content_anchor_mask(content_mask, word_mask)
     n_words = word_mask.sum(1)
     n_clips = clip_mask.sum(1)
     k_w = min(topk, L)
@@ -407,14 +414,24 @@ def _positive_term(x_pos: torch.Tensor, pos_mask: torch.Tensor, soft: bool, weig
     return (weights * torch.where(pos_mask, x_pos, torch.zeros_like(x_pos))).sum(-1)
 
 
-def draw_offsets(clip_mask: torch.Tensor, window: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_offsets(clip_mask: torch.Tensor, window: int, generator: torch.Generator | None = None,
+                 span_mask: torch.Tensor | None = None) -> torch.Tensor:
     """δ [B,T] uniform over the offsets in [−W, W]∖{0} whose context clip t+δ is a valid clip; 0 = no context.
 
     With the usual prefix masks (valid clips [0, n)), this is "uniform in [−W,W]∖{0}, kept inside [0, n)";
     a video with a single valid clip gets δ = 0 everywhere (its temporal terms are excluded).
+
+    ``span_mask`` [B,T] (``objective.context_in_span``): the clips inside the caption's own span. Then both the
+    reference clip and its context clip must lie in the span: a clip outside it, or one without an in-span
+    neighbour within W, gets δ = 0 (no temporal term). None = today's rule (bit-identical draws).
     """
     if window < 1:
         raise ValueError(f"temporal.window must be >= 1, got {window}")
+    if span_mask is not None:
+        if tuple(span_mask.shape) != tuple(clip_mask.shape) or span_mask.dtype != torch.bool:
+            raise ValueError(f"span_mask must be a boolean [B,T]={tuple(clip_mask.shape)} tensor, got "
+                             f"{span_mask.dtype} {tuple(span_mask.shape)}")
+        clip_mask = clip_mask & span_mask.to(clip_mask.device)
     B, T = clip_mask.shape
     dev = clip_mask.device
     cand = torch.cat([torch.arange(-window, 0, device=dev), torch.arange(1, window + 1, device=dev)])  # [2W]
@@ -444,14 +461,52 @@ def _temporal_valid(clip_mask: torch.Tensor, offsets: torch.Tensor, window: int)
     return ctx_c, valid
 
 
-TEMPORAL_NEGATIVES = ("clips", "warped")
+TEMPORAL_NEGATIVES = ("clips", "warped", "within")
+TEMPORAL_DIRECTIONS = ("both", "word", "clip")
+STOPWORDS = ("none", "english")
+
+# objective.stopwords=english: a fixed, small list of English function words (articles, pronouns, auxiliaries,
+# prepositions, conjunctions) that have no visual counterpart. Masked from the *positives* only: they stay valid
+# words everywhere else (negatives of other pairs, intra-pair negatives, the sentence encoder). Documented in
+# docs/method_options.md; changing it changes the ablation row, so keep it fixed.
+ENGLISH_STOPWORDS: tuple[str, ...] = (
+    "a", "an", "the", "and", "or", "but", "so", "then", "of", "to", "in", "on", "at", "for", "with", "from",
+    "by", "into", "onto", "up", "out", "off", "over", "as", "is", "are", "was", "were", "be", "been", "it",
+    "its", "this", "that", "these", "those", "there", "here", "i", "you", "he", "she", "we", "they", "me",
+    "him", "her", "us", "them", "my", "your", "his", "our", "their", "some", "now", "just", "will", "can",
+)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"objective.{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def _check_temporal_negatives(value: Any) -> None:
-    if value not in TEMPORAL_NEGATIVES:
-        raise ValueError(
-            f"objective.temporal_negatives must be one of {', '.join(map(repr, TEMPORAL_NEGATIVES))}, got {value!r}"
-        )
+    _check_choice("temporal_negatives", value, TEMPORAL_NEGATIVES)
+
+
+def stopword_ids(tokenizer: Any, words: tuple[str, ...] = ENGLISH_STOPWORDS) -> list[int]:
+    """Token ids of the stop words that are whole tokens of ``tokenizer`` (sorted; words it splits or lacks are
+    skipped: their pieces are not stop words). ``tokenizer.token_to_id(str) -> int | None``."""
+    ids = {tokenizer.token_to_id(w) for w in words}
+    return sorted(int(i) for i in ids if i is not None)
+
+
+def content_words(input_ids: torch.Tensor, word_mask: torch.Tensor, stop_ids: torch.Tensor | list[int]) -> torch.Tensor:
+    """content_mask [B,L] = the valid words (``word_mask``) whose token id is not a stop-word id."""
+    stop = torch.as_tensor(stop_ids, dtype=input_ids.dtype, device=input_ids.device)
+    return word_mask.bool() & ~torch.isin(input_ids, stop)
+
+
+def _content_anchor_mask(content_mask: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """The words that may be discovered positives / word anchors: content ∧ valid, and every valid word of a
+    sentence that has no content word at all (so every pair keeps its positives)."""
+    if tuple(content_mask.shape) != tuple(word_mask.shape) or content_mask.dtype != torch.bool:
+        raise ValueError(f"content_mask must be a boolean [B,L]={tuple(word_mask.shape)} tensor, got "
+                         f"{content_mask.dtype} {tuple(content_mask.shape)}")
+    content = content_mask.to(word_mask.device) & word_mask
+    return torch.where(content.any(1, keepdim=True), content, word_mask)
 
 
 @_outside_autocast
@@ -474,6 +529,9 @@ def fine_temporal_losses(
     bf16_products: bool = False,
     fused: bool = True,
     temporal_negatives: str = "clips",
+    context_stop_grad: bool = False,
+    temporal_directions: str = "both",
+    content_mask: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], Correspondences]:
     """Fine-grained (§2) and temporal-aware (§3) terms sharing one similarity product.
 
@@ -488,7 +546,16 @@ def fine_temporal_losses(
     ``temporal_negatives`` chooses the negatives of the word-anchored temporal term ``temporal_w``: ``"clips"``
     (METHOD.md §3) = the valid raw clips of the other videos; ``"warped"`` = the valid *warped* clips z of the
     other videos (and, with ``intra_negatives``, the other valid warped clips of the own video), so that the
-    positive z and its negatives come from the same head (docs/method.md §3: removes a shortcut).
+    positive z and its negatives come from the same head (docs/method.md §3: removes a shortcut); ``"within"``
+    = only the other valid warped clips z[i,t], t ≠ q, of the *same* video (the authors' release): a word whose
+    video has no other warped clip has no negative and is left out of ``temporal_w``.
+
+    Further options (docs/method_options.md): ``context_stop_grad`` detaches the context clip before g (no
+    gradient reaches the clip encoder through it; g still trains). ``temporal_directions``: "both" (L_t =
+    ½(L_tz + L_tw)), "clip" (L_t = L_tz, anchored at the warped clip) or "word" (L_t = L_tw, anchored at the
+    word); the other direction is still returned for logging. ``content_mask`` [B,L] (``objective.stopwords``):
+    only these words can be discovered positives or word anchors (fine and temporal); all valid words stay
+    negatives. A sentence without any content word falls back to all its valid words.
     """
     clips, words = _as_float(clips), _as_float(words)
     _check_inputs(clips, words, clip_mask, word_mask)
@@ -497,18 +564,21 @@ def fine_temporal_losses(
     if not (sigma > 0):
         raise ValueError(f"temporal.sigma must be > 0 (math.inf for uniform weights), got {sigma}")
     _check_temporal_negatives(temporal_negatives)
+    _check_choice("temporal_directions", temporal_directions, TEMPORAL_DIRECTIONS)
     B, T, D = clips.shape
     L = words.shape[1]
     zero = clips.new_zeros(())
+    # the words that may be positives / word anchors (all valid words unless a stop-word mask is given)
+    anchor_words = word_mask if content_mask is None else _content_anchor_mask(content_mask, word_mask)
     cm = torch.where(clip_mask[..., None], clips, zero)  # padded rows = 0 (and no gradient to them)
     wm = torch.where(word_mask[..., None], words, zero)
 
     if not (fine or temporal):
-        return {}, discover_correspondences(cm, wm, clip_mask, word_mask, topk)
+        return {}, discover_correspondences(cm, wm, clip_mask, word_mask, topk, content_mask=content_mask)
     # own-pair logit blocks x[i] = c[i]·w[i]ᵀ/τ: positives, intra negatives, discovery (the selection only
     # compares values, so it runs on x as well as on the similarities)
     x = _OwnPairLogits.apply(cm, wm, 1.0 / tau)  # [B,T,L]
-    corr = discover_correspondences(None, None, clip_mask, word_mask, topk, sim=x)
+    corr = discover_correspondences(None, None, clip_mask, word_mask, topk, sim=x, content_mask=content_mask)
     out: dict[str, torch.Tensor] = {}
 
     if temporal:
@@ -520,7 +590,10 @@ def fine_temporal_losses(
         # are 0 (and get no gradient)
         z_rows = ref_ok.reshape(-1).nonzero().squeeze(1)
         ctx_rows = z_rows - z_rows % T + ctx_idx.reshape(-1)[z_rows]
-        z = F.normalize(head(cm.reshape(B * T, D)[ctx_rows], offsets.reshape(-1)[z_rows]), dim=-1)
+        ctx_in = cm.reshape(B * T, D)[ctx_rows]
+        if context_stop_grad:  # no gradient into the clip encoder through the context clip (g still trains)
+            ctx_in = ctx_in.detach()
+        z = F.normalize(head(ctx_in, offsets.reshape(-1)[z_rows]), dim=-1)
         z = cm.new_zeros(B * T, D).index_copy(0, z_rows, z).view(B, T, D)  # z[i,t←t+δ]
         anchors = torch.stack([cm, z])
         row_ok = torch.stack([clip_mask, ref_ok])
@@ -542,7 +615,7 @@ def fine_temporal_losses(
         soft_cw = torch.softmax(x_cw.detach().masked_fill(~p_mask, float("-inf")), dim=-1)
         soft_cw = torch.where(p_mask, soft_cw, torch.zeros_like(soft_cw))
     # valid anchor rows: (any valid positive); rows without one (padding) use a harmless finite fill
-    cw_rows, wc_rows = clip_mask, word_mask
+    cw_rows, wc_rows = clip_mask, anchor_words
 
     if fine:
         pos_cw = _positive_term(x_cw, p_mask | ~cw_rows[..., None], soft, soft_cw)
@@ -578,10 +651,16 @@ def fine_temporal_losses(
         # anchored at word l with its top-1 clip q: positive z[i,q←q+δ], negatives = the clips of the other
         # videos ("clips", METHOD.md) or their warped clips ("warped": the same head on both sides)
         q1 = q_idx[..., 0]  # [B,L]
-        w_ok = word_mask & ref_ok.gather(1, q1)
+        w_ok = anchor_words & ref_ok.gather(1, q1)
         x_wz = xz.gather(1, q1[:, None, :]).squeeze(1)  # [B,L]
-        den_w = torch.logaddexp(x_wz, neg_cols_z[0] if warped_negs else neg_cols)
-        if intra_negatives:  # the other (warped) clips of the same video
+        if temporal_negatives == "within":  # only the other warped clips of the same video (authors' release)
+            not_q = torch.arange(T, device=clips.device)[None, None, :] != q1[..., None]
+            within = ref_ok[:, None, :] & not_q  # [B,L,T]
+            den_w = torch.logaddexp(x_wz, _safe_lse(xz.transpose(1, 2), within, dim=2))
+            w_ok = w_ok & within.any(-1)  # a word without any negative carries no signal: left out
+        else:
+            den_w = torch.logaddexp(x_wz, neg_cols_z[0] if warped_negs else neg_cols)
+        if intra_negatives and temporal_negatives != "within":  # the other (warped) clips of the same video
             not_q = torch.arange(T, device=clips.device)[None, None, :] != q1[..., None]
             if warped_negs:
                 intra = _safe_lse(xz.transpose(1, 2), ref_ok[:, None, :] & not_q, dim=2)
@@ -591,7 +670,10 @@ def fine_temporal_losses(
         l_w = den_w - x_wz
         out["temporal_z"] = _masked_mean(l_z, ref_ok, omega)
         out["temporal_w"] = _masked_mean(l_w, w_ok, omega.gather(1, q1))
-        out["temporal"] = 0.5 * (out["temporal_z"] + out["temporal_w"])
+        if temporal_directions == "both":
+            out["temporal"] = 0.5 * (out["temporal_z"] + out["temporal_w"])
+        else:
+            out["temporal"] = out["temporal_z" if temporal_directions == "clip" else "temporal_w"]
     return out, corr
 
 
@@ -606,11 +688,13 @@ def fine_loss(
     intra_negatives: bool = False,
     soft: bool = False,
     bf16_products: bool = False,
+    content_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """§2 alone: {"fine", "fine_cw", "fine_wc"} (L_f = ½(L_cw + L_wc))."""
+    """§2 alone: {"fine", "fine_cw", "fine_wc"} (L_f = ½(L_cw + L_wc)); ``content_mask``: see
+    ``fine_temporal_losses``."""
     out, _ = fine_temporal_losses(
         clips, words, clip_mask, word_mask, fine=True, temporal=False, topk=topk, tau=tau,
-        intra_negatives=intra_negatives, soft=soft, bf16_products=bf16_products,
+        intra_negatives=intra_negatives, soft=soft, bf16_products=bf16_products, content_mask=content_mask,
     )
     return out
 
@@ -631,14 +715,19 @@ def temporal_loss(
     soft: bool = False,
     bf16_products: bool = False,
     temporal_negatives: str = "clips",
+    context_stop_grad: bool = False,
+    temporal_directions: str = "both",
+    content_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """§3 alone: {"temporal", "temporal_z", "temporal_w"} (L_t = ½(L_tz + L_tw), each ω-weighted).
 
-    ``temporal_negatives``: "clips" (METHOD.md) or "warped" (see ``fine_temporal_losses``)."""
+    ``temporal_negatives``: "clips" (METHOD.md), "warped" or "within"; ``context_stop_grad``,
+    ``temporal_directions``, ``content_mask``: see ``fine_temporal_losses``."""
     out, _ = fine_temporal_losses(
         clips, words, clip_mask, word_mask, fine=False, temporal=True, head=head, offsets=offsets, topk=topk,
         tau=tau, window=window, sigma=sigma, intra_negatives=intra_negatives, soft=soft,
-        bf16_products=bf16_products, temporal_negatives=temporal_negatives,
+        bf16_products=bf16_products, temporal_negatives=temporal_negatives, context_stop_grad=context_stop_grad,
+        temporal_directions=temporal_directions, content_mask=content_mask,
     )
     return out
 
@@ -684,9 +773,15 @@ class LocVTPObjective(nn.Module):
         head_hidden: int | None = None,
         fused: bool = True,
         temporal_negatives: str = "clips",
+        context_in_span: bool = False,
+        context_stop_grad: bool = False,
+        temporal_directions: str = "both",
+        stopwords: str = "none",
     ):
         super().__init__()
         _check_temporal_negatives(temporal_negatives)
+        _check_choice("temporal_directions", temporal_directions, TEMPORAL_DIRECTIONS)
+        _check_choice("stopwords", stopwords, STOPWORDS)
         if topk < 1:
             raise ValueError(f"objective.topk must be >= 1, got {topk}")
         if tau_fine <= 0:
@@ -718,6 +813,8 @@ class LocVTPObjective(nn.Module):
         self.bf16_products = bool(bf16_products)
         self.fused = bool(fused)
         self.temporal_negatives = str(temporal_negatives)
+        self.context_in_span, self.context_stop_grad = bool(context_in_span), bool(context_stop_grad)
+        self.temporal_directions, self.stopwords = str(temporal_directions), str(stopwords)
         self.context_head = ContextProjectionHead(dim, window=window, kind=head, hidden=head_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
 
@@ -747,20 +844,24 @@ class LocVTPObjective(nn.Module):
             bf16_products=get("bf16_products", False),
             head_hidden=get("head_hidden", None),
             temporal_negatives=get("temporal_negatives", "clips"),
+            context_in_span=get("context_in_span", False),
+            context_stop_grad=get("context_stop_grad", False),
+            temporal_directions=get("temporal_directions", "both"),
+            stopwords=get("stopwords", "none"),
         )
 
     def scale(self) -> torch.Tensor:
         """1/τ_c = exp(logit_scale), clamped at ``logit_scale_max`` (CLIP)."""
         return self.logit_scale.exp().clamp(max=self.logit_scale_max)
 
-    def _gather(self, clips, words, sentence, clip_mask, word_mask, offsets):
+    def _gather(self, clips, words, sentence, clip_mask, word_mask, offsets, content_mask=None):
         """Global batch from all ranks (features with gradients); pads T and L to the largest rank's."""
         sizes = all_gather_sizes(clips.shape[0], clips.device)
         dims = all_gather_nograd(torch.tensor([[clips.shape[1], words.shape[1]]], device=clips.device), sizes=[1] * len(sizes))
         T, L = (int(v) for v in dims.max(dim=0).values)
         clips, clip_mask, offsets = _pad_to(clips, T, 1), _pad_to(clip_mask, T, 1), _pad_to(offsets, T, 1)
         words, word_mask = _pad_to(words, L, 1), _pad_to(word_mask, L, 1)
-        return (
+        gathered = (
             all_gather_with_grad(clips, sizes),
             all_gather_with_grad(words, sizes),
             all_gather_with_grad(sentence, sizes),
@@ -768,6 +869,9 @@ class LocVTPObjective(nn.Module):
             all_gather_nograd(word_mask, sizes),
             all_gather_nograd(offsets, sizes),
         )
+        if content_mask is None:
+            return gathered
+        return gathered + (all_gather_nograd(_pad_to(content_mask, L, 1), sizes),)
 
     def forward(
         self,
@@ -777,15 +881,34 @@ class LocVTPObjective(nn.Module):
         clip_mask: torch.Tensor,
         word_mask: torch.Tensor,
         offsets: torch.Tensor | None = None,
+        content_mask: torch.Tensor | None = None,
+        span_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``content_mask`` [B,L] (the Collator's, from :func:`content_words`) is used only with
+        ``stopwords="english"`` and required then; ``span_mask`` [B,T] (clips inside the caption's span) only
+        when the offsets are drawn here with ``context_in_span`` (training draws them in the dataset)."""
         clip_mask, word_mask = clip_mask.bool(), word_mask.bool()
+        if self.stopwords == "none":
+            content_mask = None  # default: every valid word may be a positive (bit-identical to before)
+        elif content_mask is None:
+            raise ValueError(
+                f"objective.stopwords={self.stopwords!r} needs the batch's content_mask (made by the Collator: "
+                "locvtp.objectives.content_words); pass content_mask= to the objective"
+            )
+        else:
+            content_mask = content_mask.to(device=clips.device).bool()
         if offsets is None:
-            offsets = draw_offsets(clip_mask, self.window)
+            if self.context_in_span and span_mask is None:
+                raise ValueError("objective.context_in_span draws offsets inside the caption's span: pass "
+                                 "span_mask= (or offsets drawn by the dataset)")
+            offsets = draw_offsets(clip_mask, self.window,
+                                   span_mask=span_mask.bool() if self.context_in_span else None)
         offsets = offsets.to(device=clips.device, dtype=torch.long)
         if self.gather and is_distributed():
-            clips, words, sentence, clip_mask, word_mask, offsets = self._gather(
-                clips, words, sentence, clip_mask, word_mask, offsets
+            clips, words, sentence, clip_mask, word_mask, offsets, *rest = self._gather(
+                clips, words, sentence, clip_mask, word_mask, offsets, content_mask
             )
+            content_mask = rest[0] if rest else None
         clips, words, sentence = _as_float(clips), _as_float(words), _as_float(sentence)
         zero = clips.new_zeros(())
         scale = self.scale()
@@ -797,6 +920,8 @@ class LocVTPObjective(nn.Module):
             topk=self.topk, tau=self.tau_fine, window=self.window, sigma=self.sigma,
             intra_negatives=self.intra_negatives, soft=self.soft, bf16_products=self.bf16_products,
             fused=self.fused, temporal_negatives=self.temporal_negatives,
+            context_stop_grad=self.context_stop_grad, temporal_directions=self.temporal_directions,
+            content_mask=content_mask,
         )
         out["fine"] = terms.get("fine", zero)
         out["temporal"] = terms.get("temporal", zero)
@@ -823,5 +948,7 @@ class LocVTPObjective(nn.Module):
             f"coarse={self.use_coarse}, fine={self.use_fine}, temporal={self.use_temporal}, topk={self.topk}, "
             f"window={self.window}, sigma={self.sigma}, weights={self.weights}, intra_negatives={self.intra_negatives}, "
             f"soft={self.soft}, tau_fine={self.tau_fine}, gather={self.gather}, bf16_products={self.bf16_products}, "
-            f"temporal_negatives={self.temporal_negatives!r}"
+            f"temporal_negatives={self.temporal_negatives!r}, context_in_span={self.context_in_span}, "
+            f"context_stop_grad={self.context_stop_grad}, temporal_directions={self.temporal_directions!r}, "
+            f"stopwords={self.stopwords!r}"
         )

@@ -526,9 +526,11 @@ class PretrainDataset(Dataset):
 
     def __init__(self, items: list[CaptionItem], source: Any, num_clips: int, clip_seconds: float,
                  jitter_seconds: float = 0.0, train: bool = True, seed: int = 0, strict: bool = False,
-                 max_retries: int = 16, offset_window: int = 0):
+                 max_retries: int = 16, offset_window: int = 0, offset_in_span: bool = False):
         self.items, self.source = items, source
         self.offset_window = offset_window  # > 0: draw the temporal objective's offsets here, per sample
+        # objective.context_in_span: reference and context clip both inside the narration's own span
+        self.offset_in_span = bool(offset_in_span)
         self.num_clips, self.clip_seconds = num_clips, clip_seconds
         self.jitter_seconds, self.train = jitter_seconds, train
         self.seed, self.strict, self.max_retries = seed, strict, max_retries
@@ -563,7 +565,14 @@ class PretrainDataset(Dataset):
             from locvtp.objectives import draw_offsets
 
             g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-            sample["offsets"] = draw_offsets(torch.from_numpy(mask)[None], self.offset_window, g)[0].numpy()
+            span = None
+            if self.offset_in_span:  # clips whose centre lies in the narration's (unjittered) [start, end]
+                centre = windows.mean(axis=1)
+                in_span = mask & (centre >= item.start) & (centre <= item.end)
+                sample["span_mask"] = in_span
+                span = torch.from_numpy(in_span)[None]
+            sample["offsets"] = draw_offsets(torch.from_numpy(mask)[None], self.offset_window, g,
+                                             span_mask=span)[0].numpy()
         return sample
 
     def __getitem__(self, key) -> dict:
@@ -608,6 +617,12 @@ class Collator:
         batch["input_ids"] = tok["input_ids"].long()
         batch["attention_mask"] = tok["attention_mask"].bool()
         batch["word_mask"] = tok["word_mask"].bool()
+        if hasattr(self.tokenizer, "token_to_id"):  # objective.stopwords: the words that may be positives
+            from locvtp.objectives import content_words, stopword_ids
+
+            if getattr(self, "_stop_ids", None) is None:
+                self._stop_ids = torch.tensor(stopword_ids(self.tokenizer), dtype=torch.long)
+            batch["content_mask"] = content_words(batch["input_ids"], batch["word_mask"], self._stop_ids)
         return batch
 
 
@@ -760,7 +775,8 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
                              f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
     dataset = PretrainDataset(CaptionItems(store, good), source, int(d.num_clips), float(d.clip_seconds),
                               float(d.jitter_seconds), train=True, seed=int(cfg.seed), strict=strict,
-                              offset_window=int(cfg.objective.window) if cfg.objective.temporal else 0)
+                              offset_window=int(cfg.objective.window) if cfg.objective.temporal else 0,
+                              offset_in_span=bool(getattr(cfg.objective, "context_in_span", False)))
     return PretrainData(dataset=dataset, bad=bad, total=len(cand) + len(store.bad_rows()))
 
 
