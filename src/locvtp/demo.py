@@ -433,12 +433,38 @@ ABLATIONS: dict[str, list[str]] = {
     "window=3": ["objective.window=3"],
     "head=linear": ["objective.head=linear"],
     "temporal_negatives=warped": ["objective.temporal_negatives=warped"],
+    # issue 15: the suspects of the temporal term (docs/method_options.md), each one key away from +fine+temporal
+    "context_in_span": ["objective.context_in_span=true"],
+    "context_stop_grad": ["objective.context_stop_grad=true"],
+    "temporal_negatives=within": ["objective.temporal_negatives=within"],
+    "temporal_directions=word": ["objective.temporal_directions=word"],
+    "temporal_directions=clip": ["objective.temporal_directions=clip"],
+    "stopwords=english": ["objective.stopwords=english"],
+    "sigma=1": ["objective.sigma=1"],
 }
+
+
+def _load_rows(path: Path) -> dict[str, dict]:
+    """The rows of an earlier ``ablation.json`` ({} when there is none). A file that is not a JSON object of
+    rows is refused (naming it) rather than overwritten: it holds measurements."""
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DemoError(f"{path}: not valid JSON ({exc}); move it away to start a new ablation table") from None
+    if not isinstance(rows, dict) or not all(isinstance(v, dict) for v in rows.values()):
+        raise DemoError(f"{path}: expected a JSON object of rows {{name: {{metric: value}}}}; move it away to "
+                        "start a new ablation table")
+    return rows
 
 
 def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: int = 0,
                  only: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True,
                  world: str | Path | None = None) -> dict:
+    """Pre-train and evaluate the ``only`` rows (default: all of ABLATIONS) and add them to
+    ``out/ablation.json``: rows already there from earlier runs are kept, a row run again replaces its own
+    entry. Returns every row of the file; ``ablation.md`` shows them all."""
     from locvtp.data.synthetic import generate_world
     from locvtp.downstream import evaluate_all
 
@@ -451,12 +477,14 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}; choose from {list(ABLATIONS)}")
+    # Append: rows of earlier runs into this directory stay; a row run again replaces its own entry only
+    # (keeping its place in the table). Checked before anything trains.
+    results = _load_rows(out / "ablation.json")
     common, _, _ = _common_overrides(out, world, cfg_path, preset, seed, overrides, progress)
     jobs = _jobs(out, common, {n: ABLATIONS[n] for n in names})
     parallel = max(1, os.cpu_count() or 1)
     print(f"[ablate] pre-training {len(jobs)} rows, {parallel} at a time")
     ckpts = pretrain_jobs(cfg_path, jobs, parallel=parallel, progress=progress)
-    results = {}
     for name in names:
         print(f"[ablate] evaluating {name}")
         metrics = evaluate_all(ckpts[name], world, out_dir=out / "eval" / jobs[name][0].name, progress=progress,
@@ -465,7 +493,8 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
         _write_atomic(out / "ablation.json", json.dumps(results, indent=2))
     table = format_table(results)
     _write_atomic(out / "ablation.md", "# locvtp ablation\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
-        f"- {n}: `{' '.join(ABLATIONS[n]) or '(defaults)'}`" for n in names) + "\n")
+        f"- {n}: `{' '.join(ABLATIONS[n]) or '(defaults)'}`" if n in ABLATIONS else f"- {n}: (not a current row)"
+        for n in results) + "\n")
     print(table)
     return results
 

@@ -1,0 +1,89 @@
+"""`locvtp ablate` appends to ablation.json (issue 15): earlier rows stay, a row run again replaces its own entry.
+
+Training and evaluation are replaced by stand-ins (the real pipeline is covered by tests/test_demo.py's slow
+ablation test); what is tested here is how the results are stored."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from locvtp import demo
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch):
+    """No world, backbone, training or evaluation: each row 'scores' a value set by the test."""
+    import locvtp.data.synthetic as synthetic
+    import locvtp.downstream as downstream
+
+    score = {"value": 0.0}
+    trained: list[str] = []
+    monkeypatch.setattr(synthetic, "generate_world", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "_common_overrides", lambda *a, **k: (["seed=0"], None, ""))
+
+    def pretrain_jobs(cfg_path, jobs, parallel=1, progress=True):
+        trained.extend(jobs)
+        return {name: run / "final" for name, (run, _) in jobs.items()}
+
+    def evaluate_all(ckpt, world, out_dir=None, **kwargs):
+        return {"grounding_R1@0.5": score["value"], "retrieval_R1": 1.0, "note": "not a number"}
+
+    monkeypatch.setattr(demo, "pretrain_jobs", pretrain_jobs)
+    monkeypatch.setattr(downstream, "evaluate_all", evaluate_all)
+    return score, trained
+
+
+def test_ablate_appends_rows_and_replaces_a_rerun_row(tmp_path: Path, fake_pipeline):
+    score, trained = fake_pipeline
+    out = tmp_path / "abl"
+    score["value"] = 10.0
+    first = demo.run_ablation(out, preset="tiny", only=["coarse", "+fine"], progress=False, world=tmp_path / "w")
+    assert list(first) == ["coarse", "+fine"]
+    score["value"] = 20.0
+    second = demo.run_ablation(out, preset="tiny", only=["context_in_span", "stopwords=english"], progress=False,
+                               world=tmp_path / "w")
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved == second
+    assert list(saved) == ["coarse", "+fine", "context_in_span", "stopwords=english"]  # appended, in order
+    assert saved["coarse"]["grounding_R1@0.5"] == 10.0 and saved["context_in_span"]["grounding_R1@0.5"] == 20.0
+    assert "note" not in saved["coarse"]  # only numbers are stored
+    # a row run again replaces that row only, keeping its place
+    score["value"] = 30.0
+    demo.run_ablation(out, preset="tiny", only=["+fine"], progress=False, world=tmp_path / "w")
+    saved = json.loads((out / "ablation.json").read_text())
+    assert list(saved) == ["coarse", "+fine", "context_in_span", "stopwords=english"]
+    assert [saved[n]["grounding_R1@0.5"] for n in saved] == [10.0, 30.0, 20.0, 20.0]
+    assert trained == ["coarse", "+fine", "context_in_span", "stopwords=english", "+fine"]
+    md = (out / "ablation.md").read_text()
+    for name in saved:  # the table and the overrides list show every stored row
+        assert f"| {name} |" in md
+    assert "- stopwords=english: `objective.stopwords=english`" in md
+    assert "| +fine | 1.0 | – | 30.0 |" in md
+
+
+def test_rows_of_an_older_table_are_kept_and_a_broken_file_is_not_overwritten(tmp_path: Path, fake_pipeline):
+    out = tmp_path / "abl"
+    out.mkdir()
+    (out / "ablation.json").write_text(json.dumps({"old row": {"grounding_R1@0.5": 5.0}}))
+    demo.run_ablation(out, preset="tiny", only=["sigma=1"], progress=False, world=tmp_path / "w")
+    saved = json.loads((out / "ablation.json").read_text())
+    assert list(saved) == ["old row", "sigma=1"]
+    assert "- old row: (not a current row)" in (out / "ablation.md").read_text()
+    (out / "ablation.json").write_text("[1, 2")
+    with pytest.raises(demo.DemoError, match="ablation.json: not valid JSON"):
+        demo.run_ablation(out, preset="tiny", only=["sigma=1"], progress=False, world=tmp_path / "w")
+    assert (out / "ablation.json").read_text() == "[1, 2"
+
+
+def test_issue_15_rows_are_one_override_each():
+    rows = {"context_in_span": "objective.context_in_span=true",
+            "context_stop_grad": "objective.context_stop_grad=true",
+            "temporal_negatives=within": "objective.temporal_negatives=within",
+            "temporal_directions=word": "objective.temporal_directions=word",
+            "temporal_directions=clip": "objective.temporal_directions=clip",
+            "stopwords=english": "objective.stopwords=english", "sigma=1": "objective.sigma=1"}
+    for name, override in rows.items():
+        assert demo.ABLATIONS[name] == [override]
+        demo.check_overrides("tiny", demo.ABLATIONS[name])  # a valid config key and value
