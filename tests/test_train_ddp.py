@@ -21,7 +21,10 @@ ARGS = ["train.batch_size=8", "train.max_steps=4", "train.warmup_steps=1", "trai
         "train.num_threads=1", "data.num_workers=0", "data.frames_per_clip=2", "data.frame_size=16",
         "data.max_words=16", "data.vocab_size=200", "model.dim=32", "model.text.width=32", "model.text.layers=1",
         "model.video.width=8", "model.video.temporal_layers=1", "model.proj_dropout=0", "model.video.dropout=0",
-        "model.text.dropout=0"]
+        "model.text.dropout=0",
+        # all three terms weighted in from step 1: the config's ramp (objective.ramp_start=400) would make the fine
+        # and temporal weights 0 during these 4 steps, and the test would prove the coarse term only (issue 15.6)
+        "objective.ramp_start=0", "objective.ramp_steps=0"]
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -55,6 +58,11 @@ def test_two_rank_ddp_equals_single_process(tiny_world, tmp_path):
 
     ms, md = _metrics(tmp_path / "single"), _metrics(ddp_run)
     assert [r["step"] for r in md] == [1, 2, 3, 4]  # rank 0 logs, once per step
+    for r in ms + md:  # every term trains at every step: full weight, non-zero value, part of the total
+        assert r["loss/aux_scale"] == 1.0, r["step"]
+        for key in ("loss/coarse", "loss/fine", "loss/temporal"):
+            assert r[key] > 0, (r["step"], key)
+        assert r["loss/total"] == pytest.approx(r["loss/coarse"] + r["loss/fine"] + r["loss/temporal"], rel=1e-5)
     for rs, rd in zip(ms, md):
         for key in ("loss/total", "loss/coarse", "loss/fine", "loss/temporal", "grad_norm"):
             assert rd[key] == pytest.approx(rs[key], rel=1e-4, abs=1e-5), (rs["step"], key)
