@@ -76,19 +76,33 @@ def write_corpus(d: Path, n: int, per_video: int, dim: int) -> tuple[Path, Path]
     return cap, feats
 
 
+def anonymous_bytes(pid: int) -> int:
+    """Private memory that is not a file mapping (heap, numpy arrays): ``Anonymous`` of smaps_rollup."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class PeakPss:
-    """Peak of the summed PSS of a process and its children, sampled in a thread."""
+    """Peaks of the summed PSS and of the summed anonymous memory of a process and its children, sampled in a
+    thread. PSS also counts the pages of memory-mapped files a process has touched (the corpus columns), which
+    the kernel can drop at any time; anonymous memory is what the processes themselves hold."""
 
     def __init__(self, pid: int):
         self.proc = psutil.Process(pid)
         self.peak = 0
+        self.peak_anon = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
+            total = anon = 0
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
             except psutil.Error:
@@ -96,18 +110,20 @@ class PeakPss:
             for p in procs:
                 try:
                     total += p.memory_full_info().pss
+                    anon += anonymous_bytes(p.pid)
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
+            self.peak_anon = max(self.peak_anon, anon)
             time.sleep(0.1)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._stop.set()
         self._t.join()
-        return self.peak
+        return self.peak, self.peak_anon
 
 
-def run(cmd: list[str], env: dict, log: Path) -> tuple[float, int]:
+def run(cmd: list[str], env: dict, log: Path) -> tuple[float, tuple[int, int]]:
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -128,6 +144,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--md", type=Path, default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--launch-only", action="store_true",
+                    help="reuse each size's prepared corpus and prepare figures from an earlier run in --work")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -146,37 +164,55 @@ def main() -> None:
         env = {**os.environ, "LOCVTP_CACHE": str(d / "cache"), "OMP_NUM_THREADS": "1"}
         common = ["--config", "pretrain_synthetic", f"data.root={d}", "data.kind=features", f"data.features={feats}",
                   "data.caption_file=caption.json", f"data.tokenizer={tok_file}"]
-        prep_s, prep_pss = run([sys.executable, "-m", "locvtp.cli", "prepare", *common, "--workers",
-                                str(args.workers), "--no-progress"], env, d / "prepare.log")
+        if args.launch_only and (d / "prepare.json").is_file():  # keep the prepare figures of the first run
+            prep_s, prep_mem = json.loads((d / "prepare.json").read_text())
+        else:
+            import shutil
+
+            shutil.rmtree(d / "cache", ignore_errors=True)  # a fresh prepare every time
+            prep_s, prep_mem = run([sys.executable, "-m", "locvtp.cli", "prepare", *common, "--workers",
+                                    str(args.workers), "--no-progress"], env, d / "prepare.log")
+            (d / "prepare.json").write_text(json.dumps([prep_s, prep_mem]))
         run_dir = d / "run"
         if run_dir.exists():
             import shutil
 
             shutil.rmtree(run_dir)
-        first_s, first_pss = run([sys.executable, "-m", "locvtp.cli", "pretrain", *common, "--out", str(run_dir),
+        first_s, first_mem = run([sys.executable, "-m", "locvtp.cli", "pretrain", *common, "--out", str(run_dir),
                                   "--quiet", "train.max_steps=1", "train.batch_size=8", "data.num_workers=2",
                                   "model.video.name=features", f"model.video.in_dim={args.dim}",
                                   "model.video.hidden=64", "model.dim=64", "model.text.width=64",
                                   "model.text.layers=1", "train.save_every=1000", "train.val_every=0"],
                                  env, d / "pretrain.log")
-        rows.append((n, prep_s, prep_pss, first_s, first_pss))
-        print(f"N={n}: prepare {prep_s:.1f} s, peak PSS {prep_pss / 2**30:.2f} GiB; launch to first step "
-              f"{first_s:.1f} s, peak PSS {first_pss / 2**30:.2f} GiB", flush=True)
+        rows.append((n, prep_s, prep_mem, first_s, first_mem))
+        print(f"N={n}: prepare {prep_s:.1f} s, peak PSS {prep_mem[0] / 2**30:.2f} GiB (anonymous "
+              f"{prep_mem[1] / 2**30:.2f}); launch to first step {first_s:.1f} s, peak PSS "
+              f"{first_mem[0] / 2**30:.2f} GiB (anonymous {first_mem[1] / 2**30:.2f})", flush=True)
+    G = 2**30
     lines = [f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.per_video} narrations/video, {args.dim}-d features, "
-             f"prepare --workers {args.workers}", "",
-             "| narrations | prepare (s) | prepare peak PSS (GiB) | launch → first step (s) | first-step peak PSS (GiB) |",
-             "|---:|---:|---:|---:|---:|"]
-    for n, ps, pp, fs, fp in rows:
-        lines.append(f"| {n:,} | {ps:.1f} | {pp / 2**30:.2f} | {fs:.1f} | {fp / 2**30:.2f} |")
+             f"prepare --workers {args.workers}; memory summed over the process tree (PSS, and its anonymous part)",
+             "", "| narrations | prepare (s) | prepare peak PSS / anon (GiB) | launch → first step (s) | "
+                 "first-step peak PSS / anon (GiB) |", "|---:|---:|---:|---:|---:|"]
+    for n, ps, pm, fs, fm in rows:
+        lines.append(f"| {n:,} | {ps:.1f} | {pm[0] / G:.2f} / {pm[1] / G:.2f} | {fs:.1f} | {fm[0] / G:.2f} / "
+                     f"{fm[1] / G:.2f} |")
     if len(rows) >= 2:
-        (n0, p0, pp0, f0, fp0), (n1, p1, pp1, f1, fp1) = rows[0], rows[-1]
+        (n0, p0, pm0, f0, fm0), (n1, p1, pm1, f1, fm1) = rows[0], rows[-1]
         dn = n1 - n0
-        per = lambda a, b: (b - a) / dn  # noqa: E731
-        lines += ["", f"growth per narration (from {n0:,} to {n1:,}): prepare {per(p0, p1) * 1e6:.2f} µs, "
-                      f"{per(pp0, pp1):.1f} B; first step {per(f0, f1) * 1e6:.3f} µs, {per(fp0, fp1):.1f} B",
-                  f"extrapolated to {HOWTO100M:,} narrations: prepare {(p1 + per(p0, p1) * (HOWTO100M - n1)) / 60:.0f} "
-                  f"min, {(pp1 + per(pp0, pp1) * (HOWTO100M - n1)) / 2**30:.2f} GiB; launch to first step "
-                  f"{f1 + per(f0, f1) * (HOWTO100M - n1):.0f} s, {(fp1 + per(fp0, fp1) * (HOWTO100M - n1)) / 2**30:.2f} GiB"]
+
+        def grow(a: float, b: float) -> float:
+            return (b - a) / dn
+
+        def at(a: float, b: float) -> float:  # extrapolated to HowTo100M from the growth between the two ends
+            return b + grow(a, b) * (HOWTO100M - n1)
+
+        lines += ["", f"growth per narration ({n0:,} → {n1:,}): prepare {grow(p0, p1) * 1e6:.2f} µs, "
+                      f"PSS {grow(pm0[0], pm1[0]):.1f} B, anonymous {grow(pm0[1], pm1[1]):.1f} B; first step "
+                      f"{grow(f0, f1) * 1e6:.3f} µs, PSS {grow(fm0[0], fm1[0]):.1f} B, anonymous "
+                      f"{grow(fm0[1], fm1[1]):.1f} B",
+                  f"extrapolated to {HOWTO100M:,} narrations: prepare {at(p0, p1) / 60:.0f} min, PSS "
+                  f"{at(pm0[0], pm1[0]) / G:.2f} GiB (anonymous {at(pm0[1], pm1[1]) / G:.2f}); launch to first step "
+                  f"{at(f0, f1):.0f} s, PSS {at(fm0[0], fm1[0]) / G:.2f} GiB (anonymous {at(fm0[1], fm1[1]) / G:.2f})"]
     text = "\n".join(lines)
     print("\n" + text)
     if args.md:

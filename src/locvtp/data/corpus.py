@@ -345,6 +345,11 @@ class CaptionStore:
         d["_maps"] = {}
         return d
 
+    def release(self) -> None:
+        """Drop this process's mappings (they are made again on the next access): after a scan over whole
+        columns, their pages stop counting towards this process's memory."""
+        self._maps = {}
+
     def _col(self, name: str) -> np.ndarray:
         m = self._maps.get(name)
         if m is None:

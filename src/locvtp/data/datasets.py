@@ -773,6 +773,7 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     if not len(good):
         raise NoSamplesError(f"no usable pre-training samples under {root} ({len(bad)} bad; first: "
                              f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
+    store.release()  # unmap the columns the scan touched: training maps again only what it reads
     dataset = PretrainDataset(CaptionItems(store, good), source, int(d.num_clips), float(d.clip_seconds),
                               float(d.jitter_seconds), train=True, seed=int(cfg.seed), strict=strict,
                               offset_window=int(cfg.objective.window) if cfg.objective.temporal else 0,
