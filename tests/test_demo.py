@@ -90,3 +90,104 @@ def test_tiny_ablation_rows_share_the_backbone_and_differ_by_their_override(tmp_
     assert "fine: false" in temporal_only and "temporal: true" in temporal_only
     with pytest.raises(ValueError, match="unknown ablation rows"):
         demo.run_ablation(out, preset="tiny", only=["nope"], progress=False)
+
+
+# ------------------------------------------------------------------------------------- --world (issue 15 item 5)
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def seed1_world(tmp_path_factory):
+    """`locvtp synth --preset tiny --seed 1`: a world of another seed than the one the demo generates."""
+    from locvtp.data.synthetic import main as synth
+
+    out = tmp_path_factory.mktemp("seed1") / "world"
+    assert synth(["--out", str(out), "--preset", "tiny", "--seed", "1", "--quiet"]) == 0
+    return out
+
+
+def test_world_stage_uses_a_world_of_another_seed_as_it_is(seed1_world, tmp_path, capsys):
+    before = _snapshot(seed1_world)
+    path, manifest = demo.prepare_world(seed1_world, tmp_path / "out", "tiny", progress=False)
+    assert path == seed1_world and manifest["seed"] == 1 and manifest["preset"] == "tiny"
+    assert "as it is (seed=1, preset=tiny, generator 1.2)" in capsys.readouterr().out
+    assert _snapshot(seed1_world) == before  # nothing regenerated, rewritten or deleted
+    # the demo preset does not matter either: the world's own preset is used
+    assert demo.prepare_world(seed1_world, tmp_path / "out", "demo", progress=False)[1]["preset"] == "tiny"
+    assert _snapshot(seed1_world) == before
+    assert demo._world_record(path, manifest) == {"path": str(seed1_world), "seed": 1, "preset": "tiny",
+                                                  "generator_version": "1.2"}
+
+
+def test_world_stage_generates_only_into_a_directory_without_a_world(tmp_path):
+    for target in (tmp_path / "missing", tmp_path / "empty"):
+        if target.name == "empty":
+            target.mkdir()
+        path, manifest = demo.prepare_world(target, tmp_path / "out", "tiny", progress=False)
+        assert path == target and manifest["seed"] == 0 and (target / "manifest.json").is_file()
+    # no --world: the run's own out/world, as before
+    path, manifest = demo.prepare_world(None, tmp_path / "out", "tiny", progress=False)
+    assert path == tmp_path / "out" / "world" and manifest["seed"] == 0
+
+
+def _broken_worlds(src, root):
+    """Directories that hold something, but not a complete world: (name, directory, words of the message)."""
+    import shutil
+
+    from locvtp.data.synthetic import IN_PROGRESS
+
+    cases = []
+    foreign = root / "foreign"
+    (foreign / "videos").mkdir(parents=True)
+    (foreign / "videos" / "mine.mp4").write_bytes(b"precious")
+    cases.append(("foreign", foreign, "not a synthetic world"))
+    interrupted = root / "interrupted"
+    shutil.copytree(src, interrupted)
+    (interrupted / "manifest.json").unlink()
+    (interrupted / IN_PROGRESS).write_text("{}")
+    cases.append(("interrupted", interrupted, "interrupted world generation"))
+    no_video = root / "no_video"
+    shutil.copytree(src, no_video)
+    victim = sorted((no_video / "videos").glob("*.mp4"))[0]
+    victim.unlink()
+    cases.append(("no_video", no_video, f"incomplete world (seed=1, preset='tiny', generator 1.2): videos/{victim.name} is missing"))
+    changed = root / "changed"
+    shutil.copytree(src, changed)
+    (changed / "coin" / "COIN.json").write_text("{}")
+    cases.append(("changed", changed, "coin/COIN.json differs from its sha256"))
+    alien = root / "alien"
+    alien.mkdir()
+    (alien / "manifest.json").write_text(json.dumps({"name": "my dataset"}))
+    cases.append(("alien", alien, "not the manifest of a locvtp synthetic world"))
+    garbled = root / "garbled"
+    garbled.mkdir()
+    (garbled / "manifest.json").write_text("{not json")
+    cases.append(("garbled", garbled, "unreadable manifest"))
+    afile = root / "afile"
+    afile.write_text("x")
+    cases.append(("afile", afile, "not a directory"))
+    return cases
+
+
+def test_world_stage_refuses_what_is_not_a_complete_world(seed1_world, tmp_path):
+    from locvtp.data.synthetic import NotAWorldError
+
+    for name, path, words in _broken_worlds(seed1_world, tmp_path):
+        before = _snapshot(path) if path.is_dir() else path.read_bytes()
+        with pytest.raises(NotAWorldError) as info:
+            demo.prepare_world(path, tmp_path / "out", "tiny", progress=False)
+        msg = str(info.value)
+        assert str(path) in msg and words in msg and "\n" not in msg, (name, msg)
+        assert (_snapshot(path) if path.is_dir() else path.read_bytes()) == before, name  # left as it was
+
+
+def test_demo_and_ablate_cli_refuse_a_broken_world_in_one_line_before_training(seed1_world, tmp_path, capsys):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    (_, path, words), = [c for c in _broken_worlds(seed1_world, tmp_path) if c[0] == "no_video"]
+    for cmd in ("demo", "ablate"):
+        out = tmp_path / f"{cmd}_out"
+        res = run_cli([cmd, "--out", out, "--preset", "tiny", "--world", path, "--quiet"], capsys)
+        assert_one_line_error(res, 2, str(path), "is missing")
+        assert not (out / "runs").exists() and not (out / "backbone").exists()

@@ -316,6 +316,38 @@ def _predicted_window(eval_dir: Path | None, q) -> tuple[float, float] | None:
     return None
 
 
+def prepare_world(world: str | Path | None, out: Path, preset: str, progress: bool = True,
+                  label: str = "demo") -> tuple[Path, dict]:
+    """The world a demo or ablation runs on, and its manifest.
+
+    ``world`` None: the run's own ``out/world``, generated (seed 0, ``preset``) or reused as ``locvtp synth``
+    does. ``world`` given: a directory holding a complete world is used as it is, whatever its seed, preset and
+    generator version (read from its manifest; never regenerated or overwritten); a directory holding no world
+    (missing or empty) gets one generated (seed 0, ``preset``); anything else — files but no manifest, an
+    interrupted generation, a world with a missing or changed file — is refused with one line naming the
+    directory and what is wrong (``NotAWorldError``, exit code 2), before anything trains.
+    """
+    from locvtp.data.synthetic import generate_world, open_world
+
+    if world is None:
+        path = out / "world"
+        print(f"[{label}] synthetic world ({preset}, seed 0) -> {path}")
+        return path, generate_world(path, seed=0, preset=preset, progress=progress)
+    path = Path(world)
+    manifest = open_world(path)
+    if manifest is None:
+        print(f"[{label}] no world in {path}: generating one ({preset}, seed 0)")
+        return path, generate_world(path, seed=0, preset=preset, progress=progress)
+    print(f"[{label}] using the world in {path} as it is (seed={manifest['seed']}, preset={manifest['preset']}, "
+          f"generator {manifest['generator_version']})")
+    return path, manifest
+
+
+def _world_record(path: Path, manifest: dict) -> dict:
+    """Which world a run used (for results.json): its directory, seed, preset and generator version."""
+    return {"path": str(path), **{k: manifest.get(k) for k in ("seed", "preset", "generator_version")}}
+
+
 def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, world: str | Path | None = None,
              overrides: Sequence[str] = (), progress: bool = True, plots: bool = True, threads: int | None = 1,
              parallel: int | None = None) -> dict:
@@ -325,7 +357,6 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
     with the synthetic config's ``train.num_threads: 1``).
     """
     parallel = max(1, min(len(VARIANTS), os.cpu_count() or 1)) if parallel is None else max(1, int(parallel))
-    from locvtp.data.synthetic import generate_world
     from locvtp.downstream import evaluate_all
 
     if preset not in PRESET_OVERRIDES:
@@ -333,15 +364,14 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world = Path(world) if world else out / "world"
     stages: list[Stage] = []
 
     def stage(name: str, start: float) -> None:
         stages.append(Stage(name, round(time.time() - start, 1)))
 
     s = time.time()
-    print(f"[demo] 1/4 synthetic world ({preset}) -> {world}")
-    generate_world(world, seed=0, preset=preset, progress=progress)
+    print("[demo] 1/4 synthetic world")
+    world, world_manifest = prepare_world(world, out, preset, progress)
     stage("world", s)
 
     cfg_path = find_config("pretrain_synthetic")
@@ -386,7 +416,8 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
     wall = round(time.time() - t0, 1)
     rss = peak_rss_mb()
     summary = {**results, "wall_seconds": wall, "peak_rss": rss, "stages": [s.__dict__ for s in stages],
-               "preset": preset, "seed": seed, "checkpoints": {k: str(v) for k, v in ckpts.items()}}
+               "preset": preset, "seed": seed, "checkpoints": {k: str(v) for k, v in ckpts.items()},
+               "world": _world_record(world, world_manifest)}
     _write_atomic(out / "results.json", json.dumps(summary, indent=2))
     _write_atomic(out / "report.md", _report(table, commands, cfg_path, plot_paths, out, wall, rss, preset, seed))
     print()
@@ -465,13 +496,11 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
     """Pre-train and evaluate the ``only`` rows (default: all of ABLATIONS) and add them to
     ``out/ablation.json``: rows already there from earlier runs are kept, a row run again replaces its own
     entry. Returns every row of the file; ``ablation.md`` shows them all."""
-    from locvtp.data.synthetic import generate_world
     from locvtp.downstream import evaluate_all
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world = Path(world) if world else out / "world"
-    generate_world(world, seed=0, preset=preset, progress=progress)
+    world, _ = prepare_world(world, out, preset, progress, label="ablate")
     cfg_path = find_config("pretrain_synthetic")
     names = list(only) if only else list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
@@ -511,8 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="locvtp demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="demo_run", help="output directory (world, runs, eval, report.md)")
     ap.add_argument("--preset", default="demo", choices=sorted(PRESET_OVERRIDES))
-    ap.add_argument("--seed", type=nonnegative_int, default=0, help="training seed (the world always uses seed 0)")
-    ap.add_argument("--world", default=None, help="use an existing synthetic world directory")
+    ap.add_argument("--seed", type=nonnegative_int, default=0,
+                    help="training seed (a world generated here uses seed 0; a --world is used with its own)")
+    ap.add_argument("--world", default=None, help=(
+        "a synthetic world directory, used as it is whatever its seed, preset and generator version (a directory "
+        "holding no world gets one generated; anything else is refused)"))
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("overrides", nargs="*", help="config overrides applied to both pre-trainings (key=value)")

@@ -976,6 +976,67 @@ class WorldExistsError(LocVTPError, FileExistsError):
     """The output directory holds something else (another world or foreign files); use force=True."""
 
 
+class NotAWorldError(LocVTPError, ValueError):
+    """A directory given as a world holds something that is not a complete synthetic world (exit code 2)."""
+
+    exit_code = 2
+
+
+def _first_incomplete(out: Path, manifest: dict[str, Any]) -> str | None:
+    """What keeps the world in `out` from being complete (a missing or changed file), or None."""
+    for rel, digest in sorted(manifest.get("annotation_sha256", {}).items()):
+        f = out / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if _sha256(f.read_bytes()) != digest:
+            return f"{rel} differs from its sha256 in manifest.json"
+    for vids in manifest.get("splits", {}).values():
+        for vid in vids:
+            if not (out / "videos" / f"{vid}.mp4").is_file():
+                return f"videos/{vid}.mp4 is missing"
+    return None
+
+
+def open_world(path: str | Path) -> dict[str, Any] | None:
+    """The manifest of the complete world in `path`, whatever its seed, preset and generator version; None when
+    `path` holds no world at all (it does not exist, or is an empty directory).
+
+    Anything else raises NotAWorldError with one line naming `path` and what is wrong: not a directory, files but
+    no manifest.json (not a world, or an interrupted generation), a manifest that is not ours, or a world that is
+    incomplete (a missing video, an annotation file whose bytes differ from its recorded sha256). Nothing is
+    written or deleted: a world is used as it is, never regenerated.
+    """
+    out = Path(path)
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise NotAWorldError(f"{out}: not a directory, so not a synthetic world")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return None
+    mpath = out / "manifest.json"
+    if not mpath.is_file():
+        if IN_PROGRESS in entries:
+            raise NotAWorldError(f"{out}: an interrupted world generation (no manifest.json, {IN_PROGRESS} "
+                                 f"present); rerun `locvtp synth --out {out}` with its seed and preset, or delete it")
+        raise NotAWorldError(f"{out}: not a synthetic world (no manifest.json; found {entries[:5]})")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise NotAWorldError(f"{mpath}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("generator") != "locvtp.data.synthetic":
+        raise NotAWorldError(f"{mpath}: not the manifest of a locvtp synthetic world (no \"generator\": "
+                             f"\"locvtp.data.synthetic\")")
+    missing = [k for k in ("seed", "preset", "generator_version", "splits", "annotation_sha256") if k not in manifest]
+    if missing:
+        raise NotAWorldError(f"{mpath}: manifest lacks {missing}")
+    problem = _first_incomplete(out, manifest)
+    if problem is not None:
+        raise NotAWorldError(f"{out}: incomplete world (seed={manifest['seed']}, preset={manifest['preset']!r}, "
+                             f"generator {manifest['generator_version']}): {problem}")
+    return manifest
+
+
 def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
     path = Path(out_dir) / "manifest.json"
     if not path.is_file():
