@@ -1,10 +1,8 @@
 """Issue 15's rows train end to end (`locvtp pretrain` on the tiny world, 3 steps, all terms weighted in).
 
 ``objective.context_in_span`` reaches the dataset's offset draw (fewer temporal references than the default
-draw, and still a temporal term); the others run through the trainer as they are. ``objective.stopwords`` needs
-the batch's ``content_mask`` handed to the objective by ``train.Pretrainer.forward`` (one line in train.py,
-outside this change): until then it fails loudly, naming ``content_mask`` (strict xfail: it turns red when the
-line lands, so the marker is removed then)."""
+draw, and still a temporal term); the others run through the trainer as they are; ``objective.stopwords`` gets
+the batch's ``content_mask`` through ``train.Pretrainer.forward``."""
 from __future__ import annotations
 
 import json
@@ -83,8 +81,6 @@ def test_span_offsets_reach_training(tiny_world, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="train.Pretrainer.forward does not pass batch['content_mask'] yet",
-                   raises=ValueError)
 def test_stopwords_row_trains(tiny_world, tmp_path):
     metrics = _train(tiny_world, tmp_path / "run", "objective.stopwords=english")
     assert metrics[-1]["loss/fine"] > 0

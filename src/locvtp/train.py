@@ -154,7 +154,7 @@ class Pretrainer(nn.Module):
         clips = self.model.encode_video(batch["clips"], batch["clip_mask"])
         words, sentence = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
         return self.objective(clips, words, sentence, batch["clip_mask"], batch["word_mask"],
-                              offsets=batch.get("offsets"))
+                              offsets=batch.get("offsets"), content_mask=batch.get("content_mask"))
 
 
 _NO_DECAY_NAMES = ("embed", "pos", "logit_scale", "cls_token", "token_type")
