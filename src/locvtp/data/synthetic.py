@@ -30,7 +30,12 @@ import numpy as np
 from locvtp.data.formats import EPIC_HEADER
 from locvtp.errors import LocVTPError
 
-GENERATOR_VERSION = "1.2"
+GENERATOR_VERSION = "1.2"  # the default version (what `make demo` generates)
+# Every version this code generates. A version's worlds stay byte-identical when later versions are added: a new
+# version only switches code paths on, keyed on WorldPlan.version (docs/world_versions.md).
+#   1.2  EPIC-KITCHENS-format labelled action segments (epic_*); everything else as 1.1
+#   1.3  harder CrossTask/COIN test sets (ProcedureStyle below); everything else as 1.2
+GENERATOR_VERSIONS = ("1.2", "1.3")
 FPS = 8
 FRAME_SIZE = 32
 CLIP_SECONDS = 1.0
@@ -439,6 +444,134 @@ class Task:
         return [instruct(None, self.objects[i], a) for i, a in self.steps]
 
 
+@dataclass(frozen=True)
+class ProcedureStyle:
+    """How the procedure (CrossTask/COIN) tasks and their videos of a generator version are drawn."""
+
+    steps: tuple[int, int]  # steps per task (inclusive)
+    step_seconds: tuple[float, float]  # duration of a performed step
+    short_share: float  # share of performed steps drawn from SHORT_STEP instead of step_seconds
+    gap_seconds: tuple[float, float]  # background between consecutive events
+    zero_gap_share: float  # share of gaps that are 0 (an event starts where the previous one ends)
+    lookalike_share: float  # chance that a step repeats an action the task already has, on another actor
+    distractor_share: float  # chance of a non-step action before each performed step (labelled background)
+
+
+SHORT_STEP = (1.0, 1.5)  # 1–1.5 s: at most two 1-s clips, often one; every action stays visible in each clip
+
+PROCEDURE_STYLES: dict[str, ProcedureStyle] = {
+    "1.3": ProcedureStyle(steps=(7, 10), step_seconds=(2.0, 4.0), short_share=0.5, gap_seconds=(0.0, 1.5),
+                          zero_gap_share=0.4, lookalike_share=0.5, distractor_share=0.5),
+}
+
+
+def _lookalike_kinds(rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Four (colour, shape) kinds on a 2×2 grid of two colours × two shapes: the three task actors and a
+    bystander, each sharing its colour with one and its shape with another ("the red circle", "the red square",
+    "the blue circle"; bystander "the blue square")."""
+    colours = [list(COLOURS)[j] for j in rng.permutation(len(COLOURS))[:2]]
+    shapes = [SHAPES[j] for j in rng.permutation(len(SHAPES))[:2]]
+    return [(colours[0], shapes[0]), (colours[0], shapes[1]), (colours[1], shapes[0]), (colours[1], shapes[1])]
+
+
+def _make_task_v13(rng: np.random.Generator, task_id: str, style: ProcedureStyle) -> Task:
+    """A task of generator 1.3: 7–10 steps over three look-alike actors, often the same action on another actor.
+
+    Objects: three actors and a bystander on a 2×2 (colour × shape) grid (`_lookalike_kinds`), plus 1–2 static
+    distractors. The bystander (index 3) never performs a step; it performs distractor actions in the videos.
+    """
+    for _ in range(200):
+        objs = _place_objects(rng, 4, int(rng.integers(1, 3)), forced=_lookalike_kinds(rng))
+        state = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in objs]
+        n_steps = int(rng.integers(style.steps[0], style.steps[1] + 1))
+        steps: list[tuple[int, str]] = []
+        durs: list[float] = []
+        for _ in range(n_steps):
+            dur = 2.0
+            opts = [(i, a) for i in range(3) for a in ACTIONS
+                    if (i, a) not in steps and _feasible(state[i], a, dur, _without(state, i))]
+            if not opts:
+                break
+            used = {a for _, a in steps}
+            again = sorted({a for _, a in opts if a in used}, key=ACTIONS.index)
+            if again and rng.random() < style.lookalike_share:
+                acts = again  # a look-alike step: an action the task already has, by another actor
+            else:
+                acts = sorted({a for _, a in opts}, key=ACTIONS.index)
+            a = acts[int(rng.integers(len(acts)))]
+            actors = [i for i, b in opts if b == a]
+            i = actors[int(rng.integers(len(actors)))]
+            _apply(state[i], a, dur)
+            steps.append((i, a))
+            durs.append(dur)
+        if len(steps) >= style.steps[0]:
+            a, b, c = objs[0], objs[1], objs[2]
+            return Task(task_id, f"routine of the {a.colour} {a.shape}, the {b.colour} {b.shape} and the "
+                                 f"{c.colour} {c.shape}", objs, steps, durs)
+    raise RuntimeError("could not plan a feasible task")  # pragma: no cover
+
+
+def _plan_task_video_v13(rng: np.random.Generator, vid: str, split: str, task: Task,
+                         style: ProcedureStyle) -> VideoSpec:
+    """Generator 1.3: the task's steps in order (some skipped) with short and uneven durations, gaps that are
+    often 0, and distractor actions between them — an (object, action) pair that is no step of the task,
+    performed by a task actor or the look-alike bystander — annotated as background.
+
+    ``extra["steps"]`` is aligned with ``events``: the 1-based step of each event, None for a distractor.
+    """
+    n = len(task.steps)
+    step_set = set(task.steps)
+    non_steps = [(i, a) for i in range(len(task.objects)) if task.objects[i].role == "actor" for a in ACTIONS
+                 if (i, a) not in step_set]
+
+    def duration() -> float:
+        if rng.random() < style.short_share:
+            return _q(rng, *SHORT_STEP)
+        return _q(rng, *style.step_seconds)
+
+    plan: list[tuple[int, str, float, int | None]] | None = None
+    for _ in range(30):
+        keep = [k for k in range(n) if rng.random() > 0.2]
+        if len(keep) < max(2, n // 2):
+            continue
+        state = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in task.objects]
+        seq: list[tuple[int, str, float, int | None]] = []
+        used: set[tuple[int, str]] = set()
+        ok = True
+        for k in keep:
+            if rng.random() < style.distractor_share:
+                d = duration()
+                cands = [(i, a) for i, a in non_steps
+                         if (i, a) not in used and _feasible(state[i], a, d, _without(state, i))]
+                if cands:
+                    i, a = cands[int(rng.integers(len(cands)))]
+                    used.add((i, a))
+                    _apply(state[i], a, d)
+                    seq.append((i, a, d, None))
+            i, a = task.steps[k]
+            d = duration()
+            if not _feasible(state[i], a, d, _without(state, i)):
+                ok = False
+                break
+            _apply(state[i], a, d)
+            seq.append((i, a, d, k + 1))
+        if ok:
+            plan = seq
+            break
+    if plan is None:  # the task's own plan is feasible by construction
+        plan = [(i, a, d, k + 1) for k, ((i, a), d) in enumerate(zip(task.steps, task.plan_durations))]
+    objs = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in task.objects]
+    t = _q(rng, 0.5, 2.0)
+    events, steps = [], []
+    for i, a, d, k in plan:
+        events.append(Event(i, a, t, t + d, instruct(None, objs[i], a)))
+        steps.append(k)
+        t += d + (0.0 if rng.random() < style.zero_gap_share else _q(rng, *style.gap_seconds))
+    duration_s = t + 1.0
+    bg, tex = _background(rng)
+    return VideoSpec(vid, split, duration_s, objs, events, bg, tex, extra={"task": task.task_id, "steps": steps})
+
+
 def _make_task(rng: np.random.Generator, task_id: str) -> Task:
     for _ in range(200):
         objs = _place_objects(rng, 2, int(rng.integers(1, 3)))
@@ -646,16 +779,28 @@ class WorldPlan:
     splits: dict[str, list[VideoSpec]]
     crosstask_tasks: list[Task]
     coin_tasks: list[Task]
+    version: str = GENERATOR_VERSION
 
     def videos(self) -> Iterable[VideoSpec]:
         for name in SPLIT_ORDER:
             yield from self.splits[name]
 
 
-def plan_world(seed: int = 0, preset: str = "tiny") -> WorldPlan:
-    """Every video's objects, events and captions, without rendering anything (cheap, deterministic)."""
+def _check_version(version: str) -> str:
+    if version not in GENERATOR_VERSIONS:
+        raise ValueError(f"unknown generator version {version!r}; choose one of {list(GENERATOR_VERSIONS)}")
+    return version
+
+
+def plan_world(seed: int = 0, preset: str = "tiny", version: str = GENERATOR_VERSION) -> WorldPlan:
+    """Every video's objects, events and captions, without rendering anything (cheap, deterministic).
+
+    ``version`` selects the generator version (GENERATOR_VERSIONS); each version's plan is fixed forever.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    _check_version(version)
+    style = PROCEDURE_STYLES.get(version)  # None: the procedures of generator <= 1.2
     p = PRESETS[preset]
     splits: dict[str, list[VideoSpec]] = {name: [] for name in SPLIT_ORDER}
     counters: dict[str, int] = {}
@@ -690,12 +835,18 @@ def plan_world(seed: int = 0, preset: str = "tiny") -> WorldPlan:
             _rng(seed, 5, i + 1), next_vid("retrieval_test"), "retrieval_test", kind=combos[int(order[i])]))
 
     def procedures(key: int, n_tasks: int, first_id: int, train: tuple[str, int], test: tuple[str, int]) -> list[Task]:
-        tasks = [_make_task(_rng(seed, key, t), str(first_id + t)) for t in range(n_tasks)]
+        if style is None:
+            tasks = [_make_task(_rng(seed, key, t), str(first_id + t)) for t in range(n_tasks)]
+        else:
+            tasks = [_make_task_v13(_rng(seed, key, t), str(first_id + t), style) for t in range(n_tasks)]
         for split, per_task, sub in (train + (0,), test + (1,)):
             for t, task in enumerate(tasks):
                 for i in range(per_task):
                     rng = _rng(seed, key, t, sub, i)
-                    splits[split].append(_plan_task_video(rng, next_vid(split), split, task))
+                    if style is None:
+                        splits[split].append(_plan_task_video(rng, next_vid(split), split, task))
+                    else:
+                        splits[split].append(_plan_task_video_v13(rng, next_vid(split), split, task, style))
         return tasks
 
     ct = procedures(6, p.crosstask_tasks, 90001, ("crosstask_train", p.crosstask_train_per_task),
@@ -704,7 +855,7 @@ def plan_world(seed: int = 0, preset: str = "tiny") -> WorldPlan:
                       ("coin_test", p.coin_test_per_task))
     long_videos("epic_train", 8, p.epic_train)
     long_videos("epic_val", 9, p.epic_val)
-    return WorldPlan(seed, preset, splits, ct, coin)
+    return WorldPlan(seed, preset, splits, ct, coin, version)
 
 
 # ----------------------------------------------------------------------------------------- annotation text
@@ -847,7 +998,7 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
             if split == "retrieval_test":
                 test_rows.append([f"ret{len(test_rows)}", f"msr{v.vid}", v.vid, caps[0]])
     files["retrieval/MSRVTT_data.json"] = js({"info": {"contributor": "locvtp synthetic world",
-                                                       "version": GENERATOR_VERSION},
+                                                       "version": plan.version},
                                               "videos": videos, "sentences": sentences})
     files["retrieval/MSRVTT_train.9k.csv"] = csv_bytes([[v.vid] for v in S["retrieval_train"]], ["video_id"])
     files["retrieval/MSRVTT_JSFUSION_test.csv"] = csv_bytes(test_rows, ["key", "vid_key", "video_id", "sentence"])
@@ -862,7 +1013,8 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
     for split, name in (("crosstask_train", "videos.csv"), ("crosstask_val", "videos_val.csv")):
         files[f"crosstask/{name}"] = csv_bytes([[v.extra["task"], v.vid, f"videos/{v.vid}.mp4"] for v in S[split]])
         for v in S[split]:
-            rows = [[k, f"{e.start:.2f}", f"{e.end:.2f}"] for k, e in zip(v.extra["steps"], v.events)]
+            rows = [[k, f"{e.start:.2f}", f"{e.end:.2f}"] for k, e in zip(v.extra["steps"], v.events)
+                    if k is not None]  # distractor actions (generator >= 1.3) are background
             files[f"crosstask/annotations/{v.extra['task']}_{v.vid}.csv"] = csv_bytes(rows)
 
     # segmentation: COIN
@@ -881,7 +1033,8 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
                 "subset": "training" if split == "coin_train" else "testing",
                 "video_url": f"videos/{v.vid}.mp4", "start": 0.0, "end": _r2(v.duration), "duration": _r2(v.duration),
                 "annotation": [{"id": str(step_base[task.task_id] + k), "segment": [_r2(e.start), _r2(e.end)],
-                                "label": texts[k - 1]} for k, e in zip(v.extra["steps"], v.events)],
+                                "label": texts[k - 1]} for k, e in zip(v.extra["steps"], v.events)
+                               if k is not None],
             }
     files["coin/COIN.json"] = js({"database": database})
 
@@ -943,13 +1096,14 @@ def _manifest(plan: WorldPlan, files: dict[str, bytes]) -> dict[str, Any]:
         "grounding_test_queries": int(sum(len(v.events) for v in plan.splits["grounding_test"])),
         "retrieval_test_queries": len(plan.splits["retrieval_test"]),
         "crosstask_tasks": len(plan.crosstask_tasks),
-        "crosstask_val_steps": int(sum(len(v.events) for v in plan.splits["crosstask_val"])),
+        "crosstask_val_steps": int(sum(k is not None for v in plan.splits["crosstask_val"]
+                                       for k in v.extra["steps"])),
         "coin_tasks": len(plan.coin_tasks),
         **{f"split_{k}": len(v) for k, v in splits.items()},
     }
     return {
         "generator": "locvtp.data.synthetic",
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": plan.version,
         "seed": plan.seed,
         "preset": plan.preset,
         "fps": FPS,
@@ -1048,7 +1202,7 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
 
 
 def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", progress: bool = True,
-                   force: bool = False) -> dict[str, Any]:
+                   force: bool = False, version: str = GENERATOR_VERSION) -> dict[str, Any]:
     """Write the synthetic world under `out_dir` and return its manifest.
 
     A directory that already holds the complete, up-to-date world of the same (seed, preset) — same generator
@@ -1057,11 +1211,15 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
     holding a different world, or anything that is not a world of ours, raises WorldExistsError unless
     `force`; regeneration deletes only the world's own entries (LAYOUT_ENTRIES), never anything else. The
     manifest is written last, so its presence marks a complete world.
+
+    ``version`` (GENERATOR_VERSIONS) is part of the request: a world of another version this code can still
+    generate is a different world (WorldExistsError unless `force`); one of a version it no longer generates is
+    outdated and regenerated.
     """
     out = Path(out_dir)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    plan = plan_world(seed, preset)
+    plan = plan_world(seed, preset, _check_version(version))
     files = build_annotations(plan)  # cheap; also what a reusable world on disk must match byte for byte
     if out.exists():
         if not out.is_dir():
@@ -1073,12 +1231,14 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
             if not force:
                 raise
         if existing is not None and not force:
-            same_request = existing.get("seed") == seed and existing.get("preset") == preset
+            old_version = existing.get("generator_version")
+            same_request = (existing.get("seed") == seed and existing.get("preset") == preset
+                            and (old_version == version or old_version not in GENERATOR_VERSIONS))
             if not same_request:
                 raise WorldExistsError(
-                    f"{out} holds a world with seed={existing.get('seed')} preset={existing.get('preset')!r}; "
-                    f"use --force to overwrite it")
-            up_to_date = (existing.get("generator_version") == GENERATOR_VERSION
+                    f"{out} holds a world with seed={existing.get('seed')} preset={existing.get('preset')!r} "
+                    f"generator {old_version}; use --force to overwrite it")
+            up_to_date = (old_version == version
                           and existing.get("annotation_sha256") == {k: _sha256(v) for k, v in sorted(files.items())})
             if up_to_date and _is_complete(out, existing):
                 existing["reused"] = True
@@ -1100,7 +1260,8 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     # marks an interrupted run as ours, so that re-running the same command may clean it up and regenerate
-    _atomic_write(out / IN_PROGRESS, json.dumps({"seed": seed, "preset": preset}).encode("utf-8"))
+    _atomic_write(out / IN_PROGRESS, json.dumps({"seed": seed, "preset": preset,
+                                                 "generator_version": version}).encode("utf-8"))
 
     video_dir = out / "videos"
     video_dir.mkdir(exist_ok=True)
@@ -1109,7 +1270,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(specs, desc=f"synth {preset} seed={seed}", unit="video", file=sys.stderr)
+        bar = tqdm(specs, desc=f"synth {preset} seed={seed} v{version}", unit="video", file=sys.stderr)
     for spec in bar:
         write_mp4(video_dir / f"{spec.vid}.mp4", render_video(spec))
     for rel, data in files.items():
@@ -1129,12 +1290,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--seed", type=nonnegative_int, default=0)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ap.add_argument("--generator-version", "--version", dest="version", choices=GENERATOR_VERSIONS,
+                    default=GENERATOR_VERSION, help=(
+                        f"world generator version (default {GENERATOR_VERSION}); 1.3 has harder CrossTask/COIN test "
+                        "sets (docs/world_versions.md)"))
     ap.add_argument("--force", action="store_true", help="overwrite an existing world in --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        m = generate_world(args.out, seed=args.seed, preset=args.preset, progress=not args.quiet, force=args.force)
+        m = generate_world(args.out, seed=args.seed, preset=args.preset, progress=not args.quiet, force=args.force,
+                           version=args.version)
     except (WorldExistsError, ValueError, OSError) as exc:
         print(f"locvtp synth: error: {exc}", file=sys.stderr)
         return 1
