@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from locvtp.errors import LocVTPError
+from locvtp.featurestore.record import ClipFeatures
 
 DEFAULT_BATCH_CLIPS = 64
 DEFAULT_BATCH_TEXTS = 256
@@ -67,33 +68,24 @@ def _text_cfg(ckpt: Any) -> Any:
         return None
 
 
-@dataclass
-class VideoEmbedding:
-    """Clip embeddings of one video.
-
-    ``clips`` float32 ``[N, D]`` (L2-normalized joint embeddings, or backbone features ``[N, Dv]`` when asked
-    for), ``windows`` float64 ``[N, 2]`` clip windows in seconds, ``fps`` and ``duration`` of the source
-    (``fps`` is 0.0 for feature inputs that carry no frame rate), ``backbone`` the pre-projection features when
-    asked for, and ``warnings``: why clips made by ``locvtp.predictor`` may not mean what they seem.
-    """
-
-    clips: np.ndarray
-    windows: np.ndarray
-    fps: float
-    duration: float
-    backbone: Optional[np.ndarray] = None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def num_clips(self) -> int:
-        return int(self.clips.shape[0])
+def VideoEmbedding(clips: np.ndarray, windows: np.ndarray, fps: float, duration: float,  # noqa: N802
+                   backbone: Optional[np.ndarray] = None, warnings: Optional[list[str]] = None,
+                   video_id: str = "") -> ClipFeatures:
+    """The old positional constructor of a video's clip embeddings: a
+    :class:`~locvtp.featurestore.record.ClipFeatures` whose ``features`` (also readable as ``.clips``) are the
+    L2-normalized joint embeddings ``[N, D]`` (``embedding="joint"``), ``backbone`` the pre-projection features
+    when asked for, ``fps`` 0.0 for feature inputs that carry no frame rate."""
+    return ClipFeatures(video_id, clips, windows, float(fps), float(duration), backbone, list(warnings or []),
+                        embedding="joint")
 
 
 @dataclass
-class TextEmbedding:
-    """Sentence embeddings ``[n, D]``; per sentence the valid (non-special, non-pad) word embeddings
-    ``[L_i, D]`` and the matching token strings (``len(tokens[i]) == words[i].shape[0]``); ``warnings[i]``: the
-    query warnings of text i (:func:`text_query_warnings`) when ``locvtp.predictor`` made them."""
+class TextEmbeddings:
+    """The embeddings of n texts: sentence embeddings ``[n, D]``; per text the valid (non-special, non-pad) word
+    embeddings ``[L_i, D]``, the matching token strings (``len(tokens[i]) == words[i].shape[0]``; empty when the
+    embeddings came from a cache that does not keep them) and ``warnings[i]``, the query warnings of text i
+    (:func:`text_query_warnings`) when ``locvtp.predictor`` made them. One class for the predictor's result and
+    the evaluation's cached embeddings (``locvtp.downstream.common.EmbeddingBank.texts``)."""
 
     sentence: np.ndarray
     words: list[np.ndarray] = field(default_factory=list)
@@ -101,9 +93,14 @@ class TextEmbedding:
     warnings: list[list[str]] = field(default_factory=list)
 
 
+TextEmbedding = TextEmbeddings  # the former name of the same class
+
+
 @dataclass
 class DecodedClips:
-    """The decode half of :func:`embed_video_file` (useful to decode in a worker thread while encoding)."""
+    """The decode half of :func:`embed_video_file` (useful to decode in a worker thread while encoding): the
+    *pixels* of the clips, the encoder's input -- the one per-video record that is not
+    :class:`~locvtp.featurestore.record.ClipFeatures` (vectors), because it holds something else."""
 
     clips: np.ndarray  # uint8 [N, F, S, S, 3]
     windows: np.ndarray  # float64 [N, 2]
@@ -224,7 +221,7 @@ def embed_video_frames(
     batch_clips: int = DEFAULT_BATCH_CLIPS,
     backbone: bool = False,
     device: Optional[torch.device | str] = None,
-) -> VideoEmbedding:
+) -> ClipFeatures:
     """Embed a video from already decoded frames ``uint8 [M, H, W, 3]`` with timestamps ``times [M]`` (s)."""
     from locvtp.data import video as V
 
@@ -249,7 +246,7 @@ def embed_video_file(
     batch_clips: int = DEFAULT_BATCH_CLIPS,
     backbone: bool = False,
     device: Optional[torch.device | str] = None,
-) -> VideoEmbedding:
+) -> ClipFeatures:
     """Decode ``path`` once and embed all its sliding-window clips (see the module docstring).
 
     ``backbone=True`` also returns the pre-projection features in ``.backbone``.
@@ -261,7 +258,7 @@ def embed_video_file(
         )
     dec = decode_video_clips(path, clip_seconds, stride_seconds, frames_per_clip, frame_size)
     emb, bb = encode_clip_sequence(model, dec.clips, batch_clips=batch_clips, backbone=backbone, device=device)
-    return VideoEmbedding(emb, dec.windows, dec.fps, dec.duration, bb)
+    return VideoEmbedding(emb, dec.windows, dec.fps, dec.duration, bb, video_id=Path(path).stem)
 
 
 def embed_features(
@@ -272,7 +269,7 @@ def embed_features(
     batch_clips: int = 4096,
     backbone: bool = False,
     device: Optional[torch.device | str] = None,
-) -> VideoEmbedding:
+) -> ClipFeatures:
     """Embed pre-extracted per-clip features ``[N, Din]`` with a ``features`` video encoder.
 
     ``windows`` defaults to consecutive ``clip_seconds`` windows (the layout of per-second feature files).
@@ -375,7 +372,7 @@ def embed_texts(
     max_words: int = 24,
     batch_size: int = DEFAULT_BATCH_TEXTS,
     device: Optional[torch.device | str] = None,
-) -> TextEmbedding:
+) -> TextEmbeddings:
     """Sentence and word embeddings of ``texts`` (batched; ``max_words`` includes special tokens, as in training).
 
     ``words[i]``/``tokens[i]`` keep only the tokenizer's ``word_mask`` positions (no [CLS]/[SEP]/padding).
@@ -386,7 +383,7 @@ def embed_texts(
     device = torch.device(device) if device is not None else model_device(model)
     dim = int(model.dim)
     if not texts:
-        return TextEmbedding(np.zeros((0, dim), np.float32), [], [])
+        return TextEmbeddings(np.zeros((0, dim), np.float32), [], [])
     sentences, words, tokens = [], [], []
     with eval_mode(model):
         for lo in range(0, len(texts), batch_size):
@@ -402,11 +399,11 @@ def embed_texts(
             for i in range(w.shape[0]):  # unpacking the output per sentence; the forward itself is batched
                 words.append(np.ascontiguousarray(w[i][wm[i]]))
                 tokens.append(_token_strings(tokenizer, ids_np[i][wm[i]].tolist()))
-    return TextEmbedding(np.concatenate(sentences), words, tokens)
+    return TextEmbeddings(np.concatenate(sentences), words, tokens)
 
 
 __all__ = [
-    "DecodedClips", "TextEmbedding", "VideoEmbedding", "decode_video_clips", "embed_features", "embed_texts",
+    "ClipFeatures", "DecodedClips", "TextEmbedding", "TextEmbeddings", "VideoEmbedding", "decode_video_clips", "embed_features", "embed_texts",
     "embed_video_file", "embed_video_frames", "encode_clip_sequence", "eval_mode", "has_temporal_layers",
     "InferenceError", "NO_WORDS", "require_tokenizer", "text_query_warnings",
 ]

@@ -7,8 +7,8 @@ layout by forgetting an argument::
     from locvtp.predictor import LocVTPPredictor
 
     p = LocVTPPredictor.from_checkpoint("runs/demo", device="cpu", threads=1)
-    video = p.encode_video("clip.mp4")                  # VideoEmbedding: clips [N, D], windows [N, 2] s, ...
-    text = p.encode_text(["a person opens a door"])     # TextEmbedding (+ .warnings per text)
+    video = p.encode_video("clip.mp4")                  # ClipFeatures: features [N, D], windows [N, 2] s, ...
+    text = p.encode_text(["a person opens a door"])     # TextEmbeddings (+ .warnings per text)
     res = p.ground(video, "a person opens a door", top_k=5)   # GroundingResult: windows, scores, warnings
     hits = p.search("index_dir", ["a person opens a door"])   # SearchResponse (locvtp.search.MomentIndex)
 
@@ -68,9 +68,9 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from locvtp.errors import LocVTPError, UsageError
-from locvtp.features import FeatureRecord, feature_info, read_features
+from locvtp.featurestore import ClipFeatures, feature_info, read_features
 from locvtp.inference import (
-    DecodedClips, TextEmbedding, VideoEmbedding, decode_video_clips, embed_features, embed_texts,
+    DecodedClips, TextEmbeddings, VideoEmbedding, decode_video_clips, embed_features, embed_texts,
     embed_video_frames, encode_clip_sequence, require_tokenizer, text_query_warnings,
 )
 from locvtp.localize import GroundingResult, ground_embeddings
@@ -319,8 +319,8 @@ class LocVTPPredictor:
                      frame_size: Optional[int] = None, times: Optional[np.ndarray] = None,
                      duration: Optional[float] = None, fps: float = 0.0, windows: Optional[np.ndarray] = None,
                      features_are: str = "auto", backbone: bool = False, batch_clips: Optional[int] = None,
-                     allow_foreign_features: bool = False) -> VideoEmbedding:
-        """One video's clip embeddings (:class:`~locvtp.inference.VideoEmbedding`, with ``warnings``).
+                     allow_foreign_features: bool = False) -> ClipFeatures:
+        """One video's clip embeddings (:class:`~locvtp.featurestore.record.ClipFeatures`, ``embedding="joint"``, with ``warnings``).
 
         ``video`` is one of:
 
@@ -330,7 +330,7 @@ class LocVTPPredictor:
           the module docstring applies to joint-space features);
         * a :class:`~locvtp.inference.DecodedClips`, or decoded clips ``uint8 [N, F, S, S, 3]`` with ``windows``;
         * decoded frames ``uint8 [M, H, W, 3]`` with their ``times`` (s) and the video's ``duration``;
-        * a :class:`~locvtp.features.FeatureRecord` or an array ``float [N, D]`` of per-clip features: the
+        * a :class:`~locvtp.featurestore.record.ClipFeatures` (not yet embedded) or an array ``float [N, D]`` of per-clip features: the
           model's joint embeddings (``features_are="joint"``) or a ``features`` encoder's input
           (``features_are="input"``); ``"auto"``: the file's ``embedding`` setting, else input for a features
           encoder and joint for a pixel model.
@@ -347,7 +347,7 @@ class LocVTPPredictor:
             if isinstance(video, DecodedClips):
                 return self._encode_clips(video.clips, video.windows, video.fps, video.duration, backbone,
                                           batch_clips)
-            if isinstance(video, FeatureRecord):
+            if isinstance(video, ClipFeatures):
                 return self._encode_features(video, features_are, backbone, batch_clips, str(video.video_id))
             arr = np.asarray(video)
             if arr.dtype == np.uint8 and arr.ndim == 5:
@@ -359,8 +359,8 @@ class LocVTPPredictor:
             if arr.dtype == np.uint8 and arr.ndim == 4:
                 return self._encode_frames(arr, times, duration, fps, prep, backbone, batch_clips)
             if arr.ndim == 2:
-                rec = FeatureRecord(str(video_id or "features"), arr.shape[0], arr.shape[1], arr, windows, fps,
-                                    float(duration) if duration is not None else 0.0)
+                rec = ClipFeatures(str(video_id or "features"), arr, windows, fps,
+                                   float(duration) if duration is not None else 0.0)
                 return self._encode_features(rec, features_are, backbone, batch_clips, "features")
             raise PredictorError(f"cannot embed an array of shape {arr.shape} and dtype {arr.dtype}: give a video "
                                  "file, decoded clips uint8 [N, F, S, S, 3], frames uint8 [M, H, W, 3] or features "
@@ -370,7 +370,7 @@ class LocVTPPredictor:
         return int(batch_clips) if batch_clips is not None else default
 
     def _encode_file(self, path: Path, prep: Preprocessing, backbone: bool, batch_clips: Optional[int]
-                     ) -> VideoEmbedding:
+                     ) -> ClipFeatures:
         from locvtp.inference import DEFAULT_BATCH_CLIPS
 
         if not self.takes_pixels:
@@ -384,10 +384,10 @@ class LocVTPPredictor:
         dec = self.decode_video(path, prep)
         emb, bb = encode_clip_sequence(self.model, dec.clips, batch_clips=self._batch(batch_clips, DEFAULT_BATCH_CLIPS),
                                        backbone=backbone, device=self.device)
-        return VideoEmbedding(emb, dec.windows, dec.fps, dec.duration, bb, warnings=warnings)
+        return VideoEmbedding(emb, dec.windows, dec.fps, dec.duration, bb, warnings=warnings, video_id=path.stem)
 
     def _encode_clips(self, clips: np.ndarray, windows: np.ndarray, fps: float, duration: float, backbone: bool,
-                      batch_clips: Optional[int]) -> VideoEmbedding:
+                      batch_clips: Optional[int]) -> ClipFeatures:
         from locvtp.inference import DEFAULT_BATCH_CLIPS
 
         if not self.takes_pixels:
@@ -406,7 +406,7 @@ class LocVTPPredictor:
         return VideoEmbedding(emb, np.asarray(windows, np.float64), float(fps), float(duration), bb)
 
     def _encode_frames(self, frames: np.ndarray, times: Any, duration: Any, fps: float, prep: Preprocessing,
-                       backbone: bool, batch_clips: Optional[int]) -> VideoEmbedding:
+                       backbone: bool, batch_clips: Optional[int]) -> ClipFeatures:
         from locvtp.inference import DEFAULT_BATCH_CLIPS
 
         if not self.takes_pixels:
@@ -420,7 +420,7 @@ class LocVTPPredictor:
                                   device=self.device)
 
     def _encode_feature_file(self, path: Path, video_id: str, features_are: str, backbone: bool,
-                             batch_clips: Optional[int], allow_foreign: bool) -> VideoEmbedding:
+                             batch_clips: Optional[int], allow_foreign: bool) -> ClipFeatures:
         info = feature_info(path)
         kind = self._features_kind(features_are, info)
         warnings = self.check_features(info, str(path), allow_foreign) if kind == "joint" else []
@@ -438,8 +438,8 @@ class LocVTPPredictor:
             return "joint"
         return "joint" if self.takes_pixels else "input"
 
-    def _encode_features(self, rec: FeatureRecord, features_are: str, backbone: bool, batch_clips: Optional[int],
-                         where: str) -> VideoEmbedding:
+    def _encode_features(self, rec: ClipFeatures, features_are: str, backbone: bool, batch_clips: Optional[int],
+                         where: str) -> ClipFeatures:
         feats = np.asarray(rec.features, dtype=np.float32)
         if feats.ndim != 2:
             raise PredictorError(f"{where}: features must be [num_clips, D], got shape {feats.shape}")
@@ -453,7 +453,8 @@ class LocVTPPredictor:
                                      "--backbone?)")
             windows = rec.windows if rec.windows is not None else _consecutive(len(feats), self.preprocessing)
             dur = rec.duration if rec.duration else float(np.asarray(windows)[-1, 1])
-            return VideoEmbedding(feats, np.asarray(windows, np.float64).reshape(-1, 2), rec.fps, dur)
+            return VideoEmbedding(feats, np.asarray(windows, np.float64).reshape(-1, 2), rec.fps, dur,
+                                  video_id=rec.video_id)
         if self.takes_pixels:
             raise UsageError(f"{where}: this checkpoint's video encoder reads pixels, not input features")
         if feats.shape[1] != self.input_width:
@@ -463,7 +464,7 @@ class LocVTPPredictor:
         e = embed_features(self.model, feats, windows=rec.windows, clip_seconds=self.preprocessing.clip_seconds,
                            backbone=backbone, device=self.device, **kw)
         dur = rec.duration if rec.duration else e.duration
-        return VideoEmbedding(e.clips, e.windows, rec.fps, dur, e.backbone)
+        return VideoEmbedding(e.features, e.windows, rec.fps, dur, e.backbone, video_id=rec.video_id)
 
     # -- text ---------------------------------------------------------------------------------------------
     def text_warnings(self, text: str) -> list[str]:
@@ -471,7 +472,7 @@ class LocVTPPredictor:
         return text_query_warnings(self.require_tokenizer(), text, self.preprocessing.max_words)
 
     def encode_text(self, texts: str | Sequence[str], batch_size: Optional[int] = None,
-                    warnings: bool = True) -> TextEmbedding:
+                    warnings: bool = True) -> TextEmbeddings:
         """Sentence and word embeddings (``max_words`` of the checkpoint), with ``warnings[i]`` per text
         (``warnings=False``: not computed, e.g. for a corpus of captions)."""
         texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
@@ -491,7 +492,8 @@ class LocVTPPredictor:
                stride_seconds: Optional[float] = None, allow_foreign_features: bool = False) -> GroundingResult:
         """Top-k windows of ``query`` in one video: the scoring of ``locvtp ground`` (``locvtp.localize``).
 
-        ``video``: anything :meth:`encode_video` takes, or a :class:`VideoEmbedding` already made. The
+        ``video``: anything :meth:`encode_video` takes, or a :class:`~locvtp.featurestore.record.ClipFeatures` already
+        embedded (``embedding == "joint"``: what :meth:`encode_video` returns) is used as it is. The
         result's ``warnings`` hold the query's, the video's and the ranking's (best first: the command's order).
         A query with no words at all is a ``UsageError``.
         """
@@ -500,7 +502,7 @@ class LocVTPPredictor:
         warnings = self.text_warnings(query)
         if any(NO_WORDS in w for w in warnings):
             raise UsageError(f"query {query!r} has no words to ground")
-        if isinstance(video, VideoEmbedding):
+        if isinstance(video, ClipFeatures) and video.embedding == "joint":
             emb = video
         else:
             emb = self.encode_video(video, video_id=video_id, clip_seconds=clip_seconds,
@@ -516,7 +518,7 @@ class LocVTPPredictor:
             if max_seconds < step and len(windows) > 1:
                 warnings.append(f"--max-seconds {max_seconds:g} is shorter than one clip step ({step:g} s): every "
                                 "window is a single clip")
-        res = ground_embeddings(emb.clips, windows, text.sentence[0], text.words[0], query=query,
+        res = ground_embeddings(emb.features, windows, text.sentence[0], text.words[0], query=query,
                                 duration=emb.duration, top_k=top_k, alpha=alpha, nms_threshold=nms,
                                 max_clips=max_clips, window_score=window_score)
         res.warnings = warnings + res.warnings

@@ -1,0 +1,532 @@
+"""The feature store's writers: HDF5 / npy-dir / npz-dir output, crash-safe and resumable, and the merge of shards.
+
+The layouts are described in :mod:`locvtp.featurestore.reader` (which reads them back); this module writes
+them. ``locvtp extract`` (the command) drives a writer video by video; ``locvtp merge`` calls
+:func:`merge_shards`. Library code: nothing here parses arguments or prints.
+
+Crash safety (why a journal)
+----------------------------
+HDF5 is not crash-safe: a process killed while a file is open for writing can leave it unreadable. So the HDF5
+file is never modified in place. Every finished video is journalled atomically (``.npz`` written to a temporary
+name, then ``os.replace``) in ``<out>.parts/``; :meth:`H5Writer.assemble` (re)builds the HDF5 file into a
+temporary file from the previous HDF5 plus the journal and ``os.replace``s it over ``<out>``, after which the
+journalled parts are deleted. A kill at any moment therefore leaves ``<out>`` either absent or a complete, valid
+earlier version, and loses at most the video being encoded; the rerun skips every video found in ``<out>`` or in
+the journal. The directory formats (:class:`DirWriter`) are naturally journalled (one atomically written file per
+video).
+
+Ownership (why a claims log and not a manifest rewritten per video)
+-------------------------------------------------------------------
+An ``h5`` output is ours only when its root attributes carry the ``locvtp-features`` marker
+(:func:`own_h5_attrs`); a directory output records what it wrote in an ownership manifest
+(:func:`locvtp.files.write_manifest`, writer ``extract``) so ``--overwrite`` removes exactly those files
+(:func:`discard_dir_output`). A million-video extraction must not rewrite a million-name JSON file after every
+video: each rank appends the names it is about to write to ``DIR/.journal-rank<r>/claims.txt`` (one short line
+per video, flushed before the file is written, so a kill never leaves an unclaimed file); the log is folded into
+the manifest once at the end of the run (or at the start of the next run, or of an ``--overwrite``, after a
+kill), under a lock on the manifest so ranks never lose each other's claims.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from locvtp.errors import NotOwnedError, UsageError
+from locvtp.featurestore.reader import FeatureError, _decode_attr, iter_features, safe_name
+from locvtp.featurestore.record import ClipFeatures
+from locvtp.files import (
+    MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, read_manifest, remove_owned,
+    remove_stale_temporaries, write_manifest,
+)
+
+FEATURE_FORMAT = "locvtp-features"
+FEATURE_VERSION = 1
+FORMATS = ("h5", "npy-dir", "npz-dir")
+# Run settings that must agree between a resumed run and what is already written.
+SETTING_KEYS = (
+    "embedding", "clip_seconds", "stride_seconds", "frames_per_clip", "frame_size", "model", "checkpoint_sha256",
+)
+CLAIMS = "claims.txt"
+MANIFEST_LOCK = f"{MANIFEST}.lock"
+_H5_JOURNAL_ENTRIES = {"meta.json", "done", "failed"}
+
+
+class ExtractError(FeatureError):
+    """Extraction cannot start or continue (bad input list, settings mismatch, unreadable output)."""
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+class _Writer:
+    """Common part: settings check, failure journal, the failures file."""
+
+    def __init__(self, settings: dict[str, Any], failures_path: Path, journal: Path):
+        self.settings = settings
+        self.failures_path = failures_path
+        self.journal = journal
+        self.journal.mkdir(parents=True, exist_ok=True)
+        (self.journal / "failed").mkdir(exist_ok=True)
+
+    def _check_settings(self, found: dict[str, Any], where: Path) -> None:
+        for k in SETTING_KEYS:
+            if k in found and found[k] is not None and k in self.settings:
+                a, b = found[k], self.settings[k]
+                same = (abs(float(a) - float(b)) < 1e-9) if isinstance(b, float) else (str(a) == str(b))
+                if not same:
+                    raise ExtractError(
+                        f"{where}: was written with {k}={a!r}, this run has {k}={b!r}; resuming would mix "
+                        "incompatible features (use the same settings, another --out, or --overwrite)"
+                    )
+
+    def fail(self, item: Any, reason: str) -> None:
+        """Journal a failed video (``item``: anything with ``video_id`` and ``path``)."""
+        rec = {"video_id": item.video_id, "path": str(item.path), "reason": reason}
+        atomic_write_text(self.journal / "failed" / f"{safe_name(item.video_id)}.json", json.dumps(rec))
+
+    def _clear_failure(self, vid: str) -> None:
+        f = self.journal / "failed" / f"{safe_name(vid)}.json"
+        if f.exists():
+            f.unlink()
+
+    def write_failures(self, attempted: set[str], done: set[str]) -> list[dict[str, str]]:
+        recs = []
+        for f in sorted(q for q in (self.journal / "failed").glob("*.json") if not q.name.startswith(".")):
+            try:
+                rec = json.loads(f.read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            if rec.get("video_id") in attempted and rec.get("video_id") not in done:
+                recs.append(rec)
+        recs.sort(key=lambda r: r["video_id"])
+        text = "".join(json.dumps(r) + "\n" for r in recs)
+        self.failures_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.failures_path, text)
+        return recs
+
+
+class H5Writer(_Writer):
+    """HDF5 output through the journal (see the module docstring)."""
+
+    def __init__(self, out: Path, settings: dict[str, Any], failures_path: Path):
+        self.out = out
+        self.settings = settings
+        self._written: set[str] = set()
+        found = own_h5_attrs(out, "--out")  # refuses a foreign file before anything is created
+        if found is not None:
+            self._check_settings(found[0], out)
+            self._written = found[1]
+        super().__init__(settings, failures_path, out.with_name(out.name + ".parts"))
+        self.parts = self.journal / "done"
+        self.parts.mkdir(exist_ok=True)
+        # This rank owns its journal and output name: temporary files left by a killed run can go (the caller
+        # holds the output's lock; see run_extract).
+        for stale in self.journal.rglob(".*.tmp-*"):
+            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(out)
+        meta = self.journal / "meta.json"
+        if meta.is_file():
+            self._check_settings(json.loads(meta.read_text(encoding="utf-8")), meta)
+        else:
+            atomic_write_text(meta, json.dumps(settings, indent=1))
+        self.pending = 0
+
+    def _parts(self) -> list[Path]:
+        # Hidden names are temporary files of an interrupted atomic write: never journal entries.
+        return sorted(q for q in self.parts.glob("*.npz") if not q.name.startswith("."))
+
+    def done_ids(self, candidates: Optional[set[str]] = None) -> set[str]:
+        ids = set(self._written)
+        for q in self._parts():
+            try:
+                with np.load(q, allow_pickle=False) as z:
+                    ids.add(str(z["video_id"]))
+            except (OSError, ValueError, KeyError, EOFError):
+                q.unlink(missing_ok=True)  # cannot happen with atomic writes; be safe anyway
+        return ids
+
+    def add(self, r: ClipFeatures) -> None:
+        atomic_write_bytes(self.parts / f"{safe_name(r.video_id)}.npz", _npz_bytes(
+            video_id=np.array(r.video_id), features=r.features.astype(np.float32),
+            windows=r.windows.astype(np.float64), fps=np.array(r.fps, np.float64),
+            duration=np.array(r.duration, np.float64)))
+        self._clear_failure(r.video_id)
+        self.pending += 1
+
+    def assemble(self) -> int:
+        """Rebuild ``out`` = previous ``out`` + journal, atomically; then drop the merged parts."""
+        import h5py
+
+        parts = self._parts()
+        if not parts and self.out.exists():
+            self.pending = 0
+            return len(self._written)
+        names: set[str] = set()
+        with atomic_path(self.out) as tmp:
+            with h5py.File(tmp, "w", libver=("v110", "latest")) as dst:
+                dst.attrs["format"] = FEATURE_FORMAT
+                dst.attrs["version"] = FEATURE_VERSION
+                for k, v in self.settings.items():
+                    if v is not None:
+                        dst.attrs[k] = v
+                journal_ids = {}
+                for q in parts:
+                    with np.load(q, allow_pickle=False) as z:
+                        journal_ids[str(z["video_id"])] = q
+                if self.out.exists():
+                    with h5py.File(self.out, "r") as src:
+                        for vid in src.keys():
+                            if vid not in journal_ids:
+                                src.copy(src[vid], dst, name=vid)
+                                names.add(vid)
+                for vid, q in sorted(journal_ids.items()):
+                    with np.load(q, allow_pickle=False) as z:
+                        d = dst.create_dataset(vid, data=np.asarray(z["features"], np.float32))
+                        d.attrs["fps"] = float(z["fps"])
+                        d.attrs["duration"] = float(z["duration"])
+                        d.attrs["windows"] = np.asarray(z["windows"], np.float64)
+                        for k, v in self.settings.items():
+                            if v is not None:
+                                d.attrs[k] = v
+                    names.add(vid)
+        for q in parts:  # merged: the HDF5 file is now their durable home
+            q.unlink(missing_ok=True)
+        self._written = names
+        self.pending = 0
+        return len(names)
+
+    def finish(self, attempted: set[str]) -> list[dict[str, str]]:
+        self.assemble()
+        recs = self.write_failures(attempted, self._written)
+        if not recs:
+            shutil.rmtree(self.journal, ignore_errors=True)
+        else:  # keep the failure journal so a rerun still knows; drop everything else
+            shutil.rmtree(self.parts, ignore_errors=True)
+        return recs
+
+
+class DirWriter(_Writer):
+    """npy-dir / npz-dir output: each video's file is written atomically, so the directory is its own journal.
+
+    What it writes is claimed first in ``.journal-rank<r>/claims.txt`` and folded into the directory's ownership
+    manifest at the end (see the module docstring), so ``--overwrite`` can remove exactly these files.
+    """
+
+    def __init__(self, out: Path, fmt: str, settings: dict[str, Any], failures_path: Path, rank: int = 0,
+                 single_process: bool = True, emptied: bool = False):
+        self.out = out
+        self.fmt = fmt
+        meta = out / "meta.json"
+        if not emptied:  # (``emptied``: --overwrite just removed our files; what is left is the user's, kept)
+            check_dir_output(out, "--out")  # a file, a folder of other files, a foreign meta.json: refused
+        out.mkdir(parents=True, exist_ok=True)
+        super().__init__(settings, failures_path, out / f".journal-rank{rank}")
+        self._claims_path = self.journal / CLAIMS
+        _fold_claims(out, [self._claims_path])  # what a killed earlier run of this rank claimed
+        self._claims = open(self._claims_path, "a", encoding="utf-8")
+        own = [self.journal.name, "meta.json", MANIFEST_LOCK]
+        with contextlib.suppress(ValueError):
+            own.append(failures_path.resolve().relative_to(out.resolve()).as_posix())  # the default failures file
+        self._claim(*own)
+        if meta.is_file():
+            found = _read_json(meta)
+            self._check_settings(found, meta)
+            if found.get("layout") not in (None, fmt):
+                raise ExtractError(f"{meta}: this directory holds {found['layout']} features, this run writes "
+                                   f"{fmt}; one directory holds one layout (use --format {found['layout']}, another "
+                                   "--out, or --overwrite)")
+        payload = {"format": FEATURE_FORMAT, "version": FEATURE_VERSION, "layout": fmt, **settings}
+        atomic_write_text(meta, json.dumps(payload, indent=1))
+        if fmt == "npy-dir":
+            (out / "_info").mkdir(exist_ok=True)
+        if single_process:  # shared by all ranks under torchrun: only a lone process may sweep temporaries
+            for stale in [*out.glob(".*.tmp-*"), *out.glob("_info/.*.tmp-*"), *self.journal.rglob(".*.tmp-*")]:
+                stale.unlink(missing_ok=True)
+        self.pending = 0
+
+    def _claim(self, *names: str) -> None:
+        """Record ``names`` (relative to the directory) as ours *before* they are written: a kill after this
+        line leaves at worst a claim on a file that does not exist, never a file nobody claims."""
+        self._claims.write("".join(f"{n}\n" for n in names))
+        self._claims.flush()
+
+    def _ext(self) -> str:
+        return ".npz" if self.fmt == "npz-dir" else ".npy"
+
+    def done_ids(self, candidates: Optional[set[str]] = None) -> set[str]:
+        """Ids among ``candidates`` whose file exists (a stat per video, no file is opened)."""
+        if candidates is None:
+            return {r.video_id for r in iter_features(self.out, load=False)} if any(
+                self.out.glob(f"*{self._ext()}")) else set()
+        return {v for v in candidates if (self.out / f"{safe_name(v)}{self._ext()}").is_file()}
+
+    def add(self, r: ClipFeatures) -> None:
+        name = safe_name(r.video_id)
+        feats = r.features.astype(np.float32)
+        if self.fmt == "npz-dir":
+            self._claim(f"{name}.npz")
+            atomic_write_bytes(self.out / f"{name}.npz", _npz_bytes(
+                features=feats, windows=r.windows.astype(np.float64), fps=np.array(r.fps, np.float64),
+                duration=np.array(r.duration, np.float64), video_id=np.array(r.video_id)))
+        else:  # side info first, the .npy last: its presence marks the video done
+            self._claim(f"_info/{name}.json", f"{name}.npy")
+            info = {"video_id": r.video_id, "fps": r.fps, "duration": r.duration, "windows": r.windows.tolist()}
+            atomic_write_text(self.out / "_info" / f"{name}.json", json.dumps(info))
+            atomic_write_bytes(self.out / f"{name}.npy", _npy_bytes(feats))
+        self._clear_failure(r.video_id)
+
+    def assemble(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Fold this run's claims into the manifest (also after an error: what was written stays claimed)."""
+        if not self._claims.closed:
+            self._claims.close()
+            _fold_claims(self.out, [self._claims_path])
+
+    def finish(self, attempted: set[str]) -> list[dict[str, str]]:
+        recs = self.write_failures(attempted, self.done_ids(attempted))
+        self.close()
+        if not recs:
+            shutil.rmtree(self.journal, ignore_errors=True)
+        return recs
+
+
+# ------------------------------------------------------------------------------------------------ ownership
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ExtractError(f"{path}: not valid JSON ({exc})") from None
+
+
+@contextlib.contextmanager
+def _manifest_lock(directory: Path):
+    """A short blocking lock around a manifest update, so ranks folding their claims at once lose none."""
+    import fcntl
+
+    fd = os.open(directory / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fold_claims(out: Path, claim_files: list[Path]) -> None:
+    """Move the names listed in ``claim_files`` into ``out``'s manifest (writer ``extract``), then drop them."""
+    files = [f for f in claim_files if f.is_file()]
+    if not files:
+        return
+    names: set[str] = set()
+    for f in files:
+        names.update(ln for ln in f.read_text(encoding="utf-8", errors="replace").split("\n") if ln)
+    with _manifest_lock(out):
+        write_manifest(out, "extract", names)
+    for f in files:
+        f.unlink(missing_ok=True)
+
+
+def own_h5_attrs(path: Path, flag: str) -> Optional[tuple[dict[str, Any], set[str]]]:
+    """(root attributes, video ids) of an existing ``locvtp extract`` HDF5 file at ``path``; None when absent.
+    Anything else at ``path`` is refused: it is not ours to rewrite or delete."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory: an h5 output is a file (for a directory of per-video "
+                         "files pass --format npy-dir or npz-dir)")
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            keys = set(f.keys())
+    except OSError:
+        raise NotOwnedError(f"{flag} {path} exists and is not an HDF5 file: refusing to replace it; move it away "
+                            "or choose another output") from None
+    if attrs.get("format") != FEATURE_FORMAT:
+        raise NotOwnedError(f"{flag} {path} is an HDF5 file that `locvtp extract` did not write (no format="
+                            f"{FEATURE_FORMAT!r} attribute): refusing to replace it; choose another output")
+    return attrs, keys
+
+
+def discard_h5_output(out: Path) -> None:
+    """``--overwrite`` of an h5 output: remove the file (only a locvtp feature file) and its ``.parts`` journal
+    (only when it holds nothing but journal entries)."""
+    own_h5_attrs(out, "--out")
+    journal = out.with_name(out.name + ".parts")
+    if journal.is_dir() and not journal.is_symlink():
+        foreign = [q.name for q in journal.iterdir() if q.name not in _H5_JOURNAL_ENTRIES
+                   and not q.name.startswith(".")]
+        if foreign:
+            raise NotOwnedError(f"{journal} holds files that are not an extraction journal ({', '.join(foreign[:5])})"
+                                ": refusing to delete it; move it away")
+        shutil.rmtree(journal)
+    elif journal.exists() or journal.is_symlink():
+        raise NotOwnedError(f"{journal} exists and is not an extraction journal: refusing to delete it; move it away")
+    out.unlink(missing_ok=True)
+
+
+def _is_feature_meta(meta: Path) -> bool:
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("format") == FEATURE_FORMAT
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def check_dir_output(out: Path, flag: str) -> None:
+    """Refuse a directory output that is a file, holds someone else's ``meta.json``, or holds visible files
+    but no extraction (``meta.json``) at all."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise UsageError(f"{flag} {out} exists and is not a directory (npy-dir / npz-dir write a directory; an "
+                         "HDF5 output is --format h5)")
+    meta = out / "meta.json"
+    if meta.exists():
+        if not _is_feature_meta(meta):
+            raise NotOwnedError(f"{flag} {out} holds a meta.json that `locvtp extract` did not write: refusing to "
+                                "write features into it; choose another output")
+        return
+    visible = sorted(q.name for q in out.iterdir() if not q.name.startswith("."))
+    if visible:
+        shown = ", ".join(visible[:5]) + (f" and {len(visible) - 5} more" if len(visible) > 5 else "")
+        raise NotOwnedError(f"{flag} {out} is a directory of other files ({shown}) and no extraction: refusing to "
+                            "write features into it; choose a new or empty directory")
+
+
+def discard_dir_output(out: Path) -> int:
+    """``--overwrite`` of a directory output: remove exactly the files extractions wrote into it (their
+    manifest, after folding the claims of killed runs); a user's file survives. Returns how many were removed."""
+    if not out.exists() and not out.is_symlink():
+        return 0
+    check_dir_output(out, "--out")
+    _fold_claims(out, sorted(out.glob(f".journal-rank*/{CLAIMS}")))
+    m = read_manifest(out)
+    if m is None or m.writer != "extract":
+        if (out / "meta.json").exists():
+            raise NotOwnedError(f"--out {out} holds features but no ownership manifest ({MANIFEST}: written by an "
+                                "older locvtp): --overwrite cannot tell its files from yours; delete it yourself "
+                                "or choose another output")
+        return 0
+    return remove_owned(out, "extract")
+
+
+
+# ------------------------------------------------------------------------------------------------ merge
+def merge_shards(shards: list[Path], out: Path, failures_out: Optional[Path] = None,
+                 progress: bool = True, overwrite: bool = False) -> tuple[int, int]:
+    """Merge per-rank HDF5 files into ``out`` (atomic). Returns (videos, failures).
+
+    All shards must share the run settings; a video present in two shards must have identical features.
+    ``out`` must not be one of the shards (its videos would be lost); an existing ``out`` is replaced only with
+    ``overwrite`` and only when it is a locvtp feature file. The merge holds ``out``'s lock.
+    """
+    if not shards:
+        raise UsageError("merge: no shard files given")
+    out = Path(out)
+    for sh in shards:
+        if Path(sh).resolve() == out.resolve():
+            raise UsageError(f"--out {out} is also one of the input shards: merging into it would overwrite its "
+                             "videos; write the merged file to another path")
+    fpath = Path(failures_out) if failures_out else out.with_name(f"{out.stem}.failures.jsonl")
+    for sh in shards:
+        if Path(sh).resolve() == fpath.resolve():
+            raise UsageError(f"--failures {fpath} is one of the input shards: choose another failures file")
+    with OutputLock(out, "merge"):
+        remove_stale_temporaries(out)
+        if out.exists() or out.is_symlink():
+            if not overwrite:
+                raise UsageError(f"--out {out} exists: pass --overwrite to replace it (only a feature file "
+                                 "`locvtp extract`/`merge` wrote is replaced)")
+            own_h5_attrs(out, "--out")  # refuses anything else
+        return _merge_locked([Path(sh) for sh in shards], out, fpath, progress)
+
+
+def _merge_locked(shards: list[Path], out: Path, fpath: Path, progress: bool) -> tuple[int, int]:
+    import h5py
+
+    ref: Optional[dict[str, Any]] = None
+    seen: dict[str, Path] = {}
+    fail_recs: dict[str, dict] = {}
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w", libver=("v110", "latest")) as dst:
+            for sh in shards:
+                if not sh.is_file():
+                    raise ExtractError(f"{sh}: no such shard file" if not sh.exists() else f"{sh}: not a file")
+                try:
+                    src = h5py.File(sh, "r")
+                except OSError as exc:
+                    raise ExtractError(f"{sh}: not a readable HDF5 file: {exc}") from None
+                with src:
+                    attrs = {k: _decode_attr(v) for k, v in src.attrs.items()}
+                    settings = {k: attrs.get(k) for k in SETTING_KEYS}
+                    if ref is None:
+                        ref = settings
+                        for k, v in attrs.items():
+                            dst.attrs[k] = v
+                    else:
+                        for k in SETTING_KEYS:
+                            if str(settings[k]) != str(ref[k]):
+                                raise ExtractError(f"{sh}: {k}={settings[k]!r} differs from {shards[0]} "
+                                                   f"({ref[k]!r}); these shards cannot be merged")
+                    keys = sorted(src.keys())
+                    for vid in tqdm_maybe(keys, progress, f"merge {sh.name}"):
+                        if vid in seen:
+                            if not np.array_equal(src[vid][()], dst[vid][()]):
+                                raise ExtractError(f"{sh}: video {vid!r} also in {seen[vid]} with different features")
+                            continue
+                        src.copy(src[vid], dst, name=vid)
+                        seen[vid] = sh
+                ff = sh.with_name(f"{sh.stem}.failures.jsonl")
+                if ff.is_file():
+                    try:
+                        lines = ff.read_text(encoding="utf-8").splitlines()
+                    except UnicodeDecodeError as exc:
+                        raise ExtractError(f"{ff}: not a UTF-8 failures file ({exc.reason} at byte {exc.start})"
+                                           ) from None
+                    for ln in lines:
+                        try:
+                            rec = json.loads(ln)
+                            fail_recs[rec["video_id"]] = rec
+                        except (ValueError, KeyError, TypeError):
+                            continue
+    recs = [r for v, r in sorted(fail_recs.items()) if v not in seen]
+    atomic_write_text(fpath, "".join(json.dumps(r) + "\n" for r in recs))
+    return len(seen), len(recs)
+
+
+def tqdm_maybe(it: list, progress: bool, desc: str) -> Any:
+    if not progress:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, unit="video", leave=False)
+
+
+
+# The old private names (used by tests and callers of ``locvtp.extract``).
+_own_h5_attrs, _discard_h5_output, _discard_dir_output, _check_dir_output = (
+    own_h5_attrs, discard_h5_output, discard_dir_output, check_dir_output)
+
+__all__ = [
+    "CLAIMS", "DirWriter", "ExtractError", "FEATURE_FORMAT", "FEATURE_VERSION", "FORMATS", "H5Writer", "MANIFEST_LOCK",
+    "SETTING_KEYS", "check_dir_output", "discard_dir_output", "discard_h5_output", "merge_shards", "own_h5_attrs",
+]
