@@ -6,4 +6,4 @@ keeps working.
 """
 from locvtp.featurestore import *  # noqa: F401,F403
 from locvtp.featurestore import __all__  # noqa: F401
-from locvtp.featurestore.reader import _decode_attr, _default_windows, _h5_dataset  # noqa: F401
+from locvtp.featurestore.reader import _decode_attr, _default_windows, _h5_dataset, _npz_shape  # noqa: F401
