@@ -10,7 +10,7 @@ layout by forgetting an argument::
     video = p.encode_video("clip.mp4")                  # ClipFeatures: features [N, D], windows [N, 2] s, ...
     text = p.encode_text(["a person opens a door"])     # TextEmbeddings (+ .warnings per text)
     res = p.ground(video, "a person opens a door", top_k=5)   # GroundingResult: windows, scores, warnings
-    hits = p.search("index_dir", ["a person opens a door"])   # SearchResponse (locvtp.search.MomentIndex)
+    hits = p.search("index_dir", ["a person opens a door"])   # SearchResponse (locvtp.index.MomentIndex)
 
 Every command that embeds (``locvtp extract``, ``ground``, ``search``, ``evaluate``) goes through this class, so
 the command line and Python give the same numbers (``tests/test_predictor.py`` checks it).
@@ -59,14 +59,14 @@ model's text and only feeds the supervised heads (whose inputs may come from any
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from locvtp import runtime
 from locvtp.errors import LocVTPError, UsageError
 from locvtp.featurestore import ClipFeatures, feature_info, read_features
 from locvtp.inference import (
@@ -151,7 +151,7 @@ def feature_origin(info: Mapping[str, Any], sha256: str) -> str:
 
 @dataclass
 class QueryMoments:
-    """One query's search result: its moments (``locvtp.search.Moment``, best first) and query warnings."""
+    """One query's search result: its moments (``locvtp.index.Moment``, best first) and query warnings."""
 
     query: str
     moments: list
@@ -241,23 +241,11 @@ class LocVTPPredictor:
         holder = self._checkpoint if self._checkpoint is not None else self
         return require_tokenizer(holder, command)
 
-    @contextlib.contextmanager
-    def thread_limit(self) -> Iterator[None]:
-        """``threads`` torch threads for the block (every call of the predictor runs in one), then the previous
-        setting again; a no-op when ``threads`` is None."""
-        if self.threads is None:
-            yield
-            return
-        import torch
-
-        before = torch.get_num_threads()
-        if before != self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            if torch.get_num_threads() != before:
-                torch.set_num_threads(before)
+    def thread_limit(self) -> Any:
+        """``threads`` torch threads for a block (every call of the predictor runs in one), then the previous
+        setting again (:func:`locvtp.runtime.threads`; faiss too when it is loaded); a no-op when ``threads`` is
+        None."""
+        return runtime.threads(self.threads)
 
     # -- preprocessing --------------------------------------------------------------------------------------
     def resolve_preprocessing(self, clip_seconds: Optional[float] = None, stride_seconds: Optional[float] = None,
@@ -528,9 +516,9 @@ class LocVTPPredictor:
     def open_index(self, index: Any, backend: str = "auto", nprobe: Optional[int] = None,
                    allow_foreign_features: bool = False, allow_flag: str = "allow_foreign_features=True",
                    where: Optional[str] = None) -> tuple[Any, list[str]]:
-        """A ``locvtp.search.MomentIndex`` (opened from a path, or as given) checked against this model: the
+        """A ``locvtp.index.MomentIndex`` (opened from a path, or as given) checked against this model: the
         feature policy on its fingerprint, then its width. Returns (index, warnings)."""
-        from locvtp.search import MomentIndex
+        from locvtp.index import MomentIndex
 
         idx = index if isinstance(index, MomentIndex) else MomentIndex(index, backend=backend, nprobe=nprobe)
         name = where or f"index {idx.path}"

@@ -1,0 +1,66 @@
+"""Process-wide runtime settings that a call may change only for its own duration: the CPU thread counts.
+
+:func:`threads` is the one way the package sets how many threads torch (intra-op) and faiss (OpenMP) use: for the
+``with`` block only, restoring both settings afterwards even when the block raises. ``extract``, ``index``,
+``search``, ``ground``, ``evaluate`` and :class:`locvtp.predictor.LocVTPPredictor` all go through it.
+
+Why a context and never a bare ``set_num_threads``: the package is also a library; a call that silently leaves a
+caller's process at one thread (or at all cores) changes the speed of everything the caller does next. Why it
+matters at all: on a busy shared CPU one thread is often several times faster than two, because a parallel
+region waits for its slowest, descheduled thread (measurements: ``docs/benchmarks.md``).
+
+faiss is touched only when it is already imported, or when ``faiss=True`` (importing it costs ~0.5 s, which a
+command that never searches should not pay).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator, Optional
+
+
+def _faiss_module(want: Optional[bool]):
+    if want is False:
+        return None
+    if want is None:
+        return sys.modules.get("faiss")
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+@contextlib.contextmanager
+def threads(n: Optional[int], *, torch: bool = True, faiss: Optional[bool] = None) -> Iterator[None]:
+    """``n`` threads for torch (``torch=True``) and faiss (``faiss``: True = import it if installed, None = only if
+    already imported, False = never) during the block, then the previous settings again. ``n`` None or 0: a
+    no-op (the libraries' own settings); a negative ``n`` is a ``ValueError``."""
+    if not n:
+        yield
+        return
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"threads must be >= 1 (or 0/None for the library default), got {n}")
+    restore = []
+    if torch:
+        import torch as _torch
+
+        before = _torch.get_num_threads()
+        if before != n:
+            _torch.set_num_threads(n)
+            restore.append(lambda: _torch.set_num_threads(before))
+    fa = _faiss_module(faiss)
+    if fa is not None:
+        fbefore = fa.omp_get_max_threads()
+        if fbefore != n:
+            fa.omp_set_num_threads(n)
+            restore.append(lambda: fa.omp_set_num_threads(fbefore))
+    try:
+        yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+
+
+__all__ = ["threads"]
