@@ -78,7 +78,7 @@ OPTIONS = [
     {"stopwords": "english"},
     {"stopwords": "english", "topk": 3, "intra_negatives": True, "temporal_negatives": "warped"},
     {"stopwords": "english", "topk": 2, "soft": True, "temporal_negatives": "within", "context_stop_grad": True,
-     "temporal_directions": "word", "window": 3, "sigma": 0.7},
+     "temporal_directions": "word", "max_offset": 3, "sigma": 0.7},
 ]
 
 
@@ -89,7 +89,7 @@ def test_options_match_the_loop_reference(shape, options):
     torch.manual_seed(1)
     obj = LocVTPObjective(dim=8, **options).double()
     c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
-    off = offsets_for(cm, obj.window, seed=B)
+    off = offsets_for(cm, obj.max_offset, seed=B)
     content = content_for(wm, seed=B + T)
     out, got = check_against_reference(obj, c, w, s, cm, wm, off, content)
     assert (got[0][~cm] == 0).all() and (got[1][~wm] == 0).all()  # padding gets no gradient
@@ -173,7 +173,7 @@ def test_objective_draws_span_offsets_when_asked():
     torch.manual_seed(0)
     out = obj(c, w, s, cm, wm, span_mask=span)
     off = out["offsets"]
-    choices = ref_offset_choices(cm, obj.window, span)
+    choices = ref_offset_choices(cm, obj.max_offset, span)
     for (i, t), allowed in choices.items():
         assert (int(off[i, t]) in allowed) if allowed else int(off[i, t]) == 0
     ref = ref_total(obj, c, w, s, cm, wm, off)
@@ -194,7 +194,7 @@ def _dataset(in_span, items):
     from locvtp.data.datasets import PretrainDataset
 
     return PretrainDataset(items, _FeatureSource(), num_clips=8, clip_seconds=1.0, jitter_seconds=1.0, train=True,
-                           seed=0, offset_window=2, offset_in_span=in_span)
+                           seed=0, max_offset=2, offset_in_span=in_span)
 
 
 def test_dataset_draws_offsets_inside_the_narration_span():
@@ -251,7 +251,7 @@ def test_context_stop_grad_removes_only_the_gradient_through_the_context():
 # ---------------------------------------------------------------------------------------- within negatives
 def test_within_negatives_standalone_and_edge_cases():
     c, w, s, cm, wm = make_batch(5, 4, 6, seed=8)
-    head = LocVTPObjective(dim=8, window=2).double().context_head
+    head = LocVTPObjective(dim=8, max_offset=2).double().context_head
     off = offsets_for(cm)
     t = temporal_loss(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="within")
     r = ref_temporal(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="within")

@@ -66,7 +66,7 @@ OPTIONS = [
     {"topk": 3, "intra_negatives": True},
     {"topk": 2, "soft": True},
     {"sigma": 1.5, "head": "linear"},
-    {"topk": 3, "soft": True, "intra_negatives": True, "sigma": 0.7, "window": 3},
+    {"topk": 3, "soft": True, "intra_negatives": True, "sigma": 0.7, "max_offset": 3},
 ]
 
 
@@ -96,7 +96,7 @@ def test_objective_matches_loop_reference_values_and_gradients(shape, options):
     torch.manual_seed(1)
     obj = LocVTPObjective(dim=8, **options).double()
     c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
-    off = offsets_for(cm, obj.window, seed=B)
+    off = offsets_for(cm, obj.max_offset, seed=B)
     out, got = assert_matches_reference(obj, c, w, s, cm, wm, off)
     # padding receives no gradient
     assert (got[0][~cm] == 0).all() and (got[1][~wm] == 0).all()
@@ -110,7 +110,7 @@ def test_individual_functions_match_references():
     r = ref_fine(c, w, cm, wm, topk=2, tau=0.1, intra_negatives=True)
     for key in ("fine", "fine_cw", "fine_wc"):
         torch.testing.assert_close(f[key], r[key])
-    head = LocVTPObjective(dim=8, window=2).double().context_head
+    head = LocVTPObjective(dim=8, max_offset=2).double().context_head
     off = offsets_for(cm)
     t = temporal_loss(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0)
     r = ref_temporal(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0)
@@ -341,11 +341,11 @@ def test_disabled_terms_are_zero_and_excluded_from_total():
 
 def test_from_config_uses_every_field():
     cfg = default_config().objective
-    cfg.topk, cfg.window, cfg.sigma, cfg.head, cfg.intra_negatives, cfg.soft = 3, 4, 2.5, "linear", True, True
+    cfg.topk, cfg.max_offset, cfg.sigma, cfg.head, cfg.intra_negatives, cfg.soft = 3, 4, 2.5, "linear", True, True
     cfg.weights.fine = 7.0
     cfg.fine = False
     obj = LocVTPObjective.from_config(cfg, dim=16)
-    assert (obj.topk, obj.window, obj.sigma, obj.intra_negatives, obj.soft) == (3, 4, 2.5, True, True)
+    assert (obj.topk, obj.max_offset, obj.sigma, obj.intra_negatives, obj.soft) == (3, 4, 2.5, True, True)
     assert obj.context_head.kind == "linear" and obj.context_head.window == 4
     assert obj.weights["fine"] == 7.0 and not obj.use_fine
     assert obj.dim == 16
@@ -407,7 +407,7 @@ def test_warped_temporal_negatives_match_loop_reference(shape, options, fused):
     c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
     if B > 3:  # enough videos with a temporal context that the warped negatives are not trivial
         cm[:, :3] = True
-    off = offsets_for(cm, obj.window, seed=B)
+    off = offsets_for(cm, obj.max_offset, seed=B)
     out, got = assert_matches_reference(obj, c, w, s, cm, wm, off)
     assert (got[0][~cm] == 0).all() and (got[1][~wm] == 0).all()
     if B > 3:  # the option changes exactly the word-anchored temporal term
@@ -421,7 +421,7 @@ def test_warped_temporal_negatives_match_loop_reference(shape, options, fused):
 
 def test_warped_option_of_the_standalone_temporal_loss():
     c, w, s, cm, wm = make_batch(5, 4, 6, seed=8)
-    head = LocVTPObjective(dim=8, window=2).double().context_head
+    head = LocVTPObjective(dim=8, max_offset=2).double().context_head
     off = offsets_for(cm)
     t = temporal_loss(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="warped")
     r = ref_temporal(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="warped")

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from reference_objectives import _single_thread, ref_total  # noqa: E402,F401  (autouse fixture)
 
-from locvtp.objectives import LocVTPObjective, _OffDiagonalExpSums, _temporal_valid, draw_offsets  # noqa: E402
+from locvtp.objectives import LocVTPObjective, _temporal_valid, draw_offsets  # noqa: E402
+from locvtp.objectives_kernel import OffDiagonalExpSums as _OffDiagonalExpSums  # noqa: E402
 
 TERMS = ("coarse", "fine", "fine_cw", "fine_wc", "temporal", "temporal_z", "temporal_w", "total")
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from locvtp.objectives import LocVTPObjective
-from locvtp.train import aux_ramp
+from locvtp.objectives import LocVTPObjective, aux_ramp
 
 
 def test_aux_ramp_schedule():
@@ -28,7 +27,7 @@ def _inputs(seed=0, B=3, T=4, L=5, D=16):
 
 
 def test_aux_scale_multiplies_only_fine_and_temporal():
-    obj = LocVTPObjective(dim=16, window=2)
+    obj = LocVTPObjective(dim=16, max_offset=2)
     args = _inputs()
     full = obj(*args)
     obj.aux_scale = 0.0
@@ -41,3 +40,15 @@ def test_aux_scale_multiplies_only_fine_and_temporal():
     half = obj(*args)
     expected = full["coarse"] + 0.5 * (full["fine"] + full["temporal"])
     assert torch.allclose(half["total"], expected)
+
+
+def test_the_objective_owns_its_ramp():
+    from locvtp.config import default_config
+
+    cfg = default_config()
+    cfg.objective.ramp_start, cfg.objective.ramp_steps = 2, 4
+    obj = LocVTPObjective.from_config(cfg.objective, dim=16)
+    assert [obj.set_step(s) for s in range(8)] == [aux_ramp(s, 2, 4) for s in range(8)]
+    assert obj.aux_scale == 1.0
+    assert obj.ramp_note(10) is None
+    assert "objective.ramp_start=2 >= train.max_steps=2" in obj.ramp_note(2)

@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import Config, ModelConfig, to_yaml
+from .config import Config, ModelConfig, read_yaml_mapping, rename_deprecated_keys, to_yaml
 from locvtp.errors import LocVTPError
 from locvtp.files import OLD_TAG, fsync_dir, fsync_file, temp_path
 
@@ -196,6 +196,34 @@ def is_complete(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / META_FILE).is_file() and (p / MODEL_FILE).is_file()
 
 
+def step_checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The complete ``checkpoints/step_*`` of a run directory, oldest first, as (step, path): the one scan of a
+    run's checkpoint directory (``resolve_checkpoint`` and the trainer's resume / rotation use it)."""
+    ckdir = Path(run) / "checkpoints"
+    out = []
+    if ckdir.is_dir():
+        for d in ckdir.iterdir():
+            m = _STEP_RE.match(d.name)
+            if m and is_complete(d):
+                out.append((int(m.group(1)), d))
+    return sorted(out)
+
+
+def list_checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
+    """:func:`step_checkpoints` plus a complete ``final`` (at the step its meta.json names), oldest first; at
+    equal steps ``final`` comes last."""
+    run = Path(run)
+    out = step_checkpoints(run)
+    if is_complete(run / "final"):
+        try:
+            step = read_meta(run / "final").get("step")
+        except OSError:
+            step = None
+        if isinstance(step, int):
+            out.append((step, run / "final"))
+    return sorted(out, key=lambda sp: (sp[0], sp[1].name != "final"))
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory, or a run directory: its ``final/`` if complete, else the newest complete
     ``checkpoints/step_*``. Temporary (hidden) and incomplete directories are ignored."""
@@ -208,15 +236,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{p}: not a checkpoint directory")
     if is_complete(p / "final"):
         return p / "final"
-    steps = []
+    steps = step_checkpoints(p)
     ckdir = p / "checkpoints"
-    if ckdir.is_dir():
-        for d in ckdir.iterdir():
-            m = _STEP_RE.match(d.name)
-            if m and is_complete(d):
-                steps.append((int(m.group(1)), d))
     if steps:
-        return max(steps)[1]
+        return steps[-1][1]
     raise CheckpointError(
         f"{p}: no complete checkpoint found (looked for {META_FILE}+{MODEL_FILE} in {p}, {p / 'final'}, "
         f"{ckdir}/step_*)"
@@ -224,17 +247,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def _load_cfg(path: Path) -> DictConfig:
-    import yaml
-
     f = path / CONFIG_FILE
-    if not f.is_file():
-        raise CheckpointError(f"{f}: missing")
-    try:
-        raw = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise CheckpointError(f"{f}: invalid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{f}: top level must be a mapping")
+    # written before objective.window became objective.max_offset: renamed quietly (the user cannot edit it)
+    raw = rename_deprecated_keys(read_yaml_mapping(f, error=CheckpointError, missing="missing config"), quiet=True)
     schema = Config if "model" in raw else ModelConfig
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(raw))
@@ -358,6 +373,6 @@ def load_trainer_state(path: str | os.PathLike, map_location: str | torch.device
 
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "is_complete", "load_checkpoint", "load_trainer_state", "read_meta",
-    "resolve_checkpoint", "save_checkpoint", "verify_checkpoint",
+    "Checkpoint", "CheckpointError", "is_complete", "list_checkpoints", "load_checkpoint", "load_trainer_state",
+    "read_meta", "resolve_checkpoint", "save_checkpoint", "step_checkpoints", "verify_checkpoint",
 ]

@@ -2,10 +2,15 @@
 
 Why structured configs: a typo in a YAML key or an override (``train.batchsize=4``) fails at once with the
 key's name instead of being silently ignored, and every ablation row is one ``key=value`` away.
+
+This module is also the one place that reads a YAML mapping (:func:`read_yaml_mapping`), finds a shipped config
+by name (:func:`find_config`) and renames deprecated keys (:data:`RENAMED_KEYS`, one line on stderr each).
 """
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -110,7 +115,7 @@ class ObjectiveConfig:
     topk: int = 1  # k of the correspondence discovery (§2), clipped to the valid words / clips
     intra_negatives: bool = False  # also push away the unselected words / clips of the same pair
     soft: bool = False  # softmax-weighted positives over the top-k instead of the hard set
-    window: int = 2  # W: context offsets δ in [-W, W] \ {0} (§3, project choice)
+    max_offset: int = 2  # W: context offsets δ in [-W, W] \ {0} (§3, project choice); was objective.window
     sigma: float = math.inf  # ω(δ) = exp(-|δ|/σ); inf = uniform weights (project choice)
     head: str = "mlp"  # linear | mlp (context projection head)
     head_hidden: Optional[int] = None  # hidden width of the mlp head (None = dim)
@@ -175,6 +180,80 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# ------------------------------------------------------------------------------------------------ YAML, names, renames
+def read_yaml_mapping(path: str | Path, error: Optional[type[Exception]] = None, missing: str = "file not found") -> dict:
+    """The mapping at the top of the YAML file ``path`` ({} for an empty file). Anything else — no such file,
+    invalid YAML, another top-level type — raises ``error`` (default :class:`ConfigError`) naming the file."""
+    import yaml  # PyYAML ships with OmegaConf
+
+    error = error or ConfigError
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{missing}: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def find_config(name: str | Path) -> Path:
+    """A config path as given, else a shipped config by name (``pretrain_synthetic``, ``x.yaml`` or
+    ``configs/x.yaml``): the installed package's ``locvtp/configs``, then the repository's and the working
+    directory's ``configs/``."""
+    p = Path(os.path.expanduser(str(name)))
+    if p.is_file():
+        return p
+    fname = p.name if p.suffix == ".yaml" else f"{p.name}.yaml"
+    here = Path(__file__).resolve().parent
+    for cand in (here / "configs" / fname, here.parent.parent / "configs" / fname, Path.cwd() / "configs" / fname):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config file not found: {name} (also looked for {fname} in the package's configs and "
+                      "./configs)")
+
+
+# Old key -> new key. A file or override that uses the old key still works, with one line on stderr.
+RENAMED_KEYS: dict[str, str] = {
+    "objective.window": "objective.max_offset",  # a temporal offset range, not a time window (issue 16)
+}
+
+
+def _deprecation(old: str, new: str, where: str) -> None:
+    print(f"locvtp: warning: {where + ': ' if where else ''}{old} is deprecated, use {new} (same meaning)",
+          file=sys.stderr)
+
+
+def rename_deprecated_keys(raw: dict, where: str = "", quiet: bool = False) -> dict:
+    """``raw`` (a nested mapping, as read from YAML) with every key of :data:`RENAMED_KEYS` moved to its new
+    name (the new key wins when both are given). Prints one deprecation line per renamed key unless ``quiet``
+    (checkpoints written before the rename are read quietly)."""
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = raw
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        node.setdefault(new.rsplit(".", 1)[1], value)
+        if not quiet:
+            _deprecation(old, new, where)
+    return raw
+
+
+def _renamed_override(ov: str) -> str:
+    """A dotted override with a deprecated key renamed (``objective.window=2`` -> ``objective.max_offset=2``)."""
+    key, sep, value = ov.partition("=")
+    bare = key.strip().lstrip("+~")
+    if sep and bare in RENAMED_KEYS:
+        _deprecation(bare, RENAMED_KEYS[bare], f"override {ov!r}")
+        return key.replace(bare, RENAMED_KEYS[bare]) + sep + value
+    return ov
+
+
 def default_config() -> DictConfig:
     """The structured default config (typed: unknown keys and wrong types are rejected)."""
     return OmegaConf.structured(Config)
@@ -188,20 +267,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = default_config()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        raw = rename_deprecated_keys(read_yaml_mapping(path, missing="config file not found"), where=str(path))
         try:
-            import yaml  # PyYAML ships with OmegaConf
-
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh) or {}
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
             cfg = OmegaConf.merge(cfg, OmegaConf.create(raw))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    overrides = [_renamed_override(ov) for ov in overrides]
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not of the form key=value")
@@ -257,7 +328,7 @@ RULES: dict[str, tuple] = {
     "model.text.pooling": ("choice", "cls", "mean"),
     "model.text.dropout": _PROBABILITY,
     "objective.topk": _AT_LEAST_1,
-    "objective.window": _AT_LEAST_1,
+    "objective.max_offset": _AT_LEAST_1,
     "objective.sigma": _POSITIVE,  # inf = uniform weights
     "objective.head": ("choice", "linear", "mlp"),
     "objective.head_hidden": _AT_LEAST_1,  # or null (= model.dim)

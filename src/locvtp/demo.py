@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from locvtp.cliargs import ArgumentParser, nonnegative_int
+from locvtp.config import find_config
 from locvtp.errors import LocVTPError
+from locvtp.files import atomic_write_text
 
 # Columns of the demo table: (results.json key, table header).
 COLUMNS: list[tuple[str, str]] = [
@@ -57,18 +59,6 @@ class Stage:
     seconds: float
 
 
-def find_config(name: str) -> Path:
-    """Find a shipped config by name: the installed package's copy, then the repository's configs/."""
-    if Path(name).is_file():
-        return Path(name)
-    fname = name if name.endswith(".yaml") else f"{name}.yaml"
-    here = Path(__file__).resolve().parent
-    for cand in (here / "configs" / fname, here.parent.parent / "configs" / fname, Path.cwd() / "configs" / fname):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"config {name!r} not found in the package (locvtp/configs) or ./configs")
-
-
 def peak_rss_mb() -> dict[str, float]:
     """Peak resident set size (MB) of this process and of the largest waited-for child (loader workers)."""
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -88,12 +78,6 @@ def format_table(results: dict[str, dict], columns: Sequence[tuple[str, str]] = 
             cells.append("–" if v is None else f"{v:.1f}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from locvtp.files import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 class DemoError(LocVTPError, RuntimeError):
@@ -418,8 +402,8 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
     summary = {**results, "wall_seconds": wall, "peak_rss": rss, "stages": [s.__dict__ for s in stages],
                "preset": preset, "seed": seed, "checkpoints": {k: str(v) for k, v in ckpts.items()},
                "world": _world_record(world, world_manifest)}
-    _write_atomic(out / "results.json", json.dumps(summary, indent=2))
-    _write_atomic(out / "report.md", _report(table, commands, cfg_path, plot_paths, out, wall, rss, preset, seed))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "report.md", _report(table, commands, cfg_path, plot_paths, out, wall, rss, preset, seed))
     print()
     print(table)
     print(f"\n[demo] wall time {wall:.0f} s, peak RSS {rss['self_mb']:.0f} MB (largest child {rss['largest_child_mb']:.0f} MB)")
@@ -460,8 +444,8 @@ ABLATIONS: dict[str, list[str]] = {
     "+fine+temporal": [],
     "topk=2": ["objective.topk=2"],
     "topk=3": ["objective.topk=3"],
-    "window=1": ["objective.window=1"],
-    "window=3": ["objective.window=3"],
+    "window=1": ["objective.max_offset=1"],
+    "window=3": ["objective.max_offset=3"],
     "head=linear": ["objective.head=linear"],
     "temporal_negatives=warped": ["objective.temporal_negatives=warped"],
     # issue 15: the suspects of the temporal term (docs/method_options.md), each one key away from +fine+temporal
@@ -519,9 +503,9 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
         metrics = evaluate_all(ckpts[name], world, out_dir=out / "eval" / jobs[name][0].name, progress=progress,
                                seed=seed, threads=1)
         results[name] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        _write_atomic(out / "ablation.json", json.dumps(results, indent=2))
+        atomic_write_text(out / "ablation.json", json.dumps(results, indent=2))
     table = format_table(results)
-    _write_atomic(out / "ablation.md", "# locvtp ablation\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
+    atomic_write_text(out / "ablation.md", "# locvtp ablation\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
         f"- {n}: `{' '.join(ABLATIONS[n]) or '(defaults)'}`" if n in ABLATIONS else f"- {n}: (not a current row)"
         for n in results) + "\n")
     print(table)

@@ -14,13 +14,22 @@ gathered features (the objective's context head and logit scale) get the full ``
 average of identical values leaves them unchanged. ``tests/test_distributed_objectives.py`` checks both.
 
 Every helper is a no-op (returns its input) when torch.distributed is unavailable or not initialised.
+
+The process-group set-up of a training run is here too: :func:`setup_distributed` joins torchrun's group (if
+any) and picks the rank's device; :class:`Dist` carries rank, world, device and the object collectives the
+trainer needs (barrier, gather / broadcast of Python objects).
 """
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_info", "is_distributed", "all_gather_with_grad", "all_gather_nograd", "all_gather_sizes"]
+__all__ = ["world_info", "is_distributed", "all_gather_with_grad", "all_gather_nograd", "all_gather_sizes", "Dist",
+           "setup_distributed"]
 
 
 def is_distributed() -> bool:
@@ -97,3 +106,70 @@ def all_gather_nograd(x: torch.Tensor, sizes: list[int] | None = None) -> torch.
         if x.dtype == torch.bool:  # gloo does not reduce/gather bool on every version
             return _gather_padded(x.to(torch.uint8), list(sizes)).bool()
         return _gather_padded(x.detach(), list(sizes))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Process group and device of a training run
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def gather_objects(self, obj: Any) -> list:
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        """Leave the process group if :func:`setup_distributed` created it."""
+        if self.initialized_here:
+            torch.distributed.destroy_process_group()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the torchrun process group if there is one (WORLD_SIZE > 1); pick this rank's device.
+
+    ``train.device`` is checked by :func:`locvtp.device.resolve_device`: a device this machine does not have is
+    a one-line error naming the key. ``cuda`` (and ``auto`` on a GPU machine) means this rank's GPU
+    (``cuda:LOCAL_RANK``); an explicit ``cuda:N`` is taken as given."""
+    from locvtp.device import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    spec = resolve_device(str(device), what="train.device")
+    use_cuda = spec.startswith("cuda")
+    explicit = use_cuda and ":" in str(device)
+    dev = torch.device(spec if explicit or not use_cuda else f"cuda:{local_rank}")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    d = Dist(rank, world, local_rank, dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+        d.initialized_here = True
+    return d

@@ -39,7 +39,9 @@ import torch
 from torch.utils.data import Dataset
 from locvtp.config import ConfigError
 from locvtp.data.corpus import resolve_data_path
+from locvtp.data.offsets import draw_offsets
 from locvtp.data.sampler import ResumableBatchSampler  # noqa: F401  (re-exported)
+from locvtp.data.stopwords import content_words, stopword_ids
 from locvtp.errors import LocVTPError
 
 
@@ -526,9 +528,9 @@ class PretrainDataset(Dataset):
 
     def __init__(self, items: list[CaptionItem], source: Any, num_clips: int, clip_seconds: float,
                  jitter_seconds: float = 0.0, train: bool = True, seed: int = 0, strict: bool = False,
-                 max_retries: int = 16, offset_window: int = 0, offset_in_span: bool = False):
+                 max_retries: int = 16, max_offset: int = 0, offset_in_span: bool = False):
         self.items, self.source = items, source
-        self.offset_window = offset_window  # > 0: draw the temporal objective's offsets here, per sample
+        self.max_offset = max_offset  # > 0: draw the temporal objective's offsets δ ∈ [-max_offset, max_offset] here
         # objective.context_in_span: reference and context clip both inside the narration's own span
         self.offset_in_span = bool(offset_in_span)
         self.num_clips, self.clip_seconds = num_clips, clip_seconds
@@ -559,11 +561,9 @@ class PretrainDataset(Dataset):
             clips = np.concatenate([clips, pad], axis=0)
         sample = {"clips": clips, "clip_mask": mask, "text": item.text, "index": index, "vid": item.vid,
                   "windows": windows.astype(np.float32)}
-        if self.offset_window > 0:
+        if self.max_offset > 0:
             # The temporal objective's δ per clip, from this sample's own generator: a sample gets the same
             # offsets whichever rank, batch or worker it lands in (DDP == single process, exact resume).
-            from locvtp.objectives import draw_offsets
-
             g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
             span = None
             if self.offset_in_span:  # clips whose centre lies in the narration's (unjittered) [start, end]
@@ -571,7 +571,7 @@ class PretrainDataset(Dataset):
                 in_span = mask & (centre >= item.start) & (centre <= item.end)
                 sample["span_mask"] = in_span
                 span = torch.from_numpy(in_span)[None]
-            sample["offsets"] = draw_offsets(torch.from_numpy(mask)[None], self.offset_window, g,
+            sample["offsets"] = draw_offsets(torch.from_numpy(mask)[None], self.max_offset, g,
                                              span_mask=span)[0].numpy()
         return sample
 
@@ -618,8 +618,6 @@ class Collator:
         batch["attention_mask"] = tok["attention_mask"].bool()
         batch["word_mask"] = tok["word_mask"].bool()
         if hasattr(self.tokenizer, "token_to_id"):  # objective.stopwords: the words that may be positives
-            from locvtp.objectives import content_words, stopword_ids
-
             if getattr(self, "_stop_ids", None) is None:
                 self._stop_ids = torch.tensor(stopword_ids(self.tokenizer), dtype=torch.long)
             batch["content_mask"] = content_words(batch["input_ids"], batch["word_mask"], self._stop_ids)
@@ -669,12 +667,36 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     that fit on disk decoded) is built by rank 0 while the others wait at ``barrier``.
     """
     from locvtp.data.corpus import CaptionItems, words_mask
-    from locvtp.data.video import VideoInfo
 
-    barrier = barrier or (lambda: None)
     d = cfg.data
     root = Path(os.path.expanduser(str(d.root)))
     store = prepared.store
+    cand, used = _candidates(store)
+    vid_names = store.video_ids
+    vids = sorted(vid_names[k] for k in np.nonzero(used)[0])
+    if d.kind == "features":
+        source, bad_videos = _feature_source(cfg, prepared, root, used, vids)
+    elif d.kind == "videos":
+        source, bad_videos = _video_source(d, prepared, root, used, vids, run_dir, strict, progress, is_main,
+                                           barrier or (lambda: None))
+    else:
+        raise ConfigError(f"data.kind must be 'videos' or 'features', got {d.kind!r}")
+    ok_words = words_mask(store, tokenizer, int(d.max_words), share=share, progress=progress)
+    good, bad = _check_samples(store, cand, used, source, bad_videos, ok_words, strict)
+    if not len(good):
+        raise NoSamplesError(f"no usable pre-training samples under {root} ({len(bad)} bad; first: "
+                             f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
+    store.release()  # unmap the columns the scan touched: training maps again only what it reads
+    oc = cfg.objective
+    dataset = PretrainDataset(CaptionItems(store, good), source, int(d.num_clips), float(d.clip_seconds),
+                              float(d.jitter_seconds), train=True, seed=int(cfg.seed), strict=strict,
+                              max_offset=int(oc.max_offset) if oc.temporal else 0,
+                              offset_in_span=bool(getattr(oc, "context_in_span", False)))
+    return PretrainData(dataset=dataset, bad=bad, total=len(cand) + len(store.bad_rows()))
+
+
+def _candidates(store: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(the narration indices to check, in order; which videos they use, as a mask over the store's videos)."""
     keep = store.keep_mask()
     idx_dtype = np.int32 if store.n < 2**31 else np.int64
     cand = (np.nonzero(keep)[0].astype(idx_dtype) if keep is not None else np.arange(store.n, dtype=idx_dtype))
@@ -682,57 +704,70 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     used = np.zeros(store.num_videos, dtype=bool)
     for lo in range(0, len(cand), _CHECK_CHUNK):
         used[narr_video[cand[lo:lo + _CHECK_CHUNK]] if keep is not None else narr_video[lo:lo + _CHECK_CHUNK]] = True
-    vid_names = store.video_ids
-    vids = sorted(vid_names[k] for k in np.nonzero(used)[0])
-    bad_videos: dict[str, tuple[str, str]] = {}  # vid -> (source, reason)
-    if d.kind == "features":
-        if d.features is None:
-            raise ConfigError("data.kind=features needs data.features (an HDF5 file or a directory of <vid>.npy)")
-        rows = prepared.feature_rows
-        known = None
-        if rows is not None:  # lengths from the prepared corpus: no feature file is opened at launch
-            known = {vid_names[k]: (int(rows["rows"][k]), int(rows["dim"][k])) for k in np.nonzero(used)[0]}
-        source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride,
-                               video_ids=vids, known_lengths=known)
-        in_dim = int(cfg.model.video.in_dim) if cfg.model.video.name == "features" else None
-        if in_dim is not None and source.dim and source.dim != in_dim:
-            raise ConfigError(f"data.features: {source.path} holds {source.dim}-d features but "
-                              f"model.video.in_dim={in_dim}; set model.video.in_dim={source.dim}")
-        for v in vids:
-            if v not in source.lengths:
-                bad_videos[v] = (str(source.path), f"no features for video {v!r} in {source.path}")
-            elif source.lengths[v] == 0:
-                bad_videos[v] = (str(source.path), f"empty feature array for video {v!r}")
-    elif d.kind == "videos":
-        video_dir = resolve_data_path(root, d.video_dir)
-        paths = {v: find_video(video_dir, v) for v in vids}
-        if d.cache:
-            cache_root = Path(os.path.expanduser(str(d.cache_dir))) if d.cache_dir else Path(run_dir) / "cache"
-            if is_main:
-                FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict, progress)
-            barrier()
-            source, bad = FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict,
-                                           progress=False)
-            bad_videos.update({b.vid: (b.source, b.reason) for b in bad})
-        else:
-            probes = prepared.probes
-            errors = {int(k): str(m) for k, m in zip(probes["err_idx"], probes["err_msg"])}
-            infos = {}
-            for k in np.nonzero(used)[0]:
-                v = vid_names[k]
-                if int(k) in errors:
-                    if strict:
-                        raise BadSampleError(f"{paths[v]}: unreadable video: {errors[int(k)]}{STRICT_NOTE}")
-                    bad_videos[v] = (str(paths[v]), errors[int(k)])
-                else:
-                    infos[v] = VideoInfo(*(float(probes["fps"][k]), float(probes["duration"][k]),
-                                           int(probes["num_frames"][k]), int(probes["width"][k]),
-                                           int(probes["height"][k])))
-            source = VideoFileSource(paths, infos, int(d.frames_per_clip), int(d.frame_size))
-    else:
-        raise ConfigError(f"data.kind must be 'videos' or 'features', got {d.kind!r}")
+    return cand, used
 
-    # Per-sample checks, as arrays: unreadable video, caption without words, narration after the video's end.
+
+def _feature_source(cfg: Any, prepared: Any, root: Path, used: np.ndarray, vids: list[str]):
+    """(FeatureSource, {vid: (source, reason)} of the videos without usable features)."""
+    d = cfg.data
+    if d.features is None:
+        raise ConfigError("data.kind=features needs data.features (an HDF5 file or a directory of <vid>.npy)")
+    vid_names, rows, known = prepared.store.video_ids, prepared.feature_rows, None
+    if rows is not None:  # lengths from the prepared corpus: no feature file is opened at launch
+        known = {vid_names[k]: (int(rows["rows"][k]), int(rows["dim"][k])) for k in np.nonzero(used)[0]}
+    source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride,
+                           video_ids=vids, known_lengths=known)
+    in_dim = int(cfg.model.video.in_dim) if cfg.model.video.name == "features" else None
+    if in_dim is not None and source.dim and source.dim != in_dim:
+        raise ConfigError(f"data.features: {source.path} holds {source.dim}-d features but "
+                          f"model.video.in_dim={in_dim}; set model.video.in_dim={source.dim}")
+    bad_videos: dict[str, tuple[str, str]] = {}
+    for v in vids:
+        if v not in source.lengths:
+            bad_videos[v] = (str(source.path), f"no features for video {v!r} in {source.path}")
+        elif source.lengths[v] == 0:
+            bad_videos[v] = (str(source.path), f"empty feature array for video {v!r}")
+    return source, bad_videos
+
+
+def _video_source(d: Any, prepared: Any, root: Path, used: np.ndarray, vids: list[str], run_dir: Path,
+                  strict: bool, progress: bool, is_main: bool, barrier: Any):
+    """(FrameCache or VideoFileSource, {vid: (source, reason)} of the unreadable videos)."""
+    from locvtp.data.video import VideoInfo
+
+    video_dir = resolve_data_path(root, d.video_dir)
+    paths = {v: find_video(video_dir, v) for v in vids}
+    bad_videos: dict[str, tuple[str, str]] = {}
+    if d.cache:
+        cache_root = Path(os.path.expanduser(str(d.cache_dir))) if d.cache_dir else Path(run_dir) / "cache"
+        if is_main:
+            FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict, progress)
+        barrier()
+        source, bad = FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict,
+                                       progress=False)
+        bad_videos.update({b.vid: (b.source, b.reason) for b in bad})
+        return source, bad_videos
+    probes, vid_names = prepared.probes, prepared.store.video_ids
+    errors = {int(k): str(m) for k, m in zip(probes["err_idx"], probes["err_msg"])}
+    infos = {}
+    for k in np.nonzero(used)[0]:
+        v = vid_names[k]
+        if int(k) in errors:
+            if strict:
+                raise BadSampleError(f"{paths[v]}: unreadable video: {errors[int(k)]}{STRICT_NOTE}")
+            bad_videos[v] = (str(paths[v]), errors[int(k)])
+        else:
+            infos[v] = VideoInfo(*(float(probes["fps"][k]), float(probes["duration"][k]),
+                                   int(probes["num_frames"][k]), int(probes["width"][k]),
+                                   int(probes["height"][k])))
+    return VideoFileSource(paths, infos, int(d.frames_per_clip), int(d.frame_size)), bad_videos
+
+
+def _check_samples(store: Any, cand: np.ndarray, used: np.ndarray, source: Any, bad_videos: dict,
+                   ok_words: np.ndarray, strict: bool) -> tuple[np.ndarray, list[BadSample]]:
+    """(the good narration indices, a record per bad one): unreadable video, caption without words, narration
+    after the video's end — as array operations, in chunks (the temporaries stay small at any corpus size)."""
+    vid_names, narr_video, keep = store.video_ids, np.asarray(store.narr_video), store.keep_mask()
     video_bad = np.zeros(store.num_videos, dtype=bool)
     duration = np.full(store.num_videos, np.nan)
     for k in np.nonzero(used)[0]:
@@ -741,10 +776,9 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
             video_bad[k] = True
         else:
             duration[k] = source.durations[v]
-    ok_words = words_mask(store, tokenizer, int(d.max_words), share=share, progress=progress)
     bad: list[BadSample] = [BadSample("row", f"{f}: {loc}", reason) for f, loc, reason in store.bad_rows()]
     good_parts = []
-    for lo in range(0, len(cand), _CHECK_CHUNK):  # in chunks: the temporaries stay small at any corpus size
+    for lo in range(0, len(cand), _CHECK_CHUNK):
         idx = cand[lo:lo + _CHECK_CHUNK]
         at = slice(int(idx[0]), int(idx[-1]) + 1) if keep is None else idx  # no split: views, not gathers
         vid_of = narr_video[at]
@@ -769,16 +803,7 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
                 raise BadSampleError(f"{rec.source}: {rec.reason}{STRICT_NOTE}")
             bad.append(rec)
         good_parts.append(np.delete(idx, bad_pos) if len(bad_pos) else idx)
-    good = np.concatenate(good_parts) if good_parts else cand[:0]
-    if not len(good):
-        raise NoSamplesError(f"no usable pre-training samples under {root} ({len(bad)} bad; first: "
-                             f"{bad[0].source}: {bad[0].reason})" if bad else f"no pre-training samples under {root}")
-    store.release()  # unmap the columns the scan touched: training maps again only what it reads
-    dataset = PretrainDataset(CaptionItems(store, good), source, int(d.num_clips), float(d.clip_seconds),
-                              float(d.jitter_seconds), train=True, seed=int(cfg.seed), strict=strict,
-                              offset_window=int(cfg.objective.window) if cfg.objective.temporal else 0,
-                              offset_in_span=bool(getattr(cfg.objective, "context_in_span", False)))
-    return PretrainData(dataset=dataset, bad=bad, total=len(cand) + len(store.bad_rows()))
+    return (np.concatenate(good_parts) if good_parts else cand[:0]), bad
 
 
 def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionItem], list[BadSample]]:

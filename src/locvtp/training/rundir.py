@@ -1,0 +1,162 @@
+"""The run directory of ``locvtp pretrain``: the checks before anything is written, resume discovery, rotation.
+
+Layout (docs/training.md, "The run directory")::
+
+    config.yaml  tokenizer/  metrics.jsonl  bad_samples.jsonl  video_index.json  cache/
+    checkpoints/step_0000100/ ...   (the last ``train.keep_last``)      final/   (complete checkpoint)
+
+The scan of ``checkpoints/step_*`` is :func:`locvtp.checkpoint.list_checkpoints` (one scan for the loader and
+the trainer).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from locvtp.checkpoint import list_checkpoints
+from locvtp.config import ConfigError
+from locvtp.errors import UsageError
+
+PROG = "locvtp pretrain"
+
+__all__ = ["RunExistsError", "check_model_paths", "check_run_dir", "clean_partial_writes", "existing_path",
+           "find_resume", "list_checkpoints", "rotate_checkpoints", "warn_config_changes"]
+
+
+class RunExistsError(UsageError, FileExistsError):
+    """``--out`` already holds checkpoints and no ``--resume`` was given."""
+
+
+def find_resume(run: Path, resume: Optional[str], warn: bool = True) -> Optional[Path]:
+    """The checkpoint to resume from: None (fresh run), the newest one of ``run`` that loads (``auto``), or the
+    one ``resume`` names.
+
+    Why ``auto`` checks what it picks: a checkpoint whose files were damaged after it was written (a truncated
+    copy, a full disk) would stop every later resume. ``auto`` names it in one warning and takes the newest
+    earlier checkpoint that passes :func:`locvtp.checkpoint.verify_checkpoint`; only when none does is it an
+    error. An explicit path is not replaced by another: its problem is the error.
+    """
+    from locvtp.checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
+
+    if resume is None:
+        if list_checkpoints(run):
+            raise RunExistsError(f"{run} already holds checkpoints: pass --resume auto to continue that run, "
+                                 "or choose another --out")
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run)
+        failures = []
+        for _, path in reversed(found):
+            try:
+                verify_checkpoint(path, need_trainer_state=True)
+            except CheckpointError as exc:
+                failures.append((path, exc))
+                continue
+            if warn:
+                from locvtp.cliargs import warn as _warn
+
+                for bad, exc in failures:
+                    _warn(PROG, f"--resume auto: skipping the damaged checkpoint {bad} ({exc}); resuming from "
+                                f"{path} instead")
+            return path
+        if failures:
+            raise CheckpointError(f"--resume auto: no checkpoint of {run} loads; the newest, {failures[0][0]}: "
+                                  f"{failures[0][1]}")
+        return None
+    try:
+        return resolve_checkpoint(os.path.expanduser(str(resume)))
+    except CheckpointError as exc:
+        raise UsageError(f"--resume {resume}: {exc}") from None
+
+
+def rotate_checkpoints(run: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints (after a new one is safely in place)."""
+    found = [(s, p) for s, p in list_checkpoints(run) if p.parent.name == "checkpoints"]
+    for _, path in found[:-keep_last] if keep_last > 0 else found:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_partial_writes(run: Path) -> None:
+    """Remove temporary directories a killed checkpoint write left behind (``.step_*.tmp-*``, ``.final.tmp-*``)."""
+    for parent in (run, run / "checkpoints"):
+        if parent.is_dir():
+            for d in parent.iterdir():
+                if d.name.startswith(".") and (".tmp-" in d.name or ".old-" in d.name) and d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def check_run_dir(run: Path, cfg: Any) -> None:
+    """Mistakes found before anything is written: ``--out`` is a file, or is (or contains) the data root — a
+    run writes config.yaml, tokenizer/ and logs into its directory; and data that the video encoder cannot
+    take (pixels into the features encoder, or the reverse)."""
+    from locvtp.files import overlaps
+    from locvtp.model.video import is_pixel_encoder
+
+    if run.exists() and not run.is_dir():
+        raise UsageError(f"--out {run} is a file; the run directory must be a directory (or not exist yet)")
+    root = Path(os.path.expanduser(str(cfg.data.root)))
+    how = overlaps(run, root)
+    if how in ("is", "contains"):
+        raise UsageError(f"--out {run} {how} data.root {root}: choose a run directory apart from the data "
+                         "(nothing was written)")
+    pixels, name = cfg.data.kind == "videos", str(cfg.model.video.name)
+    if pixels != is_pixel_encoder(name):
+        need = "tiny3d or c3d" if pixels else "features"
+        raise ConfigError(f"data.kind={cfg.data.kind} needs model.video.name={need}, got model.video.name={name}")
+
+
+def existing_path(key: str, value: Any) -> Path:
+    """``value`` as a path (``~`` expanded), or a ConfigError naming ``key`` when nothing is there."""
+    p = Path(os.path.expanduser(str(value)))
+    if not p.exists():
+        raise ConfigError(f"{key}: {p} does not exist")
+    return p
+
+
+def check_model_paths(cfg: Any, resuming: bool) -> None:
+    """The files the model is built from exist (before any data is read). A resumed run takes every weight from
+    its checkpoint, so ``model.video.pretrained`` is not needed then; ``model.text.path`` still is (the HF
+    architecture and tokenizer are read from it)."""
+    v, t = cfg.model.video, cfg.model.text
+    if v.pretrained and not resuming:
+        p = existing_path("model.video.pretrained", v.pretrained)
+        if not p.is_file():
+            raise ConfigError(f"model.video.pretrained: {p} is not a file (expected a .safetensors or torch state "
+                              "dict)")
+    if t.name == "hf":
+        if not t.path:
+            raise ConfigError("model.text.name=hf needs model.text.path (a local directory of a BERT-family model)")
+        if not t.allow_hub:
+            existing_path("model.text.path", t.path)
+
+
+def warn_config_changes(cfg: Any, saved: Path) -> None:
+    """A resumed run should be the run it resumes: name every setting that differs (except the step budget)."""
+    if not saved.is_file():
+        return
+    from omegaconf import OmegaConf
+
+    from locvtp.config import load_config as _load
+
+    try:
+        old = OmegaConf.to_container(_load(saved), resolve=True)
+    except ConfigError:
+        return
+    new = OmegaConf.to_container(cfg, resolve=True)
+
+    def flat(d: Any, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fo, fn = flat(old), flat(new)
+    ignore = {"train.max_steps", "model.text.vocab_size", "train.val_every", "train.log_every", "train.num_threads",
+              "data.num_workers"}
+    changed = [k for k in sorted(set(fo) | set(fn)) if k not in ignore and fo.get(k) != fn.get(k)]
+    if changed:
+        print("[pretrain] warning: resuming with settings that differ from " + str(saved) + ": " + ", ".join(
+            f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in changed[:12]), file=sys.stderr)
