@@ -222,7 +222,10 @@ def test_evaluate_twice_into_the_same_out_replaces_its_own_files(W, capsys, tmp_
     for _ in range(2):
         res = run_cli(_evaluate(W, "--features", W.feats, "--out", tmp_path), capsys)
         assert res.code == 0, res.err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["grounding.json", "metrics.json"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # (+ the head's predictions when the 2D-TAN head ran: `locvtp score` reads both)
+    assert [n for n in names if n != "head_grounding_predictions.jsonl"] == [
+        "grounding.json", "grounding_predictions.jsonl", "metrics.json"]
 
 
 def test_plot_mistakes_leave_nothing_behind(W, capsys):
@@ -282,3 +285,10 @@ def test_evaluate_skips_and_names_a_video_with_nan_features(W, capsys, tmp_path)
     assert info["zero_shot_queries"] == info["test_queries"] - W.n_queries_gvid
     assert W.gvid in json.loads((tmp_path / "metrics.json").read_text())["failed_videos"]
     assert "grounding_R1@0.5" in res.out
+
+
+def test_a_foreign_predictions_file_in_out_survives(W, capsys, tmp_path):
+    (tmp_path / "grounding_predictions.jsonl").write_text("my own notes\n")
+    res = run_cli(_evaluate(W, "--features", W.feats, "--out", tmp_path), capsys)
+    assert res.code == 2 and "grounding_predictions.jsonl exists and was not written by locvtp evaluate" in res.err
+    assert (tmp_path / "grounding_predictions.jsonl").read_text() == "my own notes\n"

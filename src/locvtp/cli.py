@@ -30,11 +30,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("locvtp.prepare:main", "convert a pre-training corpus once (captions, probes) for pretrain at scale"),
     "pretrain": ("locvtp.train:main", "pre-train LocVTP (single process or torchrun DDP)"),
     "evaluate": ("locvtp.downstream.evaluate:main", "retrieval | grounding | steps | segmentation | all"),
+    "score": ("locvtp.score:main", "metrics of a predictions file against its annotations (no model needed)"),
     "extract": ("locvtp.extract:main", "clip features of videos to HDF5 / npy-dir / npz-dir"),
     "merge": ("locvtp.extract:merge_main", "merge per-rank HDF5 feature shards"),
     "ground": ("locvtp.ground:main", "zero-shot grounding of a sentence in one video"),
     "index": ("locvtp.search:index_main", "build a moment-search index over clip features"),
     "search": ("locvtp.search:search_main", "search a corpus index for moments matching a query"),
+    "serve": ("locvtp.serve.cli:main", "web page + JSON API: ground sentences in videos, search moments"),
 }
 
 

@@ -5,18 +5,19 @@ expensive step on CPU, so every needed video is embedded once per model and ever
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from locvtp.errors import LocVTPError
+from locvtp.featurestore.record import ClipFeatures
+from locvtp.inference import TextEmbeddings
 from locvtp.localize import standardize  # noqa: F401  (re-exported: its historical home)
 
 
@@ -39,20 +40,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run the block with one intra-op thread, then restore the previous setting.
+def single_threaded() -> Any:
+    """Run the block with one intra-op thread, then restore the previous setting (:func:`locvtp.runtime.threads`).
 
     Why: the task heads work on tensors of a few thousand elements, where a parallel region costs more than the
     work; on a shared, busy CPU the threads' spin-waits made a head's step 25x slower with 2 threads than with 1
     (measured: 41 ms vs 1.03 s per batch of the 2D-TAN head at load 10 on 2 cores).
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    from locvtp import runtime
+
+    return runtime.threads(1)
 
 
 def run_single_threaded(fn: Callable) -> Callable:
@@ -96,15 +93,25 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON atomically (``locvtp.files.atomic_path``: fsynced temporary sibling, then
+    """Write ``obj`` as JSON atomically (:func:`locvtp.files.atomic_write_text`: fsynced temporary sibling, then
     ``os.replace``, removed on failure); numpy/torch values converted."""
-    from locvtp.files import atomic_path
+    from locvtp.files import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_jsonable(obj), indent=1, sort_keys=False) + "\n"  # before the file: a bad value writes nothing
-    with atomic_path(path, suffix=".json") as tmp:  # a failed write leaves no temporary behind
-        tmp.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
+    return path
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
+    """Write one JSON object per line, atomically (as :func:`write_json`). Floats keep their full precision
+    (``repr`` round-trips), so a predictions file scores to exactly the figures it was made with."""
+    from locvtp.files import atomic_write_text
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
     return path
 
 
@@ -193,41 +200,31 @@ def seconds_to_clip_range(start: float, end: float, windows: np.ndarray) -> tupl
 
 
 # --------------------------------------------------------------------------------------------- embeddings
-@dataclass
-class ClipSequence:
-    """One video's clip features on the time axis: ``feats [N, D]`` float32, ``windows [N, 2]`` seconds."""
-
-    feats: np.ndarray
-    windows: np.ndarray
-    duration: float
-
-
-@dataclass
-class TextEmbeddings:
-    """Sentence embeddings ``[n, D]`` and per-sentence word embeddings (valid words only)."""
-
-    sentence: np.ndarray
-    words: list[np.ndarray]
+def ClipSequence(feats: np.ndarray, windows: np.ndarray, duration: float, video_id: str = "") -> ClipFeatures:  # noqa: N802
+    """One video's clip features on the time axis (the old positional constructor): a
+    :class:`~locvtp.featurestore.record.ClipFeatures` with ``features [N, D]`` float32 (also readable as
+    ``.feats``), ``windows [N, 2]`` seconds and ``duration``."""
+    return ClipFeatures(video_id, feats, windows, 0.0, float(duration))
 
 
 @dataclass
 class EmbeddingBank:
     """Per-model cache of clip and text embeddings, filled once and shared by all tasks.
 
-    ``embed_video(vid) -> ClipSequence`` and ``embed_texts(list[str]) -> TextEmbeddings`` are the two expensive
+    ``embed_video(vid) -> ClipFeatures`` and ``embed_texts(list[str]) -> TextEmbeddings`` are the two expensive
     calls (bound to a model by :func:`make_bank`); ``frozen`` optionally maps a video id to externally
     extracted features (``--features``), used by the supervised heads instead of the embeddings. Failures are
     kept with their reason (``failed``: embedding, ``failed_features``: feature rows); ``strict`` raises instead.
     """
 
-    embed_video: Callable[[str], ClipSequence]
+    embed_video: Callable[[str], ClipFeatures]
     embed_texts_fn: Callable[[list[str]], TextEmbeddings]
-    frozen: Callable[[str], ClipSequence] | None = None
+    frozen: Callable[[str], ClipFeatures] | None = None
     progress: bool = True
     strict: bool = False
-    _videos: dict[str, ClipSequence] = field(default_factory=dict)
+    _videos: dict[str, ClipFeatures] = field(default_factory=dict)
     _texts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    _frozen: dict[str, ClipSequence] = field(default_factory=dict)
+    _frozen: dict[str, ClipFeatures] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     failed_features: dict[str, str] = field(default_factory=dict)
 
@@ -244,13 +241,13 @@ class EmbeddingBank:
                     raise
                 self.failed[vid] = f"{type(exc).__name__}: {exc}"
 
-    def video(self, vid: str) -> ClipSequence | None:
+    def video(self, vid: str) -> ClipFeatures | None:
         """Clip embeddings of ``vid`` (None if it failed to embed)."""
         if vid not in self._videos and vid not in self.failed:
             self.prefetch([vid])
         return self._videos.get(vid)
 
-    def features(self, vid: str) -> ClipSequence | None:
+    def features(self, vid: str) -> ClipFeatures | None:
         """Frozen features for supervised heads: ``--features`` rows if given, else the clip embeddings."""
         if self.frozen is None:
             return self.video(vid)
@@ -329,7 +326,7 @@ class FeatureFile:
             raise DownstreamError(str(exc)) from None
         return cls(path, {str(k): _jsonable(v) for k, v in attrs.items()})
 
-    def read(self, vid: str, duration: float | None = None) -> ClipSequence:
+    def read(self, vid: str, duration: float | None = None) -> ClipFeatures:
         """Rows of ``vid`` with their windows (the file's own, else consecutive clips of the run settings).
         Raises ``KeyError`` naming the file when the video is absent."""
         from locvtp.features import iter_features
@@ -346,7 +343,8 @@ class FeatureFile:
         dur = float(rec.duration) if rec.duration and rec.duration > 0 else None
         if dur is None:
             dur = float(duration) if duration and duration > 0 else (float(windows[-1, 1]) if len(windows) else 0.0)
-        return ClipSequence(np.asarray(rec.features, np.float32), windows, dur)
+        return ClipFeatures(vid, np.asarray(rec.features, np.float32), windows, rec.fps, dur,
+                            embedding=rec.embedding)
 
     def is_joint_embedding_of(self, sha256: str) -> bool:
         """True when the file holds *this* checkpoint's joint-space clip embeddings (``locvtp extract`` default):
@@ -411,15 +409,16 @@ def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path
     if not takes_pixels and features is None:
         raise DownstreamError("this checkpoint's video encoder reads pre-extracted features: pass --features H5")
 
-    def embed_video(vid: str) -> ClipSequence:
+    def embed_video(vid: str) -> ClipFeatures:
         if takes_pixels:
             emb = pred.encode_video(locate(vid))
-            return ClipSequence(np.asarray(emb.clips, np.float32), np.asarray(emb.windows, np.float64),
-                                float(emb.duration))
+            return ClipFeatures(vid, np.asarray(emb.features, np.float32), np.asarray(emb.windows, np.float64),
+                                emb.fps, float(emb.duration), embedding="joint")
         assert features is not None
         raw = features.read(vid, durations.get(vid))
-        emb = pred.encode_video(raw.feats, windows=raw.windows, features_are="input")
-        return ClipSequence(np.asarray(emb.clips, np.float32), raw.windows, raw.duration)
+        emb = pred.encode_video(raw.features, windows=raw.windows, features_are="input")
+        return ClipFeatures(vid, np.asarray(emb.features, np.float32), raw.windows, raw.fps, raw.duration,
+                            embedding="joint")
 
     def embed_txt(texts: list[str]) -> TextEmbeddings:
         t = pred.encode_text(texts, warnings=False)
@@ -428,13 +427,13 @@ def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path
     if features is not None and takes_pixels and features.is_joint_embedding_of(pred.sha256):
         pred.check_features(features.attrs, str(features.path))  # own: its recorded frames must be the model's
 
-        def embed_video(vid: str) -> ClipSequence:  # noqa: F811  (already this model's clip embeddings)
+        def embed_video(vid: str) -> ClipFeatures:  # noqa: F811  (already this model's clip embeddings)
             return features.read(vid, durations.get(vid))
 
         return EmbeddingBank(embed_video, embed_txt, frozen=None, progress=progress, strict=strict)
     frozen = None
     if features is not None and takes_pixels:
-        def frozen(vid: str) -> ClipSequence:
+        def frozen(vid: str) -> ClipFeatures:
             return features.read(vid, durations.get(vid))
 
     return EmbeddingBank(embed_video, embed_txt, frozen=frozen, progress=progress, strict=strict)
@@ -449,6 +448,9 @@ class TaskResult:
     metrics: dict[str, float]
     predictions: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # Extra files for ``<out>``: name -> JSON-lines rows (e.g. ``grounding_predictions.jsonl``, what ``locvtp
+    # score`` reads); not part of ``<task>.json``.
+    prediction_files: dict[str, list[dict]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"task": self.task, "metrics": self.metrics, "info": self.info, "predictions": self.predictions}

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from locvtp.errors import NotOwnedError, UsageError
 from locvtp.downstream.common import (
     DownstreamError, EvalContext, FeatureFile, TaskResult, VideoLocator, format_table, make_bank, seed_everything,
-    write_json,
+    write_json, write_jsonl,
 )
 from locvtp.downstream.grounding import GroundingOptions, load_grounding_queries, run_grounding
 from locvtp.downstream.retrieval import RetrievalOptions, load_msrvtt, run_retrieval
@@ -194,6 +194,8 @@ def _needed_videos(data_dir: Path, tasks: Sequence[str], opts: DownstreamOptions
     return list(dict.fromkeys(vids)), durations
 
 
+# The predictions files (JSON lines, ``locvtp score``'s input) a task writes next to its ``<task>.json``.
+PREDICTION_FILES = {"grounding": ("grounding_predictions.jsonl", "head_grounding_predictions.jsonl")}
 RUNNERS = {"retrieval": run_retrieval, "grounding": run_grounding, "steps": run_steps,
            "segmentation": run_segmentation}
 
@@ -209,28 +211,31 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     ``data_dir``: a synthetic world or a directory with the same layout (``retrieval/``, ``grounding/``,
     ``crosstask/``, ``coin/``, videos in ``video_dir`` = ``<data_dir>/videos`` by default).
     ``features``: clip features for the supervised heads (see ``make_bank``).
-    ``threads``: torch intra-op threads for the run (restored afterwards; None keeps the current setting). On a
-    busy machine 1 is much faster than 2 (measured, 2 cores at load 10: embedding 6 demo videos 0.49 s with 1
-    thread vs 1.8-3.3 s with 2), because a parallel region waits for its slowest, descheduled thread.
+    ``threads``: torch intra-op threads for the run (:func:`locvtp.runtime.threads`: restored afterwards; None
+    keeps the current setting). On a busy machine 1 is much faster than 2 (measured, 2 cores at load 10:
+    embedding 6 demo videos 0.49 s with 1 thread vs 1.8-3.3 s with 2), because a parallel region waits for its
+    slowest, descheduled thread.
     Returns e.g. ``retrieval_R1, grounding_R1@0.5, head_grounding_R1@0.5, step_recall, segmentation_acc``, and
-    ``<task>_seconds`` timings.
+    ``<task>_seconds`` timings. With ``out_dir``, every task's predictions are written too (``<task>.json``; for
+    grounding also ``grounding_predictions.jsonl``, the input of ``locvtp score``).
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         from locvtp.device import resolve_device
 
         device = resolve_device(device)  # before loading: no CUDA here is not a corrupt checkpoint
-    if threads is not None:
-        import torch
+    if threads is not None and threads < 1:
+        raise DownstreamError(f"threads must be >= 1, got {threads}")
+    from locvtp import runtime
 
-        if threads < 1:
-            raise DownstreamError(f"threads must be >= 1, got {threads}")
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return evaluate_all(checkpoint, data_dir, out_dir, tasks, features, progress, seed, options, video_dir,
-                                strict, device, verbose, threads=None)
-        finally:
-            torch.set_num_threads(before)
+    with runtime.threads(threads):
+        return _evaluate(checkpoint, data_dir, out_dir, tasks, features, progress, seed, options, video_dir,
+                         strict, device, verbose)
+
+
+def _evaluate(checkpoint: Any, data_dir: Any, out_dir: Any, tasks: Sequence[str], features: Any, progress: bool,
+              seed: int, options: DownstreamOptions | None, video_dir: Any, strict: bool, device: str,
+              verbose: bool) -> dict[str, float]:
+    """:func:`evaluate_all` after the device and thread settings: check, embed, run the tasks, report."""
     tasks = list(dict.fromkeys(tasks))
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
@@ -243,6 +248,31 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     if out is not None:
         _check_out(out, tasks)
     t0 = time.time()
+    ctx, vids = _prepare(checkpoint, data_dir, out, tasks, opts, features, progress, seed, video_dir, strict,
+                         device)
+    embed_seconds = time.time() - t0
+    flat = _run_tasks(ctx, tasks, opts, verbose)
+    flat["embed_seconds"] = round(embed_seconds, 2)
+    flat["total_seconds"] = round(time.time() - t0, 2)
+    flat = _ordered(flat)
+    bank = ctx.bank
+    if out is not None:
+        write_json(out / "metrics.json", {"checkpoint": ctx.checkpoint_path, "checkpoint_sha256": ctx.checkpoint_sha256,
+                                          "data": str(data_dir), "tasks": tasks, "seed": seed, "metrics": flat,
+                                          "videos": len(vids), "failed_videos": bank.failed,
+                                          "failed_features": bank.failed_features})
+    if verbose:
+        shown = {k: v for k, v in flat.items() if not k.endswith("_seconds")}
+        print(format_table(shown, title=f"[evaluate] {', '.join(tasks)} | checkpoint {ctx.checkpoint_path} | "
+                                        f"data {data_dir} | {flat['total_seconds']:.1f} s"))
+        report_skipped(bank, len(vids), out)
+    return flat
+
+
+def _prepare(checkpoint: Any, data_dir: Path, out: Path | None, tasks: Sequence[str], opts: DownstreamOptions,
+             features: Any, progress: bool, seed: int, video_dir: Any, strict: bool, device: str
+             ) -> tuple[EvalContext, list[str]]:
+    """Load the checkpoint, read the annotations, embed every needed video once: the tasks' context."""
     ck = _load_checkpoint(checkpoint, device)
     if any(t != "segmentation" for t in tasks):  # every other task embeds sentences
         from locvtp.inference import require_tokenizer
@@ -259,22 +289,28 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
     bank = make_bank(ck.model, ck.tokenizer, ck.cfg, VideoLocator(video_dir or data_dir / "videos"), feat,
                      durations, progress=progress, checkpoint_sha256=sha, strict=strict, predictor=pred)
     bank.prefetch(vids, desc="embed videos")
-    embed_seconds = time.time() - t0
     if vids and len(bank.failed) == len(vids):
         vid, why = next(iter(bank.failed.items()))
         raise DownstreamError(f"none of the {len(vids)} videos the task(s) need could be embedded, so there is "
                               f"nothing to measure; the first, {vid!r}: {why}")
     ctx = EvalContext(ck.model, ck.tokenizer, ck.cfg, data_dir, bank, out, seed, progress, strict,
                       str(getattr(ck, "path", "")), sha, durations, preprocessing=pred.preprocessing)
+    return ctx, vids
+
+
+def _run_tasks(ctx: EvalContext, tasks: Sequence[str], opts: DownstreamOptions, verbose: bool
+               ) -> dict[str, float]:
+    """Each task on the shared context, seeded on entry; its JSON (and predictions file) written to ``ctx.out_dir``."""
     flat: dict[str, float] = {}
+    bank, out = ctx.bank, ctx.out_dir
     for task in tasks:
-        seed_everything(seed)
+        seed_everything(ctx.seed)
         ts = time.time()
         res: TaskResult = RUNNERS[task](ctx, getattr(opts, task))
         res.info["seconds"] = round(time.time() - ts, 2)
         res.info["checkpoint"] = ctx.checkpoint_path
-        res.info["checkpoint_sha256"] = sha
-        res.info["seed"] = seed
+        res.info["checkpoint_sha256"] = ctx.checkpoint_sha256
+        res.info["seed"] = ctx.seed
         res.info["failed_videos"] = dict(bank.failed)
         if bank.failed_features:
             res.info["failed_features"] = dict(bank.failed_features)
@@ -282,21 +318,10 @@ def evaluate_all(checkpoint: Any, data_dir: str | os.PathLike, out_dir: str | os
         flat[f"{task}_seconds"] = res.info["seconds"]
         if out is not None:
             write_json(out / f"{task}.json", res.to_json())
+            for name, lines in res.prediction_files.items():
+                write_jsonl(out / name, lines)
         if verbose and len(tasks) > 1:  # `all` prints one table at the end
             print(f"[evaluate] {task}: done in {res.info['seconds']:.1f} s", file=sys.stderr)
-    flat["embed_seconds"] = round(embed_seconds, 2)
-    flat["total_seconds"] = round(time.time() - t0, 2)
-    flat = _ordered(flat)
-    if out is not None:
-        write_json(out / "metrics.json", {"checkpoint": ctx.checkpoint_path, "checkpoint_sha256": sha,
-                                          "data": str(data_dir), "tasks": tasks, "seed": seed, "metrics": flat,
-                                          "videos": len(vids), "failed_videos": bank.failed,
-                                          "failed_features": bank.failed_features})
-    if verbose:
-        shown = {k: v for k, v in flat.items() if not k.endswith("_seconds")}
-        print(format_table(shown, title=f"[evaluate] {', '.join(tasks)} | checkpoint {ctx.checkpoint_path} | "
-                                        f"data {data_dir} | {flat['total_seconds']:.1f} s"))
-        report_skipped(bank, len(vids), out)
     return flat
 
 
@@ -323,6 +348,24 @@ def _check_out(out: Path, tasks: Sequence[str]) -> None:
         if not (isinstance(data, dict) and keys <= set(data)):
             raise NotOwnedError(f"--out {out}: {f} exists and was not written by locvtp evaluate; it is not "
                                 "overwritten (choose another --out, or move the file)")
+    for name in PREDICTION_FILES.get("grounding", ()) if "grounding" in tasks else ():
+        f = out / name
+        if f.exists() and not _is_predictions_file(f):
+            raise NotOwnedError(f"--out {out}: {f} exists and was not written by locvtp evaluate; it is not "
+                                "overwritten (choose another --out, or move the file)")
+
+
+def _is_predictions_file(f: Path) -> bool:
+    """True for an (empty, or) predictions file evaluate wrote: its first line is a prediction record."""
+    import json
+
+    try:
+        with open(f, encoding="utf-8") as fh:
+            first = fh.readline()
+        data = json.loads(first) if first.strip() else {}
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (not data or {"qid", "vid", "pred_relevant_windows"} <= set(data))
 
 
 def report_skipped(bank: Any, total: int, out: Path | None = None, limit: int = 20) -> None:

@@ -312,23 +312,49 @@ def _fill_durations(ctx, queries: list[GroundingQuery]) -> None:
                 q.duration = float(seq.duration)
 
 
-def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingOptions
-                        ) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
-    """Ranked windows (seconds, best first) per usable query, the indices of those queries, and their curves."""
+def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingOptions, with_scores: bool = False
+                        ) -> tuple:
+    """Ranked windows (seconds, best first) per usable query, the indices of those queries, and their curves
+    (``with_scores``: also each query's window scores, aligned with its windows)."""
     from tqdm.auto import tqdm
 
     texts = ctx.bank.texts([q.query for q in queries])
-    ranked, used, curves = [], [], []
+    ranked, used, curves, scores = [], [], [], []
     for k, q in enumerate(tqdm(queries, desc="zero-shot grounding", disable=not ctx.progress, leave=False)):
         seq = ctx.bank.video(q.vid)
-        if seq is None or len(seq.feats) == 0:
+        if seq is None or len(seq.features) == 0:
             continue
-        curve = clip_query_scores(seq.feats, texts.sentence[k], texts.words[k], alpha=opts.alpha)
-        windows, _ = rank_windows(curve, seq.windows, kind=opts.window_score, max_candidates=opts.max_candidates)
+        curve = clip_query_scores(seq.features, texts.sentence[k], texts.words[k], alpha=opts.alpha)
+        windows, wscores = rank_windows(curve, seq.windows, kind=opts.window_score,
+                                        max_candidates=opts.max_candidates)
         ranked.append(windows)
+        scores.append(wscores)
         used.append(k)
         curves.append(curve)
-    return ranked, used, curves
+    return (ranked, used, curves, scores) if with_scores else (ranked, used, curves)
+
+
+# What ``grounding_recall`` looks at per query: the first max(recalls) = 5 windows kept by its NMS.
+SCORED_WINDOWS = 5
+
+
+def prediction_lines(queries: Sequence[GroundingQuery], used: Sequence[int], ranked: Sequence[np.ndarray],
+                     scores: Sequence[np.ndarray | None]) -> list[dict]:
+    """Moment-DETR-style prediction records (``locvtp score grounding`` reads them back): per predicted query
+    ``qid`` (its position among the annotation's queries), ``vid``, ``query`` and ``pred_relevant_windows``
+    ``[[start, end, score], ...]`` best first -- the windows that survive 2D-TAN's NMS, as many as the metric
+    reads, at full precision, so scoring the file reproduces the reported figures exactly (NMS is idempotent)."""
+    from locvtp.metrics import nms
+
+    lines = []
+    for k, windows, sc in zip(used, ranked, scores):
+        w = np.asarray(windows, np.float64).reshape(-1, 2)
+        keep = nms(w, None, 0.5, top_k=SCORED_WINDOWS) if len(w) else np.zeros(0, int)
+        s = np.asarray(sc, np.float64) if sc is not None else -np.arange(len(w), dtype=np.float64)
+        q = queries[k]
+        lines.append({"qid": int(k), "vid": q.vid, "query": q.query,
+                      "pred_relevant_windows": [[float(w[i, 0]), float(w[i, 1]), float(s[i])] for i in keep]})
+    return lines
 
 
 def chance_grounding(ctx, queries: Sequence[GroundingQuery], gt: np.ndarray, opts: GroundingOptions,
@@ -357,9 +383,9 @@ def _pooled(ctx, queries: Sequence[GroundingQuery], num_bins: int) -> tuple[np.n
     for k, q in enumerate(queries):
         if q.vid not in cache:
             seq = ctx.bank.features(q.vid)
-            if seq is None or len(seq.feats) == 0:
+            if seq is None or len(seq.features) == 0:
                 continue
-            cache[q.vid] = pool_to_bins(seq.feats, seq.windows, q.duration if q.duration > 0 else seq.duration,
+            cache[q.vid] = pool_to_bins(seq.features, seq.windows, q.duration if q.duration > 0 else seq.duration,
                                         num_bins)
         rows.append(cache[q.vid])
         used.append(k)
@@ -379,7 +405,7 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
     if not test:
         raise DownstreamError(f"no usable {opts.dataset} test queries under {ctx.data_dir}")
     gt = np.array([[q.start, q.end] for q in test], dtype=np.float64)
-    ranked, used, _ = zero_shot_grounding(ctx, test, opts)
+    ranked, used, _, ranked_scores = zero_shot_grounding(ctx, test, opts, with_scores=True)
     metrics: dict[str, float] = {}
     info: dict[str, Any] = {"dataset": opts.dataset, "test_queries": len(test),
                             "skipped_annotations": skipped_test, "zero_shot_queries": len(used)}
@@ -392,6 +418,7 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
         info["chance"] = chance
         for k, windows in zip(used, ranked):
             preds[k]["windows"] = top_windows(windows, opts.top_k_saved).round(3).tolist()
+    files = {"grounding_predictions.jsonl": prediction_lines(test, used, ranked, ranked_scores)}
     info["missing_videos"] = sorted({test[k].vid for k in range(len(test)) if k not in set(used)})
 
     if opts.head:
@@ -408,19 +435,21 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
             dur_tr = np.array([train[k].duration for k in used_tr])
             head, losses = train_tan_head(x_tr, q_tr, gt_tr, dur_tr, hc, seed=ctx.seed, progress=ctx.progress)
             maps = predict_score_maps(head, x_te, q_te)
-            head_ranked = []
+            head_ranked, head_scores = [], []
             for k, smap in zip(used_te, maps):
-                windows, _ = score_map_to_windows(smap, test[k].duration)
+                windows, wscores = score_map_to_windows(smap, test[k].duration)
                 head_ranked.append(windows)
+                head_scores.append(wscores)
                 preds[k]["head_windows"] = top_windows(windows, opts.top_k_saved).round(3).tolist()
             metrics.update(prefixed("head_grounding", grounding_recall(head_ranked, gt[used_te])))
+            files["head_grounding_predictions.jsonl"] = prediction_lines(test, used_te, head_ranked, head_scores)
             info["head_losses"] = [round(v, 5) for v in losses]
             info["head_config"] = asdict(hc)
         else:
             info["head_skipped"] = "fewer than 2 usable training queries or no usable test query"
     info["settings"] = {"alpha": opts.alpha, "window_score": opts.window_score,
                         "max_candidates": opts.max_candidates}
-    return TaskResult("grounding", metrics, preds, info)
+    return TaskResult("grounding", metrics, preds, info, prediction_files=files)
 
 
 __all__ = [

@@ -195,13 +195,13 @@ def run_retrieval(ctx, opts: RetrievalOptions | None = None) -> "TaskResult":
 
     opts = opts or RetrievalOptions()
     data = load_msrvtt(ctx.data_dir, strict=ctx.strict)
-    rows = [(v, c) for v, c in data.test if ctx.bank.video(v) is not None and len(ctx.bank.video(v).feats)]
+    rows = [(v, c) for v, c in data.test if ctx.bank.video(v) is not None and len(ctx.bank.video(v).features)]
     missing = sorted({v for v, _ in data.test} - {v for v, _ in rows})
     if len(rows) < 2:
         raise DownstreamError(f"retrieval needs at least 2 usable test videos under {ctx.data_dir}/retrieval "
                               f"(missing: {missing[:5]})")
     vids = [v for v, _ in rows]
-    video_emb = np.stack([video_embedding(ctx.bank.video(v).feats) for v in vids])
+    video_emb = np.stack([video_embedding(ctx.bank.video(v).features) for v in vids])
     text_emb = ctx.bank.texts([c for _, c in rows]).sentence
     sim = similarity(text_emb, video_emb)
     metrics = prefixed("retrieval", retrieval_metrics(sim))
@@ -223,8 +223,8 @@ def run_retrieval(ctx, opts: RetrievalOptions | None = None) -> "TaskResult":
         metrics.update(prefixed("retrieval_allcap_v2t", multi["video_to_text"]))
         info["all_caption_queries"] = len(caps)
     if opts.finetune:
-        train_vids = [v for v in data.train if ctx.bank.video(v) is not None and len(ctx.bank.video(v).feats)]
-        tr_emb = np.stack([video_embedding(ctx.bank.video(v).feats) for v in train_vids])
+        train_vids = [v for v in data.train if ctx.bank.video(v) is not None and len(ctx.bank.video(v).features)]
+        tr_emb = np.stack([video_embedding(ctx.bank.video(v).features) for v in train_vids])
         fcfg = replace(opts.finetune_cfg, max_words=ctx.max_words)  # the checkpoint's token budget
         ft = finetune_retrieval(ctx.model, ctx.tokenizer, tr_emb, [data.train[v] for v in train_vids],
                                 fcfg, seed=ctx.seed, progress=ctx.progress)

@@ -181,10 +181,10 @@ def run_segmentation(ctx, opts: SegmentationOptions | None = None) -> "TaskResul
         feats, labels, used, missing = [], [], [], []
         for v in videos:
             seq = ctx.bank.features(v.vid)
-            if seq is None or len(seq.feats) == 0:
+            if seq is None or len(seq.features) == 0:
                 missing.append(v.vid)
                 continue
-            feats.append(seq.feats)
+            feats.append(seq.features)
             labels.append(clip_labels(seq.windows, v.segments, opts.background))
             used.append(v.vid)
         return feats, labels, used, missing

@@ -88,19 +88,19 @@ def run_steps(ctx, opts: StepsOptions | None = None) -> "TaskResult":
     preds, missing, too_short = [], [], []
     for v in tqdm(videos, desc="step localization", disable=not ctx.progress, leave=False):
         seq = ctx.bank.video(v.vid)
-        if seq is None or len(seq.feats) == 0:
+        if seq is None or len(seq.features) == 0:
             missing.append(v.vid)
             continue
-        if len(seq.feats) < len(task_steps[v.task]):  # one clip per step is impossible
+        if len(seq.features) < len(task_steps[v.task]):  # one clip per step is impossible
             too_short.append(v.vid)
             continue
         emb = step_emb[v.task]
-        scores = clip_query_score_matrix(seq.feats, emb.sentence, emb.words, alpha=opts.alpha)  # [T, K]
+        scores = clip_query_score_matrix(seq.features, emb.sentence, emb.words, alpha=opts.alpha)  # [T, K]
         if opts.normalize == "log_softmax":
             scores = log_softmax_steps(scores)
         pred = np.asarray(crosstask_viterbi(scores))
         stride = float(np.median(np.diff(seq.windows[:, 0]))) if len(seq.windows) > 1 else ctx.stride_seconds
-        truth = assignment_matrix(len(seq.feats), len(task_steps[v.task]), v.segments, stride)
+        truth = assignment_matrix(len(seq.features), len(task_steps[v.task]), v.segments, stride)
         y_true.setdefault(v.task, {})[v.vid] = truth
         y_pred.setdefault(v.task, {})[v.vid] = pred
         chosen = pred.argmax(axis=0)

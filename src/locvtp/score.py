@@ -1,0 +1,200 @@
+"""`locvtp score`: a predictions file in, the metrics out -- as Moment-DETR's ``standalone_eval/eval.py``.
+
+::
+
+    locvtp score grounding --predictions runs/eval/grounding_predictions.jsonl \
+        --annotations world/grounding/activitynet/val_1.json [--name grounding] [--out metrics.json]
+
+Why a separate command: the figures of ``locvtp evaluate`` can be recomputed from what it wrote, without the
+model, the videos or torch, and predictions made by any other system can be scored by exactly the same code
+(:mod:`locvtp.metrics`, which reproduces the field's reference scripts; conventions in ``docs/metrics.md``).
+
+Predictions (JSON lines, one object per query; what ``locvtp evaluate --out DIR`` writes as
+``DIR/grounding_predictions.jsonl`` and, with the 2D-TAN head, ``DIR/head_grounding_predictions.jsonl``)::
+
+    {"qid": 3, "vid": "v_abc", "query": "a person opens a door",
+     "pred_relevant_windows": [[12.0, 17.5, 0.91], [40.0, 44.0, 0.55], ...]}
+
+``qid`` is the query's position among the annotation file's queries as ``locvtp.data.formats`` reads them
+(QVHighlights: its own ``qid`` field), ``vid`` (and ``query``, when given) must match that annotation, and
+``pred_relevant_windows`` are ``[start, end]`` or ``[start, end, score]`` in seconds, best first. Annotations:
+ActivityNet Captions JSON (``.json``), Charades-STA (``.txt``; durations from the ``Charades_v1_<split>.csv``
+next to it when present, or ``--durations``) or QVHighlights JSONL (``.jsonl``); the first ground-truth window
+of a query is the one scored (2D-TAN's protocol, as ``locvtp evaluate``).
+
+Metrics (``locvtp.metrics.grounding_recall``): ``<name>_R{1,5}@{0.1,0.3,0.5,0.7}`` and ``<name>_mIoU``, the keys
+``locvtp evaluate`` reports (``--name head_grounding`` for the head's file). Only the queries with a prediction
+line are scored (``evaluate`` leaves out a query whose video could not be embedded, and says so); how many
+annotation queries have none is printed, and ``--require-all`` makes that an error.
+
+A bad line is one error naming the file and the line (``locvtp score: error: preds.jsonl:7: ...``), exit 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from locvtp import cliargs
+from locvtp.errors import LocVTPError, UsageError
+
+TASKS = ("grounding",)
+
+
+class ScoreError(LocVTPError, ValueError):
+    """A predictions or annotations file cannot be scored; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """One annotated query: its video, sentence and the ground-truth window that is scored."""
+
+    vid: str
+    query: str
+    start: float
+    end: float
+
+
+def read_grounding_annotations(path: str | Path, durations: Optional[str | Path] = None) -> list[GroundTruth]:
+    """The queries of an ActivityNet Captions / Charades-STA / QVHighlights file, in the order and with the
+    rule ``locvtp evaluate`` uses (``locvtp.data.formats``, lenient; queries without a window dropped)."""
+    from locvtp.data import formats
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--annotations {p}: no such file")
+    ext = p.suffix.lower()
+    if ext == ".json":
+        res = formats.read_activitynet_captions(p)
+    elif ext == ".jsonl":
+        res = formats.read_qvhighlights(p)
+    elif ext == ".txt":
+        dur = Path(durations) if durations else p.with_name(p.name.replace("charades_sta_", "Charades_v1_")
+                                                              ).with_suffix(".csv")
+        res = formats.read_charades_sta(p, dur if dur.is_file() else None)
+    else:
+        raise UsageError(f"--annotations {p}: unknown annotation format {ext or '(no extension)'!r}; expected "
+                         "ActivityNet Captions .json, Charades-STA .txt or QVHighlights .jsonl")
+    return [GroundTruth(r.video_id, r.query, float(r.windows[0][0]), float(r.windows[0][1]))
+            for r in res.records if r.windows]
+
+
+def _window(item: Any, where: str) -> tuple[float, float]:
+    if not isinstance(item, (list, tuple)) or len(item) not in (2, 3):
+        raise ScoreError(f"{where}: a predicted window must be [start, end] or [start, end, score], got "
+                         f"{json.dumps(item)[:60]}")
+    try:
+        values = [float(v) for v in item]
+    except (TypeError, ValueError):
+        raise ScoreError(f"{where}: a predicted window holds a non-number: {json.dumps(item)[:60]}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ScoreError(f"{where}: a predicted window holds NaN or inf: {json.dumps(item)[:60]}")
+    if values[1] < values[0]:
+        raise ScoreError(f"{where}: a predicted window ends before it starts: {json.dumps(item)[:60]}")
+    return values[0], values[1]
+
+
+def read_grounding_predictions(path: str | Path, truth: list[GroundTruth]) -> dict[int, np.ndarray]:
+    """``{qid: windows [n, 2] best first}`` from a predictions file, each line checked against ``truth``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--predictions {p}: no such file")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ScoreError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    out: dict[int, np.ndarray] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{p}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise ScoreError(f"{where}: not a JSON object ({exc})") from None
+        if not isinstance(rec, dict):
+            raise ScoreError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        missing = [k for k in ("qid", "pred_relevant_windows") if k not in rec]
+        if missing:
+            raise ScoreError(f"{where}: no {' or '.join(repr(k) for k in missing)} field")
+        qid = rec["qid"]
+        if isinstance(qid, bool) or not isinstance(qid, int) or not 0 <= qid < len(truth):
+            raise ScoreError(f"{where}: qid {qid!r} is not one of the annotation's {len(truth)} queries "
+                             f"(0..{len(truth) - 1})")
+        gt = truth[qid]
+        if "vid" in rec and str(rec["vid"]) != gt.vid:
+            raise ScoreError(f"{where}: qid {qid} is video {gt.vid!r} in the annotations, the line says "
+                             f"{rec['vid']!r} (predictions made for another annotation file?)")
+        if "query" in rec and str(rec["query"]) != gt.query:
+            raise ScoreError(f"{where}: qid {qid} is the query {gt.query[:40]!r} in the annotations, the line "
+                             f"says {str(rec['query'])[:40]!r}")
+        if qid in out:
+            raise ScoreError(f"{where}: qid {qid} is predicted twice")
+        windows = rec["pred_relevant_windows"]
+        if not isinstance(windows, list):
+            raise ScoreError(f"{where}: pred_relevant_windows must be a list of windows")
+        arr = [_window(w, f"{where}: window {i}") for i, w in enumerate(windows)]
+        out[qid] = np.asarray(arr, np.float64).reshape(-1, 2)
+    return out
+
+
+def score_grounding(predictions: str | Path, annotations: str | Path, name: str = "grounding",
+                    durations: Optional[str | Path] = None, require_all: bool = False) -> dict[str, Any]:
+    """Metrics of a grounding predictions file: ``{"metrics": {<name>_R1@0.5: ...}, "queries": scored,
+    "annotated": n, "unpredicted": n - scored}`` (see the module docstring)."""
+    from locvtp.metrics import grounding_recall
+
+    truth = read_grounding_annotations(annotations, durations)
+    if not truth:
+        raise ScoreError(f"{annotations}: no query with a ground-truth window")
+    preds = read_grounding_predictions(predictions, truth)
+    if not preds:
+        raise ScoreError(f"{predictions}: no prediction lines")
+    missing = len(truth) - len(preds)
+    if missing and require_all:
+        first = next(k for k in range(len(truth)) if k not in preds)
+        raise ScoreError(f"{predictions}: {missing} of the {len(truth)} annotated queries have no prediction "
+                         f"(the first: qid {first}, video {truth[first].vid!r})")
+    qids = sorted(preds)  # evaluate's order: the annotation's
+    gt = np.array([[truth[k].start, truth[k].end] for k in qids], np.float64)
+    metrics = {f"{name}_{k}": float(v) for k, v in grounding_recall([preds[k] for k in qids], gt).items()}
+    return {"metrics": metrics, "queries": len(qids), "annotated": len(truth), "unpredicted": missing}
+
+
+def build_parser() -> Any:
+    p = cliargs.ArgumentParser(prog="locvtp score", description="Metrics of a predictions file against its "
+                               "annotations (no model needed); see docs/evaluation.md.")
+    p.add_argument("task", choices=TASKS, help="what the predictions are")
+    p.add_argument("--predictions", required=True, help="predictions JSON lines (locvtp evaluate --out writes them)")
+    p.add_argument("--annotations", required=True,
+                   help="ground truth: ActivityNet Captions .json, Charades-STA .txt or QVHighlights .jsonl")
+    p.add_argument("--durations", default=None, help="Charades-STA: Charades_v1_<split>.csv (default: next to it)")
+    p.add_argument("--name", default=None, help="metric prefix (default: the task; head_grounding for the head's)")
+    p.add_argument("--require-all", action="store_true", help="fail when an annotated query has no prediction")
+    p.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    name = args.name or args.task
+    res = score_grounding(args.predictions, args.annotations, name, args.durations, args.require_all)
+    if args.out:
+        from locvtp.files import atomic_write_text, check_apart
+
+        check_apart(args.out, {"--predictions": args.predictions, "--annotations": args.annotations})
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res["metrics"], indent=1))
+    note = f"; {res['unpredicted']} annotated queries have no prediction" if res["unpredicted"] else ""
+    print(f"scored {res['queries']} of {res['annotated']} queries{note}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["GroundTruth", "ScoreError", "main", "read_grounding_annotations", "read_grounding_predictions",
+           "score_grounding"]
