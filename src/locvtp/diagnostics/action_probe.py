@@ -8,7 +8,7 @@
    sentences that share the object but differ in the action, and that share the action but differ in the object.
    A text encoder that ignores action words gives ≈ 1 for the first.
 
-    python benchmarks/action_probe.py --world demo_run/world demo_run/runs/random demo_run/runs/coarse demo_run/runs/locvtp
+    python -m locvtp.diagnostics.action_probe --world demo_run/world demo_run/runs/random demo_run/runs/coarse demo_run/runs/locvtp
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ For a (trained) checkpoint and a synthetic world:
 
 Prints the rates, and one example per kind. Uses the package's public functions (the same code the commands run).
 
-    .venv/bin/python benchmarks/acceptance_search.py --checkpoint RUN_OR_CKPT --world WORLD_DIR [--out DIR]
+    .venv/bin/python -m locvtp.diagnostics.acceptance_search --checkpoint RUN_OR_CKPT --world WORLD_DIR [--out DIR]
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A model that localizes must give different embeddings to different moments of th
 finding (docs/results.md) is that ours do not. For each checkpoint, the first N held-out grounding videos of a
 synthetic world are embedded with `locvtp.inference.embed_video_file` and two means are printed.
 
-    python benchmarks/clip_similarity.py --world demo_run/world demo_run/runs/random demo_run/runs/coarse demo_run/runs/locvtp
+    python -m locvtp.diagnostics.clip_similarity --world demo_run/world demo_run/runs/random demo_run/runs/coarse demo_run/runs/locvtp
 """
 from __future__ import annotations
 

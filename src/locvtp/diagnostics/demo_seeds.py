@@ -1,8 +1,8 @@
 """Mean ± std of `locvtp demo` / `locvtp ablate` results over seeds (reads each run's results.json or
 ablation.json; prints a markdown table with one row per model / ablation row).
 
-    python benchmarks/demo_seeds.py demo_run/results.json seed1/results.json seed2/results.json
-    python benchmarks/demo_seeds.py abl0/ablation.json abl1/ablation.json abl2/ablation.json
+    python -m locvtp.diagnostics.demo_seeds demo_run/results.json seed1/results.json seed2/results.json
+    python -m locvtp.diagnostics.demo_seeds abl0/ablation.json abl1/ablation.json abl2/ablation.json
 """
 from __future__ import annotations
 

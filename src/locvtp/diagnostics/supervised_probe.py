@@ -1,18 +1,17 @@
 """Can the pixel encoder see the actions at all? tiny3d trained *supervised* on the world's 1-s clips.
 
-The control for `benchmarks/action_probe.py`: if a from-scratch tiny3d, trained with cross-entropy on the action
+The control for `locvtp.diagnostics.action_probe`: if a from-scratch tiny3d, trained with cross-entropy on the action
 under way in each 1-s clip of the pre-training videos (labels from ``ground_truth.json``: 7 actions + "none"),
 classifies held-out clips well, then the encoder and the clip sampling are able to represent motion, and a
 pre-trained model whose clip embeddings do not encode the action failed to learn it from its objective.
 Clips of every 5th video are held out. Prints held-out accuracy (overall and per class) during training.
 
-    python benchmarks/supervised_probe.py --world demo_run/world
+    python -m locvtp.diagnostics.supervised_probe --world demo_run/world
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from action_probe import ACTIONS, clip_labels  # noqa: E402  (the same clip labels as the linear probe)
+from locvtp.diagnostics.action_probe import ACTIONS, clip_labels  # the same clip labels as the linear probe
 
 
 def world_clips(world: Path, frames_per_clip: int = 4, size: int = 32):

@@ -2,13 +2,13 @@
 
 On a synthetic world every event is "<colour> <shape> <action>". For each event of the grounding videos (train
 and test, ``grd_*``), its embedding is the mean of its clips' embeddings (from a feature file written by
-``locvtp extract``, e.g. the ``--out`` directory of ``benchmarks/acceptance_search.py``), and its canonical caption
+``locvtp extract``, e.g. the ``--out`` directory of ``locvtp.diagnostics.acceptance_search``), and its canonical caption
 ("the red circle moves left") is embedded by the same checkpoint. Each caption retrieves the most similar event;
 the script prints how often that event has the same action, colour, shape, object (colour and shape) and all three,
 next to chance (the same rate for an event drawn at random). A factor at chance is one the model does not bind
 between text and video: that is what limits corpus search on the world (docs/results.md).
 
-    python benchmarks/attribute_probe.py --checkpoint demo_run/runs/locvtp --world demo_run/world \\
+    python -m locvtp.diagnostics.attribute_probe --checkpoint demo_run/runs/locvtp --world demo_run/world \\
         --features acc/feats.h5
 """
 from __future__ import annotations
