@@ -31,6 +31,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def strict_hits(moments, video_id: str, truth) -> tuple[bool, bool]:
     return any(x > 0 for x in ious), any(x >= 0.5 for x in ious)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--world", required=True)
@@ -76,17 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="keep features/index here (default: temp dir)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
+    return p
 
-    import torch
 
-    torch.set_num_threads(args.threads)
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from locvtp import runtime
+
+    with runtime.threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
     from locvtp.data.formats import read_activitynet_captions
-    from locvtp.extract import build_parser, read_features, run_extract
-    from locvtp.ground import ground_embeddings
+    from locvtp.extract import build_parser, run_extract
+    from locvtp.index import MomentIndex, build_index
     from locvtp.inference import embed_texts
-    from locvtp.search import MomentIndex, build_index
 
     world = Path(args.world)
     queries = read_activitynet_captions(world / args.annotations).records
@@ -110,65 +117,78 @@ def main(argv: list[str] | None = None) -> int:
         build_index(feats, work / "index", progress=False)
         index = MomentIndex(work / "index")
         results = index.search_moments(text.sentence, top_k=args.top_k)
-        split_hit, split_hit5 = [], []
-        hit, hit5, g_overlap, g_r05 = [], [], [], []
-        c_hit, c_hit5, ceiling, n_equivalent = [], [], [], []
-        shows_object = moments = 0  # top-k moments in a video that shows the query's object at all
-        examples = {}
-        for i, q in enumerate(queries):
-            gt = (q.start, q.end) if hasattr(q, "start") else q.windows[0]
-            overlap, at05 = strict_hits(split_results[i], q.video_id, gt)
-            split_hit.append(overlap)
-            split_hit5.append(at05)
-            overlap, at05 = strict_hits(results[i], q.video_id, gt)
-            hit.append(overlap)
-            hit5.append(at05)
-            if same is not None:
-                content, events = same[0].get((q.video_id, round(gt[0], 2), round(gt[1], 2)), (None, []))
-                if content is not None:
-                    shows_object += sum(content[:2] in same[1].get(m.video_id, ()) for m in results[i])
-                    moments += len(results[i])
-                n_equivalent.append(len(events))
-                ceiling.append(min(1.0, args.top_k / max(1, len(events))))
-                c_ious = [max((iou((m.start, m.end), (s0, s1)) for v, s0, s1 in events if v == m.video_id),
-                              default=-1.0) for m in results[i]]
-                c_hit.append(any(x > 0 for x in c_ious))
-                c_hit5.append(any(x >= 0.5 for x in c_ious))
-            rec = read_features(feats, q.video_id)
-            g = ground_embeddings(rec.features, rec.windows, text.sentence[i], text.words[i], query=q.query,
-                                  duration=rec.duration, top_k=1)
-            gi = iou(tuple(g.windows[0]), gt)
-            g_overlap.append(gi > 0)
-            g_r05.append(gi >= 0.5)
-            if gi > 0 and "ground" not in examples:
-                examples["ground"] = {"video": q.video_id, "query": q.query, "truth": list(gt),
-                                      "top1": [float(x) for x in g.windows[0]], "iou": round(gi, 3)}
-            if hit[-1] and "search" not in examples:
-                examples["search"] = {"query": q.query, "truth": [q.video_id, *gt],
-                                      "results": [m.to_json() for m in results[i]]}
+        st = _per_query(args, queries, same, split_results, results, feats, text)
     n = len(queries)
     print(f"# acceptance: checkpoint {ckpt_path} (sha {ck.sha256[:12]}), world {world}, {n} held-out queries")
     print(f"## corpus = the held-out split: {len(split_ids)} videos / {len(split_index)} clips")
-    print(f"search top-{args.top_k} hit (right video, overlaps truth): {np.mean(split_hit):.3f}  ({sum(split_hit)}/{n})")
-    print(f"search top-{args.top_k} hit (right video, IoU >= 0.5):      {np.mean(split_hit5):.3f}  "
-          f"({sum(split_hit5)}/{n})")
-    print(f"## corpus = the whole world: {s.extracted + s.skipped_done} videos / {len(index)} clips")
-    print(f"search top-{args.top_k} hit (right video, overlaps truth): {np.mean(hit):.3f}  ({sum(hit)}/{n})")
-    print(f"search top-{args.top_k} hit (right video, IoU >= 0.5):      {np.mean(hit5):.3f}  ({sum(hit5)}/{n})")
-    if same is not None:
-        print(f"search top-{args.top_k} content hit (an equivalent moment, any video, overlaps): "
-              f"{np.mean(c_hit):.3f}  ({sum(c_hit)}/{n})")
-        print(f"search top-{args.top_k} content hit (equivalent moment, IoU >= 0.5):            "
-              f"{np.mean(c_hit5):.3f}  ({sum(c_hit5)}/{n})")
-        print(f"strict-hit ceiling (perfect model, ties among equivalent moments broken at random): {np.mean(ceiling):.3f}"
-              f"  (median {np.median(n_equivalent):.0f} equivalent events per query)")
-        print(f"top-{args.top_k} moments in a video that shows the query's object: "
-              f"{shows_object / max(1, moments):.3f}  ({shows_object}/{moments})")
-    print("## ground, on the query's own video")
-    print(f"ground top-1 overlaps truth:                      {np.mean(g_overlap):.3f}  ({sum(g_overlap)}/{n})")
-    print(f"ground R1@IoU0.5:                                 {np.mean(g_r05):.3f}  ({sum(g_r05)}/{n})")
-    print(json.dumps(examples, indent=1))
+    _report(args, st, n, s.extracted + s.skipped_done, len(index), same is not None)
     return 0
+
+
+def _per_query(args: argparse.Namespace, queries: list, same: Any, split_results: list, results: list,
+               feats: Path, text: Any) -> dict[str, Any]:
+    """Per held-out query: strict and content hits of search, and ground's top-1 on the query's own video."""
+    from locvtp.featurestore import read_features
+    from locvtp.localize import ground_embeddings
+
+    st: dict[str, Any] = {k: [] for k in ("split_hit", "split_hit5", "hit", "hit5", "g_overlap", "g_r05", "c_hit",
+                                          "c_hit5", "ceiling", "n_equivalent")}
+    st.update(shows_object=0, moments=0, examples={})  # top-k moments in a video that shows the query's object
+    for i, q in enumerate(queries):
+        gt = (q.start, q.end) if hasattr(q, "start") else q.windows[0]
+        for key, found in (("split_hit", split_results[i]), ("hit", results[i])):
+            overlap, at05 = strict_hits(found, q.video_id, gt)
+            st[key].append(overlap)
+            st[key + "5"].append(at05)
+        if same is not None:
+            content, events = same[0].get((q.video_id, round(gt[0], 2), round(gt[1], 2)), (None, []))
+            if content is not None:
+                st["shows_object"] += sum(content[:2] in same[1].get(m.video_id, ()) for m in results[i])
+                st["moments"] += len(results[i])
+            st["n_equivalent"].append(len(events))
+            st["ceiling"].append(min(1.0, args.top_k / max(1, len(events))))
+            c_ious = [max((iou((m.start, m.end), (s0, s1)) for v, s0, s1 in events if v == m.video_id),
+                          default=-1.0) for m in results[i]]
+            st["c_hit"].append(any(x > 0 for x in c_ious))
+            st["c_hit5"].append(any(x >= 0.5 for x in c_ious))
+        rec = read_features(feats, q.video_id)
+        g = ground_embeddings(rec.features, rec.windows, text.sentence[i], text.words[i], query=q.query,
+                              duration=rec.duration, top_k=1)
+        gi = iou(tuple(g.windows[0]), gt)
+        st["g_overlap"].append(gi > 0)
+        st["g_r05"].append(gi >= 0.5)
+        if gi > 0 and "ground" not in st["examples"]:
+            st["examples"]["ground"] = {"video": q.video_id, "query": q.query, "truth": list(gt),
+                                        "top1": [float(x) for x in g.windows[0]], "iou": round(gi, 3)}
+        if st["hit"][-1] and "search" not in st["examples"]:
+            st["examples"]["search"] = {"query": q.query, "truth": [q.video_id, *gt],
+                                        "results": [m.to_json() for m in results[i]]}
+    return st
+
+
+def _report(args: argparse.Namespace, st: dict[str, Any], n: int, videos: int, clips: int, content: bool) -> None:
+    k = args.top_k
+    print(f"search top-{k} hit (right video, overlaps truth): {np.mean(st['split_hit']):.3f}  "
+          f"({sum(st['split_hit'])}/{n})")
+    print(f"search top-{k} hit (right video, IoU >= 0.5):      {np.mean(st['split_hit5']):.3f}  "
+          f"({sum(st['split_hit5'])}/{n})")
+    print(f"## corpus = the whole world: {videos} videos / {clips} clips")
+    print(f"search top-{k} hit (right video, overlaps truth): {np.mean(st['hit']):.3f}  ({sum(st['hit'])}/{n})")
+    print(f"search top-{k} hit (right video, IoU >= 0.5):      {np.mean(st['hit5']):.3f}  ({sum(st['hit5'])}/{n})")
+    if content:
+        print(f"search top-{k} content hit (an equivalent moment, any video, overlaps): "
+              f"{np.mean(st['c_hit']):.3f}  ({sum(st['c_hit'])}/{n})")
+        print(f"search top-{k} content hit (equivalent moment, IoU >= 0.5):            "
+              f"{np.mean(st['c_hit5']):.3f}  ({sum(st['c_hit5'])}/{n})")
+        print(f"strict-hit ceiling (perfect model, ties among equivalent moments broken at random): "
+              f"{np.mean(st['ceiling']):.3f}  (median {np.median(st['n_equivalent']):.0f} equivalent events per query)")
+        print(f"top-{k} moments in a video that shows the query's object: "
+              f"{st['shows_object'] / max(1, st['moments']):.3f}  ({st['shows_object']}/{st['moments']})")
+    print("## ground, on the query's own video")
+    print(f"ground top-1 overlaps truth:                      {np.mean(st['g_overlap']):.3f}  "
+          f"({sum(st['g_overlap'])}/{n})")
+    print(f"ground R1@IoU0.5:                                 {np.mean(st['g_r05']):.3f}  ({sum(st['g_r05'])}/{n})")
+    print(json.dumps(st["examples"], indent=1))
 
 
 if __name__ == "__main__":
