@@ -64,3 +64,64 @@ def test_every_cli_target_is_importable():
     for name, (target, _) in cli.COMMANDS.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
+
+
+# ------------------------------------------------------------------------------- one loader, one finder, renames
+def test_old_objective_window_key_is_max_offset_with_one_deprecation_line(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    new = tmp_path / "new.yaml"
+    new.write_text("objective:\n  max_offset: 3\n")
+    old = tmp_path / "old.yaml"
+    old.write_text("objective:\n  window: 3\n")
+    want = OmegaConf.to_container(load_config(new))
+    assert capsys.readouterr().err == ""
+    assert OmegaConf.to_container(load_config(old)) == want
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "objective.window is deprecated" in err[0] and "objective.max_offset" in err[0]
+    assert str(old) in err[0]
+    assert OmegaConf.to_container(load_config(None, ["objective.window=3"])) == want
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "objective.window=3" in err[0] and "objective.max_offset" in err[0]
+    assert "window" not in OmegaConf.to_container(load_config(old))["objective"]
+    with pytest.raises(ConfigError, match="objective.max_offset=0"):
+        load_config(None, ["objective.window=0"])
+
+
+def test_a_checkpoint_config_with_the_old_key_loads_quietly(tmp_path, capsys):
+    from locvtp.checkpoint import _load_cfg
+
+    (tmp_path / "config.yaml").write_text("objective:\n  window: 4\nmodel:\n  dim: 8\n")
+    assert _load_cfg(tmp_path).objective.max_offset == 4
+    assert capsys.readouterr().err == ""
+
+
+def test_find_config_by_path_name_or_configs_prefix(tmp_path):
+    from locvtp.config import find_config
+
+    by_name = find_config("pretrain_synthetic")
+    assert by_name.name == "pretrain_synthetic.yaml" and by_name.is_file()
+    assert find_config("pretrain_synthetic.yaml").resolve() == by_name.resolve()
+    assert find_config("configs/pretrain_synthetic.yaml").resolve() == by_name.resolve()
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("seed: 1\n")
+    assert find_config(mine) == mine
+    with pytest.raises(ConfigError, match="no_such_config"):
+        find_config("no_such_config")
+
+
+def test_one_yaml_loader_and_one_config_finder_on_the_training_side():
+    """``yaml.safe_load`` and ``def find_config`` appear only in locvtp.config among the training-side modules."""
+    from pathlib import Path
+
+    import locvtp
+
+    src = Path(locvtp.__file__).parent
+    training_side = [src / n for n in ("train.py", "checkpoint.py", "demo.py", "prepare.py", "backbone.py",
+                                       "objectives.py", "distributed.py")]
+    training_side += sorted((src / "training").glob("*.py")) + sorted((src / "data").glob("*.py"))
+    for path in training_side:
+        if path.name == "synthetic.py":  # another session's file
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert "yaml.safe_load" not in text and "def find_config" not in text, path

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from locvtp.errors import LocVTPError
-from locvtp.files import OutputLock, atomic_write_json, fsync_dir, fsync_file, remove_stale_temporaries
+from locvtp.files import OutputLock, atomic_path, atomic_write_json, fsync_dir, fsync_file, remove_stale_temporaries
 
 CORPUS_VERSION = 1
 COMMIT_EVERY = 500_000  # narrations between two commits of a conversion (what a kill can cost)
@@ -523,23 +523,15 @@ def chunked_array(directory: Path, name: str, n_items: int, chunk: int, compute:
             with np.load(p, allow_pickle=False) as z:
                 for k in z.files:
                     arrays.setdefault(k, []).append(z[k])
-        tmp = directory / f".{name}.npz.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
+        with atomic_path(final) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **{k: np.concatenate(v) for k, v in arrays.items()})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
     return _load_npz(final)
 
 
 def _compute_part(compute: Callable[[int, int], dict], lo: int, hi: int, out: Path) -> None:
     arrays = compute(lo, hi)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
