@@ -298,6 +298,10 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
     def search_page():
         return page("search.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/api/docs", include_in_schema=False)
     def docs_page():
         return page("api.html")

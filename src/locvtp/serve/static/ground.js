@@ -184,7 +184,8 @@
     const cw = Math.max(18, Math.min(48, 640 / L)), ch = Math.max(6, Math.min(18, 360 / n));
     const left = 52, top = 8, bottom = 70;
     const W = left + cw * L + 60, H = top + ch * n + bottom;
-    const s = LV.svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "clip by word similarity", style: `max-width:${W * 1.4}px`}, box);
+    const s = LV.svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "clip by word similarity"}, box);
+    s.style.maxWidth = `${W * 1.4}px`;  // CSSOM, not a style attribute: the page's CSP forbids inline styles
     let lo = Infinity, hi = -Infinity;
     for (const row of M) for (const v of row) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     if (hi - lo < 1e-9) hi = lo + 1e-9;
