@@ -18,7 +18,7 @@ Definitions (see docs/method.md):
   (+ the warped clips z[i,t], t≠q, of the own video when intra_negatives).
 - temporal terms weighted by ω(δ) = exp(−|δ|/σ), weighted means; L_t = ½(L_tz + L_tw), an empty direction = 0.
 
-Options of issue 15 (docs/method_options.md), written from their definitions, not from the vectorised code:
+Options of issue 15 (docs/method.md "Options"), written from their definitions, not from the vectorised code:
 - content words (``objective.stopwords``): a word may be a discovered positive (in P) and a word anchor (of
   L_wc and L_tw) only if it is valid and not a stop word; a sentence with no such word uses all its valid words.
   Negatives are unchanged (all valid words of the other sentences; intra: all unselected valid own words).

@@ -1,4 +1,4 @@
-"""Issue 15's options of the temporal / fine terms (docs/method_options.md), each against the loop reference.
+"""Issue 15's options of the temporal / fine terms (docs/method.md "Options"), each against the loop reference.
 
 Every option is one config key away, its default is bit-identical to the objective without it, it is
 vectorised (tested against the plain loops of tests/reference_objectives.py, values and gradients in fp64) and,

@@ -121,9 +121,9 @@ class ObjectiveConfig:
     head_hidden: Optional[int] = None  # hidden width of the mlp head (None = dim)
     # negatives of the word-anchored temporal term (§3): "clips" = raw clips of the other videos (METHOD.md);
     # "warped" = their warped clips g(c, δ), which removes the warped-vs-raw shortcut (docs/method.md §3);
-    # "within" = only the other warped clips of the same video (the authors' release; docs/method_options.md)
+    # "within" = only the other warped clips of the same video (the authors' release; docs/method.md "Options")
     temporal_negatives: str = "clips"
-    # Issue 15's suspects of the temporal term, each one key away (docs/method_options.md; defaults = METHOD.md):
+    # Issue 15's suspects of the temporal term, each one key away (docs/method.md "Options"; defaults = METHOD.md):
     # reference and context clip both inside the caption's own span (offsets drawn in the dataset)
     context_in_span: bool = False
     # detach the context clip before g: no gradient into the clip encoder through the context (g still trains)

@@ -448,7 +448,7 @@ ABLATIONS: dict[str, list[str]] = {
     "window=3": ["objective.max_offset=3"],
     "head=linear": ["objective.head=linear"],
     "temporal_negatives=warped": ["objective.temporal_negatives=warped"],
-    # issue 15: the suspects of the temporal term (docs/method_options.md), each one key away from +fine+temporal
+    # issue 15: the suspects of the temporal term (docs/method.md "Options"), each one key away from +fine+temporal
     "context_in_span": ["objective.context_in_span=true"],
     "context_stop_grad": ["objective.context_stop_grad=true"],
     "temporal_negatives=within": ["objective.temporal_negatives=within"],
