@@ -48,12 +48,8 @@ class OffDiagonalExpSums(torch.autograd.Function):
     gradient, whatever they hold. Only valid when α·|a|·|w| stays below ``NO_SHIFT_BOUND`` (no
     max-subtraction); ``negative_log_sums`` checks that.
 
-    Layout: the valid rows and words are gathered (``index_select`` by ``nonzero`` indices) into compact
-    matrices A_v [R,D] and W_v [C,D]; row order is (segment, sample, clip), so segment 0 is the prefix
-    A_v[:n0] and each sample's words are one contiguous column range of W_v. The own-pair entries then form
-    variable-sized rectangles, which are zeroed in place through flat indices built from the per-sample
-    word counts (they are zeroed, not subtracted afterwards: a positive e^{14} next to negatives ~e^{0} would
-    cancel catastrophically).
+    Layout (compact valid rows A_v [R,D] in (segment, sample, clip) order and words W_v [C,D]; own-pair
+    rectangles zeroed in place, never subtracted) and the backward: docs/method.md, "How it is computed".
     """
 
     @staticmethod
