@@ -700,10 +700,12 @@ def _candidates(store: Any) -> tuple[np.ndarray, np.ndarray]:
     keep = store.keep_mask()
     idx_dtype = np.int32 if store.n < 2**31 else np.int64
     cand = (np.nonzero(keep)[0].astype(idx_dtype) if keep is not None else np.arange(store.n, dtype=idx_dtype))
-    narr_video = np.asarray(store.narr_video)
     used = np.zeros(store.num_videos, dtype=bool)
     for lo in range(0, len(cand), _CHECK_CHUNK):
+        narr_video = store.narr_video
         used[narr_video[cand[lo:lo + _CHECK_CHUNK]] if keep is not None else narr_video[lo:lo + _CHECK_CHUNK]] = True
+        del narr_video
+        store.release()  # one chunk of the column mapped at a time: its pages never pile up in this process
     return cand, used
 
 
@@ -767,7 +769,7 @@ def _check_samples(store: Any, cand: np.ndarray, used: np.ndarray, source: Any, 
                    ok_words: np.ndarray, strict: bool) -> tuple[np.ndarray, list[BadSample]]:
     """(the good narration indices, a record per bad one): unreadable video, caption without words, narration
     after the video's end — as array operations, in chunks (the temporaries stay small at any corpus size)."""
-    vid_names, narr_video, keep = store.video_ids, np.asarray(store.narr_video), store.keep_mask()
+    vid_names, keep = store.video_ids, store.keep_mask()
     video_bad = np.zeros(store.num_videos, dtype=bool)
     duration = np.full(store.num_videos, np.nan)
     for k in np.nonzero(used)[0]:
@@ -781,7 +783,7 @@ def _check_samples(store: Any, cand: np.ndarray, used: np.ndarray, source: Any, 
     for lo in range(0, len(cand), _CHECK_CHUNK):
         idx = cand[lo:lo + _CHECK_CHUNK]
         at = slice(int(idx[0]), int(idx[-1]) + 1) if keep is None else idx  # no split: views, not gathers
-        vid_of = narr_video[at]
+        vid_of = store.narr_video[at]
         starts, ends = np.asarray(store.starts[at]), np.asarray(store.ends[at])
         is_bad_video = video_bad[vid_of]
         no_words = ~ok_words[at] & ~is_bad_video
@@ -803,6 +805,8 @@ def _check_samples(store: Any, cand: np.ndarray, used: np.ndarray, source: Any, 
                 raise BadSampleError(f"{rec.source}: {rec.reason}{STRICT_NOTE}")
             bad.append(rec)
         good_parts.append(np.delete(idx, bad_pos) if len(bad_pos) else idx)
+        del vid_of, starts, ends
+        store.release()  # unmap this chunk's columns before the next (bounded memory at any corpus size)
     return (np.concatenate(good_parts) if good_parts else cand[:0]), bad
 
 
