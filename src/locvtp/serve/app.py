@@ -243,9 +243,18 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
         docs_url=None, redoc_url=None, openapi_url="/openapi.json",  # Swagger/ReDoc would load from a CDN
     )
     app.state.server = srv
+    _install_errors(app)
+    _install_pages(app)
+    _install_api(app, srv)
+    return app
 
-    def err(status: int, detail: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status)
+
+def err(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _install_errors(app: Any) -> None:
+    """Every error a JSON ``{"detail": sentence}`` with its status; CSP and nosniff headers on every answer."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -285,7 +294,10 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         return resp
 
-    # -- pages ----------------------------------------------------------------------------------------------
+
+def _install_pages(app: Any) -> None:
+    """The pages and their static files (a fixed table: a name is looked up, never joined to a path)."""
+
     def page(name: str):
         return FileResponse(STATIC / name, media_type="text/html; charset=utf-8",
                             headers={"Cache-Control": "no-cache"})
@@ -318,7 +330,10 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
         return FileResponse(p, media_type=types.get(p.suffix, "application/octet-stream"),
                             headers={"Cache-Control": "no-cache"})
 
-    # -- API ------------------------------------------------------------------------------------------------
+
+def _install_api(app: Any, srv: Server) -> None:
+    """The JSON API (documented by its OpenAPI schema)."""
+
     @app.get("/api/health", summary="Server, checkpoint, preprocessing and index facts")
     def health():
         return srv.health()
@@ -369,72 +384,85 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
                           "poll /api/jobs/{job} for the encoding progress; `?wait=true` answers when the video "
                           "is ready (201) or failed (422). 413 over --max-upload-mb, 415 not a video.")
     async def upload(request: Request, filename: str = "", wait: bool = False):
-        import anyio
+        return await receive_upload(srv, request, filename, wait)
 
-        limit = srv.max_upload
-        mb = srv.cfg.max_upload_mb
-        too_big = f"upload over the limit of {mb:g} MB (--max-upload-mb)"
-        clen = request.headers.get("content-length")
-        if clen is not None and clen.isdigit() and int(clen) > limit + 64 * 1024:
-            raise ApiError(413, too_big)
-        hexid, part = srv.lib.new_upload_path(filename)
-        ctype = request.headers.get("content-type", "")
-        size = 0
-        try:
-            if ctype.startswith("multipart/form-data"):
-                got = {"n": 0}
 
-                async def limited():
-                    msg = await request.receive()
-                    got["n"] += len(msg.get("body", b""))
-                    if got["n"] > limit + 64 * 1024:
+
+async def receive_upload(srv: Server, request: Request, filename: str, wait: bool) -> Any:
+    """POST /api/upload: stream the body (raw or multipart) to ``WORK/tmp`` counting its size, probe it, name
+    it, start its job. Anything half-received is removed."""
+    import anyio
+
+    limit = srv.max_upload
+    mb = srv.cfg.max_upload_mb
+    too_big = f"upload over the limit of {mb:g} MB (--max-upload-mb)"
+    clen = request.headers.get("content-length")
+    if clen is not None and clen.isdigit() and int(clen) > limit + 64 * 1024:
+        raise ApiError(413, too_big)
+    hexid, part = srv.lib.new_upload_path(filename)
+    ctype = request.headers.get("content-type", "")
+    size = 0
+    try:
+        if ctype.startswith("multipart/form-data"):
+            size, filename = await _read_multipart(request, part, filename, limit, too_big)
+        else:
+            with open(part, "wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
                         raise ApiError(413, too_big)
-                    return msg
+                    out.write(chunk)
+        if size == 0:
+            raise ApiError(422, "the upload is empty (0 bytes)")
+        from locvtp.serve import media
 
-                form = await Request(request.scope, limited).form(max_files=1, max_fields=10)
-                f = form.get("file")
-                if f is None or not hasattr(f, "read"):
-                    raise ApiError(422, "multipart upload without a `file` field")
-                filename = filename or str(getattr(f, "filename", "") or "")
-                with open(part, "wb") as out:
-                    while True:
-                        chunk = await f.read(1 << 20)
-                        if not chunk:
-                            break
-                        size += len(chunk)
-                        if size > limit:
-                            raise ApiError(413, too_big)
-                        out.write(chunk)
-                await form.close()
-            else:
-                with open(part, "wb") as out:
-                    async for chunk in request.stream():
-                        size += len(chunk)
-                        if size > limit:
-                            raise ApiError(413, too_big)
-                        out.write(chunk)
-            if size == 0:
-                raise ApiError(422, "the upload is empty (0 bytes)")
-            from locvtp.serve import media
+        try:
+            await anyio.to_thread.run_sync(media.describe, part)
+        except VideoError as exc:
+            shown = Path(filename).name or "the upload"
+            raise ApiError(_video_error_status(exc), f"{shown} is not a video we can read: {exc.reason}")
+        v = srv.lib.add_upload(hexid, part, filename)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    job = srv.lib.start_job(v)
+    if wait:
+        await anyio.to_thread.run_sync(job.done.wait)
+        if job.state == "error":
+            return err(422, job.message)
+        return JSONResponse({"video": v.to_json(), "job": job.to_json()}, status_code=201)
+    return {"video": v.to_json(), "job": job.to_json()}
 
-            try:
-                await anyio.to_thread.run_sync(media.describe, part)
-            except VideoError as exc:
-                shown = Path(filename).name or "the upload"
-                raise ApiError(_video_error_status(exc), f"{shown} is not a video we can read: {exc.reason}")
-            v = srv.lib.add_upload(hexid, part, filename)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        job = srv.lib.start_job(v)
-        if wait:
-            await anyio.to_thread.run_sync(job.done.wait)
-            if job.state == "error":
-                return err(422, job.message)
-            return JSONResponse({"video": v.to_json(), "job": job.to_json()}, status_code=201)
-        return {"video": v.to_json(), "job": job.to_json()}
 
-    return app
+async def _read_multipart(request: Request, part: Path, filename: str, limit: int, too_big: str
+                          ) -> tuple[int, str]:
+    """Field ``file`` of a multipart body into ``part`` (the whole body counted while it arrives)."""
+    got = {"n": 0}
+
+    async def limited():
+        msg = await request.receive()
+        got["n"] += len(msg.get("body", b""))
+        if got["n"] > limit + 64 * 1024:
+            raise ApiError(413, too_big)
+        return msg
+
+    form = await Request(request.scope, limited).form(max_files=1, max_fields=10)
+    f = form.get("file")
+    if f is None or not hasattr(f, "read"):
+        raise ApiError(422, "multipart upload without a `file` field")
+    filename = filename or str(getattr(f, "filename", "") or "")
+    size = 0
+    with open(part, "wb") as out:
+        while True:
+            chunk = await f.read(1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, too_big)
+            out.write(chunk)
+    await form.close()
+    return size, filename
 
 
 __all__ = ["ApiError", "MAX_QUERY_CHARS", "MAX_QUERY_WORDS", "STATIC", "ServeConfig", "Server", "check_query",
