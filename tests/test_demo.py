@@ -100,7 +100,7 @@ def _snapshot(root):
 @pytest.fixture(scope="module")
 def seed1_world(tmp_path_factory):
     """`locvtp synth --preset tiny --seed 1`: a world of another seed than the one the demo generates."""
-    from locvtp.data.synthetic import main as synth
+    from locvtp.synth import main as synth
 
     out = tmp_path_factory.mktemp("seed1") / "world"
     assert synth(["--out", str(out), "--preset", "tiny", "--seed", "1", "--quiet"]) == 0

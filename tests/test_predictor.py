@@ -291,7 +291,7 @@ def test_evaluate_uses_only_own_features_as_embeddings(P, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- module layout
 COMMANDS = {"locvtp.cli", "locvtp.ground", "locvtp.extract", "locvtp.demo", "locvtp.prepare", "locvtp.train",
-            "locvtp.backbone", "locvtp.downstream.evaluate"}
+            "locvtp.backbone", "locvtp.evaluate", "locvtp.synth", "locvtp.search", "locvtp.score"}
 
 
 @pytest.mark.parametrize("module", ["predictor", "localize", "inference", "features", "downstream/common",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from locvtp.data import synthetic as S
+from locvtp.synth import main as synth_main
 
 LAYOUT = [
     "manifest.json", "ground_truth.json", "pretrain/caption.json", "pretrain/webvid.csv",
@@ -379,22 +380,22 @@ def test_colours_survive_h264(tiny_world):
 # ------------------------------------------------------------------------------------------------------ CLI
 def test_cli_reuse_refuse_and_force(tmp_path, capsys):
     out = tmp_path / "w"
-    assert S.main(["--out", str(out), "--seed", "2", "--preset", "tiny", "--quiet"]) == 0
+    assert synth_main(["--out", str(out), "--seed", "2", "--preset", "tiny", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "wrote" in text and "caption.json" in text and "MSR-VTT" in text
     before = (out / "manifest.json").stat().st_mtime_ns
-    assert S.main(["--out", str(out), "--seed", "2", "--preset", "tiny", "--quiet"]) == 0
+    assert synth_main(["--out", str(out), "--seed", "2", "--preset", "tiny", "--quiet"]) == 0
     assert "reusing" in capsys.readouterr().out
     assert (out / "manifest.json").stat().st_mtime_ns == before
     # a different world in the same directory needs --force
-    assert S.main(["--out", str(out), "--seed", "3", "--preset", "tiny", "--quiet"]) == 1
+    assert synth_main(["--out", str(out), "--seed", "3", "--preset", "tiny", "--quiet"]) == 1
     assert "--force" in capsys.readouterr().err
     # an incomplete world (a deleted video) is regenerated, not reused
     victim = next((out / "videos").glob("*.mp4"))
     victim.unlink()
-    assert S.main(["--out", str(out), "--seed", "2", "--preset", "tiny", "--quiet"]) == 0
+    assert synth_main(["--out", str(out), "--seed", "2", "--preset", "tiny", "--quiet"]) == 0
     assert "wrote" in capsys.readouterr().out and victim.is_file()
-    assert S.main(["--out", str(out), "--seed", "3", "--preset", "tiny", "--quiet", "--force"]) == 0
+    assert synth_main(["--out", str(out), "--seed", "3", "--preset", "tiny", "--quiet", "--force"]) == 0
     assert json.loads((out / "manifest.json").read_text())["seed"] == 3
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from locvtp.data import formats as F
 from locvtp.data import synthetic as S
+from locvtp.synth import main as synth_main
 
 sys.path.insert(0, str(Path(__file__).parent))
 import world_difficulty as W  # noqa: E402
@@ -97,7 +98,7 @@ def test_13_procedures_are_harder_and_exact():
 
 def test_13_world_reads_in_the_published_formats_and_refuses_to_replace_12(tmp_path, capsys):
     out = tmp_path / "w13"
-    assert S.main(["--out", str(out), "--preset", "tiny", "--generator-version", "1.3", "--quiet"]) == 0
+    assert synth_main(["--out", str(out), "--preset", "tiny", "--generator-version", "1.3", "--quiet"]) == 0
     assert "generator 1.3" in capsys.readouterr().out
     m = json.loads((out / "manifest.json").read_text())
     assert m["generator_version"] == "1.3" and S.open_world(out)["generator_version"] == "1.3"
@@ -114,9 +115,9 @@ def test_13_world_reads_in_the_published_formats_and_refuses_to_replace_12(tmp_p
     coin = F.read_coin(out / "coin/COIN.json", strict=True).records
     assert coin and all(len(v.segments) == sum(k is not None for k in gt[v.video_id]["steps"]) for v in coin)
     # 1.2 and 1.3 are different worlds: neither replaces the other without --force
-    assert S.main(["--out", str(out), "--preset", "tiny", "--quiet"]) == 1
+    assert synth_main(["--out", str(out), "--preset", "tiny", "--quiet"]) == 1
     assert "generator 1.3; use --force" in capsys.readouterr().err
-    assert S.main(["--out", str(out), "--preset", "tiny", "--generator-version", "1.3", "--quiet"]) == 0
+    assert synth_main(["--out", str(out), "--preset", "tiny", "--generator-version", "1.3", "--quiet"]) == 0
     assert "reusing" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown generator version"):
         S.plan_world(0, "tiny", "9.9")

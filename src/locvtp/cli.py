@@ -25,11 +25,11 @@ _USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Per
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("locvtp.demo:main", "generate the synthetic world, pre-train coarse-only vs LocVTP, evaluate, report"),
     "ablate": ("locvtp.demo:ablate_main", "component ablation table on the synthetic world"),
-    "synth": ("locvtp.data.synthetic:main", "write the procedural video-text world (MP4s + real annotation formats)"),
+    "synth": ("locvtp.synth:main", "write the procedural video-text world (MP4s + real annotation formats)"),
     "backbone": ("locvtp.backbone:main", "supervised pre-training of the tiny3d backbone on labelled action videos"),
     "prepare": ("locvtp.prepare:main", "convert a pre-training corpus once (captions, probes) for pretrain at scale"),
     "pretrain": ("locvtp.train:main", "pre-train LocVTP (single process or torchrun DDP)"),
-    "evaluate": ("locvtp.downstream.evaluate:main", "retrieval | grounding | steps | segmentation | all"),
+    "evaluate": ("locvtp.evaluate:main", "retrieval | grounding | steps | segmentation | all"),
     "score": ("locvtp.score:main", "metrics of a predictions file against its annotations (no model needed)"),
     "extract": ("locvtp.extract:main", "clip features of videos to HDF5 / npy-dir / npz-dir"),
     "merge": ("locvtp.extract:merge_main", "merge per-rank HDF5 feature shards"),

@@ -19,7 +19,6 @@ import io
 import json
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -924,32 +923,45 @@ def _text_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return _rng(seed, 1000 + SPLIT_ORDER.index(split), index)
 
 
+def _js(obj: Any, indent: int | None = None) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, indent=indent) + "\n").encode("utf-8")
+
+
+def _csv_bytes(rows: list[list[Any]], header: list[str] | None = None) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
 def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
     """Every annotation file of the world as bytes, keyed by relative path (pure function of the plan)."""
-    seed, S = plan.seed, plan.splits
     files: dict[str, bytes] = {}
+    for part in (_pretrain_files, _grounding_files, _retrieval_files, _crosstask_files, _coin_files, _epic_files,
+                 _ground_truth_file):
+        part(plan, files)
+    return files
 
-    def js(obj: Any, indent: int | None = None) -> bytes:
-        return (json.dumps(obj, ensure_ascii=False, indent=indent) + "\n").encode("utf-8")
 
-    def csv_bytes(rows: list[list[Any]], header: list[str] | None = None) -> bytes:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        if header:
-            w.writerow(header)
-        w.writerows(rows)
-        return buf.getvalue().encode("utf-8")
-
+def _pretrain_files(plan: WorldPlan, files: dict[str, bytes]) -> None:
+    """HowTo100M caption.json (noisy narrations), WebVid csv (one clean caption per short video)."""
+    seed, S = plan.seed, plan.splits
     # pre-training: HowTo100M caption.json (noisy), WebVid csv (one clean caption per short video)
-    files["pretrain/caption.json"] = js({v.vid: narrations(v, _text_rng(seed, "pretrain", i))
+    files["pretrain/caption.json"] = _js({v.vid: narrations(v, _text_rng(seed, "pretrain", i))
                                          for i, v in enumerate(S["pretrain"])})
     wv_rows = []
     for i, v in enumerate(S["webvid"]):
         e = v.events[0]
         text = describe(_text_rng(seed, "webvid", i), v.objects[e.obj], e.action)
         wv_rows.append([v.vid, f"videos/{v.vid}.mp4", _iso_duration(v.duration), "synthetic", text])
-    files["pretrain/webvid.csv"] = csv_bytes(wv_rows, ["videoid", "contentUrl", "duration", "page_dir", "name"])
+    files["pretrain/webvid.csv"] = _csv_bytes(wv_rows, ["videoid", "contentUrl", "duration", "page_dir", "name"])
 
+
+def _grounding_files(plan: WorldPlan, files: dict[str, bytes]) -> None:
+    """The same grounding videos and queries as ActivityNet Captions, Charades-STA and QVHighlights."""
+    seed, S = plan.seed, plan.splits
     # grounding: the same videos and queries in three formats
     queries: dict[str, dict[str, list[str]]] = {}
     for split in ("grounding_train", "grounding_test"):
@@ -975,13 +987,17 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
                                             "relevant_clip_ids": clip_ids, "saliency_scores": sal,
                                             "relevant_windows": [[_r2(e.start), _r2(e.end)]]}) + "\n")
                 qid += 1
-        files[f"grounding/activitynet/{anet_name}"] = js(anet)
+        files[f"grounding/activitynet/{anet_name}"] = _js(anet)
         files[f"grounding/charades/{cha_name}"] = "".join(cha_lines).encode("utf-8")
-        files[f"grounding/charades/Charades_v1_{'train' if split.endswith('train') else 'test'}.csv"] = csv_bytes(
+        files[f"grounding/charades/Charades_v1_{'train' if split.endswith('train') else 'test'}.csv"] = _csv_bytes(
             cha_meta, ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
                        "descriptions", "actions", "length"])
         files[f"grounding/qvhighlights/{qv_name}"] = "".join(qv_lines).encode("utf-8")
 
+
+def _retrieval_files(plan: WorldPlan, files: dict[str, bytes]) -> None:
+    """MSR-VTT json (several captions per video), the train id csv, the JSFusion-style test csv."""
+    seed, S = plan.seed, plan.splits
     # retrieval: MSR-VTT json (several captions per video), train id csv, JSFusion-style test csv
     videos, sentences, test_rows, sen_id = [], [], [], 0
     p = PRESETS[plan.preset]
@@ -997,12 +1013,16 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
                 sen_id += 1
             if split == "retrieval_test":
                 test_rows.append([f"ret{len(test_rows)}", f"msr{v.vid}", v.vid, caps[0]])
-    files["retrieval/MSRVTT_data.json"] = js({"info": {"contributor": "locvtp synthetic world",
+    files["retrieval/MSRVTT_data.json"] = _js({"info": {"contributor": "locvtp synthetic world",
                                                        "version": plan.version},
                                               "videos": videos, "sentences": sentences})
-    files["retrieval/MSRVTT_train.9k.csv"] = csv_bytes([[v.vid] for v in S["retrieval_train"]], ["video_id"])
-    files["retrieval/MSRVTT_JSFUSION_test.csv"] = csv_bytes(test_rows, ["key", "vid_key", "video_id", "sentence"])
+    files["retrieval/MSRVTT_train.9k.csv"] = _csv_bytes([[v.vid] for v in S["retrieval_train"]], ["video_id"])
+    files["retrieval/MSRVTT_JSFUSION_test.csv"] = _csv_bytes(test_rows, ["key", "vid_key", "video_id", "sentence"])
 
+
+def _crosstask_files(plan: WorldPlan, files: dict[str, bytes]) -> None:
+    """CrossTask: primary tasks, video lists, per-video step annotations."""
+    S = plan.splits
     # step localization: CrossTask
     blocks = []
     for task in plan.crosstask_tasks:
@@ -1011,12 +1031,16 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
                       f"{','.join(steps)}\n\n")
     files["crosstask/tasks_primary.txt"] = "".join(blocks).encode("utf-8")
     for split, name in (("crosstask_train", "videos.csv"), ("crosstask_val", "videos_val.csv")):
-        files[f"crosstask/{name}"] = csv_bytes([[v.extra["task"], v.vid, f"videos/{v.vid}.mp4"] for v in S[split]])
+        files[f"crosstask/{name}"] = _csv_bytes([[v.extra["task"], v.vid, f"videos/{v.vid}.mp4"] for v in S[split]])
         for v in S[split]:
             rows = [[k, f"{e.start:.2f}", f"{e.end:.2f}"] for k, e in zip(v.extra["steps"], v.events)
                     if k is not None]  # distractor actions (generator >= 1.3) are background
-            files[f"crosstask/annotations/{v.extra['task']}_{v.vid}.csv"] = csv_bytes(rows)
+            files[f"crosstask/annotations/{v.extra['task']}_{v.vid}.csv"] = _csv_bytes(rows)
 
+
+def _coin_files(plan: WorldPlan, files: dict[str, bytes]) -> None:
+    """COIN.json: step segments of the segmentation videos."""
+    S = plan.splits
     # segmentation: COIN
     database: dict[str, Any] = {}
     step_base, base = {}, 0
@@ -1036,8 +1060,12 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
                                 "label": texts[k - 1]} for k, e in zip(v.extra["steps"], v.events)
                                if k is not None],
             }
-    files["coin/COIN.json"] = js({"database": database})
+    files["coin/COIN.json"] = _js({"database": database})
 
+
+def _epic_files(plan: WorldPlan, files: dict[str, bytes]) -> None:
+    """EPIC-KITCHENS-100 csv: labelled action segments (verb = action, noun = the acting object)."""
+    seed, S = plan.seed, plan.splits
     # labelled action segments: EPIC-KITCHENS-100 csv (verb = action, noun "shape:colour" = the acting object)
     for split, name in (("epic_train", "EPIC_100_train.csv"), ("epic_val", "EPIC_100_validation.csv")):
         rows = []
@@ -1050,8 +1078,11 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
                              _timestamp(e.end), int(round(e.start * FPS)), int(round(e.end * FPS)),
                              instruct(rng, obj, e.action), e.action.replace("_", "-"), ACTIONS.index(e.action),
                              noun, noun_class, str([noun]), str([noun_class])])
-        files[f"epic/{name}"] = csv_bytes(rows, list(EPIC_HEADER))
+        files[f"epic/{name}"] = _csv_bytes(rows, list(EPIC_HEADER))
 
+
+def _ground_truth_file(plan: WorldPlan, files: dict[str, bytes]) -> None:
+    """The exact ground truth of every video (objects, events, canonical captions): for tests, viz and debugging."""
     # exact ground truth of every video (objects, events, canonical captions): for tests, viz and debugging
     gt = {}
     for v in plan.videos():
@@ -1061,8 +1092,7 @@ def build_annotations(plan: WorldPlan) -> dict[str, bytes]:
                      "events": [{"object": e.obj, "action": e.action, "start": _r2(e.start), "end": _r2(e.end),
                                  "caption": e.caption} for e in v.events],
                      **({"task": v.extra["task"], "steps": v.extra["steps"]} if "task" in v.extra else {})}
-    files["ground_truth.json"] = js(gt)
-    return files
+    files["ground_truth.json"] = _js(gt)
 
 
 # ------------------------------------------------------------------------------------------------- writing
@@ -1279,45 +1309,3 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
     _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     (out / IN_PROGRESS).unlink()
     return manifest
-
-
-def main(argv: list[str] | None = None) -> int:
-    from locvtp.cliargs import ArgumentParser, nonnegative_int
-
-    ap = ArgumentParser(prog="locvtp synth", description=(
-        "Write the procedural video-text world: H.264 MP4s plus annotation files in the real formats "
-        "(HowTo100M, WebVid, ActivityNet Captions, Charades-STA, QVHighlights, MSR-VTT, CrossTask, COIN)."))
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--seed", type=nonnegative_int, default=0)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    ap.add_argument("--generator-version", "--version", dest="version", choices=GENERATOR_VERSIONS,
-                    default=GENERATOR_VERSION, help=(
-                        f"world generator version (default {GENERATOR_VERSION}); 1.3 has harder CrossTask/COIN test "
-                        "sets (docs/world_versions.md)"))
-    ap.add_argument("--force", action="store_true", help="overwrite an existing world in --out")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        m = generate_world(args.out, seed=args.seed, preset=args.preset, progress=not args.quiet, force=args.force,
-                           version=args.version)
-    except (WorldExistsError, ValueError, OSError) as exc:
-        print(f"locvtp synth: error: {exc}", file=sys.stderr)
-        return 1
-    c = m["counts"]
-    verb = "reusing the complete world already in" if m.get("reused") else "wrote"
-    print(f"{verb} {args.out} (seed={m['seed']}, preset={m['preset']}, generator {m['generator_version']}) "
-          f"in {time.perf_counter() - t0:.1f} s")
-    print(f"  videos/            {c['videos']} MP4s, {c['seconds']:.0f} s, {c['frames']} frames "
-          f"({m['frame_size']}x{m['frame_size']} @ {m['fps']} fps)")
-    print(f"  pretrain/          caption.json: {c['pretrain_narrations']} narrations over {c['pretrain_videos']} "
-          f"videos; webvid.csv: {c['split_webvid']} videos")
-    print(f"  grounding/         ActivityNet, Charades-STA, QVHighlights: {c['split_grounding_train']} train / "
-          f"{c['split_grounding_test']} test videos, {c['grounding_test_queries']} test queries")
-    print(f"  retrieval/         MSR-VTT: {c['split_retrieval_train']} train / {c['split_retrieval_test']} test videos")
-    print(f"  crosstask/         {c['crosstask_tasks']} tasks, {c['split_crosstask_train']} train / "
-          f"{c['split_crosstask_val']} val videos")
-    print(f"  coin/              {c['coin_tasks']} tasks, {c['split_coin_train']} train / {c['split_coin_test']} test videos")
-    print(f"  epic/              EPIC-KITCHENS-100 action segments: {c['split_epic_train']} train / "
-          f"{c['split_epic_val']} validation videos")
-    return 0
