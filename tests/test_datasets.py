@@ -461,3 +461,49 @@ def test_feature_width_and_missing_path_are_named_up_front(tmp_path):
     cfg = load_config(None, [*base, "data.features=nowhere"])
     with pytest.raises(FileNotFoundError, match=r"resolved under data.root.*nowhere"):
         _prepared_data(cfg, tmp_path / "run2", vocab=100)
+
+
+def test_prepared_path_equals_the_in_memory_rules(tiny_world, tmp_path):
+    """The prepared corpus + array checks give exactly the samples and bad records the in-memory path gave:
+    reference = the readers' records filtered by a plain loop over the three rules, in order."""
+    import shutil
+
+    from locvtp.data.corpus import texts_with_words
+    from locvtp.data.datasets import load_caption_items
+
+    world = tmp_path / "w"
+    shutil.copytree(tiny_world / "pretrain", world / "pretrain")
+    (world / "videos").symlink_to(tiny_world / "videos")
+    cap = json.loads((world / "pretrain" / "caption.json").read_text())
+    vid0 = sorted(cap)[0]
+    for start, end, text in ((9999.0, 10000.0, "too late"), (0.5, 1.5, "\u200b\u200b")):  # after the end; no words
+        cap[vid0]["start"].append(start)
+        cap[vid0]["end"].append(end)
+        cap[vid0]["text"].append(text)
+    cap["no_such_video"] = {"start": [0.0], "end": [1.0], "text": ["a red box"]}
+    cap["broken"] = {"start": [0.0], "end": [1.0]}  # a malformed member: the reader's own record
+    (world / "pretrain" / "caption.json").write_text(json.dumps(cap))
+    cfg = _tiny_cfg(world, "data.cache=false")
+    data, tok = _prepared_data(cfg, tmp_path / "run", vocab=200)
+
+    items, bad_rows = load_caption_items(cfg.data)
+    ok = texts_with_words(tok, [it.text for it in items], int(cfg.data.max_words))
+    durations = data.dataset.source.durations
+    ref_good, ref_bad = [], [(b.kind, b.source, b.vid, b.reason) for b in bad_rows]
+    for it, has_words in zip(items, ok):
+        if it.vid not in durations:
+            ref_bad.append(("video", it.source, it.vid, None))  # the probe's reason, checked below
+        elif not has_words:
+            ref_bad.append(("row", it.source, it.vid, f"caption has no word tokens: {it.text!r:.80}"))
+        elif it.start >= durations[it.vid]:
+            ref_bad.append(("row", it.source, it.vid, f"narration [{it.start:.2f}, {it.end:.2f}] s starts after the "
+                                                      f"end of the video ({durations[it.vid]:.2f} s)"))
+        else:
+            ref_good.append(it)
+    assert [data.dataset.items[i] for i in range(len(data.dataset))] == ref_good
+    assert len(ref_good) == _num_narrations(tiny_world) and len(ref_bad) == 4
+    got = [(b.kind, b.source, b.vid, b.reason) for b in data.bad]
+    assert [g[:3] for g in got] == [r[:3] for r in ref_bad]
+    assert [g[3] for g, r in zip(got, ref_bad) if r[3] is not None] == [r[3] for r in ref_bad if r[3] is not None]
+    assert "no_such_video" in next(g[3] for g in got if g[0] == "video")
+    assert data.total == len(items) + len(bad_rows)
