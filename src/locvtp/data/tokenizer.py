@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -129,22 +128,13 @@ class Tokenizer:
         return self._backend.to_str(pretty=True)
 
     def save(self, directory: PathLike) -> Path:
-        """Write ``<directory>/tokenizer.json`` atomically (temp file + ``os.replace``); returns its path."""
+        """Write ``<directory>/tokenizer.json`` atomically (:func:`locvtp.files.atomic_write_text`); returns its path."""
+        from locvtp.files import atomic_write_text
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         target = d / TOKENIZER_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".tokenizer.", suffix=".json.tmp", dir=d)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_str())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a tokenizer file is meant to be shared
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(target, self.to_str())
         return target
 
     @classmethod
