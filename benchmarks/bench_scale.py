@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,21 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from locvtp.runtime import cpu_model
 import psutil
 
 HOWTO100M = 136_000_000
 _WORDS = ("the a cut stir pour add mix onion pan salt water bowl knife slice heat oil garlic pepper fry boil "
           "chop whisk bake oven tray spoon flour sugar egg butter").split()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_corpus(d: Path, n: int, per_video: int, dim: int) -> tuple[Path, Path]:

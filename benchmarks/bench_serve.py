@@ -33,20 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from locvtp.runtime import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "the green triangle becomes larger"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def make_checkpoint(world: Path, out: Path, dim: int) -> Path:

@@ -14,15 +14,12 @@ where it trains, gradchecked:
 from __future__ import annotations
 
 import math
-import os
-import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
 from reference_objectives import (  # noqa: E402
     _single_thread,  # noqa: F401  (module-scoped autouse fixture)
     ref_correspondences, ref_fine, ref_offset_choices, ref_temporal, ref_total,

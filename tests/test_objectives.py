@@ -7,14 +7,11 @@ invariant to a permutation of the batch.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
 from reference_objectives import (  # noqa: E402
     _single_thread,  # noqa: F401  (module-scoped autouse fixture)
     ref_coarse, ref_correspondences, ref_fine, ref_temporal, ref_total,

@@ -7,14 +7,11 @@ masked (``fused=False``) path.
 """
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
 from reference_objectives import _single_thread, ref_total  # noqa: E402,F401  (autouse fixture)
 
 from locvtp.objectives import LocVTPObjective, _temporal_valid, draw_offsets  # noqa: E402

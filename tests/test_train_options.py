@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 from locvtp.config import load_config  # noqa: E402
 from locvtp.train import find_config, pretrain  # noqa: E402

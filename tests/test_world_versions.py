@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from locvtp.data import formats as F
 from locvtp.data import synthetic as S
 from locvtp.synth import main as synth_main
 
-sys.path.insert(0, str(Path(__file__).parent))
 import world_difficulty as W  # noqa: E402
 
 # sha256 of the files `locvtp synth --preset tiny --seed N` wrote with generator 1.2 before version 1.3 existed

@@ -63,4 +63,17 @@ def threads(n: Optional[int], *, torch: bool = True, faiss: Optional[bool] = Non
             undo()
 
 
-__all__ = ["threads"]
+__all__ = ["cpu_model", "threads"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what every benchmark prints: kernels that win on one CPU can lose on another)."""
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
