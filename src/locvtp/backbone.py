@@ -157,7 +157,7 @@ def labelled_clips(data: Path, msrvtt: str, train_split: Optional[str], clip_sec
     """MSR-VTT layout: every clip of a labelled video gets the video's ``category`` (head ``category``); split
     into (train, held-out) by the train-id CSV (or the JSON's ``split`` field when no CSV is given).
     Returns (train, held-out, skipped)."""
-    from tqdm import tqdm
+    from locvtp.runtime import progress as tqdm
 
     from locvtp.data.datasets import find_video
     from locvtp.data.formats import read_msrvtt_data, read_msrvtt_split_csv
@@ -185,7 +185,7 @@ def epic_clips(data: Path, train_csv: str, heldout_csv: Optional[str], clip_seco
     validation file) give the held-out accuracy. ``background``: the clips of an annotated video that lie in no
     segment get one extra class per head ("no action"), as temporal action detectors train on untrimmed video;
     without it they are not used (EPIC labels none). Returns (train, held-out, skipped)."""
-    from tqdm import tqdm
+    from locvtp.runtime import progress as tqdm
 
     from locvtp.data.datasets import find_video
     from locvtp.data.formats import read_epic_kitchens
@@ -219,7 +219,7 @@ def train_backbone(args: argparse.Namespace, progress: bool = True) -> BackboneR
     import torch
     from safetensors.torch import save_file
     from torch import nn
-    from tqdm import tqdm
+    from locvtp.runtime import progress as tqdm
 
     from locvtp.model.video import Tiny3D
 

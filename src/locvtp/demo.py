@@ -169,7 +169,7 @@ def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], paral
     """
     import subprocess
 
-    from tqdm import tqdm
+    from locvtp.runtime import progress as tqdm
 
     from locvtp.checkpoint import is_complete
 

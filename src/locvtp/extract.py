@@ -338,7 +338,7 @@ def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem],
     extracted = failed = clips = 0
     t_loop = time.perf_counter()
     last_flush = time.monotonic()
-    from tqdm.auto import tqdm
+    from locvtp.runtime import progress as tqdm
 
     bar = tqdm(total=len(todo), desc=f"extract{f' rank {rank}' if world > 1 else ''}", unit="video",
                disable=not progress, dynamic_ncols=True, mininterval=1.0)

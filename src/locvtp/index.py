@@ -400,7 +400,7 @@ def _fill_rows(tmp: Path, records: Any, total: int, dim: int, progress: bool, wh
     pos = 0
     it = records(True)
     if progress:
-        from tqdm.auto import tqdm
+        from locvtp.runtime import progress as tqdm
 
         it = tqdm(it, desc="index", unit="video", leave=False)
     for rec in it:

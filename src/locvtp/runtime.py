@@ -1,4 +1,5 @@
-"""Process-wide runtime settings that a call may change only for its own duration: the CPU thread counts.
+"""Process-wide runtime settings: the CPU thread counts (changed only for a call's duration), the CPU model,
+and progress bars that behave in a log file.
 
 :func:`threads` is the one way the package sets how many threads torch (intra-op) and faiss (OpenMP) use: for the
 ``with`` block only, restoring both settings afterwards even when the block raises. ``extract``, ``index``,
@@ -63,7 +64,7 @@ def threads(n: Optional[int], *, torch: bool = True, faiss: Optional[bool] = Non
             undo()
 
 
-__all__ = ["cpu_model", "threads"]
+
 
 
 def cpu_model() -> str:
@@ -77,3 +78,26 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+LOG_INTERVAL_SECONDS = 30.0
+
+
+def progress(*args, **kwargs):
+    """A ``tqdm`` bar (same arguments) that redraws freely on a terminal but, when its stream is not a terminal
+    (a log file, CI), prints a line at most every 30 s instead of thousands of carriage-return redraws."""
+    from tqdm.auto import tqdm
+
+    stream = kwargs.get("file") or sys.stderr
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):
+        tty = False
+    if not tty:
+        kwargs["mininterval"] = max(float(kwargs.get("mininterval") or 0.0), LOG_INTERVAL_SECONDS)
+        kwargs["maxinterval"] = max(float(kwargs.get("maxinterval") or 0.0), LOG_INTERVAL_SECONDS)
+        kwargs.setdefault("dynamic_ncols", False)
+    return tqdm(*args, **kwargs)
+
+
+__all__ = ["cpu_model", "progress", "threads"]

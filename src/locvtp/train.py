@@ -52,7 +52,7 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
 def _pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None, strict: bool = False,
               progress: bool = True) -> Path:
     """The loop: set-up, then ``train.max_steps`` optimisation steps, then the final checkpoint."""
-    from tqdm import tqdm
+    from locvtp.runtime import progress as tqdm
 
     r = start_run(cfg, Path(out_dir), resume, strict, progress)
     if isinstance(r, Path):  # resumed a run that had already finished

@@ -248,7 +248,7 @@ def _truncate_lines(path: Path, n: int) -> None:
 def _progress(enabled: bool, path: Path, initial: int) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from locvtp.runtime import progress as tqdm
 
     return tqdm(total=path.stat().st_size, initial=initial, unit="B", unit_scale=True,
                 desc=f"preparing {path.name}", mininterval=1.0 if sys.stderr.isatty() else 30.0)
@@ -492,7 +492,7 @@ def chunked_array(directory: Path, name: str, n_items: int, chunk: int, compute:
     mine = [i for i in range(rank, n_chunks, world) if not part[i].is_file()]
     bar = None
     if progress and mine:
-        from tqdm.auto import tqdm
+        from locvtp.runtime import progress as tqdm
 
         bar = tqdm(total=len(mine), desc=name, unit="chunk", mininterval=1.0 if sys.stderr.isatty() else 30.0)
     if workers > 0 and len(mine) > 1:

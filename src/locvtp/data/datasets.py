@@ -270,7 +270,7 @@ class FrameCache:
     def build(cls, cache_root: Path, paths: dict[str, Path], frames_per_clip: int, size: int,
               strict: bool = False, progress: bool = True) -> tuple["FrameCache", list[BadSample]]:
         """Decode every video once (or reuse a matching cache). Unreadable videos are returned as bad."""
-        from tqdm import tqdm
+        from locvtp.runtime import progress as tqdm
 
         from locvtp.data.video import decode_frames
 

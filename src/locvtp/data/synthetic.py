@@ -1298,7 +1298,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
     specs = list(plan.videos())
     bar = specs
     if progress:
-        from tqdm import tqdm
+        from locvtp.runtime import progress as tqdm
 
         bar = tqdm(specs, desc=f"synth {preset} seed={seed} v{version}", unit="video", file=sys.stderr)
     for spec in bar:

@@ -312,7 +312,7 @@ def _learn_wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_fre
     heap = [(-c, a, b) for (a, b), c in pair_count.items()]
     heapq.heapify(heap)
     threshold = max(1, min_frequency)
-    from tqdm import tqdm
+    from locvtp.runtime import progress as tqdm
 
     bar = tqdm(total=max(0, vocab_size - len(tokens)), desc="tokenizer merges", unit="tok",
                disable=None if progress is None else not progress, leave=False)
@@ -378,7 +378,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, min_frequency:
     shell = _bert_backend({UNK: 0})
     norm, pre = shell.normalizer, shell.pre_tokenizer
     counts: dict[str, int] = {}
-    from tqdm import tqdm
+    from locvtp.runtime import progress as tqdm
 
     for i, t in enumerate(tqdm(texts, desc="tokenizer corpus", unit="text", leave=False,
                                disable=None if progress is None else not progress)):

@@ -230,7 +230,7 @@ class EmbeddingBank:
 
     def prefetch(self, vids: Iterable[str], desc: str = "embed videos", strict: bool | None = None) -> None:
         """Embed every not-yet-cached video once (lenient: a video that fails is recorded in ``failed``)."""
-        from tqdm.auto import tqdm
+        from locvtp.runtime import progress as tqdm
 
         todo = [v for v in dict.fromkeys(vids) if v not in self._videos and v not in self.failed]
         for vid in tqdm(todo, desc=desc, disable=not self.progress or not todo, leave=False):

@@ -205,7 +205,7 @@ def train_tan_head(feats: np.ndarray, queries: np.ndarray, gt: np.ndarray, durat
 
     Returns the head (in eval mode) and the mean loss of each epoch. Deterministic given ``seed``.
     """
-    from tqdm.auto import tqdm
+    from locvtp.runtime import progress as tqdm
 
     torch.manual_seed(seed)
     x = torch.as_tensor(np.asarray(feats, np.float32))
@@ -316,7 +316,7 @@ def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingO
                         ) -> tuple:
     """Ranked windows (seconds, best first) per usable query, the indices of those queries, and their curves
     (``with_scores``: also each query's window scores, aligned with its windows)."""
-    from tqdm.auto import tqdm
+    from locvtp.runtime import progress as tqdm
 
     texts = ctx.bank.texts([q.query for q in queries])
     ranked, used, curves, scores = [], [], [], []

@@ -86,7 +86,7 @@ def finetune_retrieval(model: Any, tokenizer: Any, video_emb: np.ndarray, captio
                        ) -> FinetunedRetrieval:
     """Contrastive fine-tuning on train pairs: ``video_emb [V, D]`` (cached, frozen) and ``captions[v]`` (≥ 1
     each). Each epoch visits every video once with one of its captions drawn at random (seeded)."""
-    from tqdm.auto import tqdm
+    from locvtp.runtime import progress as tqdm
 
     if len(video_emb) != len(captions):
         raise ValueError(f"{len(video_emb)} videos but {len(captions)} caption lists")

@@ -97,7 +97,7 @@ def train_probe(feats: Sequence[np.ndarray], labels: Sequence[Sequence[str]], cf
     full-batch (softmax regression with AdamW: the optimum is unique up to the weight decay, so the result
     hardly depends on the optimizer); the conv head in mini-batches of padded videos. Deterministic by seed.
     """
-    from tqdm.auto import tqdm
+    from locvtp.runtime import progress as tqdm
 
     if len(feats) != len(labels) or not feats:
         raise ValueError(f"need matching non-empty feature/label lists, got {len(feats)} and {len(labels)}")

@@ -70,7 +70,7 @@ class StepsOptions:
 
 def run_steps(ctx, opts: StepsOptions | None = None) -> "TaskResult":
     """Zero-shot CrossTask recall on the chosen split's annotated videos of the primary tasks."""
-    from tqdm.auto import tqdm
+    from locvtp.runtime import progress as tqdm
 
     from locvtp.downstream.common import TaskResult
     from locvtp.downstream.grounding import clip_query_score_matrix

@@ -516,7 +516,7 @@ def _merge_locked(shards: list[Path], out: Path, fpath: Path, progress: bool) ->
 def tqdm_maybe(it: list, progress: bool, desc: str) -> Any:
     if not progress:
         return it
-    from tqdm.auto import tqdm
+    from locvtp.runtime import progress as tqdm
 
     return tqdm(it, desc=desc, unit="video", leave=False)
 
