@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from locvtp.data import corpus as corpus_mod
@@ -322,3 +324,45 @@ def test_video_directory_change_invalidates_the_probes(tiny_world, tmp_path):
     victim.unlink()
     second = corpus_mod.video_probes(store, vd, progress=False)
     assert [store.video_ids[int(k)] for k in second["err_idx"]] == [victim.stem]
+
+
+_TRICKY = ["cut the onion", "???", "", "   ", "\u200b\u200b", "[CLS]", "[cls] stir", "a [SEP]", "[MASK]", "\x00\x01",
+           "e\u0301", "\u0301\u0301", "²", "_", "___", "caf\u00e9", "中文", "ok \udcff bad", "\udcff", "x" * 300,
+           "\t\n", "[", "[UNK]", "[unk]", "Ⅻ", "٣", "\ufffd", "a", "-- !! --", "[pad]"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_TRICKY), st.text(max_size=20)), min_size=1, max_size=12))
+def test_fast_words_test_equals_the_tokenizer(texts):
+    """With a BERT-style tokenizer most captions are decided without tokenizing; the answers must be the
+    tokenizer's own, for any text (letters, marks, control characters, special-token literals, bad Unicode)."""
+    from locvtp.data.corpus import _surely_worded, _tokenize_for_words, texts_with_words
+
+    tok = _words_tokenizer()
+    assert _surely_worded(tok, 8) is not None
+    assert texts_with_words(tok, texts, 8) == _tokenize_for_words(tok, texts, 8)
+
+
+_TOK = []
+
+
+def _words_tokenizer():
+    from locvtp.data.tokenizer import train_tokenizer
+
+    if not _TOK:
+        _TOK.append(train_tokenizer(["cut the onion", "stir the pan", "café"], vocab_size=40))
+    return _TOK[0]
+
+
+def test_fast_words_test_only_for_bert_style_pipelines():
+    from tokenizers import Tokenizer as HF, models, pre_tokenizers
+
+    from locvtp.data.corpus import _surely_worded
+    from locvtp.data.tokenizer import Tokenizer
+
+    tok = _words_tokenizer()
+    assert _surely_worded(tok, 8) is not None
+    assert _surely_worded(tok, 2) is None  # no room for a word: only the tokenizer can say
+    other = HF(models.WordLevel(vocab={"[UNK]": 0, "[PAD]": 1, "a": 2}, unk_token="[UNK]"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert _surely_worded(Tokenizer(other, pad_token_id=1), 8) is None
