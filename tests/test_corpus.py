@@ -152,8 +152,14 @@ def test_sigkill_during_prepare_then_rerun_equals_uninterrupted(tmp_path):
     _big_caption(cap, videos=3000, per_video=40)
     clean = prepare_captions(cap, "howto100m", root=tmp_path / "clean", progress=False)
     code = textwrap.dedent(f"""
+        import time
         from locvtp.data import corpus
         corpus.COMMIT_EVERY = 2000
+        _commit = corpus.atomic_write_json
+        def slow_commit(path, obj):  # the conversion must still be running when the test kills it
+            _commit(path, obj)
+            time.sleep(0.05)
+        corpus.atomic_write_json = slow_commit
         corpus.prepare_captions({str(cap)!r}, "howto100m", root={str(tmp_path / 'killed')!r}, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code])

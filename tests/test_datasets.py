@@ -205,7 +205,7 @@ def _build(world, run, *extra, strict=False):
 
 def _prepared_data(cfg, run, strict=False, vocab=200):
     """What `pretrain` builds: the prepared corpus, a tokenizer trained on its captions, the dataset."""
-    prepared = prepare_corpus(cfg, tokenizer=False, strict=strict, progress=False)
+    prepared = prepare_corpus(cfg, words=False, strict=strict, progress=False)
     tok = train_tokenizer(prepared.store.texts(), vocab)
     return build_pretrain_data(cfg, prepared, tok, run, strict=strict, progress=False), tok
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locvtp.data.jsonstream import JSONStreamError, iter_object_members
+from locvtp.data.jsonstream import JSONStreamError, NotAnObjectError, iter_object_members
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
@@ -62,7 +62,7 @@ def test_error_positions_match_json_loads(tmp_path, text):
 def test_not_an_object(tmp_path):
     f = tmp_path / "list.json"
     f.write_text("[1, 2]")
-    with pytest.raises(TypeError, match="top level is list"):
+    with pytest.raises(NotAnObjectError, match="top level is list"):
         list(iter_object_members(f))
 
 

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ from locvtp.files import OutputLock, atomic_path, atomic_write_json, fsync_dir, 
 CORPUS_VERSION = 1
 COMMIT_EVERY = 500_000  # narrations between two commits of a conversion (what a kill can cost)
 COMMIT_SECONDS = 30.0
-_COLUMNS = {"narr_video": np.uint32, "narr_start": np.float64, "narr_end": np.float64}
 
 
 class CorpusError(LocVTPError, RuntimeError):
@@ -108,7 +106,8 @@ class _Appender:
             fh.close()
 
 
-_WRITE_DTYPES = {**_COLUMNS, "text_off": np.uint64, "text": np.uint8, "vid_off": np.uint64, "vid": np.uint8}
+_WRITE_DTYPES = {"narr_video": np.uint32, "narr_start": np.float64, "narr_end": np.float64,
+                 "text_off": np.uint64, "text": np.uint8, "vid_off": np.uint64, "vid": np.uint8}
 
 
 def _read_captions(path: Path, captions: str, strict: bool, resume: dict[str, Any]
@@ -117,7 +116,7 @@ def _read_captions(path: Path, captions: str, strict: bool, resume: dict[str, An
     from locvtp.data import formats
 
     if captions == "howto100m":
-        from locvtp.data.jsonstream import JSONStreamError, iter_object_members
+        from locvtp.data.jsonstream import JSONStreamError, NotAnObjectError, iter_object_members
 
         formats._check_file(path)
         col = formats._Collector(path, strict)
@@ -128,9 +127,8 @@ def _read_captions(path: Path, captions: str, strict: bool, resume: dict[str, An
                 yield out, col.skipped, {"resume_at": resume_at}
                 out, col.skipped = [], []
         except JSONStreamError as exc:
-            raise formats.FormatError(f"{path}: line {exc.lineno} column {exc.colno}: malformed JSON: "
-                                      f"{exc.msg}") from None
-        except TypeError:
+            raise formats.malformed_json(path, exc.lineno, exc.colno, exc.msg) from None
+        except NotAnObjectError:
             raise formats.FormatError(f"{path}: top level must be an object mapping video ids to captions") from None
     elif captions == "webvid":
         col, header, idx, rows = formats._open_csv(path, strict, formats.WEBVID_HEADER)
@@ -251,8 +249,7 @@ def _progress(enabled: bool, path: Path, initial: int) -> Any:
         return None
     from locvtp.runtime import progress as tqdm
 
-    return tqdm(total=path.stat().st_size, initial=initial, unit="B", unit_scale=True,
-                desc=f"preparing {path.name}", mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    return tqdm(total=path.stat().st_size, initial=initial, unit="B", unit_scale=True, desc=f"preparing {path.name}")
 
 
 def prepare_captions(caption_file: str | Path, captions: str, root: str | Path | None = None,
@@ -495,7 +492,7 @@ def chunked_array(directory: Path, name: str, n_items: int, chunk: int, compute:
     if progress and mine:
         from locvtp.runtime import progress as tqdm
 
-        bar = tqdm(total=len(mine), desc=name, unit="chunk", mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        bar = tqdm(total=len(mine), desc=name, unit="chunk")
     if workers > 0 and len(mine) > 1:
         ctx = get_context("spawn")  # no fork: torch / tokenizer thread pools are not fork-safe
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -556,10 +553,8 @@ def _surely_worded(tokenizer: Any, max_words: int) -> Optional[Callable[[str], b
     ``max_words`` leaves room for one word. Captions that could match an added token (they contain its first
     character, e.g. ``[`` of ``[CLS]``) or are not valid Unicode go to the tokenizer. Tested against the tokenizer
     on generated text (``tests/test_corpus.py``)."""
-    import json as _json
-
     try:
-        spec = _json.loads(tokenizer.to_str())
+        spec = json.loads(tokenizer.to_str())
         tokenizer._check_max_length(max_words)
     except (AttributeError, ValueError, TypeError):
         return None
@@ -777,11 +772,11 @@ def fixed_tokenizer(cfg: Any) -> Any:
     return None
 
 
-def prepare_corpus(cfg: Any, tokenizer: Any = None, share: tuple[int, int] = (0, 1), workers: int = 0,
+def prepare_corpus(cfg: Any, words: bool = True, share: tuple[int, int] = (0, 1), workers: int = 0,
                    strict: bool = False, progress: bool = True, wait: bool = True) -> PreparedCorpus:
-    """Prepare (or reuse) what ``cfg.data`` needs: the caption columns, the words mask under ``tokenizer``
-    (default: the config's fixed tokenizer, if any) and, for ``data.kind=videos`` without the frame cache, the
-    video probes. ``share``/``workers``/``wait`` as in :func:`chunked_array` (``locvtp prepare --shard``)."""
+    """Prepare (or reuse) what ``cfg.data`` needs: the caption columns, with ``words`` the words mask under the
+    config's fixed tokenizer (``data.tokenizer`` or the HF model's; pre-training passes False and builds it with
+    its run's own tokenizer), and, for ``data.kind=videos`` without the frame cache, the video probes. ``share``/``workers``/``wait`` as in :func:`chunked_array` (``locvtp prepare --shard``)."""
     d = cfg.data
     caption = resolve_data_path(d.root, d.caption_file)
     if caption is None or not caption.is_file():
@@ -793,9 +788,9 @@ def prepare_corpus(cfg: Any, tokenizer: Any = None, share: tuple[int, int] = (0,
         from locvtp.data.formats import BadRecord, FormatError
 
         raise FormatError(str(BadRecord(*store.bad_rows()[0])))
-    tok = fixed_tokenizer(cfg) if tokenizer is None else tokenizer  # False: no words mask here (pretrain's own)
+    tok = fixed_tokenizer(cfg) if words else None
     out = PreparedCorpus(store)
-    if tok is not None and tok is not False:
+    if tok is not None:
         out.words = words_mask(store, tok, int(d.max_words), share, workers, progress, wait=wait)
     if d.kind == "features" and d.get("features"):
         out.feature_rows = feature_lengths(store, resolve_data_path(d.root, d.features), share, workers, progress,

@@ -183,7 +183,6 @@ def pool_features(feats: np.ndarray, windows: np.ndarray, stride: float, clip_se
     return (weights @ np.asarray(feats, dtype=np.float64)).astype(np.float32)
 
 
-_resolve = resolve_data_path  # data.* paths: absolute, or relative to data.root
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -717,7 +716,7 @@ def _feature_source(cfg: Any, prepared: Any, root: Path, used: np.ndarray, vids:
     vid_names, rows, known = prepared.store.video_ids, prepared.feature_rows, None
     if rows is not None:  # lengths from the prepared corpus: no feature file is opened at launch
         known = {vid_names[k]: (int(rows["rows"][k]), int(rows["dim"][k])) for k in np.nonzero(used)[0]}
-    source = FeatureSource(_resolve(root, d.features), float(d.clip_seconds), d.feature_stride,
+    source = FeatureSource(resolve_data_path(root, d.features), float(d.clip_seconds), d.feature_stride,
                            video_ids=vids, known_lengths=known)
     in_dim = int(cfg.model.video.in_dim) if cfg.model.video.name == "features" else None
     if in_dim is not None and source.dim and source.dim != in_dim:
@@ -819,7 +818,7 @@ def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionIte
     from locvtp.data import formats
 
     root = Path(os.path.expanduser(str(dcfg.root)))
-    path = _resolve(root, dcfg.caption_file)
+    path = resolve_data_path(root, dcfg.caption_file)
     if not path.is_file():
         raise FileNotFoundError(f"data.caption_file: {path} does not exist (data.root={root})")
     if dcfg.captions == "howto100m":
@@ -835,7 +834,7 @@ def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionIte
         raise ConfigError(f"data.captions must be 'howto100m' or 'webvid', got {dcfg.captions!r}")
     bad = [BadSample("row", f"{b.file}: {b.location}", b.reason) for b in res.skipped]
     if dcfg.split_file:
-        split = _resolve(root, dcfg.split_file)
+        split = resolve_data_path(root, dcfg.split_file)
         if not split.is_file():
             raise FileNotFoundError(f"data.split_file: {split} does not exist (data.root={root})")
         try:

@@ -325,11 +325,17 @@ def _known(vid: str, known_ids: Collection[str] | None) -> None:
         raise _Bad(f"unknown video id {vid!r}")
 
 
+def malformed_json(p: str | Path, lineno: int, colno: int, msg: str) -> FormatError:
+    """The error for a JSON syntax error at ``lineno``/``colno`` of ``p`` (one wording for every reader,
+    the streaming one of :mod:`locvtp.data.corpus` included)."""
+    return FormatError(f"{p}: line {lineno} column {colno}: malformed JSON: {msg}")
+
+
 def _load_json(p: Path) -> Any:
     try:
         return json.loads(_read_text(p))
     except json.JSONDecodeError as exc:
-        raise FormatError(f"{p}: line {exc.lineno} column {exc.colno}: malformed JSON: {exc.msg}") from None
+        raise malformed_json(p, exc.lineno, exc.colno, exc.msg) from None
 
 
 def _csv_rows(p: Path) -> Iterator[tuple[int, Any]]:

@@ -21,6 +21,10 @@ _NUMBER_TAIL = frozenset("0123456789.eE+-")
 _DECODER = json.JSONDecoder()
 
 
+class NotAnObjectError(TypeError):
+    """The file's top-level value is not an object (it holds no members to stream)."""
+
+
 class JSONStreamError(ValueError):
     """Malformed JSON: ``lineno``/``colno`` are 1-based, counted from the start of the file."""
 
@@ -125,7 +129,7 @@ def iter_object_members(path: str | Path, start: int = 0, chunk_bytes: int = 1 <
 
     ``start=0`` reads from the beginning (``{`` expected, after an optional BOM); ``start=resume_at`` of an
     earlier member continues after it (error positions are then counted from there). Raises
-    :class:`JSONStreamError` on malformed JSON (including a value over ``max_value_bytes``) and ``TypeError``
+    :class:`JSONStreamError` on malformed JSON (including a value over ``max_value_bytes``) and :class:`NotAnObjectError`
     when the top level is not an object.
     """
     r = _Reader(Path(path), start, chunk_bytes, max_value_bytes)
@@ -140,7 +144,7 @@ def iter_object_members(path: str | Path, start: int = 0, chunk_bytes: int = 1 <
             if c != "{":
                 if c == "":
                     raise r.error("Expecting value")
-                raise TypeError(f"top level is {type(r.decode()).__name__}, not an object")
+                raise NotAnObjectError(f"top level is {type(r.decode()).__name__}, not an object")
             r.pos += 1
         while True:
             c = r.peek()
@@ -170,4 +174,4 @@ def iter_object_members(path: str | Path, start: int = 0, chunk_bytes: int = 1 <
         r.close()
 
 
-__all__ = ["JSONStreamError", "iter_object_members"]
+__all__ = ["JSONStreamError", "NotAnObjectError", "iter_object_members"]

@@ -209,8 +209,8 @@ def _prepare_data(cfg: Any, run: Path, dist: Dist, resume_from: Optional[Path], 
     from locvtp.data.datasets import BadSampleLog, build_pretrain_data
 
     share = (dist.rank, dist.world)  # corpus-sized work is split over the ranks, never done by one while others wait
-    # tokenizer=False: the words mask is built with the run's own tokenizer (below)
-    prepared = prepare_corpus(cfg, tokenizer=False, share=share, strict=strict, progress=progress and dist.is_main)
+    # words=False: the words mask is built with the run's own tokenizer (below)
+    prepared = prepare_corpus(cfg, words=False, share=share, strict=strict, progress=progress and dist.is_main)
     tokenizer = prepare_tokenizer(cfg, run, prepared.store, resume_from, dist)
     data = build_pretrain_data(cfg, prepared, tokenizer, run, strict=strict, progress=progress and dist.is_main,
                                is_main=dist.is_main, barrier=dist.barrier, share=share)
