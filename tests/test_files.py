@@ -187,3 +187,31 @@ def test_remove_owned_keeps_an_empty_folder_of_the_user(tmp_path):
     write_manifest(d, "extract", ["a.npy", "_info/a.json"])
     assert remove_owned(d, "extract") == 2
     assert sorted(p.name for p in d.iterdir()) == ["mine_empty"]
+
+
+def test_only_our_temporary_names_count_as_temporaries(tmp_path):
+    from locvtp.files import temp_path, temporaries_in, temporary_of
+
+    ours = [temp_path(tmp_path / "feats.h5").name, temp_path(tmp_path / "a.npy", suffix=".npy").name,
+            ".idx.tmp-123", ".idx.old-9-0123abcd", ".step_0000010.tmp-77-89abcdef"]
+    theirs = [".my.tmp-notes", ".config.tmp-backup", ".x.tmp-12-NOTHEX99", ".bashrc", "feats.h5.tmp-3"]
+    for n in ours + theirs:
+        (tmp_path / n).write_text("x")
+    assert [temporary_of(n) for n in ours] == ["feats.h5", "a.npy", "idx", "idx", "step_0000010"]
+    assert all(temporary_of(n) is None for n in theirs)
+    assert sorted(q.name for q in temporaries_in(tmp_path)) == sorted(ours)
+    assert [q.name for q in stale_temporaries(tmp_path / "idx")] == sorted([".idx.old-9-0123abcd", ".idx.tmp-123"])
+
+
+def test_a_user_file_inside_a_claimed_folder_is_foreign(tmp_path):
+    from locvtp.files import foreign_entries
+
+    d = tmp_path / "out"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "ours.json").write_text("x")
+    write_manifest(d, "index", ["sub/ours.json"])
+    assert foreign_entries(d, "index") == []
+    (d / "sub" / "mine.txt").write_text("user's")
+    assert foreign_entries(d, "index") == ["sub"]
+    with pytest.raises(NotOwnedError, match="sub"):
+        check_replaceable_dir(d, "index", "moment index")

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -95,13 +96,30 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ stale temporaries
+# What temp_path and the ".old-" moves of replace_dir name (and the ``.NAME.tmp-PID`` of earlier versions):
+# nothing else matches, so a sweep never takes a user's hidden file for one of ours.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-\d+(?:-[0-9a-f]{8})?(?:\.[A-Za-z0-9]+)?$")
+
+
+def temporary_of(name: str) -> Optional[str]:
+    """The file name whose temporary ``name`` is (``.feats.h5.tmp-12-ab12cd34`` -> ``feats.h5``), else None."""
+    m = _TEMPORARY.match(name)
+    return m.group("name") if m else None
+
+
+def temporaries_in(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Every temporary this module names inside ``directory`` (a journal or output directory the caller owns)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = d.rglob(".*") if recursive else d.glob(".*")
+    return sorted(q for q in found if temporary_of(q.name) is not None)
+
+
 def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """The ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings of ``path`` that an interrupted write left behind."""
     p = Path(path)
-    if not p.parent.is_dir():
-        return []
-    prefixes = (f".{p.name}{TMP_TAG}", f".{p.name}{OLD_TAG}")
-    return sorted(q for q in p.parent.iterdir() if q.name.startswith(prefixes))
+    return [q for q in temporaries_in(p.parent) if temporary_of(q.name) == p.name]
 
 
 def _remove(path: Path) -> None:
@@ -188,13 +206,15 @@ def foreign_entries(directory: str | os.PathLike, writer: str) -> list[str]:
     d = Path(directory)
     m = read_manifest(d)
     owned = set(m.files) if m is not None and m.writer == writer else set()
-    tops = {n.split("/", 1)[0] for n in owned}
     out = []
     for q in sorted(d.iterdir()):
-        if q.name == MANIFEST or q.name in tops or q.name in owned:
+        if q.name == MANIFEST or q.name in owned or temporary_of(q.name) is not None or (
+                q.name.startswith(".") and q.name.endswith(".lock")):
             continue
-        if q.name.startswith(".") and (TMP_TAG in q.name or OLD_TAG in q.name or q.name.endswith(".lock")):
-            continue
+        if q.is_dir() and not q.is_symlink():
+            inside = [f.relative_to(d).as_posix() for f in q.rglob("*") if not f.is_dir()]
+            if inside and all(f in owned for f in inside):
+                continue  # a folder that holds only files we wrote
         out.append(q.name)
     return out
 
@@ -340,5 +360,5 @@ __all__ = [
     "MANIFEST", "Manifest", "OutputLock", "atomic_path", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_text", "check_apart", "check_replaceable_dir", "foreign_entries", "fsync_dir", "fsync_file",
     "overlaps", "read_manifest", "remove_owned", "remove_stale_temporaries", "replace_dir", "stale_temporaries",
-    "temp_path", "write_manifest",
+    "temp_path", "temporaries_in", "temporary_of", "write_manifest",
 ]

@@ -81,11 +81,12 @@ def rotate_checkpoints(run: Path, keep_last: int) -> None:
 
 def clean_partial_writes(run: Path) -> None:
     """Remove temporary directories a killed checkpoint write left behind (``.step_*.tmp-*``, ``.final.tmp-*``)."""
+    from locvtp.files import temporaries_in
+
     for parent in (run, run / "checkpoints"):
-        if parent.is_dir():
-            for d in parent.iterdir():
-                if d.name.startswith(".") and (".tmp-" in d.name or ".old-" in d.name) and d.is_dir():
-                    shutil.rmtree(d, ignore_errors=True)
+        for d in temporaries_in(parent):
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def check_run_dir(run: Path, cfg: Any) -> None:
