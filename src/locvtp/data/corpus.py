@@ -18,6 +18,10 @@ every rank and loader worker maps without copying:
 
 One narration costs 28 bytes of columns plus its text; none of it is resident until touched.
 
+One difference from ``json.loads``: a video id that appears twice as a key of ``caption.json`` keeps both entries'
+narrations here (a stream cannot know a later duplicate is coming), where the in-memory reader keeps only the last
+entry (a dict); HowTo100M has no duplicate keys.
+
 Caches that depend on more than the caption file (which captions keep a word under a tokenizer, what each video
 file's container says) are computed by :func:`chunked_array` in chunks: each chunk is one atomically written part
 file, so a killed run resumes with the missing chunks; ``share=(i, N)`` computes every N-th chunk (``locvtp
