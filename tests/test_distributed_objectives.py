@@ -117,6 +117,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
         ctx = torch.arange(T)[None] + out2["offsets"]
         valid = out2["offsets"] != 0
         assert valid.any() and ((ctx >= 0) & (ctx < T))[valid].all()
+        dist.barrier()  # nobody tears gloo down while a peer is still in its last collective
         dist.destroy_process_group()
     except Exception:  # surface the worker's traceback in the test failure
         with open(os.path.join(result_dir, f"rank{rank}.err"), "w") as fh:

@@ -60,6 +60,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
         out = _objective()(c[sl], w[sl, :Lr], s[sl], cm[sl], wm[sl, :Lr], off[sl], content_mask=content[sl, :Lr])
         torch.save({k: out[k].detach() for k in ("total", "fine", "temporal", "temporal_w")},
                    os.path.join(result_dir, f"rank{rank}.pt"))
+        dist.barrier()  # nobody tears gloo down while a peer is still in its last collective
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001  (reported by the test)
         with open(os.path.join(result_dir, f"rank{rank}.err"), "w") as fh:

@@ -139,8 +139,11 @@ class Dist:
         return out
 
     def close(self) -> None:
-        """Leave the process group if :func:`setup_distributed` created it."""
+        """Leave the process group if :func:`setup_distributed` created it — after a barrier: a rank that tears
+        gloo down while a peer's last collective is still in flight can abort that peer (SIGABRT, "terminate called
+        without an active exception")."""
         if self.initialized_here:
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
     def broadcast_object(self, obj: Any) -> Any:
