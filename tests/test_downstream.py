@@ -218,6 +218,47 @@ def test_tan_head_learns_an_obvious_moment(pooling):
         assert losses2 == losses
 
 
+def test_tan_head_epoch_callback_sees_each_epoch_and_changes_nothing():
+    """The learning-curve hook (diagnostics.head_curves) must not change what is trained: dropout on, and the
+    callback evaluates the head (and draws random numbers) in between epochs."""
+    rng = np.random.default_rng(1)
+    x, q, gt, dur = _synthetic_moments(64, 8, rng)
+    cfg = HeadConfig(num_clips=8, hidden=8, layers=1, kernel=3, epochs=4, lr=3e-3, batch_size=16, dropout=0.3)
+    head_a, losses_a = train_tan_head(x, q, gt, dur, cfg, seed=3)
+    seen = []
+
+    def hook(epoch, head):
+        assert not head.training
+        seen.append(epoch)
+        torch.rand(5)  # a callback drawing random numbers must not shift the training's draws
+        predict_score_maps(head, x[:4], q[:4])
+
+    head_b, losses_b = train_tan_head(x, q, gt, dur, cfg, seed=3, on_epoch=hook)
+    assert seen == [1, 2, 3, 4]
+    assert losses_a == losses_b
+    for pa, pb in zip(head_a.parameters(), head_b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_head_curves_oracle_features_match_a_plain_loop():
+    from locvtp.diagnostics.head_curves import oracle_features
+
+    rng = np.random.default_rng(0)
+    dur = rng.uniform(5, 30, 20)
+    a = rng.uniform(-1, 1.1, 20) * dur
+    b = rng.uniform(0, 1.2, 20) * dur
+    gt = np.stack([np.minimum(a, b), np.maximum(a, b)], 1)
+    n = 7
+    got = oracle_features(gt, dur, n)
+    assert got.shape == (20, n, 1)
+    for i in range(20):
+        s, e = min(max(gt[i, 0] / dur[i], 0), 1), min(max(gt[i, 1] / dur[i], 0), 1)
+        for k in range(n):
+            lo, hi = k / n, (k + 1) / n
+            want = max(0.0, min(e, hi) - max(s, lo)) / (hi - lo)
+            assert got[i, k, 0] == pytest.approx(want, abs=1e-6)
+
+
 def test_overlap_pool_matrix():
     windows = np.array([[0, 1], [1, 2], [2, 3], [3, 4]], dtype=float)
     w = overlap_pool_matrix(windows, 4.0, 2)

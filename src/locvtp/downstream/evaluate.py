@@ -247,7 +247,7 @@ def _evaluate(checkpoint: Any, data_dir: Any, out_dir: Any, tasks: Sequence[str]
     if out is not None:
         _check_out(out, tasks)
     t0 = time.time()
-    ctx, vids = _prepare(checkpoint, data_dir, out, tasks, opts, features, progress, seed, video_dir, strict,
+    ctx, vids = prepare_context(checkpoint, data_dir, out, tasks, opts, features, progress, seed, video_dir, strict,
                          device)
     embed_seconds = time.time() - t0
     flat = _run_tasks(ctx, tasks, opts, verbose)
@@ -268,10 +268,11 @@ def _evaluate(checkpoint: Any, data_dir: Any, out_dir: Any, tasks: Sequence[str]
     return flat
 
 
-def _prepare(checkpoint: Any, data_dir: Path, out: Path | None, tasks: Sequence[str], opts: DownstreamOptions,
+def prepare_context(checkpoint: Any, data_dir: Path, out: Path | None, tasks: Sequence[str], opts: DownstreamOptions,
              features: Any, progress: bool, seed: int, video_dir: Any, strict: bool, device: str
              ) -> tuple[EvalContext, list[str]]:
-    """Load the checkpoint, read the annotations, embed every needed video once: the tasks' context."""
+    """Load the checkpoint, read the annotations, embed every needed video once: the tasks' context (and the
+    videos embedded). Public for diagnostics that run a task's pieces on the same context as `evaluate`."""
     ck = _load_checkpoint(checkpoint, device)
     if any(t != "segmentation" for t in tasks):  # every other task embeds sentences
         from locvtp.inference import require_tokenizer

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -199,11 +199,14 @@ class HeadConfig:
 @run_single_threaded  # tiny tensors: see common.single_threaded
 def train_tan_head(feats: np.ndarray, queries: np.ndarray, gt: np.ndarray, durations: np.ndarray,
                    cfg: HeadConfig = HeadConfig(), seed: int = 0, progress: bool = False,
-                   desc: str = "2D-TAN head") -> tuple[TAN2DHead, list[float]]:
+                   desc: str = "2D-TAN head", on_epoch: Callable[[int, TAN2DHead], None] | None = None
+                   ) -> tuple[TAN2DHead, list[float]]:
     """Train a :class:`TAN2DHead` on pooled features ``[Q, N, Din]`` (one row per query; videos repeat),
     sentence embeddings ``[Q, Dq]``, ground truth ``[Q, 2]`` seconds and durations ``[Q]``.
 
     Returns the head (in eval mode) and the mean loss of each epoch. Deterministic given ``seed``.
+    ``on_epoch(epoch, head)`` (1-based) is called after each epoch, for learning curves; the head is put back in
+    training mode afterwards and the random streams it draws from are not touched, so it does not change training.
     """
     from locvtp.runtime import progress as tqdm
 
@@ -234,6 +237,12 @@ def train_tan_head(feats: np.ndarray, queries: np.ndarray, gt: np.ndarray, durat
             total += loss.item() * len(idx)
             count += len(idx)
         losses.append(total / max(count, 1))
+        if on_epoch is not None:
+            head.eval()
+            state = torch.get_rng_state()
+            on_epoch(len(losses), head)
+            torch.set_rng_state(state)
+            head.train()
     head.eval()
     return head, losses
 
@@ -394,6 +403,50 @@ def _pooled(ctx, queries: Sequence[GroundingQuery], num_bins: int) -> tuple[np.n
     return np.stack(rows), used
 
 
+@dataclass
+class HeadData:
+    """What the 2D-TAN head trains and is tested on: pooled frozen features, sentence embeddings, ground truth
+    (seconds) and durations of the train queries whose video is available, and the same for the test queries
+    (``used_test``: their indices in the test list)."""
+
+    x_train: np.ndarray
+    q_train: np.ndarray
+    gt_train: np.ndarray
+    dur_train: np.ndarray
+    x_test: np.ndarray
+    q_test: np.ndarray
+    gt_test: np.ndarray
+    dur_test: np.ndarray
+    used_test: list[int]
+    train_queries: int
+    skipped_train: Any
+
+
+def head_data(ctx, opts: GroundingOptions, test: Sequence[GroundingQuery] | None = None) -> HeadData:
+    """The head's arrays on ``ctx`` (one helper for `run_grounding` and the learning-curve diagnostic);
+    ``test`` None: the test split, read here."""
+    if test is None:
+        test, _ = load_grounding_queries(ctx.data_dir, opts.dataset, "test", ctx.strict, opts)
+        _fill_durations(ctx, test)
+    num_bins = opts.head_cfg.num_clips
+    train, skipped_train = load_grounding_queries(ctx.data_dir, opts.dataset, "train", ctx.strict, opts)
+    _fill_durations(ctx, train)
+    x_tr, used_tr = _pooled(ctx, train, num_bins)
+    x_te, used_te = _pooled(ctx, test, num_bins)
+
+    def sentences(qs: Sequence[GroundingQuery], used: list[int]) -> np.ndarray:
+        return ctx.bank.texts([qs[k].query for k in used]).sentence if used else np.zeros((0, 0), np.float32)
+
+    def spans(qs: Sequence[GroundingQuery], used: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array([[qs[k].start, qs[k].end] for k in used], np.float64).reshape(-1, 2),
+                np.array([qs[k].duration for k in used], np.float64))
+
+    gt_tr, dur_tr = spans(train, used_tr)
+    gt_te, dur_te = spans(test, used_te)
+    return HeadData(x_tr, sentences(train, used_tr), gt_tr, dur_tr, x_te, sentences(test, used_te), gt_te, dur_te,
+                    used_te, len(train), skipped_train)
+
+
 def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
     """Zero-shot grounding on the test split, and (``opts.head``) the 2D-TAN head trained on the train split."""
     from locvtp.downstream.common import TaskResult, prefixed
@@ -423,18 +476,14 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
 
     if opts.head:
         hc = opts.head_cfg
-        train, skipped_train = load_grounding_queries(ctx.data_dir, opts.dataset, "train", ctx.strict, opts)
-        _fill_durations(ctx, train)
-        x_tr, used_tr = _pooled(ctx, train, hc.num_clips)
-        x_te, used_te = _pooled(ctx, test, hc.num_clips)
-        info.update(train_queries=len(train), head_train_queries=len(used_tr), skipped_train_annotations=skipped_train)
-        if len(used_tr) >= 2 and used_te:
-            q_tr = ctx.bank.texts([train[k].query for k in used_tr]).sentence
-            q_te = ctx.bank.texts([test[k].query for k in used_te]).sentence
-            gt_tr = np.array([[train[k].start, train[k].end] for k in used_tr])
-            dur_tr = np.array([train[k].duration for k in used_tr])
-            head, losses = train_tan_head(x_tr, q_tr, gt_tr, dur_tr, hc, seed=ctx.seed, progress=ctx.progress)
-            maps = predict_score_maps(head, x_te, q_te)
+        data = head_data(ctx, opts, test)
+        info.update(train_queries=data.train_queries, head_train_queries=len(data.x_train),
+                    skipped_train_annotations=data.skipped_train)
+        if len(data.x_train) >= 2 and data.used_test:
+            used_te = data.used_test
+            head, losses = train_tan_head(data.x_train, data.q_train, data.gt_train, data.dur_train, hc,
+                                          seed=ctx.seed, progress=ctx.progress)
+            maps = predict_score_maps(head, data.x_test, data.q_test)
             head_ranked, head_scores = [], []
             for k, smap in zip(used_te, maps):
                 windows, wscores = score_map_to_windows(smap, test[k].duration)
@@ -456,6 +505,6 @@ __all__ = [
     "clip_query_score_matrix", "clip_query_scores", "window_scores", "rank_windows", "top_windows", "moment_mask",
     "moment_iou",
     "scaled_iou_bce", "moment_map_pool", "TAN2DHead", "pool_to_bins", "HeadConfig", "train_tan_head",
-    "predict_score_maps", "GroundingQuery",
+    "predict_score_maps", "GroundingQuery", "HeadData", "head_data",
     "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "run_grounding",
 ]

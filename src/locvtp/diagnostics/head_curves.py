@@ -1,0 +1,119 @@
+"""Does the 2D-TAN head on frozen features saturate, under-train or overfit? Its learning curves, per checkpoint.
+
+The demo's fine-tuned grounding head (``head_grounding_R1@0.5``) barely tells coarse from LocVTP features
+(docs/results.md). This trains the same head (`train_tan_head`, the evaluation's settings unless overridden) on the
+same pooled features and sentence embeddings `locvtp evaluate grounding` uses, and prints R1@0.5 / mIoU on the
+*train* and *test* queries after chosen epochs, for several head seeds. Two controls bound what features can add:
+``blind`` (the features zeroed: what the head learns from the sentence and moment priors alone) and, once per world,
+``oracle`` (each bin's feature = the share of it covered by the query's own ground-truth moment, the best any
+feature can tell; the query embedding is kept, so the head must still learn to read it).
+
+    python -m locvtp.diagnostics.head_curves --world W run_coarse run_locvtp --epochs 5 10 20 40 80 --seeds 0 1 2
+
+Reading it: train ≫ test and test falling with epochs = overfitting; both still rising at the default epoch count =
+under-training; every checkpoint close to the oracle or to the blind control = saturation (or features unused).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def _recall(head, x: np.ndarray, q: np.ndarray, gt: np.ndarray, dur: np.ndarray) -> dict[str, float]:
+    from locvtp.downstream.grounding import predict_score_maps
+    from locvtp.metrics import grounding_recall, score_map_to_windows
+
+    maps = predict_score_maps(head, x, q)
+    ranked = [score_map_to_windows(m, float(d))[0] for m, d in zip(maps, dur)]
+    r = grounding_recall(ranked, gt)
+    return {"R1@0.5": r["R1@0.5"], "mIoU": r["mIoU"]}
+
+
+def oracle_features(gt: np.ndarray, dur: np.ndarray, num_bins: int) -> np.ndarray:
+    """[Q, N, 1]: the share of each of N equal bins covered by the query's ground-truth moment."""
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    s = (gt[:, :1] / dur[:, None]).clip(0, 1)
+    e = (gt[:, 1:] / dur[:, None]).clip(0, 1)
+    cover = (np.minimum(e, edges[None, 1:]) - np.maximum(s, edges[None, :-1])).clip(0) * num_bins
+    return cover[..., None].astype(np.float32)
+
+
+def curves(data, cfg, epochs: Sequence[int], seeds: Sequence[int]) -> dict[str, dict[str, list[float]]]:
+    """{"train_R1@0.5": [per epoch, mean over seeds], "test_R1@0.5": ..., "train_mIoU": ..., "test_mIoU": ...,
+    "loss": ...} and the per-seed test R1@0.5 at the last epoch (``"test_R1@0.5_seeds"``)."""
+    from locvtp.downstream.grounding import train_tan_head
+
+    keep = set(epochs)
+    per_seed = []
+    for seed in seeds:
+        rows: dict[int, dict[str, float]] = {}
+
+        def on_epoch(epoch: int, head) -> None:
+            if epoch in keep:
+                tr = _recall(head, data.x_train, data.q_train, data.gt_train, data.dur_train)
+                te = _recall(head, data.x_test, data.q_test, data.gt_test, data.dur_test)
+                rows[epoch] = {**{f"train_{k}": v for k, v in tr.items()}, **{f"test_{k}": v for k, v in te.items()}}
+
+        _, losses = train_tan_head(data.x_train, data.q_train, data.gt_train, data.dur_train,
+                                   replace(cfg, epochs=max(epochs)), seed=seed, on_epoch=on_epoch)
+        for e in rows:
+            rows[e]["loss"] = losses[e - 1]
+        per_seed.append(rows)
+    out = {k: [float(np.mean([r[e][k] for r in per_seed])) for e in epochs] for k in per_seed[0][epochs[0]]}
+    out["test_R1@0.5_seeds"] = [r[max(epochs)]["test_R1@0.5"] for r in per_seed]
+    return out
+
+
+def _print(name: str, epochs: Sequence[int], c: dict) -> None:
+    print(f"\n{name}")
+    print("epoch        " + " ".join(f"{e:>6d}" for e in epochs))
+    for k in ("loss", "train_R1@0.5", "test_R1@0.5", "train_mIoU", "test_mIoU"):
+        fmt = "{:6.3f}" if k == "loss" else "{:6.1f}"
+        print(f"{k:<12} " + " ".join(fmt.format(v) for v in c[k]))
+    print(f"test R1@0.5 at epoch {max(epochs)} per head seed: {c['test_R1@0.5_seeds']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from locvtp.downstream.evaluate import check_options, load_options, prepare_context
+    from locvtp.downstream.grounding import head_data
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoints", nargs="+", help="checkpoint or run directories")
+    ap.add_argument("--world", required=True, type=Path)
+    ap.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20, 40, 80])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="head seeds")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="downstream options (key=value)")
+    ap.add_argument("--json", type=Path, default=None, help="also write every curve here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    epochs = sorted(set(a.epochs))
+    opts = check_options(load_options(None, a.overrides))
+    g = opts.grounding
+    results: dict[str, dict] = {}
+    for i, ck in enumerate(a.checkpoints):
+        ctx, _ = prepare_context(ck, a.world, None, ["grounding"], opts, None, False, 0, None, False, "cpu")
+        data = head_data(ctx, g)
+        runs = {ck: data}
+        if i == 0:
+            runs["blind (features zeroed)"] = replace(data, x_train=np.zeros_like(data.x_train),
+                                                      x_test=np.zeros_like(data.x_test))
+            n = g.head_cfg.num_clips
+            runs["oracle (ground-truth coverage)"] = replace(
+                data, x_train=oracle_features(data.gt_train, data.dur_train, n),
+                x_test=oracle_features(data.gt_test, data.dur_test, n))
+        for name, d in runs.items():
+            results[name] = curves(d, g.head_cfg, epochs, a.seeds)
+            _print(name, epochs, results[name])
+    if a.json:
+        a.json.write_text(json.dumps({"epochs": epochs, "seeds": a.seeds, "curves": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
