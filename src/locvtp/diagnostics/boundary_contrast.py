@@ -1,0 +1,104 @@
+"""How sharply do a model's clip embeddings and zero-shot curves mark where a sentence's moment starts and ends?
+
+Issue 15's question: why does the temporal-aware term lower zero-shot grounding when added to the fine-grained term?
+A context head that predicts a neighbour's embedding from a clip and its offset can pull the embeddings of
+neighbouring clips together. If it does, the clips just outside a moment (its *flanks*) look like the clips inside,
+and the zero-shot curve, which the window scorer contrasts inside against outside, loses its edges. This measures
+exactly that, on the held-out grounding queries `locvtp evaluate grounding` scores, with the same curves:
+
+- ``edge_*``: (mean curve inside the ground-truth moment − mean over the ≤ ``flank`` clips just outside it) / the
+  curve's std over the video, for the combined curve (``alpha`` of the evaluation) and its sentence-only
+  (alpha = 1) and word-only (alpha = 0) parts; ``far``: the same against the clips further away;
+- ``cos_in`` / ``cos_cross``: mean cosine of adjacent clips both inside the moment / one inside and one outside;
+  ``cos_gap`` = in − cross, the embedding's own boundary; ``cos_adj``: adjacent clips over the whole video.
+
+    python -m locvtp.diagnostics.boundary_contrast --world W runs/plus_fine runs/plus_fine_plus_temporal
+
+Larger edge and gap = sharper boundaries. Means over the queries (clips whose centre lies in the moment are inside).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def query_contrast(curve: np.ndarray, inside: np.ndarray, flank: int) -> tuple[float, float]:
+    """(inside − flank) and (inside − far) means of one curve over its std; NaN when a side is empty."""
+    idx = np.flatnonzero(inside)
+    if len(idx) == 0 or inside.all():
+        return float("nan"), float("nan")
+    dist = np.abs(np.arange(len(curve))[:, None] - idx[None, :]).min(1)
+    near = ~inside & (dist <= flank)
+    far = ~inside & (dist > flank)
+    sd = curve.std() + 1e-8
+    mean_in = curve[inside].mean()
+    edge = (mean_in - curve[near].mean()) / sd if near.any() else float("nan")
+    return float(edge), float((mean_in - curve[far].mean()) / sd) if far.any() else float("nan")
+
+
+def adjacent_cosines(feats: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cosines of clips t, t+1: all pairs, pairs inside the moment, pairs crossing its boundary."""
+    f = feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-8)
+    cos = (f[:-1] * f[1:]).sum(1)
+    both = inside[:-1] & inside[1:]
+    cross = inside[:-1] != inside[1:]
+    return cos, cos[both], cos[cross]
+
+
+def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
+    from locvtp.downstream.evaluate import check_options, load_options, prepare_context
+    from locvtp.downstream.grounding import load_grounding_queries
+    from locvtp.localize import clip_query_scores
+
+    opts = check_options(load_options())
+    g = opts.grounding
+    ctx, _ = prepare_context(checkpoint, world, None, ["grounding"], opts, None, False, 0, None, False, "cpu")
+    queries, _ = load_grounding_queries(world, g.dataset, "test", False, g)
+    texts = ctx.bank.texts([q.query for q in queries])
+    rows: dict[str, list] = {k: [] for k in ("edge", "far", "edge_sentence", "edge_words")}
+    cos_all, cos_in, cos_cross = [], [], []
+    for k, q in enumerate(queries):
+        seq = ctx.bank.video(q.vid)
+        if seq is None or len(seq.features) < 2:
+            continue
+        centres = seq.windows.mean(1)
+        inside = (centres >= q.start) & (centres <= q.end)
+        for key, alpha in (("edge", g.alpha), ("edge_sentence", 1.0), ("edge_words", 0.0)):
+            curve = clip_query_scores(seq.features, texts.sentence[k], texts.words[k], alpha=alpha)
+            edge, far = query_contrast(curve, inside, flank)
+            rows[key].append(edge)
+            if key == "edge":
+                rows["far"].append(far)
+        a, i, c = adjacent_cosines(seq.features, inside)
+        cos_all.append(a), cos_in.append(i), cos_cross.append(c)
+    out = {k: float(np.nanmean(v)) for k, v in rows.items()}
+    ci, cc = float(np.concatenate(cos_in).mean()), float(np.concatenate(cos_cross).mean())
+    out.update(cos_in=ci, cos_cross=cc, cos_gap=ci - cc, cos_adj=float(np.concatenate(cos_all).mean()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoints", nargs="+", help="checkpoint or run directories")
+    ap.add_argument("--world", required=True, type=Path)
+    ap.add_argument("--flank", type=int, default=2, help="clips just outside the moment that count as its flank")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    res = {ck: measure(ck, a.world, a.flank) for ck in a.checkpoints}
+    keys = list(next(iter(res.values())))
+    width = max(len(c) for c in res)
+    print(f"{'checkpoint':<{width}} " + " ".join(f"{k:>13}" for k in keys))
+    for ck, r in res.items():
+        print(f"{ck:<{width}} " + " ".join(f"{r[k]:13.3f}" for k in keys))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
