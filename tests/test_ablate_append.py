@@ -87,3 +87,35 @@ def test_issue_15_rows_are_one_override_each():
     for name, override in rows.items():
         assert demo.ABLATIONS[name] == [override]
         demo.check_overrides("tiny", demo.ABLATIONS[name])  # a valid config key and value
+
+
+def test_eval_world_evaluates_there_into_its_own_table(tmp_path: Path, fake_pipeline, monkeypatch):
+    """--eval-world: the same rows (reused, not retrained) scored on another world, in ablation_on_<name>.json;
+    the training world's table is left alone; a directory holding no world is refused before anything runs."""
+    import locvtp.data.synthetic as synthetic
+    import locvtp.downstream as downstream
+
+    score, trained = fake_pipeline
+    other = tmp_path / "unseen world"
+    real_open = synthetic.open_world
+    monkeypatch.setattr(synthetic, "open_world", lambda p: {"seed": 1, "preset": "tiny", "generator_version": "1.3"}
+                        if Path(p) == other else real_open(p))
+    seen = []
+    fake_eval = downstream.evaluate_all
+    monkeypatch.setattr(downstream, "evaluate_all", lambda ck, world, **k: seen.append((Path(world), k["out_dir"]))
+                        or fake_eval(ck, world, **k))
+    out = tmp_path / "abl"
+    score["value"] = 10.0
+    demo.run_ablation(out, preset="tiny", only=["coarse"], progress=False, world=tmp_path / "w")
+    score["value"] = 40.0
+    rows = demo.run_ablation(out, preset="tiny", only=["coarse"], progress=False, world=tmp_path / "w",
+                             eval_world=other)
+    assert rows == {"coarse": {"grounding_R1@0.5": 40.0, "retrieval_R1": 1.0}}
+    assert json.loads((out / "ablation.json").read_text())["coarse"]["grounding_R1@0.5"] == 10.0
+    assert json.loads((out / "ablation_on_unseen_world.json").read_text()) == rows
+    assert "evaluated on" in (out / "ablation_on_unseen_world.md").read_text()
+    assert seen[0][0] == tmp_path / "w" and seen[1] == (other, out / "eval_on_unseen_world" / "coarse")
+    with pytest.raises(demo.DemoError, match="no synthetic world there"):
+        demo.run_ablation(out, preset="tiny", only=["coarse"], progress=False, world=tmp_path / "w",
+                          eval_world=tmp_path / "empty")
+    assert len(seen) == 2

@@ -476,15 +476,21 @@ def _load_rows(path: Path) -> dict[str, dict]:
 
 def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: int = 0,
                  only: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True,
-                 world: str | Path | None = None) -> dict:
+                 world: str | Path | None = None, eval_world: str | Path | None = None) -> dict:
     """Pre-train and evaluate the ``only`` rows (default: all of ABLATIONS) and add them to
     ``out/ablation.json``: rows already there from earlier runs are kept, a row run again replaces its own
-    entry. Returns every row of the file; ``ablation.md`` shows them all."""
+    entry. Returns every row of the file; ``ablation.md`` shows them all.
+
+    ``eval_world``: evaluate on this other complete world instead (e.g. one of an unseen seed: generalisation),
+    into ``ablation_on_<its directory name>.json/.md`` and ``eval_on_<name>/``; pre-training is unchanged and a
+    finished row is reused, so this costs only the evaluations."""
     from locvtp.downstream import evaluate_all
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    target, stem, eval_dir = _evaluation_target(eval_world)
     world, _ = prepare_world(world, out, preset, progress, label="ablate")
+    target = target or world
     cfg_path = find_config("pretrain_synthetic")
     names = list(only) if only else list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
@@ -492,7 +498,7 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
         raise ValueError(f"unknown ablation rows {unknown}; choose from {list(ABLATIONS)}")
     # Append: rows of earlier runs into this directory stay; a row run again replaces its own entry only
     # (keeping its place in the table). Checked before anything trains.
-    results = _load_rows(out / "ablation.json")
+    results = _load_rows(out / f"{stem}.json")
     common, _, _ = _common_overrides(out, world, cfg_path, preset, seed, overrides, progress)
     jobs = _jobs(out, common, {n: ABLATIONS[n] for n in names})
     parallel = max(1, os.cpu_count() or 1)
@@ -500,16 +506,35 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
     ckpts = pretrain_jobs(cfg_path, jobs, parallel=parallel, progress=progress)
     for name in names:
         print(f"[ablate] evaluating {name}")
-        metrics = evaluate_all(ckpts[name], world, out_dir=out / "eval" / jobs[name][0].name, progress=progress,
-                               seed=seed, threads=1)
+        metrics = evaluate_all(ckpts[name], target, out_dir=out / eval_dir / jobs[name][0].name,
+                               progress=progress, seed=seed, threads=1)
         results[name] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        atomic_write_text(out / "ablation.json", json.dumps(results, indent=2))
+        atomic_write_text(out / f"{stem}.json", json.dumps(results, indent=2))
     table = format_table(results)
-    atomic_write_text(out / "ablation.md", "# locvtp ablation\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
+    where = "" if eval_world is None else f" (evaluated on `{target}`)"
+    atomic_write_text(out / f"{stem}.md", f"# locvtp ablation{where}\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
         f"- {n}: `{' '.join(ABLATIONS[n]) or '(defaults)'}`" if n in ABLATIONS else f"- {n}: (not a current row)"
         for n in results) + "\n")
     print(table)
     return results
+
+
+def _evaluation_target(eval_world: str | Path | None) -> tuple[Path | None, str, str]:
+    """(world to evaluate on or None for the training world, table file stem, evaluation directory name); an
+    ``eval_world`` that holds no complete world is refused before anything trains."""
+    if eval_world is None:
+        return None, "ablation", "eval"
+    from locvtp.data.synthetic import open_world
+
+    path = Path(eval_world)
+    manifest = open_world(path)  # raises NotAWorldError on a damaged world
+    if manifest is None:
+        raise DemoError(f"--eval-world {path}: no synthetic world there (generate one with `locvtp synth --out "
+                        f"{path} --seed N`)")
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.resolve().name)
+    print(f"[ablate] evaluating on {path} (seed={manifest['seed']}, preset={manifest['preset']}, generator "
+          f"{manifest['generator_version']})")
+    return path, f"ablation_on_{name}", f"eval_on_{name}"
 
 
 def check_overrides(preset: str, overrides: Sequence[str]) -> None:
@@ -546,11 +571,15 @@ def ablate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, choices=list(ABLATIONS), metavar="ROW",
                     help=f"subset of rows: {list(ABLATIONS)}")
     ap.add_argument("--world", default=None, help="use an existing synthetic world directory (e.g. the demo's)")
+    ap.add_argument("--eval-world", default=None, help=(
+        "evaluate the rows on this other world (e.g. one of an unseen seed) instead of the training world: "
+        "writes ablation_on_<name>.json/.md; finished pre-trainings are reused"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides applied to every row (key=value)")
     a = ap.parse_args(argv)
     check_overrides(a.preset, a.overrides)
-    run_ablation(a.out, a.preset, a.seed, a.only, a.overrides, progress=not a.quiet, world=a.world)
+    run_ablation(a.out, a.preset, a.seed, a.only, a.overrides, progress=not a.quiet, world=a.world,
+                 eval_world=a.eval_world)
     return 0
 
 
