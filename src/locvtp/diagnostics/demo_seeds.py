@@ -3,6 +3,11 @@ ablation.json; prints a markdown table with one row per model / ablation row).
 
     python -m locvtp.diagnostics.demo_seeds demo_run/results.json seed1/results.json seed2/results.json
     python -m locvtp.diagnostics.demo_seeds abl0/ablation.json abl1/ablation.json abl2/ablation.json
+    python -m locvtp.diagnostics.demo_seeds abl0/ablation.json abl1/ablation.json --versus +fine+temporal
+
+``--versus ROW``: each row's *paired* difference to ROW, seed by seed (row − ROW in the same file; mean ± std, and
+in how many seeds it is above zero): rows trained from the same backbone and seed share much of their noise, so a
+paired difference is the sharper test of a component.
 """
 from __future__ import annotations
 
@@ -40,7 +45,32 @@ def aggregate(paths: list[str], models=None) -> str:
     return "\n".join(rows) + f"\n\nseeds {seeds}; demo wall time (s, excluding set-up) {walls}"
 
 
+def paired(paths: list[str], reference: str) -> str:
+    """Markdown table of each row's per-seed difference to ``reference`` (files lacking either are skipped)."""
+    runs = [json.load(open(p, encoding="utf-8")) for p in paths]
+    if not any(reference in r for r in runs):
+        raise SystemExit(f"--versus {reference!r}: no such row in {paths}")
+    models = list(dict.fromkeys(k for r in runs for k, v in r.items() if isinstance(v, dict) and k != reference
+                                and any(c in v for c, _ in COLUMNS)))
+    rows = [f"| row − {reference} | " + " | ".join(h for _, h in COLUMNS) + " |",
+            "|---|" + "|".join("---:" for _ in COLUMNS) + "|"]
+    for m in models:
+        cells = []
+        for key, _ in COLUMNS:
+            d = [r[m][key] - r[reference][key] for r in runs
+                 if m in r and reference in r and key in r[m] and key in r[reference]]
+            if not d:
+                cells.append("–")
+                continue
+            spread = f" ± {statistics.stdev(d):.1f}" if len(d) > 1 else ""
+            cells.append(f"{statistics.mean(d):+.1f}{spread} ({sum(x > 0 for x in d)}/{len(d)})")
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n\n(k/n: seeds in which the row is above the reference)"
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="+")
-    print(aggregate(ap.parse_args().results))
+    ap.add_argument("--versus", default=None, metavar="ROW", help="paired per-seed differences to this row")
+    a = ap.parse_args()
+    print(paired(a.results, a.versus) if a.versus else aggregate(a.results))
