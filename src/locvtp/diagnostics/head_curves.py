@@ -4,7 +4,8 @@ The demo's fine-tuned grounding head (``head_grounding_R1@0.5``) barely tells co
 (docs/results.md). This trains the same head (`train_tan_head`, the evaluation's settings unless overridden) on the
 same pooled features and sentence embeddings `locvtp evaluate grounding` uses, and prints R1@0.5 / mIoU on the
 *train* and *test* queries after chosen epochs, for several head seeds. Two controls bound what features can add:
-``blind`` (the features zeroed: what the head learns from the sentence and moment priors alone) and, once per world,
+``blind`` (the features zeroed: what the head learns from the sentence and moment priors alone), ``deaf`` (the
+first checkpoint's features with the sentence zeroed: how far finding *an* event, not the sentence's, goes) and
 ``oracle`` (each bin's feature = the share of it covered by the query's own ground-truth moment, the best any
 feature can tell; the query embedding is kept, so the head must still learn to read it).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         if i == 0:
             runs["blind (features zeroed)"] = replace(data, x_train=np.zeros_like(data.x_train),
                                                       x_test=np.zeros_like(data.x_test))
+            runs["deaf (sentences zeroed)"] = replace(data, q_train=np.zeros_like(data.q_train),
+                                                      q_test=np.zeros_like(data.q_test))
             n = g.head_cfg.num_clips
             runs["oracle (ground-truth coverage)"] = replace(
                 data, x_train=oracle_features(data.gt_train, data.dur_train, n),
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, d in runs.items():
             results[name] = curves(d, g.head_cfg, epochs, a.seeds)
             _print(name, epochs, results[name])
+            sys.stdout.flush()
     if a.json:
         a.json.write_text(json.dumps({"epochs": epochs, "seeds": a.seeds, "curves": results}, indent=2))
     return 0
