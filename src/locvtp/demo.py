@@ -154,7 +154,7 @@ def _jobs(out: Path, common: Sequence[str], rows: dict[str, list[str]]) -> dict[
     """One pre-training per row: its run directory (a file-system-safe form of the row name) and overrides."""
     jobs = {}
     for name, extra in rows.items():
-        safe = name.replace("+", "plus_").replace("=", "_")
+        safe = name.replace("+", "plus_").replace("=", "_").replace(" ", "_")
         jobs[name] = (out / "runs" / safe, [*common, f"data.cache_dir={out / 'cache' / safe}", *extra])
     return jobs
 
@@ -456,6 +456,8 @@ ABLATIONS: dict[str, list[str]] = {
     "temporal_directions=clip": ["objective.temporal_directions=clip"],
     "stopwords=english": ["objective.stopwords=english"],
     "sigma=1": ["objective.sigma=1"],
+    # the stop-word mask without the temporal term: does the mask help the fine term itself, or the temporal one?
+    "+fine stopwords=english": ["objective.temporal=false", "objective.stopwords=english"],
 }
 
 
