@@ -7,6 +7,7 @@ import math
 import pytest
 
 from locvtp import demo
+from locvtp.data.synthetic import GENERATOR_VERSION
 
 KEYS = ["retrieval_R1", "retrieval_R5", "grounding_R1@0.5", "grounding_R1@0.7", "grounding_mIoU",
         "head_grounding_R1@0.5", "step_recall", "segmentation_acc"]
@@ -111,13 +112,13 @@ def test_world_stage_uses_a_world_of_another_seed_as_it_is(seed1_world, tmp_path
     before = _snapshot(seed1_world)
     path, manifest = demo.prepare_world(seed1_world, tmp_path / "out", "tiny", progress=False)
     assert path == seed1_world and manifest["seed"] == 1 and manifest["preset"] == "tiny"
-    assert "as it is (seed=1, preset=tiny, generator 1.2)" in capsys.readouterr().out
+    assert f"as it is (seed=1, preset=tiny, generator {GENERATOR_VERSION})" in capsys.readouterr().out
     assert _snapshot(seed1_world) == before  # nothing regenerated, rewritten or deleted
     # the demo preset does not matter either: the world's own preset is used
     assert demo.prepare_world(seed1_world, tmp_path / "out", "demo", progress=False)[1]["preset"] == "tiny"
     assert _snapshot(seed1_world) == before
     assert demo._world_record(path, manifest) == {"path": str(seed1_world), "seed": 1, "preset": "tiny",
-                                                  "generator_version": "1.2"}
+                                                  "generator_version": GENERATOR_VERSION}
 
 
 def test_world_stage_generates_only_into_a_directory_without_a_world(tmp_path):
@@ -151,7 +152,7 @@ def _broken_worlds(src, root):
     shutil.copytree(src, no_video)
     victim = sorted((no_video / "videos").glob("*.mp4"))[0]
     victim.unlink()
-    cases.append(("no_video", no_video, f"incomplete world (seed=1, preset='tiny', generator 1.2): videos/{victim.name} is missing"))
+    cases.append(("no_video", no_video, f"incomplete world (seed=1, preset='tiny', generator {GENERATOR_VERSION}): videos/{victim.name} is missing"))
     changed = root / "changed"
     shutil.copytree(src, changed)
     (changed / "coin" / "COIN.json").write_text("{}")

@@ -118,15 +118,17 @@ def test_long_videos_have_3_to_10_events_and_unique_queries():
     assert min(lengths) == 3 and max(lengths) >= 9
 
 
-def test_demo_preset_sizes():
-    plan = S.plan_world(0, "demo")
+@pytest.mark.parametrize("version", S.GENERATOR_VERSIONS)
+def test_demo_preset_sizes(version):
+    plan = S.plan_world(0, "demo", version)
     files = S.build_annotations(plan)
     cap = json.loads(files["pretrain/caption.json"])
     n_narr = sum(len(c["text"]) for c in cap.values())
     assert 1000 <= n_narr <= 3000
     assert 100 <= sum(len(v.events) for v in plan.splits["grounding_test"]) <= 250
     assert 100 <= len(plan.splits["retrieval_test"]) <= 200
-    assert 100 <= sum(len(v.events) for v in plan.splits["crosstask_val"]) <= 250
+    steps = sum(k is not None for v in plan.splits["crosstask_val"] for k in v.extra["steps"])
+    assert 100 <= steps <= (250 if version == "1.2" else 500)  # 1.3: 7-10 steps per task (docs/world_versions.md)
 
 
 def test_retrieval_test_videos_are_distinct_triples():
@@ -210,8 +212,10 @@ def test_downstream_annotations_are_exact(tiny_world):
     for vid, a in anet.items():
         assert a["timestamps"] == [[e["start"], e["end"]] for e in gt[vid]["events"]]
     coin = json.loads((tiny_world / "coin/COIN.json").read_text())["database"]
-    for vid, c in coin.items():
-        assert [x["segment"] for x in c["annotation"]] == [[e["start"], e["end"]] for e in gt[vid]["events"]]
+    for vid, c in coin.items():  # every step event; generator 1.3's distractors (step None) are background
+        steps = gt[vid].get("steps") or [1] * len(gt[vid]["events"])
+        assert [x["segment"] for x in c["annotation"]] == [[e["start"], e["end"]] for k, e in
+                                                          zip(steps, gt[vid]["events"]) if k is not None]
 
 
 def test_epic_segments_are_the_events_verb_action_noun_actor(tiny_world):
@@ -245,7 +249,7 @@ def test_crosstask_steps_in_order_with_skips(tiny_world):
     gt = json.loads((tiny_world / "ground_truth.json").read_text())
     plan = S.plan_world(0, "demo")
     for v in plan.splits["crosstask_val"]:
-        steps = v.extra["steps"]
+        steps = [k for k in v.extra["steps"] if k is not None]  # None: a 1.3 distractor action
         assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[0] >= 1
     assert any(len(v.extra["steps"]) < len(t.steps) for v in plan.splits["crosstask_val"]
                for t in plan.crosstask_tasks if t.task_id == v.extra["task"])  # some steps are skipped
@@ -253,7 +257,8 @@ def test_crosstask_steps_in_order_with_skips(tiny_world):
         if g["split"].startswith("crosstask"):
             texts = tasks[g["task"]].steps
             for k, e in zip(g["steps"], g["events"]):
-                assert texts[k - 1] == e["caption"]  # 1-based step ids index tasks_primary.txt
+                if k is not None:
+                    assert texts[k - 1] == e["caption"]  # 1-based step ids index tasks_primary.txt
 
 
 # ----------------------------------------------------------------------------- pixels agree with the labels

@@ -29,7 +29,7 @@ import numpy as np
 from locvtp.data.formats import EPIC_HEADER
 from locvtp.errors import LocVTPError
 
-GENERATOR_VERSION = "1.2"  # the default version (what `make demo` generates)
+GENERATOR_VERSION = "1.3"  # the default version (what `make demo` generates); 1.2 stays one flag away
 # Every version this code generates. A version's worlds stay byte-identical when later versions are added: a new
 # version only switches code paths on, keyed on WorldPlan.version (docs/world_versions.md).
 #   1.2  EPIC-KITCHENS-format labelled action segments (epic_*); everything else as 1.1
