@@ -46,3 +46,15 @@ def test_adjacent_cosines_match_a_plain_loop():
     np.testing.assert_allclose(all_, cos, atol=1e-6)
     np.testing.assert_allclose(both, [cos[2], cos[3]], atol=1e-6)
     np.testing.assert_allclose(cross, [cos[1], cos[4], cos[6], cos[7]], atol=1e-6)
+
+
+def test_stopword_top1_matches_a_plain_loop():
+    from locvtp.diagnostics.boundary_contrast import stopword_top1
+
+    rng = np.random.default_rng(2)
+    feats, words = rng.normal(size=(7, 5)), rng.normal(size=(4, 5))
+    is_stop = np.array([True, False, False, True])
+    inside = np.array([0, 1, 1, 1, 0, 1, 0], bool)
+    picks = [max(range(4), key=lambda w: float(feats[t] @ words[w])) for t in range(7) if inside[t]]
+    assert stopword_top1(feats, words, is_stop, inside) == sum(is_stop[w] for w in picks) / len(picks)
+    assert math.isnan(stopword_top1(feats, words, is_stop, np.zeros(7, bool)))

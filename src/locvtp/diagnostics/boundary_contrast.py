@@ -49,9 +49,19 @@ def adjacent_cosines(feats: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray,
     return cos, cos[both], cos[cross]
 
 
+def stopword_top1(feats: np.ndarray, words: np.ndarray, is_stop: np.ndarray, inside: np.ndarray) -> float:
+    """Share of the in-moment clips whose top-1 word (by dot product) is a stop word; NaN without such clips."""
+    if not inside.any() or len(words) == 0:
+        return float("nan")
+    top = (feats[inside] @ words.T).argmax(1)
+    return float(is_stop[top].mean())
+
+
 def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
     from locvtp.downstream.evaluate import check_options, load_options, prepare_context
+    from locvtp.data.stopwords import ENGLISH_STOPWORDS
     from locvtp.downstream.grounding import load_grounding_queries
+    from locvtp.inference import embed_texts
     from locvtp.localize import clip_query_scores
 
     opts = check_options(load_options())
@@ -59,7 +69,10 @@ def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
     ctx, _ = prepare_context(checkpoint, world, None, ["grounding"], opts, None, False, 0, None, False, "cpu")
     queries, _ = load_grounding_queries(world, g.dataset, "test", False, g)
     texts = ctx.bank.texts([q.query for q in queries])
-    rows: dict[str, list] = {k: [] for k in ("edge", "far", "edge_sentence", "edge_words")}
+    tokens = embed_texts(ctx.model, ctx.tokenizer, [q.query for q in queries], max_words=ctx.cfg.data.max_words).tokens
+    stop = set(ENGLISH_STOPWORDS)
+    rows: dict[str, list] = {k: [] for k in ("edge", "far", "edge_sentence", "edge_words", "stop_top1")}
+    n_stop = n_words = 0
     cos_all, cos_in, cos_cross = [], [], []
     for k, q in enumerate(queries):
         seq = ctx.bank.video(q.vid)
@@ -73,11 +86,15 @@ def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
             rows[key].append(edge)
             if key == "edge":
                 rows["far"].append(far)
+        is_stop = np.array([t in stop for t in tokens[k]], bool)
+        n_stop, n_words = n_stop + int(is_stop.sum()), n_words + len(is_stop)
+        rows["stop_top1"].append(stopword_top1(seq.features, texts.words[k], is_stop, inside))
         a, i, c = adjacent_cosines(seq.features, inside)
         cos_all.append(a), cos_in.append(i), cos_cross.append(c)
     out = {k: float(np.nanmean(v)) for k, v in rows.items()}
     ci, cc = float(np.concatenate(cos_in).mean()), float(np.concatenate(cos_cross).mean())
-    out.update(cos_in=ci, cos_cross=cc, cos_gap=ci - cc, cos_adj=float(np.concatenate(cos_all).mean()))
+    out.update(cos_in=ci, cos_cross=cc, cos_gap=ci - cc, cos_adj=float(np.concatenate(cos_all).mean()),
+               stop_words=n_stop / max(n_words, 1))
     return out
 
 
