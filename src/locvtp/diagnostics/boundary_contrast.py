@@ -71,7 +71,8 @@ def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
     texts = ctx.bank.texts([q.query for q in queries])
     tokens = embed_texts(ctx.model, ctx.tokenizer, [q.query for q in queries], max_words=ctx.cfg.data.max_words).tokens
     stop = set(ENGLISH_STOPWORDS)
-    rows: dict[str, list] = {k: [] for k in ("edge", "far", "edge_sentence", "edge_words", "stop_top1")}
+    rows: dict[str, list] = {k: [] for k in ("edge", "far", "edge_sentence", "edge_words", "stop_top1",
+                                              "cos_sent_stop", "cos_sent_content")}
     n_stop = n_words = 0
     cos_all, cos_in, cos_cross = [], [], []
     for k, q in enumerate(queries):
@@ -89,6 +90,10 @@ def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
         is_stop = np.array([t in stop for t in tokens[k]], bool)
         n_stop, n_words = n_stop + int(is_stop.sum()), n_words + len(is_stop)
         rows["stop_top1"].append(stopword_top1(seq.features, texts.words[k], is_stop, inside))
+        w = texts.words[k] / (np.linalg.norm(texts.words[k], axis=1, keepdims=True) + 1e-8)
+        cs = w @ (texts.sentence[k] / (np.linalg.norm(texts.sentence[k]) + 1e-8))
+        rows["cos_sent_stop"].append(cs[is_stop].mean() if is_stop.any() else np.nan)
+        rows["cos_sent_content"].append(cs[~is_stop].mean() if (~is_stop).any() else np.nan)
         a, i, c = adjacent_cosines(seq.features, inside)
         cos_all.append(a), cos_in.append(i), cos_cross.append(c)
     out = {k: float(np.nanmean(v)) for k, v in rows.items()}
