@@ -32,3 +32,8 @@ def test_paired_skips_seeds_missing_a_row(tmp_path):
     paths = _files(tmp_path, [{"ref": {"step_recall": 10.0}, "a": {"step_recall": 12.5}},
                               {"ref": {"step_recall": 11.0}}])
     assert "| a | – | – | – | – | – | – | +2.5 (1/1) | – |" in paired(paths, "ref")
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="nope.json: cannot read results"):
+        aggregate([str(tmp_path / "nope.json")])

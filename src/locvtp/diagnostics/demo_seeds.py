@@ -18,8 +18,20 @@ import statistics
 from locvtp.demo import COLUMNS
 
 
+def _read(paths: list[str]) -> list[dict]:
+    """Each results file as a dict; a missing or unreadable one stops with its name (no traceback)."""
+    runs = []
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as f:
+                runs.append(json.load(f))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{p}: cannot read results ({type(exc).__name__}: {exc})") from None
+    return runs
+
+
 def aggregate(paths: list[str], models=None) -> str:
-    runs = [json.load(open(p, encoding="utf-8")) for p in paths]
+    runs = _read(paths)
     if models is None:  # every entry that holds metrics, in first-seen order
         models = list(dict.fromkeys(k for r in runs for k, v in r.items()
                                     if isinstance(v, dict) and any(c in v for c, _ in COLUMNS)))
@@ -47,7 +59,7 @@ def aggregate(paths: list[str], models=None) -> str:
 
 def paired(paths: list[str], reference: str) -> str:
     """Markdown table of each row's per-seed difference to ``reference`` (files lacking either are skipped)."""
-    runs = [json.load(open(p, encoding="utf-8")) for p in paths]
+    runs = _read(paths)
     if not any(reference in r for r in runs):
         raise SystemExit(f"--versus {reference!r}: no such row in {paths}")
     models = list(dict.fromkeys(k for r in runs for k, v in r.items() if isinstance(v, dict) and k != reference
