@@ -60,6 +60,7 @@ def test_ablate_appends_rows_and_replaces_a_rerun_row(tmp_path: Path, fake_pipel
     for name in saved:  # the table and the overrides list show every stored row
         assert f"| {name} |" in md
     assert "- stopwords=english: `objective.stopwords=english`" in md
+    assert "- +fine: `objective.temporal=false objective.stopwords=none`" in md  # METHOD.md pinned
     assert "| +fine | 1.0 | – | 30.0 |" in md
 
 
@@ -85,7 +86,8 @@ def test_issue_15_rows_are_one_override_each():
             "temporal_directions=clip": "objective.temporal_directions=clip",
             "stopwords=english": "objective.stopwords=english", "sigma=1": "objective.sigma=1"}
     for name, override in rows.items():
-        assert demo.ABLATIONS[name] == [override]
+        expect = [override] if name == "stopwords=english" else ["objective.stopwords=none", override]
+        assert demo.ABLATIONS[name] == expect  # one key away from METHOD.md (+fine+temporal)
         demo.check_overrides("tiny", demo.ABLATIONS[name])  # a valid config key and value
 
 
