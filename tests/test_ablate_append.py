@@ -121,3 +121,22 @@ def test_eval_world_evaluates_there_into_its_own_table(tmp_path: Path, fake_pipe
         demo.run_ablation(out, preset="tiny", only=["coarse"], progress=False, world=tmp_path / "w",
                           eval_world=tmp_path / "empty")
     assert len(seen) == 2
+
+
+def test_rows_written_meanwhile_by_another_ablation_are_kept(tmp_path: Path, fake_pipeline, monkeypatch):
+    """Two ablations into one --out at once: a row the other one stores while this one runs is not lost."""
+    import locvtp.downstream as downstream
+
+    out = tmp_path / "abl"
+    fake_eval = downstream.evaluate_all
+
+    def evaluate_and_meanwhile(ck, world, **k):
+        if not (out / "ablation.json").exists():  # the other ablation finishes its row first
+            (out / "ablation.json").write_text(json.dumps({"sigma=1": {"grounding_R1@0.5": 7.0}}))
+        return fake_eval(ck, world, **k)
+
+    monkeypatch.setattr(downstream, "evaluate_all", evaluate_and_meanwhile)
+    rows = demo.run_ablation(out, preset="tiny", only=["coarse", "+fine"], progress=False, world=tmp_path / "w")
+    assert list(rows) == ["sigma=1", "coarse", "+fine"]
+    assert json.loads((out / "ablation.json").read_text()) == rows
+    assert "| sigma=1 |" in (out / "ablation.md").read_text()

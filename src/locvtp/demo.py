@@ -480,6 +480,23 @@ def _load_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
+def _store_row(path: Path, name: str, metrics: dict) -> dict[str, dict]:
+    """Add one row to the table file and return every row. Read, merged and replaced under an exclusive lock on
+    the directory, so two ablations writing into one ``--out`` at once (e.g. another seed's rows, or an extra row
+    started beside a long run) both keep their rows: each write starts from the file as it is now."""
+    import fcntl
+
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rows = _load_rows(path)
+        rows[name] = metrics
+        atomic_write_text(path, json.dumps(rows, indent=2))
+        return rows
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: int = 0,
                  only: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True,
                  world: str | Path | None = None, eval_world: str | Path | None = None) -> dict:
@@ -514,8 +531,8 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
         print(f"[ablate] evaluating {name}")
         metrics = evaluate_all(ckpts[name], target, out_dir=out / eval_dir / jobs[name][0].name,
                                progress=progress, seed=seed, threads=1)
-        results[name] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        atomic_write_text(out / f"{stem}.json", json.dumps(results, indent=2))
+        results = _store_row(out / f"{stem}.json",
+                             name, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     table = format_table(results)
     where = "" if eval_world is None else f" (evaluated on `{target}`)"
     atomic_write_text(out / f"{stem}.md", f"# locvtp ablation{where}\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
