@@ -58,3 +58,13 @@ def test_stopword_top1_matches_a_plain_loop():
     picks = [max(range(4), key=lambda w: float(feats[t] @ words[w])) for t in range(7) if inside[t]]
     assert stopword_top1(feats, words, is_stop, inside) == sum(is_stop[w] for w in picks) / len(picks)
     assert math.isnan(stopword_top1(feats, words, is_stop, np.zeros(7, bool)))
+
+
+def test_summarize_means_over_files_by_run_name(tmp_path):
+    from locvtp.diagnostics.boundary_contrast import summarize
+
+    keys = ("edge", "stop_top1")
+    (tmp_path / "a.json").write_text('{"s0/runs/x": {"edge": 1.0, "stop_top1": 0.0}}')
+    (tmp_path / "b.json").write_text('{"s1/runs/x": {"edge": 3.0, "stop_top1": 1.0}}')
+    table = summarize([tmp_path / "a.json", tmp_path / "b.json"], keys)
+    assert "| x | 2.00 ± 1.41 | 0.50 ± 0.71 |" in table

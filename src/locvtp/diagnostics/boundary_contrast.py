@@ -12,7 +12,8 @@ exactly that, on the held-out grounding queries `locvtp evaluate grounding` scor
 - ``cos_in`` / ``cos_cross``: mean cosine of adjacent clips both inside the moment / one inside and one outside;
   ``cos_gap`` = in − cross, the embedding's own boundary; ``cos_adj``: adjacent clips over the whole video.
 
-    python -m locvtp.diagnostics.boundary_contrast --world W runs/plus_fine runs/plus_fine_plus_temporal
+    python -m locvtp.diagnostics.boundary_contrast --world W runs/plus_fine runs/plus_fine_plus_temporal --json s0.json
+    python -m locvtp.diagnostics.boundary_contrast --summarize s0.json s1.json s2.json   # mean ± std over seeds
 
 Larger edge and gap = sharper boundaries. Means over the queries (clips whose centre lies in the moment are inside).
 """
@@ -103,13 +104,35 @@ def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
     return out
 
 
+def summarize(paths: list[Path], keys: tuple[str, ...] = ("edge", "stop_top1", "cos_cross", "cos_gap", "cos_adj",
+                                                          "cos_sent_stop", "cos_sent_content")) -> str:
+    """Markdown table: mean ± std over several ``--json`` outputs (e.g. one per seed), one row per run directory
+    name (the checkpoint path's last part)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    names = list(dict.fromkeys(Path(ck).name for r in runs for ck in r))
+    lines = ["| run | " + " | ".join(keys) + " |", "|---|" + "|".join("---:" for _ in keys) + "|"]
+    for name in names:
+        vals = [v for r in runs for ck, v in r.items() if Path(ck).name == name]
+        cells = [f"{np.mean([v[k] for v in vals]):.2f} ± {np.std([v[k] for v in vals], ddof=1):.2f}"
+                 if len(vals) > 1 else f"{vals[0][k]:.2f}" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\n({len(runs)} files)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoints", nargs="+", help="checkpoint or run directories")
-    ap.add_argument("--world", required=True, type=Path)
+    ap.add_argument("checkpoints", nargs="*", help="checkpoint or run directories")
+    ap.add_argument("--world", type=Path)
+    ap.add_argument("--summarize", nargs="+", type=Path, default=None,
+                    help="instead: mean ± std over earlier --json outputs (one per seed)")
     ap.add_argument("--flank", type=int, default=2, help="clips just outside the moment that count as its flank")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args(argv)
+    if a.summarize:
+        print(summarize(a.summarize))
+        return 0
+    if not a.checkpoints or a.world is None:
+        ap.error("give checkpoints and --world (or --summarize JSON ...)")
     torch.set_num_threads(1)
     res = {ck: measure(ck, a.world, a.flank) for ck in a.checkpoints}
     keys = list(next(iter(res.values())))
