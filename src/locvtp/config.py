@@ -123,7 +123,8 @@ class ObjectiveConfig:
     # "warped" = their warped clips g(c, δ), which removes the warped-vs-raw shortcut (docs/method.md §3);
     # "within" = only the other warped clips of the same video (the authors' release; docs/method.md "Options")
     temporal_negatives: str = "clips"
-    # Issue 15's suspects of the temporal term, each one key away (docs/method.md "Options"; defaults = METHOD.md):
+    # Issue 15's suspects of the temporal term, each one key away (docs/method.md "Options"; defaults = METHOD.md
+    # except stopwords, adopted on the evidence there):
     # reference and context clip both inside the caption's own span (offsets drawn in the dataset)
     context_in_span: bool = False
     # detach the context clip before g: no gradient into the clip encoder through the context (g still trains)
@@ -131,7 +132,7 @@ class ObjectiveConfig:
     # which directions of §3 train: both = ½(L_tz + L_tw); clip = L_tz (warped clip -> words); word = L_tw
     temporal_directions: str = "both"
     # none | english: a fixed English stop-word list is masked from the discovered positives and word anchors
-    stopwords: str = "none"
+    stopwords: str = "english"  # project choice (issue 15; docs/method.md "Options"): METHOD.md is "none"
     tau_fine: float = 0.07  # τ_f, fixed
     logit_scale_init: float = 1.0 / 0.07  # 1/τ_c at init (learnable, CLIP)
     logit_scale_max: float = 100.0
