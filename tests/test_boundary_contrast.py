@@ -68,3 +68,17 @@ def test_summarize_means_over_files_by_run_name(tmp_path):
     (tmp_path / "b.json").write_text('{"s1/runs/x": {"edge": 3.0, "stop_top1": 1.0}}')
     table = summarize([tmp_path / "a.json", tmp_path / "b.json"], keys)
     assert "| x | 2.00 ± 1.41 | 0.50 ± 0.71 |" in table
+
+
+def test_stop_word_masks_follow_the_embedded_words():
+    """One flag per embedded word (word_mask positions, in order), set exactly for the stop words."""
+    from locvtp.data.stopwords import ENGLISH_STOPWORDS
+    from locvtp.data.tokenizer import train_tokenizer
+    from locvtp.diagnostics.boundary_contrast import stop_word_masks
+
+    texts = ["the man cuts the onion", "she washes a pan in the sink", "onion"]
+    tok = train_tokenizer(texts * 5, vocab_size=200)
+    masks = stop_word_masks(tok, texts, 12)
+    for text, m in zip(texts, masks):
+        words = text.split()
+        assert len(m) == len(words) and list(m) == [w in ENGLISH_STOPWORDS for w in words]

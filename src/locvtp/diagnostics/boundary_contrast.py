@@ -58,11 +58,22 @@ def stopword_top1(feats: np.ndarray, words: np.ndarray, is_stop: np.ndarray, ins
     return float(is_stop[top].mean())
 
 
+def stop_word_masks(tokenizer, texts: list[str], max_words: int) -> list[np.ndarray]:
+    """Per text, which of its words (the embedding's ``word_mask`` positions) are stop words — the training's own
+    rule (`locvtp.data.stopwords.content_words`), from token ids, with no second pass through the text encoder."""
+    from locvtp.data.stopwords import content_words, stopword_ids
+
+    batch = tokenizer(texts, max_length=max_words)
+    ids = torch.as_tensor(batch["input_ids"]).long()
+    att = torch.as_tensor(batch["attention_mask"]).bool()
+    words = torch.as_tensor(batch.get("word_mask", att)).bool() & att
+    stop = words & ~content_words(ids, words, stopword_ids(tokenizer))
+    return [stop[i][words[i]].numpy() for i in range(len(texts))]
+
+
 def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
     from locvtp.downstream.evaluate import check_options, load_options, prepare_context
-    from locvtp.data.stopwords import ENGLISH_STOPWORDS
     from locvtp.downstream.grounding import load_grounding_queries
-    from locvtp.inference import embed_texts
     from locvtp.localize import clip_query_scores
 
     opts = check_options(load_options())
@@ -70,8 +81,7 @@ def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
     ctx, _ = prepare_context(checkpoint, world, None, ["grounding"], opts, None, False, 0, None, False, "cpu")
     queries, _ = load_grounding_queries(world, g.dataset, "test", False, g)
     texts = ctx.bank.texts([q.query for q in queries])
-    tokens = embed_texts(ctx.model, ctx.tokenizer, [q.query for q in queries], max_words=ctx.cfg.data.max_words).tokens
-    stop = set(ENGLISH_STOPWORDS)
+    stop_masks = stop_word_masks(ctx.tokenizer, [q.query for q in queries], ctx.cfg.data.max_words)
     rows: dict[str, list] = {k: [] for k in ("edge", "far", "edge_sentence", "edge_words", "stop_top1",
                                               "cos_sent_stop", "cos_sent_content")}
     n_stop = n_words = 0
@@ -88,7 +98,7 @@ def measure(checkpoint: str, world: Path, flank: int = 2) -> dict[str, float]:
             rows[key].append(edge)
             if key == "edge":
                 rows["far"].append(far)
-        is_stop = np.array([t in stop for t in tokens[k]], bool)
+        is_stop = stop_masks[k]
         n_stop, n_words = n_stop + int(is_stop.sum()), n_words + len(is_stop)
         rows["stop_top1"].append(stopword_top1(seq.features, texts.words[k], is_stop, inside))
         w = texts.words[k] / (np.linalg.norm(texts.words[k], axis=1, keepdims=True) + 1e-8)
