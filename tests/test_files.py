@@ -203,6 +203,28 @@ def test_only_our_temporary_names_count_as_temporaries(tmp_path):
     assert [q.name for q in stale_temporaries(tmp_path / "idx")] == sorted([".idx.old-9-0123abcd", ".idx.tmp-123"])
 
 
+def test_remove_temporaries_in_takes_our_files_and_folders_and_nothing_else(tmp_path):
+    from locvtp.files import remove_temporaries_in, temp_path
+
+    ours_file = temp_path(tmp_path / "feats.h5")
+    ours_dir = tmp_path / ".step_0000010.tmp-77-89abcdef"
+    (ours_dir / "inner").mkdir(parents=True)
+    (ours_dir / "inner" / "model.safetensors").write_text("x")
+    ours_file.write_text("x")
+    nested = tmp_path / "sub" / ".a.npy.tmp-5"
+    nested.parent.mkdir()
+    nested.write_text("x")
+    theirs = [".my.tmp-notes", ".x.tmp-12-NOTHEX99", "feats.h5.tmp-3", "feats.h5"]
+    for n in theirs:
+        (tmp_path / n).write_text("user's")
+    removed = remove_temporaries_in(tmp_path)
+    assert sorted(q.name for q in removed) == sorted([ours_file.name, ours_dir.name])
+    assert not ours_file.exists() and not ours_dir.exists() and nested.exists()  # not recursive by default
+    assert remove_temporaries_in(tmp_path, recursive=True) == [nested] and not nested.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*theirs, "sub"])
+    assert remove_temporaries_in(tmp_path / "missing") == []
+
+
 def test_a_user_file_inside_a_claimed_folder_is_foreign(tmp_path):
     from locvtp.files import foreign_entries
 

@@ -130,6 +130,15 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def remove_temporaries_in(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove every temporary this module names inside ``directory`` (files or directories; nothing else is
+    touched). Call it only on a directory the caller owns, holding its lock. Returns what was removed."""
+    found = temporaries_in(directory, recursive)
+    for q in found:
+        _remove(q)
+    return found
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove what :func:`stale_temporaries` finds. Call it only while holding ``OutputLock(path)``: then no
     live run can own those temporaries. Returns what was removed."""

@@ -43,7 +43,7 @@ from locvtp.featurestore.reader import FeatureError, _decode_attr, iter_features
 from locvtp.featurestore.record import ClipFeatures
 from locvtp.files import (
     MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, read_manifest, remove_owned,
-    remove_stale_temporaries, temporaries_in, write_manifest,
+    remove_stale_temporaries, remove_temporaries_in, write_manifest,
 )
 
 FEATURE_FORMAT = "locvtp-features"
@@ -137,8 +137,7 @@ class H5Writer(_Writer):
         self.parts.mkdir(exist_ok=True)
         # This rank owns its journal and output name: temporary files left by a killed run can go (the caller
         # holds the output's lock; see run_extract).
-        for stale in temporaries_in(self.journal, recursive=True):
-            stale.unlink(missing_ok=True)
+        remove_temporaries_in(self.journal, recursive=True)
         remove_stale_temporaries(out)
         meta = self.journal / "meta.json"
         if meta.is_file():
@@ -256,9 +255,9 @@ class DirWriter(_Writer):
         if fmt == "npy-dir":
             (out / "_info").mkdir(exist_ok=True)
         if single_process:  # shared by all ranks under torchrun: only a lone process may sweep temporaries
-            for stale in [*temporaries_in(out), *temporaries_in(out / "_info"),
-                          *temporaries_in(self.journal, recursive=True)]:
-                stale.unlink(missing_ok=True)
+            for directory in (out, out / "_info"):
+                remove_temporaries_in(directory)
+            remove_temporaries_in(self.journal, recursive=True)
         self.pending = 0
 
     def _claim(self, *names: str) -> None:

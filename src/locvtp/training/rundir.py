@@ -80,13 +80,12 @@ def rotate_checkpoints(run: Path, keep_last: int) -> None:
 
 
 def clean_partial_writes(run: Path) -> None:
-    """Remove temporary directories a killed checkpoint write left behind (``.step_*.tmp-*``, ``.final.tmp-*``)."""
-    from locvtp.files import temporaries_in
+    """Remove the temporaries a killed write left behind in the run (``.step_*.tmp-*``, ``.final.tmp-*``, a config
+    file's ``.config.yaml.tmp-*``): only names ``locvtp.files`` gives its temporaries."""
+    from locvtp.files import remove_temporaries_in
 
     for parent in (run, run / "checkpoints"):
-        for d in temporaries_in(parent):
-            if d.is_dir():
-                shutil.rmtree(d, ignore_errors=True)
+        remove_temporaries_in(parent)
 
 
 def check_run_dir(run: Path, cfg: Any) -> None:
