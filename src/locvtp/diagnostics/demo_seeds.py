@@ -30,13 +30,21 @@ def _read(paths: list[str]) -> list[dict]:
     return runs
 
 
+def _models(runs: list[dict]) -> list[str]:
+    """Every entry that holds metrics, in first-seen order."""
+    return list(dict.fromkeys(k for r in runs for k, v in r.items()
+                              if isinstance(v, dict) and any(c in v for c, _ in COLUMNS)))
+
+
+def _header(first: str) -> list[str]:
+    return ["| " + first + " | " + " | ".join(h for _, h in COLUMNS) + " |",
+            "|---|" + "|".join("---:" for _ in COLUMNS) + "|"]
+
+
 def aggregate(paths: list[str], models=None) -> str:
     runs = _read(paths)
-    if models is None:  # every entry that holds metrics, in first-seen order
-        models = list(dict.fromkeys(k for r in runs for k, v in r.items()
-                                    if isinstance(v, dict) and any(c in v for c, _ in COLUMNS)))
-    head = "| model | " + " | ".join(h for _, h in COLUMNS) + " |"
-    rows = [head, "|---|" + "|".join("---:" for _ in COLUMNS) + "|"]
+    models = _models(runs) if models is None else models
+    rows = _header("model")
     for m in models:
         if not any(m in r for r in runs):
             continue
@@ -62,10 +70,8 @@ def paired(paths: list[str], reference: str) -> str:
     runs = _read(paths)
     if not any(reference in r for r in runs):
         raise SystemExit(f"--versus {reference!r}: no such row in {paths}")
-    models = list(dict.fromkeys(k for r in runs for k, v in r.items() if isinstance(v, dict) and k != reference
-                                and any(c in v for c, _ in COLUMNS)))
-    rows = [f"| row − {reference} | " + " | ".join(h for _, h in COLUMNS) + " |",
-            "|---|" + "|".join("---:" for _ in COLUMNS) + "|"]
+    models = [m for m in _models(runs) if m != reference]
+    rows = _header(f"row − {reference}")
     for m in models:
         cells = []
         for key, _ in COLUMNS:
