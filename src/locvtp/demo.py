@@ -154,9 +154,16 @@ def _jobs(out: Path, common: Sequence[str], rows: dict[str, list[str]]) -> dict[
     """One pre-training per row: its run directory (a file-system-safe form of the row name) and overrides."""
     jobs = {}
     for name, extra in rows.items():
-        safe = name.replace("+", "plus_").replace("=", "_").replace(" ", "_")
+        safe = _safe_name(name)
         jobs[name] = (out / "runs" / safe, [*common, f"data.cache_dir={out / 'cache' / safe}", *extra])
     return jobs
+
+
+def _safe_name(name: str) -> str:
+    """A directory name for a row or world name: "+" reads "plus_", anything but letters, digits, "-", "_" and
+    "." becomes "_" ("+fine+temporal" -> "plus_fineplus_temporal", "temporal_negatives=warped" ->
+    "temporal_negatives_warped")."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("+", "plus_"))
 
 
 def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], parallel: int = 1,
@@ -554,7 +561,7 @@ def _evaluation_target(eval_world: str | Path | None) -> tuple[Path | None, str,
     if manifest is None:
         raise DemoError(f"--eval-world {path}: no synthetic world there (generate one with `locvtp synth --out "
                         f"{path} --seed N`)")
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.resolve().name)
+    name = _safe_name(path.resolve().name)
     print(f"[ablate] evaluating on {path} (seed={manifest['seed']}, preset={manifest['preset']}, generator "
           f"{manifest['generator_version']})")
     return path, f"ablation_on_{name}", f"eval_on_{name}"
