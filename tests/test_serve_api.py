@@ -79,9 +79,11 @@ def send_tolerant(base: str, path: str, data: bytes, chunked: bool = False) -> t
         conn.close()
 
 
-def start_server(args: list[str], log: Path, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
-    """Start ``locvtp serve ARGS --port 0`` and wait until it answers /api/health; returns (process, base URL)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+def start_server(args: list[str], log: Path, timeout: float = 90.0, env: dict | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """Start ``locvtp serve ARGS --port 0`` and wait until it answers /api/health; returns (process, base URL).
+    ``env``: variables to add to the server's environment (e.g. ``TMPDIR``)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     fh = open(log, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "locvtp.cli", "serve", "--port", "0", "--threads", "1", *args],
                             stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)

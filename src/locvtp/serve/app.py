@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from locvtp.data.video import VideoError
 from locvtp.errors import LocVTPError, UsageError
 from locvtp.serve.library import Library, NotFound, index_summary
+from locvtp.serve.workdir import WorkDir
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY_WORDS = 200
@@ -67,12 +68,21 @@ class ApiError(Exception):
 
 @dataclass
 class ServeConfig:
+    """What ``locvtp serve`` was given (``work_dir`` None: a temporary folder, removed on exit; see
+    :mod:`locvtp.serve.workdir`)."""
+
     checkpoint: Path
     videos: Optional[Path] = None
     index: Optional[Path] = None
     work_dir: Optional[Path] = None
     max_upload_mb: float = 200.0
     device: str = "cpu"
+    allow_foreign_features: bool = False
+
+    def work(self) -> WorkDir:
+        """The work folder for this configuration (checked, not yet created)."""
+        return WorkDir(self.work_dir, {"--videos": self.videos, "--index": self.index,
+                                       "--checkpoint": self.checkpoint})
 
 
 def check_query(query: Any, max_words: int) -> str:
@@ -117,24 +127,39 @@ def _round(a: Any, nd: int = 4) -> Any:
 
 
 class Server:
-    """Predictor + library + index: what the routes call (usable without HTTP, e.g. by the benchmark)."""
+    """Predictor + library + index: what the routes call (usable without HTTP, e.g. by the benchmark).
 
-    def __init__(self, cfg: ServeConfig, predictor: Any = None):
+    The work folder is created only after the checkpoint and the index have loaded, so a start that fails on
+    them writes nothing; its owner (``work``'s creator) closes it."""
+
+    def __init__(self, cfg: ServeConfig, predictor: Any = None, work: Optional[WorkDir] = None):
         from locvtp.predictor import LocVTPPredictor
 
         self.cfg = cfg
         self.p = predictor or LocVTPPredictor.from_checkpoint(cfg.checkpoint, device=cfg.device)
         self.p.model.eval()  # once: concurrent calls then never toggle the train flag under each other
-        self.lib = Library(self.p, Path(cfg.work_dir), cfg.videos, cfg.index)
+        self.index = None
+        self.index_warnings: list[str] = []
+        if cfg.index is not None:
+            self.index, self.index_warnings = self.p.open_index(
+                _open_index(cfg.index), allow_foreign_features=cfg.allow_foreign_features,
+                allow_flag="--allow-foreign-features", where=f"--index {cfg.index}")
+        self.work = work if work is not None else cfg.work()
+        self.lib = Library(self.p, self.work.open(), cfg.videos, cfg.index)
         self.max_upload = int(float(cfg.max_upload_mb) * 1024 * 1024)
         # Text encoding (the tokenizer) and the index search run one at a time; both take milliseconds, and the
         # tokenizer object is not documented as thread-safe. Video encoding runs outside this lock.
         self.text_lock = threading.Lock()
-        self.index = None
-        self.index_warnings: list[str] = []
-        if cfg.index is not None:
-            self.index, self.index_warnings = self.p.open_index(cfg.index)
         self.started = time.time()
+
+    def summary(self) -> str:
+        """The startup line's facts: checkpoint, videos, index (never a bare None), work folder."""
+        n = len(self.lib.list())
+        videos = (f"{n} videos" if self.cfg.videos is not None or n else
+                  "videos: none (give --videos DIR, or upload one on the page)")
+        index = (f"index: {len(self.index)} clips of {len(self.index.videos)} videos" if self.index is not None
+                 else "index: none (give --index DIR for the search page)")
+        return f"checkpoint {self.p.path}, {videos}, {index}, {self.work.describe()}"
 
     # -- what the API returns -------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -208,6 +233,16 @@ class Server:
                            "search_seconds": round(resp.search_seconds, 4)}}
 
 
+def _open_index(path: Path) -> Any:
+    """The moment index at ``path``; its errors name ``--index``."""
+    from locvtp.index import IndexError_, MomentIndex
+
+    try:
+        return MomentIndex(path)
+    except IndexError_ as exc:
+        raise IndexError_(f"--index {exc}") from None
+
+
 def _q(s: str) -> str:
     from urllib.parse import quote
 
@@ -219,20 +254,27 @@ def _video_error_status(exc: VideoError) -> int:
     return 415 if ("cannot open" in r or "no video stream" in r or "empty file" in r) else 422
 
 
-def create_app(cfg: ServeConfig, predictor: Any = None):
-    """The ASGI application (FastAPI) for ``cfg``."""
-    import tempfile
-
-    if cfg.work_dir is None:
-        cfg.work_dir = Path(tempfile.mkdtemp(prefix="locvtp-serve-"))
-    srv = Server(cfg, predictor)
-    # Anything a library spools (e.g. a multipart parser) lands in the work directory, never elsewhere.
-    tempfile.tempdir = str(srv.lib.work / "tmp")
+def create_app(cfg: ServeConfig, predictor: Any = None, work: Optional[WorkDir] = None):
+    """The ASGI application (FastAPI) for ``cfg``. ``work``: a work folder whose owner closes it (``locvtp
+    serve`` does, on every exit); without it the app makes its own and closes it when the app shuts down or
+    fails to start."""
+    own = work is None
+    work = cfg.work() if own else work
+    try:
+        srv = Server(cfg, predictor, work)
+    except BaseException:
+        if own:
+            work.close()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        yield
-        srv.lib.close()
+        try:
+            yield
+        finally:
+            srv.lib.close()
+            if own:
+                work.close()
 
     app = FastAPI(
         lifespan=lifespan,

@@ -75,7 +75,7 @@ def transcode_h264(src: str | Path, dst: str | Path, progress: Optional[Callable
     the grounding. ``progress(fraction)`` is called now and then."""
     av = _av()
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.parent.mkdir(exist_ok=True)  # never its parents: a late write cannot bring back a removed work folder
     try:
         with av.open(str(src)) as inp:
             if not inp.streams.video:
@@ -129,7 +129,7 @@ def thumbnail_jpeg(src: str | Path, seconds: float, dst: str | Path, width: int 
     from PIL import Image
 
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.parent.mkdir(exist_ok=True)  # never its parents: a late write cannot bring back a removed work folder
     try:
         with av.open(str(src)) as c:
             if not c.streams.video:
