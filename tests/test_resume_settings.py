@@ -167,3 +167,15 @@ def test_a_key_added_after_the_run_started_is_named(reference, tmp_path, capsys)
     check_resume_settings(cfg, ck, tmp_path / "run")
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("locvtp pretrain: warning: ") and "objective.context_in_span" in err[0]
+
+
+def test_the_ramp_is_a_free_change_and_training_warnings_read_like_every_command(killed, capsys):
+    """objective.ramp_start moves when the fine and temporal terms come in, not what they are: applied and named.
+    The trainer's warning about it reads `locvtp pretrain: warning: ...` (it was `[pretrain] warning: ...`)."""
+    res = resume(killed, capsys, "objective.ramp_start=10")
+    assert res.code == 0, res.err
+    assert changed_lines(res.err) == [f"locvtp pretrain: resuming {killed} from step 2 with changed settings: "
+                                      "objective.ramp_start 0 -> 10"]
+    warnings = [ln for ln in res.err.splitlines() if "ramp_start=10 >= train.max_steps=4" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("locvtp pretrain: warning: "), res.err
+    assert "[pretrain]" not in res.err

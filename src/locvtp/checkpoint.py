@@ -380,5 +380,6 @@ def load_trainer_state(path: str | os.PathLike, map_location: str | torch.device
 
 __all__ = [
     "Checkpoint", "CheckpointError", "is_complete", "list_checkpoints", "load_checkpoint", "load_trainer_state",
-    "read_checkpoint_config", "read_meta", "resolve_checkpoint", "save_checkpoint", "step_checkpoints", "verify_checkpoint",
+    "read_checkpoint_config", "read_meta", "resolve_checkpoint", "save_checkpoint", "step_checkpoints",
+    "verify_checkpoint",
 ]
