@@ -164,9 +164,20 @@ def test_a_key_added_after_the_run_started_is_named(reference, tmp_path, capsys)
     cfg, missing = saved_settings(ck)
     assert missing == ["objective.context_in_span"] and cfg.objective.context_in_span is False
     capsys.readouterr()
-    check_resume_settings(cfg, ck, tmp_path / "run")
+    assert check_resume_settings(cfg, ck, tmp_path / "run")[1] is None  # nothing changed
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("locvtp pretrain: warning: ") and "objective.context_in_span" in err[0]
+
+
+def test_a_backbone_rate_that_regroups_the_optimizer_is_one_line(killed, capsys):
+    """train.backbone_lr_scale is a free change, except between 1 and another value: the pixel backbone's optimizer
+    groups differ then, so the saved optimizer state cannot be loaded (was a second line after the change line)."""
+    res = resume(killed, capsys, "train.backbone_lr_scale=1")
+    assert_one_line_error(res, 2, "train.backbone_lr_scale 0.1 -> 1", "other than 1")
+    res = resume(killed, capsys, "train.backbone_lr_scale=0.5", "train.max_steps=3")
+    assert res.code == 0 and changed_lines(res.err) == [
+        f"locvtp pretrain: resuming {killed} from step 2 with changed settings: train.backbone_lr_scale 0.1 -> 0.5, "
+        "train.max_steps 4 -> 3"], res.err
 
 
 def test_the_ramp_is_a_free_change_and_training_warnings_read_like_every_command(killed, capsys):

@@ -17,7 +17,6 @@ the overrides apply only the keys they set, and every difference from the run is
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -103,11 +102,24 @@ def _allowed(key: str, allow: Sequence[str]) -> bool:
     return any(key == a or key.startswith(a + ".") for a in allow)
 
 
+def _check_optimizer_layout(saved: DictConfig, cfg: DictConfig) -> None:
+    """``train.backbone_lr_scale`` 1 puts a pixel backbone's parameters in the usual two optimizer groups, any
+    other value in two more: the saved optimizer state fits only the same layout."""
+    from locvtp.model.video import is_pixel_encoder
+
+    a, b = float(saved.train.backbone_lr_scale), float(cfg.train.backbone_lr_scale)
+    if is_pixel_encoder(str(cfg.model.video.name)) and (a == 1.0) != (b == 1.0):
+        raise ConfigError(f"train.backbone_lr_scale {a:g} -> {b:g}: between 1 and another value the optimizer's "
+                          "parameter groups differ, so the run's optimizer state cannot be resumed; keep it "
+                          f"{'at 1' if a == 1.0 else 'other than 1'}")
+
+
 def check_resume_settings(cfg: DictConfig, ckpt: Path, run: Path, allow: Sequence[str] = (),
-                          announce: bool = True) -> DictConfig:
+                          announce: bool = True) -> tuple[DictConfig, Optional[str]]:
     """``cfg`` for resuming from ``ckpt``, checked against the run's own saved settings: a change that is neither
-    free nor allowed is a ConfigError naming every such key; the others are named in one line on stderr
-    (``announce``, rank 0). Returns ``cfg`` with the :data:`KEPT_KEYS` set to the run's values."""
+    free nor allowed is a ConfigError naming every such key. Returns ``cfg`` with the :data:`KEPT_KEYS` set to
+    the run's values, and the one line naming the changes (None without any) for the caller to print once the
+    checkpoint is restored (rank 0). ``announce``: warn about keys the saved config does not hold."""
     from locvtp.checkpoint import read_meta
 
     saved, missing = saved_settings(ckpt)
@@ -124,13 +136,12 @@ def check_resume_settings(cfg: DictConfig, ckpt: Path, run: Path, allow: Sequenc
             + ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, a, b in refused)
             + "; resume without them to keep the run's own settings (--config and overrides are optional with "
             f"--resume), or allow them explicitly with --allow-changes {','.join(k for k, _, _ in refused)}")
-    if announce:
-        if missing:
-            from locvtp.cliargs import warn
+    _check_optimizer_layout(saved, cfg)
+    if announce and missing:
+        from locvtp.cliargs import warn
 
-            warn(PROG, f"{ckpt / 'config.yaml'} does not hold {', '.join(missing)} (added to locvtp after the run "
-                       "started): the current defaults apply")
-        if changes:
-            print(f"{PROG}: resuming {run} from step {step} with changed settings: "
-                  + ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, a, b in changes), file=sys.stderr)
-    return cfg
+        warn(PROG, f"{ckpt / 'config.yaml'} does not hold {', '.join(missing)} (added to locvtp after the run "
+                   "started): the current defaults apply")
+    line = (f"{PROG}: resuming {run} from step {step} with changed settings: "
+            + ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, a, b in changes)) if changes else None
+    return cfg, line

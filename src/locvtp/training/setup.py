@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -303,8 +304,10 @@ def start_run(cfg: Any, run: Path, resume: Optional[Union[str, Path]], strict: b
     from locvtp.checkpoint import read_meta
 
     cfg, dist, resume_from = _open_run(cfg, run, None if resume is None else str(resume))
+    changed = None  # the line naming a resumed run's changed settings, printed once its checkpoint is restored
     if resume_from is not None:
-        cfg = check_resume_settings(cfg, resume_from, run, allowed_names(allow_changes), announce=dist.is_main)
+        cfg, changed = check_resume_settings(cfg, resume_from, run, allowed_names(allow_changes),
+                                             announce=dist.is_main)
     strict = bool(strict or cfg.train.strict)
     T_max = int(cfg.train.max_steps)
     if resume_from is not None and resume_from.name == "final" and (read_meta(resume_from).get("step") or 0) >= T_max:
@@ -321,6 +324,8 @@ def start_run(cfg: Any, run: Path, resume: Optional[Union[str, Path]], strict: b
     step = 0
     if resume_from is not None:
         step = _restore(resume_from, model, objective, optimizer, scheduler, dist, run)
+        if changed and dist.is_main:
+            print(changed, file=sys.stderr)
     ddp_net = _wrap_ddp(cfg, net, dist)
     sampler, loader = _make_loader(cfg, data, tokenizer, dist, step)
     r = TrainingRun(cfg, run, dist, tokenizer, data, model, objective, net, ddp_net, optimizer, scheduler, step,
