@@ -83,6 +83,17 @@ MISTAKES = [
      ["--resume", str("nope")]),
     ("--resume a dir that is not a checkpoint", lambda t, w, b: pretrain_args(t, w, "--resume", w), 2,
      ["--resume", "no complete checkpoint"]),
+    # issue 26: resuming reads the run's own settings (refusals of a changed objective / data are rows of
+    # tests/test_resume_settings.py, which need a run to resume)
+    ("neither --config nor --resume", lambda t, w, b: ["pretrain", "--out", t / "run"], 2, ["--config", "--resume"]),
+    ("--resume auto with nothing to resume and no --config",
+     lambda t, w, b: ["pretrain", "--out", t / "run", "--resume", "auto"], 2, ["--resume auto", "no checkpoint",
+                                                                               "--config"]),
+    ("--allow-changes without --resume", lambda t, w, b: pretrain_args(t, w, "--allow-changes", "data.root"), 2,
+     ["--allow-changes", "--resume"]),
+    ("--allow-changes a misspelt key",
+     lambda t, w, b: pretrain_args(t, w, "--resume", "auto", "--allow-changes", "data.root,objective.stopword"), 2,
+     ["--allow-changes objective.stopword", "no such setting"]),
     # --- files named by the config
     ("missing model.video.pretrained",
      lambda t, w, b: pretrain_args(t, w, f"model.video.pretrained={t / 'bb.safetensors'}"), 2,

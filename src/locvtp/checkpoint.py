@@ -247,12 +247,18 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def _load_cfg(path: Path) -> DictConfig:
-    f = path / CONFIG_FILE
+    return read_checkpoint_config(path)[0]
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> tuple[DictConfig, dict]:
+    """(the config of checkpoint directory ``path``, the mapping its config.yaml holds). A resumed run compares
+    the two: a key the file does not hold was added to locvtp after the run wrote it and takes today's default."""
+    f = Path(path) / CONFIG_FILE
     # written before objective.window became objective.max_offset: renamed quietly (the user cannot edit it)
     raw = rename_deprecated_keys(read_yaml_mapping(f, error=CheckpointError, missing="missing config"), quiet=True)
     schema = Config if "model" in raw else ModelConfig
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(raw))
+        return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(raw)), raw
     except Exception as exc:  # noqa: BLE001 - OmegaConf errors name the key
         raise CheckpointError(f"{f}: {exc}") from None
 
@@ -374,5 +380,6 @@ def load_trainer_state(path: str | os.PathLike, map_location: str | torch.device
 
 __all__ = [
     "Checkpoint", "CheckpointError", "is_complete", "list_checkpoints", "load_checkpoint", "load_trainer_state",
-    "read_meta", "resolve_checkpoint", "save_checkpoint", "step_checkpoints", "verify_checkpoint",
+    "read_checkpoint_config", "read_meta", "resolve_checkpoint", "save_checkpoint", "step_checkpoints",
+    "verify_checkpoint",
 ]

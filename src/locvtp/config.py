@@ -260,12 +260,15 @@ def default_config() -> DictConfig:
     return OmegaConf.structured(Config)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: Optional[DictConfig] = None) -> DictConfig:
     """Defaults <- YAML file <- dotted overrides (``train.max_steps=200``).
 
+    ``base`` replaces the defaults: a resumed run starts from its own saved (complete) config, so only what the
+    file and the overrides set can differ from it, never a default changed since (docs/training.md, "Resuming").
     Raises ConfigError naming the file or the override that is wrong.
     """
-    cfg = default_config()
+    cfg = default_config() if base is None else base.copy()
     if path is not None:
         path = Path(path)
         raw = rename_deprecated_keys(read_yaml_mapping(path, missing="config file not found"), where=str(path))

@@ -1,4 +1,6 @@
-"""Pre-training: ``locvtp pretrain --config configs/NAME.yaml --out RUN_DIR [--resume auto|PATH] [key=value ...]``.
+"""Pre-training: ``locvtp pretrain --config configs/NAME.yaml --out RUN_DIR [key=value ...]``; resumed with
+``locvtp pretrain --out RUN_DIR --resume auto|PATH [key=value ...] [--allow-changes KEY,...]`` (the run's own saved
+settings, plus only what is given: :mod:`locvtp.training.resume`).
 
 This module is the command and the loop, nothing else: :func:`_pretrain` reads top to bottom as one optimisation
 step after another. Everything before and after the loop (run directory, process group, resume, tokenizer,
@@ -36,8 +38,13 @@ PROG = "locvtp pretrain"
 
 
 def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None, strict: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, allow_changes: tuple[str, ...] = ()) -> Path:
     """Pre-train LocVTP as ``cfg`` says; returns the final checkpoint directory ``out_dir/final``.
+
+    Resuming (``resume``: ``"auto"`` or a checkpoint), ``cfg`` is checked against the run's own saved settings:
+    a change of its data, objective, model, seed or batch is refused unless its key or section is in
+    ``allow_changes``; other changes are named on stderr (:func:`locvtp.training.resume.check_resume_settings`).
+    :func:`locvtp.training.resume.resume_config` builds ``cfg`` from the saved settings, as the command does.
 
     One run per run directory: rank 0 holds an advisory lock on ``out_dir`` (``.NAME.lock`` beside it) for the
     whole run, so a second ``pretrain`` into the same directory stops at once naming the first, instead of both
@@ -46,15 +53,15 @@ def pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None,
 
     lock = OutputLock(Path(out_dir), "pretrain") if int(os.environ.get("RANK", "0")) == 0 else None
     with lock if lock is not None else contextlib.nullcontext():
-        return _pretrain(cfg, out_dir, resume=resume, strict=strict, progress=progress)
+        return _pretrain(cfg, out_dir, resume=resume, strict=strict, progress=progress, allow_changes=allow_changes)
 
 
 def _pretrain(cfg: Any, out_dir: str | Path, resume: Optional[str | Path] = None, strict: bool = False,
-              progress: bool = True) -> Path:
+              progress: bool = True, allow_changes: tuple[str, ...] = ()) -> Path:
     """The loop: set-up, then ``train.max_steps`` optimisation steps, then the final checkpoint."""
     from locvtp.runtime import progress as tqdm
 
-    r = start_run(cfg, Path(out_dir), resume, strict, progress)
+    r = start_run(cfg, Path(out_dir), resume, strict, progress, allow_changes)
     if isinstance(r, Path):  # resumed a run that had already finished
         return r
     tc, step = r.cfg.train, r.step
@@ -107,21 +114,35 @@ def _accumulate_gradients(r: TrainingRun, batches: Iterator[dict], meter: Throug
 def main(argv: Optional[list[str]] = None) -> int:
     from .cliargs import ArgumentParser
     from .config import load_config
+    from .training.resume import allowed_names, resume_config
 
     ap = ArgumentParser(
         prog=PROG, description="Pre-train LocVTP (single process, or DDP under torchrun).",
         epilog="example: locvtp pretrain --config configs/pretrain_synthetic.yaml --out runs/a "
-               "train.max_steps=200 data.root=world")
-    ap.add_argument("--config", required=True, help="YAML config (a path, or the name of a shipped config)")
+               "train.max_steps=200 data.root=world; resumed: locvtp pretrain --out runs/a --resume auto "
+               "train.max_steps=400")
+    ap.add_argument("--config", default=None, help="YAML config (a path, or the name of a shipped config); "
+                    "optional with --resume, which starts from the run's own saved settings")
     ap.add_argument("--out", required=True, help="run directory (checkpoints, metrics, logs)")
     ap.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint in --out) or a checkpoint dir")
+    ap.add_argument("--allow-changes", action="append", metavar="KEY[,KEY...]",
+                    help="with --resume: let these keys or sections (data.root, objective) of the run change")
     ap.add_argument("--strict", action="store_true", help="fail on the first bad sample instead of skipping it")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.max_steps=200")
     args = ap.parse_intermixed_args(argv)  # overrides may come before, between or after the options
     # errors are reported by locvtp.cli (one line naming the file, key or argument; --debug shows the stack)
-    cfg = load_config(find_config(args.config), args.overrides)
-    final = pretrain(cfg, args.out, resume=args.resume, strict=args.strict, progress=not args.quiet)
+    allow = allowed_names(args.allow_changes)
+    if args.resume is None:
+        if args.config is None:
+            ap.error("the following arguments are required: --config (or --resume to continue a run)")
+        if allow:
+            ap.error("argument --allow-changes: only with --resume (a new run has no settings to change)")
+        cfg, resume = load_config(find_config(args.config), args.overrides), None
+    else:
+        cfg, resume = resume_config(Path(args.out), args.resume, args.config, args.overrides,
+                                    warn=int(os.environ.get("RANK", "0")) == 0)
+    final = pretrain(cfg, args.out, resume=resume, strict=args.strict, progress=not args.quiet, allow_changes=allow)
     if int(os.environ.get("RANK", "0")) == 0:
         print(final)
     return 0

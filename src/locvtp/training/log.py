@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -40,8 +39,10 @@ class MetricsLog:
 
                 self.tb = SummaryWriter(str(run / "tensorboard"))
             except ImportError:
-                print("[pretrain] train.tensorboard=true but tensorboard is not installed: logging to "
-                      f"{self.path} only", file=sys.stderr)
+                from locvtp.cliargs import warn
+
+                warn("locvtp pretrain", "train.tensorboard=true but tensorboard is not installed: logging to "
+                                        f"{self.path} only")
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "restore_optimizer"]
 
 
 _NO_DECAY_NAMES = ("embed", "pos", "logit_scale", "cls_token", "token_type")
@@ -65,3 +65,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: Any) -> torch.optim.
     """:func:`lr_factor` as a LambdaLR over ``train.max_steps`` optimisation steps."""
     warmup, total, floor = int(tcfg.warmup_steps), int(tcfg.max_steps), float(tcfg.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, floor))
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                      state: dict) -> None:
+    """Load a checkpoint's optimizer and schedule state, with the rates of the config they are built from.
+
+    Why: ``load_state_dict`` brings back the saved learning rates and weight decay too, so ``train.lr=...`` given
+    on resume was named but never applied, and a raised ``train.max_steps`` took one step to reach the schedule.
+    The moments, step counts and schedule position are the run's; the base rates, weight decay and the schedule's
+    shape are the config's. An unchanged config gives exactly the saved rates (same formula, same operands).
+    """
+    base = list(scheduler.base_lrs)
+    decay = [g["weight_decay"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.base_lrs = base
+    for g, b, d, lam in zip(optimizer.param_groups, base, decay, scheduler.lr_lambdas):
+        g["initial_lr"], g["weight_decay"], g["lr"] = b, d, b * lam(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,7 +22,7 @@ from locvtp.errors import UsageError
 PROG = "locvtp pretrain"
 
 __all__ = ["RunExistsError", "check_model_paths", "check_run_dir", "clean_partial_writes", "existing_path",
-           "find_resume", "list_checkpoints", "rotate_checkpoints", "warn_config_changes"]
+           "find_resume", "list_checkpoints", "rotate_checkpoints"]
 
 
 class RunExistsError(UsageError, FileExistsError):
@@ -131,32 +130,3 @@ def check_model_paths(cfg: Any, resuming: bool) -> None:
             raise ConfigError("model.text.name=hf needs model.text.path (a local directory of a BERT-family model)")
         if not t.allow_hub:
             existing_path("model.text.path", t.path)
-
-
-def warn_config_changes(cfg: Any, saved: Path) -> None:
-    """A resumed run should be the run it resumes: name every setting that differs (except the step budget)."""
-    if not saved.is_file():
-        return
-    from omegaconf import OmegaConf
-
-    from locvtp.config import load_config as _load
-
-    try:
-        old = OmegaConf.to_container(_load(saved), resolve=True)
-    except ConfigError:
-        return
-    new = OmegaConf.to_container(cfg, resolve=True)
-
-    def flat(d: Any, prefix: str = "") -> dict:
-        out: dict = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    fo, fn = flat(old), flat(new)
-    ignore = {"train.max_steps", "model.text.vocab_size", "train.val_every", "train.log_every", "train.num_threads",
-              "data.num_workers"}
-    changed = [k for k in sorted(set(fo) | set(fn)) if k not in ignore and fo.get(k) != fn.get(k)]
-    if changed:
-        print("[pretrain] warning: resuming with settings that differ from " + str(saved) + ": " + ", ".join(
-            f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in changed[:12]), file=sys.stderr)

@@ -22,11 +22,15 @@ from locvtp.config import ConfigError, save_config, validate_config
 from locvtp.distributed import Dist, setup_distributed
 from locvtp.errors import LocVTPError
 from locvtp.training.log import MetricsLog, scalar_terms, step_record, truncate_jsonl
-from locvtp.training.optim import build_optimizer, build_scheduler
+from locvtp.cliargs import warn
+from locvtp.training.optim import build_optimizer, build_scheduler, restore_optimizer
+from locvtp.training.resume import allowed_names, check_resume_settings
 from locvtp.training.rundir import (check_model_paths, check_run_dir, clean_partial_writes, existing_path,
-                                    find_resume, rotate_checkpoints, warn_config_changes)
+                                    find_resume, rotate_checkpoints)
 from locvtp.training.state import rng_state, seed_everything, set_rng_state
 from locvtp.training.validation import validate
+
+PROG = "locvtp pretrain"
 
 __all__ = ["Pretrainer", "TrainingDivergedError", "TrainingRun", "prepare_tokenizer", "start_run", "to_device"]
 
@@ -67,9 +71,8 @@ def prepare_tokenizer(cfg: Any, run: Path, store: Any, resume_from: Optional[Pat
     else:
         if dist.is_main:
             if store.n > 5_000_000:
-                print(f"[pretrain] training a WordPiece tokenizer on {store.n} captions on rank 0 (it grows with the "
-                      "corpus; the other ranks wait): give data.tokenizer (e.g. a BERT vocab) at this scale",
-                      file=sys.stderr)
+                warn(PROG, f"training a WordPiece tokenizer on {store.n} captions on rank 0 (it grows with the "
+                           "corpus; the other ranks wait): give data.tokenizer (e.g. a BERT vocab) at this scale")
             train_tokenizer(store.texts(), vocab_size=int(cfg.data.vocab_size)).save(tok_dir)
         dist.barrier()
         tok = Tokenizer.load(tok_dir / "tokenizer.json")
@@ -244,14 +247,18 @@ def _restore(resume_from: Path, model, objective, optimizer, scheduler, dist: Di
     from locvtp.checkpoint import load_checkpoint, load_trainer_state
 
     ck = load_checkpoint(resume_from, verify=True)
-    model.load_state_dict(ck.model.state_dict())
-    if ck.objective_state:
-        objective.load_state_dict(ck.objective_state)
     state = load_trainer_state(resume_from)
     if state is None:
         raise ConfigError(f"{resume_from}: has no trainer_state.pt, cannot resume training from it")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:  # only an allowed model change (--allow-changes model...) or a trainable-set change gets here
+        model.load_state_dict(ck.model.state_dict())
+        if ck.objective_state:
+            objective.load_state_dict(ck.objective_state)
+        restore_optimizer(optimizer, scheduler, state)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{resume_from}: its weights or optimizer state do not fit the model the settings build "
+                          f"(a changed model.* key, model.*.freeze or train.backbone_lr_scale 1 <-> other): "
+                          f"{' '.join(str(exc).split())[:300]}") from None
     step = int(state["step"])
     rngs = state["rng"]
     set_rng_state(rngs[dist.rank] if len(rngs) == dist.world else rngs[0])
@@ -290,12 +297,17 @@ def _make_loader(cfg: Any, data: Any, tokenizer: Any, dist: Dist, step: int):
 
 
 def start_run(cfg: Any, run: Path, resume: Optional[Union[str, Path]], strict: bool,
-              progress: bool) -> Union[TrainingRun, Path]:
+              progress: bool, allow_changes: tuple[str, ...] = ()) -> Union[TrainingRun, Path]:
     """Set up the run :func:`locvtp.train.pretrain` steps; or, when ``resume`` finds it already finished,
-    its final checkpoint."""
+    its final checkpoint. A resumed run's settings are checked against its own saved ones
+    (:func:`locvtp.training.resume.check_resume_settings`; ``allow_changes``: keys or sections it may change)."""
     from locvtp.checkpoint import read_meta
 
     cfg, dist, resume_from = _open_run(cfg, run, None if resume is None else str(resume))
+    changed = None  # the line naming a resumed run's changed settings, printed once its checkpoint is restored
+    if resume_from is not None:
+        cfg, changed = check_resume_settings(cfg, resume_from, run, allowed_names(allow_changes),
+                                             announce=dist.is_main)
     strict = bool(strict or cfg.train.strict)
     T_max = int(cfg.train.max_steps)
     if resume_from is not None and resume_from.name == "final" and (read_meta(resume_from).get("step") or 0) >= T_max:
@@ -303,8 +315,6 @@ def start_run(cfg: Any, run: Path, resume: Optional[Union[str, Path]], strict: b
             print(f"[pretrain] {run} already finished ({T_max} steps): {resume_from}")
         dist.close()
         return resume_from
-    if resume_from is not None and dist.is_main:
-        warn_config_changes(cfg, run / "config.yaml")
     threads_before = torch.get_num_threads()
     if int(cfg.train.num_threads) > 0:
         torch.set_num_threads(int(cfg.train.num_threads))  # restored by close() (pretrain may run inside a program)
@@ -314,6 +324,8 @@ def start_run(cfg: Any, run: Path, resume: Optional[Union[str, Path]], strict: b
     step = 0
     if resume_from is not None:
         step = _restore(resume_from, model, objective, optimizer, scheduler, dist, run)
+        if changed and dist.is_main:
+            print(changed, file=sys.stderr)
     ddp_net = _wrap_ddp(cfg, net, dist)
     sampler, loader = _make_loader(cfg, data, tokenizer, dist, step)
     r = TrainingRun(cfg, run, dist, tokenizer, data, model, objective, net, ddp_net, optimizer, scheduler, step,
@@ -324,5 +336,5 @@ def start_run(cfg: Any, run: Path, resume: Optional[Union[str, Path]], strict: b
               f"{r.accum} accum, {dist.world} rank(s) on {dist.device}, {T_max} steps -> {run}")
         note = objective.ramp_note(T_max)
         if note:
-            print(f"[pretrain] warning: {note}", file=sys.stderr)
+            warn(PROG, note)
     return r
