@@ -48,7 +48,7 @@ def standardize(x: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.ndarray:
 # γ_D = D·u/(1 − D·u) is √D/λ times larger and would call a genuine spread of a few hundred ulps flat at
 # D = 512. Measured (the tests' tiny model, D = 64, float32): the 10 clips of an all-black video differ by
 # ≤ 9e-8 per embedding component and their scores by ≤ 7 ulps, under 1% of the tolerance; on the tiny world's
-# real videos the smallest spread is 785 times the tolerance. Scores computed in float64 from float32
+# real videos (same model, four queries) the smallest spread is 785 times it. Scores computed in float64 from float32
 # embeddings carry the embeddings' rounding, so the precision is the *embeddings'* (:func:`score_precision`),
 # not the scores' dtype.
 FLAT_LAMBDA = 6.0
@@ -104,7 +104,7 @@ def clip_relevance(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if precision is None:
-        precision = score_precision(clips, sentences, *(words or ()))
+        precision = score_precision(clips, sentences, *(() if words is None else words))
     clips = np.asarray(clips, dtype=np.float64)
     d = clips.shape[1]
     sentences = np.asarray(sentences, dtype=np.float64).reshape(-1, d)
