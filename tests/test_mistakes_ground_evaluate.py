@@ -100,8 +100,16 @@ def W(tiny_world, tiny_checkpoint, tmp_path_factory):
         gvid=gvid, n_queries_gvid=len(anet[gvid]["sentences"]), video=tiny_world / "videos" / f"{gvid}.mp4",
         png=_write_png(root / "picture.mp4"), one=_write_one_frame_mp4(root / "one_frame.mp4"),
         novideos=novideos, a_file=root / "a_file.txt", othertok=othertok, one_video_h5=one_video_h5,
-        foreign_out=foreign_out,
+        foreign_out=foreign_out, black=_write_black_mp4(root / "black.mp4"),
     )
+
+
+def _write_black_mp4(path: Path) -> Path:
+    """A 10-s all-black video of the synthetic world's size (issue 26: its clip scores differ in their last bits)."""
+    from locvtp.data.synthetic import FPS, FRAME_SIZE, write_mp4
+
+    write_mp4(path, np.zeros((10 * FPS, FRAME_SIZE, FRAME_SIZE, 3), np.uint8))
+    return path
 
 
 def _ground(W, *extra, video=True):
@@ -263,6 +271,8 @@ def test_ground_without_warnings_on_an_ordinary_query(W, capsys):
     ("stride-longer-than-clip", lambda W: _ground(W, "--stride-seconds", "5", "--clip-seconds", "1"),
      ["--stride-seconds", "unseen"]),
     ("max-seconds-below-one-clip", lambda W: _ground(W, "--max-seconds", "0.25"), ["--max-seconds", "single clip"]),
+    ("all-black-video", lambda W: ["ground", "--checkpoint", W.ckpt, W.black, QUERY],
+     ["all 10 clips score the same", "every window scores 0", "tie order"]),
 ])
 def test_ground_result_that_cannot_mean_much_is_flagged(W, capsys, case, argv, needles):
     out, _ = _ground_json(W, capsys, argv(W))

@@ -7,7 +7,10 @@ numbers cannot drift apart. No training, numpy only (no model, no torch).
 Procedure:
 
 1. per-clip relevance = ``alpha·z(clip·sentence) + (1−alpha)·z(mean over words of clip·word)`` (z = standardized
-   over the video's clips; :func:`clip_query_scores`, :func:`clip_query_score_matrix` for K queries at once);
+   over the video's clips; :func:`clip_relevance`, :func:`clip_query_scores` for one query). A component whose
+   scores are equal up to rounding (:func:`is_flat`: a still or blank video) contributes exact zeros instead of
+   its standardized rounding noise, so a flat curve gives every window the same score, 0, and the ranking is
+   the documented tie order (earliest start first, then shortest), not an artefact of the last bits;
 2. every window of consecutive clips [i, j] gets a window score (:func:`window_scores`; the default ``"oic"`` is
    AutoLoc's outer-inner contrast of the clips inside against their surroundings), ranked best first
    (:func:`rank_windows`);
@@ -33,37 +36,105 @@ def standardize(x: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.ndarray:
     return (x - mu) / np.maximum(sd, eps)
 
 
-def clip_query_score_matrix(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.ndarray] | None = None,
-                            alpha: float = 0.5) -> np.ndarray:
-    """Per-clip relevance of K queries → ``[N, K]``:
-    ``alpha·z(clips·sentence_k) + (1−alpha)·z(mean_l clips·words_k[l])``.
+# Flatness: how far apart scores may be and still be "the same" (one rule, used wherever a window is chosen).
+# A score s_i = x_i·y is a D-term dot product of embeddings made in a precision with unit roundoff u = eps/2.
+# Two clips whose exact embeddings are equal (a still or blank video) differ only by rounding: batch shapes,
+# kernels and summation orders differ from clip to clip. We bound that rounding as that of one D-term dot
+# product in the embeddings' precision, by the probabilistic bound of Higham & Mary (SIAM J. Sci. Comput.
+# 41(5), 2019, Thm 3.1; rounding errors modelled as independent and mean-zero):
+#     |fl(x·y) − x·y| ≤ λ·√D·u·Σ_k|x_k·y_k|   with probability ≥ 1 − 2D·exp(−λ²/2),
+# λ = FLAT_LAMBDA = 6 (a miss rate of at most 3.2e-5 for D ≤ 1024). Two scores then differ by at most
+# 2·λ√D·u·S = λ√D·eps·S, S = max_i Σ_k|x_ik·y_k| (≤ ‖x_i‖‖y‖ = 1 for cosines). The worst-case bound
+# γ_D = D·u/(1 − D·u) is √D/λ times larger and would call a genuine spread of a few hundred ulps flat at
+# D = 512. Measured (the tests' tiny model, D = 64, float32): the 10 clips of an all-black video differ by
+# ≤ 9e-8 per embedding component and their scores by ≤ 7 ulps, under 1% of the tolerance; on the tiny world's
+# real videos (same model, four queries) the smallest spread is 785 times it. Scores computed in float64 from float32
+# embeddings carry the embeddings' rounding, so the precision is the *embeddings'* (:func:`score_precision`),
+# not the scores' dtype.
+FLAT_LAMBDA = 6.0
+
+
+def score_precision(*embeddings: Any) -> np.dtype:
+    """The precision the scores of these embeddings can carry: the coarsest floating dtype among them (an exact
+    integer array counts as float64)."""
+    dts = [np.asarray(e).dtype for e in embeddings if e is not None]
+    dts = [d if np.issubdtype(d, np.floating) else np.dtype(np.float64) for d in dts] or [np.dtype(np.float64)]
+    return max(dts, key=lambda d: np.finfo(d).eps)
+
+
+def is_flat(scores: np.ndarray, dim: int, precision: Any = np.float32, scale: Any = None, axis: int = 0) -> Any:
+    """Whether ``scores`` are equal along ``axis`` up to the rounding of the D-term dot products that made them:
+    ``max − min ≤ FLAT_LAMBDA·√dim·eps(precision)·S`` (the bound and why: see ``FLAT_LAMBDA``).
+
+    ``dim``: the embeddings' width D; ``precision``: their dtype (not the dtype of ``scores``: float64 scores of
+    float32 embeddings carry float32 rounding); ``scale``: ``Σ_k|x_k·y_k|`` per score (or one number), S is its
+    maximum; None uses ``max|s|``, a lower bound of it (right for scores of non-negative terms, too strict for
+    cosines near 0, whose rounding is relative to Σ|x_k·y_k|, not to |s|). Returns a bool (1-D ``scores``) or a
+    bool array over the other axes. Non-finite scores are never flat.
+    """
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        raise ValueError("is_flat needs at least one score")
+    mag = np.abs(s) if scale is None else np.broadcast_to(np.abs(np.asarray(scale, dtype=np.float64)), s.shape)
+    ref = np.maximum(np.max(mag, axis=axis), np.finfo(np.float64).tiny)
+    tol = FLAT_LAMBDA * np.sqrt(float(dim)) * float(np.finfo(precision).eps) * ref
+    return np.ptp(s, axis=axis) <= tol  # NaN spreads compare False
+
+
+def _standardized_or_zero(raw: np.ndarray, scale: np.ndarray, dim: int, precision: Any) -> tuple[np.ndarray, Any]:
+    """z over axis 0 of a score matrix ``[N, K]``, with flat columns exact zeros; and the columns' flatness."""
+    flat = is_flat(raw, dim, precision, scale, axis=0)
+    return np.where(flat, 0.0, standardize(raw, axis=0)), flat
+
+
+def clip_relevance(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.ndarray] | None = None,
+                   alpha: float = 0.5, precision: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-clip relevance of K queries ``[N, K]``: ``alpha·z(clips·sentence_k) + (1−alpha)·z(mean_l
+    clips·words_k[l])``, and which queries are flat ``[K]`` (bool: every clip scores the same for them).
 
     ``clips [N, D]``, ``sentences [K, D]``, ``words[k] [L_k, D]`` (valid words only; None, or a query with no
     word, uses the sentence alone). ``z`` standardizes each query's column over the clips of this video: window
     scores and the step Viterbi only see the *shape* of a column, and standardizing keeps the sentence and the
-    word components on an equal footing whatever their raw dynamic range.
+    word components on an equal footing whatever their raw dynamic range. A component flat by :func:`is_flat`
+    is zeros, not its standardized rounding noise; a query is flat when every component it uses is.
+    ``precision``: the embeddings' dtype (None: :func:`score_precision` of the arrays given).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if precision is None:
+        precision = score_precision(clips, sentences, *(() if words is None else words))
     clips = np.asarray(clips, dtype=np.float64)
-    sentences = np.asarray(sentences, dtype=np.float64).reshape(-1, clips.shape[1])
-    sent = standardize(clips @ sentences.T, axis=0)
+    d = clips.shape[1]
+    sentences = np.asarray(sentences, dtype=np.float64).reshape(-1, d)
+    mag = np.abs(clips)
+    sent, flat = _standardized_or_zero(clips @ sentences.T, mag @ np.abs(sentences).T, d, precision)
+    flat = np.array(flat, dtype=bool).reshape(-1)
     if words is None or alpha == 1.0:
-        return sent
+        return sent, flat
     out = sent.copy()
     for k, w in enumerate(words):  # K queries of one video (a handful): not a model forward
-        w = np.asarray(w, dtype=np.float64)
+        w = np.asarray(w, dtype=np.float64).reshape(-1, d)
         if w.size:
-            word = standardize((clips @ w.reshape(-1, clips.shape[1]).T).mean(axis=1))
-            out[:, k] = alpha * sent[:, k] + (1.0 - alpha) * word
-    return out
+            word, word_flat = _standardized_or_zero((clips @ w.T).mean(axis=1)[:, None],
+                                                    (mag @ np.abs(w).mean(axis=0))[:, None], d, precision)
+            out[:, k] = alpha * sent[:, k] + (1.0 - alpha) * word[:, 0]
+            flat[k] = bool(word_flat[0]) and (flat[k] or alpha == 0.0)
+    return out, flat
+
+
+def clip_query_score_matrix(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.ndarray] | None = None,
+                            alpha: float = 0.5) -> np.ndarray:
+    """Per-clip relevance of K queries → ``[N, K]`` (:func:`clip_relevance` without the flatness flags)."""
+    return clip_relevance(clips, sentences, words, alpha)[0]
 
 
 def clip_query_scores(clips: np.ndarray, sentence: np.ndarray, words: np.ndarray | None = None,
                       alpha: float = 0.5) -> np.ndarray:
-    """One query's per-clip curve ``[N]`` (see :func:`clip_query_score_matrix`)."""
+    """One query's per-clip curve ``[N]`` (see :func:`clip_relevance`)."""
     w = None if words is None else [np.asarray(words)]
-    return clip_query_score_matrix(clips, np.asarray(sentence)[None], w, alpha)[:, 0]
+    return clip_relevance(clips, np.asarray(sentence)[None], w, alpha)[0][:, 0]
 
 
 def window_scores(scores: np.ndarray, kind: str = "oic", min_len: int = 1, max_len: int | None = None,
@@ -162,6 +233,7 @@ class GroundingResult:
     clip_relevance: np.ndarray  # [N] combined standardized relevance (what windows are scored on)
     clip_cosine: np.ndarray  # [N] raw clip·sentence cosine
     warnings: list[str] = field(default_factory=list)  # why the windows may not mean what they seem
+    flat: bool = False  # every clip scores the same (is_flat): every window scores 0, ranked in the tie order
 
     def to_json(self, curve: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -196,10 +268,14 @@ def ground_embeddings(
 
     ``clips [N, D]`` and ``clip_windows [N, 2]`` (seconds) of the video, ``sentence [D]``, ``words [L, D]``
     (valid words; None = sentence only). ``window_score``: a kind of
-    :func:`window_scores` (None: its default).
+    :func:`window_scores` (None: its default). Scores equal up to the embeddings' rounding (:func:`is_flat`)
+    are treated as equal: every window scores 0, the windows come in the tie order of :func:`rank_windows`,
+    ``flat`` is set and ``warnings`` says so.
     """
     from locvtp.metrics import nms
 
+    # Computed on float32 copies: the scores carry float32 rounding at best, coarser if the input was coarser.
+    precision = score_precision(clips, sentence, words, np.float32(0))
     clips = np.asarray(clips, dtype=np.float32)
     clip_windows = np.asarray(clip_windows, dtype=np.float64).reshape(-1, 2)
     if clips.ndim != 2 or clips.shape[0] == 0:
@@ -209,13 +285,15 @@ def ground_embeddings(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     w = None if words is None or np.asarray(words).size == 0 else np.asarray(words, np.float32)
-    relevance = clip_query_scores(clips, np.asarray(sentence, np.float32), w, alpha=alpha)
+    rel, flat = clip_relevance(clips, np.asarray(sentence, np.float32)[None], None if w is None else [w],
+                               alpha=alpha, precision=precision)
+    relevance = rel[:, 0]
     kw = {} if window_score is None else {"kind": window_score}
     ranked, vals = rank_windows(relevance, clip_windows, min_len=min_clips, max_len=max_clips, **kw)
     keep = nms(ranked, None, nms_threshold, top_k=top_k) if len(ranked) else np.zeros(0, dtype=np.int64)
     dur = float(duration) if duration is not None else float(clip_windows[-1, 1])
     res = GroundingResult(query, dur, ranked[keep], vals[keep], clip_windows, relevance,
-                          clips @ np.asarray(sentence, np.float32))
+                          clips @ np.asarray(sentence, np.float32), flat=bool(flat[0]))
     res.warnings = _clip_warnings(res, top_k, nms_threshold)
     return res
 
@@ -230,9 +308,10 @@ def _clip_warnings(res: GroundingResult, top_k: int, nms_threshold: float) -> li
                    "window is the whole video and its score says nothing about the query (a video shorter than "
                    "one clip, or --clip-seconds longer than the video)")
         return out
-    if np.ptp(res.clip_relevance) < 1e-6:
-        out.append(f"all {n} clips score the same for this query (a still or blank video?): the window ranking "
-                   "is arbitrary")
+    if res.flat:
+        out.append(f"all {n} clips score the same for this query (a still or blank video?): every window scores "
+                   "0 and the windows are in the tie order (earliest start first, then shortest), not ranked "
+                   "by the query")
     if len(res.windows) < top_k:
         out.append(f"only {len(res.windows)} window(s) of the {top_k} asked: {n} clips do not give more windows "
                    f"that overlap less than IoU {nms_threshold:g}")
@@ -240,6 +319,7 @@ def _clip_warnings(res: GroundingResult, top_k: int, nms_threshold: float) -> li
 
 
 __all__ = [
-    "GroundingResult", "WINDOW_SCORES", "clip_query_score_matrix", "clip_query_scores", "ground_embeddings",
-    "rank_windows", "standardize", "top_windows", "window_scores",
+    "FLAT_LAMBDA", "GroundingResult", "WINDOW_SCORES", "clip_query_score_matrix", "clip_query_scores",
+    "clip_relevance", "ground_embeddings", "is_flat", "rank_windows", "score_precision", "standardize",
+    "top_windows", "window_scores",
 ]

@@ -250,7 +250,8 @@ def _evaluate(checkpoint: Any, data_dir: Any, out_dir: Any, tasks: Sequence[str]
     ctx, vids = prepare_context(checkpoint, data_dir, out, tasks, opts, features, progress, seed, video_dir, strict,
                          device)
     embed_seconds = time.time() - t0
-    flat = _run_tasks(ctx, tasks, opts, verbose)
+    notes: list[str] = []
+    flat = _run_tasks(ctx, tasks, opts, verbose, notes)
     flat["embed_seconds"] = round(embed_seconds, 2)
     flat["total_seconds"] = round(time.time() - t0, 2)
     flat = _ordered(flat)
@@ -259,12 +260,16 @@ def _evaluate(checkpoint: Any, data_dir: Any, out_dir: Any, tasks: Sequence[str]
         write_json(out / "metrics.json", {"checkpoint": ctx.checkpoint_path, "checkpoint_sha256": ctx.checkpoint_sha256,
                                           "data": str(data_dir), "tasks": tasks, "seed": seed, "metrics": flat,
                                           "videos": len(vids), "failed_videos": bank.failed,
-                                          "failed_features": bank.failed_features})
+                                          "failed_features": bank.failed_features, "warnings": notes})
     if verbose:
         shown = {k: v for k, v in flat.items() if not k.endswith("_seconds")}
         print(format_table(shown, title=f"[evaluate] {', '.join(tasks)} | checkpoint {ctx.checkpoint_path} | "
                                         f"data {data_dir} | {flat['total_seconds']:.1f} s"))
         report_skipped(bank, len(vids), out)
+        from locvtp.cliargs import warn
+
+        for note in notes:
+            warn("locvtp evaluate", note)
     return flat
 
 
@@ -298,9 +303,10 @@ def prepare_context(checkpoint: Any, data_dir: Path, out: Path | None, tasks: Se
     return ctx, vids
 
 
-def _run_tasks(ctx: EvalContext, tasks: Sequence[str], opts: DownstreamOptions, verbose: bool
-               ) -> dict[str, float]:
-    """Each task on the shared context, seeded on entry; its JSON (and predictions file) written to ``ctx.out_dir``."""
+def _run_tasks(ctx: EvalContext, tasks: Sequence[str], opts: DownstreamOptions, verbose: bool,
+               notes: list[str] | None = None) -> dict[str, float]:
+    """Each task on the shared context, seeded on entry; its JSON (and predictions file) written to ``ctx.out_dir``;
+    the tasks' warnings (``info["warnings"]``, e.g. grounding's flat queries) appended to ``notes``."""
     flat: dict[str, float] = {}
     bank, out = ctx.bank, ctx.out_dir
     for task in tasks:
@@ -316,6 +322,8 @@ def _run_tasks(ctx: EvalContext, tasks: Sequence[str], opts: DownstreamOptions, 
             res.info["failed_features"] = dict(bank.failed_features)
         flat.update(res.metrics)
         flat[f"{task}_seconds"] = res.info["seconds"]
+        if notes is not None:
+            notes.extend(res.info.get("warnings", []))
         if out is not None:
             write_json(out / f"{task}.json", res.to_json())
             for name, lines in res.prediction_files.items():

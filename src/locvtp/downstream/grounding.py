@@ -31,7 +31,8 @@ from locvtp.downstream.common import (
 # --------------------------------------------------------------------------------------------------- zero-shot
 # The zero-shot scoring lives in locvtp.localize (shared with `locvtp ground`); re-exported here.
 from locvtp.localize import (  # noqa: E402,F401
-    WINDOW_SCORES, clip_query_score_matrix, clip_query_scores, rank_windows, top_windows, window_scores,
+    WINDOW_SCORES, clip_query_score_matrix, clip_query_scores, clip_relevance, rank_windows, top_windows,
+    window_scores,
 )
 
 
@@ -321,26 +322,54 @@ def _fill_durations(ctx, queries: list[GroundingQuery]) -> None:
                 q.duration = float(seq.duration)
 
 
-def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingOptions, with_scores: bool = False
-                        ) -> tuple:
-    """Ranked windows (seconds, best first) per usable query, the indices of those queries, and their curves
-    (``with_scores``: also each query's window scores, aligned with its windows)."""
+@dataclass
+class ZeroShotRanking:
+    """:func:`zero_shot_grounding`'s output, one entry per usable query (``used``: its index in the query list):
+    ranked windows (seconds, best first), their window scores, the per-clip curve, and whether the curve is flat
+    (every clip scores the same up to rounding, ``locvtp.localize.is_flat``: all windows score 0 and come in
+    the tie order, as ``locvtp ground`` gives them)."""
+
+    ranked: list[np.ndarray] = field(default_factory=list)
+    used: list[int] = field(default_factory=list)
+    curves: list[np.ndarray] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+    flat: list[bool] = field(default_factory=list)
+
+
+def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingOptions) -> ZeroShotRanking:
+    """Ranked windows of every usable query (its video has clips), scored as ``locvtp ground`` scores them."""
     from locvtp.runtime import progress as tqdm
 
     texts = ctx.bank.texts([q.query for q in queries])
-    ranked, used, curves, scores = [], [], [], []
+    out = ZeroShotRanking()
     for k, q in enumerate(tqdm(queries, desc="zero-shot grounding", disable=not ctx.progress, leave=False)):
         seq = ctx.bank.video(q.vid)
         if seq is None or len(seq.features) == 0:
             continue
-        curve = clip_query_scores(seq.features, texts.sentence[k], texts.words[k], alpha=opts.alpha)
-        windows, wscores = rank_windows(curve, seq.windows, kind=opts.window_score,
+        words = texts.words[k]
+        rel, flat = clip_relevance(seq.features, np.asarray(texts.sentence[k])[None],
+                                   None if words is None else [words], alpha=opts.alpha)
+        windows, wscores = rank_windows(rel[:, 0], seq.windows, kind=opts.window_score,
                                         max_candidates=opts.max_candidates)
-        ranked.append(windows)
-        scores.append(wscores)
-        used.append(k)
-        curves.append(curve)
-    return (ranked, used, curves, scores) if with_scores else (ranked, used, curves)
+        out.ranked.append(windows)
+        out.scores.append(wscores)
+        out.used.append(k)
+        out.curves.append(rel[:, 0])
+        out.flat.append(bool(flat[0]))
+    return out
+
+
+def flat_query_warning(queries: Sequence[GroundingQuery], zs: ZeroShotRanking) -> list[str]:
+    """The warning for the zero-shot queries whose clips all score the same (none: no warning)."""
+    flat = [k for k, f in zip(zs.used, zs.flat) if f]
+    if not flat:
+        return []
+    vids = sorted({queries[k].vid for k in flat})
+    shown = ", ".join(vids[:10]) + (f" (+{len(vids) - 10} more)" if len(vids) > 10 else "")
+    return [f"{len(flat)} of {len(zs.used)} zero-shot grounding queries score the same on every clip (videos: "
+            f"{shown}; a still or blank video, or collapsed clip embeddings?): every window scores 0 and their "
+            "windows are the tie order (earliest start first, then shortest), not the model's choice; they are "
+            "in the figures as such and listed under info.flat_queries in grounding.json"]
 
 
 # What ``grounding_recall`` looks at per query: the first max(recalls) = 5 windows kept by its NMS.
@@ -458,10 +487,13 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
     if not test:
         raise DownstreamError(f"no usable {opts.dataset} test queries under {ctx.data_dir}")
     gt = np.array([[q.start, q.end] for q in test], dtype=np.float64)
-    ranked, used, _, ranked_scores = zero_shot_grounding(ctx, test, opts, with_scores=True)
+    zs = zero_shot_grounding(ctx, test, opts)
+    ranked, used, ranked_scores = zs.ranked, zs.used, zs.scores
     metrics: dict[str, float] = {}
     info: dict[str, Any] = {"dataset": opts.dataset, "test_queries": len(test),
-                            "skipped_annotations": skipped_test, "zero_shot_queries": len(used)}
+                            "skipped_annotations": skipped_test, "zero_shot_queries": len(used),
+                            "flat_queries": [k for k, f in zip(used, zs.flat) if f],
+                            "warnings": flat_query_warning(test, zs)}
     preds = [{"video_id": q.vid, "query": q.query, "gt": [q.start, q.end], "duration": q.duration}
              for q in test]
     if used:
@@ -469,8 +501,9 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
         chance = chance_grounding(ctx, [test[k] for k in used], gt[used], opts)
         metrics.update({f"chance_grounding_{k}": chance[k] for k in ("R1@0.5", "mIoU")})
         info["chance"] = chance
-        for k, windows in zip(used, ranked):
+        for k, windows, flat in zip(used, ranked, zs.flat):
             preds[k]["windows"] = top_windows(windows, opts.top_k_saved).round(3).tolist()
+            preds[k]["flat"] = flat
     files = {"grounding_predictions.jsonl": prediction_lines(test, used, ranked, ranked_scores)}
     info["missing_videos"] = sorted({test[k].vid for k in range(len(test)) if k not in set(used)})
 
@@ -506,5 +539,6 @@ __all__ = [
     "moment_iou",
     "scaled_iou_bce", "moment_map_pool", "TAN2DHead", "pool_to_bins", "HeadConfig", "train_tan_head",
     "predict_score_maps", "GroundingQuery", "HeadData", "head_data",
-    "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "run_grounding",
+    "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "ZeroShotRanking", "flat_query_warning",
+    "run_grounding",
 ]
