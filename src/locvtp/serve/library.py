@@ -96,7 +96,7 @@ def file_key(path: Path, salt: str = "") -> str:
 def _inside(path: Path, root: Path) -> bool:
     try:
         r = path.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
         return False
     return r == root or root in r.parents
 
