@@ -56,6 +56,15 @@ def w(tiny_world, tiny_checkpoint, tmp_path_factory):
     build_index_from_records(records, ns.idx8, progress=False)
     ns.userfile = root / "notes.txt"
     ns.userfile.write_text("mine\n")
+    # issue 26: empty input sets
+    ns.empty_dir = root / "empty_dir"
+    ns.empty_dir.mkdir()
+    (ns.empty_dir / "notes.txt").write_text("not a video\n")
+    ns.empty_list = root / "empty_list.txt"
+    ns.empty_list.write_text("# only a comment\n\n")
+    ns.dangling_only = root / "dangling_only"
+    ns.dangling_only.mkdir()
+    (ns.dangling_only / "gone.mp4").symlink_to(root / "nowhere.mp4")
     return ns
 
 
@@ -99,6 +108,16 @@ CASES = [
                                                 w.root / "new.h5", "--no-progress"], 2, ["f.h5", "64", "12"]),
     ("extract-videos-missing", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.root / "nope", "--out",
                                           w.root / "new.h5"], 1, ["--videos", "nope"]),
+    # ---- extract: empty input sets (issue 26): an error, and no empty store ---------------------------------
+    ("extract-videos-dir-without-videos", lambda w: ext(w)[:3] + ["--videos", w.empty_dir, "--out", w.root / "new.h5"],
+     2, ["--videos", "empty_dir", "no video file", ".mp4"]),
+    ("extract-videos-empty-list", lambda w: ext(w)[:3] + ["--videos", w.empty_list, "--out", w.root / "new.h5"],
+     2, ["--videos", "empty_list.txt", "lists no video"]),
+    ("extract-videos-only-dangling-links", lambda w: ext(w)[:3] + ["--videos", w.dangling_only, "--out",
+                                                                    w.root / "new.h5"],
+     2, ["--videos", "dangling_only", "1 input(s) skipped", "gone.mp4", "dangling symbolic link"]),
+    ("extract-videos-empty-dir-npy", lambda w: ext(w)[:3] + ["--videos", w.empty_dir, "--out", w.root / "newdir",
+                                                             "--format", "npy-dir"], 2, ["--videos", "empty_dir"]),
     # ---- extract: outputs (case 1) ---------------------------------------------------------------------
     ("extract-out-inside-checkpoint", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out",
                                                  w.ckpt / "f.h5"], 2, ["--out", "--checkpoint"]),
@@ -151,6 +170,12 @@ CASES = [
     ("search-index-width-differs", lambda w: srch(w, "q", index=w.idx8), 2, ["idx8", "8", "64"]),
     ("search-index-not-an-index", lambda w: srch(w, "q", index=w.vids), 1, ["vids", "not a moment index"]),
     ("search-index-is-a-file", lambda w: srch(w, "q", index=w.feats), 1, ["f.h5", "not a moment index"]),
+    # ---- an index given where features are expected (issue 26) ---------------------------------------------
+    ("ground-features-is-an-index", lambda w: ["ground", "--checkpoint", w.ckpt, "--features", w.idx, "--video-id",
+                                               "v0", "a red circle"], 1,
+     ["idx", "moment-search index", "locvtp index", "not a feature store"]),
+    ("index-features-is-an-index", lambda w: ["index", "--features", w.idx, "--out", w.root / "i2"], 1,
+     ["idx", "moment-search index", "not a feature store"]),
     ("search-checkpoint-missing", lambda w: ["search", "--index", w.idx, "--checkpoint", w.root / "nock", "q"], 1,
      ["nock"]),
 ]
@@ -191,10 +216,46 @@ def test_top_k_and_pool_larger_than_the_index_are_capped(w, capsys):
 
 def test_query_warnings_in_json_and_on_stderr(w, capsys):
     """A query of unknown words ranks by noise: said once on stderr and listed in the JSON `warnings`."""
-    res = run_cli(srch(w, "xyzzy qwertyuiop", "a red circle"), capsys)
+    res = run_cli(srch(w, "xyzzy qwertyuiop", "a red circle", "--top-k", "1"), capsys)  # (1: no shortfall warning)
     assert res.code == 0, res.err
     lines = [json.loads(ln) for ln in res.out.strip().splitlines()]
     assert lines[0]["warnings"] and "known" in lines[0]["warnings"][0]
     assert lines[1]["warnings"] == []
     warn_lines = [ln for ln in res.err_lines if "warning" in ln]
     assert len(warn_lines) == 1 and "xyzzy" in warn_lines[0]
+
+
+def test_top_k_larger_than_the_moments_warns(w, capsys):
+    """Issue 26: `--top-k 1000` over a small index says that fewer moments exist (JSON `warnings` and stderr), and a
+    top-k the index can fill says nothing."""
+    res = run_cli(srch(w, "a red circle", "--top-k", "1000"), capsys)
+    assert res.code == 0, res.err
+    out = json.loads(res.out.strip().splitlines()[0])
+    n = len(out["moments"])
+    assert 1 <= n < 1000
+    short = [x for x in out["warnings"] if "asked for 1000 moments" in x]
+    assert len(short) == 1 and f"only {n} exist" in short[0]
+    warn = [ln for ln in res.err_lines if ln.startswith("locvtp search: warning: asked for 1000 moments")]
+    assert len(warn) == 1
+    res = run_cli(srch(w, "a red circle", "--top-k", "1"), capsys)
+    assert res.code == 0 and json.loads(res.out.strip().splitlines()[0])["warnings"] == []
+    assert "warning" not in res.err
+
+
+def test_bom_never_reaches_a_query_or_an_id(w, capsys, tmp_path):
+    """Issue 26: a UTF-8 byte-order mark in a --queries file, a query argument or an `index --videos` list is
+    dropped (it used to stay in the first query / id, which then matched nothing)."""
+    from locvtp.search import MomentIndex
+
+    q = tmp_path / "q.txt"
+    q.write_bytes("\ufeffa red circle\n\ufeffa blue square\n".encode("utf-8"))
+    res = run_cli(srch(w, "\ufeffa green triangle", "--queries", q, "--top-k", "1"), capsys)
+    assert res.code == 0, res.err
+    assert [json.loads(ln)["query"] for ln in res.out.strip().splitlines()] == [
+        "a green triangle", "a red circle", "a blue square"]
+    vid = sorted(MomentIndex(w.idx).videos)[0]
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(f"\ufeff{vid}\n".encode("utf-8"))
+    res = run_cli(["index", "--features", w.feats, "--out", tmp_path / "i", "--videos", ids, "--no-progress"], capsys)
+    assert res.code == 0, res.err
+    assert MomentIndex(tmp_path / "i").videos == [vid]

@@ -63,6 +63,8 @@ from typing import Any, Optional
 import numpy as np
 
 from locvtp import cliargs
+from locvtp.data.textinput import read_text_input
+from locvtp.data.videoids import VIDEO_EXTENSIONS, scan_videos, source_of, video_id
 from locvtp.errors import UsageError
 # The feature store (reader, record, writers, merge) lives in locvtp.featurestore; these names are re-exported
 # because ``locvtp.extract`` was their home (tests, benchmarks and older scripts import them from here).
@@ -79,9 +81,6 @@ from locvtp.files import OutputLock, check_apart
 
 Result = ClipFeatures  # one video's clip vectors (the record the writers take)
 FEATURE_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".npy", ".npz")
-VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".ts", ".wmv", ".3gp", ".ogv",
-)
 # What a bad *input* raises: unreadable/corrupt files (VideoError and PyAV errors are OSErrors), bad values,
 # out-of-memory on a huge video. Anything else (TypeError, AttributeError ...) is a bug and stops the run.
 RECORDED_ERRORS = (OSError, ValueError, RuntimeError, MemoryError, EOFError, KeyError)
@@ -119,6 +118,13 @@ def default_failures_path(out: Path, fmt: str, rank: int = 0, world: int = 1) ->
 class VideoItem:
     video_id: str
     path: Path
+    root: Optional[Path] = None  # the folder the id is relative to (--videos, or the list file's folder)
+
+    @property
+    def source(self) -> Optional[str]:
+        """What the store records for this video: None when the id rule finds ``path`` again from the id under
+        ``root`` (:func:`locvtp.data.videoids.source_of`); computed when the video is written, not per listing."""
+        return None if self.root is None else source_of(self.root, self.video_id, self.path)
 
 
 def _valid_id(vid: str) -> Optional[str]:
@@ -134,69 +140,69 @@ def list_videos(spec: str | Path, recursive: bool = False, strict: bool = False
                 ) -> tuple[list[VideoItem], list[dict[str, str]]]:
     """Videos to extract from a directory or a list file, sorted by id.
 
-    Directory: every file with a video extension (``VIDEO_EXTENSIONS``); id = file stem (``recursive``:
-    relative path without extension, ``/`` replaced by ``__``). List file: one ``path`` or ``id<TAB>path`` per
-    line, ``#`` comments; relative paths are relative to the list file. Returns (items, problems) where each
-    problem names the line/file (lenient); ``strict`` raises ``ExtractError`` instead.
+    Directory: every file with a video extension, id by the one rule of :mod:`locvtp.data.videoids` (file name
+    without extension; ``recursive``: relative path without extension, ``/`` written ``__``). List file: one
+    ``path`` or ``id<TAB>path`` per line, ``#`` comments, byte-order marks dropped; relative paths are relative
+    to the list file. Returns (items, skipped): one ``{"video_id", "path", "reason", "location"}`` per input not
+    extracted (a dangling or looping link, a file sharing its id, a bad list line), which ``extract`` writes to
+    ``failures.jsonl``; ``strict`` raises ``ExtractError`` at the first instead.
     """
     spec = Path(spec)
-    items: list[VideoItem] = []
-    problems: list[dict[str, str]] = []
-
-    def problem(where: str, reason: str) -> None:
-        if strict:
-            raise ExtractError(f"{where}: {reason}")
-        problems.append({"location": where, "reason": reason})
-
     if spec.is_dir():
-        files = spec.rglob("*") if recursive else spec.iterdir()
-        for f in files:
-            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS and not f.name.startswith("."):
-                vid = str(f.relative_to(spec).with_suffix("")).replace(os.sep, "__") if recursive else f.stem
-                items.append(VideoItem(vid, f))
+        found, skipped = scan_videos(spec, recursive=recursive)
+        items = [VideoItem(vid, path, spec) for vid, path in found]
+        for row in skipped:
+            row["location"] = row["path"]
     elif spec.is_file():
-        if spec.suffix.lower() in VIDEO_EXTENSIONS:
-            raise UsageError(f"--videos {spec} is a video file: give the directory that holds the videos, or a "
-                             "list file (one `path` or `id<TAB>path` per line)")
-        if spec.suffix.lower() in FEATURE_EXTENSIONS:
-            raise UsageError(f"--videos {spec} is a feature file, but this checkpoint's video encoder reads "
-                             "pixels: give a directory of videos or a list file (feature files are the input of a "
-                             "`features` video encoder)")
-        try:
-            lines = spec.read_text(encoding="utf-8").split("\n")
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"--videos {spec}: not a UTF-8 text list file ({exc.reason} at byte {exc.start}); "
-                             "give a directory of videos or a list file (one `path` or `id<TAB>path` per line)"
-                             ) from None
-        for lineno, raw in enumerate(lines, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            where = f"{spec}:{lineno}"
-            if "\t" in line:
-                vid, _, p = line.partition("\t")
-                vid, p = vid.strip(), p.strip()
-            else:
-                vid, p = "", line
-            path = Path(p) if os.path.isabs(p) else spec.parent / p
-            vid = vid or path.stem
-            reason = _valid_id(vid)
-            if reason:
-                problem(where, reason)
-                continue
-            items.append(VideoItem(vid, path))
+        items, skipped = _list_file_videos(spec)
     else:
         raise ExtractError(f"--videos {spec}: no such directory or list file")
+    if strict and skipped:
+        raise ExtractError(f"{skipped[0]['location']}: {skipped[0]['reason']}")
+    return items, skipped
+
+
+def _list_file_videos(spec: Path) -> tuple[list[VideoItem], list[dict[str, str]]]:
+    """(items sorted by id, skipped rows) of a ``--videos`` list file (see :func:`list_videos`)."""
+    if spec.suffix.lower() in VIDEO_EXTENSIONS:
+        raise UsageError(f"--videos {spec} is a video file: give the directory that holds the videos, or a "
+                         "list file (one `path` or `id<TAB>path` per line)")
+    if spec.suffix.lower() in FEATURE_EXTENSIONS:
+        raise UsageError(f"--videos {spec} is a feature file, but this checkpoint's video encoder reads "
+                         "pixels: give a directory of videos or a list file (feature files are the input of a "
+                         "`features` video encoder)")
+    text = read_text_input(spec, "--videos", "one `path` or `id<TAB>path` per line (or give a directory of videos)")
+    items: list[VideoItem] = []
+    skipped: list[dict[str, str]] = []
     seen: dict[str, VideoItem] = {}
-    unique = []
-    for it in items:
-        if it.video_id in seen:
-            problem(str(it.path), f"duplicate video id {it.video_id!r} (also {seen[it.video_id].path}); skipped")
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
             continue
-        seen[it.video_id] = it
-        unique.append(it)
-    unique.sort(key=lambda it: it.video_id)
-    return unique, problems
+        vid, _, p = line.partition("\t") if "\t" in line else ("", "", line)
+        vid, p = vid.strip(), p.strip()
+        path = Path(p) if os.path.isabs(p) else spec.parent / p
+        vid = vid or video_id(Path(p).name)
+        where = f"{spec}:{lineno}"
+        reason = _valid_id(vid)
+        if reason is None and vid in seen:
+            reason = f"duplicate video id {vid!r} (also {seen[vid].path})"
+        if reason:
+            skipped.append({"video_id": vid, "path": str(path), "reason": f"{where}: {reason}", "location": where})
+            continue
+        seen[vid] = VideoItem(vid, path, spec.parent)
+        items.append(seen[vid])
+    items.sort(key=lambda it: it.video_id)
+    return items, skipped
+
+
+def no_videos_error(spec: str | Path, skipped: list[dict[str, str]]) -> UsageError:
+    """An empty input set is a mistake (an empty store with exit 0 hid it): the one line that says so."""
+    what = ("holds no video file (extensions " + " ".join(VIDEO_EXTENSIONS) + ")" if Path(spec).is_dir()
+            else "lists no video")
+    note = (f"; {len(skipped)} input(s) skipped, the first: {skipped[0]['location']}: {skipped[0]['reason']}"
+            if skipped else "")
+    return UsageError(f"--videos {spec} {what}{note}")
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -284,6 +290,8 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
                              f"encoder reads width {want} (model.video.in_dim)")
         items = [VideoItem(r.video_id, Path(args.videos)) for r in recs]
         problems = []
+    if not items:  # before any output exists: an empty store with exit 0 would hide the mistake
+        raise no_videos_error(args.videos, problems)
     if world > 1:
         items = items[rank::world]
 
@@ -362,7 +370,7 @@ def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem],
                 writer.fail(it, f"{type(exc).__name__}: {exc}")
                 failed += 1
             else:
-                writer.add(res)
+                writer.add(res, source=it.source)
                 extracted += 1
                 clips += res.features.shape[0]
             bar.update(1)
@@ -374,7 +382,8 @@ def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem],
                 last_flush = time.monotonic()
     bar.close()
     attempted = {it.video_id for it in items}
-    recs = writer.finish(attempted)
+    # the inputs skipped while listing are every rank's: rank 0's failures file lists them
+    recs = writer.finish(attempted, skipped=problems if rank == 0 else [])
     t_end = time.perf_counter()
     return ExtractSummary(out, failures_path, len(items), skipped_done, extracted, len(recs), clips,
                           t_end - t_start, problems, t_end - t_loop)
@@ -425,10 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     for pr in s.list_problems:
         print(f"locvtp extract: skipped input {pr['location']}: {pr['reason']}", file=sys.stderr)
     rate = s.clips / s.loop_seconds if s.loop_seconds > 0 else 0.0
+    skipped = f", {len(s.list_problems)} inputs skipped" if s.list_problems else ""
     print(f"extracted {s.extracted} videos ({s.clips} clips, {rate:.1f} clips/s), {s.skipped_done} already done, "
-          f"{s.failed} failed of {s.total} -> {s.out}", file=sys.stderr)
-    if s.failed:
-        print(f"failed videos: see {s.failures_path}", file=sys.stderr)
+          f"{s.failed} failed of {s.total}{skipped} -> {s.out}", file=sys.stderr)
+    if s.failed or s.list_problems:
+        print(f"failed videos and skipped inputs: see {s.failures_path}", file=sys.stderr)
     return 0
 
 

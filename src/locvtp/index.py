@@ -5,7 +5,8 @@
 
 An index is a directory (no pickle anywhere; everything is ``.npy`` or JSON, plus a faiss file for IVF)::
 
-    meta.json         format, version, dim, rows, kind (exact | ivf), nlist, nprobe, checkpoint_sha256, ...
+    meta.json         format, version, dim, rows, kind (exact | ivf), nlist, nprobe, checkpoint_sha256, ...,
+                      video_sources ({id: file} where the id cannot lead back to its file: locvtp.data.videoids)
     videos.json       list of video ids (row_video indexes into it)
     embeddings.npy    float32 [M, D] clip embeddings (memory-mapped at search time)
     row_video.npy     int32 [M]     video of each row
@@ -51,7 +52,7 @@ from locvtp.files import (
     remove_stale_temporaries, replace_dir, temp_path, write_manifest,
 )
 
-INDEX_FORMAT = "locvtp-moment-index"
+from locvtp.featurestore.reader import INDEX_FORMAT  # one name: the feature reader recognises an index by it
 INDEX_VERSION = 1
 
 
@@ -389,10 +390,12 @@ def _scan_shapes(records: Any, where: str) -> tuple[int, int, list[str]]:
 
 
 def _fill_rows(tmp: Path, records: Any, total: int, dim: int, progress: bool, where: str
-               ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, int]:
+               ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, int, dict[str, str]]:
     """Pass 2: the embeddings written in place into ``tmp/embeddings.npy`` (a memory map), and per row its
-    video, clip and window. Returns (videos, row_video, row_clip, row_window, rows written)."""
+    video, clip and window. Returns (videos, row_video, row_clip, row_window, rows written, the videos' recorded
+    files ``{id: source}``)."""
     videos: list[str] = []
+    sources: dict[str, str] = {}
     emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim))
     row_video = np.empty(total, dtype=np.int32)
     row_clip = np.empty(total, dtype=np.int32)
@@ -414,10 +417,12 @@ def _fill_rows(tmp: Path, records: Any, total: int, dim: int, progress: bool, wh
         row_clip[pos : pos + n] = np.arange(n)
         row_window[pos : pos + n] = rec.windows
         videos.append(rec.video_id)
+        if getattr(rec, "source", None):
+            sources[rec.video_id] = str(rec.source)
         pos += n
     emb.flush()
     del emb
-    return videos, row_video, row_clip, row_window, pos
+    return videos, row_video, row_clip, row_window, pos, sources
 
 
 def _train_ivf(tmp: Path, total: int, dim: int, nlist: int, nprobe: int | None, train_size: int, seed: int
@@ -445,7 +450,7 @@ def _build_into(tmp: Path, records: Any, extra_meta: dict[str, Any] | None, ivf:
     dim, total, seen = _scan_shapes(records, where)
     if ivf is not None and not 1 <= int(ivf) <= total:
         raise UsageError(f"--ivf {ivf}: need 1 <= NLIST <= number of clips ({total})")
-    videos, row_video, row_clip, row_window, pos = _fill_rows(tmp, records, total, dim, progress, where)
+    videos, row_video, row_clip, row_window, pos, sources = _fill_rows(tmp, records, total, dim, progress, where)
     kept = set(videos)
     skipped = [v for v in seen if v not in kept]  # left out by the data pass (non-finite features)
     if pos == 0:
@@ -474,6 +479,7 @@ def _build_into(tmp: Path, records: Any, extra_meta: dict[str, Any] | None, ivf:
         "nprobe": None,
         **(extra_meta or {}),
         "skipped": [{"video_id": v, "reason": "non-finite features (NaN/inf)"} for v in skipped],
+        "video_sources": sources,
     }
     if ivf is not None:
         meta["nlist"], meta["nprobe"] = _train_ivf(tmp, total, dim, int(ivf), nprobe, train_size, seed)
@@ -544,6 +550,8 @@ class MomentIndex:
         if nprobe is not None and int(nprobe) < 1:
             raise UsageError(f"nprobe must be >= 1, got {nprobe}")
         self.kind = self.meta["kind"]
+        src = self.meta.get("video_sources")
+        self.sources: dict[str, str] = {str(k): str(v) for k, v in src.items()} if isinstance(src, dict) else {}
         if self.kind == "ivf" and backend == "numpy":
             warnings.warn(f"{self.path}: IVF index searched without faiss: falling back to exact numpy search")
         self.backend = backend
@@ -579,6 +587,25 @@ class MomentIndex:
             rows = np.concatenate([rows, np.full((rows.shape[0], k - rows.shape[1]), -1)], axis=1)
         return rescore(self.embeddings, q, rows)
 
+    def effective_pool(self, top_k: int, pool: int | None = None) -> tuple[int, int]:
+        """(top_k, pool) as :meth:`search_moments` uses them: capped at the index size, pool by default
+        max(50, 10*top_k)."""
+        top_k = min(int(top_k), len(self))
+        return top_k, min(int(pool or max(50, 10 * top_k)), len(self))
+
+    def shortfall_warning(self, top_k: int, found: int, pool: int | None = None, pool_flag: str = "pool"
+                          ) -> str | None:
+        """Why a query got ``found`` < ``top_k`` moments (None when it got them all): the index holds fewer, or
+        the pool of best clips merged into fewer (a larger ``pool`` may find more)."""
+        if found >= int(top_k):
+            return None
+        _, used = self.effective_pool(top_k, pool)
+        if used >= len(self):
+            return (f"asked for {int(top_k)} moments, only {found} exist: the index holds {len(self)} clips of "
+                    f"{len(self.videos)} videos, and adjacent matching clips merge into one moment")
+        return (f"asked for {int(top_k)} moments, only {found} were merged from the {used} best clips "
+                f"({pool_flag}): a larger {pool_flag} may find more")
+
     def search_moments(
         self, queries: np.ndarray, top_k: int = 10, pool: int | None = None, gap: int = 0, tolerance: float = 0.5
     ) -> list[list[Moment]]:
@@ -589,8 +616,7 @@ class MomentIndex:
         if pool is not None and int(pool) < 1:
             raise UsageError(f"pool must be >= 1, got {pool}")
         _check_merge_args(gap, tolerance)
-        top_k = min(int(top_k), len(self))
-        pool = min(int(pool or max(50, 10 * top_k)), len(self))
+        top_k, pool = self.effective_pool(top_k, pool)
         scores, rows = self.search_clips(queries, pool)
         return [
             merge_moments(rows[i], scores[i], self.row_video, self.row_clip, self.row_window, self.videos, top_k,

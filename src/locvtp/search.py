@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from locvtp import cliargs, runtime
+from locvtp.data.textinput import read_lines, strip_bom
 from locvtp.errors import UsageError
 from locvtp.files import check_apart
 from locvtp.index import (  # noqa: F401  (re-exported: the library's names from before locvtp.index existed)
@@ -22,22 +23,6 @@ from locvtp.index import (  # noqa: F401  (re-exported: the library's names from
 # ----------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------
-def _read_lines(path: str, flag: str) -> list[str]:
-    """Non-empty, stripped lines of a user's text file; a missing file, a directory or a non-UTF-8 file is one
-    clear error naming ``flag`` and the file."""
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{flag} {p}: no such file")
-    if p.is_dir():
-        raise UsageError(f"{flag} {p} is a directory: expected a text file with one entry per line")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{flag} {p}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one entry per "
-                         "line") from None
-    return [ln.strip() for ln in text.splitlines() if ln.strip()]
-
-
 def index_main(argv: list[str] | None = None) -> int:
     p = cliargs.ArgumentParser(prog="locvtp index", description="Build a moment-search index over clip features.")
     p.add_argument("--features", required=True, help="feature file/dir from `locvtp extract` (h5, npy-dir, npz-dir)")
@@ -59,7 +44,7 @@ def index_main(argv: list[str] | None = None) -> int:
     video_ids = None
     check_apart(args.out, {"--features": args.features, "--videos": args.videos})
     if args.videos:
-        video_ids = [ln for ln in _read_lines(args.videos, "--videos") if not ln.startswith("#")]
+        video_ids = read_lines(args.videos, "--videos", comments=True)
         if not video_ids:
             raise UsageError(f"--videos {args.videos}: lists no video id")
     skipped: list[str] = []
@@ -105,9 +90,9 @@ def search_main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-checkpoint-mismatch", action="store_true",
                    help="search even if the index was built from another checkpoint's features")
     args = p.parse_args(argv)
-    queries = list(args.query)
+    queries = [strip_bom(q) for q in args.query]
     if args.queries:
-        queries += _read_lines(args.queries, "--queries")
+        queries += read_lines(args.queries, "--queries")
     if not queries:
         p.error("give at least one query (positional or --queries FILE)")
     empty = [i for i, q in enumerate(queries, 1) if not q.strip()]
@@ -135,6 +120,9 @@ def _search(args, queries: list[str], device: str) -> int:
     resp = pred.search_index(index, queries, top_k=args.top_k, pool=args.pool, gap=args.gap,
                              tolerance=args.tolerance)
     for r in resp.results:
+        short = index.shortfall_warning(args.top_k, len(r.moments), args.pool, pool_flag="--pool")
+        if short:  # said in the JSON and on stderr: a silent short list reads as "nothing else matches"
+            r.warnings.append(short)
         for w in r.warnings:
             cliargs.warn("locvtp search", w)
     for r in resp.results:

@@ -281,13 +281,7 @@ def prepare_captions(caption_file: str | Path, captions: str, root: str | Path |
         stats = _convert(path, captions, work, strict, progress)
         keep = None
         if split is not None:
-            try:
-                keep = {ln.strip() for ln in split.read_text(encoding="utf-8").splitlines() if ln.strip()}
-            except UnicodeDecodeError as exc:
-                from locvtp.config import ConfigError
-
-                raise ConfigError(f"data.split_file: {split} is not UTF-8 text ({exc.reason} at byte "
-                                  f"{exc.start})") from None
+            keep = read_split_ids(split)
         _finish_columns(work, keep)
         meta = {"version": CORPUS_VERSION, "captions": captions, "caption_file": str(path),
                 "split_file": str(split) if split else None, **stats, "complete": True}
@@ -754,6 +748,18 @@ class PreparedCorpus:
         if self.probes is not None:
             parts.append(f"{len(self.probes['err_idx'])} unreadable videos")
         return ", ".join(parts) + f" -> {self.store.directory}"
+
+
+def read_split_ids(split: Path) -> set[str]:
+    """The video ids of a ``data.split_file`` (one per line; byte-order marks dropped: :mod:`locvtp.data.textinput`)."""
+    from locvtp.data.textinput import strip_bom
+
+    try:
+        return {strip_bom(ln).strip() for ln in split.read_text(encoding="utf-8").splitlines()} - {""}
+    except UnicodeDecodeError as exc:
+        from locvtp.config import ConfigError
+
+        raise ConfigError(f"data.split_file: {split} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def resolve_data_path(root: str | Path, p: str | Path | None) -> Optional[Path]:

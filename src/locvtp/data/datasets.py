@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from locvtp.config import ConfigError
-from locvtp.data.corpus import resolve_data_path
+from locvtp.data.corpus import read_split_ids, resolve_data_path
 from locvtp.data.offsets import draw_offsets
 from locvtp.data.sampler import ResumableBatchSampler  # noqa: F401  (re-exported)
 from locvtp.data.stopwords import content_words, stopword_ids
@@ -638,15 +638,12 @@ class PretrainData:
 
 
 def find_video(video_dir: Path, vid: str) -> Path:
-    """``<video_dir>/<vid>.mp4`` (or another container extension if only that exists)."""
-    p = video_dir / f"{vid}.mp4"
-    if p.exists():
-        return p
-    for ext in (".webm", ".mkv", ".avi", ".mov", ".m4v", ".MP4"):  # .MP4: EPIC-KITCHENS' camera files
-        q = video_dir / f"{vid}{ext}"
-        if q.exists():
-            return q
-    return p  # does not exist: probing reports "file not found" with this path
+    """The file of video ``vid`` in ``video_dir`` by the one id rule (:func:`locvtp.data.videoids.find_video`: the
+    extensions of ``VIDEO_EXTENSIONS``, ``.MP4`` included); ``<video_dir>/<vid>.mp4`` when there is none, so that
+    probing reports "file not found" with that path."""
+    from locvtp.data.videoids import find_video as find
+
+    return find(video_dir, vid) or Path(video_dir) / f"{vid}.mp4"
 
 
 _CHECK_CHUNK = 1 << 22  # narrations per step of the up-front checks (bounds their temporaries: ~100 MB)
@@ -837,9 +834,6 @@ def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionIte
         split = resolve_data_path(root, dcfg.split_file)
         if not split.is_file():
             raise FileNotFoundError(f"data.split_file: {split} does not exist (data.root={root})")
-        try:
-            keep = {ln.strip() for ln in split.read_text(encoding="utf-8").splitlines() if ln.strip()}
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"data.split_file: {split} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        keep = read_split_ids(split)
         items = [it for it in items if it.vid in keep]
     return items, bad

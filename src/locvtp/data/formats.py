@@ -48,6 +48,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Generic, Iterable, Iterator, Mapping, TypeVar
+from locvtp.data.textinput import BOM, strip_bom
 from locvtp.errors import LocVTPError
 
 T = TypeVar("T")
@@ -264,8 +265,7 @@ def _check_file(path: str | Path) -> Path:
 def _read_text(p: Path) -> str:
     """Decode with surrogateescape: invalid UTF-8 survives as lone surrogates and is caught per record.
     A leading byte-order mark (spreadsheet exports) is dropped."""
-    text = p.read_bytes().decode("utf-8", errors="surrogateescape")
-    return text[1:] if text.startswith("\ufeff") else text
+    return strip_bom(p.read_bytes().decode("utf-8", errors="surrogateescape"))
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -344,7 +344,7 @@ def _csv_rows(p: Path) -> Iterator[tuple[int, Any]]:
     Streams the file (WebVid's 10 M-row CSV is never held whole), decoded like :func:`_read_text`: invalid UTF-8
     survives as lone surrogates, a leading byte-order mark is dropped."""
     with open(p, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-        if fh.read(1) != "\ufeff":
+        if fh.read(1) != BOM:
             fh.seek(0)
         reader = csv.reader(fh, strict=True)
         while True:

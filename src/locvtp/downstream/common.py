@@ -277,30 +277,21 @@ class EmbeddingBank:
 
 
 # --------------------------------------------------------------------------------------------- context
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
-
-
 class VideoLocator:
-    """Video id → file. Looks in ``video_dir`` for ``<vid><ext>`` (common extensions), listing the directory once."""
+    """Video id -> file in ``video_dir``, by the one id rule every command shares
+    (:func:`locvtp.data.videoids.find_video`: the same extensions ``extract`` lists, ``sub__clip`` ->
+    ``sub/clip.<ext>``)."""
 
     def __init__(self, video_dir: str | os.PathLike):
         self.video_dir = Path(video_dir)
-        self._index: dict[str, Path] | None = None
-
-    def _build(self) -> dict[str, Path]:
-        index: dict[str, Path] = {}
-        if self.video_dir.is_dir():
-            for p in sorted(self.video_dir.iterdir()):
-                if p.suffix.lower() in VIDEO_EXTENSIONS and p.stem not in index:
-                    index[p.stem] = p
-        return index
 
     def __call__(self, vid: str) -> Path:
-        if self._index is None:
-            self._index = self._build()
-        path = self._index.get(vid)
+        from locvtp.data.videoids import VIDEO_EXTENSIONS, find_video
+
+        path = find_video(self.video_dir, vid)
         if path is None:
-            raise FileNotFoundError(f"video {vid!r} not found in {self.video_dir} (extensions {VIDEO_EXTENSIONS})")
+            raise FileNotFoundError(f"video {vid!r} not found in {self.video_dir} (extensions "
+                                    f"{' '.join(VIDEO_EXTENSIONS)})")
         return path
 
 

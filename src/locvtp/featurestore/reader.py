@@ -31,6 +31,7 @@ from locvtp.errors import LocVTPError, NonFiniteFeaturesError
 from locvtp.featurestore.record import ClipFeatures, FeatureRecord
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+INDEX_FORMAT = "locvtp-moment-index"  # what `locvtp index` writes in meta.json (locvtp.index imports it from here)
 
 
 class FeatureError(LocVTPError, RuntimeError):
@@ -61,11 +62,15 @@ def detect_format(path: str | Path) -> str:
         meta = p / "meta.json"
         if meta.is_file():
             try:
-                fmt = json.loads(meta.read_text(encoding="utf-8")).get("layout")
-                if fmt in ("npy-dir", "npz-dir"):
-                    return fmt
-            except ValueError:
-                pass
+                found = json.loads(meta.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                found = None
+            fmt = found.get("layout") if isinstance(found, dict) else None
+            if fmt in ("npy-dir", "npz-dir"):
+                return fmt
+            if isinstance(found, dict) and found.get("format") == INDEX_FORMAT or (p / "row_video.npy").is_file():
+                raise FeatureError(f"{p} is a moment-search index (written by `locvtp index`), not a feature store: "
+                                   "give the features `locvtp extract` wrote (the ones the index was built from)")
         if any(p.glob("*.npz")):
             return "npz-dir"
         if any(p.glob("*.npy")):
@@ -175,9 +180,10 @@ def _iter_records(path: Path, load: bool, video_ids: Optional[list[str]]) -> Ite
                     feats = np.asarray(d[()], dtype=np.float32)
                     windows = (np.asarray(d.attrs["windows"], dtype=np.float64).reshape(-1, 2)
                                if "windows" in d.attrs else _default_windows(n, info, dur))
+                src = _decode_attr(d.attrs.get("source", None))
                 yield ClipFeatures(vid, feats, windows, fps,
                                    float(dur) if dur is not None else (float(windows[-1, 1]) if load and n else 0.0),
-                                   embedding=kind, shape=(n, dim))
+                                   embedding=kind, shape=(n, dim), source=str(src) if src else None)
         return
     ext = ".npz" if fmt == "npz-dir" else ".npy"
     if video_ids is None:
@@ -193,6 +199,7 @@ def _iter_records(path: Path, load: bool, video_ids: Optional[list[str]]) -> Ite
                 if "features" not in z:
                     raise FeatureError(f"{q}: no 'features' array (keys: {sorted(z.keys())})")
                 vid = str(z["video_id"]) if "video_id" in z else q.stem
+                source = str(z["source"]) if "source" in z else None
                 feats = (np.asarray(z["features"], dtype=np.float32) if load
                          else np.empty(_npz_shape(z, "features"), dtype=np.float32))
                 fps = float(z["fps"]) if "fps" in z else 0.0
@@ -202,11 +209,12 @@ def _iter_records(path: Path, load: bool, video_ids: Optional[list[str]]) -> Ite
         else:
             arr = np.load(q, mmap_mode=None if load else "r", allow_pickle=False)
             feats = np.asarray(arr, dtype=np.float32) if load else arr
-            vid, fps, dur, windows = q.stem, 0.0, None, None
+            vid, fps, dur, windows, source = q.stem, 0.0, None, None, None
             side = p / "_info" / f"{q.stem}.json"
             if side.is_file():
                 meta = json.loads(side.read_text(encoding="utf-8"))
                 vid, fps, dur = meta.get("video_id", vid), float(meta.get("fps", 0.0)), meta.get("duration")
+                source = meta.get("source") or None
                 if load and "windows" in meta:
                     windows = np.asarray(meta["windows"], np.float64).reshape(-1, 2)
             if load and windows is None:
@@ -217,7 +225,7 @@ def _iter_records(path: Path, load: bool, video_ids: Optional[list[str]]) -> Ite
         if dur is None:
             dur = float(windows[-1, 1]) if windows is not None and n else 0.0
         yield ClipFeatures(vid, feats if load else None, windows if load else None, fps, float(dur), embedding=kind,
-                           shape=(n, dim))
+                           shape=(n, dim), source=source)
 
 
 def _npz_shape(z: Any, key: str) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ class ClipFeatures:
     warnings: list[str] = field(default_factory=list)
     embedding: Optional[str] = None  # "joint" | "backbone" | "input" | None (unknown)
     shape: Optional[tuple[int, int]] = None  # (N, D) of unloaded features
+    source: Optional[str] = None  # the video file, stored where the id cannot lead back to it (locvtp.data.videoids)
 
     @property
     def num_clips(self) -> int:

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -77,9 +77,10 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 class _Writer:
     """Common part: settings check, failure journal, the failures file."""
 
-    def __init__(self, settings: dict[str, Any], failures_path: Path, journal: Path):
+    def __init__(self, settings: dict[str, Any], failures_path: Path, journal: Path, default_failures: bool = False):
         self.settings = settings
         self.failures_path = failures_path
+        self.default_failures = default_failures  # the failures file named after this output (see write_failures_file)
         self.journal = journal
         self.journal.mkdir(parents=True, exist_ok=True)
         (self.journal / "failed").mkdir(exist_ok=True)
@@ -105,7 +106,11 @@ class _Writer:
         if f.exists():
             f.unlink()
 
-    def write_failures(self, attempted: set[str], done: set[str]) -> list[dict[str, str]]:
+    def write_failures(self, attempted: set[str], done: set[str], skipped: Sequence[Mapping[str, str]] = ()
+                       ) -> list[dict[str, str]]:
+        """Write the failures file: the videos of ``attempted`` that failed (journalled, not in ``done``) and the
+        ``skipped`` inputs (rows ``video_id``, ``path``, ``reason``, marked ``"skipped": true``). Returns the failed
+        videos' rows (not the skipped ones)."""
         recs = []
         for f in sorted(q for q in (self.journal / "failed").glob("*.json") if not q.name.startswith(".")):
             try:
@@ -115,10 +120,44 @@ class _Writer:
             if rec.get("video_id") in attempted and rec.get("video_id") not in done:
                 recs.append(rec)
         recs.sort(key=lambda r: r["video_id"])
-        text = "".join(json.dumps(r) + "\n" for r in recs)
-        self.failures_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.failures_path, text)
+        rows = recs + [skipped_row(r) for r in skipped]
+        write_failures_file(self.failures_path, sorted(rows, key=_failure_key), self.default_failures)
         return recs
+
+
+def skipped_row(r: Mapping[str, str]) -> dict[str, Any]:
+    """The failures-file row of an input skipped while listing (``video_id``, ``path``, ``reason``)."""
+    return {"video_id": str(r.get("video_id", "")), "path": str(r.get("path", "")), "reason": str(r["reason"]),
+            "skipped": True}
+
+
+def _failure_key(r: Mapping[str, Any]) -> tuple[str, str, bool]:
+    return (str(r["video_id"]), str(r.get("path", "")), bool(r.get("skipped")))
+
+
+def _is_failures_file(path: Path) -> bool:
+    """True when ``path`` holds nothing but failures rows (``video_id`` and ``reason`` on each line), or nothing."""
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        rows = [json.loads(ln) for ln in lines]
+    except (OSError, ValueError):
+        return False
+    return all(isinstance(r, dict) and "video_id" in r and "reason" in r for r in rows)
+
+
+def write_failures_file(path: Path, rows: Sequence[Mapping[str, Any]], default: bool) -> None:
+    """Write ``rows`` (one JSON object per line) to ``path`` atomically, only when there is one (an empty file said
+    nothing). With none, a failures file an earlier run left at ``path`` is removed when it is ours: it holds only
+    failures rows and is either non-empty or the file named after the output (``default``; older versions wrote
+    it empty). Anything else at ``path`` is kept."""
+    path = Path(path)
+    if rows:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(json.dumps(dict(r)) + "\n" for r in rows))
+        return
+    if path.is_file() and not path.is_symlink() and _is_failures_file(path) and (
+            default or path.stat().st_size > 0):
+        path.unlink()
 
 
 class H5Writer(_Writer):
@@ -132,7 +171,8 @@ class H5Writer(_Writer):
         if found is not None:
             self._check_settings(found[0], out)
             self._written = found[1]
-        super().__init__(settings, failures_path, out.with_name(out.name + ".parts"))
+        super().__init__(settings, failures_path, out.with_name(out.name + ".parts"),
+                         default_failures=failures_path == out.with_name(f"{out.stem}.failures.jsonl"))
         self.parts = self.journal / "done"
         self.parts.mkdir(exist_ok=True)
         # This rank owns its journal and output name: temporary files left by a killed run can go (the caller
@@ -160,11 +200,14 @@ class H5Writer(_Writer):
                 q.unlink(missing_ok=True)  # cannot happen with atomic writes; be safe anyway
         return ids
 
-    def add(self, r: ClipFeatures) -> None:
+    def add(self, r: ClipFeatures, source: Optional[str] = None) -> None:
+        """Journal one video (``source``: its file, when the id rule cannot lead back to it; see
+        :mod:`locvtp.data.videoids`)."""
+        extra = {"source": np.array(source)} if source else {}
         atomic_write_bytes(self.parts / f"{safe_name(r.video_id)}.npz", _npz_bytes(
             video_id=np.array(r.video_id), features=r.features.astype(np.float32),
             windows=r.windows.astype(np.float64), fps=np.array(r.fps, np.float64),
-            duration=np.array(r.duration, np.float64)))
+            duration=np.array(r.duration, np.float64), **extra))
         self._clear_failure(r.video_id)
         self.pending += 1
 
@@ -200,6 +243,8 @@ class H5Writer(_Writer):
                         d.attrs["fps"] = float(z["fps"])
                         d.attrs["duration"] = float(z["duration"])
                         d.attrs["windows"] = np.asarray(z["windows"], np.float64)
+                        if "source" in z:
+                            d.attrs["source"] = str(z["source"])
                         for k, v in self.settings.items():
                             if v is not None:
                                 d.attrs[k] = v
@@ -210,9 +255,10 @@ class H5Writer(_Writer):
         self.pending = 0
         return len(names)
 
-    def finish(self, attempted: set[str]) -> list[dict[str, str]]:
+    def finish(self, attempted: set[str], skipped: Sequence[Mapping[str, str]] = ()) -> list[dict[str, str]]:
+        """Assemble, write the failures file (failed videos and ``skipped`` inputs); returns the failed videos."""
         self.assemble()
-        recs = self.write_failures(attempted, self._written)
+        recs = self.write_failures(attempted, self._written, skipped)
         if not recs:
             shutil.rmtree(self.journal, ignore_errors=True)
         else:  # keep the failure journal so a rerun still knows; drop everything else
@@ -235,7 +281,8 @@ class DirWriter(_Writer):
         if not emptied:  # (``emptied``: --overwrite just removed our files; what is left is the user's, kept)
             check_dir_output(out, "--out")  # a file, a folder of other files, a foreign meta.json: refused
         out.mkdir(parents=True, exist_ok=True)
-        super().__init__(settings, failures_path, out / f".journal-rank{rank}")
+        default = failures_path.parent.resolve() == out.resolve()  # claimed in the manifest below
+        super().__init__(settings, failures_path, out / f".journal-rank{rank}", default_failures=default)
         self._claims_path = self.journal / CLAIMS
         _fold_claims(out, [self._claims_path])  # what a killed earlier run of this rank claimed
         self._claims = open(self._claims_path, "a", encoding="utf-8")
@@ -276,17 +323,21 @@ class DirWriter(_Writer):
                 self.out.glob(f"*{self._ext()}")) else set()
         return {v for v in candidates if (self.out / f"{safe_name(v)}{self._ext()}").is_file()}
 
-    def add(self, r: ClipFeatures) -> None:
+    def add(self, r: ClipFeatures, source: Optional[str] = None) -> None:
+        """Write one video (``source``: its file, when the id rule cannot lead back to it)."""
         name = safe_name(r.video_id)
         feats = r.features.astype(np.float32)
         if self.fmt == "npz-dir":
             self._claim(f"{name}.npz")
+            extra = {"source": np.array(source)} if source else {}
             atomic_write_bytes(self.out / f"{name}.npz", _npz_bytes(
                 features=feats, windows=r.windows.astype(np.float64), fps=np.array(r.fps, np.float64),
-                duration=np.array(r.duration, np.float64), video_id=np.array(r.video_id)))
+                duration=np.array(r.duration, np.float64), video_id=np.array(r.video_id), **extra))
         else:  # side info first, the .npy last: its presence marks the video done
             self._claim(f"_info/{name}.json", f"{name}.npy")
             info = {"video_id": r.video_id, "fps": r.fps, "duration": r.duration, "windows": r.windows.tolist()}
+            if source:
+                info["source"] = source
             atomic_write_text(self.out / "_info" / f"{name}.json", json.dumps(info))
             atomic_write_bytes(self.out / f"{name}.npy", _npy_bytes(feats))
         self._clear_failure(r.video_id)
@@ -300,8 +351,9 @@ class DirWriter(_Writer):
             self._claims.close()
             _fold_claims(self.out, [self._claims_path])
 
-    def finish(self, attempted: set[str]) -> list[dict[str, str]]:
-        recs = self.write_failures(attempted, self.done_ids(attempted))
+    def finish(self, attempted: set[str], skipped: Sequence[Mapping[str, str]] = ()) -> list[dict[str, str]]:
+        """Write the failures file (failed videos and ``skipped`` inputs); returns the failed videos."""
+        recs = self.write_failures(attempted, self.done_ids(attempted), skipped)
         self.close()
         if not recs:
             shutil.rmtree(self.journal, ignore_errors=True)
@@ -505,12 +557,13 @@ def _merge_locked(shards: list[Path], out: Path, fpath: Path, progress: bool) ->
                     for ln in lines:
                         try:
                             rec = json.loads(ln)
-                            fail_recs[rec["video_id"]] = rec
-                        except (ValueError, KeyError, TypeError):
+                            fail_recs[_failure_key(rec)] = rec
+                        except (ValueError, KeyError, TypeError, AttributeError):
                             continue
-    recs = [r for v, r in sorted(fail_recs.items()) if v not in seen]
-    atomic_write_text(fpath, "".join(json.dumps(r) + "\n" for r in recs))
-    return len(seen), len(recs)
+    # a skipped input stays listed even when its id was extracted from another file (a shared id)
+    recs = [r for k, r in sorted(fail_recs.items()) if r.get("skipped") or r["video_id"] not in seen]
+    write_failures_file(fpath, recs, default=fpath == out.with_name(f"{out.stem}.failures.jsonl"))
+    return len(seen), sum(1 for r in recs if not r.get("skipped"))
 
 
 def tqdm_maybe(it: list, progress: bool, desc: str) -> Any:

@@ -31,11 +31,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from locvtp.data.videoids import VIDEO_EXTENSIONS, find_video, is_video_name
 from locvtp.errors import LocVTPError, UsageError
 from locvtp.files import atomic_path, check_apart
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".ogv", ".wmv", ".flv",
-                  ".3gp")
+VIDEO_SUFFIXES = VIDEO_EXTENSIONS  # the one list (locvtp.data.videoids), under the name this module exported
 UPLOAD_ID = re.compile(r"^upload:([0-9a-f]{32})$")
 MAX_LIBRARY = 100_000
 ENCODE_CHUNK = 64  # clips per encode call of an upload: the unit of its progress
@@ -96,7 +96,7 @@ def file_key(path: Path, salt: str = "") -> str:
 def _inside(path: Path, root: Path) -> bool:
     try:
         r = path.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
         return False
     return r == root or root in r.parents
 
@@ -123,6 +123,7 @@ class Library:
         self._errors: dict[str, str] = {}  # video id -> why it cannot be used (a failed upload)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="locvtp-encode")
         self._scanned = 0.0
+        self._index_sources = self._read_index_sources()
         self.rescan(force=True)
         self._adopt_uploads()
 
@@ -136,7 +137,7 @@ class Library:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
-                if fn.startswith(".") or not fn.lower().endswith(VIDEO_SUFFIXES):
+                if not is_video_name(fn):
                     continue
                 path = Path(dirpath) / fn
                 if not _inside(path, root) or not path.is_file():
@@ -199,11 +200,49 @@ class Library:
             v.key = file_key(v.path)
         return v
 
+    def _read_index_sources(self) -> dict[str, str]:
+        """``{video id: file}`` the index recorded where an id cannot lead back to its file (``video_sources`` in
+        its meta.json, from the feature store: see :mod:`locvtp.data.videoids`)."""
+        if self.index_dir is None:
+            return {}
+        try:
+            meta = json.loads((self.index_dir / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        src = meta.get("video_sources") if isinstance(meta, dict) else None
+        return {str(k): str(v) for k, v in src.items()} if isinstance(src, dict) else {}
+
+    def _library_id(self, path: Path) -> Optional[str]:
+        """The registry id of ``path`` (a file under ``--videos``), or None when it is not a listed library video."""
+        if self.videos_dir is None:
+            return None
+        for p in (path, Path(os.path.realpath(path.parent)) / path.name):
+            try:
+                rel = p.relative_to(self.videos_dir).as_posix()
+            except ValueError:
+                continue
+            with self._lock:
+                v = self._videos.get(rel)
+            if v is not None and v.source == "library":
+                return rel
+        return None
+
     def for_index_video(self, index_video_id: str) -> Optional[str]:
-        """The library id of a video an index names (by relative path without extension, or file stem)."""
+        """The library id of the video an index names, or None when no video under ``--videos`` is it.
+
+        By the one id rule every command shares (:func:`locvtp.data.videoids.find_video` under ``--videos``, with
+        the index's recorded ``video_sources`` first: ``sub dir__clip 3`` -> ``sub dir/clip 3.mp4``); else, for an
+        index of a flat extraction of one subfolder, the video of that relative path or file name anywhere under
+        ``--videos``. The result is always a listed library video (never a path outside ``--videos``)."""
         self.rescan()
+        if self.videos_dir is not None:
+            path = find_video(self.videos_dir, index_video_id, self._index_sources)
+            lib_id = self._library_id(path) if path is not None else None
+            if lib_id is not None:
+                return lib_id
         with self._lock:
-            if index_video_id in self._videos:
+            v = self._videos.get(index_video_id)
+            if v is not None and v.source == "library":
                 return index_video_id
             return self._by_stem.get(index_video_id) or self._by_stem.get(Path(index_video_id).stem)
 
