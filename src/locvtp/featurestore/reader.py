@@ -19,8 +19,10 @@ or — with ``on_bad`` — reported and skipped, so a million-video job loses on
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -71,6 +73,14 @@ def detect_format(path: str | Path) -> str:
         if any(p.glob("*.npy")):
             return "npy-dir"
         raise FeatureError(f"{p}: no .npz/.npy feature files in this directory")
+    if p.is_symlink():  # exists() is False for a link to nothing and for a loop: say which, not "no such file"
+        try:
+            p.stat()
+        except OSError as exc:
+            from locvtp.errors import os_error_words
+
+            what = "a symbolic link to a missing file" if exc.errno == errno.ENOENT else os_error_words(exc.errno)
+            raise FeatureError(f"{p}: {what} ({os.readlink(p)!r})") from None
     raise FeatureError(f"{p}: no such feature file or directory")
 
 
