@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target = COMMANDS[name][0]
     module_name, func_name = target.split(":")
+    from locvtp.cliargs import set_command
+
+    set_command(name)  # library warnings then read `locvtp NAME: warning: ...` (cliargs.current_prog)
     try:
         module = importlib.import_module(module_name)
         rc = getattr(module, func_name)(rest)
