@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, func_name = target.split(":")
     from locvtp.cliargs import set_command
 
-    set_command(name)  # library warnings then read `locvtp NAME: warning: ...` (cliargs.current_prog)
+    previous = set_command(name)  # library warnings then read `locvtp NAME: warning: ...` (cliargs.current_prog)
     try:
         module = importlib.import_module(module_name)
         rc = getattr(module, func_name)(rest)
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(line, file=sys.stderr)
         return code
+    finally:
+        set_command(previous)
     return int(rc or 0)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Optional
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -76,9 +76,12 @@ fraction = ranged(float, 0.0, 1.0)  # an IoU threshold, a proportion
 _COMMAND: list[str] = []  # the command this process runs, set once by locvtp.cli
 
 
-def set_command(name: str) -> None:
-    """Record which ``locvtp`` command this process runs (``locvtp.cli`` calls it before the command starts)."""
-    _COMMAND[:] = [name]
+def set_command(name: Optional[str]) -> Optional[str]:
+    """Record which ``locvtp`` command runs (``locvtp.cli``, for the command's duration; None: none); returns the
+    previous one, to restore."""
+    previous = _COMMAND[0] if _COMMAND else None
+    _COMMAND[:] = [] if name is None else [name]
+    return previous
 
 
 def current_prog() -> str:
