@@ -122,6 +122,20 @@ def describe_os_error(exc: BaseException) -> str:
     return f"{where}: {words}"
 
 
+def broken_link(path: "str | os.PathLike[str]") -> str:
+    """Why ``path`` cannot be followed when it is a symbolic link that loops or points to nothing ("" otherwise).
+    Why: ``Path.exists()`` is False for both, and "not found" sends the user looking for a file that is there."""
+    if not os.path.islink(path):
+        return ""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == _errno.ENOENT:
+            return f"a symbolic link to a missing file ({os.readlink(path)!r})"
+        return os_error_words(exc.errno, exc.strerror or "")
+    return ""
+
+
 class OutputOSError(LocVTPError, OSError):
     """The OS refused a write to an output (no space, read-only, no permission, ...): the message names the user's
     argument (``--out feats.h5``), not only the hidden temporary or lock file the failing call happened to touch.
@@ -163,4 +177,4 @@ def writing(path: "str | os.PathLike[str]", flag: Optional[str] = None, note: st
 
 
 __all__ = ["ENVIRONMENT_ERRNOS", "LocVTPError", "NonFiniteFeaturesError", "NotOwnedError", "OutputBusyError",
-           "OutputOSError", "UsageError", "describe_os_error", "os_errno", "os_error_words", "user_path", "writing"]
+           "OutputOSError", "UsageError", "broken_link", "describe_os_error", "os_errno", "os_error_words", "user_path", "writing"]

@@ -19,10 +19,8 @@ or — with ``on_bad`` — reported and skipped, so a million-video job loses on
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -73,14 +71,10 @@ def detect_format(path: str | Path) -> str:
         if any(p.glob("*.npy")):
             return "npy-dir"
         raise FeatureError(f"{p}: no .npz/.npy feature files in this directory")
-    if p.is_symlink():  # exists() is False for a link to nothing and for a loop: say which, not "no such file"
-        try:
-            p.stat()
-        except OSError as exc:
-            from locvtp.errors import os_error_words
+    from locvtp.errors import broken_link
 
-            what = "a symbolic link to a missing file" if exc.errno == errno.ENOENT else os_error_words(exc.errno)
-            raise FeatureError(f"{p}: {what} ({os.readlink(p)!r})") from None
+    if broken_link(p):  # exists() is False for a link to nothing and for a loop: say which, not "no such file"
+        raise FeatureError(f"{p}: {broken_link(p)}")
     raise FeatureError(f"{p}: no such feature file or directory")
 
 
