@@ -54,6 +54,9 @@ def fake_command(monkeypatch):
     # no file name (numpy / h5py writes): one line when the errno is about the machine
     (OSError(errno.ENOSPC, "No space left on device"), 1, "error: no space left on the device (ENOSPC)"),
     (OSError(errno.EDQUOT, "Disk quota exceeded"), 1, "disk quota exceeded (EDQUOT)"),
+    # a message of its own (not the C library's) is kept
+    (FileNotFoundError(errno.ENOENT, "no tokenizer.json in this run", "runs/a"), 1,
+     "runs/a: no tokenizer.json in this run (ENOENT)"),
 ])
 def test_user_errors_are_one_line(fake_command, capsys, exc, code, needle):
     fake_command["exc"] = exc

@@ -111,6 +111,8 @@ def describe_os_error(exc: BaseException) -> str:
     err = os_errno(exc)
     strerror = getattr(exc, "strerror", None) or ""
     words = os_error_words(err, strerror) if err else (strerror or str(exc))
+    if err and strerror and strerror != os.strerror(err):  # a message of its own (not the C library's): keep it
+        words = f"{strerror} ({_errno.errorcode.get(err, f'errno {err}')})"
     name = getattr(exc, "filename", None)
     if name is None:
         return words
