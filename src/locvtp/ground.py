@@ -184,7 +184,12 @@ def _check_order(p: Any, args: Any) -> None:
 def parse_args(argv: list[str] | None) -> Any:
     """The arguments, options anywhere (``VIDEO --top-k 1 QUERY`` too), checked together before any work."""
     p = build_parser()
-    args = p.parse_intermixed_args(argv)
+    args, extra = p.parse_known_intermixed_args(argv)
+    if extra and not any(e.startswith("-") for e in extra):  # `ground ... VIDEO the red circle`: unquoted words
+        p.error(f"unrecognized arguments: {' '.join(extra)}: a QUERY of several words goes in quotes "
+                f"(\"{' '.join([args.query, *extra])}\")")
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     _check_order(p, args)
     if args.features is None and args.video is None:
         p.error("give VIDEO, or --features FILE --video-id ID")
