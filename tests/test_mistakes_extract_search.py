@@ -3,7 +3,13 @@ makes; each must be ONE line on stderr naming the file or argument, with the rig
 never a traceback, and nothing written."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -65,6 +71,8 @@ def w(tiny_world, tiny_checkpoint, tmp_path_factory):
     ns.dangling_only = root / "dangling_only"
     ns.dangling_only.mkdir()
     (ns.dangling_only / "gone.mp4").symlink_to(root / "nowhere.mp4")
+    ns.loop = root / "LOOP"  # a link to itself
+    ns.loop.symlink_to(ns.loop)
     return ns
 
 
@@ -81,6 +89,21 @@ def idx(w, *extra):
 
 
 NO_CUDA = not torch.cuda.is_available()
+
+
+def _sysfs_refuses_files() -> bool:
+    """/sys refuses to create files even for root: a real permission error for the tests (which run as root,
+    where chmod does not stop a write)."""
+    try:
+        fd = os.open("/sys/.locvtp-probe", os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError:
+        return True
+    os.close(fd)
+    os.unlink("/sys/.locvtp-probe")
+    return False
+
+
+SYSFS = pytest.mark.skipif(not _sysfs_refuses_files(), reason="/sys accepts new files here")
 
 # (id, argv builder, exit code, needles the one line must name)
 CASES = [
@@ -128,6 +151,28 @@ CASES = [
     ("extract-out-foreign-text-file", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out",
                                                  w.userfile, "--overwrite"], 2, ["--out", "notes.txt"]),
     ("extract-failures-is-out", lambda w: ext(w, "--failures", w.root / "new.h5"), 2, ["--failures", "new.h5"]),
+    # ---- OS errors (issue 26): one line naming the user's path --------------------------------------------
+    ("extract-videos-symlink-loop", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.loop, "--out",
+                                               w.root / "new.h5"], 1, ["LOOP", "loops back to itself", "ELOOP"]),
+    ("extract-out-symlink-loop", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", w.loop],
+     1, ["LOOP", "ELOOP"]),
+    ("extract-failures-symlink-loop", lambda w: ext(w, "--failures", w.loop), 1, ["LOOP", "ELOOP"]),
+    ("extract-out-parent-is-a-file", lambda w: ["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out",
+                                                w.userfile / "x.h5"], 1,
+     ["--out", "notes.txt/x.h5", "notes.txt: is a file", "directory is needed"]),
+    pytest.param("extract-out-permission-denied", lambda w: ext(w)[:5] + ["--out", "/sys/locvtp-x.h5"], 1,
+                 ["--out /sys/locvtp-x.h5: cannot write: permission denied (EACCES)"], marks=SYSFS),
+    ("merge-out-symlink-loop", lambda w: ["merge", "--out", w.loop, w.feats], 1, ["LOOP", "ELOOP"]),
+    ("merge-out-parent-is-a-file", lambda w: ["merge", "--out", w.userfile / "m.h5", w.feats], 1,
+     ["--out", "notes.txt: is a file"]),
+    pytest.param("merge-out-permission-denied", lambda w: ["merge", "--out", "/sys/locvtp-m.h5", w.feats], 1,
+                 ["--out /sys/locvtp-m.h5: cannot write: permission denied (EACCES)"], marks=SYSFS),
+    ("index-features-symlink-loop", lambda w: ["index", "--features", w.loop, "--out", w.root / "i2"], 1,
+     ["LOOP", "ELOOP"]),
+    ("index-out-symlink-loop", lambda w: ["index", "--features", w.feats, "--out", w.loop], 1, ["LOOP", "ELOOP"]),
+    ("index-out-parent-is-a-file", lambda w: ["index", "--features", w.feats, "--out", w.userfile / "idx"], 1,
+     ["notes.txt: is a file", "directory is needed"]),
+    ("search-index-symlink-loop", lambda w: srch(w, "q", index=w.loop), 1, ["LOOP"]),
     # ---- merge (case 3) --------------------------------------------------------------------------------
     ("merge-no-match", lambda w: ["merge", "--out", w.root / "m.h5", str(w.root / "nothing*.h5")], 2,
      ["nothing*.h5"]),
@@ -259,3 +304,103 @@ def test_bom_never_reaches_a_query_or_an_id(w, capsys, tmp_path):
     res = run_cli(["index", "--features", w.feats, "--out", tmp_path / "i", "--videos", ids, "--no-progress"], capsys)
     assert res.code == 0, res.err
     assert MomentIndex(tmp_path / "i").videos == [vid]
+
+
+# --------------------------------------------------------------------------------------- OS failures while writing
+def _no_temporaries(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if ".tmp-" in p.name or p.name.endswith(".lock")]
+
+
+def _full_disk_at_close(monkeypatch):
+    """HDF5 assembly fails as a full disk makes it fail: the data is written, the file's close fails (ENOSPC,
+    no file name, as h5py reports it)."""
+    from locvtp.featurestore import writer
+
+    real = writer.new_h5
+
+    @contextlib.contextmanager
+    def full(path):
+        with real(path) as f:
+            yield f
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer, "new_h5", full)
+
+
+def test_extract_full_disk_is_one_line_and_resumes(w, capsys, monkeypatch, tmp_path):
+    """ENOSPC while the HDF5 file is assembled: one line naming --out (the 26-line traceback of issue 26), exit 1,
+    no temporary and no half file left, the finished videos kept in the journal; the rerun resumes them."""
+    out = tmp_path / "feats.h5"
+    _full_disk_at_close(monkeypatch)
+    res = run_cli(["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", out, "--no-progress"], capsys)
+    line = assert_one_line_error(res, 1, f"--out {out}: cannot write: no space left on the device (ENOSPC)",
+                                 f"kept in {out}.parts")
+    assert "tmp-" not in line
+    assert not out.exists() and _no_temporaries(tmp_path) == []
+    assert len(list((tmp_path / "feats.h5.parts" / "done").glob("*.npz"))) == 2
+    monkeypatch.undo()
+    res = run_cli(["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", out, "--no-progress"], capsys)
+    assert res.code == 0 and "extracted 0 videos" in res.err and "2 already done" in res.err, res.err
+    from locvtp.extract import read_features
+
+    assert np.array_equal(read_features(out, w.video.stem).features, read_features(w.feats, w.video.stem).features)
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy-dir"])
+def test_extract_full_disk_in_a_video_file(w, capsys, monkeypatch, tmp_path, fmt):
+    """ENOSPC writing one video's file (numpy's write names no file): one line naming --out, nothing half-written."""
+    from locvtp.featurestore import writer
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer, "atomic_write_bytes", full)
+    out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
+    res = run_cli(["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", out, "--format", fmt,
+                   "--no-progress"], capsys)
+    assert_one_line_error(res, 1, f"--out {out}: cannot write: no space left on the device (ENOSPC)")
+    assert _no_temporaries(tmp_path) == []
+    assert not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob("*.npz")) and not (tmp_path / "feats.h5"
+                                                                                            ).exists()
+
+
+def test_extract_read_only_output_names_out_not_the_lock(w, capsys, monkeypatch, tmp_path):
+    """A read-only place: the failing call creates the hidden lock file, the line names --out."""
+    from locvtp.files import OutputLock
+
+    def read_only(self):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.lock_path))
+
+    monkeypatch.setattr(OutputLock, "acquire", read_only)
+    out = tmp_path / "feats.h5"
+    res = run_cli(["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", out], capsys)
+    line = assert_one_line_error(res, 1, f"--out {out}: cannot write: read-only file system (EROFS)")
+    assert ".lock" not in line
+
+
+def test_extract_file_size_limit_real_hdf5(w, tmp_path):
+    """The real thing, not a monkeypatch: a process whose file-size limit (RLIMIT_FSIZE) stops the HDF5 file one
+    byte short. HDF5 reported that as dozens of "Exception ignored" tracebacks and could crash the process; the
+    user now reads one line naming --out, and the journal keeps the finished videos."""
+    out = tmp_path / "feats.h5"
+    limit = w.feats.stat().st_size - 1  # the same two videos: the parts fit, the assembled file does not
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); from locvtp.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "extract", "--checkpoint", str(w.ckpt), "--videos", str(w.vids),
+                        "--out", str(out), "--no-progress", "--threads", "1"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith(f"locvtp extract: error: --out {out}: cannot write: file too large"), lines
+    assert "EFBIG" in lines[0] and not out.exists() and _no_temporaries(tmp_path) == []
+    assert len(list((tmp_path / "feats.h5.parts" / "done").glob("*.npz"))) == 2
+
+
+def test_extract_progress_into_a_pipe_is_not_one_line_per_video(w, capsys, tmp_path):
+    """Into a pipe or a log (not a terminal) the bar prints its first and last line, not a redraw per video
+    (its ok/failed postfix used to force one)."""
+    res = run_cli(["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", tmp_path / "f.h5"], capsys)
+    assert res.code == 0, res.err
+    bar = [ln for ln in res.err.replace("\r", "\n").splitlines() if ln.startswith("extract:")]
+    assert len(bar) == 2 and "2/2" in bar[-1] and "ok=2" in bar[-1], bar

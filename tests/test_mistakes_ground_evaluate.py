@@ -6,7 +6,9 @@ module's fixtures (``W``: paths) and returns the argv after ``locvtp``.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -90,6 +92,8 @@ def W(tiny_world, tiny_checkpoint, tmp_path_factory):
     foreign_out = root / "foreign_out"  # a user's directory with their own metrics.json
     foreign_out.mkdir()
     (foreign_out / "metrics.json").write_text('{"accuracy": 0.93}\n')
+    loop = root / "LOOP"  # a link to itself
+    loop.symlink_to(loop)
     othertok = root / "othertok"  # the tokenizer of another run (a different vocabulary size)
     shutil.copytree(ckpt, othertok)
     from locvtp.data.tokenizer import train_tokenizer
@@ -100,7 +104,7 @@ def W(tiny_world, tiny_checkpoint, tmp_path_factory):
         gvid=gvid, n_queries_gvid=len(anet[gvid]["sentences"]), video=tiny_world / "videos" / f"{gvid}.mp4",
         png=_write_png(root / "picture.mp4"), one=_write_one_frame_mp4(root / "one_frame.mp4"),
         novideos=novideos, a_file=root / "a_file.txt", othertok=othertok, one_video_h5=one_video_h5,
-        foreign_out=foreign_out, black=_write_black_mp4(root / "black.mp4"),
+        foreign_out=foreign_out, black=_write_black_mp4(root / "black.mp4"), loop=loop,
     )
 
 
@@ -166,6 +170,19 @@ GROUND_MISTAKES = [
     ("features-file-missing", lambda W: _feat(W, W.root / "nope.h5"), 1, ["nope.h5"]),
     ("features-checkpoint-without-features", lambda W: ["ground", "--checkpoint", W.fckpt, W.video, QUERY], 2,
      ["--checkpoint", "--features"]),
+    # issue 26: the argument that looks misplaced is named; OS errors in words
+    ("query-and-video-swapped", lambda W: ["ground", "--checkpoint", W.ckpt, QUERY, W.video], 2,
+     ["VIDEO 'a person' is not a file", "looks like a video", "the order is VIDEO then QUERY"]),
+    ("query-forgotten", lambda W: ["ground", "--checkpoint", W.ckpt, W.video], 2,
+     ["argument QUERY is missing", lambda W: f"{W.video} is the VIDEO"]),
+    ("query-forgotten-option-after", lambda W: ["ground", "--checkpoint", W.ckpt, W.video, "--top-k", "1"], 2,
+     ["argument QUERY is missing"]),
+    ("query-not-quoted", lambda W: ["ground", "--checkpoint", W.ckpt, W.video, "a", "red", "ball"], 2,
+     ["unrecognized arguments: red ball", 'goes in quotes ("a red ball")']),
+    ("unknown-option", lambda W: _ground(W, "--topk", "3"), 2, ["unrecognized arguments: --topk 3"]),
+    ("features-symlink-loop", lambda W: _feat(W, W.loop), 1, ["LOOP", "loops back to itself"]),
+    ("checkpoint-symlink-loop", lambda W: ["ground", "--checkpoint", W.loop, W.video, QUERY], 1,
+     ["LOOP", "loops back to itself"]),
 ]
 
 EVALUATE_MISTAKES = [
@@ -192,6 +209,9 @@ EVALUATE_MISTAKES = [
     ("out-holds-a-foreign-metrics-json", lambda W: _evaluate(W, "--out", W.foreign_out), 2,
      [lambda W: str(W.foreign_out / "metrics.json"), "not written by"]),
     ("no-video-can-be-embedded", lambda W: _evaluate(W, "--video-dir", W.novideos), 1, ["none of the"]),
+    ("data-symlink-loop", lambda W: ["evaluate", "grounding", "--checkpoint", W.ckpt, "--data", W.loop, "--quiet"], 1,
+     ["data directory", "LOOP", "loops back to itself"]),
+    ("features-symlink-loop", lambda W: _evaluate(W, "--features", W.loop), 1, ["LOOP", "loops back to itself"]),
     ("features-missing-a-video-strict", lambda W: _evaluate(W, "--features", W.one_video_h5, "--strict"), 1,
      [lambda W: str(W.one_video_h5), lambda W: W.gvid]),
     ("features-with-inf-strict", lambda W: _evaluate(W, "--features", W.nan, "--video-dir", W.novideos,
@@ -302,3 +322,51 @@ def test_a_foreign_predictions_file_in_out_survives(W, capsys, tmp_path):
     res = run_cli(_evaluate(W, "--features", W.feats, "--out", tmp_path), capsys)
     assert res.code == 2 and "grounding_predictions.jsonl exists and was not written by locvtp evaluate" in res.err
     assert (tmp_path / "grounding_predictions.jsonl").read_text() == "my own notes\n"
+
+
+# --------------------------------------------------------------------------------------- argument order, --plot
+@pytest.mark.parametrize("order", [
+    lambda W: ["ground", "--checkpoint", W.ckpt, W.video, "--top-k", "1", "the red circle moves left"],
+    lambda W: ["ground", W.video, "--top-k", "1", "the red circle moves left", "--checkpoint", W.ckpt],
+    lambda W: ["ground", "--top-k", "1", W.video, "--checkpoint", W.ckpt, "the red circle moves left", "--debug"],
+])
+def test_ground_accepts_options_anywhere(W, capsys, order):
+    """`VIDEO --top-k 1 QUERY` was "unrecognized arguments: the red circle moves left"; `--debug` after the
+    command was unrecognized too."""
+    out, _ = _ground_json(W, capsys, order(W))
+    assert out["query"] == "the red circle moves left" and len(out["windows"]) == 1 and out["video"] == str(W.video)
+
+
+def _read_only_savefig(monkeypatch):
+    """matplotlib's write refused as a read-only file system refuses it (tests run as root: chmod stops nothing)."""
+    import matplotlib.figure
+
+    def refuse(self, fname, *a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(fname))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", refuse)
+
+
+def test_ground_plot_refused_still_prints_the_result(W, capsys, monkeypatch, tmp_path):
+    """The grounding was computed: its JSON is printed, then one line names --plot (not the hidden temporary),
+    exit 1, and nothing is left in the directory."""
+    _read_only_savefig(monkeypatch)
+    plot = tmp_path / "g.png"
+    res = run_cli([*_feat(W, W.feats), "--plot", plot], capsys)
+    line = assert_one_line_error(res, 1, f"--plot {plot}: cannot write: read-only file system (EROFS)",
+                                 "printed on stdout")
+    assert "tmp-" not in line
+    out = json.loads(res.out)
+    assert len(out["windows"]) == 5 and "plot" not in out and out["query"] == QUERY
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.path.isdir("/sys/kernel") is False, reason="no sysfs")
+def test_ground_plot_into_sysfs_is_permission_denied(W, capsys):
+    """A real refusal (sysfs creates no files, even for root): the same contract."""
+    res = run_cli([*_feat(W, W.feats), "--plot", "/sys/locvtp-g.png"], capsys)
+    if res.code == 0:
+        os.unlink("/sys/locvtp-g.png")
+        pytest.skip("/sys accepted a file here")
+    assert_one_line_error(res, 1, "--plot /sys/locvtp-g.png: cannot write: permission denied (EACCES)")
+    assert len(json.loads(res.out)["windows"]) == 5

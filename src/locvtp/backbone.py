@@ -45,8 +45,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from locvtp.cliargs import (ArgumentParser, nonnegative_float, nonnegative_int, positive_float, positive_int,
-                            ranged)
+from locvtp.cliargs import (ArgumentParser, DefaultsHelpFormatter, nonnegative_float, nonnegative_int,
+                            positive_float, positive_int, ranged)
 from locvtp.errors import LocVTPError, UsageError
 
 
@@ -320,7 +320,7 @@ def _even_width(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="locvtp backbone", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="data root (a synthetic world or the same layout)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json summary is written next to it)")
     p.add_argument("--labels", choices=("msrvtt", "epic-kitchens"), default="msrvtt",

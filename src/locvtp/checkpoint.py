@@ -229,7 +229,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     ``checkpoints/step_*``. Temporary (hidden) and incomplete directories are ignored."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint path does not exist: {p}")
+        from locvtp.errors import broken_link
+
+        raise CheckpointError(f"checkpoint path {p}: {broken_link(p)}" if broken_link(p) else
+                              f"checkpoint path does not exist: {p}")
     if is_complete(p):
         return p
     if not p.is_dir():

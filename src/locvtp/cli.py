@@ -7,8 +7,8 @@ models and `locvtp --help` is instant.
 A user's mistake is one line, never a stack trace: the package's own errors (:mod:`locvtp.errors`) and the
 OS errors a user causes (a missing file, a directory where a file was expected, no permission, a file that is
 not UTF-8) are printed as ``locvtp CMD: error: MESSAGE`` with exit code 2 (usage) or 1 (failure). Anything
-else is a bug and keeps its traceback. ``locvtp --debug CMD ...`` or ``LOCVTP_DEBUG=1`` shows the stack of
-every error.
+else is a bug and keeps its traceback. ``locvtp --debug CMD ...`` (``--debug`` anywhere on the line) or
+``LOCVTP_DEBUG=1`` shows the stack of every error; an unknown command is one line suggesting the nearest one.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: locvtp [--debug] COMMAND [options]   (locvtp COMMAND --help for details)", "", "commands:"]
+    lines = ["usage: locvtp COMMAND [options] [--debug]   (locvtp COMMAND --help for details)", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "--debug (or LOCVTP_DEBUG=1): show the stack trace of an error instead of its one-line message"]
     return "\n".join(lines)
@@ -52,24 +52,45 @@ def debug_enabled() -> bool:
 
 
 def error_line(command: str, exc: BaseException) -> tuple[str, int]:
-    """The one line and exit code for an error a user caused, or ("", 0) for one that is a bug."""
+    """The one line and exit code for an error a user caused, or ("", 0) for one that is a bug.
+
+    OS errors: one naming a file is the user's (a missing input, a read-only output, a symlink loop ...); one
+    without a file name is the user's when its errno is about the machine (``ENOSPC``, ``EROFS``, ``EACCES`` ...:
+    :data:`locvtp.errors.ENVIRONMENT_ERRNOS`), else a bug. The errno is said in words, with its name."""
+    from locvtp.errors import ENVIRONMENT_ERRNOS, describe_os_error, os_errno
+
     if isinstance(exc, LocVTPError):
         msg, code = str(exc), int(getattr(exc, "exit_code", 1))
     elif isinstance(exc, UnicodeDecodeError):
         msg, code = f"a file is not valid UTF-8 text ({exc.reason} at byte {exc.start})", 1
-    elif isinstance(exc, OSError) and (isinstance(exc, _USER_OS_ERRORS) or exc.filename is not None):
-        msg, code = str(exc), 1
+    elif isinstance(exc, OSError) and (isinstance(exc, _USER_OS_ERRORS) or exc.filename is not None
+                                       or os_errno(exc) in ENVIRONMENT_ERRNOS):
+        msg, code = describe_os_error(exc), 1
     else:
         return "", 0
     msg = " ".join(msg.split()) or type(exc).__name__
     return f"locvtp {command}: error: {msg}", code
 
 
+def split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without its ``--debug`` flags (anywhere before a ``--``: ``locvtp ground ... --debug`` is as natural
+    as ``locvtp --debug ground ...``), and whether there was one. No command has a ``--debug`` of its own."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != "--debug"]
+    return kept + argv[end:], len(kept) != end
+
+
+def unknown_command(name: str) -> str:
+    """The one line for a command that does not exist, with the nearest one when a typo is likely."""
+    import difflib
+
+    near = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return f"locvtp: error: unknown command {name!r}; {hint}(commands: {', '.join(COMMANDS)}; locvtp --help)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = bool(argv) and argv[0] == "--debug"
-    if debug:
-        argv = argv[1:]
+    argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
     debug = debug or debug_enabled()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -81,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"locvtp: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(unknown_command(name), file=sys.stderr)
         return 2
     target = COMMANDS[name][0]
     module_name, func_name = target.split(":")
+    from locvtp.cliargs import set_command
+
+    previous = set_command(name)  # library warnings then read `locvtp NAME: warning: ...` (cliargs.current_prog)
     try:
         module = importlib.import_module(module_name)
         rc = getattr(module, func_name)(rest)
@@ -99,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(line, file=sys.stderr)
         return code
+    finally:
+        set_command(previous)
     return int(rc or 0)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Optional
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -18,6 +18,23 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         message = " ".join(message.split())
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with an option's default appended when it says something.
+
+    Why not ``argparse.ArgumentDefaultsHelpFormatter``: it appends ``(default: None)`` / ``(default: False)`` to
+    every option, and a second ``(default: ...)`` to a help text that already states its default in words
+    (``video directory (default: DATA/videos) (default: None)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        silent = (not action.option_strings or d is None or d is False or d == [] or d is argparse.SUPPRESS
+                  or "default" in text.lower())
+        if silent:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 def _number(kind: type, text: str) -> float:
@@ -56,10 +73,27 @@ nonnegative_float = ranged(float, 0.0)
 fraction = ranged(float, 0.0, 1.0)  # an IoU threshold, a proportion
 
 
+_COMMAND: list[str] = []  # the command this process runs, set once by locvtp.cli
+
+
+def set_command(name: Optional[str]) -> Optional[str]:
+    """Record which ``locvtp`` command runs (``locvtp.cli``, for the command's duration; None: none); returns the
+    previous one, to restore."""
+    previous = _COMMAND[0] if _COMMAND else None
+    _COMMAND[:] = [] if name is None else [name]
+    return previous
+
+
+def current_prog() -> str:
+    """``locvtp CMD`` for the command this process runs, ``locvtp`` outside the command line. Why: library code
+    (a config loader shared by several commands) warns as ``locvtp CMD: warning: ...`` without knowing its caller."""
+    return f"locvtp {_COMMAND[0]}" if _COMMAND else "locvtp"
+
+
 def warn(prog: str, message: str) -> None:
     """A one-line warning on stderr, for a result that is returned but may not mean what it seems."""
     print(f"{prog}: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
-__all__ = ["ArgumentParser", "fraction", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
-           "ranged", "warn"]
+__all__ = ["ArgumentParser", "DefaultsHelpFormatter", "fraction", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
+           "current_prog", "ranged", "set_command", "warn"]

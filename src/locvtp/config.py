@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -223,8 +222,9 @@ RENAMED_KEYS: dict[str, str] = {
 
 
 def _deprecation(old: str, new: str, where: str) -> None:
-    print(f"locvtp: warning: {where + ': ' if where else ''}{old} is deprecated, use {new} (same meaning)",
-          file=sys.stderr)
+    from locvtp.cliargs import current_prog, warn
+
+    warn(current_prog(), f"{where + ': ' if where else ''}{old} is deprecated, use {new} (same meaning)")
 
 
 def rename_deprecated_keys(raw: dict, where: str = "", quiet: bool = False) -> dict:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from locvtp.cliargs import ArgumentParser, nonnegative_int
+from locvtp.cliargs import ArgumentParser, nonnegative_int, warn
 from locvtp.config import find_config
 from locvtp.errors import LocVTPError
 from locvtp.files import atomic_write_text
@@ -402,7 +402,7 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
         try:
             plot_paths = _plots(out, world, ckpts, eval_dirs)
         except Exception as exc:  # plots are an aid; a failure must not hide the table
-            print(f"[demo] warning: plots failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            warn("locvtp demo", f"plots failed: {type(exc).__name__}: {exc}")
     table = format_table(results)
     wall = round(time.time() - t0, 1)
     rss = peak_rss_mb()

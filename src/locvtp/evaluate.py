@@ -11,10 +11,10 @@ from locvtp.downstream.evaluate import TASKS, evaluate_all, load_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from locvtp.cliargs import ArgumentParser, nonnegative_int, positive_int
+    from locvtp.cliargs import ArgumentParser, DefaultsHelpFormatter, nonnegative_int, positive_int
 
     p = ArgumentParser(prog="locvtp evaluate", description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("task", choices=[*TASKS, "all"], help="which downstream task")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
     p.add_argument("--data", required=True, help="data root (a synthetic world or the same layout)")

@@ -65,7 +65,7 @@ import numpy as np
 from locvtp import cliargs
 from locvtp.data.textinput import read_text_input
 from locvtp.data.videoids import VIDEO_EXTENSIONS, scan_videos, source_of, video_id
-from locvtp.errors import UsageError
+from locvtp.errors import UsageError, writing
 # The feature store (reader, record, writers, merge) lives in locvtp.featurestore; these names are re-exported
 # because ``locvtp.extract`` was their home (tests, benchmarks and older scripts import them from here).
 from locvtp.featurestore import (  # noqa: F401
@@ -77,7 +77,7 @@ from locvtp.featurestore import (  # noqa: F401
 from locvtp.featurestore.writer import (  # noqa: F401
     _check_dir_output, _discard_dir_output, _discard_h5_output, _own_h5_attrs, tqdm_maybe,
 )
-from locvtp.files import OutputLock, check_apart
+from locvtp.files import OutputLock, check_apart, overlaps
 
 Result = ClipFeatures  # one video's clip vectors (the record the writers take)
 FEATURE_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".npy", ".npz")
@@ -253,14 +253,19 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
     check_apart(Path(args.out), inputs)
     check_apart(out, inputs)
     check_apart(failures_path, inputs, out_flag="--failures")
-    if failures_path.resolve() == out.resolve():
+    if overlaps(failures_path, out) == "is":
         raise UsageError(f"--failures {failures_path} is the --out file: choose another failures file")
     if args.overwrite and args.format != "h5" and world > 1:
         raise UsageError("--overwrite with a directory format under torchrun would race between ranks: "
                          f"run `locvtp extract --overwrite` once without torchrun, or delete {out} yourself")
     lock_target = out if args.format == "h5" or world <= 1 else out.with_name(f"{out.name}.rank{rank}")
-    with OutputLock(lock_target, "extract"):
+    lock = OutputLock(lock_target, "extract")
+    with writing(out, "--out"):  # a read-only or missing place fails here: named as --out, not as the lock file
+        lock.acquire()
+    try:
         return _run_locked(args, out, failures_path, rank, world, device, t_start, progress)
+    finally:
+        lock.release()
 
 
 def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: int, world: int, device: str,
@@ -302,14 +307,18 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
         else:
             discard_dir_output(out)
     settings = _settings(pred, args)
-    if args.format == "h5":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        writer: Any = H5Writer(out, settings, failures_path)
-    else:
-        writer = DirWriter(out, args.format, settings, failures_path, rank=rank, single_process=world <= 1,
-                           emptied=bool(args.overwrite))
+    # An OS failure of a write (no space, read-only, ...) is one line naming --out; what was finished is kept.
+    kept = out.with_name(out.name + ".parts") if args.format == "h5" else out
+    with writing(out, "--out", note=f"the videos finished so far are kept in {kept}: rerun to resume"):
+        if args.format == "h5":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            writer: Any = H5Writer(out, settings, failures_path)
+        else:
+            writer = DirWriter(out, args.format, settings, failures_path, rank=rank, single_process=world <= 1,
+                               emptied=bool(args.overwrite))
     try:
-        with pred.thread_limit():  # --threads for the whole run (decoding resizes with torch too); restored after
+        with pred.thread_limit(), writing(out, "--out", note=f"the videos finished so far are kept in {kept}: "
+                                          "rerun to resume"):  # (inputs' OS errors are recorded in the loop)
             return _extract_loop(args, writer, items, problems, out, failures_path, rank, world, pred, prep,
                                  t_start, progress)
     finally:
@@ -460,14 +469,15 @@ def merge_main(argv: list[str] | None = None) -> int:
         if not matches:
             raise UsageError(f"no file matches the shard pattern {s!r}")
         if len(matches) > 1 or matches[0] != s:
-            hit = [m for m in matches if Path(m).resolve() == out.resolve()]
+            hit = [m for m in matches if overlaps(m, out) == "is"]
             if hit:
                 raise UsageError(f"--out {out} matches the shard pattern {s!r}: merging into an input would "
                                  "overwrite its videos; choose an --out the pattern does not match")
         shards += [Path(m) for m in matches]
     shards = list(dict.fromkeys(shards))
-    n, nf = merge_shards(shards, out, Path(args.failures) if args.failures else None,
-                         progress=not args.no_progress, overwrite=args.overwrite)
+    with writing(out, "--out"):  # no space, read-only, ...: one line naming --out
+        n, nf = merge_shards(shards, out, Path(args.failures) if args.failures else None,
+                             progress=not args.no_progress, overwrite=args.overwrite)
     print(f"merged {len(shards)} shards: {n} videos, {nf} failures -> {out}", file=sys.stderr)
     return 0
 

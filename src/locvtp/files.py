@@ -150,7 +150,16 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------ inputs vs outputs
 def _resolved(p: str | os.PathLike) -> Path:
-    return Path(p).expanduser().resolve()
+    """The absolute path without symlinks. A symlink loop is an ``OSError(ELOOP)`` naming ``p`` (the path the user
+    gave), not the ``RuntimeError`` that ``Path.resolve`` raises for it before Python 3.13."""
+    try:
+        return Path(p).expanduser().resolve()
+    except RuntimeError as exc:  # "Symlink loop from ..." (3.13+ raises OSError(ELOOP) itself)
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fspath(p)) from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and exc.filename != os.fspath(p):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fspath(p)) from exc
+        raise
 
 
 def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> Optional[str]:

@@ -161,14 +161,36 @@ def _device(spec: str) -> str:
     return resolve_device(spec)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Errors are raised (``locvtp.errors``) and reported by ``locvtp.cli`` as one line."""
-    from locvtp.cliargs import warn
-    from locvtp.features import MissingVideoError
-    from locvtp.inference import NO_WORDS
+def _looks_like_video(text: str) -> bool:
+    from locvtp.extract import VIDEO_EXTENSIONS
 
+    return Path(text).suffix.lower() in VIDEO_EXTENSIONS or Path(text).is_file()
+
+
+def _check_order(p: Any, args: Any) -> None:
+    """Name the argument that looks misplaced: a forgotten QUERY (its VIDEO then lands in QUERY) or VIDEO and
+    QUERY swapped. Why here: argparse sees only strings, and would say "give VIDEO" or "no such file: the red
+    circle" about what is really an order mistake."""
+    if args.features is not None:
+        return
+    if args.video is None and _looks_like_video(args.query):
+        p.error(f"argument QUERY is missing: {args.query} is the VIDEO; give the sentence to ground after it "
+                f"(locvtp ground --checkpoint CKPT {args.query} \"a sentence\")")
+    if args.video is not None and not Path(args.video).exists() and _looks_like_video(args.query):
+        p.error(f"VIDEO {args.video!r} is not a file and QUERY {args.query!r} looks like a video: the order is VIDEO "
+                f"then QUERY (locvtp ground --checkpoint CKPT {args.query} {args.video!r})")
+
+
+def parse_args(argv: list[str] | None) -> Any:
+    """The arguments, options anywhere (``VIDEO --top-k 1 QUERY`` too), checked together before any work."""
     p = build_parser()
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_intermixed_args(argv)
+    if extra and not any(e.startswith("-") for e in extra):  # `ground ... VIDEO the red circle`: unquoted words
+        p.error(f"unrecognized arguments: {' '.join(extra)}: a QUERY of several words goes in quotes "
+                f"(\"{' '.join([args.query, *extra])}\")")
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    _check_order(p, args)
     if args.features is None and args.video is None:
         p.error("give VIDEO, or --features FILE --video-id ID")
     if args.features is not None and args.video_id is None:
@@ -183,6 +205,29 @@ def main(argv: list[str] | None = None) -> int:
         if given:  # silently ignoring them would answer another question than the one asked
             p.error(f"{' and '.join(given)} cannot apply to --features: the clips were cut at extraction "
                     "(re-extract with other clip settings, or ground the video file)")
+    return args
+
+
+def _save_plot(res: GroundingResult, plot: Path, out: dict) -> Optional[BaseException]:
+    """Draw ``--plot``; an OS failure (read-only directory, no space) is returned, not raised: the result was
+    computed and is printed first, then the command fails with one line naming ``--plot``."""
+    from locvtp.errors import OutputOSError, writing
+
+    try:
+        with writing(plot, "--plot", note="the grounding result was printed on stdout without the plot"):
+            out["plot"] = str(plot_grounding(res, plot))
+    except OutputOSError as exc:
+        return exc
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Errors are raised (``locvtp.errors``) and reported by ``locvtp.cli`` as one line."""
+    from locvtp.cliargs import warn
+    from locvtp.features import MissingVideoError
+    from locvtp.inference import NO_WORDS
+
+    args = parse_args(argv)
     plot = _check_plot_path(args.plot) if args.plot is not None else None
     from locvtp.predictor import ForeignFeaturesError, LocVTPPredictor
 
@@ -209,12 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     except ForeignFeaturesError as exc:
         raise exc.with_flag("--allow-foreign-features") from None
     out = {"video": source, **res.to_json(curve=args.curve)}
-    if plot is not None:
-        out["plot"] = str(plot_grounding(res, plot))
+    plot_failed = _save_plot(res, plot, out) if plot is not None else None
     for w in res.warnings:
         warn(PROG, w)
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
+    if plot_failed is not None:
+        raise plot_failed
     return 0
 
 
-__all__ = ["GroundError", "GroundingResult", "build_parser", "ground_embeddings", "main", "plot_grounding"]
+__all__ = ["GroundError", "GroundingResult", "build_parser", "ground_embeddings", "main", "parse_args", "plot_grounding"]

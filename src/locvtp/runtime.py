@@ -16,6 +16,7 @@ command that never searches should not pay).
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from typing import Iterator, Optional
 
@@ -64,9 +65,6 @@ def threads(n: Optional[int], *, torch: bool = True, faiss: Optional[bool] = Non
             undo()
 
 
-
-
-
 def cpu_model() -> str:
     """The CPU's model name (what every benchmark prints: kernels that win on one CPU can lose on another)."""
     import platform
@@ -83,9 +81,33 @@ def cpu_model() -> str:
 LOG_INTERVAL_SECONDS = 30.0
 
 
+@functools.lru_cache(maxsize=None)
+def _log_bar_class() -> type:
+    """``tqdm`` whose postfix and description changes wait for the next timed line. Why: ``set_postfix`` (the
+    ok/failed counts ``extract`` updates after every video) redraws at once by default, which in a log file or a
+    pipe is one line per item whatever ``mininterval`` says."""
+    from tqdm.auto import tqdm
+
+    class LogBar(tqdm):  # type: ignore[misc, valid-type]
+        def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+        def set_postfix_str(self, s="", refresh=False):
+            super().set_postfix_str(s, refresh=False)
+
+        def set_description(self, desc=None, refresh=False):
+            super().set_description(desc, refresh=False)
+
+        def set_description_str(self, desc=None, refresh=False):
+            super().set_description_str(desc, refresh=False)
+
+    return LogBar
+
+
 def progress(*args, **kwargs):
     """A ``tqdm`` bar (same arguments) that redraws freely on a terminal but, when its stream is not a terminal
-    (a log file, CI), prints a line at most every 30 s instead of thousands of carriage-return redraws."""
+    (a log file, a pipe, CI), prints a line at most every 30 s instead of thousands of carriage-return redraws:
+    postfix and description updates included (they wait for the next line)."""
     from tqdm.auto import tqdm
 
     stream = kwargs.get("file") or sys.stderr
@@ -93,11 +115,12 @@ def progress(*args, **kwargs):
         tty = bool(stream.isatty())
     except (AttributeError, ValueError):
         tty = False
-    if not tty:
-        kwargs["mininterval"] = max(float(kwargs.get("mininterval") or 0.0), LOG_INTERVAL_SECONDS)
-        kwargs["maxinterval"] = max(float(kwargs.get("maxinterval") or 0.0), LOG_INTERVAL_SECONDS)
-        kwargs.setdefault("dynamic_ncols", False)
-    return tqdm(*args, **kwargs)
+    if tty:
+        return tqdm(*args, **kwargs)
+    kwargs["mininterval"] = max(float(kwargs.get("mininterval") or 0.0), LOG_INTERVAL_SECONDS)
+    kwargs["maxinterval"] = max(float(kwargs.get("maxinterval") or 0.0), LOG_INTERVAL_SECONDS)
+    kwargs["dynamic_ncols"] = False  # no terminal to measure
+    return _log_bar_class()(*args, **kwargs)
 
 
 __all__ = ["cpu_model", "progress", "threads"]

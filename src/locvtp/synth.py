@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         m = generate_world(args.out, seed=args.seed, preset=args.preset, progress=not args.quiet, force=args.force,
                            version=args.version)
     except (WorldExistsError, ValueError, OSError) as exc:
-        print(f"locvtp synth: error: {exc}", file=sys.stderr)
+        from locvtp.errors import LocVTPError, describe_os_error
+
+        plain_os = isinstance(exc, OSError) and not isinstance(exc, LocVTPError)  # errno in words, not "[Errno 1]"
+        print(f"locvtp synth: error: {describe_os_error(exc) if plain_os else exc}", file=sys.stderr)
         return 1
     c = m["counts"]
     verb = "reusing the complete world already in" if m.get("reused") else "wrote"

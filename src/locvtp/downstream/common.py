@@ -310,7 +310,10 @@ class FeatureFile:
 
         path = Path(path)
         if not path.exists():
-            raise DownstreamError(f"feature file not found: {path}")
+            from locvtp.errors import broken_link
+
+            raise DownstreamError(f"feature file {path}: {broken_link(path)}" if broken_link(path) else
+                                  f"feature file not found: {path}")
         try:
             attrs = feature_info(path)
         except FeatureError as exc:

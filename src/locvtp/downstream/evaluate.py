@@ -242,7 +242,10 @@ def _evaluate(checkpoint: Any, data_dir: Any, out_dir: Any, tasks: Sequence[str]
     opts = check_options(options or DownstreamOptions())
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DownstreamError(f"data directory not found: {data_dir}")
+        from locvtp.errors import broken_link
+
+        raise DownstreamError(f"data directory {data_dir}: {broken_link(data_dir)}" if broken_link(data_dir) else
+                              f"data directory not found: {data_dir}")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_out(out, tasks)

@@ -76,6 +76,10 @@ def detect_format(path: str | Path) -> str:
         if any(p.glob("*.npy")):
             return "npy-dir"
         raise FeatureError(f"{p}: no .npz/.npy feature files in this directory")
+    from locvtp.errors import broken_link
+
+    if broken_link(p):  # exists() is False for a link to nothing and for a loop: say which, not "no such file"
+        raise FeatureError(f"{p}: {broken_link(p)}")
     raise FeatureError(f"{p}: no such feature file or directory")
 
 

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from locvtp.errors import NotOwnedError, UsageError
 from locvtp.featurestore.reader import FeatureError, _decode_attr, iter_features, safe_name
 from locvtp.featurestore.record import ClipFeatures
 from locvtp.files import (
-    MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, read_manifest, remove_owned,
+    MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, overlaps, read_manifest, remove_owned,
     remove_stale_temporaries, remove_temporaries_in, write_manifest,
 )
 
@@ -72,6 +72,20 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def new_h5(path: Path) -> Iterator[Any]:
+    """A new HDF5 file at ``path`` (open for writing), written through a Python file object.
+
+    Why not ``h5py.File(path, "w")``: HDF5 buffers its writes and reports a failed one (no space left on the
+    device, a file-size limit) only while closing the file, as "Exception ignored" tracebacks and a
+    ``RuntimeError``, and HDF5 2.0 can then crash the process. Through a Python file object the failed write is an
+    ordinary ``OSError`` with its errno, which the command reports as one line naming its output."""
+    import h5py
+
+    with open(path, "wb") as fh, h5py.File(fh, "w", libver=("v110", "latest")) as f:
+        yield f
 
 
 class _Writer:
@@ -221,7 +235,7 @@ class H5Writer(_Writer):
             return len(self._written)
         names: set[str] = set()
         with atomic_path(self.out) as tmp:
-            with h5py.File(tmp, "w", libver=("v110", "latest")) as dst:
+            with new_h5(tmp) as dst:
                 dst.attrs["format"] = FEATURE_FORMAT
                 dst.attrs["version"] = FEATURE_VERSION
                 for k, v in self.settings.items():
@@ -495,12 +509,12 @@ def merge_shards(shards: list[Path], out: Path, failures_out: Optional[Path] = N
         raise UsageError("merge: no shard files given")
     out = Path(out)
     for sh in shards:
-        if Path(sh).resolve() == out.resolve():
+        if overlaps(sh, out) == "is":
             raise UsageError(f"--out {out} is also one of the input shards: merging into it would overwrite its "
                              "videos; write the merged file to another path")
     fpath = Path(failures_out) if failures_out else out.with_name(f"{out.stem}.failures.jsonl")
     for sh in shards:
-        if Path(sh).resolve() == fpath.resolve():
+        if overlaps(sh, fpath) == "is":
             raise UsageError(f"--failures {fpath} is one of the input shards: choose another failures file")
     with OutputLock(out, "merge"):
         remove_stale_temporaries(out)
@@ -519,7 +533,7 @@ def _merge_locked(shards: list[Path], out: Path, fpath: Path, progress: bool) ->
     seen: dict[str, Path] = {}
     fail_recs: dict[str, dict] = {}
     with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w", libver=("v110", "latest")) as dst:
+        with new_h5(tmp) as dst:
             for sh in shards:
                 if not sh.is_file():
                     raise ExtractError(f"{sh}: no such shard file" if not sh.exists() else f"{sh}: not a file")
