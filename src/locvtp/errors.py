@@ -29,8 +29,14 @@ class NotOwnedError(UsageError):
     """An output path holds something this command did not write, so it will not delete or replace it."""
 
 
+class OutputError(LocVTPError, OSError):
+    """An output cannot be written where the user asked (its folder is a file, read-only, full, ...): the message
+    names the user's output path and the cause, never a hidden temporary or lock file of ours."""
+
+
 class NonFiniteFeaturesError(LocVTPError, ValueError):
     """A feature file holds NaN or infinite values for a video (the message names the file and the video)."""
 
 
-__all__ = ["LocVTPError", "NonFiniteFeaturesError", "NotOwnedError", "OutputBusyError", "UsageError"]
+__all__ = ["LocVTPError", "NonFiniteFeaturesError", "NotOwnedError", "OutputBusyError", "OutputError",
+           "UsageError"]
