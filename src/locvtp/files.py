@@ -260,6 +260,8 @@ def remove_owned(directory: str | os.PathLike, writer: str) -> int:
         with contextlib.suppress(OSError):
             sub.rmdir()  # only the folders our files lived in, once they are empty
     with contextlib.suppress(OSError):
+        if [q.name for q in d.iterdir()] == [LEDGER]:
+            (d / LEDGER).unlink()  # it recorded only files of ours, and none is left
         d.rmdir()
     return n
 

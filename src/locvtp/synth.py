@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         m = generate_world(args.out, seed=args.seed, preset=args.preset, progress=not args.quiet, force=args.force,
                            version=args.version)
     except (WorldExistsError, ValueError, OSError) as exc:
-        print(f"locvtp synth: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"locvtp synth: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))  # a user's file in the way: 2 (usage), like every command
     c = m["counts"]
     verb = "reusing the complete world already in" if m.get("reused") else "wrote"
     print(f"{verb} {args.out} (seed={m['seed']}, preset={m['preset']}, generator {m['generator_version']}) "

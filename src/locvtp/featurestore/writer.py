@@ -42,8 +42,8 @@ from locvtp.errors import NotOwnedError, UsageError
 from locvtp.featurestore.reader import FeatureError, _decode_attr, iter_features, safe_name
 from locvtp.featurestore.record import ClipFeatures
 from locvtp.files import (
-    MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, read_manifest, remove_owned,
-    remove_stale_temporaries, remove_temporaries_in, write_manifest,
+    MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, check_file_output, read_manifest,
+    remove_owned, remove_stale_temporaries, remove_temporaries_in, write_manifest, write_owned_text,
 )
 
 FEATURE_FORMAT = "locvtp-features"
@@ -117,7 +117,7 @@ class _Writer:
         recs.sort(key=lambda r: r["video_id"])
         text = "".join(json.dumps(r) + "\n" for r in recs)
         self.failures_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.failures_path, text)
+        write_owned_text(self.failures_path, text, "extract")
         return recs
 
 
@@ -317,17 +317,10 @@ def _read_json(path: Path) -> Any:
         raise ExtractError(f"{path}: not valid JSON ({exc})") from None
 
 
-@contextlib.contextmanager
-def _manifest_lock(directory: Path):
-    """A short blocking lock around a manifest update, so ranks folding their claims at once lose none."""
-    import fcntl
-
-    fd = os.open(directory / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _manifest_lock(directory: Path) -> OutputLock:
+    """A short blocking lock around a manifest update, so ranks folding their claims at once lose none (its
+    ``.locvtp-manifest.json.lock`` is removed on release)."""
+    return OutputLock(directory / MANIFEST, "extract", wait=True)
 
 
 def _fold_claims(out: Path, claim_files: list[Path]) -> None:
@@ -450,6 +443,7 @@ def merge_shards(shards: list[Path], out: Path, failures_out: Optional[Path] = N
     for sh in shards:
         if Path(sh).resolve() == fpath.resolve():
             raise UsageError(f"--failures {fpath} is one of the input shards: choose another failures file")
+    check_file_output(fpath, "merge", "--failures" if failures_out else "--out's failures file", make_parent=True)
     with OutputLock(out, "merge"):
         remove_stale_temporaries(out)
         if out.exists() or out.is_symlink():
@@ -509,7 +503,7 @@ def _merge_locked(shards: list[Path], out: Path, fpath: Path, progress: bool) ->
                         except (ValueError, KeyError, TypeError):
                             continue
     recs = [r for v, r in sorted(fail_recs.items()) if v not in seen]
-    atomic_write_text(fpath, "".join(json.dumps(r) + "\n" for r in recs))
+    write_owned_text(fpath, "".join(json.dumps(r) + "\n" for r in recs), "merge")
     return len(seen), len(recs)
 
 
