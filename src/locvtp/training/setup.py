@@ -23,8 +23,8 @@ from locvtp.distributed import Dist, setup_distributed
 from locvtp.errors import LocVTPError
 from locvtp.training.log import MetricsLog, scalar_terms, step_record, truncate_jsonl
 from locvtp.training.optim import build_optimizer, build_scheduler
-from locvtp.training.rundir import (check_model_paths, check_run_dir, clean_partial_writes, existing_path,
-                                    find_resume, rotate_checkpoints, warn_config_changes)
+from locvtp.training.rundir import (check_model_paths, check_run_dir, claim_run_dir, clean_partial_writes,
+                                    existing_path, find_resume, rotate_checkpoints, warn_config_changes)
 from locvtp.training.state import rng_state, seed_everything, set_rng_state
 from locvtp.training.validation import validate
 
@@ -195,7 +195,7 @@ def _open_run(cfg: Any, run: Path, resume: Optional[str]) -> tuple[Any, Dist, Op
     check_run_dir(run, cfg)
     dist = setup_distributed(str(cfg.train.device))
     if dist.is_main:
-        run.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run)  # the folder made and recorded as this command's (locvtp.files' one output rule)
         clean_partial_writes(run)
     dist.barrier()
     resume_from = find_resume(run, resume, warn=dist.is_main)
