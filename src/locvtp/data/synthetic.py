@@ -1156,7 +1156,10 @@ def _is_complete(out: Path, manifest: dict[str, Any]) -> bool:
 
 
 class WorldExistsError(LocVTPError, FileExistsError):
-    """The output directory holds something else (another world or foreign files); use force=True."""
+    """The output directory holds something else (another world or foreign files); use force=True. A choice
+    of paths, so a usage error (exit 2) like every refused output."""
+
+    exit_code = 2
 
 
 class NotAWorldError(LocVTPError, ValueError):
