@@ -393,7 +393,7 @@ def test_cli_reuse_refuse_and_force(tmp_path, capsys):
     assert "reusing" in capsys.readouterr().out
     assert (out / "manifest.json").stat().st_mtime_ns == before
     # a different world in the same directory needs --force
-    assert synth_main(["--out", str(out), "--seed", "3", "--preset", "tiny", "--quiet"]) == 1
+    assert synth_main(["--out", str(out), "--seed", "3", "--preset", "tiny", "--quiet"]) == 2  # usage error
     assert "--force" in capsys.readouterr().err
     # an incomplete world (a deleted video) is regenerated, not reused
     victim = next((out / "videos").glob("*.mp4"))
