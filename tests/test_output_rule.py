@@ -331,3 +331,13 @@ def test_concurrent_writers_into_one_folder_lose_no_ledger_entry(tmp_path):
     assert len(read_ledger(tmp_path)) == 40
     assert all(file_writer(p) == "score" for p in tmp_path.glob("t*.json"))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [LEDGER]  # no lock left
+
+
+def test_no_lock_file_stays_behind_an_extraction(ctx, tmp_path, capsys):
+    """Issue 26: hidden `.locvtp-manifest.json.lock` files stayed in npy-dir / npz-dir outputs."""
+    out = tmp_path / "feats"
+    for extra in ((), ("--overwrite",)):
+        res = run_cli(_extract(ctx, out, "--format", "npz-dir", *extra), capsys)
+        assert res.code == 0, res.err
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".lock")]
+    assert len(list(out.glob("*.npz"))) == 1
