@@ -65,17 +65,24 @@ def test_ablate_appends_rows_and_replaces_a_rerun_row(tmp_path: Path, fake_pipel
 
 
 def test_rows_of_an_older_table_are_kept_and_a_broken_file_is_not_overwritten(tmp_path: Path, fake_pipeline):
+    from locvtp.errors import NotOwnedError
+    from locvtp.files import write_owned_text
+
     out = tmp_path / "abl"
     out.mkdir()
-    (out / "ablation.json").write_text(json.dumps({"old row": {"grounding_R1@0.5": 5.0}}))
+    write_owned_text(out / "ablation.json", json.dumps({"old row": {"grounding_R1@0.5": 5.0}}), "ablate")
     demo.run_ablation(out, preset="tiny", only=["sigma=1"], progress=False, world=tmp_path / "w")
     saved = json.loads((out / "ablation.json").read_text())
     assert list(saved) == ["old row", "sigma=1"]
     assert "- old row: (not a current row)" in (out / "ablation.md").read_text()
-    (out / "ablation.json").write_text("[1, 2")
+    write_owned_text(out / "ablation.json", "[1, 2", "ablate")  # ours, but not a table: refused, not overwritten
     with pytest.raises(demo.DemoError, match="ablation.json: not valid JSON"):
         demo.run_ablation(out, preset="tiny", only=["sigma=1"], progress=False, world=tmp_path / "w")
     assert (out / "ablation.json").read_text() == "[1, 2"
+    (out / "ablation.json").write_text(json.dumps({"my row": {}}))  # a table the user wrote: never replaced
+    with pytest.raises(NotOwnedError, match="ablation.json exists and was not written by locvtp"):
+        demo.run_ablation(out, preset="tiny", only=["sigma=1"], progress=False, world=tmp_path / "w")
+    assert json.loads((out / "ablation.json").read_text()) == {"my row": {}}
 
 
 def test_issue_15_rows_are_one_override_each():
@@ -132,7 +139,9 @@ def test_rows_written_meanwhile_by_another_ablation_are_kept(tmp_path: Path, fak
 
     def evaluate_and_meanwhile(ck, world, **k):
         if not (out / "ablation.json").exists():  # the other ablation finishes its row first
-            (out / "ablation.json").write_text(json.dumps({"sigma=1": {"grounding_R1@0.5": 7.0}}))
+            from locvtp.files import write_owned_text
+
+            write_owned_text(out / "ablation.json", json.dumps({"sigma=1": {"grounding_R1@0.5": 7.0}}), "ablate")
         return fake_eval(ck, world, **k)
 
     monkeypatch.setattr(downstream, "evaluate_all", evaluate_and_meanwhile)

@@ -127,4 +127,5 @@ def test_plot_grounding_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fail)
     with pytest.raises(RuntimeError, match="renderer died"):
         plot_grounding(res, out)
-    assert [p.name for p in tmp_path.iterdir()] == ["g.png"] and out.read_bytes() == good
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".locvtp-files.json", "g.png"] and out.read_bytes() == good  # the plot and its ownership record

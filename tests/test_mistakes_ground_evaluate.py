@@ -253,7 +253,7 @@ def test_evaluate_twice_into_the_same_out_replaces_its_own_files(W, capsys, tmp_
     names = sorted(p.name for p in tmp_path.iterdir())
     # (+ the head's predictions when the 2D-TAN head ran: `locvtp score` reads both)
     assert [n for n in names if n != "head_grounding_predictions.jsonl"] == [
-        "grounding.json", "grounding_predictions.jsonl", "metrics.json"]
+        ".locvtp-files.json", "grounding.json", "grounding_predictions.jsonl", "metrics.json"]
 
 
 def test_plot_mistakes_leave_nothing_behind(W, capsys):
@@ -320,7 +320,7 @@ def test_evaluate_skips_and_names_a_video_with_nan_features(W, capsys, tmp_path)
 def test_a_foreign_predictions_file_in_out_survives(W, capsys, tmp_path):
     (tmp_path / "grounding_predictions.jsonl").write_text("my own notes\n")
     res = run_cli(_evaluate(W, "--features", W.feats, "--out", tmp_path), capsys)
-    assert res.code == 2 and "grounding_predictions.jsonl exists and was not written by locvtp evaluate" in res.err
+    assert res.code == 2 and "grounding_predictions.jsonl exists and was not written by locvtp" in res.err
     assert (tmp_path / "grounding_predictions.jsonl").read_text() == "my own notes\n"
 
 

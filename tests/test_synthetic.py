@@ -393,7 +393,7 @@ def test_cli_reuse_refuse_and_force(tmp_path, capsys):
     assert "reusing" in capsys.readouterr().out
     assert (out / "manifest.json").stat().st_mtime_ns == before
     # a different world in the same directory needs --force
-    assert synth_main(["--out", str(out), "--seed", "3", "--preset", "tiny", "--quiet"]) == 1
+    assert synth_main(["--out", str(out), "--seed", "3", "--preset", "tiny", "--quiet"]) == 2  # usage error
     assert "--force" in capsys.readouterr().err
     # an incomplete world (a deleted video) is regenerated, not reused
     victim = next((out / "videos").glob("*.mp4"))
@@ -421,24 +421,52 @@ def test_cli_dispatch(tmp_path):
 
 
 def test_interrupted_and_outdated_worlds_are_regenerated(tmp_path):
+    import hashlib
+
     out = tmp_path / "w"
     S.generate_world(out, seed=0, preset="tiny", progress=False)
     assert not (out / S.IN_PROGRESS).exists()
-    # outdated: an annotation file differs from what this generator writes -> cleaned and regenerated
+    # outdated: an annotation file (as its manifest records it) differs from what this generator writes ->
+    # cleaned and regenerated
     m = json.loads((out / "manifest.json").read_text())
-    stale = out / "crosstask" / "annotations" / "99999_ct_99999.csv"
-    stale.write_text("1,0.0,1.0\n")
     (out / "coin" / "COIN.json").write_text("{}")
-    m["annotation_sha256"]["coin/COIN.json"] = "0" * 64
+    m["annotation_sha256"]["coin/COIN.json"] = hashlib.sha256(b"{}").hexdigest()
     (out / "manifest.json").write_text(json.dumps(m))
     m2 = S.generate_world(out, seed=0, preset="tiny", progress=False)
-    assert not m2.get("reused") and not stale.exists()
+    assert not m2.get("reused")
     assert json.loads((out / "coin" / "COIN.json").read_text())["database"]
-    # interrupted: no manifest, but our in-progress marker -> regenerated without --force
+    # interrupted: no manifest, but our in-progress marker (naming the request) -> regenerated without --force
     (out / "manifest.json").unlink()
-    (out / S.IN_PROGRESS).write_text("{}")
+    (out / S.IN_PROGRESS).write_text(json.dumps({"seed": 0, "preset": "tiny",
+                                                 "generator_version": m2["generator_version"]}))
     assert not S.generate_world(out, seed=0, preset="tiny", progress=False).get("reused")
     assert S.generate_world(out, seed=0, preset="tiny", progress=False)["reused"]
+
+
+def test_regeneration_never_deletes_files_the_world_does_not_list(tmp_path):
+    """Issue 26: `synth --force` deleted a user's videos/my_own.mp4 and grounding/notes.txt with the old world.
+    Files inside the world's folders that its manifest does not list (or an annotation file edited since) are
+    refused, naming them, with or without force; a file beside the world is kept."""
+    out = tmp_path / "w"
+    S.generate_world(out, seed=0, preset="tiny", progress=False)
+    mine = {"videos/my_own.mp4": b"my video", "grounding/notes.txt": b"notes", "top.txt": b"top"}
+    for rel, data in mine.items():
+        (out / rel).write_bytes(data)
+    for force in (False, True):
+        with pytest.raises(S.LocVTPError, match="videos/my_own.mp4" if force else "use --force"):
+            S.generate_world(out, seed=1, preset="tiny", progress=False, force=force)
+        assert all((out / rel).read_bytes() == data for rel, data in mine.items())
+    assert S.open_world(out)["seed"] == 0  # the old world is untouched too
+    (out / "videos" / "my_own.mp4").unlink()
+    (out / "grounding" / "notes.txt").unlink()
+    edited = out / "grounding" / "activitynet" / "val_1.json"
+    edited.write_text("[] ")
+    with pytest.raises(S.LocVTPError, match="val_1.json"):
+        S.generate_world(out, seed=1, preset="tiny", progress=False, force=True)
+    assert edited.read_text() == "[] "
+    edited.unlink()
+    assert S.generate_world(out, seed=1, preset="tiny", progress=False, force=True)["seed"] == 1
+    assert (out / "top.txt").read_bytes() == b"top"
 
 
 def test_never_deletes_a_directory_of_real_videos(tmp_path):

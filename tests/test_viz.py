@@ -46,8 +46,8 @@ def test_failed_plot_write_leaves_nothing_and_keeps_the_old_file(tmp_path, monke
     """A write that dies midway (disk full, interrupted) used to leave ``NAME.tmp.png`` behind (issue #18)."""
     import pytest
 
-    out = tmp_path / "plot.png"
-    out.write_bytes(b"the previous plot")
+    out = viz.save_figure(_figure(), tmp_path / "plot.png")  # a plot of ours: the only kind ever replaced
+    before = out.read_bytes()
 
     def half_then_fail(self, fname, **kw):
         with open(fname, "wb") as fh:
@@ -57,8 +57,8 @@ def test_failed_plot_write_leaves_nothing_and_keeps_the_old_file(tmp_path, monke
     monkeypatch.setattr(type(_figure()), "savefig", half_then_fail)
     with pytest.raises(OSError, match="No space"):
         viz.save_figure(_figure(), out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
-    assert out.read_bytes() == b"the previous plot"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locvtp-files.json", "plot.png"]
+    assert out.read_bytes() == before
 
 
 def test_save_figure_refuses_a_directory_or_unknown_extension(tmp_path):
@@ -72,4 +72,4 @@ def test_save_figure_refuses_a_directory_or_unknown_extension(tmp_path):
         viz.save_figure(_figure(), tmp_path / "p.foo")
     assert list(tmp_path.iterdir()) == []
     p = viz.save_figure(_figure(), tmp_path / "noext")  # no extension: PNG
-    assert p.read_bytes()[:4] == b"\x89PNG" and [q.name for q in tmp_path.iterdir()] == ["noext"]
+    assert p.read_bytes()[:4] == b"\x89PNG" and sorted(q.name for q in tmp_path.iterdir()) == [".locvtp-files.json", "noext"]

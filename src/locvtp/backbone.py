@@ -270,24 +270,24 @@ def train_backbone(args: argparse.Namespace, progress: bool = True) -> BackboneR
             right = {h: classifiers[h](feats).argmax(1).numpy() == held.labels[h] for h in heads}
         per_head = {h: float(r.mean()) for h, r in right.items()}
         acc = float(np.logical_and.reduce([right[h] for h in heads]).mean())
-    from locvtp.files import atomic_path, atomic_write_text
+    from locvtp.files import owned_file, write_owned_text
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out, suffix=".safetensors") as tmp:
+    with owned_file(out, "backbone", suffix=".safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
                   metadata={"encoder": "tiny3d", "width": str(args.width), "norm": args.norm, "labels": args.labels})
     res = BackboneResult(str(out), args.labels, classes, len(train), len(held), acc, per_head, args.steps,
                          round(time.time() - t0, 1), skipped)
-    atomic_write_text(out.with_suffix(".json"),
-                      json.dumps({**asdict(res), "args": vars(args)}, indent=1, default=str))
+    write_owned_text(out.with_suffix(".json"), json.dumps({**asdict(res), "args": vars(args)}, indent=1, default=str),
+                     "backbone")
     return res
 
 
 def check_args(args: argparse.Namespace) -> None:
     """The mistakes a run would otherwise find late (after decoding every video) or never: a missing --data or
-    annotation file, an output that is a directory, that has the summary's name, or that is an input file."""
-    from locvtp.files import check_apart
+    annotation file, an output that is a directory, that has the summary's name, or that is an input file; and
+    an output (weights or summary) that exists and was not written by locvtp (:func:`locvtp.files.check_file_output`)."""
+    from locvtp.files import check_apart, check_file_output
 
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir():
@@ -306,6 +306,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {out}: the .json summary is written next to the weights; give a .safetensors "
                          "name")
     check_apart(out, {flag: data / rel for flag, rel in needed if rel})  # inside --data is fine, over an input not
+    check_file_output(out, "backbone", "--out")
+    check_file_output(out.with_suffix(".json"), "backbone", "--out's summary")
 
 
 _at_least_8 = ranged(int, 8)

@@ -21,7 +21,7 @@ from typing import Sequence
 from locvtp.cliargs import ArgumentParser, nonnegative_int, warn
 from locvtp.config import find_config
 from locvtp.errors import LocVTPError
-from locvtp.files import atomic_write_text
+from locvtp.files import check_file_output, write_owned_text
 
 # Columns of the demo table: (results.json key, table header).
 COLUMNS: list[tuple[str, str]] = [
@@ -131,6 +131,7 @@ def _backbone(out: Path, world: Path, cfg_path: Path, overrides: Sequence[str], 
             "--clip-seconds", str(float(cfg.data.clip_seconds)), "--steps", str(BACKBONE_STEPS.get(preset, 400)),
             "--seed", str(seed)]
     if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
         res = train_backbone(build_parser().parse_args(argv), progress=progress)
         print(f"[demo] backbone: {res.train_clips} labelled {res.labels} clips, held-out clip accuracy "
               f"{describe_accuracy(res)} -> {path}")
@@ -244,6 +245,21 @@ def _last_step(metrics: Path) -> int:
     return int(rows[-1].get("step", 0)) if rows else 0
 
 
+PLOTS = ("training_curves", "similarity_heatmap", "grounding_timeline")  # out/plots/<name>.png
+
+
+def _check_report_files(out: Path, command: str, names: Sequence[str]) -> None:
+    """Before anything is generated or trained: ``--out`` is a directory (or absent) and none of the report
+    files this run writes there is a file the user owns (:func:`locvtp.files.check_file_output`; never
+    replaced, whatever the options)."""
+    from locvtp.errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the {command} run")
+    for name in names:
+        check_file_output(out / name, command, "--out", make_parent=True)
+
+
 def _plots(out: Path, world: Path, ckpts: dict[str, Path], eval_dirs: dict[str, Path]) -> dict[str, str]:
     """Training curves, a clip×word heatmap and a grounding timeline for one held-out query."""
     import numpy as np
@@ -354,6 +370,7 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESET_OVERRIDES)}")
     t0 = time.time()
     out = Path(out)
+    _check_report_files(out, "demo", ["results.json", "report.md", *(f"plots/{n}.png" for n in PLOTS if plots)])
     out.mkdir(parents=True, exist_ok=True)
     stages: list[Stage] = []
 
@@ -409,8 +426,9 @@ def run_demo(out: str | Path = "demo_run", preset: str = "demo", seed: int = 0, 
     summary = {**results, "wall_seconds": wall, "peak_rss": rss, "stages": [s.__dict__ for s in stages],
                "preset": preset, "seed": seed, "checkpoints": {k: str(v) for k, v in ckpts.items()},
                "world": _world_record(world, world_manifest)}
-    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
-    atomic_write_text(out / "report.md", _report(table, commands, cfg_path, plot_paths, out, wall, rss, preset, seed))
+    write_owned_text(out / "results.json", json.dumps(summary, indent=2), "demo")
+    write_owned_text(out / "report.md", _report(table, commands, cfg_path, plot_paths, out, wall, rss, preset, seed),
+                     "demo")
     print()
     print(table)
     print(f"\n[demo] wall time {wall:.0f} s, peak RSS {rss['self_mb']:.0f} MB (largest child {rss['largest_child_mb']:.0f} MB)")
@@ -498,7 +516,7 @@ def _store_row(path: Path, name: str, metrics: dict) -> dict[str, dict]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         rows = _load_rows(path)
         rows[name] = metrics
-        atomic_write_text(path, json.dumps(rows, indent=2))
+        write_owned_text(path, json.dumps(rows, indent=2), "ablate")
         return rows
     finally:
         os.close(fd)  # releases the lock
@@ -517,8 +535,9 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
     from locvtp.downstream import evaluate_all
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     target, stem, eval_dir = _evaluation_target(eval_world)
+    _check_report_files(out, "ablate", [f"{stem}.json", f"{stem}.md"])
+    out.mkdir(parents=True, exist_ok=True)
     world, _ = prepare_world(world, out, preset, progress, label="ablate")
     target = target or world
     cfg_path = find_config("pretrain_synthetic")
@@ -542,9 +561,9 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = "demo", seed: i
                              name, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     table = format_table(results)
     where = "" if eval_world is None else f" (evaluated on `{target}`)"
-    atomic_write_text(out / f"{stem}.md", f"# locvtp ablation{where}\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
+    write_owned_text(out / f"{stem}.md", f"# locvtp ablation{where}\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
         f"- {n}: `{' '.join(ABLATIONS[n]) or '(defaults)'}`" if n in ABLATIONS else f"- {n}: (not a current row)"
-        for n in results) + "\n")
+        for n in results) + "\n", "ablate")
     print(table)
     return results
 

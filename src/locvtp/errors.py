@@ -36,6 +36,11 @@ class NotOwnedError(UsageError):
     """An output path holds something this command did not write, so it will not delete or replace it."""
 
 
+class OutputError(LocVTPError, OSError):
+    """An output cannot be written where the user asked (its folder is a file, read-only, full, ...): the message
+    names the user's output path and the cause, never a hidden temporary or lock file of ours."""
+
+
 class NonFiniteFeaturesError(LocVTPError, ValueError):
     """A feature file holds NaN or infinite values for a video (the message names the file and the video)."""
 
@@ -178,5 +183,5 @@ def writing(path: "str | os.PathLike[str]", flag: Optional[str] = None, note: st
         sys.unraisablehook = hook
 
 
-__all__ = ["ENVIRONMENT_ERRNOS", "LocVTPError", "NonFiniteFeaturesError", "NotOwnedError", "OutputBusyError",
+__all__ = ["ENVIRONMENT_ERRNOS", "LocVTPError", "NonFiniteFeaturesError", "NotOwnedError", "OutputBusyError", "OutputError",
            "OutputOSError", "UsageError", "broken_link", "describe_os_error", "os_errno", "os_error_words", "user_path", "writing"]

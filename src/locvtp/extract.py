@@ -77,7 +77,7 @@ from locvtp.featurestore import (  # noqa: F401
 from locvtp.featurestore.writer import (  # noqa: F401
     _check_dir_output, _discard_dir_output, _discard_h5_output, _own_h5_attrs, tqdm_maybe,
 )
-from locvtp.files import OutputLock, check_apart, overlaps
+from locvtp.files import OutputLock, check_apart, check_file_output, overlaps
 
 Result = ClipFeatures  # one video's clip vectors (the record the writers take)
 FEATURE_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".npy", ".npz")
@@ -255,6 +255,8 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
     check_apart(failures_path, inputs, out_flag="--failures")
     if overlaps(failures_path, out) == "is":
         raise UsageError(f"--failures {failures_path} is the --out file: choose another failures file")
+    check_file_output(failures_path, "extract", "--failures" if args.failures else "--out's failures file",
+                      make_parent=True)  # a user's file by that name is never replaced
     if args.overwrite and args.format != "h5" and world > 1:
         raise UsageError("--overwrite with a directory format under torchrun would race between ranks: "
                          f"run `locvtp extract --overwrite` once without torchrun, or delete {out} yourself")

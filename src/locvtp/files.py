@@ -7,7 +7,11 @@ that every command follows the same way:
   then ``os.replace``d over it: a kill at any moment leaves the old file or the new one, never half of one;
 * **ownership** — a directory a command fills gets a manifest (``.locvtp-manifest.json``) naming the command
   and the files it wrote; :func:`remove_owned` deletes exactly those, and :func:`replace_dir` refuses a target
-  that holds anything else;
+  that holds anything else. A single file a command writes (``--plot F.png``, ``--out scores.json``, a
+  report) is recorded in its directory's ledger (``.locvtp-files.json``: writer, size, mtime, inode);
+  :func:`check_file_output` refuses, before any work, a path that exists and is not such a file unchanged since,
+  and :func:`owned_file` replaces it atomically and records it. The rule is the same for every command and has
+  no ``--force``: what a user owns is never replaced or deleted;
 * **inputs stay apart from outputs** — :func:`check_apart` refuses an output that is, contains or lies inside an
   input, before anything is written;
 * **one writer per output** — :class:`OutputLock` is an advisory ``flock`` on ``.NAME.lock`` next to the output;
@@ -23,14 +27,16 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional
 
-from locvtp.errors import NotOwnedError, OutputBusyError, UsageError
+from locvtp.errors import NotOwnedError, OutputBusyError, OutputError, UsageError
 
 MANIFEST = ".locvtp-manifest.json"
+LEDGER = ".locvtp-files.json"
 TMP_TAG = ".tmp-"
 OLD_TAG = ".old-"
 
@@ -226,7 +232,7 @@ def foreign_entries(directory: str | os.PathLike, writer: str) -> list[str]:
     owned = set(m.files) if m is not None and m.writer == writer else set()
     out = []
     for q in sorted(d.iterdir()):
-        if q.name == MANIFEST or q.name in owned or temporary_of(q.name) is not None or (
+        if q.name in (MANIFEST, LEDGER) or q.name in owned or temporary_of(q.name) is not None or (
                 q.name.startswith(".") and q.name.endswith(".lock")):
             continue
         if q.is_dir() and not q.is_symlink():
@@ -263,6 +269,8 @@ def remove_owned(directory: str | os.PathLike, writer: str) -> int:
         with contextlib.suppress(OSError):
             sub.rmdir()  # only the folders our files lived in, once they are empty
     with contextlib.suppress(OSError):
+        if [q.name for q in d.iterdir()] == [LEDGER]:
+            (d / LEDGER).unlink()  # it recorded only files of ours, and none is left
         d.rmdir()
     return n
 
@@ -309,6 +317,33 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike, writer: str, wha
         shutil.rmtree(old, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------------------------ OS errors
+_CAUSES = {
+    errno.ENOTDIR: "a path component is a file, not a directory",
+    errno.EEXIST: "a path component is a file, not a directory",
+    errno.EACCES: "no permission to write there",
+    errno.EPERM: "no permission to write there",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.ELOOP: "a symbolic link loops",
+}
+
+
+def output_error(path: str | os.PathLike, exc: OSError, flag: str = "") -> OutputError:
+    """The one-line error for an OS failure while writing the user's output ``path``: it names ``path`` (and
+    ``flag``) and the cause, not the hidden temporary, lock or parent the OS named. Nothing was replaced: every
+    writer here goes through a temporary."""
+    cause = _CAUSES.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        bad = next((q for q in reversed(Path(path).parents) if q.exists() and not q.is_dir()), None)
+        if bad is not None:
+            cause = f"{bad} is a file, not a directory"
+    where = f"{flag} {path}" if flag else str(path)
+    return OutputError(f"{where}: cannot write it: {cause} (nothing was replaced)")
+
+
 # ------------------------------------------------------------------------------------------------ one writer
 class OutputLock:
     """An advisory lock on one output path: ``flock`` on ``.NAME.lock`` beside it, held for the whole run.
@@ -316,12 +351,15 @@ class OutputLock:
     Why a sibling file: it works the same for file and directory outputs and for outputs that do not exist yet.
     The lock file names its holder (pid and command) for the message a second run prints; it is removed on
     release, and a run that acquires it checks it still locks the file at that path (a holder that just removed
-    it may have been waited on), so two runs can never both hold one output.
+    it may have been waited on), so two runs can never both hold one output. ``wait=True`` blocks instead of
+    refusing (short critical sections: a manifest or ledger update). An OS failure (the output's folder is a
+    file, read-only, ...) is an :class:`~locvtp.errors.OutputError` naming the output, not the lock file.
     """
 
-    def __init__(self, path: str | os.PathLike, command: str):
+    def __init__(self, path: str | os.PathLike, command: str, wait: bool = False):
         self.path = Path(path)
         self.command = command
+        self.wait = wait
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
         self._fd: Optional[int] = None
 
@@ -333,36 +371,47 @@ class OutputLock:
         pid, _, cmd = text.partition(" ")
         return f"`locvtp {cmd}` (pid {pid})" if pid.isdigit() and cmd else "another process"
 
-    def acquire(self) -> "OutputLock":
+    def _lock_once(self) -> Optional[int]:
+        """An fd locking the file now at ``lock_path``, or None when that file changed under us (retry)."""
         import fcntl
 
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise OutputBusyError(f"{self.path}: {self._holder()} is writing this output; wait for it to "
-                                          "finish or choose another output") from None
-                raise
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the previous holder removed the file between our open and our lock: take the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {self.command}\n".encode())
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise OutputBusyError(f"{self.path}: {self._holder()} is writing this output; wait for it to "
+                                      "finish or choose another output") from None
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the previous holder removed the file between our open and our lock: take the new one
+        return None
+
+    def acquire(self) -> "OutputLock":
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = None
+            while fd is None:
+                fd = self._lock_once()
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {self.command}\n".encode())
+        except OutputBusyError:
+            raise
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
         self._fd = fd
         return self
 
     def release(self) -> None:
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             self.lock_path.unlink()  # while still locked: a waiter then sees a stale inode and retries
         os.close(self._fd)
         self._fd = None
@@ -374,9 +423,129 @@ class OutputLock:
         self.release()
 
 
+# ------------------------------------------------------------------------------------------------ single files
+# Why a ledger and not the file's content: the rule must hold for every format (PNG, JSON, safetensors, JSONL)
+# without sniffing, and a file that merely looks like ours (a user's copy, an edited report) must stay theirs.
+# A file counts as ours only while its size, mtime and inode are those recorded when we wrote it: a user who
+# edits or replaces it makes it theirs. An unreadable ledger claims nothing.
+def _stat_record(st: os.stat_result) -> dict[str, int]:
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "ino": int(st.st_ino)}
+
+
+def read_ledger(directory: str | os.PathLike) -> dict[str, dict]:
+    """``{file name: {writer, size, mtime_ns, ino}}`` of the files locvtp wrote in ``directory`` ({} when there
+    is no ledger or it is unreadable: then nothing there is ours)."""
+    try:
+        raw = json.loads((Path(directory) / LEDGER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = raw.get("files") if isinstance(raw, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {str(k): v for k, v in files.items() if isinstance(v, dict)}
+
+
+def _matches(rec: dict, st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and all(rec.get(k) == v for k, v in _stat_record(st).items())
+
+
+def file_writer(path: str | os.PathLike) -> Optional[str]:
+    """The command that wrote the regular file at ``path``, when locvtp wrote it and it is unchanged since;
+    None for anything else (a user's file, an edited one, a link, a directory, nothing)."""
+    p = Path(path)
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return None
+    rec = read_ledger(p.parent).get(p.name)
+    if rec is None or not _matches(rec, st):
+        return None
+    return str(rec.get("writer") or "") or None
+
+
+def _refuse_foreign_file(p: Path, flag: str) -> None:
+    where = f"{flag} {p}" if flag else str(p)
+    if p.is_dir() and not p.is_symlink():
+        raise NotOwnedError(f"{where} is a directory; give a file name (nothing was written)")
+    if (p.exists() or p.is_symlink()) and file_writer(p) is None:
+        raise NotOwnedError(f"{where} exists and was not written by locvtp (or was changed since): refusing to "
+                            "replace it (nothing was written); move it or choose another path")
+
+
+def check_file_output(path: str | os.PathLike, command: str, flag: str, make_parent: bool = False) -> Path:
+    """Check, before any work, that ``command`` may write the file ``path`` given as ``flag``: its folder
+    exists (``make_parent``: may be created; a :class:`UsageError` otherwise) and ``path`` is absent or a file
+    locvtp wrote and nobody changed since (else :class:`NotOwnedError`). There is no ``--force`` for this."""
+    p = Path(path)
+    where = f"{flag} {p}" if flag else str(p)
+    parent = p.parent
+    blocker = next((q for q in [*reversed(parent.parents), parent] if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"{where}: {blocker} is not a directory (nothing was written)")
+    if not parent.exists() and not make_parent:
+        raise UsageError(f"{where}: directory {parent} does not exist (nothing was written)")
+    _refuse_foreign_file(p, flag)
+    probe = parent if parent.exists() else next((q for q in parent.parents if q.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{where}: cannot write it: no permission to write in {probe} (nothing was written)")
+    return p
+
+
+def _record(target: Path, command: str) -> None:
+    """Add ``target`` (just written) to its directory's ledger, dropping entries that no longer match their
+    file. Called under the ledger's lock."""
+    d = target.parent
+    ledger = {}
+    for name, rec in read_ledger(d).items():
+        with contextlib.suppress(OSError):
+            if _matches(rec, os.lstat(d / name)):
+                ledger[name] = rec
+    ledger[target.name] = {"writer": command, **_stat_record(os.lstat(target))}
+    atomic_write_json(d / LEDGER, {"files": ledger})
+
+
+@contextlib.contextmanager
+def owned_file(path: str | os.PathLike, command: str, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write ``path``; on success it replaces ``path`` atomically and is recorded as
+    ``command``'s in the folder's ledger; on failure it is removed and ``path`` is as it was. ``path`` is
+    checked again just before the replacement (under the ledger's lock, so concurrent writers into one folder
+    lose no entry): a file a user put there meanwhile is not replaced either.
+
+    >>> with owned_file("scores.json", "score") as tmp:
+    ...     tmp.write_text(text)
+    """
+    target = Path(path)
+    tmp = temp_path(target, suffix)
+    try:
+        try:
+            yield tmp
+            fsync_file(tmp)
+            with OutputLock(target.parent / LEDGER, command, wait=True):
+                _refuse_foreign_file(target, "")
+                os.replace(tmp, target)
+                _record(target, command)
+        except OSError as exc:
+            if isinstance(exc, OutputError) or exc.filename is None or Path(exc.filename) != tmp:
+                raise
+            raise output_error(target, exc) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(target.parent)
+
+
+def write_owned_text(path: str | os.PathLike, text: str, command: str) -> Path:
+    """:func:`owned_file` for a text file (UTF-8)."""
+    with owned_file(path, command) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 __all__ = [
-    "MANIFEST", "Manifest", "OutputLock", "atomic_path", "atomic_write_bytes", "atomic_write_json",
-    "atomic_write_text", "check_apart", "check_replaceable_dir", "foreign_entries", "fsync_dir", "fsync_file",
-    "overlaps", "read_manifest", "remove_owned", "remove_stale_temporaries", "replace_dir", "stale_temporaries",
-    "temp_path", "temporaries_in", "temporary_of", "write_manifest",
+    "LEDGER", "MANIFEST", "Manifest", "OutputLock", "atomic_path", "atomic_write_bytes", "atomic_write_json",
+    "atomic_write_text", "check_apart", "check_file_output", "check_replaceable_dir", "file_writer",
+    "foreign_entries", "fsync_dir", "fsync_file", "output_error", "overlaps", "owned_file", "read_ledger",
+    "read_manifest", "remove_owned", "remove_stale_temporaries", "replace_dir", "stale_temporaries", "temp_path",
+    "temporaries_in", "temporary_of", "write_manifest", "write_owned_text",
 ]

@@ -100,7 +100,7 @@ def plot_grounding(result: GroundingResult, out: str | Path, title: Optional[str
     fig.tight_layout()
     from locvtp.viz import save_figure
 
-    return save_figure(fig, out, dpi=110)
+    return save_figure(fig, out, dpi=110, command="ground")
 
 
 def build_parser():
@@ -136,11 +136,13 @@ def build_parser():
 
 
 def _check_plot_path(path: str) -> Path:
-    """``--plot`` checked before any work: not a directory, an existing parent directory, a known image type.
+    """``--plot`` checked before any work: not a directory, an existing parent directory, a known image type,
+    and not a file locvtp did not write (:func:`locvtp.files.check_file_output`: never replaced).
 
     Why exit 2 (a usage error): the argument names the wrong kind of thing, like a bad value argparse refuses,
     and nothing has been computed yet. A missing directory is not created: a typo must not leave new directories.
     """
+    from locvtp.files import check_file_output
     from locvtp.viz import check_figure_path
 
     out = Path(path)
@@ -148,11 +150,7 @@ def _check_plot_path(path: str) -> Path:
         check_figure_path(out)
     except UsageError as exc:
         raise UsageError(f"--plot {exc}") from None
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        what = "is not a directory" if parent.exists() else "does not exist"
-        raise UsageError(f"--plot {out}: directory {parent} {what}")
-    return out
+    return check_file_output(out, "ground", "--plot")
 
 
 def _device(spec: str) -> str:

@@ -181,15 +181,16 @@ def build_parser() -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from locvtp.files import check_apart, check_file_output, write_owned_text
+
     args = build_parser().parse_args(argv)
     name = args.name or args.task
+    if args.out:  # before the work: a user's file at --out is never replaced
+        check_apart(args.out, {"--predictions": args.predictions, "--annotations": args.annotations})
+        check_file_output(args.out, "score", "--out")
     res = score_grounding(args.predictions, args.annotations, name, args.durations, args.require_all)
     if args.out:
-        from locvtp.files import atomic_write_text, check_apart
-
-        check_apart(args.out, {"--predictions": args.predictions, "--annotations": args.annotations})
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
+        write_owned_text(args.out, json.dumps(res, indent=1) + "\n", "score")
     print(json.dumps(res["metrics"], indent=1))
     note = f"; {res['unpredicted']} annotated queries have no prediction" if res["unpredicted"] else ""
     print(f"scored {res['queries']} of {res['annotated']} queries{note}", file=sys.stderr)

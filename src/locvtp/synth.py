@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
         plain_os = isinstance(exc, OSError) and not isinstance(exc, LocVTPError)  # errno in words, not "[Errno 1]"
         print(f"locvtp synth: error: {describe_os_error(exc) if plain_os else exc}", file=sys.stderr)
-        return 1
+        return int(getattr(exc, "exit_code", 1))  # a user's file in the way: 2 (usage), like every command
     c = m["counts"]
     verb = "reusing the complete world already in" if m.get("reused") else "wrote"
     print(f"{verb} {args.out} (seed={m['seed']}, preset={m['preset']}, generator {m['generator_version']}) "

@@ -16,21 +16,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def save_figure(fig, out: str | os.PathLike, dpi: int = 110, make_parent: bool = True, **kwargs) -> Path:
+def save_figure(fig, out: str | os.PathLike, dpi: int = 110, make_parent: bool = True, command: str = "plot",
+                **kwargs) -> Path:
     """Write ``fig`` to ``out`` atomically and close it; on any failure nothing is left behind.
 
     Why: a plot written in place and interrupted (or refused by matplotlib) left a half-written PNG or a
     ``.tmp`` sibling. The format follows ``out``'s extension (none: PNG); an extension matplotlib cannot write
-    is a :class:`~locvtp.errors.UsageError` naming the file, raised before anything is written.
+    is a :class:`~locvtp.errors.UsageError` naming the file, raised before anything is written. ``out`` is
+    written as ``command``'s own file (:func:`locvtp.files.owned_file`): a file there that locvtp did not write
+    is refused (:class:`~locvtp.errors.NotOwnedError`), never replaced.
     """
-    from locvtp.files import atomic_path
+    from locvtp.files import check_file_output, owned_file
 
     out = Path(out)
     try:
         fmt = check_figure_path(out)
+        check_file_output(out, command, "", make_parent=make_parent)
         if make_parent:
             out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out, suffix=out.suffix or ".png") as tmp:
+        with owned_file(out, command, suffix=out.suffix or ".png") as tmp:
             fig.savefig(tmp, dpi=dpi, format=fmt, **kwargs)
     finally:
         plt.close(fig)

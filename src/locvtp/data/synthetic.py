@@ -17,7 +17,6 @@ import csv
 import hashlib
 import io
 import json
-import shutil
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -1157,7 +1156,10 @@ def _is_complete(out: Path, manifest: dict[str, Any]) -> bool:
 
 
 class WorldExistsError(LocVTPError, FileExistsError):
-    """The output directory holds something else (another world or foreign files); use force=True."""
+    """The output directory holds something else (another world or foreign files); use force=True. A choice
+    of paths, so a usage error (exit 2) like every refused output."""
+
+    exit_code = 2
 
 
 class NotAWorldError(LocVTPError, ValueError):
@@ -1231,6 +1233,63 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
         raise WorldExistsError(f"{path}: unreadable manifest ({exc}); use --force to regenerate") from None
 
 
+def _world_files(out: Path, manifest: dict[str, Any] | None) -> tuple[set[str], dict[str, str]]:
+    """(every file the world in ``out`` wrote, relative; sha256 of its annotation files) from its manifest, or
+    for an interrupted generation from the request recorded in ``IN_PROGRESS`` (nothing else is ours)."""
+    if manifest is None:
+        try:
+            req = json.loads((out / IN_PROGRESS).read_text(encoding="utf-8"))
+            plan = plan_world(int(req["seed"]), str(req["preset"]), _check_version(str(req["generator_version"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            return {IN_PROGRESS}, {}
+        manifest = _manifest(plan, build_annotations(plan))
+    sha = {str(k): str(v) for k, v in manifest.get("annotation_sha256", {}).items()}
+    videos = {f"videos/{v}.mp4" for vids in manifest.get("splits", {}).values() for v in vids}
+    return {*sha, *videos, "manifest.json", IN_PROGRESS}, sha
+
+
+def _remove_world_files(out: Path, manifest: dict[str, Any] | None) -> None:
+    """Delete the files of the world in ``out`` (its manifest's, or an interrupted run's) and the folders they
+    leave empty. Anything else inside the world's folders — a user's video in ``videos/``, notes in
+    ``grounding/``, an annotation file edited since — is never deleted: it is refused first (NotOwnedError,
+    naming the files), with or without ``force``."""
+    from locvtp.errors import NotOwnedError
+    from locvtp.files import temporary_of
+
+    owned, sha = _world_files(out, manifest)
+    mine: list[Path] = []
+    foreign: list[str] = []
+    for name in LAYOUT_ENTRIES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            inside = sorted(p.rglob("*"))
+        else:
+            inside = [p] if p.is_symlink() or p.exists() else []
+        for q in inside:
+            if q.is_dir() and not q.is_symlink():
+                continue
+            rel = q.relative_to(out).as_posix()
+            if temporary_of(q.name) is not None and q.is_file() and not q.is_symlink():
+                mine.append(q)  # a killed write's temporary (.NAME.tmp-PID-RAND): ours by its name
+            elif rel not in owned or q.is_symlink() or (rel in sha and _sha256(q.read_bytes()) != sha[rel]):
+                foreign.append(rel)
+            else:
+                mine.append(q)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise NotOwnedError(f"{out} holds files its synthetic world does not list ({shown}): refusing to delete or "
+                            "replace them, with or without --force (nothing was deleted); move them or choose "
+                            "another --out")
+    for q in mine:
+        q.unlink(missing_ok=True)
+    for name in LAYOUT_ENTRIES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            for sub in sorted((d for d in p.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+                sub.rmdir()
+            p.rmdir()
+
+
 def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", progress: bool = True,
                    force: bool = False, version: str = GENERATOR_VERSION) -> dict[str, Any]:
     """Write the synthetic world under `out_dir` and return its manifest.
@@ -1239,8 +1298,9 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
     version and the same annotation bytes — is reused as is (the returned manifest has ``"reused": True``).
     An outdated, incomplete or interrupted world of the same request is cleaned and regenerated. A directory
     holding a different world, or anything that is not a world of ours, raises WorldExistsError unless
-    `force`; regeneration deletes only the world's own entries (LAYOUT_ENTRIES), never anything else. The
-    manifest is written last, so its presence marks a complete world.
+    `force`; regeneration deletes only the files the old world's manifest lists (:func:`_remove_world_files`),
+    and a file inside the world's folders that it does not list is refused (NotOwnedError) even with `force`.
+    The manifest is written last, so its presence marks a complete world.
 
     ``version`` (GENERATOR_VERSIONS) is part of the request: a world of another version this code can still
     generate is a different world (WorldExistsError unless `force`); one of a version it no longer generates is
@@ -1281,13 +1341,8 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
             # e.g. a directory of real videos/: never delete what we did not write
             raise WorldExistsError(f"{out} is not empty and not a synthetic world (found {entries[:5]}); "
                                    f"choose another directory or use --force")
-        # Remove the world's own entries (never anything else): no stale file of an older world may survive.
-        for name in LAYOUT_ENTRIES:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        # Remove the world's own files (never anything else): no stale file of an older world may survive.
+        _remove_world_files(out, existing)
     out.mkdir(parents=True, exist_ok=True)
     # marks an interrupted run as ours, so that re-running the same command may clean it up and regenerate
     _atomic_write(out / IN_PROGRESS, json.dumps({"seed": seed, "preset": preset,

@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flank", type=int, default=2, help="clips just outside the moment that count as its flank")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args(argv)
+    from locvtp.files import check_file_output, write_owned_text
+
+    if a.json is not None:  # before the work: a user's file there is never replaced
+        check_file_output(a.json, "boundary_contrast", "--json")
     if a.summarize:
         print(summarize(a.summarize))
         return 0
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for ck, r in res.items():
         print(f"{ck:<{width}} " + " ".join(f"{r[k]:13.3f}" for k in keys))
     if a.json:
-        a.json.write_text(json.dumps(res, indent=2))
+        write_owned_text(a.json, json.dumps(res, indent=2), "boundary_contrast")
     return 0
 
 

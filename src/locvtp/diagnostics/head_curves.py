@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="downstream options (key=value)")
     ap.add_argument("--json", type=Path, default=None, help="also write every curve here")
     a = ap.parse_args(argv)
+    from locvtp.files import check_file_output, write_owned_text
+
+    if a.json is not None:  # before the work: a user's file there is never replaced
+        check_file_output(a.json, "head_curves", "--json")
     torch.set_num_threads(1)
     epochs = sorted(set(a.epochs))
     opts = check_options(load_options(None, a.overrides))
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             _print(name, epochs, results[name])
             sys.stdout.flush()
     if a.json:
-        a.json.write_text(json.dumps({"epochs": epochs, "seeds": a.seeds, "curves": results}, indent=2))
+        write_owned_text(a.json, json.dumps({"epochs": epochs, "seeds": a.seeds, "curves": results}, indent=2),
+                         "head_curves")
     return 0
 
 

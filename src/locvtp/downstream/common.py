@@ -92,27 +92,26 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON atomically (:func:`locvtp.files.atomic_write_text`: fsynced temporary sibling, then
-    ``os.replace``, removed on failure); numpy/torch values converted."""
-    from locvtp.files import atomic_write_text
+def write_json(path: str | os.PathLike, obj: Any, command: str = "evaluate") -> Path:
+    """Write ``obj`` as JSON atomically as ``command``'s own file (:func:`locvtp.files.write_owned_text`: a
+    temporary sibling, then ``os.replace``, removed on failure; a file there that locvtp did not write is
+    refused, never replaced); numpy/torch values converted."""
+    from locvtp.files import write_owned_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_jsonable(obj), indent=1, sort_keys=False) + "\n"  # before the file: a bad value writes nothing
-    atomic_write_text(path, text)
-    return path
+    return write_owned_text(path, text, command)
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
-    """Write one JSON object per line, atomically (as :func:`write_json`). Floats keep their full precision
-    (``repr`` round-trips), so a predictions file scores to exactly the figures it was made with."""
-    from locvtp.files import atomic_write_text
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any], command: str = "evaluate") -> Path:
+    """Write one JSON object per line, as :func:`write_json`. Floats keep their full precision (``repr``
+    round-trips), so a predictions file scores to exactly the figures it was made with."""
+    from locvtp.files import write_owned_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
-    return path
+    return write_owned_text(path, "".join(json.dumps(_jsonable(r)) + "\n" for r in rows), command)
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], title: str | None = None,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from locvtp.errors import NotOwnedError, UsageError
+from locvtp.errors import UsageError
 from locvtp.downstream.common import (
     DownstreamError, EvalContext, FeatureFile, TaskResult, VideoLocator, format_table, make_bank, seed_everything,
     write_json, write_jsonl,
@@ -336,47 +336,18 @@ def _run_tasks(ctx: EvalContext, tasks: Sequence[str], opts: DownstreamOptions, 
     return flat
 
 
-# The keys that mark a JSON file as written by evaluate: it may be replaced by a new run, anything else may not.
-_OWN_KEYS = {"metrics.json": {"checkpoint", "metrics", "tasks"}, "task": {"task", "metrics", "info", "predictions"}}
-
-
 def _check_out(out: Path, tasks: Sequence[str]) -> None:
     """``--out`` must be a directory (or not exist yet), and every file this run will write there must be absent
-    or an earlier evaluate's output: a user's own ``metrics.json`` in that directory is not overwritten."""
-    import json
+    or an earlier locvtp output unchanged since (:func:`locvtp.files.check_file_output`): a user's own
+    ``metrics.json`` in that directory is not overwritten, and the check comes before any work."""
+    from locvtp.files import check_file_output
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; give a directory for <task>.json and metrics.json")
-    for name in [f"{t}.json" for t in tasks] + ["metrics.json"]:
-        f = out / name
-        if not f.exists():
-            continue
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = None
-        keys = _OWN_KEYS["metrics.json" if name == "metrics.json" else "task"]
-        if not (isinstance(data, dict) and keys <= set(data)):
-            raise NotOwnedError(f"--out {out}: {f} exists and was not written by locvtp evaluate; it is not "
-                                "overwritten (choose another --out, or move the file)")
-    for name in PREDICTION_FILES.get("grounding", ()) if "grounding" in tasks else ():
-        f = out / name
-        if f.exists() and not _is_predictions_file(f):
-            raise NotOwnedError(f"--out {out}: {f} exists and was not written by locvtp evaluate; it is not "
-                                "overwritten (choose another --out, or move the file)")
-
-
-def _is_predictions_file(f: Path) -> bool:
-    """True for an (empty, or) predictions file evaluate wrote: its first line is a prediction record."""
-    import json
-
-    try:
-        with open(f, encoding="utf-8") as fh:
-            first = fh.readline()
-        data = json.loads(first) if first.strip() else {}
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and (not data or {"qid", "vid", "pred_relevant_windows"} <= set(data))
+    names = [f"{t}.json" for t in tasks] + ["metrics.json"]
+    names += list(PREDICTION_FILES.get("grounding", ())) if "grounding" in tasks else []
+    for name in names:
+        check_file_output(out / name, "evaluate", "--out", make_parent=True)
 
 
 def report_skipped(bank: Any, total: int, out: Path | None = None, limit: int = 20) -> None:

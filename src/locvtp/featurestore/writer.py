@@ -42,8 +42,9 @@ from locvtp.errors import NotOwnedError, UsageError
 from locvtp.featurestore.reader import FeatureError, _decode_attr, iter_features, safe_name
 from locvtp.featurestore.record import ClipFeatures
 from locvtp.files import (
-    MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, overlaps, read_manifest, remove_owned,
-    remove_stale_temporaries, remove_temporaries_in, write_manifest,
+    MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, check_file_output, file_writer,
+    overlaps, read_manifest, remove_owned, remove_stale_temporaries, remove_temporaries_in, write_manifest,
+    write_owned_text,
 )
 
 FEATURE_FORMAT = "locvtp-features"
@@ -95,6 +96,7 @@ class _Writer:
         self.settings = settings
         self.failures_path = failures_path
         self.default_failures = default_failures  # the failures file named after this output (see write_failures_file)
+        self.command = "extract"
         self.journal = journal
         self.journal.mkdir(parents=True, exist_ok=True)
         (self.journal / "failed").mkdir(exist_ok=True)
@@ -135,7 +137,7 @@ class _Writer:
                 recs.append(rec)
         recs.sort(key=lambda r: r["video_id"])
         rows = recs + [skipped_row(r) for r in skipped]
-        write_failures_file(self.failures_path, sorted(rows, key=_failure_key), self.default_failures)
+        write_failures_file(self.failures_path, sorted(rows, key=_failure_key), self.command, self.default_failures)
         return recs
 
 
@@ -159,18 +161,20 @@ def _is_failures_file(path: Path) -> bool:
     return all(isinstance(r, dict) and "video_id" in r and "reason" in r for r in rows)
 
 
-def write_failures_file(path: Path, rows: Sequence[Mapping[str, Any]], default: bool) -> None:
-    """Write ``rows`` (one JSON object per line) to ``path`` atomically, only when there is one (an empty file said
-    nothing). With none, a failures file an earlier run left at ``path`` is removed when it is ours: it holds only
-    failures rows and is either non-empty or the file named after the output (``default``; older versions wrote
-    it empty). Anything else at ``path`` is kept."""
+def write_failures_file(path: Path, rows: Sequence[Mapping[str, Any]], command: str, default: bool = False) -> None:
+    """Write ``rows`` (one JSON object per line) to ``path`` through the output rule (:func:`locvtp.files.
+    write_owned_text`: a user's file there is refused, ours replaced atomically), only when there is one (an empty
+    file said nothing). With none, a failures file an earlier run left at ``path`` is removed when it is ours: the
+    ledger says locvtp wrote it, or it is the file named after the output (``default``) holding only failures rows
+    (versions before the ledger wrote it, often empty). Anything else at ``path`` is kept."""
     path = Path(path)
     if rows:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, "".join(json.dumps(dict(r)) + "\n" for r in rows))
+        write_owned_text(path, "".join(json.dumps(dict(r)) + "\n" for r in rows), command)
         return
-    if path.is_file() and not path.is_symlink() and _is_failures_file(path) and (
-            default or path.stat().st_size > 0):
+    if not path.is_file() or path.is_symlink():
+        return
+    if file_writer(path) is not None or (default and _is_failures_file(path)):
         path.unlink()
 
 
@@ -383,17 +387,10 @@ def _read_json(path: Path) -> Any:
         raise ExtractError(f"{path}: not valid JSON ({exc})") from None
 
 
-@contextlib.contextmanager
-def _manifest_lock(directory: Path):
-    """A short blocking lock around a manifest update, so ranks folding their claims at once lose none."""
-    import fcntl
-
-    fd = os.open(directory / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _manifest_lock(directory: Path) -> OutputLock:
+    """A short blocking lock around a manifest update, so ranks folding their claims at once lose none (its
+    ``.locvtp-manifest.json.lock`` is removed on release)."""
+    return OutputLock(directory / MANIFEST, "extract", wait=True)
 
 
 def _fold_claims(out: Path, claim_files: list[Path]) -> None:
@@ -516,6 +513,7 @@ def merge_shards(shards: list[Path], out: Path, failures_out: Optional[Path] = N
     for sh in shards:
         if overlaps(sh, fpath) == "is":
             raise UsageError(f"--failures {fpath} is one of the input shards: choose another failures file")
+    check_file_output(fpath, "merge", "--failures" if failures_out else "--out's failures file", make_parent=True)
     with OutputLock(out, "merge"):
         remove_stale_temporaries(out)
         if out.exists() or out.is_symlink():
@@ -576,7 +574,7 @@ def _merge_locked(shards: list[Path], out: Path, fpath: Path, progress: bool) ->
                             continue
     # a skipped input stays listed even when its id was extracted from another file (a shared id)
     recs = [r for k, r in sorted(fail_recs.items()) if r.get("skipped") or r["video_id"] not in seen]
-    write_failures_file(fpath, recs, default=fpath == out.with_name(f"{out.stem}.failures.jsonl"))
+    write_failures_file(fpath, recs, "merge", default=fpath == out.with_name(f"{out.stem}.failures.jsonl"))
     return len(seen), sum(1 for r in recs if not r.get("skipped"))
 
 

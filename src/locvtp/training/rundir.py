@@ -21,8 +21,13 @@ from locvtp.errors import UsageError
 
 PROG = "locvtp pretrain"
 
-__all__ = ["RunExistsError", "check_model_paths", "check_run_dir", "clean_partial_writes", "existing_path",
-           "find_resume", "list_checkpoints", "rotate_checkpoints"]
+__all__ = ["RUN_ENTRIES", "RunExistsError", "check_model_paths", "check_run_dir", "claim_run_dir",
+           "clean_partial_writes", "existing_path", "find_resume", "list_checkpoints", "rotate_checkpoints"]
+
+# What a run writes at the top of its directory (the rest of --out is never touched).
+RUN_ENTRIES = ("config.yaml", "tokenizer", "metrics.jsonl", "bad_samples.jsonl", "video_index.json", "cache",
+               "checkpoints", "final", "tensorboard", "val")
+RUN_WRITER = "pretrain"
 
 
 class RunExistsError(UsageError, FileExistsError):
@@ -96,6 +101,7 @@ def check_run_dir(run: Path, cfg: Any) -> None:
 
     if run.exists() and not run.is_dir():
         raise UsageError(f"--out {run} is a file; the run directory must be a directory (or not exist yet)")
+    _check_run_owned(run)
     root = Path(os.path.expanduser(str(cfg.data.root)))
     how = overlaps(run, root)
     if how in ("is", "contains"):
@@ -105,6 +111,40 @@ def check_run_dir(run: Path, cfg: Any) -> None:
     if pixels != is_pixel_encoder(name):
         need = "tiny3d or c3d" if pixels else "features"
         raise ConfigError(f"data.kind={cfg.data.kind} needs model.video.name={need}, got model.video.name={name}")
+
+
+def _is_run_of_ours(run: Path) -> bool:
+    """``run`` was made by ``pretrain``: its manifest says so, or (a run of a locvtp before manifests) it holds
+    a checkpoint locvtp wrote."""
+    from locvtp.files import read_manifest
+
+    m = read_manifest(run)
+    return (m is not None and m.writer == RUN_WRITER) or bool(list_checkpoints(run))
+
+
+def _check_run_owned(run: Path) -> None:
+    """Refuse an existing ``--out`` that is not a run directory of ours but holds a name a run writes (a user's
+    ``config.yaml``, ``checkpoints/``, ...): those would be replaced or deleted. Other files there are left alone,
+    so a run may go into a folder that holds, say, notes or a log."""
+    from locvtp.errors import NotOwnedError
+
+    if not run.is_dir() or _is_run_of_ours(run):
+        return
+    clash = [n for n in RUN_ENTRIES if (run / n).exists() or (run / n).is_symlink()]
+    if clash:
+        raise NotOwnedError(f"--out {run} is not a run directory of `locvtp pretrain` but holds {', '.join(clash)}, "
+                            "which a run writes: refusing to replace them (nothing was written); choose another "
+                            "--out or move them")
+
+
+def claim_run_dir(run: Path) -> None:
+    """Create the run directory (rank 0, after :func:`check_run_dir`) and record it as ``pretrain``'s, so later
+    runs and resumes know its entries (RUN_ENTRIES) are ours to replace."""
+    from locvtp.files import OutputLock, write_manifest
+
+    run.mkdir(parents=True, exist_ok=True)
+    with OutputLock(run / ".locvtp-manifest.json", RUN_WRITER, wait=True):
+        write_manifest(run, RUN_WRITER, RUN_ENTRIES)
 
 
 def existing_path(key: str, value: Any) -> Path:

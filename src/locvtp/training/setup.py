@@ -25,8 +25,8 @@ from locvtp.training.log import MetricsLog, scalar_terms, step_record, truncate_
 from locvtp.cliargs import warn
 from locvtp.training.optim import build_optimizer, build_scheduler, restore_optimizer
 from locvtp.training.resume import allowed_names, check_resume_settings
-from locvtp.training.rundir import (check_model_paths, check_run_dir, clean_partial_writes, existing_path,
-                                    find_resume, rotate_checkpoints)
+from locvtp.training.rundir import (check_model_paths, check_run_dir, claim_run_dir, clean_partial_writes,
+                                    existing_path, find_resume, rotate_checkpoints)
 from locvtp.training.state import rng_state, seed_everything, set_rng_state
 from locvtp.training.validation import validate
 
@@ -198,7 +198,7 @@ def _open_run(cfg: Any, run: Path, resume: Optional[str]) -> tuple[Any, Dist, Op
     check_run_dir(run, cfg)
     dist = setup_distributed(str(cfg.train.device))
     if dist.is_main:
-        run.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run)  # the folder made and recorded as this command's (locvtp.files' one output rule)
         clean_partial_writes(run)
     dist.barrier()
     resume_from = find_resume(run, resume, warn=dist.is_main)
