@@ -105,15 +105,15 @@ def test_symlink_loop_is_an_os_error_naming_the_path(tmp_path):
 
 def test_writing_names_the_users_output(tmp_path):
     """errors.writing: an OS failure without a file name (numpy), with a temporary's name, or HDF5's text with
-    an errno becomes one OutputOSError naming the argument; anything else goes through unchanged."""
-    from locvtp.errors import OutputOSError, writing
+    an errno becomes one OutputError naming the argument; anything else goes through unchanged."""
+    from locvtp.errors import OutputError, writing
 
     out = tmp_path / "feats.h5"
     cases = [OSError(errno.ENOSPC, "No space left on device"),
              OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".feats.h5.tmp-1-0123abcd")),
              RuntimeError("Can't decrement id ref count (file write failed: ..., errno = 28, error message = 'x')")]
     for exc in cases:
-        with pytest.raises(OutputOSError) as e:
+        with pytest.raises(OutputError) as e:
             with writing(out, "--out", note="rerun to resume"):
                 raise exc
         msg = str(e.value)

@@ -214,8 +214,8 @@ def test_parent_of_out_is_a_file_names_the_output(ctx, tmp_path, capsys):
     score = ROWS[[r.id for r in ROWS].index("score --out")].argv
     for argv in (_extract(ctx, tmp_path / "afile" / "f.h5"), score(ctx, tmp_path / "afile" / "s.json"),
                  ["index", "--features", ctx.shard, "--out", tmp_path / "afile" / "idx", "--no-progress"]):
-        line = assert_one_line_error(run_cli(argv, capsys), *((2, "afile", "not a directory") if argv[0] != "index"
-                                                               else (1, "afile", "is a file, not a directory")))
+        line = assert_one_line_error(run_cli(argv, capsys), *((2, "afile", "not a directory") if argv[0] == "score"
+                                                               else (1, "afile: is a file, where a directory is needed")))
         assert "Errno" not in line, line
     assert (tmp_path / "afile").read_bytes() == USER
 
@@ -228,7 +228,7 @@ def test_output_lock_errors_name_the_output_not_the_lock(tmp_path):
     with pytest.raises(OutputError) as err:
         OutputLock(tmp_path / "afile" / "out.h5", "extract").acquire()
     msg = str(err.value)
-    assert "afile/out.h5" in msg and "is a file, not a directory" in msg and ".lock" not in msg
+    assert "afile/out.h5" in msg and "afile: is a file, where a directory is needed" in msg and ".lock" not in msg
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import assert_one_line_error, run_cli
 from inference_helpers import world_videos
 
 
@@ -156,17 +156,25 @@ def test_summary_counts_skipped_inputs_and_clean_run_writes_no_failures(tree, ca
     clean = tmp_path / "clean"
     clean.mkdir()
     shutil.copy(vids / "top.mp4", clean / "top.mp4")
+    # the failures file of the run above is ours (the ledger says so): a clean run on the same output removes it
+    ours = tmp_path / "again.failures.jsonl"
+    assert ours.is_file()
+    res = run_cli(["extract", "--checkpoint", ckpt, "--videos", clean, "--out", out, "--overwrite", "--no-progress"],
+                  capsys)
+    assert res.code == 0 and "inputs skipped" not in res.err and "see " not in res.err, res.err
+    assert not ours.exists()
+    # a file locvtp did not write (a user's notes, or an empty file of a version before the ledger) is never
+    # replaced nor removed: refused before any work, with one line naming it
     stale = tmp_path / "c.failures.jsonl"
-    stale.write_text("")  # what older versions wrote after a clean run
+    stale.write_text("")
     mine = tmp_path / "mine.jsonl"
     mine.write_text("my own notes\n")
-    for argv, left in (([], stale), (["--failures", mine], mine)):
+    for argv, kept in (([], stale), (["--failures", mine], mine)):
+        before = kept.read_bytes()
         res = run_cli(["extract", "--checkpoint", ckpt, "--videos", clean, "--out", tmp_path / "c.h5", "--overwrite",
                        "--no-progress", *argv], capsys)
-        assert res.code == 0, res.err
-        assert "inputs skipped" not in res.err and "see " not in res.err
-    assert not stale.exists()  # ours (named after the output, failures rows only): removed
-    assert mine.read_text() == "my own notes\n"  # not ours: kept
+        assert_one_line_error(res, 2, kept.name, "not written by locvtp")
+        assert kept.read_bytes() == before
     d = tmp_path / "cdir"
     assert _cli(["extract", "--checkpoint", ckpt, "--videos", clean, "--out", d, "--format", "npz-dir",
                  "--no-progress"]) == 0

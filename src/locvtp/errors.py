@@ -36,11 +36,6 @@ class NotOwnedError(UsageError):
     """An output path holds something this command did not write, so it will not delete or replace it."""
 
 
-class OutputError(LocVTPError, OSError):
-    """An output cannot be written where the user asked (its folder is a file, read-only, full, ...): the message
-    names the user's output path and the cause, never a hidden temporary or lock file of ours."""
-
-
 class NonFiniteFeaturesError(LocVTPError, ValueError):
     """A feature file holds NaN or infinite values for a video (the message names the file and the video)."""
 
@@ -143,7 +138,7 @@ def broken_link(path: "str | os.PathLike[str]") -> str:
     return ""
 
 
-class OutputOSError(LocVTPError, OSError):
+class OutputError(LocVTPError, OSError):
     """The OS refused a write to an output (no space, read-only, no permission, ...): the message names the user's
     argument (``--out feats.h5``), not only the hidden temporary or lock file the failing call happened to touch.
     ``detail``: what failed (:func:`describe_os_error`), ``note``: what the user can do / what was kept."""
@@ -164,7 +159,7 @@ class OutputOSError(LocVTPError, OSError):
 @contextlib.contextmanager
 def writing(path: "str | os.PathLike[str]", flag: Optional[str] = None, note: str = "") -> Iterator[None]:
     """Re-raise an OS failure of the block (``OSError``, or h5py's ``RuntimeError`` carrying an errno) as an
-    :class:`OutputOSError` naming ``flag path``. Why: numpy and h5py raise ENOSPC with no file name, or with the
+    :class:`OutputError` naming ``flag path``. Why: numpy and h5py raise ENOSPC with no file name, or with the
     name of a temporary the user never chose. HDF5's own complaints about the same failure while it closes the file
     (printed as "Exception ignored in ..." tracebacks) are kept off stderr for the block's duration."""
     ignored: list[BaseException] = []
@@ -172,16 +167,22 @@ def writing(path: "str | os.PathLike[str]", flag: Optional[str] = None, note: st
     sys.unraisablehook = lambda u: ignored.append(u.exc_value) if os_errno(u.exc_value) else hook(u)
     try:
         yield
+    except OutputError as exc:
+        if exc.flag is None and flag and os.fspath(exc.filename) == os.fspath(path):
+            exc.flag = flag  # raised below us (an OutputLock) without the user's argument name: add it
+        if note and note not in exc.note:
+            exc.note = f"{exc.note}; {note}" if exc.note else note
+        raise
     except LocVTPError:
         raise
     except (OSError, RuntimeError) as exc:
         err = os_errno(exc)
         if err is None or (isinstance(exc, RuntimeError) and err not in ENVIRONMENT_ERRNOS):
             raise
-        raise OutputOSError(err, path, flag, note, describe_os_error(exc)) from exc
+        raise OutputError(err, path, flag, note, describe_os_error(exc)) from exc
     finally:
         sys.unraisablehook = hook
 
 
-__all__ = ["ENVIRONMENT_ERRNOS", "LocVTPError", "NonFiniteFeaturesError", "NotOwnedError", "OutputBusyError", "OutputError",
-           "OutputOSError", "UsageError", "broken_link", "describe_os_error", "os_errno", "os_error_words", "user_path", "writing"]
+__all__ = ["ENVIRONMENT_ERRNOS", "LocVTPError", "NonFiniteFeaturesError", "NotOwnedError", "OutputBusyError",
+           "OutputError", "UsageError", "broken_link", "describe_os_error", "os_errno", "os_error_words", "user_path", "writing"]

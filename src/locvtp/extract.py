@@ -255,8 +255,6 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
     check_apart(failures_path, inputs, out_flag="--failures")
     if overlaps(failures_path, out) == "is":
         raise UsageError(f"--failures {failures_path} is the --out file: choose another failures file")
-    check_file_output(failures_path, "extract", "--failures" if args.failures else "--out's failures file",
-                      make_parent=True)  # a user's file by that name is never replaced
     if args.overwrite and args.format != "h5" and world > 1:
         raise UsageError("--overwrite with a directory format under torchrun would race between ranks: "
                          f"run `locvtp extract --overwrite` once without torchrun, or delete {out} yourself")
@@ -265,6 +263,8 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
     with writing(out, "--out"):  # a read-only or missing place fails here: named as --out, not as the lock file
         lock.acquire()
     try:
+        check_file_output(failures_path, "extract", "--failures" if args.failures else "--out's failures file",
+                          make_parent=True)  # a user's file by that name is never replaced
         return _run_locked(args, out, failures_path, rank, world, device, t_start, progress)
     finally:
         lock.release()

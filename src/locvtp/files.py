@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional
 
-from locvtp.errors import NotOwnedError, OutputBusyError, OutputError, UsageError
+from locvtp.errors import NotOwnedError, OutputBusyError, OutputError, UsageError, describe_os_error, os_errno
 
 MANIFEST = ".locvtp-manifest.json"
 LEDGER = ".locvtp-files.json"
@@ -318,30 +318,17 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike, writer: str, wha
 
 
 # ------------------------------------------------------------------------------------------------ OS errors
-_CAUSES = {
-    errno.ENOTDIR: "a path component is a file, not a directory",
-    errno.EEXIST: "a path component is a file, not a directory",
-    errno.EACCES: "no permission to write there",
-    errno.EPERM: "no permission to write there",
-    errno.EROFS: "the file system is read-only",
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.ENAMETOOLONG: "the name is too long",
-    errno.ELOOP: "a symbolic link loops",
-}
-
-
 def output_error(path: str | os.PathLike, exc: OSError, flag: str = "") -> OutputError:
     """The one-line error for an OS failure while writing the user's output ``path``: it names ``path`` (and
-    ``flag``) and the cause, not the hidden temporary, lock or parent the OS named. Nothing was replaced: every
-    writer here goes through a temporary."""
-    cause = _CAUSES.get(exc.errno or 0, exc.strerror or type(exc).__name__)
-    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+    ``flag``) and the cause in words (:func:`locvtp.errors.describe_os_error`), not the hidden temporary, lock or
+    parent the OS named. Nothing was replaced: every writer here goes through a temporary."""
+    err = os_errno(exc) or errno.EIO
+    detail = describe_os_error(exc)
+    if err in (errno.ENOTDIR, errno.EEXIST):
         bad = next((q for q in reversed(Path(path).parents) if q.exists() and not q.is_dir()), None)
         if bad is not None:
-            cause = f"{bad} is a file, not a directory"
-    where = f"{flag} {path}" if flag else str(path)
-    return OutputError(f"{where}: cannot write it: {cause} (nothing was replaced)")
+            detail = f"{bad}: is a file, where a directory is needed ({errno.errorcode[err]})"
+    return OutputError(err, path, flag or None, note="nothing was replaced", detail=detail)
 
 
 # ------------------------------------------------------------------------------------------------ one writer
@@ -487,7 +474,8 @@ def check_file_output(path: str | os.PathLike, command: str, flag: str, make_par
     _refuse_foreign_file(p, flag)
     probe = parent if parent.exists() else next((q for q in parent.parents if q.exists()), Path("."))
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"{where}: cannot write it: no permission to write in {probe} (nothing was written)")
+        raise OutputError(errno.EACCES, p, flag or None, note="nothing was written",
+                          detail=f"no permission to write in {probe} (EACCES)")
     return p
 
 

@@ -209,12 +209,12 @@ def parse_args(argv: list[str] | None) -> Any:
 def _save_plot(res: GroundingResult, plot: Path, out: dict) -> Optional[BaseException]:
     """Draw ``--plot``; an OS failure (read-only directory, no space) is returned, not raised: the result was
     computed and is printed first, then the command fails with one line naming ``--plot``."""
-    from locvtp.errors import OutputOSError, writing
+    from locvtp.errors import OutputError, writing
 
     try:
         with writing(plot, "--plot", note="the grounding result was printed on stdout without the plot"):
             out["plot"] = str(plot_grounding(res, plot))
-    except OutputOSError as exc:
+    except OutputError as exc:
         return exc
     return None
 

@@ -92,10 +92,9 @@ def new_h5(path: Path) -> Iterator[Any]:
 class _Writer:
     """Common part: settings check, failure journal, the failures file."""
 
-    def __init__(self, settings: dict[str, Any], failures_path: Path, journal: Path, default_failures: bool = False):
+    def __init__(self, settings: dict[str, Any], failures_path: Path, journal: Path):
         self.settings = settings
         self.failures_path = failures_path
-        self.default_failures = default_failures  # the failures file named after this output (see write_failures_file)
         self.command = "extract"
         self.journal = journal
         self.journal.mkdir(parents=True, exist_ok=True)
@@ -137,7 +136,7 @@ class _Writer:
                 recs.append(rec)
         recs.sort(key=lambda r: r["video_id"])
         rows = recs + [skipped_row(r) for r in skipped]
-        write_failures_file(self.failures_path, sorted(rows, key=_failure_key), self.command, self.default_failures)
+        write_failures_file(self.failures_path, sorted(rows, key=_failure_key), self.command)
         return recs
 
 
@@ -151,22 +150,11 @@ def _failure_key(r: Mapping[str, Any]) -> tuple[str, str, bool]:
     return (str(r["video_id"]), str(r.get("path", "")), bool(r.get("skipped")))
 
 
-def _is_failures_file(path: Path) -> bool:
-    """True when ``path`` holds nothing but failures rows (``video_id`` and ``reason`` on each line), or nothing."""
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        rows = [json.loads(ln) for ln in lines]
-    except (OSError, ValueError):
-        return False
-    return all(isinstance(r, dict) and "video_id" in r and "reason" in r for r in rows)
-
-
-def write_failures_file(path: Path, rows: Sequence[Mapping[str, Any]], command: str, default: bool = False) -> None:
+def write_failures_file(path: Path, rows: Sequence[Mapping[str, Any]], command: str) -> None:
     """Write ``rows`` (one JSON object per line) to ``path`` through the output rule (:func:`locvtp.files.
     write_owned_text`: a user's file there is refused, ours replaced atomically), only when there is one (an empty
-    file said nothing). With none, a failures file an earlier run left at ``path`` is removed when it is ours: the
-    ledger says locvtp wrote it, or it is the file named after the output (``default``) holding only failures rows
-    (versions before the ledger wrote it, often empty). Anything else at ``path`` is kept."""
+    file said nothing). With none, a failures file an earlier run left at ``path`` is removed when the ledger says
+    locvtp wrote it; anything else there is kept (and refused before any work: ``files.check_file_output``)."""
     path = Path(path)
     if rows:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +162,7 @@ def write_failures_file(path: Path, rows: Sequence[Mapping[str, Any]], command: 
         return
     if not path.is_file() or path.is_symlink():
         return
-    if file_writer(path) is not None or (default and _is_failures_file(path)):
+    if file_writer(path) is not None:
         path.unlink()
 
 
@@ -189,8 +177,7 @@ class H5Writer(_Writer):
         if found is not None:
             self._check_settings(found[0], out)
             self._written = found[1]
-        super().__init__(settings, failures_path, out.with_name(out.name + ".parts"),
-                         default_failures=failures_path == out.with_name(f"{out.stem}.failures.jsonl"))
+        super().__init__(settings, failures_path, out.with_name(out.name + ".parts"))
         self.parts = self.journal / "done"
         self.parts.mkdir(exist_ok=True)
         # This rank owns its journal and output name: temporary files left by a killed run can go (the caller
@@ -299,8 +286,7 @@ class DirWriter(_Writer):
         if not emptied:  # (``emptied``: --overwrite just removed our files; what is left is the user's, kept)
             check_dir_output(out, "--out")  # a file, a folder of other files, a foreign meta.json: refused
         out.mkdir(parents=True, exist_ok=True)
-        default = failures_path.parent.resolve() == out.resolve()  # claimed in the manifest below
-        super().__init__(settings, failures_path, out / f".journal-rank{rank}", default_failures=default)
+        super().__init__(settings, failures_path, out / f".journal-rank{rank}")
         self._claims_path = self.journal / CLAIMS
         _fold_claims(out, [self._claims_path])  # what a killed earlier run of this rank claimed
         self._claims = open(self._claims_path, "a", encoding="utf-8")
@@ -513,8 +499,9 @@ def merge_shards(shards: list[Path], out: Path, failures_out: Optional[Path] = N
     for sh in shards:
         if overlaps(sh, fpath) == "is":
             raise UsageError(f"--failures {fpath} is one of the input shards: choose another failures file")
-    check_file_output(fpath, "merge", "--failures" if failures_out else "--out's failures file", make_parent=True)
     with OutputLock(out, "merge"):
+        check_file_output(fpath, "merge", "--failures" if failures_out else "--out's failures file",
+                          make_parent=True)
         remove_stale_temporaries(out)
         if out.exists() or out.is_symlink():
             if not overwrite:
@@ -574,7 +561,7 @@ def _merge_locked(shards: list[Path], out: Path, fpath: Path, progress: bool) ->
                             continue
     # a skipped input stays listed even when its id was extracted from another file (a shared id)
     recs = [r for k, r in sorted(fail_recs.items()) if r.get("skipped") or r["video_id"] not in seen]
-    write_failures_file(fpath, recs, "merge", default=fpath == out.with_name(f"{out.stem}.failures.jsonl"))
+    write_failures_file(fpath, recs, "merge")
     return len(seen), sum(1 for r in recs if not r.get("skipped"))
 
 
