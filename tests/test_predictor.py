@@ -309,3 +309,45 @@ def test_library_modules_do_not_import_commands(module):
         elif isinstance(node, ast.Import):
             imported.update(a.name for a in node.names)
     assert not imported & COMMANDS, (module, imported & COMMANDS)
+
+
+# ------------------------------------------------------------------------------------ issue 26: what the API says too
+def test_search_api_says_when_fewer_moments_exist(P, capsys):
+    """The shortfall warning is the predictor's (so `search`, the API and the page say it alike), not the CLI's."""
+    root = P["root"]
+    idx = root / "idx_short"
+    assert run_cli(["index", "--features", P["feats"], "--out", idx, "--no-progress"], capsys).code == 0
+    many = P["pred"].search(idx, [QUERY], top_k=1000).results[0]
+    assert 1 <= len(many.moments) < 1000
+    assert [w for w in many.warnings if w.startswith(f"asked for 1000 moments, only {len(many.moments)} exist")]
+    one = P["pred"].search(idx, [QUERY], top_k=1).results[0]
+    assert not [w for w in one.warnings if w.startswith("asked for")]
+
+
+def test_ground_query_with_a_byte_order_mark_is_the_query(P, capsys):
+    """A query pasted with a BOM grounds exactly like the same query without it (issue 26)."""
+    plain, _ = _ground_cli(capsys, "--checkpoint", P["ckpt"], P["videos"][0], QUERY, "--curve")
+    bom, _ = _ground_cli(capsys, "--checkpoint", P["ckpt"], P["videos"][0], "\ufeff" + QUERY, "--curve")
+    assert bom == plain
+
+
+def test_serve_search_names_moments_without_a_video(P, capsys, tmp_path):
+    """An index over videos that --videos does not hold: results stay, and a warning says they cannot be played
+    (they used to come back without a video or thumbnail, silently)."""
+    pytest.importorskip("fastapi")
+    from locvtp.serve.app import ServeConfig, Server, check_query
+
+    idx = tmp_path / "idx"
+    assert run_cli(["index", "--features", P["feats"], "--out", idx, "--no-progress"], capsys).code == 0
+    other = tmp_path / "other_videos"
+    other.mkdir()
+    srv = Server(ServeConfig(checkpoint=P["ckpt"], videos=other, index=idx, work_dir=tmp_path / "work"),
+                 predictor=P["pred"])
+    try:
+        res = srv.search({"query": QUERY, "top_k": 3})
+    finally:
+        srv.work.close()
+    assert res["moments"] and all(m["video"] is None and m["thumbnail"] is None for m in res["moments"])
+    said = [w for w in res["warnings"] if "not found under --videos" in w]
+    assert len(said) == 1 and said[0].startswith(f"{len(res['moments'])} moment(s)")
+    assert check_query("\ufeff" + QUERY, 32) == QUERY

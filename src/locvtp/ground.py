@@ -181,8 +181,11 @@ def _check_order(p: Any, args: Any) -> None:
 
 def parse_args(argv: list[str] | None) -> Any:
     """The arguments, options anywhere (``VIDEO --top-k 1 QUERY`` too), checked together before any work."""
+    from locvtp.data.textinput import strip_bom
+
     p = build_parser()
     args, extra = p.parse_known_intermixed_args(argv)
+    args.query = strip_bom(args.query) if args.query is not None else None  # pasted text may carry a BOM
     if extra and not any(e.startswith("-") for e in extra):  # `ground ... VIDEO the red circle`: unquoted words
         p.error(f"unrecognized arguments: {' '.join(extra)}: a QUERY of several words goes in quotes "
                 f"(\"{' '.join([args.query, *extra])}\")")

@@ -540,8 +540,11 @@ class LocVTPPredictor:
                                  warnings=warnings)
 
     def search_index(self, idx: Any, queries: Sequence[str], top_k: int = 10, pool: Optional[int] = None,
-                     gap: int = 0, tolerance: float = 0.5, warnings: Sequence[str] = ()) -> SearchResponse:
-        """:meth:`search` on an index already checked by :meth:`open_index`."""
+                     gap: int = 0, tolerance: float = 0.5, warnings: Sequence[str] = (),
+                     pool_flag: str = "pool") -> SearchResponse:
+        """:meth:`search` on an index already checked by :meth:`open_index`. A query that got fewer moments than
+        ``top_k`` says why in its warnings (the CLI, the API and the page alike: a silent short list reads as
+        "nothing else matches"); ``pool_flag`` is how the caller's user names ``pool``."""
         t0 = time.perf_counter()
         text = self.encode_text(list(queries))
         t1 = time.perf_counter()
@@ -549,6 +552,10 @@ class LocVTPPredictor:
             found = idx.search_moments(text.sentence, top_k=top_k, pool=pool, gap=gap, tolerance=tolerance)
         t2 = time.perf_counter()
         results = [QueryMoments(q, m, w) for q, m, w in zip(queries, found, text.warnings)]
+        for r in results:
+            short = idx.shortfall_warning(top_k, len(r.moments), pool, pool_flag=pool_flag)
+            if short:
+                r.warnings.append(short)
         return SearchResponse(results, list(warnings), t1 - t0, t2 - t1)
 
 

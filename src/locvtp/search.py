@@ -118,11 +118,8 @@ def _search(args, queries: list[str], device: str) -> int:
         cliargs.warn("locvtp search", w)
     pred.require_tokenizer("locvtp search")
     resp = pred.search_index(index, queries, top_k=args.top_k, pool=args.pool, gap=args.gap,
-                             tolerance=args.tolerance)
+                             tolerance=args.tolerance, pool_flag="--pool")
     for r in resp.results:
-        short = index.shortfall_warning(args.top_k, len(r.moments), args.pool, pool_flag="--pool")
-        if short:  # said in the JSON and on stderr: a silent short list reads as "nothing else matches"
-            r.warnings.append(short)
         for w in r.warnings:
             cliargs.warn("locvtp search", w)
     for r in resp.results:

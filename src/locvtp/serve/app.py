@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from locvtp.data.textinput import strip_bom
 from locvtp.data.video import VideoError
 from locvtp.errors import LocVTPError, UsageError
 from locvtp.serve.library import Library, NotFound, index_summary
@@ -89,7 +90,7 @@ def check_query(query: Any, max_words: int) -> str:
     """The query, or a 422 saying what is wrong with it (empty, too long, not text)."""
     if not isinstance(query, str):
         raise ApiError(422, "query must be a string: a sentence describing the moment")
-    q = query.strip()
+    q = strip_bom(query).strip()
     if not q:
         raise ApiError(422, "the query is empty: type a sentence describing the moment")
     words = len(q.split())
@@ -220,15 +221,23 @@ class Server:
         with self.text_lock:
             resp = self.p.search_index(self.index, [query], top_k=top_k, warnings=self.index_warnings)
         r = resp.results[0]
-        moments = []
+        moments, unplayable = [], []
         for m in r.moments:
             d = m.to_json()
             lib_id = self.lib.for_index_video(m.video_id)
             d["video"] = lib_id
             mid = 0.5 * (float(m.start) + float(m.end))
             d["thumbnail"] = (f"/api/thumbnail?video={_q(lib_id)}&t={mid:.3f}" if lib_id is not None else None)
+            if lib_id is None:
+                unplayable.append(m.video_id)
             moments.append(d)
-        return {"query": r.query, "moments": moments, "warnings": list(r.warnings) + list(resp.warnings),
+        warnings = list(r.warnings) + list(resp.warnings)
+        if unplayable:  # said, not silent: a result without a video looks like a broken page
+            shown = ", ".join(repr(v) for v in sorted(set(unplayable))[:5])
+            warnings.append(f"{len(unplayable)} moment(s) come from videos not found under --videos ({shown}): "
+                            "they have no player or thumbnail; start serve with --videos pointing at the folder "
+                            "the features were extracted from")
+        return {"query": r.query, "moments": moments, "warnings": warnings,
                 "timing": {"embed_seconds": round(resp.embed_seconds, 4),
                            "search_seconds": round(resp.search_seconds, 4)}}
 
