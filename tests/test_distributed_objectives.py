@@ -9,7 +9,6 @@ different word paddings, so the padding / uneven-gather path is exercised too.
 """
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import sys
@@ -20,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from ddp_helpers import leave_worker
 
 WORLD = 2
 B, T, L, DIN, D = 5, 4, 6, 10, 8
@@ -118,16 +118,13 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
         ctx = torch.arange(T)[None] + out2["offsets"]
         valid = out2["offsets"] != 0
         assert valid.any() and ((ctx >= 0) & (ctx < T))[valid].all()
-        # Drop every object that still refers to gloo work (DDP's reducer, gathered tensors) while the interpreter
-        # is alive: freed during finalization instead, they abort the process after a successful run.
-        del model, out, out2, keep, both
-        gc.collect()
         dist.barrier()  # nobody tears gloo down while a peer is still in its last collective
         dist.destroy_process_group()
     except Exception:  # surface the worker's traceback in the test failure
         with open(os.path.join(result_dir, f"rank{rank}.err"), "w") as fh:
             fh.write(traceback.format_exc())
         raise
+    leave_worker()
 
 
 @pytest.mark.ddp

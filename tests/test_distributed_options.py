@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_helpers import leave_worker
 import torch.nn.functional as F
 
 WORLD, B, T, L, D = 2, 5, 4, 6, 8
@@ -66,6 +67,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
         with open(os.path.join(result_dir, f"rank{rank}.err"), "w") as fh:
             fh.write(traceback.format_exc())
         raise
+    leave_worker()
 
 
 @pytest.mark.ddp
