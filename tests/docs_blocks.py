@@ -16,7 +16,7 @@ OUTPUT_LANGS = ("text",)
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<body>.*?)\s*-->\s*$")
 # the directive vocabulary (docs/usage.md "Docs that cannot drift" lists it too)
-DIRECTIVES = ("skip", "env", "timeout", "output")
+DIRECTIVES = ("skip", "env", "timeout", "serve")
 
 
 @dataclass

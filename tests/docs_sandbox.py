@@ -40,6 +40,8 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
      "a shipped config -> the same config with tiny sizes and steps (TINY_CONFIG)"),
     (r"(--config )pretrain_(synthetic|howto100m|webvid)\b", r"\1{root}/configs/pretrain_\2.yaml",
      "a shipped config by name -> the same tiny config"),
+    (_NOT_IN_PATH + r"tests/", "{repo}/tests/", "the clone's tests/ (a helper script)"),
+    (r"\btrain\.max_steps=\d{4,}\b", "train.max_steps=4", "training lengths of 1000+ steps -> 4 steps"),
     (r"--preset demo\b", "--preset tiny", "the demo world (~780 videos, minutes) -> the tiny world (44, ~2 s)"),
     (r"(locvtp backbone [^\n]*?--steps )\d+", r"\g<1>3", "backbone training: 1500 steps -> 3"),
     (r"--nproc_per_node[= ]\d+", "--nproc_per_node=2 --standalone",
