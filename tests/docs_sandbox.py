@@ -202,10 +202,18 @@ class Sandbox:
         return self._workdirs[doc]
 
     def substitute(self, doc: str, text: str) -> str:
-        server = self.server_address(doc)
+        """Apply :data:`SUBSTITUTIONS` in one pass: what a row inserted is never matched by a later row (the
+        sandbox itself may lie under /tmp)."""
+        server = self.server_address(doc) or "NO-SERVER-STARTED"
+        stash: list[str] = []
+
+        def keep(m: re.Match, repl: str) -> str:
+            stash.append(self.fill(m.expand(repl)).replace("{server}", server))
+            return f"\0{len(stash) - 1}\0"
+
         for pattern, repl, _why in SUBSTITUTIONS:
-            text = re.sub(pattern, self.fill(repl).replace("{server}", server or "NO-SERVER-STARTED"), text)
-        return text
+            text = re.sub(pattern, lambda m, r=repl: keep(m, r), text)
+        return re.sub(r"\0(\d+)\0", lambda m: stash[int(m.group(1))], text)
 
     def unsubstitute(self, doc: str, text: str) -> str:
         """Outputs name the sandbox's paths; give them back the docs' names (the path rows, longest first)."""
