@@ -94,7 +94,7 @@ class Sandbox:
 
     # ---------------------------------------------------------------------------------------------- building
     def build(self) -> "Sandbox":
-        for d in ("tmp", "shared", "data", "models", "configs"):
+        for d in ("tmp", "systmp", "shared", "data", "models", "configs"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self._shims()
         self._configs()
@@ -180,6 +180,7 @@ class Sandbox:
         env["REPO"] = str(REPO)            # usage.md: "REPO = your clone of locvtp"
         env["PYTHONUNBUFFERED"] = "1"      # stdout and stderr interleave as in a terminal
         env["COLUMNS"] = "120"
+        env["TMPDIR"] = str(self.root / "systmp")   # temporary folders of the commands (serve's) stay inside
         env.pop("LOCVTP_DEBUG", None)
         env.pop("LOCVTP_DOCS_SERVE", None)
         return env
@@ -239,12 +240,16 @@ class Sandbox:
             return None
         return url.read_text().strip().removeprefix("http://").rstrip("/")
 
-    def stop_servers(self) -> None:
-        for state in self.servers.values():
+    def stop_servers(self, doc: str | None = None) -> None:
+        """SIGINT (what Ctrl-C sends) to the servers of ``doc`` (default: all), SIGKILL after 10 s."""
+        for name, state in list(self.servers.items()):
+            if doc is not None and name != doc:
+                continue
             pidf = state / "pid"
             if not pidf.is_file():
                 continue
             pid = int(pidf.read_text())
+            pidf.unlink()
             try:
                 os.kill(pid, signal.SIGINT)
             except ProcessLookupError:

@@ -42,6 +42,7 @@ from docs_sandbox import PREPARED, Sandbox
 pytestmark = pytest.mark.slow
 
 BLOCKS = command_blocks()
+LAST_OF_FILE = {b.path: b for b in BLOCKS}
 DEFAULT_TIMEOUT = 240
 
 # The parser must keep finding these (a regression that finds no block would otherwise pass silently):
@@ -80,7 +81,7 @@ def _line_pattern(line: str) -> tuple[str, list[str]]:
     parts, numbers = [], []
     for piece in re.split(r"(\.\.\.|…)", line):
         if piece in ("...", "…"):
-            parts.append(".*?")
+            parts.append("[^\n]*?")
             continue
         pos = 0
         for m in _NUM.finditer(piece):
@@ -253,9 +254,13 @@ def sandbox(tiny_world, tmp_path_factory):
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
 def test_docs_block(sandbox, block):
     skip = block.directive("skip")
-    if skip is not None:
-        pytest.skip(f"{block.id}: {skip.args}")
-    run_block(sandbox, block)
+    try:
+        if skip is not None:
+            pytest.skip(f"{block.id}: {skip.args}")
+        run_block(sandbox, block)
+    finally:
+        if LAST_OF_FILE[block.path] is block:   # a file's `serve` directive server ends with its blocks
+            sandbox.stop_servers(block.path.relative_to(REPO).as_posix())
 
 
 def test_every_block_is_found_and_accounted_for():
