@@ -179,22 +179,25 @@ def _console_script(cmds: list[tuple[str, str]]) -> str:
 
 
 def _run_shell(script: str, cwd: Path, env: dict, timeout: float, strict: bool) -> tuple[int, str]:
+    """Run ``script`` in its own process group; afterwards the group is killed (a block's ``cmd &`` jobs end with
+    it; the serve directive's server has a session of its own). Exit -1 on timeout."""
     argv = ["bash", "-e", "-o", "pipefail", "-c", script] if strict else ["bash", "-c", script]
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
+        code = proc.returncode
     except subprocess.TimeoutExpired:
-        out = b""
-        proc.returncode = -1
-        out += b"\n[docs-test: timed out after %d s]\n" % int(timeout)
+        code = -1
     finally:
-        try:  # a block's background jobs (`cmd &`) end with it; the serve directive's server has its own session
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        proc.wait()
-    return proc.returncode, out.decode("utf-8", errors="replace")
+    if code == -1:
+        out, _ = proc.communicate()
+        out += b"\n[docs-test: timed out after %d s]\n" % int(timeout)
+    return code, out.decode("utf-8", errors="replace")
 
 
 def _shows_error(expected: str) -> bool:
