@@ -15,7 +15,7 @@ COMMAND_LANGS = ("bash", "sh", "console")
 OUTPUT_LANGS = ("text",)
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<body>.*?)\s*-->\s*$")
-# the directive vocabulary (docs/usage.md "Docs that cannot drift" lists it too)
+# the directive vocabulary (tests/test_docs.py and docs/design.md "Docs that cannot drift" say what each does)
 DIRECTIVES = ("skip", "env", "timeout", "serve")
 
 

@@ -68,9 +68,6 @@ PREPARED: dict[str, tuple[str, ...]] = {
     "README.md": ("runs/webvid",),
     "docs/evaluation.md": ("world", "runs/synth"),
     "docs/method.md": ("world",),
-    "docs/results.md": (),
-    "docs/serve.md": (),
-    "docs/training.md": (),
 }
 # A run directory of a pixel model the docs name -> the sandbox's tiny trained run.
 RUN_STANDINS = ("runs/webvid", "runs/synth")

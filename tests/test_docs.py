@@ -288,6 +288,28 @@ def test_every_block_is_found_and_accounted_for():
     assert len(skipped) <= len(BLOCKS) // 3, "most documented commands must run"
 
 
+def test_parser_reads_directives_outputs_and_refuses_what_it_cannot_place(tmp_path):
+    md = tmp_path / "x.md"
+    md.write_text("text\n\n<!-- docs-test: env A=1 B='two words' -->\n<!-- docs-test: timeout 9 -->\n```bash\n"
+                  "echo hi\n```\n\n```text\nhi\n```\n```console\n$ true\n```\n```\nplain\n```\n")
+    blocks = parse_blocks(md)
+    assert [(b.line, b.lang) for b in blocks] == [(5, "bash"), (9, "text"), (12, "console"), (15, "")]
+    assert blocks[0].env() == {"A": "1", "B": "two words"} and blocks[0].directive("timeout").args == "9"
+    assert blocks[0].output is blocks[1] and blocks[2].output is None and not blocks[2].directives
+    for bad, why in [("```bash\nx\n``` trailing\n", "text after a closing fence"),
+                     ("<!-- docs-test: skipp r -->\n```bash\nx\n```\n", "unknown docs-test directive"),
+                     ("<!-- docs-test: skip r -->\nprose\n", "not followed by a block"),
+                     ("```bash\nx\n", "unclosed code fence")]:
+        md.write_text(bad)
+        with pytest.raises(ValueError, match=why):
+            parse_blocks(md)
+
+
+def test_console_commands_keep_continuations_and_outputs():
+    cmds = _console_commands("$ a \\\n   b\nout1\nout2\n$ c\n$ d\nerr\n")
+    assert cmds == [("a \\\n   b", "out1\nout2\n"), ("c", ""), ("d", "err\n")]
+
+
 @pytest.mark.parametrize("expected, actual, ok", [
     ("extracted 2 videos (25 clips, 188.0 clips/s)", "extracted 2 videos (25 clips, 12.5 clips/s)", True),
     ("extracted 2 videos (25 clips, 188.0 clips/s)", "extracted 3 videos (25 clips, 12.5 clips/s)", False),
