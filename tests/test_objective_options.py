@@ -511,3 +511,25 @@ def test_the_objective_takes_no_option_the_config_lacks():
         LocVTPObjective(dim=8, topk="two")
     with pytest.warns(DeprecationWarning, match="window= is deprecated"):
         assert LocVTPObjective(dim=8, window=3).options.max_offset == 3
+
+
+def test_the_defaults_in_docs_method_md_are_the_config_defaults():
+    """docs/method.md's option tables show each option's default as ``objective.KEY=VALUE``; a default is written
+    once, in ObjectiveConfig, so every such value shown in a "config key" column must be it."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "method.md"
+    shown, column = [], None
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            column = None
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if column is None:
+            column = next((i for i, c in enumerate(cells) if c.startswith("config key")), -1)
+        elif column >= 0 and not set(cells[column]) <= set("-: "):
+            shown += re.findall(r"`(objective\.[a-z_.]+=[^`\s]+)`", cells[column])
+    assert len(shown) >= 10, shown  # both tables were found
+    for ov in shown:
+        assert load_config(overrides=[ov]) == default_config(), f"docs/method.md shows {ov}, not the default"
