@@ -71,7 +71,8 @@ def test_temporal_model_encodes_whole_video_as_one_sequence(ckpt_temporal, tiny_
     model = ckpt_temporal.model
     assert has_temporal_layers(model)
     path = world_videos(tiny_world)[2]
-    emb = embed_video_file(model, path, **clip_args(ckpt_temporal), batch_clips=2, backbone=True)  # CNN in chunks of 2, transformer once
+    # CNN in chunks of 2, transformer once
+    emb = embed_video_file(model, path, **clip_args(ckpt_temporal), batch_clips=2, backbone=True)
     ref, _, _ = _reference_clips(model, path, 1.0, 1.0, 4, 32)
     np.testing.assert_allclose(emb.clips, ref, atol=2e-5)
     assert emb.backbone.shape == (ref.shape[0], model.video_encoder.out_dim)
