@@ -40,6 +40,10 @@ GRID = [(b, t, l) for b in (32, 128) for t in (5, 10) for l in (16, 32)]
 # ----------------------------------------------------------------------------------------------------------
 # the authors'-style loop reference (default options: hard top-k, no intra negatives)
 # ----------------------------------------------------------------------------------------------------------
+# METHOD.md's objective (no stop-word mask, like the authors' loop); the default since issue 15 masks them
+METHOD = {"stopwords": "none"}
+
+
 def authors_style_loop(obj: LocVTPObjective, clips, words, sentence, clip_mask, word_mask, offsets):
     """Python loops over batch and clips / words, picking positives and negatives per anchor (as the release)."""
     B, T, _ = clips.shape
@@ -140,9 +144,9 @@ def timed(fn, *args) -> float:
 def bench_size(B, T, L, D, repeats, loop_repeats, with_loop=True):
     inputs = make_inputs(B, T, L, D)
     torch.manual_seed(0)
-    fused = LocVTPObjective(dim=D)
-    bf16 = LocVTPObjective(dim=D, bf16_products=True)
-    masked = LocVTPObjective(dim=D, fused=False)
+    fused = LocVTPObjective(dim=D, **METHOD)
+    bf16 = LocVTPObjective(dim=D, bf16_products=True, **METHOD)
+    masked = LocVTPObjective(dim=D, fused=False, **METHOD)
     for m in (bf16, masked):
         m.load_state_dict(fused.state_dict())
     floor = floor_fn(B, T, L, D)
@@ -167,7 +171,7 @@ def bench_size(B, T, L, D, repeats, loop_repeats, with_loop=True):
 def check_agreement(D=256):
     """The loop reference and the fused objective agree (so the timing compares like with like)."""
     inputs = make_inputs(6, 5, 9, D, seed=5)
-    obj = LocVTPObjective(dim=D)
+    obj = LocVTPObjective(dim=D, **METHOD)
     a = obj(*inputs)
     b = authors_style_loop(obj, *inputs)
     return max(abs(float(a[k].detach()) - float(b[k].detach())) for k in ("coarse", "fine", "temporal", "total"))

@@ -40,3 +40,13 @@ def make_checkpoint(world: Path, out: Path, temporal_layers: int = 0, video: str
 
 def world_videos(world: Path) -> list[Path]:
     return sorted((Path(world) / "videos").glob("*.mp4"))
+
+
+def clip_args(ck) -> dict:
+    """The clip cut of a loaded checkpoint (``locvtp.predictor.Preprocessing``, read from its config), as the
+    keywords of ``locvtp.inference``'s video functions: they have no defaults of their own."""
+    from locvtp.predictor import Preprocessing
+
+    p = Preprocessing.from_config(ck.cfg)
+    return {"clip_seconds": p.clip_seconds, "stride_seconds": p.stride_seconds,
+            "frames_per_clip": p.frames_per_clip, "frame_size": p.frame_size}

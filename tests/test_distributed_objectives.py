@@ -41,7 +41,7 @@ class _Model(torch.nn.Module):
 
         self.video = torch.nn.Linear(DIN, D)
         self.text = torch.nn.Linear(DIN, D)
-        self.objective = LocVTPObjective(dim=D, topk=2, sigma=2.0, intra_negatives=True)
+        self.objective = LocVTPObjective(dim=D, stopwords="none", topk=2, sigma=2.0, intra_negatives=True)
 
     def features(self, clips_in, words_in):
         c = F.normalize(self.video(clips_in), dim=-1)

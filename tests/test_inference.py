@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference_helpers import make_checkpoint, world_videos
+from inference_helpers import clip_args, make_checkpoint, world_videos
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,10 @@ def test_chunk_size_and_stride(ckpt, tiny_world):
     from locvtp.inference import embed_video_file
 
     path = world_videos(tiny_world)[1]
-    a = embed_video_file(ckpt.model, path, batch_clips=1)
-    b = embed_video_file(ckpt.model, path, batch_clips=1000)
+    a = embed_video_file(ckpt.model, path, **clip_args(ckpt), batch_clips=1)
+    b = embed_video_file(ckpt.model, path, **clip_args(ckpt), batch_clips=1000)
     np.testing.assert_allclose(a.clips, b.clips, atol=2e-5)
-    c = embed_video_file(ckpt.model, path, clip_seconds=2.0, stride_seconds=0.5)
+    c = embed_video_file(ckpt.model, path, **{**clip_args(ckpt), "clip_seconds": 2.0, "stride_seconds": 0.5})
     np.testing.assert_allclose(c.windows, sliding_windows(c.duration, 2.0, 0.5))
     assert c.clips.shape[0] > a.clips.shape[0]  # overlapping windows: more clips
 
@@ -71,7 +71,8 @@ def test_temporal_model_encodes_whole_video_as_one_sequence(ckpt_temporal, tiny_
     model = ckpt_temporal.model
     assert has_temporal_layers(model)
     path = world_videos(tiny_world)[2]
-    emb = embed_video_file(model, path, batch_clips=2, backbone=True)  # CNN in chunks of 2, transformer once
+    # CNN in chunks of 2, transformer once
+    emb = embed_video_file(model, path, **clip_args(ckpt_temporal), batch_clips=2, backbone=True)
     ref, _, _ = _reference_clips(model, path, 1.0, 1.0, 4, 32)
     np.testing.assert_allclose(emb.clips, ref, atol=2e-5)
     assert emb.backbone.shape == (ref.shape[0], model.video_encoder.out_dim)
@@ -79,7 +80,7 @@ def test_temporal_model_encodes_whole_video_as_one_sequence(ckpt_temporal, tiny_
     # as its own sequence changes clip 0 (so chunking the sequence would have been wrong)
     from locvtp.inference import decode_video_clips, encode_clip_sequence
 
-    dec = decode_video_clips(path)
+    dec = decode_video_clips(path, 1.0, None, 4, 32)
     half, _ = encode_clip_sequence(model, dec.clips[: len(dec.clips) // 2])
     assert not np.allclose(half[0], emb.clips[0], atol=1e-4)
 
@@ -91,8 +92,8 @@ def test_embed_video_frames_equals_file(ckpt, tiny_world):
     path = world_videos(tiny_world)[3]
     info = probe_video(path)
     frames, times = decode_frames(path, size=32)
-    a = embed_video_frames(ckpt.model, frames, times, info.duration, info.fps)
-    b = embed_video_file(ckpt.model, path)
+    a = embed_video_frames(ckpt.model, frames, times, info.duration, info.fps, **clip_args(ckpt))
+    b = embed_video_file(ckpt.model, path, **clip_args(ckpt))
     np.testing.assert_allclose(a.clips, b.clips, atol=2e-5)
     np.testing.assert_allclose(a.windows, b.windows)
 
@@ -104,7 +105,7 @@ def test_unreadable_video_raises_video_error(ckpt, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00not a video" * 50)
     with pytest.raises(VideoError, match="bad.mp4"):
-        embed_video_file(ckpt.model, bad)
+        embed_video_file(ckpt.model, bad, **clip_args(ckpt))
 
 
 def test_embed_texts_batched_equals_one_by_one(ckpt):
@@ -144,7 +145,24 @@ def test_embed_features_matches_encode_video(tiny_world, tmp_path):
     np.testing.assert_allclose(emb.windows[:, 0], np.arange(11) * 2.0)
     assert emb.duration == pytest.approx(22.0)
     with pytest.raises(ValueError, match="pixels"):
-        embed_features(load_checkpoint(make_checkpoint(tiny_world, tmp_path / "pck")).model, x)
+        embed_features(load_checkpoint(make_checkpoint(tiny_world, tmp_path / "pck")).model, x, clip_seconds=1.0)
+
+
+def test_the_clip_cut_has_no_silent_default():
+    """Issue 22: the video functions take the checkpoint's preprocessing from the caller (LocVTPPredictor's
+    Preprocessing, read once from the checkpoint); a default here once let a caller cut clips the checkpoint
+    was not trained on without a word."""
+    import inspect
+
+    from locvtp import inference
+
+    for fn in (inference.decode_video_clips, inference.embed_video_file, inference.embed_video_frames,
+               inference.embed_features):
+        params = inspect.signature(fn).parameters
+        cut = [n for n in ("clip_seconds", "frames_per_clip", "frame_size") if n in params]
+        assert cut and all(params[n].default is inspect.Parameter.empty for n in cut), fn.__name__
+    with pytest.raises(TypeError, match="clip_seconds"):
+        inference.embed_video_file(None, "any.mp4", frames_per_clip=4, frame_size=32)
 
 
 # ------------------------------------------------------------------------------------------------ query warnings

@@ -13,6 +13,8 @@ where it trains, gradchecked:
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from collections import Counter
 
@@ -26,9 +28,10 @@ from reference_objectives import (  # noqa: E402
 )
 from test_objectives import TERMS, make_batch, offsets_for  # noqa: E402
 
-from locvtp.config import ConfigError, default_config, load_config  # noqa: E402
+from locvtp.config import RULES, ConfigError, ObjectiveConfig, default_config, load_config  # noqa: E402
 from locvtp.objectives import (  # noqa: E402
     ENGLISH_STOPWORDS,
+    OPTION_NAMES,
     LocVTPObjective,
     content_words,
     discover_correspondences,
@@ -37,6 +40,10 @@ from locvtp.objectives import (  # noqa: E402
     stopword_ids,
     temporal_loss,
 )
+
+# METHOD.md's objective: positives among all valid words. The objective's defaults are the config's
+# (stopwords=english since issue 15), so the reference comparisons below name it.
+METHOD = {"stopwords": "none"}
 
 
 def content_for(word_mask, seed=0, p=0.5):
@@ -84,7 +91,7 @@ OPTIONS = [
 def test_options_match_the_loop_reference(shape, options):
     B, T, L = shape
     torch.manual_seed(1)
-    obj = LocVTPObjective(dim=8, **options).double()
+    obj = LocVTPObjective(dim=8, **{**METHOD, **options}).double()
     c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
     off = offsets_for(cm, obj.max_offset, seed=B)
     content = content_for(wm, seed=B + T)
@@ -105,8 +112,8 @@ def test_defaults_are_bit_identical(options):
     """Each option at its default value gives exactly today's terms and gradients (a content mask passed with
     stopwords=none is ignored)."""
     torch.manual_seed(0)
-    base = LocVTPObjective(dim=8, topk=2, intra_negatives=True).double()
-    explicit = LocVTPObjective(dim=8, topk=2, intra_negatives=True, **options).double()
+    base = LocVTPObjective(dim=8, stopwords="none", topk=2, intra_negatives=True).double()
+    explicit = LocVTPObjective(dim=8, topk=2, intra_negatives=True, **{**METHOD, **options}).double()
     explicit.load_state_dict(base.state_dict())
     c, w, s, cm, wm = make_batch(5, 4, 6, seed=4)
     off = offsets_for(cm)
@@ -162,7 +169,7 @@ def test_span_offsets_stay_inside_the_span_and_cover_every_choice():
 
 
 def test_objective_draws_span_offsets_when_asked():
-    obj = LocVTPObjective(dim=8, context_in_span=True).double()
+    obj = LocVTPObjective(dim=8, stopwords="none", context_in_span=True).double()
     c, w, s, cm, wm = make_batch(3, 6, 5, seed=1)
     with pytest.raises(ValueError, match="span_mask"):
         obj(c, w, s, cm, wm)
@@ -225,8 +232,8 @@ def test_context_stop_grad_removes_only_the_gradient_through_the_context():
     """Same loss; the gradient into the clips differs by exactly the part that flowed through g's input; g's
     own parameters still get gradients."""
     torch.manual_seed(0)
-    a = LocVTPObjective(dim=8, coarse=False, fine=False).double()
-    b = LocVTPObjective(dim=8, coarse=False, fine=False, context_stop_grad=True).double()
+    a = LocVTPObjective(dim=8, stopwords="none", coarse=False, fine=False).double()
+    b = LocVTPObjective(dim=8, stopwords="none", coarse=False, fine=False, context_stop_grad=True).double()
     b.load_state_dict(a.state_dict())
     c, w, s, cm, wm = make_batch(4, 5, 6, seed=3)
     off = offsets_for(cm)
@@ -249,7 +256,7 @@ def test_context_stop_grad_removes_only_the_gradient_through_the_context():
 # ---------------------------------------------------------------------------------------- within negatives
 def test_within_negatives_standalone_and_edge_cases():
     c, w, s, cm, wm = make_batch(5, 4, 6, seed=8)
-    head = LocVTPObjective(dim=8, max_offset=2).double().context_head
+    head = LocVTPObjective(dim=8, stopwords="none", max_offset=2).double().context_head
     off = offsets_for(cm)
     t = temporal_loss(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="within")
     r = ref_temporal(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="within")
@@ -260,7 +267,7 @@ def test_within_negatives_standalone_and_edge_cases():
     assert torch.equal(t["temporal_z"], t_clips["temporal_z"])
     # videos with at most one warped clip (δ = 0 elsewhere): no word has a within-video negative ->
     # temporal_w = 0, no NaN
-    obj = LocVTPObjective(dim=8, temporal_negatives="within").double()
+    obj = LocVTPObjective(dim=8, stopwords="none", temporal_negatives="within").double()
     for B, T, L in [(1, 1, 1), (1, 2, 3), (3, 2, 4), (2, 1, 3), (3, 4, 5)]:
         c, w, s, cm, wm = make_batch(B, T, L, seed=B + T, requires_grad=True)
         off = torch.zeros(B, T, dtype=torch.long)
@@ -277,8 +284,8 @@ def test_within_negatives_standalone_and_edge_cases():
 def test_within_negatives_are_independent_of_the_other_videos():
     """With "within" the word-anchored term of a video does not depend on any other video of the batch."""
     torch.manual_seed(0)
-    obj = LocVTPObjective(dim=8, temporal_negatives="within", temporal_directions="word", coarse=False,
-                          fine=False).double()
+    obj = LocVTPObjective(dim=8, stopwords="none", temporal_negatives="within", temporal_directions="word",
+                          coarse=False, fine=False).double()
     c, w, s, cm, wm = make_batch(1, 6, 5, seed=2)
     off = offsets_for(cm)
     alone = obj(c, w, s, cm, wm, off)["temporal_w"]
@@ -293,7 +300,8 @@ def test_within_negatives_are_independent_of_the_other_videos():
 # ---------------------------------------------------------------------------------------------- directions
 def test_directions_select_one_term_and_report_both():
     torch.manual_seed(0)
-    objs = {d: LocVTPObjective(dim=8, temporal_directions=d).double() for d in ("both", "word", "clip")}
+    objs = {d: LocVTPObjective(dim=8, stopwords="none", temporal_directions=d).double()
+            for d in ("both", "word", "clip")}
     for o in objs.values():
         o.load_state_dict(objs["both"].state_dict())
     c, w, s, cm, wm = make_batch(4, 5, 6, seed=6)
@@ -369,7 +377,7 @@ def test_content_words_from_a_tokenizer_and_the_collator():
 ], ids=["stopgrad+within", "within", "stopwords+word", "stopwords+clip+stopgrad"])
 def test_options_gradcheck_through_the_objective(options):
     torch.manual_seed(0)
-    obj = LocVTPObjective(dim=6, sigma=2.0, **options).double()
+    obj = LocVTPObjective(dim=6, sigma=2.0, **{**METHOD, **options}).double()
     c, w, s, cm, wm = make_batch(3, 4, 4, D=6, seed=11)
     cm[:, :3] = True
     off = offsets_for(cm)
@@ -407,3 +415,121 @@ def test_config_keys_reach_the_objective_and_are_validated():
                 "objective.temporal_negatives=nearby"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
             load_config(overrides=[bad])
+
+
+# ------------------------------------------------------------------------------ one options object (issue 22)
+def _same_objective(a, b):
+    """Every option, every attribute the forward reads, and every parameter and buffer are equal."""
+    assert a.options == b.options
+    assert vars(a.options).keys() == {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    plain = {k: v for k, v in vars(a).items() if not k.startswith("_") and k != "training"}
+    assert plain == {k: v for k, v in vars(b).items() if not k.startswith("_") and k != "training"}
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert [n for n, _ in a.named_buffers()] == [n for n, _ in b.named_buffers()]
+    assert repr(a) == repr(b)
+
+
+@pytest.mark.parametrize("given", ["empty mapping", "nothing", "ObjectiveConfig()", "a whole config"])
+def test_an_objective_built_from_no_options_is_the_config_default(given):
+    """Issue 22: the Python default can never differ from the config's (it once did: stopwords none vs english),
+    so a mapping without a key trains the objective a config without it trains."""
+    options = {"empty mapping": {}, "nothing": None, "ObjectiveConfig()": ObjectiveConfig(),
+               "a whole config": default_config()}[given]
+    torch.manual_seed(3)
+    built = LocVTPObjective(options, dim=8)
+    torch.manual_seed(3)
+    reference = LocVTPObjective.from_config(default_config().objective, dim=8)
+    _same_objective(built, reference)
+    assert built.stopwords == "english" and built.options == ObjectiveConfig()
+    torch.manual_seed(3)
+    partial = LocVTPObjective.from_config({"topk": 2}, dim=8)  # a mapping silent on the other keys
+    torch.manual_seed(3)
+    _same_objective(partial, LocVTPObjective(ObjectiveConfig(topk=2), dim=8))
+
+
+def _other_value(name, default):
+    """A valid value of option ``name`` that is not its default (choices from the config's RULES)."""
+    rule = RULES.get(f"objective.{name}")
+    if rule is not None and rule[0] == "choice":
+        return next(c for c in rule[1:] if c != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return 1.0 if math.isinf(default) else default / 2
+    if name == "head_hidden":
+        return 12
+    if name == "weights":
+        return {"coarse": 2.0, "fine": 3.0, "temporal": 4.0}
+    raise AssertionError(f"objective.{name}: no test value for a default of type {type(default).__name__}")
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(ObjectiveConfig)])
+def test_every_config_option_is_accepted_by_the_objective_and_reaches_it(name):
+    """Each ObjectiveConfig field is a keyword of LocVTPObjective and of a config mapping, the two agree, and a
+    non-default value changes the module (or, for the DDP gather and the products' precision, its attribute)."""
+    default = getattr(ObjectiveConfig(), name)
+    value = _other_value(name, default)
+    torch.manual_seed(0)
+    by_keyword = LocVTPObjective(dim=8, **{name: value})
+    torch.manual_seed(0)
+    by_config = LocVTPObjective.from_config(load_config(overrides=[
+        f"objective.{name}.{k}={v}" for k, v in value.items()] if isinstance(value, dict) else
+        [f"objective.{name}={value}"]), dim=8)
+    _same_objective(by_keyword, by_config)
+    got = getattr(by_keyword.options, name)
+    assert (dataclasses.asdict(got) if name == "weights" else got) == value
+    torch.manual_seed(0)
+    plain = LocVTPObjective(dim=8)
+    assert repr(by_keyword) != repr(plain)
+    reached = {"head": lambda o: o.context_head.kind, "head_hidden": lambda o: o.context_head.fc1.out_features,
+               "logit_scale_init": lambda o: float(o.logit_scale.detach()), "coarse": lambda o: o.use_coarse,
+               "fine": lambda o: o.use_fine, "temporal": lambda o: o.use_temporal,
+               "weights": lambda o: o.weights}.get(name, lambda o: getattr(o, name))
+    assert reached(by_keyword) != reached(plain), name
+
+
+def test_the_objective_takes_no_option_the_config_lacks():
+    """Vice versa: besides the options object and the ObjectiveConfig names, the constructor takes only ``dim``
+    (model.dim) and ``fused`` (the kernel); any other keyword, or a config mapping with an unknown key, is
+    refused by name."""
+    params = inspect.signature(LocVTPObjective.__init__).parameters
+    assert list(params) == ["self", "options", "dim", "fused", "overrides"]
+    assert params["overrides"].kind is inspect.Parameter.VAR_KEYWORD
+    assert OPTION_NAMES == tuple(f.name for f in dataclasses.fields(ObjectiveConfig))
+    assert {k.split(".")[1] for k in RULES if k.startswith("objective.")} <= set(OPTION_NAMES)
+    with pytest.raises(ValueError, match=r"objective\.tau_coarse: not an option"):
+        LocVTPObjective(dim=8, tau_coarse=0.1)
+    with pytest.raises(ValueError, match=r"objective\.bogus: not an option"):
+        LocVTPObjective({"topk": 2, "bogus": 1}, dim=8)
+    with pytest.raises(ValueError, match=r"objective\.weights\.speed: unknown loss term"):
+        LocVTPObjective(dim=8, weights={"speed": 1.0})
+    with pytest.raises(ValueError, match=r"objective\.topk: .*Integer"):
+        LocVTPObjective(dim=8, topk="two")
+    with pytest.warns(DeprecationWarning, match="window= is deprecated"):
+        assert LocVTPObjective(dim=8, window=3).options.max_offset == 3
+
+
+def test_the_defaults_in_docs_method_md_are_the_config_defaults():
+    """docs/method.md's option tables show each option's default as ``objective.KEY=VALUE``; a default is written
+    once, in ObjectiveConfig, so every such value shown in a "config key" column must be it."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "method.md"
+    shown, column = [], None
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            column = None
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if column is None:
+            column = next((i for i, c in enumerate(cells) if c.startswith("config key")), -1)
+        elif column >= 0 and not set(cells[column]) <= set("-: "):
+            shown += re.findall(r"`(objective\.[a-z_.]+=[^`\s]+)`", cells[column])
+    assert len(shown) >= 10, shown  # both tables were found
+    for ov in shown:
+        assert load_config(overrides=[ov]) == default_config(), f"docs/method.md shows {ov}, not the default"

@@ -2,7 +2,8 @@
 
 METHOD.md "What must hold": each loss equals a loop implementation on random padded inputs for B, T, L >= 1
 (no NaN), gradients reach both encoders and g and none flow through the top-k selection, and the loss is
-invariant to a permutation of the batch.
+invariant to a permutation of the batch. The objectives here are METHOD.md's (``stopwords="none"``, named: the
+objective's defaults are the config's, which mask stop words since issue 15).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def assert_matches_reference(obj, c, w, s, cm, wm, off):
 def test_objective_matches_loop_reference_values_and_gradients(shape, options):
     B, T, L = shape
     torch.manual_seed(1)
-    obj = LocVTPObjective(dim=8, **options).double()
+    obj = LocVTPObjective(dim=8, stopwords="none", **options).double()
     c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
     off = offsets_for(cm, obj.max_offset, seed=B)
     out, got = assert_matches_reference(obj, c, w, s, cm, wm, off)
@@ -107,7 +108,7 @@ def test_individual_functions_match_references():
     r = ref_fine(c, w, cm, wm, topk=2, tau=0.1, intra_negatives=True)
     for key in ("fine", "fine_cw", "fine_wc"):
         torch.testing.assert_close(f[key], r[key])
-    head = LocVTPObjective(dim=8, max_offset=2).double().context_head
+    head = LocVTPObjective(dim=8, stopwords="none", max_offset=2).double().context_head
     off = offsets_for(cm)
     t = temporal_loss(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0)
     r = ref_temporal(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0)
@@ -131,7 +132,7 @@ def test_discovered_correspondences_match_reference(topk):
 
 
 def test_objective_returns_correspondences_and_terms():
-    obj = LocVTPObjective(dim=8, topk=2)
+    obj = LocVTPObjective(dim=8, stopwords="none", topk=2)
     c, w, s, cm, wm = make_batch(3, 4, 5, dtype=torch.float32)
     out = obj(c, w, s, cm, wm)
     assert out["clip_to_word"].shape == (3, 4, 2) and out["word_to_clip"].shape == (3, 5, 2)
@@ -142,7 +143,7 @@ def test_objective_returns_correspondences_and_terms():
 
 
 def test_edge_cases_have_no_nan():
-    obj = LocVTPObjective(dim=8, topk=3, intra_negatives=True).double()
+    obj = LocVTPObjective(dim=8, stopwords="none", topk=3, intra_negatives=True).double()
     for B, T, L in [(1, 1, 1), (2, 1, 1), (1, 4, 1), (1, 1, 4)]:
         c, w, s, cm, wm = make_batch(B, T, L, requires_grad=True)
         out = obj(c, w, s, cm, wm)
@@ -151,11 +152,11 @@ def test_edge_cases_have_no_nan():
         assert torch.isfinite(c.grad).all() and torch.isfinite(w.grad).all() and torch.isfinite(s.grad).all()
     # B = 1 with top-1: every positive is the whole denominator -> fine and coarse are exactly 0
     c, w, s, cm, wm = make_batch(1, 3, 4)
-    out = LocVTPObjective(dim=8).double()(c, w, s, cm, wm)
+    out = LocVTPObjective(dim=8, stopwords="none").double()(c, w, s, cm, wm)
     assert out["fine"].item() == 0.0 and out["coarse"].item() == 0.0
     # single-clip videos: no temporal context anywhere -> temporal = 0, excluded
     c, w, s, cm, wm = make_batch(3, 1, 4)
-    out = LocVTPObjective(dim=8).double()(c, w, s, cm, wm)
+    out = LocVTPObjective(dim=8, stopwords="none").double()(c, w, s, cm, wm)
     assert out["temporal"].item() == 0.0 and (out["offsets"] == 0).all()
 
 
@@ -174,7 +175,7 @@ def test_gradients_reach_both_encoders_and_the_context_head():
     torch.manual_seed(0)
     B, T, L, Din, D = 4, 5, 6, 12, 8
     video_enc, text_enc = torch.nn.Linear(Din, D), torch.nn.Linear(Din, D)
-    obj = LocVTPObjective(dim=D, topk=2)
+    obj = LocVTPObjective(dim=D, stopwords="none", topk=2)
     clips_in, words_in = torch.randn(B, T, Din), torch.randn(B, L, Din)
     cm = torch.ones(B, T, dtype=torch.bool)
     wm = torch.ones(B, L, dtype=torch.bool)
@@ -188,7 +189,7 @@ def test_gradients_reach_both_encoders_and_the_context_head():
     assert obj.logit_scale.grad is not None and obj.logit_scale.grad != 0
     # the temporal term alone also reaches both encoders (through g and the words)
     video_enc.zero_grad(), text_enc.zero_grad()
-    obj_t = LocVTPObjective(dim=D, coarse=False, fine=False, temporal=True)
+    obj_t = LocVTPObjective(dim=D, stopwords="none", coarse=False, fine=False, temporal=True)
     c = F.normalize(video_enc(clips_in), dim=-1)
     w = F.normalize(text_enc(words_in), dim=-1)
     obj_t(c, w, s.detach(), cm, wm)["total"].backward()
@@ -199,7 +200,7 @@ def test_no_gradient_through_selection_gradcheck():
     """Hard top-k (k=2) with intra negatives: autograd = finite differences, i.e. the selection is a constant
     index op locally (a gradient "through" the top-k would have to show up as a mismatch)."""
     torch.manual_seed(0)
-    obj = LocVTPObjective(dim=6, topk=2, intra_negatives=False, head="mlp", sigma=2.0).double()
+    obj = LocVTPObjective(dim=6, stopwords="none", topk=2, intra_negatives=False, head="mlp", sigma=2.0).double()
     c, w, s, cm, wm = make_batch(3, 3, 4, D=6, seed=11)
     off = offsets_for(cm)
     sel = discover_correspondences(c, w, cm, wm, 2)
@@ -217,7 +218,7 @@ def test_no_gradient_through_selection_gradcheck():
 
 def test_gradcheck_context_head_and_logit_scale():
     torch.manual_seed(0)
-    obj = LocVTPObjective(dim=4, topk=1, intra_negatives=True, head="linear").double()
+    obj = LocVTPObjective(dim=4, stopwords="none", topk=1, intra_negatives=True, head="linear").double()
     c, w, s, cm, wm = make_batch(2, 3, 3, D=4, seed=5)
     off = offsets_for(cm)
     params = list(obj.parameters())
@@ -248,7 +249,7 @@ def test_soft_positive_weights_carry_no_gradient():
     {"topk": 2, "intra_negatives": True, "sigma": 1.0, "temporal_negatives": "warped"},
 ])
 def test_batch_permutation_invariance(options):
-    obj = LocVTPObjective(dim=8, **options).double()
+    obj = LocVTPObjective(dim=8, stopwords="none", **options).double()
     c, w, s, cm, wm = make_batch(5, 4, 6, seed=9)
     off = offsets_for(cm)
     perm = torch.tensor([3, 0, 4, 1, 2])
@@ -266,7 +267,7 @@ def test_overfit_tiny_batch():
     raw_c = torch.nn.Parameter(torch.randn(B, T, D))
     raw_w = torch.nn.Parameter(torch.randn(B, L, D))
     raw_s = torch.nn.Parameter(torch.randn(B, D))
-    obj = LocVTPObjective(dim=D, topk=1)
+    obj = LocVTPObjective(dim=D, stopwords="none", topk=1)
     cm = torch.ones(B, T, dtype=torch.bool)
     cm[1, 3:] = False
     wm = torch.ones(B, L, dtype=torch.bool)
@@ -286,8 +287,8 @@ def test_overfit_tiny_batch():
 
 @pytest.mark.parametrize("negatives", ["clips", "warped"])
 def test_bf16_products_match_reference_at_stated_tolerance(negatives):
-    obj32 = LocVTPObjective(dim=32, topk=2, temporal_negatives=negatives).double()
-    obj16 = LocVTPObjective(dim=32, topk=2, bf16_products=True, temporal_negatives=negatives).double()
+    obj32 = LocVTPObjective(dim=32, stopwords="none", topk=2, temporal_negatives=negatives).double()
+    obj16 = LocVTPObjective(dim=32, stopwords="none", topk=2, bf16_products=True, temporal_negatives=negatives).double()
     obj16.load_state_dict(obj32.state_dict())
     c, w, s, cm, wm = make_batch(6, 5, 8, D=32, seed=4, requires_grad=True)
     off = offsets_for(cm)
@@ -322,10 +323,10 @@ def test_draw_offsets_stay_in_window_and_inside_valid_clips():
 def test_disabled_terms_are_zero_and_excluded_from_total():
     c, w, s, cm, wm = make_batch(3, 4, 5, seed=1)
     off = offsets_for(cm)
-    full = LocVTPObjective(dim=8, weights={"coarse": 2.0, "fine": 0.5, "temporal": 3.0}).double()
+    full = LocVTPObjective(dim=8, stopwords="none", weights={"coarse": 2.0, "fine": 0.5, "temporal": 3.0}).double()
     out = full(c, w, s, cm, wm, off)
     torch.testing.assert_close(out["total"], 2.0 * out["coarse"] + 0.5 * out["fine"] + 3.0 * out["temporal"])
-    only = LocVTPObjective(dim=8, fine=False, temporal=False).double()
+    only = LocVTPObjective(dim=8, stopwords="none", fine=False, temporal=False).double()
     only.load_state_dict(full.state_dict())
     o = only(c, w, s, cm, wm, off)
     assert float(o["fine"]) == 0.0 and float(o["temporal"]) == 0.0
@@ -351,7 +352,7 @@ def test_from_config_uses_every_field():
 
 
 def test_invalid_inputs_are_named():
-    obj = LocVTPObjective(dim=8)
+    obj = LocVTPObjective(dim=8, stopwords="none")
     c, w, s, cm, wm = make_batch(3, 4, 5, dtype=torch.float32)
     bad = wm.clone()
     bad[1] = False
@@ -369,7 +370,7 @@ def test_invalid_inputs_are_named():
 
 def test_runs_in_fp32_under_bf16_autocast():
     """Encoders may run under bf16 autocast; the objective computes in fp32 regardless (same values)."""
-    obj = LocVTPObjective(dim=8)
+    obj = LocVTPObjective(dim=8, stopwords="none")
     c, w, s, cm, wm = make_batch(3, 4, 5, dtype=torch.float32)
     off = offsets_for(cm)
     plain = obj(c, w, s, cm, wm, off)
@@ -400,7 +401,7 @@ WARPED_OPTIONS = [
 def test_warped_temporal_negatives_match_loop_reference(shape, options, fused):
     B, T, L = shape
     torch.manual_seed(1)
-    obj = LocVTPObjective(dim=8, temporal_negatives="warped", fused=fused, **options).double()
+    obj = LocVTPObjective(dim=8, stopwords="none", temporal_negatives="warped", fused=fused, **options).double()
     c, w, s, cm, wm = make_batch(B, T, L, seed=sum(shape), requires_grad=True)
     if B > 3:  # enough videos with a temporal context that the warped negatives are not trivial
         cm[:, :3] = True
@@ -408,7 +409,7 @@ def test_warped_temporal_negatives_match_loop_reference(shape, options, fused):
     out, got = assert_matches_reference(obj, c, w, s, cm, wm, off)
     assert (got[0][~cm] == 0).all() and (got[1][~wm] == 0).all()
     if B > 3:  # the option changes exactly the word-anchored temporal term
-        clips_obj = LocVTPObjective(dim=8, fused=fused, **options).double()
+        clips_obj = LocVTPObjective(dim=8, stopwords="none", fused=fused, **options).double()
         clips_obj.load_state_dict(obj.state_dict())
         base = clips_obj(c, w, s, cm, wm, off)
         for key in ("coarse", "fine", "fine_cw", "fine_wc", "temporal_z"):
@@ -418,7 +419,7 @@ def test_warped_temporal_negatives_match_loop_reference(shape, options, fused):
 
 def test_warped_option_of_the_standalone_temporal_loss():
     c, w, s, cm, wm = make_batch(5, 4, 6, seed=8)
-    head = LocVTPObjective(dim=8, max_offset=2).double().context_head
+    head = LocVTPObjective(dim=8, stopwords="none", max_offset=2).double().context_head
     off = offsets_for(cm)
     t = temporal_loss(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="warped")
     r = ref_temporal(c, w, cm, wm, head, off, topk=2, tau=0.1, sigma=2.0, temporal_negatives="warped")
@@ -431,8 +432,9 @@ def test_warped_option_of_the_standalone_temporal_loss():
 def test_clips_negatives_are_the_default_and_bit_identical():
     """temporal_negatives="clips" is exactly the behaviour without the option (METHOD.md §3)."""
     torch.manual_seed(0)
-    default = LocVTPObjective(dim=8, topk=2, intra_negatives=True).double()
-    explicit = LocVTPObjective(dim=8, topk=2, intra_negatives=True, temporal_negatives="clips").double()
+    default = LocVTPObjective(dim=8, stopwords="none", topk=2, intra_negatives=True).double()
+    explicit = LocVTPObjective(dim=8, stopwords="none", topk=2, intra_negatives=True,
+                               temporal_negatives="clips").double()
     explicit.load_state_dict(default.state_dict())
     assert default.temporal_negatives == "clips" and "temporal_negatives='clips'" in repr(default)
     assert LocVTPObjective.from_config(default_config(), dim=8).temporal_negatives == "clips"
@@ -468,8 +470,8 @@ def test_temporal_negatives_config_key_is_validated():
 def test_warped_negatives_edge_cases_have_no_nan():
     """B = 1 (no negatives), single-clip videos, and batches where only one video has a temporal context (no
     warped negative at all for any word): defined values, finite gradients."""
-    obj = LocVTPObjective(dim=8, topk=3, intra_negatives=True, temporal_negatives="warped").double()
-    plain = LocVTPObjective(dim=8, temporal_negatives="warped").double()
+    obj = LocVTPObjective(dim=8, stopwords="none", topk=3, intra_negatives=True, temporal_negatives="warped").double()
+    plain = LocVTPObjective(dim=8, stopwords="none", temporal_negatives="warped").double()
     for B, T, L in [(1, 1, 1), (2, 1, 1), (1, 4, 1), (1, 1, 4), (1, 3, 4)]:
         for o in (obj, plain):
             c, w, s, cm, wm = make_batch(B, T, L, requires_grad=True)
@@ -482,7 +484,7 @@ def test_warped_negatives_edge_cases_have_no_nan():
     assert plain(c, w, s, cm, wm)["temporal_w"].item() == 0.0
     # only sample 0 has context clips: the other-video warped negatives are empty (−inf), still no NaN
     for fused in (True, False):
-        o = LocVTPObjective(dim=8, temporal_negatives="warped", fused=fused).double()
+        o = LocVTPObjective(dim=8, stopwords="none", temporal_negatives="warped", fused=fused).double()
         c, w, s, cm, wm = make_batch(3, 4, 5, seed=2, requires_grad=True)
         cm[1:, 1:] = False
         out = o(c, w, s, cm, wm)
@@ -494,7 +496,8 @@ def test_warped_negatives_edge_cases_have_no_nan():
 
 def test_warped_negatives_gradcheck_through_the_objective():
     torch.manual_seed(0)
-    obj = LocVTPObjective(dim=6, topk=2, intra_negatives=True, temporal_negatives="warped", sigma=2.0).double()
+    obj = LocVTPObjective(dim=6, stopwords="none", topk=2, intra_negatives=True, temporal_negatives="warped",
+                          sigma=2.0).double()
     c, w, s, cm, wm = make_batch(4, 3, 4, D=6, seed=11)
     cm[:, :2] = True
     off = offsets_for(cm)

@@ -82,7 +82,7 @@ def brute_force_sums(anchors, words, row_ok, word_mask, alpha, segment=0):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_heavy_padding_matches_loop_reference_and_padding_gets_zero_gradient(options, seed):
     torch.manual_seed(seed)
-    obj = LocVTPObjective(dim=8, **options).double()
+    obj = LocVTPObjective(dim=8, stopwords="none", **options).double()
     c, w, s, cm, wm = heavy_padding_batch(seed=seed)
     c.requires_grad_(), w.requires_grad_(), s.requires_grad_()
     off = draw_offsets(cm, obj.window, generator=torch.Generator().manual_seed(seed))
@@ -104,8 +104,8 @@ def test_heavy_padding_matches_loop_reference_and_padding_gets_zero_gradient(opt
 @pytest.mark.parametrize("negatives", ["clips", "warped"])
 def test_fp32_fused_equals_masked_path_and_loop_reference(negatives):
     torch.manual_seed(0)
-    fused = LocVTPObjective(dim=32, temporal_negatives=negatives)
-    masked = LocVTPObjective(dim=32, fused=False, temporal_negatives=negatives)
+    fused = LocVTPObjective(dim=32, stopwords="none", temporal_negatives=negatives)
+    masked = LocVTPObjective(dim=32, stopwords="none", fused=False, temporal_negatives=negatives)
     masked.load_state_dict(fused.state_dict())
     c, w, s, cm, wm = heavy_padding_batch(B=12, T=8, L=14, D=32, seed=3, dtype=torch.float32)
     off = draw_offsets(cm, 2, generator=torch.Generator().manual_seed(3))
@@ -120,7 +120,7 @@ def test_fp32_fused_equals_masked_path_and_loop_reference(negatives):
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
     # and both equal the fp64 loop reference
-    obj64 = LocVTPObjective(dim=32, temporal_negatives=negatives).double()
+    obj64 = LocVTPObjective(dim=32, stopwords="none", temporal_negatives=negatives).double()
     obj64.load_state_dict(fused.state_dict())
     ref = ref_total(obj64, c.double(), w.double(), s.double(), cm, wm, off)
     for key in TERMS:

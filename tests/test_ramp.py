@@ -27,7 +27,7 @@ def _inputs(seed=0, B=3, T=4, L=5, D=16):
 
 
 def test_aux_scale_multiplies_only_fine_and_temporal():
-    obj = LocVTPObjective(dim=16, max_offset=2)
+    obj = LocVTPObjective(dim=16, stopwords="none", max_offset=2)
     args = _inputs()
     full = obj(*args)
     obj.aux_scale = 0.0

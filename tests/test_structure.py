@@ -7,15 +7,12 @@
     A command may import another command (``demo`` runs ``pretrain``).
 (b) no function (or method) in ``src/locvtp`` is longer than 80 lines.
 
-Files that other sessions are still rewriting for issue 16 are listed in ``IN_PROGRESS`` and skipped for now.
-THIS LIST MUST SHRINK TO EMPTY: remove an entry as soon as its file passes both rules.
+Every file is checked; there are no exemptions.
 """
 from __future__ import annotations
 
 import ast
 from pathlib import Path
-
-import pytest
 
 import locvtp
 from locvtp.cli import COMMANDS
@@ -23,19 +20,9 @@ from locvtp.cli import COMMANDS
 SRC = Path(locvtp.__file__).resolve().parent
 MAX_LINES = 80
 
-# Being rewritten by other sessions of issue 16 (the inference / command side with the index,
-# score and diagnostics; the web server; the synthetic world). THIS LIST MUST SHRINK TO EMPTY: the lead removes
-# entries when those sessions finish. (locvtp.diagnostics modules are `python -m` entry points that import
-# commands; whether they count as commands is for that session to settle.)
-IN_PROGRESS: tuple[str, ...] = ()
-
 
 def _rel(path: Path) -> str:
     return path.relative_to(SRC).as_posix()
-
-
-def _skipped(rel: str) -> bool:
-    return any(rel == e or (e.endswith("/") and rel.startswith(e)) for e in IN_PROGRESS)
 
 
 def _module_name(path: Path) -> str:
@@ -75,11 +62,6 @@ def test_the_command_table_names_real_modules():
     assert COMMAND_MODULES <= names, COMMAND_MODULES - names
 
 
-# Library modules that still reach a command module, each with the reason and who removes it. Must shrink to
-# empty like IN_PROGRESS.
-KNOWN_VIOLATIONS: dict[str, str] = {}
-
-
 def _command_imports(path: Path, inits: dict[str, set[str]]) -> set[str]:
     direct = _imports(path)
     via_init = set().union(*(inits.get(m, set()) for m in direct))
@@ -91,19 +73,12 @@ def test_no_library_module_imports_a_command_module():
     bad = []
     for path in SOURCES:
         rel = _rel(path)
-        if _module_name(path) in COMMAND_MODULES or _skipped(rel) or rel == "cli.py":  # cli dispatches to them
+        if _module_name(path) in COMMAND_MODULES or rel == "cli.py":  # cli dispatches to them
             continue
-        hits = _command_imports(path, inits) - {KNOWN_VIOLATIONS.get(rel)}
+        hits = _command_imports(path, inits)
         if hits:
             bad.append(f"{rel} imports {sorted(hits)}")
     assert not bad, "library modules import command modules:\n" + "\n".join(bad)
-
-
-@pytest.mark.parametrize("rel", sorted(KNOWN_VIOLATIONS))
-def test_known_violations_are_still_real(rel):
-    """An entry whose violation is gone must be removed from KNOWN_VIOLATIONS."""
-    inits = {_module_name(p): _imports(p) & COMMAND_MODULES for p in SOURCES if p.name == "__init__.py"}
-    assert KNOWN_VIOLATIONS[rel] in _command_imports(SRC / rel, inits), f"{rel}: fixed, remove it from the list"
 
 
 def _long_functions(path: Path) -> list[str]:
@@ -119,12 +94,5 @@ def _long_functions(path: Path) -> list[str]:
 
 
 def test_no_function_is_longer_than_80_lines():
-    long = [f for path in SOURCES if not _skipped(_rel(path)) for f in _long_functions(path)]
+    long = [f for path in SOURCES for f in _long_functions(path)]
     assert not long, f"functions over {MAX_LINES} lines:\n" + "\n".join(long)
-
-
-@pytest.mark.parametrize("entry", IN_PROGRESS)
-def test_the_in_progress_list_names_real_paths(entry):
-    """A stale entry (its file gone or renamed) must be removed, not kept as a blanket exemption."""
-    target = SRC / entry.rstrip("/")
-    assert (target.is_dir() if entry.endswith("/") else target.is_file()), f"{entry}: no such path, remove it"

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch import nn
 
 from .config import Config, ModelConfig, read_yaml_mapping, rename_deprecated_keys, to_yaml
 from locvtp.errors import LocVTPError
-from locvtp.files import OLD_TAG, fsync_dir, fsync_file, temp_path
+from locvtp.files import fsync_dir, fsync_file, swap_dir, temp_path
 
 FORMAT = "locvtp-checkpoint"
 FORMAT_VERSION = 1
@@ -169,21 +168,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: Any, tokeniz
             if f.is_file():
                 fsync_file(f)
         fsync_dir(tmp)
-        old = None
-        if path.exists():
-            # os.replace cannot overwrite a non-empty directory: move the old one aside first (hidden name, so
-            # resolve_checkpoint never picks it), and put it back if the final rename fails.
-            old = path.parent / f".{path.name}{OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None and not path.exists():
-                os.replace(old, path)
-            raise
-        fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, path)  # the old checkpoint moves aside under a hidden name: resolve_checkpoint never picks it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

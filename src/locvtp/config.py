@@ -107,6 +107,10 @@ class LossWeights:
 
 @dataclass
 class ObjectiveConfig:
+    """The objective's options: the one place each is written with its default. ``LocVTPObjective`` takes its
+    options from here whether it is built from a config or in Python (``locvtp.objectives.objective_options``),
+    so a key left out means the same everywhere."""
+
     # Which terms (METHOD.md §1-3); every ablation row of docs/method.md is a combination of these keys.
     coarse: bool = True
     fine: bool = True

@@ -268,6 +268,7 @@ def _plots(out: Path, world: Path, ckpts: dict[str, Path], eval_dirs: dict[str, 
     from locvtp.checkpoint import load_checkpoint
     from locvtp.data.formats import read_activitynet_captions
     from locvtp.inference import embed_texts, embed_video_file
+    from locvtp.predictor import Preprocessing
 
     plots: dict[str, str] = {}
     runs = {n: out / "runs" / n / "metrics.jsonl" for n in ("coarse", "locvtp")}
@@ -286,10 +287,10 @@ def _plots(out: Path, world: Path, ckpts: dict[str, Path], eval_dirs: dict[str, 
     tokens = None
     for name, ck in ckpts.items():
         loaded = load_checkpoint(ck)
-        dcfg = loaded.cfg.data
-        emb = embed_video_file(loaded.model, video, clip_seconds=dcfg.clip_seconds,
-                               frames_per_clip=dcfg.frames_per_clip, frame_size=dcfg.frame_size)
-        txt = embed_texts(loaded.model, loaded.tokenizer, [q.query], max_words=dcfg.max_words)
+        prep = Preprocessing.from_config(loaded.cfg)  # the checkpoint's, as every command reads it
+        emb = embed_video_file(loaded.model, video, clip_seconds=prep.clip_seconds, stride_seconds=prep.stride_seconds,
+                               frames_per_clip=prep.frames_per_clip, frame_size=prep.frame_size)
+        txt = embed_texts(loaded.model, loaded.tokenizer, [q.query], max_words=prep.max_words)
         words = np.asarray(txt.words[0])
         tokens = list(txt.tokens[0])
         sims[name] = emb.clips @ words.T

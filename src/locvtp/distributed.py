@@ -146,13 +146,6 @@ class Dist:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
-    def broadcast_object(self, obj: Any) -> Any:
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 def setup_distributed(device: str = "auto") -> Dist:
     """Join the torchrun process group if there is one (WORLD_SIZE > 1); pick this rank's device.

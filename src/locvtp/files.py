@@ -300,8 +300,17 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike, writer: str, wha
     """Move a fully written directory ``tmp`` (with its manifest) to ``out``, replacing an earlier output of the
     same ``writer`` — never anything else (:func:`check_replaceable_dir`) — with no window in which ``out``
     holds half of either."""
+    check_replaceable_dir(out, writer, what)
+    swap_dir(tmp, out)
+
+
+def swap_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Put the fully written directory ``tmp`` at ``out``, with no window in which ``out`` holds half of either.
+
+    ``os.replace`` cannot overwrite a non-empty directory: an existing ``out`` is moved aside first (hidden name
+    with :data:`OLD_TAG`, so no reader picks it), put back if the final rename fails, removed after. Whether
+    ``out`` may be replaced is the caller's decision (:func:`replace_dir` checks the manifest)."""
     tmp_p, out_p = Path(tmp), Path(out)
-    check_replaceable_dir(out_p, writer, what)
     old = None
     if out_p.exists():
         old = out_p.with_name(f".{out_p.name}{OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")

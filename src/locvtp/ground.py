@@ -50,14 +50,6 @@ PROG = "locvtp ground"
 WINDOW_SCORE_KINDS = WINDOW_SCORES  # the kinds of locvtp.localize.window_scores (numpy only: `--help` stays fast)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "GroundError":  # historical name of the predictor's input error (kept for callers)
-        from locvtp.predictor import PredictorError
-
-        return PredictorError
-    raise AttributeError(name)
-
-
 def plot_grounding(result: GroundingResult, out: str | Path, title: Optional[str] = None,
                    truth: Optional[Sequence[float]] = None) -> Path:
     """The per-clip curve with the top-k windows (rank 1 darkest); written with the Agg backend."""
@@ -264,4 +256,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["GroundError", "GroundingResult", "build_parser", "ground_embeddings", "main", "parse_args", "plot_grounding"]
+__all__ = ["GroundingResult", "build_parser", "ground_embeddings", "main", "parse_args", "plot_grounding"]

@@ -139,12 +139,16 @@ def _to_numpy(x: torch.Tensor) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ video
 def decode_video_clips(
     path: str | Path,
-    clip_seconds: float = 1.0,
-    stride_seconds: Optional[float] = None,
-    frames_per_clip: int = 4,
-    frame_size: int = 32,
+    clip_seconds: float,
+    stride_seconds: Optional[float],
+    frames_per_clip: int,
+    frame_size: int,
 ) -> DecodedClips:
     """Decode a video once and cut it into sliding-window clips ``uint8 [N, F, S, S, 3]``.
+
+    The preprocessing is the checkpoint's (``locvtp.predictor.Preprocessing``, read from its ``data`` config):
+    no defaults here, so a caller cannot silently cut clips another checkpoint would not see.
+    ``stride_seconds`` None = ``clip_seconds`` (non-overlapping windows).
 
     Raises ``locvtp.data.video.VideoError`` (an ``OSError``) naming the file when it cannot be read.
     """
@@ -214,15 +218,17 @@ def embed_video_frames(
     times: np.ndarray,
     duration: float,
     fps: float = 0.0,
-    clip_seconds: float = 1.0,
+    *,
+    clip_seconds: float,
+    frames_per_clip: int,
+    frame_size: int,
     stride_seconds: Optional[float] = None,
-    frames_per_clip: int = 4,
-    frame_size: int = 32,
     batch_clips: int = DEFAULT_BATCH_CLIPS,
     backbone: bool = False,
     device: Optional[torch.device | str] = None,
 ) -> ClipFeatures:
-    """Embed a video from already decoded frames ``uint8 [M, H, W, 3]`` with timestamps ``times [M]`` (s)."""
+    """Embed a video from already decoded frames ``uint8 [M, H, W, 3]`` with timestamps ``times [M]`` (s); the
+    checkpoint's preprocessing as in :func:`decode_video_clips`."""
     from locvtp.data import video as V
 
     stride = clip_seconds if stride_seconds is None else stride_seconds
@@ -239,15 +245,17 @@ def embed_video_frames(
 def embed_video_file(
     model: Any,
     path: str | Path,
-    clip_seconds: float = 1.0,
+    *,
+    clip_seconds: float,
+    frames_per_clip: int,
+    frame_size: int,
     stride_seconds: Optional[float] = None,
-    frames_per_clip: int = 4,
-    frame_size: int = 32,
     batch_clips: int = DEFAULT_BATCH_CLIPS,
     backbone: bool = False,
     device: Optional[torch.device | str] = None,
 ) -> ClipFeatures:
-    """Decode ``path`` once and embed all its sliding-window clips (see the module docstring).
+    """Decode ``path`` once and embed all its sliding-window clips (see the module docstring), with the
+    checkpoint's preprocessing (:func:`decode_video_clips`).
 
     ``backbone=True`` also returns the pre-projection features in ``.backbone``.
     Raises ``VideoError`` (``OSError``) naming the file if it cannot be decoded.
@@ -265,7 +273,8 @@ def embed_features(
     model: Any,
     feats: np.ndarray | torch.Tensor,
     windows: Optional[np.ndarray] = None,
-    clip_seconds: float = 1.0,
+    *,
+    clip_seconds: float,
     batch_clips: int = 4096,
     backbone: bool = False,
     device: Optional[torch.device | str] = None,

@@ -11,12 +11,16 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
+
+from locvtp.config import LossWeights, ObjectiveConfig
 
 from locvtp.data.offsets import draw_offsets
 from locvtp.data.stopwords import ENGLISH_STOPWORDS, content_words, stopword_ids
@@ -28,6 +32,7 @@ __all__ = [
     "Correspondences",
     "ENGLISH_STOPWORDS",
     "LocVTPObjective",
+    "OPTION_NAMES",
     "aux_ramp",
     "coarse_loss",
     "content_words",
@@ -35,13 +40,11 @@ __all__ = [
     "draw_offsets",
     "fine_loss",
     "fine_temporal_losses",
+    "objective_options",
     "stopword_ids",
     "temporal_loss",
     "video_embedding",
 ]
-
-_safe_lse = safe_lse  # the losses below use it under its old name
-
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
@@ -176,7 +179,7 @@ def _positive_term(x_pos: torch.Tensor, pos_mask: torch.Tensor, soft: bool, weig
     if x_pos.shape[-1] == 1:  # k = 1 (default): the single positive is valid on every anchor row
         return x_pos[..., 0]
     if not soft:
-        return _safe_lse(x_pos, pos_mask, dim=-1)
+        return safe_lse(x_pos, pos_mask, dim=-1)
     if weights is None:
         weights = torch.softmax(x_pos.detach().masked_fill(~pos_mask, float("-inf")), dim=-1)
         weights = torch.where(pos_mask, weights, torch.zeros_like(weights))
@@ -290,11 +293,11 @@ def _fine_terms(pos: _Positives, clip_mask, word_mask, anchor_words, neg_row, ne
     pos_cw = _positive_term(pos.x_cw, pos.p_mask | ~cw_rows[..., None], soft, pos.soft_cw)
     pos_wc = _positive_term(pos.x_wc, pos.q_mask | ~wc_rows[..., None], soft)
     if intra_negatives:  # every valid word (clip) of the own pair is in the denominator
-        own_cw = _safe_lse(pos.x, word_mask[:, None, :].expand(B, T, L), dim=2)
-        own_wc = _safe_lse(pos.x.transpose(1, 2), clip_mask[:, None, :].expand(B, L, T), dim=2)
+        own_cw = safe_lse(pos.x, word_mask[:, None, :].expand(B, T, L), dim=2)
+        own_wc = safe_lse(pos.x.transpose(1, 2), clip_mask[:, None, :].expand(B, L, T), dim=2)
     elif soft:
-        own_cw = _safe_lse(pos.x_cw, pos.p_mask | ~cw_rows[..., None], dim=-1)
-        own_wc = _safe_lse(pos.x_wc, pos.q_mask | ~wc_rows[..., None], dim=-1)
+        own_cw = safe_lse(pos.x_cw, pos.p_mask | ~cw_rows[..., None], dim=-1)
+        own_wc = safe_lse(pos.x_wc, pos.q_mask | ~wc_rows[..., None], dim=-1)
     else:  # hard positives: the own-pair part of the denominator is the positive set itself
         own_cw, own_wc = pos_cw, pos_wc
     l_cw = torch.logaddexp(own_cw, neg_row) - pos_cw
@@ -311,9 +314,9 @@ def _warped_clip_term(pos: _Positives, xz, ref_ok, word_mask, neg_row, soft: boo
     zmask = pos.p_mask | ~ref_ok[..., None]
     pos_z = _positive_term(xz_pos, zmask, soft, pos.soft_cw)
     if intra_negatives:
-        own_z = _safe_lse(xz, word_mask[:, None, :].expand(B, T, L), dim=2)
+        own_z = safe_lse(xz, word_mask[:, None, :].expand(B, T, L), dim=2)
     elif soft:
-        own_z = _safe_lse(xz_pos, zmask, dim=-1)
+        own_z = safe_lse(xz_pos, zmask, dim=-1)
     else:
         own_z = pos_z
     return torch.logaddexp(own_z, neg_row) - pos_z
@@ -331,16 +334,16 @@ def _word_anchored_term(pos: _Positives, xz, ref_ok, clip_mask, anchor_words, ne
     if temporal_negatives == "within":  # only the other warped clips of the same video (authors' release)
         not_q = torch.arange(T, device=xz.device)[None, None, :] != q1[..., None]
         within = ref_ok[:, None, :] & not_q  # [B,L,T]
-        den_w = torch.logaddexp(x_wz, _safe_lse(xz.transpose(1, 2), within, dim=2))
+        den_w = torch.logaddexp(x_wz, safe_lse(xz.transpose(1, 2), within, dim=2))
         w_ok = w_ok & within.any(-1)  # a word without any negative carries no signal: left out
     else:
         den_w = torch.logaddexp(x_wz, neg_cols_z if warped_negs else neg_cols)
     if intra_negatives and temporal_negatives != "within":  # the other (warped) clips of the same video
         not_q = torch.arange(T, device=xz.device)[None, None, :] != q1[..., None]
         if warped_negs:
-            intra = _safe_lse(xz.transpose(1, 2), ref_ok[:, None, :] & not_q, dim=2)
+            intra = safe_lse(xz.transpose(1, 2), ref_ok[:, None, :] & not_q, dim=2)
         else:
-            intra = _safe_lse(pos.x.transpose(1, 2), clip_mask[:, None, :] & not_q, dim=2)
+            intra = safe_lse(pos.x.transpose(1, 2), clip_mask[:, None, :] & not_q, dim=2)
         den_w = torch.logaddexp(den_w, intra)
     return den_w - x_wz, w_ok, q1
 
@@ -487,6 +490,84 @@ def aux_ramp(step: int, start: int, length: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the options
+# ----------------------------------------------------------------------------------------------------------
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ObjectiveConfig))
+_RENAMED_OPTIONS = {"window": "max_offset"}  # old name -> new name (the old one still works, with a warning)
+
+
+def _plain(options: Any, what: str) -> dict:
+    """``options`` as a plain dict: an ObjectiveConfig (or any dataclass), a DictConfig or a mapping."""
+    if options is None:
+        return {}
+    if isinstance(options, DictConfig):
+        return OmegaConf.to_container(options, resolve=True)
+    if is_dataclass(options) and not isinstance(options, type):
+        return asdict(options)
+    if isinstance(options, Mapping):
+        return dict(options)
+    raise TypeError(f"{what} must be an ObjectiveConfig, a DictConfig or a mapping, got {type(options).__name__}")
+
+
+def _loss_weights(weights: Any) -> dict:
+    """``objective.weights`` as a complete dict (a term left out keeps LossWeights' default)."""
+    given = _plain(weights, "objective.weights")
+    unknown = sorted(set(given) - {f.name for f in fields(LossWeights)})
+    if unknown:
+        raise ValueError(f"objective.weights.{unknown[0]}: unknown loss term (expected coarse, fine, temporal)")
+    return {**asdict(LossWeights()), **given}
+
+
+def objective_options(options: Any = None, **overrides: Any) -> ObjectiveConfig:
+    """The objective's options as one :class:`locvtp.config.ObjectiveConfig`, the only place an option and its
+    default are written: a Python caller and a config silent on a key train the same objective.
+
+    ``options``: an ObjectiveConfig, the ``objective`` node of a config (DictConfig or mapping) or a whole
+    config; ``overrides`` (option names as keywords) go on top. A name that is not an option is a ValueError
+    naming it; a value of the wrong type too (checked and converted as the config does)."""
+    given = _plain(options, "options")
+    if "objective" in given:  # a whole Config
+        given = _plain(given["objective"], "options.objective")
+    given.update(overrides)
+    for old, new in _RENAMED_OPTIONS.items():
+        if old in given:
+            warnings.warn(f"objective option {old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+            value = given.pop(old)
+            given.setdefault(new, value)
+    unknown = sorted(set(given) - set(OPTION_NAMES))
+    if unknown:
+        raise ValueError(f"objective.{unknown[0]}: not an option of the objective (locvtp.config.ObjectiveConfig: "
+                         f"{', '.join(OPTION_NAMES)})")
+    if given.get("weights") is not None:
+        given["weights"] = _loss_weights(given["weights"])
+    else:
+        given.pop("weights", None)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ObjectiveConfig), given))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "options"
+        raise ValueError(f"objective.{key}: {str(getattr(exc, 'msg', exc)).splitlines()[0]}") from None
+
+
+def _check_options(o: ObjectiveConfig) -> None:
+    """The values the config's RULES also refuse, for an objective built without a config."""
+    _check_temporal_negatives(o.temporal_negatives)
+    _check_choice("temporal_directions", o.temporal_directions, TEMPORAL_DIRECTIONS)
+    _check_choice("stopwords", o.stopwords, STOPWORDS)
+    if o.topk < 1:
+        raise ValueError(f"objective.topk must be >= 1, got {o.topk}")
+    if o.tau_fine <= 0:
+        raise ValueError(f"objective.tau_fine must be > 0, got {o.tau_fine}")
+    if not (o.sigma > 0):
+        raise ValueError(f"objective.sigma must be > 0 (inf = uniform), got {o.sigma}")
+    if not (0 < o.logit_scale_init <= o.logit_scale_max):
+        raise ValueError(f"objective.logit_scale_init ({o.logit_scale_init}) must be in (0, logit_scale_max="
+                         f"{o.logit_scale_max}]")
+    if not (o.coarse or o.fine or o.temporal):
+        raise ValueError("at least one of objective.coarse / fine / temporal must be enabled")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # the module
 # ----------------------------------------------------------------------------------------------------------
 def _pad_to(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
@@ -501,6 +582,11 @@ class LocVTPObjective(nn.Module):
     """L = λ_c L_c + r(step)·(λ_f L_f + λ_t L_t) over the global batch (docs/method.md "Total" and "Ramp");
     owns g (context head), the logit scale and the ramp r (``set_step``).
 
+    Built from one options object (:func:`objective_options`): ``LocVTPObjective(cfg.objective, dim=256)``,
+    ``LocVTPObjective(dim=256, topk=2)`` or both; every option left out is ``ObjectiveConfig``'s default, and
+    ``.options`` holds them all. ``dim`` (the joint space, ``model.dim``) and ``fused`` (the fused negatives
+    kernel; False = the masked reference path, for tests and benchmarks) are not objective options.
+
     ``forward(clips, words, sentence, clip_mask, word_mask, offsets=None)`` takes the *local* L2-normalised
     features (and boolean masks); under torch.distributed with ``gather=True`` it first gathers them — with
     gradients — and the offsets from all ranks (docs/method.md, "Distributed training"). Offsets are drawn
@@ -508,112 +594,34 @@ class LocVTPObjective(nn.Module):
     ``window`` is the deprecated name of ``max_offset``.
     """
 
-    def __init__(
-        self,
-        dim: int = 256,
-        topk: int = 1,
-        max_offset: int = 2,
-        sigma: float = math.inf,
-        weights: Mapping[str, float] | Any = None,
-        coarse: bool = True,
-        fine: bool = True,
-        temporal: bool = True,
-        intra_negatives: bool = False,
-        soft: bool = False,
-        head: str = "mlp",
-        tau_fine: float = 0.07,
-        logit_scale_init: float = 1.0 / 0.07,
-        logit_scale_max: float = 100.0,
-        gather: bool = True,
-        bf16_products: bool = False,
-        head_hidden: int | None = None,
-        fused: bool = True,
-        temporal_negatives: str = "clips",
-        context_in_span: bool = False,
-        context_stop_grad: bool = False,
-        temporal_directions: str = "both",
-        stopwords: str = "none",
-        ramp_start: int = 0,
-        ramp_steps: int = 0,
-        window: int | None = None,
-    ):
+    def __init__(self, options: ObjectiveConfig | Mapping[str, Any] | None = None, *, dim: int = 256,
+                 fused: bool = True, **overrides: Any):
         super().__init__()
-        if window is not None:  # the old name of max_offset (collided with the time windows of the data)
-            warnings.warn("LocVTPObjective(window=) is deprecated: use max_offset=", DeprecationWarning, stacklevel=2)
-            max_offset = window
-        _check_temporal_negatives(temporal_negatives)
-        _check_choice("temporal_directions", temporal_directions, TEMPORAL_DIRECTIONS)
-        _check_choice("stopwords", stopwords, STOPWORDS)
-        if topk < 1:
-            raise ValueError(f"objective.topk must be >= 1, got {topk}")
-        if tau_fine <= 0:
-            raise ValueError(f"objective.tau_fine must be > 0, got {tau_fine}")
-        if not (sigma > 0):
-            raise ValueError(f"objective.sigma must be > 0 (inf = uniform), got {sigma}")
-        if not (0 < logit_scale_init <= logit_scale_max):
-            raise ValueError(
-                f"objective.logit_scale_init ({logit_scale_init}) must be in (0, logit_scale_max={logit_scale_max}]"
-            )
-        if not (coarse or fine or temporal):
-            raise ValueError("at least one of objective.coarse / fine / temporal must be enabled")
-        w = {"coarse": 1.0, "fine": 1.0, "temporal": 1.0}
-        if weights is not None:
-            items = weights.items() if hasattr(weights, "items") else vars(weights).items()
-            for key, value in items:
-                if key not in w:
-                    raise ValueError(f"objective.weights.{key}: unknown loss term (expected coarse, fine, temporal)")
-                w[key] = float(value)
-        self.weights = w
+        o = self.options = objective_options(options, **overrides)
+        _check_options(o)
+        self.weights = {k: float(v) for k, v in asdict(o.weights).items()}
         # multiplies the fine and temporal weights; set_step(step) sets it from the ramp (docs/method.md "Ramp")
         self.aux_scale = 1.0
-        self.ramp_start, self.ramp_steps = int(ramp_start), int(ramp_steps)
-        self.dim, self.topk, self.max_offset, self.sigma = dim, int(topk), int(max_offset), float(sigma)
-        self.use_coarse, self.use_fine, self.use_temporal = bool(coarse), bool(fine), bool(temporal)
-        self.intra_negatives, self.soft = bool(intra_negatives), bool(soft)
-        self.tau_fine = float(tau_fine)
-        self.logit_scale_max = float(logit_scale_max)
-        self.gather = bool(gather)
-        self.bf16_products = bool(bf16_products)
+        self.ramp_start, self.ramp_steps = int(o.ramp_start), int(o.ramp_steps)
+        self.dim, self.topk, self.max_offset, self.sigma = dim, int(o.topk), int(o.max_offset), float(o.sigma)
+        self.use_coarse, self.use_fine, self.use_temporal = bool(o.coarse), bool(o.fine), bool(o.temporal)
+        self.intra_negatives, self.soft = bool(o.intra_negatives), bool(o.soft)
+        self.tau_fine = float(o.tau_fine)
+        self.logit_scale_max = float(o.logit_scale_max)
+        self.gather = bool(o.gather)
+        self.bf16_products = bool(o.bf16_products)
         self.fused = bool(fused)
-        self.temporal_negatives = str(temporal_negatives)
-        self.context_in_span, self.context_stop_grad = bool(context_in_span), bool(context_stop_grad)
-        self.temporal_directions, self.stopwords = str(temporal_directions), str(stopwords)
-        self.context_head = ContextProjectionHead(dim, window=self.max_offset, kind=head, hidden=head_hidden)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
+        self.temporal_negatives = str(o.temporal_negatives)
+        self.context_in_span, self.context_stop_grad = bool(o.context_in_span), bool(o.context_stop_grad)
+        self.temporal_directions, self.stopwords = str(o.temporal_directions), str(o.stopwords)
+        self.context_head = ContextProjectionHead(dim, window=self.max_offset, kind=o.head, hidden=o.head_hidden)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(o.logit_scale_init)))
 
     @classmethod
     def from_config(cls, objective_cfg: Any, dim: int = 256) -> "LocVTPObjective":
-        """Build from ``cfg.objective`` (an ObjectiveConfig / DictConfig / dict); a full Config is accepted."""
-        cfg = objective_cfg
-        if hasattr(cfg, "objective") and not hasattr(cfg, "topk"):
-            cfg = cfg.objective
-        get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
-        return cls(
-            dim=dim,
-            topk=get("topk", 1),
-            max_offset=get("max_offset", get("window", 2)),
-            sigma=get("sigma", math.inf),
-            weights=get("weights", None),
-            coarse=get("coarse", True),
-            fine=get("fine", True),
-            temporal=get("temporal", True),
-            intra_negatives=get("intra_negatives", False),
-            soft=get("soft", False),
-            head=get("head", "mlp"),
-            tau_fine=get("tau_fine", 0.07),
-            logit_scale_init=get("logit_scale_init", 1.0 / 0.07),
-            logit_scale_max=get("logit_scale_max", 100.0),
-            gather=get("gather", True),
-            bf16_products=get("bf16_products", False),
-            head_hidden=get("head_hidden", None),
-            temporal_negatives=get("temporal_negatives", "clips"),
-            context_in_span=get("context_in_span", False),
-            context_stop_grad=get("context_stop_grad", False),
-            temporal_directions=get("temporal_directions", "both"),
-            stopwords=get("stopwords", "none"),
-            ramp_start=get("ramp_start", 0),
-            ramp_steps=get("ramp_steps", 0),
-        )
+        """``cls(objective_cfg, dim=dim)``: ``cfg.objective`` (ObjectiveConfig, DictConfig or mapping; a whole
+        Config too)."""
+        return cls(objective_cfg, dim=dim)
 
     @property
     def window(self) -> int:
@@ -726,11 +734,5 @@ class LocVTPObjective(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (
-            f"coarse={self.use_coarse}, fine={self.use_fine}, temporal={self.use_temporal}, topk={self.topk}, "
-            f"max_offset={self.max_offset}, sigma={self.sigma}, weights={self.weights}, intra_negatives={self.intra_negatives}, "
-            f"soft={self.soft}, tau_fine={self.tau_fine}, gather={self.gather}, bf16_products={self.bf16_products}, "
-            f"temporal_negatives={self.temporal_negatives!r}, context_in_span={self.context_in_span}, "
-            f"context_stop_grad={self.context_stop_grad}, temporal_directions={self.temporal_directions!r}, "
-            f"stopwords={self.stopwords!r}"
-        )
+        return f"dim={self.dim}, fused={self.fused}, " + ", ".join(
+            f"{k}={v!r}" for k, v in asdict(self.options).items())

@@ -37,16 +37,18 @@ def clip_labels(events: list[dict], n: int, clip_seconds: float) -> list[int]:
 def action_probe(checkpoint: str, world: Path, max_videos: int = 400, seed: int = 0) -> dict:
     from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
     from locvtp.inference import embed_texts, embed_video_file
+    from locvtp.predictor import Preprocessing
 
     ck = load_checkpoint(resolve_checkpoint(checkpoint))
-    d = ck.cfg.data
+    d = Preprocessing.from_config(ck.cfg)  # the checkpoint's preprocessing, as every command reads it
     gt = json.loads((world / "ground_truth.json").read_text())
     vids = sorted(v for v, g in gt.items() if g["split"] == "pretrain")[:max_videos]
     feats: dict[str, list] = {"train": [], "test": []}
     labels: dict[str, list] = {"train": [], "test": []}
     for k, vid in enumerate(vids):
         emb = embed_video_file(ck.model, world / "videos" / f"{vid}.mp4", clip_seconds=d.clip_seconds,
-                               frames_per_clip=d.frames_per_clip, frame_size=d.frame_size).clips
+                               stride_seconds=d.stride_seconds, frames_per_clip=d.frames_per_clip,
+                               frame_size=d.frame_size).clips
         part = "test" if k % 5 == 0 else "train"
         feats[part].append(emb)
         labels[part] += clip_labels(gt[vid]["events"], len(emb), float(d.clip_seconds))

@@ -188,16 +188,6 @@ def overlap_pool_matrix(windows: np.ndarray, duration: float, num_bins: int) -> 
     return (w / total).astype(np.float32)
 
 
-def seconds_to_clip_range(start: float, end: float, windows: np.ndarray) -> tuple[int, int]:
-    """Indices [i, j] (inclusive) of the clips whose centre lies in [start, end]; the nearest clip if none does."""
-    centres = np.asarray(windows, dtype=np.float64).mean(axis=1)
-    inside = np.flatnonzero((centres >= start) & (centres <= end))
-    if inside.size:
-        return int(inside[0]), int(inside[-1])
-    k = int(np.abs(centres - (start + end) / 2).argmin())
-    return k, k
-
-
 # --------------------------------------------------------------------------------------------- embeddings
 def ClipSequence(feats: np.ndarray, windows: np.ndarray, duration: float, video_id: str = "") -> ClipFeatures:  # noqa: N802
     """One video's clip features on the time axis (the old positional constructor): a
