@@ -86,6 +86,15 @@ def test_cli_on_mp4_and_on_features_agree(ckpt, tiny_world, tmp_path, capsys):
     a, b = np.array(res2["pred_relevant_windows"]), np.array(res["pred_relevant_windows"])
     assert res2["vid"] == vid and a[:, :2].tolist() == b[:, :2].tolist()
     np.testing.assert_allclose(a[:, 2], b[:, 2], atol=1e-4)
+    # what ground prints is a prediction line `locvtp score` reads (found by vid and query: no qid)
+    from locvtp.score import score_grounding
+
+    preds = tmp_path / "ground.jsonl"
+    preds.write_text(json.dumps(res) + "\n")
+    scored = score_grounding(preds, tiny_world / "grounding" / "activitynet" / "val_1.json")
+    (start, end, _), (gs, ge) = res["pred_relevant_windows"][0], item["timestamps"][0]
+    iou = max(0.0, min(end, ge) - max(start, gs)) / (max(end, ge) - min(start, gs))
+    assert scored["queries"] == 1 and scored["metrics"]["grounding_mIoU"] == pytest.approx(100 * iou)
 
 
 def test_cli_errors(ckpt, tmp_path, capsys):

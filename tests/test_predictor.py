@@ -234,6 +234,27 @@ def test_feature_origin():
     assert feature_origin({"embedding": "backbone", "checkpoint_sha256": "a"}, "a") == "backbone"
 
 
+def test_provenance_policy_lives_in_the_feature_store():
+    """The rule itself, without a model: own -> nothing to say; unknown -> a warning; foreign -> refused unless
+    allowed (then a warning); backbone -> refused; recorded input settings compared with the model's."""
+    from locvtp.errors import UsageError
+    from locvtp.featurestore.provenance import ForeignFeaturesError, check_provenance, recorded_mismatches
+
+    assert check_provenance({"embedding": "joint", "checkpoint_sha256": "a" * 64}, "f.h5", "a" * 64) == []
+    (w,) = check_provenance({}, "f.h5", "a" * 64)
+    assert w.startswith("f.h5 carries no checkpoint fingerprint")
+    foreign = {"embedding": "joint", "checkpoint_sha256": "b" * 64}
+    with pytest.raises(ForeignFeaturesError, match=r"bbbbbbbbbbbb….*aaaaaaaaaaaa….*pass --allow-x"):
+        check_provenance(foreign, "f.h5", "a" * 64, allow_flag="--allow-x")
+    (w,) = check_provenance(foreign, "f.h5", "a" * 64, allow_foreign=True)
+    assert "embedding spaces differ" in w
+    with pytest.raises(UsageError, match="backbone features"):
+        check_provenance({"embedding": "backbone"}, "f.h5", "a" * 64)
+    info = {"frames_per_clip": 4, "frame_size": 64}
+    assert recorded_mismatches(info, {"frames_per_clip": 4, "frame_size": 32}) == [("frame_size", 64)]
+    assert recorded_mismatches({}, {"frames_per_clip": 4, "frame_size": 32}) == []
+
+
 def test_foreign_features_are_refused_unless_allowed(P, capsys):
     from locvtp.featurestore.provenance import ForeignFeaturesError
     from locvtp.predictor import LocVTPPredictor

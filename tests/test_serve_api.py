@@ -200,6 +200,15 @@ def test_ground_equals_the_predictor(served, predictor):
     assert again["timing"]["embedding_seconds"] < 0.05
 
 
+def test_the_ground_page_reads_the_api_shape():
+    """The page draws what /api/ground sends: pred_relevant_windows triples, not the former windows objects."""
+    from locvtp.serve.app import STATIC
+
+    js = (STATIC / "ground.js").read_text(encoding="utf-8")
+    assert "res.pred_relevant_windows" in js and "([start, end, score])" in js
+    assert not re.search(r"\b(res|last)\.windows\b", js)
+
+
 def test_the_embedding_cache_is_a_feature_store(served, predictor, capsys):
     """What the server cached for a grounded video is an npz-dir feature store carrying this checkpoint's
     fingerprint: `locvtp ground --features` reads it (no provenance warning) and answers as the API did."""

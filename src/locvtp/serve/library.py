@@ -434,9 +434,10 @@ class Library:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._store_lock:  # what the store's writer claimed goes into its manifest
+        with self._store_lock:  # what the store's writer claimed goes into its manifest; its journal goes
             if self._writer is not None:
-                self._writer.close()
+                self._writer.finish(set())
+                self._writer = None
 
 
 def index_summary(idx: Any) -> dict[str, Any]:
