@@ -21,8 +21,8 @@ import numpy as np
 
 
 def _records(n_rows: int, dim: int, clips_per_video: int, seed: int):
-    """A factory of FeatureRecords: random unit embeddings, generated per video from a seed (never all in RAM)."""
-    from locvtp.extract import FeatureRecord
+    """A factory of ClipFeatures records: random unit embeddings, generated per video from a seed (never all in RAM)."""
+    from locvtp.featurestore.record import ClipFeatures
 
     n_videos = (n_rows + clips_per_video - 1) // clips_per_video
 
@@ -36,7 +36,7 @@ def _records(n_rows: int, dim: int, clips_per_video: int, seed: int):
                 feats = x / np.linalg.norm(x, axis=1, keepdims=True)
                 st = np.arange(n, dtype=np.float64)
                 windows = np.stack([st, st + 1.0], 1)
-            yield FeatureRecord(f"v{v:07d}", n, dim, feats, windows, 0.0, float(n))
+            yield ClipFeatures(f"v{v:07d}", feats, windows, 0.0, float(n), shape=(n, dim))
 
     return factory
 

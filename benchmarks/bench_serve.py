@@ -59,7 +59,7 @@ def make_checkpoint(world: Path, out: Path, dim: int) -> Path:
 
 
 def random_index(out: Path, rows: int, dim: int, sha256: str, per_video: int = 200) -> None:
-    from locvtp.features import FeatureRecord
+    from locvtp.featurestore.record import ClipFeatures
     from locvtp.search import build_index_from_records
 
     n_videos = (rows + per_video - 1) // per_video
@@ -73,7 +73,7 @@ def random_index(out: Path, rows: int, dim: int, sha256: str, per_video: int = 2
                 feats = x / np.linalg.norm(x, axis=1, keepdims=True)
                 st = np.arange(n, dtype=np.float64)
                 windows = np.stack([st, st + 1.0], 1)
-            yield FeatureRecord(f"v{v:07d}", n, dim, feats, windows, 0.0, float(n))
+            yield ClipFeatures(f"v{v:07d}", feats, windows, 0.0, float(n), shape=(n, dim))
 
     build_index_from_records(records, out, {"checkpoint_sha256": sha256, "embedding": "joint"}, progress=False)
 

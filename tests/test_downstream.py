@@ -361,9 +361,11 @@ def test_task_jsons_hold_metrics_and_predictions(all_results, tiny_world):
     anet = json.loads((tiny_world / "grounding/activitynet/val_1.json").read_text())
     assert len(grd["predictions"]) == sum(len(v["sentences"]) for v in anet.values())
     for p in grd["predictions"]:
-        assert 1 <= len(p["windows"]) <= 5 and 1 <= len(p["head_windows"]) <= 5
-        for s, e in p["windows"] + p["head_windows"]:
+        zs, head = p["pred_relevant_windows"], p["head_pred_relevant_windows"]
+        assert 1 <= len(zs) <= 5 and 1 <= len(head) <= 5
+        for s, e, _score in zs + head:
             assert 0 <= s < e <= p["duration"] + 1e-6
+        assert [w[2] for w in zs] == sorted((w[2] for w in zs), reverse=True)  # best first
     steps = json.loads((out / "steps.json").read_text())
     assert steps["info"]["evaluated_videos"] == len(steps["predictions"]) > 0
     for p in steps["predictions"]:
@@ -502,7 +504,8 @@ def _oracle_context(world):
     from omegaconf import OmegaConf
 
     from locvtp.data.video import sliding_windows
-    from locvtp.downstream.common import ClipSequence, EmbeddingBank, EvalContext, TextEmbeddings
+    from locvtp.downstream.common import EmbeddingBank, EvalContext, TextEmbeddings
+    from locvtp.featurestore.record import ClipFeatures
 
     gt = json.loads((world / "ground_truth.json").read_text())
     manifest = json.loads((world / "manifest.json").read_text())
@@ -540,7 +543,7 @@ def _oracle_context(world):
             for ev in video["events"]:
                 if ev["start"] <= c < ev["end"]:
                     feats[t] = code(video, ev)
-        return ClipSequence(feats.astype(np.float32), windows, float(video["duration"]))
+        return ClipFeatures("", feats.astype(np.float32), windows, 0.0, float(video["duration"]))
 
     def embed_texts(texts):
         rng = np.random.default_rng(0)

@@ -76,7 +76,7 @@ def test_h5_layout_and_values(ckpt, some_videos, tmp_path):
             assert key in d.attrs, key
         np.testing.assert_allclose(d.attrs["windows"], sliding_windows(d.attrs["duration"], 1.0, 1.0))
         ref = embed_video_file(ck.model, some_videos / f"{names[0]}.mp4", **clip_args(ck))
-        np.testing.assert_allclose(d[()], ref.clips, atol=1e-6)
+        np.testing.assert_allclose(d[()], ref.features, atol=1e-6)
     assert not (tmp_path / "feats.failures.jsonl").exists()  # written only when something failed or was skipped
     assert not (tmp_path / "feats.h5.parts").exists()  # journal removed after a clean finish
 

@@ -217,9 +217,10 @@ def test_locvtp_ground_on_an_all_black_video_says_flat_and_scores_every_window_z
     assert out["warnings"] == [text]
     assert res.err_lines == [f"locvtp ground: warning: {text}"]
     assert out["duration"] == 10.0 and len(out["clip_scores"]) == 10
-    assert len(out["windows"]) == 5 and all(w["score"] == 0.0 for w in out["windows"])  # no ±z artefact
+    wins = out["pred_relevant_windows"]
+    assert len(wins) == 5 and all(score == 0.0 for _, _, score in wins)  # no ±z artefact
     assert out["clip_relevance"] == [0.0] * 10
-    assert [(w["start"], w["end"]) for w in out["windows"]] == [(0, 1), (0, 2), (0, 4), (0, 8), (1, 2)]
+    assert [(s, e) for s, e, _ in wins] == [(0, 1), (0, 2), (0, 4), (0, 8), (1, 2)]
     # The cosines are equal up to rounding (they differ in their last bits on the machine this was written on).
     assert is_flat(np.array(out["clip_scores"]), 64, np.float32, scale=1.0)
     assert (tmp_path / "flat.png").stat().st_size > 0
@@ -231,10 +232,10 @@ def test_the_api_ground_is_flat_too(tiny_checkpoint, black_mp4):
 
     p = LocVTPPredictor.from_checkpoint(tiny_checkpoint)
     for alpha in (0.0, 0.5, 1.0):
-        res = p.ground(black_mp4, "a blue square grows", alpha=alpha, top_k=3)
+        res = p.ground(p.encode_file(black_mp4), "a blue square grows", alpha=alpha, top_k=3)
         assert res.flat and np.all(res.scores == 0.0), alpha
         assert res.warnings[-1] == FLAT_WARNING.format(n=10)
-        assert res.to_json()["windows"][0] == {"start": 0.0, "end": 1.0, "score": 0.0}
+        assert res.to_json()["pred_relevant_windows"][0] == [0.0, 1.0, 0.0]
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

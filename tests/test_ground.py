@@ -69,10 +69,10 @@ def test_cli_on_mp4_and_on_features_agree(ckpt, tiny_world, tmp_path, capsys):
     png = tmp_path / "plot.png"
     assert main(["--checkpoint", str(ckpt), str(video), query, "--top-k", "3", "--plot", str(png), "--curve"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["query"] == query and res["duration"] == pytest.approx(item["duration"])
-    assert 1 <= len(res["windows"]) <= 3
-    for w in res["windows"]:
-        assert 0.0 <= w["start"] < w["end"] <= item["duration"] + 1e-6
+    assert res["query"] == query and res["duration"] == pytest.approx(item["duration"]) and res["vid"] == vid
+    assert 1 <= len(res["pred_relevant_windows"]) <= 3
+    for start, end, _score in res["pred_relevant_windows"]:
+        assert 0.0 <= start < end <= item["duration"] + 1e-6
     assert len(res["clip_scores"]) == len(res["clip_windows"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same through precomputed features
@@ -83,9 +83,18 @@ def test_cli_on_mp4_and_on_features_agree(ckpt, tiny_world, tmp_path, capsys):
     capsys.readouterr()
     assert main(["--checkpoint", str(ckpt), "--features", str(feats), "--video-id", vid, query, "--top-k", "3"]) == 0
     res2 = json.loads(capsys.readouterr().out)
-    assert [(w["start"], w["end"]) for w in res2["windows"]] == [(w["start"], w["end"]) for w in res["windows"]]
-    np.testing.assert_allclose([w["score"] for w in res2["windows"]], [w["score"] for w in res["windows"]],
-                               atol=1e-4)
+    a, b = np.array(res2["pred_relevant_windows"]), np.array(res["pred_relevant_windows"])
+    assert res2["vid"] == vid and a[:, :2].tolist() == b[:, :2].tolist()
+    np.testing.assert_allclose(a[:, 2], b[:, 2], atol=1e-4)
+    # what ground prints is a prediction line `locvtp score` reads (found by vid and query: no qid)
+    from locvtp.score import score_grounding
+
+    preds = tmp_path / "ground.jsonl"
+    preds.write_text(json.dumps(res) + "\n")
+    scored = score_grounding(preds, tiny_world / "grounding" / "activitynet" / "val_1.json")
+    (start, end, _), (gs, ge) = res["pred_relevant_windows"][0], item["timestamps"][0]
+    iou = max(0.0, min(end, ge) - max(start, gs)) / (max(end, ge) - min(start, gs))
+    assert scored["queries"] == 1 and scored["metrics"]["grounding_mIoU"] == pytest.approx(100 * iou)
 
 
 def test_cli_errors(ckpt, tmp_path, capsys):

@@ -45,11 +45,11 @@ def test_embed_video_file_matches_direct_model_call(ckpt, tiny_world):
     emb = embed_video_file(model, path, clip_seconds=1.0, frames_per_clip=4, frame_size=32, batch_clips=3)
     assert model.training
     ref, windows, info = _reference_clips(model, path, 1.0, 1.0, 4, 32)
-    assert emb.clips.dtype == np.float32 and emb.clips.shape == (len(windows), 64)
+    assert emb.features.dtype == np.float32 and emb.features.shape == (len(windows), 64)
     np.testing.assert_allclose(emb.windows, windows)
     assert emb.fps == pytest.approx(info.fps) and emb.duration == pytest.approx(info.duration)
-    np.testing.assert_allclose(emb.clips, ref, atol=2e-5)
-    np.testing.assert_allclose(np.linalg.norm(emb.clips, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb.features, ref, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(emb.features, axis=1), 1.0, atol=1e-5)
 
 
 def test_chunk_size_and_stride(ckpt, tiny_world):
@@ -59,10 +59,10 @@ def test_chunk_size_and_stride(ckpt, tiny_world):
     path = world_videos(tiny_world)[1]
     a = embed_video_file(ckpt.model, path, **clip_args(ckpt), batch_clips=1)
     b = embed_video_file(ckpt.model, path, **clip_args(ckpt), batch_clips=1000)
-    np.testing.assert_allclose(a.clips, b.clips, atol=2e-5)
+    np.testing.assert_allclose(a.features, b.features, atol=2e-5)
     c = embed_video_file(ckpt.model, path, **{**clip_args(ckpt), "clip_seconds": 2.0, "stride_seconds": 0.5})
     np.testing.assert_allclose(c.windows, sliding_windows(c.duration, 2.0, 0.5))
-    assert c.clips.shape[0] > a.clips.shape[0]  # overlapping windows: more clips
+    assert c.features.shape[0] > a.features.shape[0]  # overlapping windows: more clips
 
 
 def test_temporal_model_encodes_whole_video_as_one_sequence(ckpt_temporal, tiny_world):
@@ -74,7 +74,7 @@ def test_temporal_model_encodes_whole_video_as_one_sequence(ckpt_temporal, tiny_
     # CNN in chunks of 2, transformer once
     emb = embed_video_file(model, path, **clip_args(ckpt_temporal), batch_clips=2, backbone=True)
     ref, _, _ = _reference_clips(model, path, 1.0, 1.0, 4, 32)
-    np.testing.assert_allclose(emb.clips, ref, atol=2e-5)
+    np.testing.assert_allclose(emb.features, ref, atol=2e-5)
     assert emb.backbone.shape == (ref.shape[0], model.video_encoder.out_dim)
     # with temporal layers a clip's embedding depends on the rest of the video: encoding only the first half
     # as its own sequence changes clip 0 (so chunking the sequence would have been wrong)
@@ -82,7 +82,7 @@ def test_temporal_model_encodes_whole_video_as_one_sequence(ckpt_temporal, tiny_
 
     dec = decode_video_clips(path, 1.0, None, 4, 32)
     half, _ = encode_clip_sequence(model, dec.clips[: len(dec.clips) // 2])
-    assert not np.allclose(half[0], emb.clips[0], atol=1e-4)
+    assert not np.allclose(half[0], emb.features[0], atol=1e-4)
 
 
 def test_embed_video_frames_equals_file(ckpt, tiny_world):
@@ -94,7 +94,7 @@ def test_embed_video_frames_equals_file(ckpt, tiny_world):
     frames, times = decode_frames(path, size=32)
     a = embed_video_frames(ckpt.model, frames, times, info.duration, info.fps, **clip_args(ckpt))
     b = embed_video_file(ckpt.model, path, **clip_args(ckpt))
-    np.testing.assert_allclose(a.clips, b.clips, atol=2e-5)
+    np.testing.assert_allclose(a.features, b.features, atol=2e-5)
     np.testing.assert_allclose(a.windows, b.windows)
 
 
@@ -141,7 +141,7 @@ def test_embed_features_matches_encode_video(tiny_world, tmp_path):
     emb = embed_features(ck.model, x, clip_seconds=2.0)
     with torch.no_grad():
         ref = ck.model.encode_video(torch.as_tensor(x)[None])[0].numpy()
-    np.testing.assert_allclose(emb.clips, ref, atol=2e-5)
+    np.testing.assert_allclose(emb.features, ref, atol=2e-5)
     np.testing.assert_allclose(emb.windows[:, 0], np.arange(11) * 2.0)
     assert emb.duration == pytest.approx(22.0)
     with pytest.raises(ValueError, match="pixels"):

@@ -32,7 +32,7 @@ def _cli(argv) -> int:
 def w(tiny_world, tiny_checkpoint, tmp_path_factory):
     """Paths every row uses: a checkpoint, 2 videos, their features (h5), an index, a features-encoder checkpoint,
     a non-UTF-8 file, an index of another embedding width (no checkpoint fingerprint)."""
-    from locvtp.features import FeatureRecord
+    from locvtp.featurestore.record import ClipFeatures
     from locvtp.search import build_index_from_records
 
     root = tmp_path_factory.mktemp("mistakes")
@@ -57,7 +57,7 @@ def w(tiny_world, tiny_checkpoint, tmp_path_factory):
         for i in range(2):
             f = rng.normal(size=(4, 8)).astype(np.float32) if load else None
             win = np.stack([np.arange(4.0), np.arange(4.0) + 1], 1) if load else None
-            yield FeatureRecord(f"v{i}", 4, 8, f, win, 1.0, 4.0)
+            yield ClipFeatures(f"v{i}", f, win, 1.0, 4.0, shape=(4, 8))
 
     build_index_from_records(records, ns.idx8, progress=False)
     ns.userfile = root / "notes.txt"

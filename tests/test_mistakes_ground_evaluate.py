@@ -276,7 +276,7 @@ def _ground_json(W, capsys, argv):
 
 def test_ground_without_warnings_on_an_ordinary_query(W, capsys):
     out, res = _ground_json(W, capsys, _feat(W, W.feats))
-    assert out["warnings"] == [] and "warning" not in res.err and len(out["windows"]) == 5
+    assert out["warnings"] == [] and "warning" not in res.err and len(out["pred_relevant_windows"]) == 5
 
 
 @pytest.mark.parametrize("case,argv,needles", [
@@ -334,7 +334,7 @@ def test_ground_accepts_options_anywhere(W, capsys, order):
     """`VIDEO --top-k 1 QUERY` was "unrecognized arguments: the red circle moves left"; `--debug` after the
     command was unrecognized too."""
     out, _ = _ground_json(W, capsys, order(W))
-    assert out["query"] == "the red circle moves left" and len(out["windows"]) == 1 and out["video"] == str(W.video)
+    assert out["query"] == "the red circle moves left" and len(out["pred_relevant_windows"]) == 1 and out["video"] == str(W.video)
 
 
 def _read_only_savefig(monkeypatch):
@@ -357,7 +357,7 @@ def test_ground_plot_refused_still_prints_the_result(W, capsys, monkeypatch, tmp
                                  "printed on stdout")
     assert "tmp-" not in line
     out = json.loads(res.out)
-    assert len(out["windows"]) == 5 and "plot" not in out and out["query"] == QUERY
+    assert len(out["pred_relevant_windows"]) == 5 and "plot" not in out and out["query"] == QUERY
     assert list(tmp_path.iterdir()) == []
 
 
@@ -369,4 +369,4 @@ def test_ground_plot_into_sysfs_is_permission_denied(W, capsys):
         os.unlink("/sys/locvtp-g.png")
         pytest.skip("/sys accepted a file here")
     assert_one_line_error(res, 1, "--plot /sys/locvtp-g.png: cannot write: permission denied (EACCES)")
-    assert len(json.loads(res.out)["windows"]) == 5
+    assert len(json.loads(res.out)["pred_relevant_windows"]) == 5

@@ -172,7 +172,7 @@ def test_merge_out_among_inputs_or_existing_is_refused(shards, capsys):
 
 # ------------------------------------------------------------------------------------------------ case 2
 def _features(path: Path, lengths=(4, 6, 3), dim=8, nan_in=()) -> None:
-    from locvtp.extract import H5Writer, Result
+    from locvtp.featurestore import ClipFeatures, H5Writer
 
     settings = {"embedding": "joint", "clip_seconds": 1.0, "stride_seconds": 1.0, "frames_per_clip": 4,
                 "frame_size": 32, "model": "test", "checkpoint_sha256": "abc"}
@@ -183,7 +183,7 @@ def _features(path: Path, lengths=(4, 6, 3), dim=8, nan_in=()) -> None:
         if i in nan_in:
             f[n // 2, 1] = np.nan if i % 2 == 0 else np.inf
         st = np.arange(n, dtype=np.float64)
-        wr.add(Result(f"v{i}", f, np.stack([st, st + 1], 1), 1.0, float(n)))
+        wr.add(ClipFeatures(f"v{i}", f, np.stack([st, st + 1], 1), 1.0, float(n)))
     wr.finish({f"v{i}" for i in range(len(lengths))})
 
 

@@ -58,19 +58,30 @@ def _ground_cli(capsys, *argv):
 def test_ground_video_file_equals_the_command(P, capsys, extra, kw):
     video = P["videos"][0]
     cli, _ = _ground_cli(capsys, "--checkpoint", P["ckpt"], video, QUERY, "--curve", *extra)
-    res = P["pred"].ground(video, QUERY, **kw)
-    assert res.to_json(curve=True) == cli
+    cut = {k: kw.pop(k) for k in ("clip_seconds", "stride_seconds") if k in kw}
+    res = P["pred"].ground(P["pred"].encode_file(video, **cut), QUERY, **kw)
+    assert res.to_json(curve=True) == cli and cli["vid"] == video.stem
 
 
 def test_ground_features_equals_the_command(P, capsys):
     vid = P["videos"][1].stem
     cli, _ = _ground_cli(capsys, "--checkpoint", P["ckpt"], "--features", P["feats"], "--video-id", vid, QUERY,
                          "--curve")
-    res = P["pred"].ground(P["feats"], QUERY, video_id=vid)
-    assert res.to_json(curve=True) == cli and res.warnings == []
-    # an already made VideoEmbedding gives the same answer
-    emb = P["pred"].encode_video(P["feats"], video_id=vid)
-    assert P["pred"].ground(emb, QUERY).to_json(curve=True) == cli
+    emb = P["pred"].encode_stored(P["feats"], vid)
+    res = P["pred"].ground(emb, QUERY)
+    assert res.to_json(curve=True) == cli and res.warnings == [] and cli["vid"] == vid
+    # the same record as read from the store (not yet checked): embedded by encode_features first, same answer
+    from locvtp.featurestore import read_features
+
+    raw = read_features(P["feats"], vid)
+    assert P["pred"].ground(raw, QUERY).to_json(curve=True) == cli
+
+
+def test_ground_takes_embeddings_only(P):
+    from locvtp.predictor import PredictorError
+
+    with pytest.raises(PredictorError, match="encode_file"):
+        P["pred"].ground(P["videos"][0], QUERY)
 
 
 def test_encode_video_equals_extract(P):
@@ -78,27 +89,28 @@ def test_encode_video_equals_extract(P):
     pred = P["pred"]
     with h5py.File(P["feats"], "r") as f:
         for v in P["videos"]:
-            emb = pred.encode_video(v)
-            np.testing.assert_array_equal(emb.clips, f[v.stem][()])
+            emb = pred.encode_file(v)
+            np.testing.assert_array_equal(emb.features, f[v.stem][()])
             np.testing.assert_array_equal(emb.windows, f[v.stem].attrs["windows"])
-            back = pred.encode_video(P["feats"], video_id=v.stem)
-            np.testing.assert_array_equal(back.clips, emb.clips)
+            back = pred.encode_stored(P["feats"], v.stem)
+            np.testing.assert_array_equal(back.features, emb.features)
             assert back.duration == pytest.approx(emb.duration) and back.warnings == []
 
 
-def test_encode_video_inputs_agree(P):
+def test_encode_inputs_agree(P):
     """A file, its decoded clips and its decoded frames give the same embeddings (one preprocessing)."""
     from locvtp.data import video as V
 
     pred = P["pred"]
     path = P["videos"][0]
-    ref = pred.encode_video(path)
+    ref = pred.encode_file(path)
+    assert ref.video_id == path.stem and ref.embedding == "joint"
     dec = pred.decode_video(path)
-    np.testing.assert_array_equal(pred.encode_video(dec).clips, ref.clips)
-    np.testing.assert_array_equal(pred.encode_video(dec.clips, windows=dec.windows).clips, ref.clips)
+    np.testing.assert_array_equal(pred.encode_clips(dec).features, ref.features)
+    np.testing.assert_array_equal(pred.encode_clips(dec.clips, dec.windows).features, ref.features)
     frames, times, info = _decode_all(V, path)
-    by_frames = pred.encode_video(frames, times=times, duration=info.duration, fps=info.fps)
-    np.testing.assert_allclose(by_frames.clips, ref.clips, atol=1e-5)
+    by_frames = pred.encode_frames(frames, times, info.duration, fps=info.fps)
+    np.testing.assert_allclose(by_frames.features, ref.features, atol=1e-5)
     np.testing.assert_array_equal(by_frames.windows, ref.windows)
 
 
@@ -150,7 +162,7 @@ def test_other_frames_per_clip_is_refused(P):
     from locvtp.errors import UsageError
 
     with pytest.raises(UsageError, match=r"frames_per_clip = 16.*data\.frames_per_clip = 4"):
-        P["pred"].encode_video(P["videos"][0], frames_per_clip=16)
+        P["pred"].encode_file(P["videos"][0], frames_per_clip=16)
 
 
 def test_other_frame_size_is_refused(P):
@@ -166,9 +178,9 @@ def test_decoded_clips_of_another_shape_are_refused(P):
     pred = P["pred"]
     dec = pred.decode_video(P["videos"][0])
     with pytest.raises(UsageError, match=r"frames_per_clip = 2 \(decoded clips\).*= 4"):
-        pred.encode_video(dec.clips[:, :2], windows=dec.windows)
+        pred.encode_clips(dec.clips[:, :2], dec.windows)
     with pytest.raises(UsageError, match=r"frame_size = 16x16 \(decoded clips\).*= 32"):
-        pred.encode_video(dec.clips[:, :, ::2, ::2], windows=dec.windows)
+        pred.encode_clips(dec.clips[:, :, ::2, ::2], dec.windows)
 
 
 @pytest.mark.parametrize("flag,value,key,want", [("--frames-per-clip", "8", "data.frames_per_clip", "4"),
@@ -190,12 +202,12 @@ def test_input_features_of_another_width_are_refused(P):
 
     fp = LocVTPPredictor.from_checkpoint(P["fckpt"])
     assert fp.input_width == 16 and not fp.takes_pixels
-    ok = fp.encode_video(np.ones((5, 16), np.float32))
-    assert ok.clips.shape == (5, fp.dim)
+    ok = fp.encode_features(np.ones((5, 16), np.float32))
+    assert ok.features.shape == (5, fp.dim)
     with pytest.raises(UsageError, match=r"width 24.*width 16 \(model\.video\.in_dim\)"):
-        fp.encode_video(np.ones((5, 24), np.float32))
+        fp.encode_features(np.ones((5, 24), np.float32))
     with pytest.raises(UsageError, match="pre-extracted features"):
-        fp.encode_video(P["videos"][0])
+        fp.encode_file(P["videos"][0])
 
 
 def test_features_recorded_with_other_frames_are_refused(P, tmp_path):
@@ -208,12 +220,12 @@ def test_features_recorded_with_other_frames_are_refused(P, tmp_path):
     with h5py.File(bad, "a") as f:
         f.attrs["frame_size"] = 64
     with pytest.raises(UsageError, match=r"frame_size = 64 \(recorded by the extraction .*f\.h5\).*= 32"):
-        P["pred"].ground(bad, QUERY, video_id=P["videos"][0].stem)
+        P["pred"].encode_stored(bad, P["videos"][0].stem)
 
 
 # ------------------------------------------------------------------------------------------------ feature policy
 def test_feature_origin():
-    from locvtp.predictor import feature_origin
+    from locvtp.featurestore.provenance import feature_origin
 
     assert feature_origin({"embedding": "joint", "checkpoint_sha256": "a"}, "a") == "own"
     assert feature_origin({"embedding": "joint", "checkpoint_sha256": "b"}, "a") == "foreign"
@@ -222,16 +234,36 @@ def test_feature_origin():
     assert feature_origin({"embedding": "backbone", "checkpoint_sha256": "a"}, "a") == "backbone"
 
 
+def test_provenance_policy_lives_in_the_feature_store():
+    """The rule itself, without a model: own -> nothing to say; unknown -> a warning; foreign -> refused unless
+    allowed (then a warning); backbone -> refused; recorded input settings compared with the model's."""
+    from locvtp.errors import UsageError
+    from locvtp.featurestore.provenance import ForeignFeaturesError, check_provenance, recorded_mismatches
+
+    assert check_provenance({"embedding": "joint", "checkpoint_sha256": "a" * 64}, "f.h5", "a" * 64) == []
+    (w,) = check_provenance({}, "f.h5", "a" * 64)
+    assert w.startswith("f.h5 carries no checkpoint fingerprint")
+    foreign = {"embedding": "joint", "checkpoint_sha256": "b" * 64}
+    with pytest.raises(ForeignFeaturesError, match=r"bbbbbbbbbbbb….*aaaaaaaaaaaa….*pass --allow-x"):
+        check_provenance(foreign, "f.h5", "a" * 64, allow_flag="--allow-x")
+    (w,) = check_provenance(foreign, "f.h5", "a" * 64, allow_foreign=True)
+    assert "embedding spaces differ" in w
+    with pytest.raises(UsageError, match="backbone features"):
+        check_provenance({"embedding": "backbone"}, "f.h5", "a" * 64)
+    info = {"frames_per_clip": 4, "frame_size": 64}
+    assert recorded_mismatches(info, {"frames_per_clip": 4, "frame_size": 32}) == [("frame_size", 64)]
+    assert recorded_mismatches({}, {"frames_per_clip": 4, "frame_size": 32}) == []
+
+
 def test_foreign_features_are_refused_unless_allowed(P, capsys):
-    from locvtp.predictor import ForeignFeaturesError, LocVTPPredictor
+    from locvtp.featurestore.provenance import ForeignFeaturesError
+    from locvtp.predictor import LocVTPPredictor
 
     other = LocVTPPredictor.from_checkpoint(P["other"])
     vid = P["videos"][0].stem
     with pytest.raises(ForeignFeaturesError, match="embedding spaces differ.*allow_foreign_features=True"):
-        other.ground(P["feats"], QUERY, video_id=vid)
-    with pytest.raises(ForeignFeaturesError):
-        other.encode_video(P["feats"], video_id=vid)
-    res = other.ground(P["feats"], QUERY, video_id=vid, allow_foreign_features=True)
+        other.encode_stored(P["feats"], vid)
+    res = other.ground(other.encode_stored(P["feats"], vid, allow_foreign_features=True), QUERY)
     assert any("embedding spaces differ" in w for w in res.warnings)
     # the command: exit 1 naming both fingerprints; --allow-foreign-features: the result with the warning
     cli = run_cli(["ground", "--checkpoint", P["other"], "--features", P["feats"], "--video-id", vid, QUERY], capsys)
@@ -239,11 +271,12 @@ def test_foreign_features_are_refused_unless_allowed(P, capsys):
                           "--allow-foreign-features")
     out, _ = _ground_cli(capsys, "--checkpoint", P["other"], "--features", P["feats"], "--video-id", vid, QUERY,
                          "--allow-foreign-features")
-    assert out["warnings"] == res.warnings and out["windows"] == res.to_json()["windows"]
+    assert out["warnings"] == res.warnings and out["pred_relevant_windows"] == res.to_json()["pred_relevant_windows"]
 
 
 def test_foreign_index_is_refused_unless_allowed(P, capsys):
-    from locvtp.predictor import ForeignFeaturesError, LocVTPPredictor
+    from locvtp.featurestore.provenance import ForeignFeaturesError
+    from locvtp.predictor import LocVTPPredictor
 
     root = P["root"]
     if not (root / "idx").exists():
@@ -263,9 +296,9 @@ def test_features_without_fingerprint_are_used_with_a_warning(P, tmp_path):
     with h5py.File(P["feats"], "r") as src, h5py.File(plain, "w") as dst:
         dst[vid] = src[vid][()]
         dst[vid].attrs["windows"] = src[vid].attrs["windows"]
-    res = P["pred"].ground(plain, QUERY, video_id=vid)
+    res = P["pred"].ground(P["pred"].encode_stored(plain, vid), QUERY)
     assert res.warnings and "no checkpoint fingerprint" in res.warnings[0]
-    ref = P["pred"].ground(P["feats"], QUERY, video_id=vid)
+    ref = P["pred"].ground(P["pred"].encode_stored(P["feats"], vid), QUERY)
     np.testing.assert_array_equal(res.windows, ref.windows)
 
 
@@ -276,7 +309,7 @@ def test_backbone_features_are_refused(P, capsys, tmp_path):
     assert run_cli(["extract", "--checkpoint", P["ckpt"], "--videos", P["list"], "--out", bb, "--backbone",
                     "--threads", "1", "--no-progress"], capsys).code == 0
     with pytest.raises(UsageError, match="backbone"):
-        P["pred"].ground(bb, QUERY, video_id=P["videos"][0].stem)
+        P["pred"].encode_stored(bb, P["videos"][0].stem)
 
 
 def test_evaluate_uses_only_own_features_as_embeddings(P, tmp_path):

@@ -61,6 +61,32 @@ def test_a_bad_line_is_one_error_naming_file_and_line(capsys, tmp_path, line, me
     assert f"{p}:2:" in err and message in err, err
 
 
+def test_lines_without_qid_are_found_by_video_and_query(capsys, tmp_path):
+    """`locvtp ground` prints no qid: its line is placed by (vid, query) and scores as the golden qid line does;
+    other fields (video, duration, warnings) are ignored."""
+    golden = [json.loads(x) for x in (GOLDEN / "predictions.jsonl").read_text().splitlines()]
+    ground_like = [json.dumps({"video": f"/v/{g['vid']}.mp4", "query": g["query"], "vid": g["vid"],
+                               "duration": 1.0, "pred_relevant_windows": g["pred_relevant_windows"],
+                               "warnings": []}) for g in golden]
+    p = _bad(tmp_path, ground_like[::-1])  # any order
+    rc, out, err = _score(capsys, "grounding", "--predictions", str(p), "--annotations",
+                          str(GOLDEN / "annotations.json"))
+    assert rc == 0, err
+    assert json.loads(out) == json.loads((GOLDEN / "metrics.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"vid": "v_one", "query": "a purple dog", "pred_relevant_windows": []}', "no annotated query 'a purple dog'"),
+    ('{"vid": "v_one", "query": "a red ball rolls", "pred_relevant_windows": []}',
+     "predicted more often than it is annotated (1)"),
+])
+def test_a_line_without_qid_that_matches_nothing_is_an_error(capsys, tmp_path, line, message):
+    p = _bad(tmp_path, [GOOD.replace('"qid": 0, ', '"query": "a red ball rolls", '), line])
+    rc, out, err = _score(capsys, "grounding", "--predictions", str(p), "--annotations",
+                          str(GOLDEN / "annotations.json"))
+    assert rc == 1 and out == "" and f"{p}:2:" in err and message in err, err
+
+
 def test_missing_predictions_are_counted_or_refused(capsys, tmp_path):
     p = _bad(tmp_path, [GOOD])
     rc, out, err = _score(capsys, "grounding", "--predictions", str(p), "--annotations",

@@ -24,7 +24,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _write_features(path: Path, lengths: list[int], dim: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     """A feature file written by the extract writer itself (random unit clip embeddings)."""
-    from locvtp.extract import H5Writer, Result
+    from locvtp.featurestore import ClipFeatures, H5Writer
 
     rng = np.random.default_rng(seed)
     settings = {"embedding": "joint", "clip_seconds": 1.0, "stride_seconds": 1.0, "frames_per_clip": 4,
@@ -35,7 +35,7 @@ def _write_features(path: Path, lengths: list[int], dim: int = 32, seed: int = 0
         vid = f"v{i:03d}"
         f = _unit(rng.normal(size=(n, dim)))
         starts = np.arange(n, dtype=np.float64)
-        w.add(Result(vid, f, np.stack([starts, starts + 1.0], 1), 8.0, float(n)))
+        w.add(ClipFeatures(vid, f, np.stack([starts, starts + 1.0], 1), 8.0, float(n)))
         feats[vid] = f
     w.finish(set(feats))
     return feats
@@ -172,14 +172,14 @@ def test_search_finds_planted_moment(tmp_path):
     target = _unit(np.random.default_rng(9).normal(size=32))
     # plant the query in clips 20..24 of video v005 (rewrite that video's features)
     feats["v005"][20:25] = _unit(target + 0.05 * np.random.default_rng(10).normal(size=(5, 32)))
-    from locvtp.extract import H5Writer, Result
+    from locvtp.featurestore import ClipFeatures, H5Writer
 
     settings = {"embedding": "joint", "clip_seconds": 1.0, "stride_seconds": 1.0, "frames_per_clip": 4,
                 "frame_size": 32, "model": "test", "checkpoint_sha256": "abc"}
     w = H5Writer(tmp_path / "g.h5", settings, tmp_path / "g.fail.jsonl")
     for vid, f in feats.items():
         st = np.arange(len(f), dtype=np.float64)
-        w.add(Result(vid, f, np.stack([st, st + 1], 1), 8.0, float(len(f))))
+        w.add(ClipFeatures(vid, f, np.stack([st, st + 1], 1), 8.0, float(len(f))))
     w.finish(set(feats))
     build_index(tmp_path / "g.h5", tmp_path / "idx", progress=False)
     (top, *_), = MomentIndex(tmp_path / "idx").search_moments(target, top_k=3)

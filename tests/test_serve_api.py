@@ -186,16 +186,52 @@ def test_ground_equals_the_predictor(served, predictor):
     base = served["base"]
     status, res = jcall(base, "POST", "/api/ground", {"video": "grd_00003.mp4", "query": QUERY, "top_k": 3})
     assert status == 200, res
-    ref = predictor.ground(served["videos"] / "grd_00003.mp4", QUERY, top_k=3).to_json()
-    assert [(w["start"], w["end"]) for w in res["windows"]] == [(w["start"], w["end"]) for w in ref["windows"]]
-    np.testing.assert_allclose([w["score"] for w in res["windows"]], [w["score"] for w in ref["windows"]],
-                               rtol=1e-5, atol=1e-6)
+    ref = predictor.ground(predictor.encode_file(served["videos"] / "grd_00003.mp4"), QUERY, top_k=3).to_json()
+    got, want = np.array(res["pred_relevant_windows"]), np.array(ref["pred_relevant_windows"])
+    assert got[:, :2].tolist() == want[:, :2].tolist() and res["vid"] == res["video"] == "grd_00003.mp4"
+    np.testing.assert_allclose(got[:, 2], want[:, 2], rtol=1e-5, atol=1e-6)
+    assert {"query", "vid", "duration", "pred_relevant_windows", "warnings"} <= set(res)  # the CLI's shape
     n = len(res["clip_windows"])
     assert n == len(res["clip_scores"]) == len(res["clip_relevance"]) == len(res["heatmap"]) == 14
     assert len(res["heatmap"][0]) == len(res["words"]) == len(predictor.encode_text([QUERY]).tokens[0])
     # cached: the second call does not encode the video again
     status, again = jcall(base, "POST", "/api/ground", {"video": "grd_00003.mp4", "query": QUERY, "top_k": 3})
-    assert again["windows"] == res["windows"] and again["timing"]["embedding_seconds"] < 0.05
+    assert again["pred_relevant_windows"] == res["pred_relevant_windows"]
+    assert again["timing"]["embedding_seconds"] < 0.05
+
+
+def test_the_ground_page_reads_the_api_shape():
+    """The page draws what /api/ground sends: pred_relevant_windows triples, not the former windows objects."""
+    from locvtp.serve.app import STATIC
+
+    js = (STATIC / "ground.js").read_text(encoding="utf-8")
+    assert "res.pred_relevant_windows" in js and "([start, end, score])" in js
+    assert not re.search(r"\b(res|last)\.windows\b", js)
+
+
+def test_the_embedding_cache_is_a_feature_store(served, predictor, capsys):
+    """What the server cached for a grounded video is an npz-dir feature store carrying this checkpoint's
+    fingerprint: `locvtp ground --features` reads it (no provenance warning) and answers as the API did."""
+    from cli_helpers import run_cli
+    from locvtp.featurestore import feature_info, iter_features
+    from locvtp.featurestore.provenance import feature_origin
+
+    base = served["base"]
+    status, res = jcall(base, "POST", "/api/ground", {"video": "grd_00003.mp4", "query": QUERY, "top_k": 3})
+    assert status == 200, res
+    (store,) = [d for d in (served["work"] / "embeddings").iterdir() if d.is_dir()]
+    info = feature_info(store)
+    assert info["layout"] == "npz-dir" and info["embedding"] == "joint"
+    assert feature_origin(info, predictor.sha256) == "own" and info["frame_size"] == predictor.preprocessing.frame_size
+    recs = [r for r in iter_features(store) if r.source and Path(r.source).name == "grd_00003.mp4"]
+    assert len(recs) == 1 and recs[0].features.shape == (14, predictor.dim)
+    cli = run_cli(["ground", "--checkpoint", served["checkpoint"], "--features", store, "--video-id",
+                   recs[0].video_id, QUERY, "--top-k", "3"], capsys)
+    assert cli.code == 0 and "warning" not in cli.err, cli.err
+    out = json.loads(cli.out)
+    got, want = np.array(out["pred_relevant_windows"]), np.array(res["pred_relevant_windows"])
+    assert got[:, :2].tolist() == want[:, :2].tolist() and out["warnings"] == res["warnings"]
+    np.testing.assert_allclose(got[:, 2], want[:, 2], rtol=1e-5, atol=1e-6)
 
 
 def test_search_thumbnails_and_media(served, predictor):
@@ -242,8 +278,8 @@ def test_upload_avi_is_transcoded_encoded_and_grounded(served, tmp_path, predict
     assert info["codec"] == "h264" and info["pix_fmt"] == "yuv420p" and abs(info["duration"] - 6.0) < 0.25
     status, res = jcall(base, "POST", "/api/ground", {"video": vid, "query": QUERY, "top_k": 2})
     assert status == 200, res
-    ref = predictor.ground(avi, QUERY, top_k=2).to_json()  # the upload's embeddings = the predictor's
-    assert [(w["start"], w["end"]) for w in res["windows"]] == [(w["start"], w["end"]) for w in ref["windows"]]
+    ref = predictor.ground(predictor.encode_file(avi), QUERY, top_k=2).to_json()  # the upload's = the predictor's
+    assert [w[:2] for w in res["pred_relevant_windows"]] == [w[:2] for w in ref["pred_relevant_windows"]]
     # multipart works too, and the server names the file itself
     boundary = "xxBOUNDARYxx"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"../../evil.avi\"\r\n"

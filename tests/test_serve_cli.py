@@ -89,7 +89,7 @@ def test_default_work_dir_is_removed_on_a_stop_signal(s, tmp_path, sig, code):
         vid = jcall(base, "GET", "/api/videos")[1]["videos"][0]["id"]
         assert jcall(base, "POST", "/api/ground", {"video": vid, "query": QUERY})[0] == 200
         assert call(base, "GET", f"/api/thumbnail?video={vid}&t=1")[0] == 200
-        assert list((work / "embeddings").glob("*.npz")) and list((work / "thumbs").glob("*.jpg"))
+        assert list((work / "embeddings").glob("*/*.npz")) and list((work / "thumbs").glob("*.jpg"))
         line = startup_line(log)
         assert f"work dir {work} (removed on exit)" in line, line
     finally:
@@ -127,7 +127,7 @@ def test_given_work_dir_is_kept_and_only_serve_files_are_touched(s, tmp_path):
         assert "(kept on exit)" in startup_line(tmp_path / "1.log")
     finally:
         assert stop_with(proc, signal.SIGTERM) == 128 + signal.SIGTERM
-    cached = sorted((work / "embeddings").glob("*.npz"))
+    cached = sorted((work / "embeddings").glob("*/*.npz"))
     assert cached and (work / ".locvtp-manifest.json").is_file()
     mine = work / "media" / "mine.txt"
     mine.write_text("my notes\n")
@@ -141,7 +141,7 @@ def test_given_work_dir_is_kept_and_only_serve_files_are_touched(s, tmp_path):
         assert stop_with(proc, signal.SIGINT) == 130
     assert mine.read_text() == "my notes\n" and (work / "tmp" / "keep.part").read_text() == "mine too\n"
     assert not ours.exists()
-    assert sorted((work / "embeddings").glob("*.npz")) == cached
+    assert sorted((work / "embeddings").glob("*/*.npz")) == cached
     assert leftovers(tmpdir) == []
 
 

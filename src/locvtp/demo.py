@@ -293,8 +293,8 @@ def _plots(out: Path, world: Path, ckpts: dict[str, Path], eval_dirs: dict[str, 
         txt = embed_texts(loaded.model, loaded.tokenizer, [q.query], max_words=prep.max_words)
         words = np.asarray(txt.words[0])
         tokens = list(txt.tokens[0])
-        sims[name] = emb.clips @ words.T
-        curves[name] = emb.clips @ np.asarray(txt.sentence[0])
+        sims[name] = emb.features @ words.T
+        curves[name] = emb.features @ np.asarray(txt.sentence[0])
         windows = emb.windows
         preds[name] = _predicted_window(eval_dirs.get(name), q)
     gt = (float(q.start), float(q.end))
@@ -318,7 +318,7 @@ def _predicted_window(eval_dir: Path | None, q) -> tuple[float, float] | None:
             continue
         for p in data.get("predictions", []) if isinstance(data, dict) else []:
             if p.get("video_id", p.get("vid")) == q.video_id and p.get("query") == q.query:
-                w = p.get("windows") or p.get("pred_windows") or p.get("ranked_windows")
+                w = p.get("pred_relevant_windows") or p.get("windows")
                 if w:
                     return float(w[0][0]), float(w[0][1])
     return None

@@ -70,7 +70,7 @@ from locvtp.errors import UsageError, writing
 # because ``locvtp.extract`` was their home (tests, benchmarks and older scripts import them from here).
 from locvtp.featurestore import (  # noqa: F401
     CLAIMS, FEATURE_FORMAT, FEATURE_VERSION, FORMATS, MANIFEST_LOCK, SETTING_KEYS, ClipFeatures, DirWriter,
-    ExtractError, FeatureError, FeatureRecord, H5Writer, _decode_attr, check_dir_output, check_finite, detect_format,
+    ExtractError, FeatureError, H5Writer, _decode_attr, check_dir_output, check_finite, detect_format,
     discard_dir_output, discard_h5_output, feature_info, iter_features, merge_shards, own_h5_attrs, read_features,
     safe_name,
 )
@@ -79,7 +79,6 @@ from locvtp.featurestore.writer import (  # noqa: F401
 )
 from locvtp.files import OutputLock, check_apart, check_file_output, overlaps
 
-Result = ClipFeatures  # one video's clip vectors (the record the writers take)
 FEATURE_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".npy", ".npz")
 # What a bad *input* raises: unreadable/corrupt files (VideoError and PyAV errors are OSErrors), bad values,
 # out-of-memory on a huge video. Anything else (TypeError, AttributeError ...) is a bug and stops the run.
@@ -222,18 +221,10 @@ class ExtractSummary:
 
 def _settings(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The run settings written with the features (``ckpt``: the ``LocVTPPredictor`` or a loaded checkpoint)."""
-    model = ckpt.model
-    summary = model.summary() if hasattr(model, "summary") else type(model).__name__
-    return {
-        "embedding": "backbone" if args.backbone else "joint",
-        "clip_seconds": float(args.clip_seconds),
-        "stride_seconds": float(args.stride_seconds),
-        "frames_per_clip": int(args.frames_per_clip),
-        "frame_size": int(args.frame_size),
-        "model": summary,
-        "checkpoint_sha256": str(ckpt.sha256),
-        "checkpoint": str(ckpt.path),
-    }
+    from locvtp.featurestore.provenance import store_settings
+
+    return store_settings(ckpt.model, ckpt.sha256, ckpt.path, args.clip_seconds, args.stride_seconds,
+                          args.frames_per_clip, args.frame_size, "backbone" if args.backbone else "joint")
 
 
 def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSummary:
@@ -347,10 +338,10 @@ def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem],
         if pixels:
             if data.clips.shape[0] == 0:
                 raise ValueError("no clips: the video has no decodable frames")
-            e = pred.encode_video(data, batch_clips=args.batch_clips, backbone=args.backbone)
+            e = pred.encode_clips(data, batch_clips=args.batch_clips, backbone=args.backbone)
             return ClipFeatures(it.video_id, e.backbone if args.backbone else e.features, data.windows, data.fps,
                                 data.duration)
-        e = pred.encode_video(data, features_are="input", batch_clips=args.batch_clips, backbone=args.backbone)
+        e = pred.encode_features(data, features_are="input", batch_clips=args.batch_clips, backbone=args.backbone)
         return ClipFeatures(it.video_id, e.backbone if args.backbone else e.features, e.windows, data.fps,
                             data.duration)
 
@@ -485,6 +476,6 @@ def merge_main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
-    "ClipFeatures", "ExtractError", "FeatureRecord", "VideoItem", "detect_format", "feature_info", "iter_features", "list_videos",
+    "ClipFeatures", "ExtractError", "VideoItem", "detect_format", "feature_info", "iter_features", "list_videos",
     "main", "merge_main", "merge_shards", "read_features", "run_extract",
 ]

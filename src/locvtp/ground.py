@@ -13,10 +13,14 @@ drift apart):
 4. greedy temporal NMS (``locvtp.metrics.nms``, 2D-TAN's convention) keeps the top-k windows (IoU > ``--nms``
    with a better window drops a window).
 
-Output: one JSON object on stdout: ``video``, ``query``, ``duration``, ``windows`` (``start``, ``end`` seconds,
-``score`` = the window score, best first) and, with ``--curve``, the per-clip ``clip_scores`` (raw cosine to the
-sentence) and ``clip_windows``. ``--plot out.png`` draws the curve with the windows (matplotlib, Agg backend;
-written atomically, nothing is left behind on failure).
+Output: one JSON object on stdout: ``video`` (the file, or ``FEATURES:ID``), then the grounding result's one
+shape (:meth:`locvtp.localize.GroundingResult.to_json`, the same as ``locvtp serve``'s API): ``query``, ``vid``
+(the video's id: the file's stem, or ``--video-id``), ``duration``, ``pred_relevant_windows`` (Moment-DETR's
+``[[start, end, score], ...]`` in seconds, best first; ``score`` = the window score) and ``warnings``; with
+``--curve``, the per-clip ``clip_scores`` (raw cosine to the sentence), ``clip_relevance`` and ``clip_windows``.
+The line is a prediction line ``locvtp score`` reads (it matches ``vid`` and ``query`` to the annotations), so
+the output of several ``ground`` runs appended to one file can be scored. ``--plot out.png`` draws the curve with
+the windows (matplotlib, Agg backend; written atomically, nothing is left behind on failure).
 
 Warnings. A result that cannot mean what it seems still comes out (the caller may want it), but with a
 ``warnings`` list in the JSON and one ``locvtp ground: warning: ...`` line each on stderr:
@@ -222,30 +226,30 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     plot = _check_plot_path(args.plot) if args.plot is not None else None
-    from locvtp.predictor import ForeignFeaturesError, LocVTPPredictor
+    from locvtp.featurestore.provenance import ForeignFeaturesError
+    from locvtp.predictor import LocVTPPredictor
 
     # the device is checked before loading: no CUDA is not a corrupt checkpoint
     pred = LocVTPPredictor.from_checkpoint(args.checkpoint, device=_device(args.device))
     pred.require_tokenizer(PROG)
     if any(NO_WORDS in w for w in pred.text_warnings(args.query)):
         raise UsageError(f"argument query: {args.query!r} has no words to ground")
-    if args.features is not None:
-        video: Any = args.features
-        source = f"{args.features}:{args.video_id}"
-    else:
-        if not pred.takes_pixels:
-            raise UsageError(f"--checkpoint {args.checkpoint}: this model reads pre-extracted features, not video "
-                             "pixels; give --features FILE --video-id ID")
-        video, source = args.video, str(args.video)
+    if args.features is None and not pred.takes_pixels:
+        raise UsageError(f"--checkpoint {args.checkpoint}: this model reads pre-extracted features, not video "
+                         "pixels; give --features FILE --video-id ID")
+    source = f"{args.features}:{args.video_id}" if args.features is not None else str(args.video)
     try:
-        res = pred.ground(video, args.query, video_id=args.video_id if args.features is not None else None,
-                          clip_seconds=args.clip_seconds, stride_seconds=args.stride_seconds, top_k=args.top_k,
-                          alpha=args.alpha, nms=args.nms, max_seconds=args.max_seconds,
-                          window_score=args.window_score, allow_foreign_features=args.allow_foreign_features)
+        if args.features is not None:
+            video = pred.encode_stored(args.features, args.video_id,
+                                       allow_foreign_features=args.allow_foreign_features)
+        else:
+            video = pred.encode_file(args.video, clip_seconds=args.clip_seconds, stride_seconds=args.stride_seconds)
     except MissingVideoError as exc:
         raise UsageError(f"--video-id {args.video_id}: not in --features {args.features} ({exc.args[0]})") from None
     except ForeignFeaturesError as exc:
         raise exc.with_flag("--allow-foreign-features") from None
+    res = pred.ground(video, args.query, top_k=args.top_k, alpha=args.alpha, nms=args.nms,
+                      max_seconds=args.max_seconds, window_score=args.window_score)
     out = {"video": source, **res.to_json(curve=args.curve)}
     plot_failed = _save_plot(res, plot, out) if plot is not None else None
     for w in res.warnings:

@@ -340,7 +340,7 @@ def build_index_from_records(
     progress: bool = True,
     where: str = "features",
 ) -> dict[str, Any]:
-    """Build an index from ``records(load: bool) -> iterator of FeatureRecord`` (called twice: sizes, then data).
+    """Build an index from ``records(load: bool) -> iterator of ClipFeatures`` (called twice: sizes, then data).
 
     Two passes so ``embeddings.npy`` is filled in place (memory map) without holding the corpus in memory. A video
     the second pass leaves out (non-finite features: see :func:`build_index`) is listed in ``meta["skipped"]``.

@@ -68,17 +68,6 @@ def _text_cfg(ckpt: Any) -> Any:
         return None
 
 
-def VideoEmbedding(clips: np.ndarray, windows: np.ndarray, fps: float, duration: float,  # noqa: N802
-                   backbone: Optional[np.ndarray] = None, warnings: Optional[list[str]] = None,
-                   video_id: str = "") -> ClipFeatures:
-    """The old positional constructor of a video's clip embeddings: a
-    :class:`~locvtp.featurestore.record.ClipFeatures` whose ``features`` (also readable as ``.clips``) are the
-    L2-normalized joint embeddings ``[N, D]`` (``embedding="joint"``), ``backbone`` the pre-projection features
-    when asked for, ``fps`` 0.0 for feature inputs that carry no frame rate."""
-    return ClipFeatures(video_id, clips, windows, float(fps), float(duration), backbone, list(warnings or []),
-                        embedding="joint")
-
-
 @dataclass
 class TextEmbeddings:
     """The embeddings of n texts: sentence embeddings ``[n, D]``; per text the valid (non-special, non-pad) word
@@ -239,7 +228,7 @@ def embed_video_frames(
         clips = V.sample_clips(frames, times, windows, frames_per_clip, frame_size, jitter=False, rng=None,
                                duration=float(duration))
     emb, bb = encode_clip_sequence(model, clips, batch_clips=batch_clips, backbone=backbone, device=device)
-    return VideoEmbedding(emb, windows, float(fps), float(duration), bb)
+    return ClipFeatures("", emb, windows, float(fps), float(duration), bb, embedding="joint")
 
 
 def embed_video_file(
@@ -266,7 +255,7 @@ def embed_video_file(
         )
     dec = decode_video_clips(path, clip_seconds, stride_seconds, frames_per_clip, frame_size)
     emb, bb = encode_clip_sequence(model, dec.clips, batch_clips=batch_clips, backbone=backbone, device=device)
-    return VideoEmbedding(emb, dec.windows, dec.fps, dec.duration, bb, video_id=Path(path).stem)
+    return ClipFeatures(Path(path).stem, emb, dec.windows, dec.fps, dec.duration, bb, embedding="joint")
 
 
 def embed_features(
@@ -297,7 +286,7 @@ def embed_features(
         raise ValueError(f"windows has {windows.shape[0]} rows for {n} feature rows")
     emb, bb = encode_clip_sequence(model, x, batch_clips=batch_clips, backbone=backbone, device=device)
     duration = float(windows[-1, 1]) if n else 0.0
-    return VideoEmbedding(emb, windows, 0.0, duration, bb)
+    return ClipFeatures("", emb, windows, 0.0, float(duration), bb, embedding="joint")
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -412,7 +401,7 @@ def embed_texts(
 
 
 __all__ = [
-    "ClipFeatures", "DecodedClips", "TextEmbedding", "TextEmbeddings", "VideoEmbedding", "decode_video_clips", "embed_features", "embed_texts",
+    "ClipFeatures", "DecodedClips", "TextEmbedding", "TextEmbeddings", "decode_video_clips", "embed_features", "embed_texts",
     "embed_video_file", "embed_video_frames", "encode_clip_sequence", "eval_mode", "has_temporal_layers",
     "InferenceError", "NO_WORDS", "require_tokenizer", "text_query_warnings",
 ]

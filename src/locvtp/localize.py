@@ -223,8 +223,27 @@ def top_windows(ranked: np.ndarray, top_k: int = 5, threshold: float = 0.5) -> n
 # --------------------------------------------------------------------------------------------------- 2D-TAN head
 
 
+def pred_relevant_windows(windows: np.ndarray, scores: np.ndarray, decimals: Optional[int] = None
+                          ) -> list[list[float]]:
+    """Ranked windows as Moment-DETR's ``pred_relevant_windows``: ``[[start, end, score], ...]`` best first
+    (seconds; ``decimals`` rounds start and end, never the score). The one shape of a grounding result, in
+    ``locvtp evaluate``'s prediction files, ``locvtp ground``'s JSON and ``locvtp serve``'s API alike, so
+    ``locvtp score`` reads any of them."""
+    w = np.asarray(windows, np.float64).reshape(-1, 2)
+    sc = np.asarray(scores, np.float64).reshape(-1)
+
+    def sec(x: float) -> float:
+        return round(float(x), decimals) if decimals is not None else float(x)
+
+    return [[sec(a), sec(b), float(c)] for (a, b), c in zip(w, sc)]
+
+
 @dataclass
 class GroundingResult:
+    """One query's top windows in one video. :meth:`to_json` is the result's one JSON shape: ``query``, ``vid``
+    (the video's id), ``duration``, ``pred_relevant_windows`` (:func:`pred_relevant_windows`) and ``warnings``
+    (with ``curve``: the per-clip ``clip_windows``, ``clip_scores`` and ``clip_relevance``)."""
+
     query: str
     duration: float
     windows: np.ndarray  # [K, 2] seconds, best first
@@ -234,13 +253,14 @@ class GroundingResult:
     clip_cosine: np.ndarray  # [N] raw clip·sentence cosine
     warnings: list[str] = field(default_factory=list)  # why the windows may not mean what they seem
     flat: bool = False  # every clip scores the same (is_flat): every window scores 0, ranked in the tie order
+    vid: str = ""  # the video's id (a file's stem, a feature store's key); "" when unknown
 
     def to_json(self, curve: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
             "query": self.query,
+            "vid": self.vid,
             "duration": round(float(self.duration), 4),
-            "windows": [{"start": round(float(s), 4), "end": round(float(e), 4), "score": float(sc)}
-                        for (s, e), sc in zip(self.windows, self.scores)],
+            "pred_relevant_windows": pred_relevant_windows(self.windows, self.scores, decimals=4),
             "warnings": list(self.warnings),
         }
         if curve:
@@ -320,6 +340,6 @@ def _clip_warnings(res: GroundingResult, top_k: int, nms_threshold: float) -> li
 
 __all__ = [
     "FLAT_LAMBDA", "GroundingResult", "WINDOW_SCORES", "clip_query_score_matrix", "clip_query_scores",
-    "clip_relevance", "ground_embeddings", "is_flat", "rank_windows", "score_precision", "standardize",
-    "top_windows", "window_scores",
+    "clip_relevance", "ground_embeddings", "is_flat", "pred_relevant_windows", "rank_windows", "score_precision",
+    "standardize", "top_windows", "window_scores",
 ]

@@ -7,7 +7,7 @@ layout by forgetting an argument::
     from locvtp.predictor import LocVTPPredictor
 
     p = LocVTPPredictor.from_checkpoint("runs/demo", device="cpu", threads=1)
-    video = p.encode_video("clip.mp4")                  # ClipFeatures: features [N, D], windows [N, 2] s, ...
+    video = p.encode_file("clip.mp4")                   # ClipFeatures: features [N, D], windows [N, 2] s, ...
     text = p.encode_text(["a person opens a door"])     # TextEmbeddings (+ .warnings per text)
     res = p.ground(video, "a person opens a door", top_k=5)   # GroundingResult: windows, scores, warnings
     hits = p.search("index_dir", ["a person opens a door"])   # SearchResponse (locvtp.index.MomentIndex)
@@ -30,32 +30,24 @@ What a caller may change and what not:
   differ from training (``ground --clip-seconds``, ``extract --stride-seconds``); the model still sees
   ``frames_per_clip`` frames per clip.
 * ``frames_per_clip``, ``frame_size`` and ``max_words`` are the model's input contract. Asking for other values
-  (``extract --frames-per-clip 16`` on a 4-frame checkpoint, decoded clips of another shape, ``encode_video(...,
+  (``extract --frames-per-clip 16`` on a 4-frame checkpoint, decoded clips of another shape, ``encode_file(...,
   frame_size=112)``) is a :class:`~locvtp.errors.UsageError` naming both values -- never a silent default, never a
   silent resize. Pre-extracted *input* features (a ``features`` video encoder) must have the encoder's width
   (``model.video.in_dim``).
 
-Features made by another checkpoint (the policy, applied by every command)
-------------------------------------------------------------------------
-Joint-space clip embeddings (``locvtp extract`` without ``--backbone``, or a moment index built from them) are
-only comparable with text embedded by the SAME model. ``locvtp extract`` records the model's fingerprint
-(``checkpoint_sha256``, the sha256 of ``model.safetensors``) with the features; :func:`feature_origin` classifies a
-feature file or index by it, and :meth:`LocVTPPredictor.check_features` applies the rule:
+One method per kind of input
+----------------------------
+``encode_file`` (a video file), ``encode_clips`` (decoded clips), ``encode_frames`` (decoded frames with their
+times), ``encode_features`` (per-clip vectors in memory: joint embeddings or a ``features`` encoder's input) and
+``encode_stored`` (one video of a feature store): each names what it takes, so an argument that means nothing for
+the input (``windows`` for a file, ``times`` for clips) cannot be passed. ``ground`` takes what they return.
 
-* ``own`` (the fingerprint equals this checkpoint's): used as they are. When the extraction recorded
-  ``frames_per_clip`` / ``frame_size`` that contradict the checkpoint, it is a ``UsageError`` (both values named).
-* ``foreign`` (another fingerprint): refused with :class:`ForeignFeaturesError` (exit code 1) naming both
-  fingerprints, unless ``allow_foreign_features=True`` (``ground --allow-foreign-features``, ``search
-  --allow-checkpoint-mismatch``): then used, with a warning.
-* ``unknown`` (no fingerprint: a foreign tool's file, or an index built from one): used, with a warning that
-  nothing can check which model made them.
-* ``backbone`` (``extract --backbone``: pre-projection features): not in the joint space; refused for grounding
-  and search (a ``UsageError``).
-
-``locvtp evaluate`` decodes the videos itself and takes ``--features`` only as an optional shortcut: there a
-file is used as the model's embeddings only when it is ``own``; any other file is never compared with this
-model's text and only feeds the supervised heads (whose inputs may come from any model). Features that are a
-``features`` encoder's *input* (raw per-clip features) are not embeddings and carry no such check.
+Features made by another checkpoint
+-----------------------------------
+The policy (``own`` / ``foreign`` / ``unknown`` / ``backbone``) lives in the feature store, beside the fingerprint
+it reads: :mod:`locvtp.featurestore.provenance`. :meth:`LocVTPPredictor.check_features` applies it with this
+model's fingerprint (and refuses an ``own`` extraction that recorded other ``frames_per_clip`` / ``frame_size``
+than the checkpoint's); ``encode_stored``, ``open_index`` and so ``ground`` / ``search`` / ``serve`` go through it.
 """
 from __future__ import annotations
 
@@ -69,9 +61,10 @@ import numpy as np
 from locvtp import runtime
 from locvtp.errors import LocVTPError, UsageError
 from locvtp.featurestore import ClipFeatures, feature_info, read_features
+from locvtp.featurestore.provenance import check_provenance, feature_origin, recorded_mismatches, store_settings
 from locvtp.inference import (
-    DecodedClips, TextEmbeddings, VideoEmbedding, decode_video_clips, embed_features, embed_texts,
-    embed_video_frames, encode_clip_sequence, require_tokenizer, text_query_warnings,
+    DecodedClips, TextEmbeddings, decode_video_clips, embed_features, embed_texts, embed_video_frames,
+    encode_clip_sequence, require_tokenizer, text_query_warnings,
 )
 from locvtp.localize import GroundingResult, ground_embeddings
 
@@ -86,20 +79,6 @@ CONTRACT = {"frames_per_clip": "data.frames_per_clip", "frame_size": "data.frame
 
 class PredictorError(LocVTPError, ValueError):
     """An input cannot be embedded or grounded with this checkpoint (the message names the file or value)."""
-
-
-class ForeignFeaturesError(LocVTPError, ValueError):
-    """Joint-space features or an index made by another checkpoint (see the module docstring's policy).
-
-    ``reason`` is the message without the hint; :meth:`with_flag` names how a command overrides it."""
-
-    def __init__(self, reason: str, flag: str = "allow_foreign_features=True") -> None:
-        super().__init__(f"{reason} (pass {flag} to use them anyway)")
-        self.reason = reason
-
-    def with_flag(self, flag: str) -> "ForeignFeaturesError":
-        """The same error naming a command-line flag instead of the keyword argument."""
-        return ForeignFeaturesError(self.reason, flag)
 
 
 # ------------------------------------------------------------------------------------------ preprocessing
@@ -136,17 +115,6 @@ class Preprocessing:
         if not (clip > 0 and stride > 0):
             raise UsageError(f"clip_seconds and stride_seconds must be > 0, got {clip:g} and {stride:g}")
         return replace(self, clip_seconds=clip, stride_seconds=stride)
-
-
-def feature_origin(info: Mapping[str, Any], sha256: str) -> str:
-    """``"own" | "foreign" | "unknown" | "backbone"``: who made a feature file or index (its settings ``info``),
-    relative to the checkpoint with fingerprint ``sha256`` (the policy of the module docstring)."""
-    if str(info.get("embedding") or "") == "backbone":
-        return "backbone"
-    theirs = str(info.get("checkpoint_sha256") or "")
-    if not theirs or not sha256:
-        return "unknown"
-    return "own" if theirs == sha256 else "foreign"
 
 
 @dataclass
@@ -273,114 +241,74 @@ class LocVTPPredictor:
     # -- features policy ----------------------------------------------------------------------------------
     def check_features(self, info: Mapping[str, Any], where: str, allow_foreign_features: bool = False,
                        allow_flag: str = "allow_foreign_features=True") -> list[str]:
-        """Apply the feature policy (module docstring) to a feature file's or index's settings ``info``:
-        raise, or return the warnings to report. ``where`` names the file; ``allow_flag`` how to override."""
-        origin = feature_origin(info, self.sha256)
-        if origin == "backbone":
-            raise UsageError(f"{where}: holds backbone features (extract --backbone), not the joint-space "
-                             "embeddings text is compared with (extract without --backbone)")
-        if origin == "unknown":
-            return [f"{where} carries no checkpoint fingerprint (checkpoint_sha256): nothing can check that "
-                    "it was made by this model; if not, the scores compare two different models"]
-        if origin == "foreign":
-            msg = (f"{where} was made with checkpoint {str(info.get('checkpoint_sha256'))[:12]}…, this model is "
-                   f"{self.sha256[:12]}…: their embedding spaces differ")
-            if not allow_foreign_features:
-                raise ForeignFeaturesError(msg, allow_flag)
-            return [msg]
-        if self.takes_pixels:  # own: the extraction's recorded input settings must be this model's
-            for name in CONTRACT:
-                rec = info.get(name)
-                if rec is not None and int(rec) != getattr(self.preprocessing, name):
-                    self._contradiction(name, int(rec), what=f" (recorded by the extraction {where})")
-        return []
+        """The feature store's provenance policy (:mod:`locvtp.featurestore.provenance`) for this model: raise,
+        or return the warnings to report. ``where`` names the store; ``allow_flag`` how to override. An ``own``
+        store whose extraction recorded other input settings than the checkpoint's is a ``UsageError``."""
+        warnings = check_provenance(info, where, self.sha256, allow_foreign_features, allow_flag)
+        if self.takes_pixels and feature_origin(info, self.sha256) == "own":
+            expected = {name: getattr(self.preprocessing, name) for name in CONTRACT}
+            for name, recorded in recorded_mismatches(info, expected):
+                self._contradiction(name, recorded, what=f" (recorded by the extraction {where})")
+        return warnings
+
+    def feature_settings(self, preprocessing: Optional[Preprocessing] = None, embedding: str = "joint"
+                         ) -> dict[str, Any]:
+        """The settings a feature store of this model's clip vectors records (what ``check_features`` reads)."""
+        prep = preprocessing or self.preprocessing
+        return store_settings(self.model, self.sha256, self.path, prep.clip_seconds, prep.stride_seconds,
+                              prep.frames_per_clip, prep.frame_size, embedding)
 
     # -- video --------------------------------------------------------------------------------------------
     def decode_video(self, path: str | Path, preprocessing: Optional[Preprocessing] = None) -> DecodedClips:
-        """The decode half of :meth:`encode_video` for a file (thread-safe: no model involved)."""
+        """The decode half of :meth:`encode_file` (thread-safe: no model involved)."""
         prep = preprocessing or self.preprocessing
         return decode_video_clips(path, prep.clip_seconds, prep.stride_seconds, prep.frames_per_clip,
                                   prep.frame_size)
 
-    def encode_video(self, video: Any, *, video_id: Optional[str] = None, clip_seconds: Optional[float] = None,
-                     stride_seconds: Optional[float] = None, frames_per_clip: Optional[int] = None,
-                     frame_size: Optional[int] = None, times: Optional[np.ndarray] = None,
-                     duration: Optional[float] = None, fps: float = 0.0, windows: Optional[np.ndarray] = None,
-                     features_are: str = "auto", backbone: bool = False, batch_clips: Optional[int] = None,
-                     allow_foreign_features: bool = False) -> ClipFeatures:
-        """One video's clip embeddings (:class:`~locvtp.featurestore.record.ClipFeatures`, ``embedding="joint"``, with ``warnings``).
-
-        ``video`` is one of:
-
-        * a video file path (decoded with the checkpoint's preprocessing; ``clip_seconds`` / ``stride_seconds``
-          may choose another window cut);
-        * a feature file/dir path with ``video_id`` (``locvtp extract`` output or a foreign file; the policy of
-          the module docstring applies to joint-space features);
-        * a :class:`~locvtp.inference.DecodedClips`, or decoded clips ``uint8 [N, F, S, S, 3]`` with ``windows``;
-        * decoded frames ``uint8 [M, H, W, 3]`` with their ``times`` (s) and the video's ``duration``;
-        * a :class:`~locvtp.featurestore.record.ClipFeatures` (not yet embedded) or an array ``float [N, D]`` of per-clip features: the
-          model's joint embeddings (``features_are="joint"``) or a ``features`` encoder's input
-          (``features_are="input"``); ``"auto"``: the file's ``embedding`` setting, else input for a features
-          encoder and joint for a pixel model.
-
-        ``frames_per_clip`` / ``frame_size``, when given, must equal the checkpoint's (else ``UsageError``).
-        """
-        prep = self.resolve_preprocessing(clip_seconds, stride_seconds, frames_per_clip, frame_size)
-        with self.thread_limit():
-            if isinstance(video, (str, Path)):
-                if video_id is not None:
-                    return self._encode_feature_file(Path(video), video_id, features_are, backbone, batch_clips,
-                                                     allow_foreign_features)
-                return self._encode_file(Path(video), prep, backbone, batch_clips)
-            if isinstance(video, DecodedClips):
-                return self._encode_clips(video.clips, video.windows, video.fps, video.duration, backbone,
-                                          batch_clips)
-            if isinstance(video, ClipFeatures):
-                return self._encode_features(video, features_are, backbone, batch_clips, str(video.video_id))
-            arr = np.asarray(video)
-            if arr.dtype == np.uint8 and arr.ndim == 5:
-                if windows is None:
-                    raise PredictorError("decoded clips [N, F, S, S, 3] need their windows [N, 2] (seconds)")
-                w = np.asarray(windows, np.float64).reshape(-1, 2)
-                dur = float(duration) if duration is not None else (float(w[-1, 1]) if len(w) else 0.0)
-                return self._encode_clips(arr, w, fps, dur, backbone, batch_clips)
-            if arr.dtype == np.uint8 and arr.ndim == 4:
-                return self._encode_frames(arr, times, duration, fps, prep, backbone, batch_clips)
-            if arr.ndim == 2:
-                rec = ClipFeatures(str(video_id or "features"), arr, windows, fps,
-                                   float(duration) if duration is not None else 0.0)
-                return self._encode_features(rec, features_are, backbone, batch_clips, "features")
-            raise PredictorError(f"cannot embed an array of shape {arr.shape} and dtype {arr.dtype}: give a video "
-                                 "file, decoded clips uint8 [N, F, S, S, 3], frames uint8 [M, H, W, 3] or features "
-                                 "[N, D]")
-
-    def _batch(self, batch_clips: Optional[int], default: int) -> int:
-        return int(batch_clips) if batch_clips is not None else default
-
-    def _encode_file(self, path: Path, prep: Preprocessing, backbone: bool, batch_clips: Optional[int]
-                     ) -> ClipFeatures:
+    def _batch(self, batch_clips: Optional[int]) -> int:
         from locvtp.inference import DEFAULT_BATCH_CLIPS
 
+        return int(batch_clips) if batch_clips is not None else DEFAULT_BATCH_CLIPS
+
+    def _require_pixels(self, what: str) -> None:
         if not self.takes_pixels:
-            raise UsageError(f"{path}: this checkpoint's video encoder reads pre-extracted features, not video "
+            raise UsageError(f"{what}: this checkpoint's video encoder reads pre-extracted features, not video "
                              "pixels: give a feature file with video_id (or the features themselves)")
+
+    def encode_file(self, path: str | Path, *, clip_seconds: Optional[float] = None,
+                    stride_seconds: Optional[float] = None, frames_per_clip: Optional[int] = None,
+                    frame_size: Optional[int] = None, backbone: bool = False,
+                    batch_clips: Optional[int] = None) -> ClipFeatures:
+        """A video file's clip embeddings (``embedding="joint"``, ``video_id`` = the file's stem), decoded with
+        the checkpoint's preprocessing. ``clip_seconds`` / ``stride_seconds`` may choose another window cut;
+        ``frames_per_clip`` / ``frame_size``, when given, must equal the checkpoint's (else ``UsageError``)."""
+        path = Path(path)
+        prep = self.resolve_preprocessing(clip_seconds, stride_seconds, frames_per_clip, frame_size)
+        self._require_pixels(str(path))
         warnings = []
         if prep.stride_seconds > prep.clip_seconds:
             warnings.append(f"--stride-seconds {prep.stride_seconds:g} is longer than the clip "
                             f"({prep.clip_seconds:g} s): only {prep.clip_seconds / prep.stride_seconds:.0%} of the "
                             "video is looked at, windows span unseen gaps")
-        dec = self.decode_video(path, prep)
-        emb, bb = encode_clip_sequence(self.model, dec.clips, batch_clips=self._batch(batch_clips, DEFAULT_BATCH_CLIPS),
-                                       backbone=backbone, device=self.device)
-        return VideoEmbedding(emb, dec.windows, dec.fps, dec.duration, bb, warnings=warnings, video_id=path.stem)
+        with self.thread_limit():
+            dec = self.decode_video(path, prep)
+            emb, bb = encode_clip_sequence(self.model, dec.clips, batch_clips=self._batch(batch_clips),
+                                           backbone=backbone, device=self.device)
+        return ClipFeatures(path.stem, emb, dec.windows, dec.fps, dec.duration, bb, warnings, embedding="joint")
 
-    def _encode_clips(self, clips: np.ndarray, windows: np.ndarray, fps: float, duration: float, backbone: bool,
-                      batch_clips: Optional[int]) -> ClipFeatures:
-        from locvtp.inference import DEFAULT_BATCH_CLIPS
-
-        if not self.takes_pixels:
-            raise UsageError("this checkpoint's video encoder reads pre-extracted features, not decoded clips")
+    def encode_clips(self, clips: DecodedClips | np.ndarray, windows: Optional[np.ndarray] = None, *,
+                     fps: float = 0.0, duration: Optional[float] = None, backbone: bool = False,
+                     batch_clips: Optional[int] = None) -> ClipFeatures:
+        """Decoded clips' embeddings: a :class:`~locvtp.inference.DecodedClips` (its windows, fps, duration), or
+        clips ``uint8 [N, F, S, S, 3]`` with their ``windows [N, 2]`` seconds (``duration``: default the last
+        window's end). Their frames per clip and frame size must be the checkpoint's (else ``UsageError``)."""
+        if isinstance(clips, DecodedClips):
+            clips, windows, fps, duration = clips.clips, clips.windows, clips.fps, clips.duration
+        elif windows is None:
+            raise PredictorError("decoded clips [N, F, S, S, 3] need their windows [N, 2] (seconds)")
+        self._require_pixels("decoded clips")
         clips = np.asarray(clips)
+        windows = np.asarray(windows, np.float64).reshape(-1, 2)
         if clips.ndim != 5 or clips.shape[-1] != 3:
             raise PredictorError(f"decoded clips must be uint8 [N, F, S, S, 3], got shape {clips.shape}")
         if len(clips) and clips.shape[1] != self.preprocessing.frames_per_clip:
@@ -389,31 +317,62 @@ class LocVTPPredictor:
             self._contradiction("frame_size", "x".join(map(str, clips.shape[2:4])), what=" (decoded clips)")
         if len(windows) != len(clips):
             raise PredictorError(f"{len(windows)} windows for {len(clips)} decoded clips")
-        emb, bb = encode_clip_sequence(self.model, clips, batch_clips=self._batch(batch_clips, DEFAULT_BATCH_CLIPS),
-                                       backbone=backbone, device=self.device)
-        return VideoEmbedding(emb, np.asarray(windows, np.float64), float(fps), float(duration), bb)
+        dur = float(duration) if duration is not None else (float(windows[-1, 1]) if len(windows) else 0.0)
+        with self.thread_limit():
+            emb, bb = encode_clip_sequence(self.model, clips, batch_clips=self._batch(batch_clips),
+                                           backbone=backbone, device=self.device)
+        return ClipFeatures("", emb, windows, float(fps), dur, bb, embedding="joint")
 
-    def _encode_frames(self, frames: np.ndarray, times: Any, duration: Any, fps: float, prep: Preprocessing,
-                       backbone: bool, batch_clips: Optional[int]) -> ClipFeatures:
-        from locvtp.inference import DEFAULT_BATCH_CLIPS
-
-        if not self.takes_pixels:
-            raise UsageError("this checkpoint's video encoder reads pre-extracted features, not frames")
+    def encode_frames(self, frames: np.ndarray, times: np.ndarray, duration: float, *, fps: float = 0.0,
+                      clip_seconds: Optional[float] = None, stride_seconds: Optional[float] = None,
+                      frames_per_clip: Optional[int] = None, frame_size: Optional[int] = None,
+                      backbone: bool = False, batch_clips: Optional[int] = None) -> ClipFeatures:
+        """Decoded frames ``uint8 [M, H, W, 3]`` at ``times [M]`` (seconds) of a video of ``duration`` seconds,
+        cut into clips with the checkpoint's preprocessing (``clip_seconds`` / ``stride_seconds``: another cut)."""
+        prep = self.resolve_preprocessing(clip_seconds, stride_seconds, frames_per_clip, frame_size)
+        self._require_pixels("decoded frames")
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4:
+            raise PredictorError(f"decoded frames must be uint8 [M, H, W, 3], got {frames.dtype} {frames.shape}")
         if times is None or duration is None:
             raise PredictorError("decoded frames [M, H, W, 3] need their times [M] (seconds) and the video's duration")
-        return embed_video_frames(self.model, frames, np.asarray(times, np.float64), float(duration), fps=fps,
-                                  clip_seconds=prep.clip_seconds, stride_seconds=prep.stride_seconds,
-                                  frames_per_clip=prep.frames_per_clip, frame_size=prep.frame_size,
-                                  batch_clips=self._batch(batch_clips, DEFAULT_BATCH_CLIPS), backbone=backbone,
-                                  device=self.device)
+        with self.thread_limit():
+            return embed_video_frames(self.model, frames, np.asarray(times, np.float64), float(duration), fps=fps,
+                                      clip_seconds=prep.clip_seconds, stride_seconds=prep.stride_seconds,
+                                      frames_per_clip=prep.frames_per_clip, frame_size=prep.frame_size,
+                                      batch_clips=self._batch(batch_clips), backbone=backbone, device=self.device)
 
-    def _encode_feature_file(self, path: Path, video_id: str, features_are: str, backbone: bool,
-                             batch_clips: Optional[int], allow_foreign: bool) -> ClipFeatures:
+    def encode_features(self, features: ClipFeatures | np.ndarray, *, windows: Optional[np.ndarray] = None,
+                        fps: float = 0.0, duration: Optional[float] = None, video_id: Optional[str] = None,
+                        features_are: str = "auto", backbone: bool = False,
+                        batch_clips: Optional[int] = None) -> ClipFeatures:
+        """Per-clip vectors in memory (a :class:`~locvtp.featurestore.record.ClipFeatures` or ``float [N, D]``
+        with optional ``windows``): the model's joint embeddings (``features_are="joint"``: checked, used as they
+        are) or a ``features`` encoder's input (``"input"``: embedded). ``"auto"``: the record's ``embedding``
+        when it is ``"joint"``, else input for a features encoder and joint for a pixel model."""
+        if isinstance(features, ClipFeatures):
+            rec = features
+            kind = self._features_kind(features_are, {"embedding": rec.embedding})
+        else:
+            rec = ClipFeatures(str(video_id or "features"), np.asarray(features), windows, fps,
+                               float(duration) if duration is not None else 0.0)
+            kind = self._features_kind(features_are)
+        with self.thread_limit():
+            return self._encode_features(rec, kind, backbone, batch_clips, str(rec.video_id))
+
+    def encode_stored(self, store: str | Path, video_id: str, *, features_are: str = "auto",
+                      backbone: bool = False, batch_clips: Optional[int] = None,
+                      allow_foreign_features: bool = False) -> ClipFeatures:
+        """One video of a feature store (``locvtp extract`` output, serve's cache, or a foreign HDF5 / npy-dir /
+        npz-dir): joint-space features go through :meth:`check_features` (the provenance policy), a ``features``
+        encoder's input is embedded. A missing id is a ``MissingVideoError`` naming the store and the id."""
+        path = Path(store)
         info = feature_info(path)
         kind = self._features_kind(features_are, info)
-        warnings = self.check_features(info, str(path), allow_foreign) if kind == "joint" else []
+        warnings = self.check_features(info, str(path), allow_foreign_features) if kind == "joint" else []
         rec = read_features(path, video_id)  # MissingVideoError (a KeyError) / NonFiniteFeaturesError name it
-        emb = self._encode_features(rec, kind, backbone, batch_clips, f"{path}: video {video_id!r}")
+        with self.thread_limit():
+            emb = self._encode_features(rec, kind, backbone, batch_clips, f"{path}: video {video_id!r}")
         emb.warnings = warnings + emb.warnings
         return emb
 
@@ -426,12 +385,12 @@ class LocVTPPredictor:
             return "joint"
         return "joint" if self.takes_pixels else "input"
 
-    def _encode_features(self, rec: ClipFeatures, features_are: str, backbone: bool, batch_clips: Optional[int],
+    def _encode_features(self, rec: ClipFeatures, kind: str, backbone: bool, batch_clips: Optional[int],
                          where: str) -> ClipFeatures:
         feats = np.asarray(rec.features, dtype=np.float32)
         if feats.ndim != 2:
             raise PredictorError(f"{where}: features must be [num_clips, D], got shape {feats.shape}")
-        if self._features_kind(features_are) == "joint":
+        if kind == "joint":
             if feats.shape[0] == 0:
                 raise PredictorError(f"{where} has no clips")
             if feats.shape[1] != self.dim:
@@ -441,8 +400,8 @@ class LocVTPPredictor:
                                      "--backbone?)")
             windows = rec.windows if rec.windows is not None else _consecutive(len(feats), self.preprocessing)
             dur = rec.duration if rec.duration else float(np.asarray(windows)[-1, 1])
-            return VideoEmbedding(feats, np.asarray(windows, np.float64).reshape(-1, 2), rec.fps, dur,
-                                  video_id=rec.video_id)
+            return ClipFeatures(rec.video_id, feats, np.asarray(windows, np.float64).reshape(-1, 2), rec.fps, dur,
+                                embedding="joint")
         if self.takes_pixels:
             raise UsageError(f"{where}: this checkpoint's video encoder reads pixels, not input features")
         if feats.shape[1] != self.input_width:
@@ -452,7 +411,7 @@ class LocVTPPredictor:
         e = embed_features(self.model, feats, windows=rec.windows, clip_seconds=self.preprocessing.clip_seconds,
                            backbone=backbone, device=self.device, **kw)
         dur = rec.duration if rec.duration else e.duration
-        return VideoEmbedding(e.features, e.windows, rec.fps, dur, e.backbone, video_id=rec.video_id)
+        return ClipFeatures(rec.video_id, e.features, e.windows, rec.fps, dur, e.backbone, embedding="joint")
 
     # -- text ---------------------------------------------------------------------------------------------
     def text_warnings(self, text: str) -> list[str]:
@@ -474,32 +433,31 @@ class LocVTPPredictor:
         return emb
 
     # -- grounding ------------------------------------------------------------------------------------------
-    def ground(self, video: Any, query: str, *, top_k: int = 5, nms: float = 0.5, alpha: float = 0.5,
-               window_score: Optional[str] = None, max_seconds: Optional[float] = None,
-               video_id: Optional[str] = None, clip_seconds: Optional[float] = None,
-               stride_seconds: Optional[float] = None, allow_foreign_features: bool = False) -> GroundingResult:
+    def ground(self, video: ClipFeatures, query: str, *, top_k: int = 5, nms: float = 0.5, alpha: float = 0.5,
+               window_score: Optional[str] = None, max_seconds: Optional[float] = None) -> GroundingResult:
         """Top-k windows of ``query`` in one video: the scoring of ``locvtp ground`` (``locvtp.localize``).
 
-        ``video``: anything :meth:`encode_video` takes, or a :class:`~locvtp.featurestore.record.ClipFeatures` already
-        embedded (``embedding == "joint"``: what :meth:`encode_video` returns) is used as it is. The
-        result's ``warnings`` hold the query's, the video's and the ranking's (best first: the command's order).
-        A query with no words at all is a ``UsageError``.
+        ``video``: the video's clip vectors, as one of the ``encode_*`` methods returns them (joint embeddings,
+        used as they are; any other :class:`~locvtp.featurestore.record.ClipFeatures` goes through
+        :meth:`encode_features` first). The result's ``vid`` is the record's ``video_id``; its ``warnings`` hold
+        the query's, the video's and the ranking's (the command's order). A query with no words is a
+        ``UsageError``.
         """
         from locvtp.inference import NO_WORDS
 
+        if not isinstance(video, ClipFeatures):
+            raise PredictorError(f"ground takes a video's clip vectors (ClipFeatures), got {type(video).__name__}: "
+                                 "embed it first (encode_file, encode_stored, encode_clips, encode_frames or "
+                                 "encode_features)")
         warnings = self.text_warnings(query)
         if any(NO_WORDS in w for w in warnings):
             raise UsageError(f"query {query!r} has no words to ground")
-        if isinstance(video, ClipFeatures) and video.embedding == "joint":
-            emb = video
-        else:
-            emb = self.encode_video(video, video_id=video_id, clip_seconds=clip_seconds,
-                                    stride_seconds=stride_seconds, allow_foreign_features=allow_foreign_features)
-        warnings += list(getattr(emb, "warnings", []) or [])
+        emb = video if video.embedding == "joint" else self.encode_features(video)
+        warnings += list(emb.warnings or [])
         text = self.encode_text([query])
         windows = np.asarray(emb.windows, np.float64).reshape(-1, 2)
-        clip_s = float(clip_seconds) if clip_seconds is not None else self.preprocessing.clip_seconds
-        step = float(np.median(np.diff(windows[:, 0]))) if len(windows) > 1 else clip_s
+        # (with one clip the step only matters as a bound: every window is that clip)
+        step = float(np.median(np.diff(windows[:, 0]))) if len(windows) > 1 else self.preprocessing.clip_seconds
         max_clips = None
         if max_seconds is not None:
             max_clips = max(1, int(round(max_seconds / max(step, 1e-9))))
@@ -509,6 +467,7 @@ class LocVTPPredictor:
         res = ground_embeddings(emb.features, windows, text.sentence[0], text.words[0], query=query,
                                 duration=emb.duration, top_k=top_k, alpha=alpha, nms_threshold=nms,
                                 max_clips=max_clips, window_score=window_score)
+        res.vid = str(emb.video_id or "")
         res.warnings = warnings + res.warnings
         return res
 
@@ -564,7 +523,4 @@ def _consecutive(n: int, prep: Preprocessing) -> np.ndarray:
     return np.stack([starts, starts + prep.clip_seconds], axis=1)
 
 
-__all__ = [
-    "CONTRACT", "ForeignFeaturesError", "LocVTPPredictor", "Preprocessing", "PredictorError", "QueryMoments",
-    "SearchResponse", "feature_origin",
-]
+__all__ = ["CONTRACT", "LocVTPPredictor", "Preprocessing", "PredictorError", "QueryMoments", "SearchResponse"]

@@ -16,7 +16,10 @@ Predictions (JSON lines, one object per query; what ``locvtp evaluate --out DIR`
      "pred_relevant_windows": [[12.0, 17.5, 0.91], [40.0, 44.0, 0.55], ...]}
 
 ``qid`` is the query's position among the annotation file's queries as ``locvtp.data.formats`` reads them
-(QVHighlights: its own ``qid`` field), ``vid`` (and ``query``, when given) must match that annotation, and
+(QVHighlights: its own ``qid`` field), ``vid`` (and ``query``, when given) must match that annotation. A line
+without ``qid`` -- what ``locvtp ground`` prints: ``{"video", "query", "vid", "duration",
+"pred_relevant_windows", "warnings"}``, the same shape -- is the first not yet predicted annotation query with
+that ``vid`` and ``query`` (a ``vid`` is the video file's stem). Other fields are ignored, and
 ``pred_relevant_windows`` are ``[start, end]`` or ``[start, end, score]`` in seconds, best first. Annotations:
 ActivityNet Captions JSON (``.json``), Charades-STA (``.txt``; durations from the ``Charades_v1_<split>.csv``
 next to it when present, or ``--durations``) or QVHighlights JSONL (``.jsonl``); the first ground-truth window
@@ -99,6 +102,47 @@ def _window(item: Any, where: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
+def _by_text(truth: list[GroundTruth]) -> dict[tuple[str, str], list[int]]:
+    """The annotation's qids of each (video, sentence), in order: how a line without ``qid`` is placed."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for k, gt in enumerate(truth):
+        out.setdefault((gt.vid, gt.query), []).append(k)
+    return out
+
+
+def _line_qid(rec: dict, truth: list[GroundTruth], by_text: dict[tuple[str, str], list[int]], taken: dict,
+              where: str) -> int:
+    """The query a prediction line is for: its ``qid`` (checked against ``vid`` / ``query`` when given), or --
+    a ``locvtp ground`` line has none -- the first not yet predicted annotation query with its ``vid`` and
+    ``query``."""
+    if "qid" not in rec:
+        if "vid" not in rec or "query" not in rec:
+            raise ScoreError(f"{where}: no 'qid' field, and no 'vid' and 'query' to find the query by")
+        ks = by_text.get((str(rec["vid"]), str(rec["query"])))
+        if not ks:
+            raise ScoreError(f"{where}: no annotated query {str(rec['query'])[:40]!r} in video {rec['vid']!r} "
+                             "(predictions made for another annotation file?)")
+        free = [k for k in ks if k not in taken]
+        if not free:
+            raise ScoreError(f"{where}: query {str(rec['query'])[:40]!r} of video {rec['vid']!r} is predicted "
+                             f"more often than it is annotated ({len(ks)})")
+        return free[0]
+    qid = rec["qid"]
+    if isinstance(qid, bool) or not isinstance(qid, int) or not 0 <= qid < len(truth):
+        raise ScoreError(f"{where}: qid {qid!r} is not one of the annotation's {len(truth)} queries "
+                         f"(0..{len(truth) - 1})")
+    gt = truth[qid]
+    if "vid" in rec and str(rec["vid"]) != gt.vid:
+        raise ScoreError(f"{where}: qid {qid} is video {gt.vid!r} in the annotations, the line says "
+                         f"{rec['vid']!r} (predictions made for another annotation file?)")
+    if "query" in rec and str(rec["query"]) != gt.query:
+        raise ScoreError(f"{where}: qid {qid} is the query {gt.query[:40]!r} in the annotations, the line "
+                         f"says {str(rec['query'])[:40]!r}")
+    if qid in taken:
+        raise ScoreError(f"{where}: qid {qid} is predicted twice")
+    return qid
+
+
 def read_grounding_predictions(path: str | Path, truth: list[GroundTruth]) -> dict[int, np.ndarray]:
     """``{qid: windows [n, 2] best first}`` from a predictions file, each line checked against ``truth``."""
     p = Path(path)
@@ -109,6 +153,7 @@ def read_grounding_predictions(path: str | Path, truth: list[GroundTruth]) -> di
     except UnicodeDecodeError as exc:
         raise ScoreError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     out: dict[int, np.ndarray] = {}
+    by_text = _by_text(truth)
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -119,22 +164,10 @@ def read_grounding_predictions(path: str | Path, truth: list[GroundTruth]) -> di
             raise ScoreError(f"{where}: not a JSON object ({exc})") from None
         if not isinstance(rec, dict):
             raise ScoreError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        missing = [k for k in ("qid", "pred_relevant_windows") if k not in rec]
-        if missing:
-            raise ScoreError(f"{where}: no {' or '.join(repr(k) for k in missing)} field")
-        qid = rec["qid"]
-        if isinstance(qid, bool) or not isinstance(qid, int) or not 0 <= qid < len(truth):
-            raise ScoreError(f"{where}: qid {qid!r} is not one of the annotation's {len(truth)} queries "
-                             f"(0..{len(truth) - 1})")
-        gt = truth[qid]
-        if "vid" in rec and str(rec["vid"]) != gt.vid:
-            raise ScoreError(f"{where}: qid {qid} is video {gt.vid!r} in the annotations, the line says "
-                             f"{rec['vid']!r} (predictions made for another annotation file?)")
-        if "query" in rec and str(rec["query"]) != gt.query:
-            raise ScoreError(f"{where}: qid {qid} is the query {gt.query[:40]!r} in the annotations, the line "
-                             f"says {str(rec['query'])[:40]!r}")
-        if qid in out:
-            raise ScoreError(f"{where}: qid {qid} is predicted twice")
+        if "pred_relevant_windows" not in rec:
+            missing = " or ".join(repr(k) for k in ("qid", "pred_relevant_windows") if k not in rec)
+            raise ScoreError(f"{where}: no {missing} field")
+        qid = _line_qid(rec, truth, by_text, out, where)
         windows = rec["pred_relevant_windows"]
         if not isinstance(windows, list):
             raise ScoreError(f"{where}: pred_relevant_windows must be a list of windows")

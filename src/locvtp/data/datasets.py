@@ -464,7 +464,7 @@ class FeatureSource:
         return d
 
     def rows(self, vid: str, lo: int, hi: int) -> np.ndarray:
-        from locvtp.features import FeatureRecord, check_finite
+        from locvtp.featurestore import ClipFeatures, check_finite
 
         if self.is_h5:
             if self._h5 is None:
@@ -479,7 +479,7 @@ class FeatureSource:
         else:
             where = self._file(vid)
             out = np.asarray(np.load(where, mmap_mode="r", allow_pickle=False)[lo:hi])
-        check_finite(FeatureRecord(vid, len(out), self.dim, out, None, 0.0, 0.0), where)
+        check_finite(ClipFeatures(vid, out, None), where)
         return out
 
     def clips(self, vid: str, windows: np.ndarray, jitter: bool, rng: np.random.Generator) -> np.ndarray:

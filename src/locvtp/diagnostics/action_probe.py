@@ -48,7 +48,7 @@ def action_probe(checkpoint: str, world: Path, max_videos: int = 400, seed: int 
     for k, vid in enumerate(vids):
         emb = embed_video_file(ck.model, world / "videos" / f"{vid}.mp4", clip_seconds=d.clip_seconds,
                                stride_seconds=d.stride_seconds, frames_per_clip=d.frames_per_clip,
-                               frame_size=d.frame_size).clips
+                               frame_size=d.frame_size).features
         part = "test" if k % 5 == 0 else "train"
         feats[part].append(emb)
         labels[part] += clip_labels(gt[vid]["events"], len(emb), float(d.clip_seconds))

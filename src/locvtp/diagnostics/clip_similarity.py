@@ -27,7 +27,7 @@ def clip_similarity(checkpoint: str, world: Path, num_videos: int = 12) -> tuple
     d = Preprocessing.from_config(ck.cfg)  # the checkpoint's preprocessing, as every command reads it
     embs = [embed_video_file(ck.model, world / "videos" / f"{v}.mp4", clip_seconds=d.clip_seconds,
                              stride_seconds=d.stride_seconds, frames_per_clip=d.frames_per_clip,
-                             frame_size=d.frame_size).clips for v in vids]
+                             frame_size=d.frame_size).features for v in vids]
     within = float(np.mean([(e @ e.T)[np.triu_indices(len(e), 1)].mean() for e in embs]))
     between = float(np.mean([(a @ b.T).mean() for i, a in enumerate(embs) for j, b in enumerate(embs) if i != j]))
     return within, between

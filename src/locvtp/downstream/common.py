@@ -189,13 +189,6 @@ def overlap_pool_matrix(windows: np.ndarray, duration: float, num_bins: int) -> 
 
 
 # --------------------------------------------------------------------------------------------- embeddings
-def ClipSequence(feats: np.ndarray, windows: np.ndarray, duration: float, video_id: str = "") -> ClipFeatures:  # noqa: N802
-    """One video's clip features on the time axis (the old positional constructor): a
-    :class:`~locvtp.featurestore.record.ClipFeatures` with ``features [N, D]`` float32 (also readable as
-    ``.feats``), ``windows [N, 2]`` seconds and ``duration``."""
-    return ClipFeatures(video_id, feats, windows, 0.0, float(duration))
-
-
 @dataclass
 class EmbeddingBank:
     """Per-model cache of clip and text embeddings, filled once and shared by all tasks.
@@ -331,8 +324,8 @@ class FeatureFile:
 
     def is_joint_embedding_of(self, sha256: str) -> bool:
         """True when the file holds *this* checkpoint's joint-space clip embeddings (``locvtp extract`` default):
-        they can then replace decoding the videos (the feature policy of ``locvtp.predictor``: origin ``own``)."""
-        from locvtp.predictor import feature_origin
+        they can then replace decoding the videos (the provenance policy: origin ``own``)."""
+        from locvtp.featurestore.provenance import feature_origin
 
         return str(self.attrs.get("embedding", "")) == "joint" and feature_origin(self.attrs, sha256) == "own"
 
@@ -376,7 +369,7 @@ def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path
     """Bind the expensive calls to the model, through ``predictor`` (a ``locvtp.predictor.LocVTPPredictor``;
     None: one over ``model``, ``tokenizer``, ``cfg`` and ``checkpoint_sha256``).
 
-    Pixel models embed each video file with the checkpoint's preprocessing (``LocVTPPredictor.encode_video``);
+    Pixel models embed each video file with the checkpoint's preprocessing (``LocVTPPredictor.encode_file``);
     ``--features`` rows then feed the supervised heads. Feature models (``model.video.name = features``) read
     their input from ``--features``, and the heads use the resulting joint embeddings. A feature file that holds
     this very checkpoint's joint embeddings (the predictor's feature policy: origin ``own``, as ``locvtp extract``
@@ -394,12 +387,12 @@ def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path
 
     def embed_video(vid: str) -> ClipFeatures:
         if takes_pixels:
-            emb = pred.encode_video(locate(vid))
+            emb = pred.encode_file(locate(vid))
             return ClipFeatures(vid, np.asarray(emb.features, np.float32), np.asarray(emb.windows, np.float64),
                                 emb.fps, float(emb.duration), embedding="joint")
         assert features is not None
         raw = features.read(vid, durations.get(vid))
-        emb = pred.encode_video(raw.features, windows=raw.windows, features_are="input")
+        emb = pred.encode_features(raw.features, windows=raw.windows, features_are="input")
         return ClipFeatures(vid, np.asarray(emb.features, np.float32), raw.windows, raw.fps, raw.duration,
                             embedding="joint")
 

@@ -376,23 +376,30 @@ def flat_query_warning(queries: Sequence[GroundingQuery], zs: ZeroShotRanking) -
 SCORED_WINDOWS = 5
 
 
+def kept_windows(windows: np.ndarray, scores: np.ndarray | None, top_k: int,
+                 decimals: int | None = None) -> list[list[float]]:
+    """One query's first ``top_k`` windows that survive 2D-TAN's NMS, as ``pred_relevant_windows``
+    ``[[start, end, score], ...]`` best first (``decimals`` rounds start and end; no ``scores``: the rank order
+    as descending scores)."""
+    from locvtp.localize import pred_relevant_windows
+    from locvtp.metrics import nms
+
+    w = np.asarray(windows, np.float64).reshape(-1, 2)
+    keep = nms(w, None, 0.5, top_k=top_k) if len(w) else np.zeros(0, int)
+    s = np.asarray(scores, np.float64) if scores is not None else -np.arange(len(w), dtype=np.float64)
+    kept = np.round(w[keep], decimals) if decimals is not None else w[keep]
+    return pred_relevant_windows(kept, s[keep])
+
+
 def prediction_lines(queries: Sequence[GroundingQuery], used: Sequence[int], ranked: Sequence[np.ndarray],
                      scores: Sequence[np.ndarray | None]) -> list[dict]:
     """Moment-DETR-style prediction records (``locvtp score grounding`` reads them back): per predicted query
     ``qid`` (its position among the annotation's queries), ``vid``, ``query`` and ``pred_relevant_windows``
     ``[[start, end, score], ...]`` best first -- the windows that survive 2D-TAN's NMS, as many as the metric
     reads, at full precision, so scoring the file reproduces the reported figures exactly (NMS is idempotent)."""
-    from locvtp.metrics import nms
-
-    lines = []
-    for k, windows, sc in zip(used, ranked, scores):
-        w = np.asarray(windows, np.float64).reshape(-1, 2)
-        keep = nms(w, None, 0.5, top_k=SCORED_WINDOWS) if len(w) else np.zeros(0, int)
-        s = np.asarray(sc, np.float64) if sc is not None else -np.arange(len(w), dtype=np.float64)
-        q = queries[k]
-        lines.append({"qid": int(k), "vid": q.vid, "query": q.query,
-                      "pred_relevant_windows": [[float(w[i, 0]), float(w[i, 1]), float(s[i])] for i in keep]})
-    return lines
+    return [{"qid": int(k), "vid": queries[k].vid, "query": queries[k].query,
+             "pred_relevant_windows": kept_windows(windows, sc, SCORED_WINDOWS)}
+            for k, windows, sc in zip(used, ranked, scores)]
 
 
 def chance_grounding(ctx, queries: Sequence[GroundingQuery], gt: np.ndarray, opts: GroundingOptions,
@@ -501,8 +508,8 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
         chance = chance_grounding(ctx, [test[k] for k in used], gt[used], opts)
         metrics.update({f"chance_grounding_{k}": chance[k] for k in ("R1@0.5", "mIoU")})
         info["chance"] = chance
-        for k, windows, flat in zip(used, ranked, zs.flat):
-            preds[k]["windows"] = top_windows(windows, opts.top_k_saved).round(3).tolist()
+        for k, windows, sc, flat in zip(used, ranked, ranked_scores, zs.flat):
+            preds[k]["pred_relevant_windows"] = kept_windows(windows, sc, opts.top_k_saved, decimals=3)
             preds[k]["flat"] = flat
     files = {"grounding_predictions.jsonl": prediction_lines(test, used, ranked, ranked_scores)}
     info["missing_videos"] = sorted({test[k].vid for k in range(len(test)) if k not in set(used)})
@@ -522,7 +529,7 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
                 windows, wscores = score_map_to_windows(smap, test[k].duration)
                 head_ranked.append(windows)
                 head_scores.append(wscores)
-                preds[k]["head_windows"] = top_windows(windows, opts.top_k_saved).round(3).tolist()
+                preds[k]["head_pred_relevant_windows"] = kept_windows(windows, wscores, opts.top_k_saved, decimals=3)
             metrics.update(prefixed("head_grounding", grounding_recall(head_ranked, gt[used_te])))
             files["head_grounding_predictions.jsonl"] = prediction_lines(test, used_te, head_ranked, head_scores)
             info["head_losses"] = [round(v, 5) for v in losses]

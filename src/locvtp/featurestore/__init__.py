@@ -15,7 +15,7 @@ from locvtp.featurestore.reader import (  # noqa: F401
     FeatureError, MissingVideoError, _decode_attr, check_finite, detect_format, feature_info, iter_features,
     read_features, safe_name,
 )
-from locvtp.featurestore.record import ClipFeatures, FeatureRecord  # noqa: F401
+from locvtp.featurestore.record import ClipFeatures  # noqa: F401
 from locvtp.featurestore.writer import (  # noqa: F401
     CLAIMS, FEATURE_FORMAT, FEATURE_VERSION, FORMATS, MANIFEST_LOCK, SETTING_KEYS, DirWriter, ExtractError, H5Writer,
     check_dir_output, discard_dir_output, discard_h5_output, merge_shards, own_h5_attrs,
@@ -23,7 +23,7 @@ from locvtp.featurestore.writer import (  # noqa: F401
 
 __all__ = [
     "CLAIMS", "ClipFeatures", "DirWriter", "ExtractError", "FEATURE_FORMAT", "FEATURE_VERSION", "FORMATS",
-    "FeatureError", "FeatureRecord", "H5Writer", "MANIFEST_LOCK", "MissingVideoError", "SETTING_KEYS",
+    "FeatureError", "H5Writer", "MANIFEST_LOCK", "MissingVideoError", "SETTING_KEYS",
     "check_dir_output", "check_finite", "detect_format", "discard_dir_output", "discard_h5_output", "feature_info",
     "iter_features", "merge_shards", "own_h5_attrs", "read_features", "safe_name",
 ]

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from locvtp.errors import LocVTPError, NonFiniteFeaturesError
-from locvtp.featurestore.record import ClipFeatures, FeatureRecord
+from locvtp.featurestore.record import ClipFeatures
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 INDEX_FORMAT = "locvtp-moment-index"  # what `locvtp index` writes in meta.json (locvtp.index imports it from here)
@@ -257,5 +257,5 @@ def check_finite(rec: ClipFeatures, where: str | Path) -> ClipFeatures:
     return rec
 
 
-__all__ = ["ClipFeatures", "FeatureError", "FeatureRecord", "MissingVideoError", "check_finite", "detect_format",
+__all__ = ["ClipFeatures", "FeatureError", "MissingVideoError", "check_finite", "detect_format",
            "feature_info", "iter_features", "read_features", "safe_name"]

@@ -2,18 +2,16 @@
 
 What used to be five classes for one concept -- the reader's ``FeatureRecord``, the inference ``VideoEmbedding``,
 ``extract``'s ``Result``, the evaluation's ``ClipSequence`` -- is this one dataclass: a video id, the per-clip
-vectors ``[N, D]``, their windows ``[N, 2]`` in seconds, the source's ``fps`` and ``duration``. Optional parts
-say where the vectors came from: ``embedding`` (``"joint"`` = this model's L2-normalized joint space, ``"backbone"``
-= pre-projection features, ``"input"`` = a ``features`` encoder's raw input, ``None`` = unknown, e.g. a foreign
-file), ``backbone`` (the pre-projection features next to joint embeddings when asked for), ``warnings`` (why the
-vectors may not mean what they seem) and ``shape`` (``(N, D)`` when only the header was read, ``features=None``).
+vectors ``features [N, D]``, their windows ``[N, 2]`` in seconds, the source's ``fps`` and ``duration``. Optional
+parts say where the vectors came from: ``embedding`` (``"joint"`` = this model's L2-normalized joint space,
+``"backbone"`` = pre-projection features, ``"input"`` = a ``features`` encoder's raw input, ``None`` = unknown,
+e.g. a foreign file), ``backbone`` (the pre-projection features next to joint embeddings when asked for),
+``warnings`` (why the vectors may not mean what they seem), ``shape`` (``(N, D)`` when only the header was read,
+``features=None``) and ``source`` (the video file). One name, one attribute for the matrix (``features``): no
+alias constructors, no ``.clips`` / ``.feats`` views.
 
 What stays distinct, because it really differs: decoded *pixels* (``locvtp.inference.DecodedClips``: uint8
 ``[N, F, S, S, 3]`` clips, the input of an encoder, not vectors).
-
-The old names remain as thin constructors with their old positional signatures (:func:`FeatureRecord`,
-``locvtp.downstream.common.ClipSequence``, ``locvtp.inference.VideoEmbedding``; ``locvtp.extract.Result`` *is*
-this class) and the old attribute names ``clips`` / ``feats`` read ``features``.
 """
 from __future__ import annotations
 
@@ -50,22 +48,5 @@ class ClipFeatures:
             return int(self.features.shape[1])
         return int(self.shape[1]) if self.shape is not None else 0
 
-    # The attribute names of the records this class replaced (read-only views of ``features``).
-    @property
-    def clips(self) -> Optional[np.ndarray]:
-        """``features`` under ``VideoEmbedding``'s name."""
-        return self.features
 
-    @property
-    def feats(self) -> Optional[np.ndarray]:
-        """``features`` under ``ClipSequence``'s name."""
-        return self.features
-
-
-def FeatureRecord(video_id: str, num_clips: int, dim: int, features: Optional[np.ndarray],  # noqa: N802
-                  windows: Optional[np.ndarray], fps: float, duration: float) -> ClipFeatures:
-    """The reader's old positional constructor: a :class:`ClipFeatures`."""
-    return ClipFeatures(video_id, features, windows, float(fps), float(duration), shape=(int(num_clips), int(dim)))
-
-
-__all__ = ["ClipFeatures", "FeatureRecord"]
+__all__ = ["ClipFeatures"]

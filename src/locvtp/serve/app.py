@@ -1,6 +1,6 @@
 """The FastAPI application of ``locvtp serve``: the pages, their static assets and the JSON API.
 
-Every model call goes through :class:`locvtp.predictor.LocVTPPredictor` (``decode_video``, ``encode_video``,
+Every model call goes through :class:`locvtp.predictor.LocVTPPredictor` (``decode_video``, ``encode_clips``,
 ``encode_text``, ``ground``, ``search_index``): the server holds no copy of the preprocessing. Errors are JSON
 ``{"detail": "one sentence"}`` with a 4xx status for what the client sent (400 malformed, 404 unknown id, 409
 not ready, 413 too large, 415 not a video, 422 unusable value) and 500 only for a bug; the server keeps serving
@@ -198,7 +198,8 @@ class Server:
             res = self.p.ground(emb, query, top_k=top_k, nms=nms, alpha=alpha, max_seconds=max_seconds)
             text = self.p.encode_text([query], warnings=False) if heatmap else None
         t2 = time.perf_counter()
-        out = res.to_json(curve=True)
+        out = res.to_json(curve=True)  # the grounding result's one shape (locvtp.localize.GroundingResult)
+        out["vid"] = v.id
         out["video"] = v.id
         out["name"] = v.name
         out["clip_scores"] = _round(out["clip_scores"])
@@ -206,7 +207,7 @@ class Server:
         if text is not None:
             words = np.asarray(text.words[0], np.float32)
             out["words"] = list(text.tokens[0])
-            out["heatmap"] = _round(np.asarray(emb.clips, np.float32) @ words.T) if words.size else []
+            out["heatmap"] = _round(np.asarray(emb.features, np.float32) @ words.T) if words.size else []
         out["timing"] = {"embedding_seconds": round(t1 - t0, 4), "ground_seconds": round(t2 - t1, 4)}
         return out
 
@@ -395,10 +396,12 @@ def _install_api(app: Any, srv: Server) -> None:
 
     @app.post("/api/ground", summary="Ground a sentence in one video",
               description="Body: `{\"video\": ID, \"query\": TEXT, \"top_k\": 5, \"nms\": 0.5, \"alpha\": 0.5, "
-                          "\"max_seconds\": null, \"heatmap\": true}`. Returns the ranked `windows` "
-                          "(start, end, score), the per-clip curve (`clip_windows`, `clip_scores` = cosine, "
-                          "`clip_relevance`), the query's `words` and the clip×word cosine `heatmap` [clips][words], "
-                          "and `warnings`. The video's embeddings are computed on first use and cached.")
+                          "\"max_seconds\": null, \"heatmap\": true}`. Returns the grounding result's one shape "
+                          "(as `locvtp ground` prints it): `query`, `vid`, `duration`, the ranked "
+                          "`pred_relevant_windows` [[start, end, score], ...] and the per-clip curve "
+                          "(`clip_windows`, `clip_scores` = cosine, `clip_relevance`), the query's `words`, the "
+                          "clip×word cosine `heatmap` [clips][words] and `warnings`. The video's embeddings are "
+                          "computed on first use and cached (a feature store in the work folder).")
     def ground(body: GroundRequest):
         return srv.ground(body.model_dump())
 

@@ -11,7 +11,10 @@ Work directory layout (every file named by the server)::
     uploads/<32 hex><.ext>   uploaded videos (the extension from an allow-list, else .bin)
     media/<key>.mp4          H.264 copies for playback of videos a browser cannot play
     thumbs/<key>-<ms>.jpg    search thumbnails
-    embeddings/<key>.npz     clip embeddings (per video file and checkpoint): computed once
+    embeddings/<sha16>/      clip embeddings of the checkpoint with that fingerprint, computed once: an
+                             npz-dir feature store (``<key>.npz`` per video file, ``meta.json`` with the
+                             checkpoint's fingerprint and preprocessing) that ``ground --features``,
+                             ``index`` and ``evaluate --features`` read like ``extract``'s output
     tmp/                     uploads being received; Python's tempfile directory of the server process
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 
 from locvtp.data.videoids import VIDEO_EXTENSIONS, find_video, is_video_name
 from locvtp.errors import LocVTPError, UsageError
-from locvtp.files import atomic_path, check_apart
+from locvtp.files import check_apart
 
 VIDEO_SUFFIXES = VIDEO_EXTENSIONS  # the one list (locvtp.data.videoids), under the name this module exported
 UPLOAD_ID = re.compile(r"^upload:([0-9a-f]{32})$")
@@ -118,6 +121,8 @@ class Library:
         self._videos: dict[str, Video] = {}
         self._by_stem: dict[str, str] = {}
         self._emb: "OrderedDict[str, Any]" = OrderedDict()
+        self._store_lock = threading.Lock()
+        self._writer: Any = None  # the embedding store's DirWriter, opened at the first write
         self._cache_videos = int(cache_videos)
         self.jobs: dict[str, Job] = {}
         self._errors: dict[str, str] = {}  # video id -> why it cannot be used (a failed upload)
@@ -254,6 +259,12 @@ class Library:
     def _emb_key(self, v: Video) -> str:
         return f"{v.key}-{(self.p.sha256 or 'nosha')[:16]}"
 
+    @property
+    def store(self) -> Path:
+        """This checkpoint's embedding cache: an ``npz-dir`` feature store (``locvtp.featurestore``) whose
+        ``meta.json`` records the checkpoint's fingerprint and preprocessing; a video's id in it is its key."""
+        return self.work / "embeddings" / (self.p.sha256 or "nosha")[:16]
+
     def cached_embedding(self, v: Video) -> Any:
         with self._lock:
             e = self._emb.get(self._emb_key(v))
@@ -262,7 +273,8 @@ class Library:
             return e
 
     def embedding(self, v: Video, progress: Optional[Callable[[str, float], None]] = None) -> Any:
-        """The video's clip embeddings, computed once (memory, then ``embeddings/`` on disk) per checkpoint."""
+        """The video's clip embeddings, computed once (memory, then the feature store :attr:`store` on disk)
+        per checkpoint."""
         e = self.cached_embedding(v)
         if e is not None:
             return e
@@ -270,10 +282,10 @@ class Library:
         with self.video_lock(key):  # one computation per video, however many requests ask at once
             e = self.cached_embedding(v)
             if e is None:
-                e = self._load_embedding(key)
+                e = self._load_embedding(v)
                 if e is None:
                     e = self._compute(v, progress)
-                    self._save_embedding(key, e)
+                    self._save_embedding(v, e)
                 with self._lock:
                     self._emb[key] = e
                     while len(self._emb) > self._cache_videos:
@@ -281,7 +293,8 @@ class Library:
         return e
 
     def _compute(self, v: Video, progress: Optional[Callable[[str, float], None]]) -> Any:
-        from locvtp.inference import DecodedClips, VideoEmbedding
+        from locvtp.featurestore.record import ClipFeatures
+        from locvtp.inference import DecodedClips
 
         say = progress or (lambda stage, frac: None)
         say("decoding", 0.0)
@@ -292,35 +305,40 @@ class Library:
         independent = getattr(getattr(self.p.model, "video_encoder", None), "temporal", None) is None
         if not independent or n <= ENCODE_CHUNK:
             say("encoding", 0.0)
-            emb = self.p.encode_video(dec)
+            feats = self.p.encode_clips(dec).features
         else:  # clips are encoded independently: chunks give the same numbers, and progress
             parts = []
             for lo in range(0, n, ENCODE_CHUNK):
                 say("encoding", lo / n)
                 sub = DecodedClips(dec.clips[lo: lo + ENCODE_CHUNK], dec.windows[lo: lo + ENCODE_CHUNK], dec.fps,
                                    dec.duration)
-                parts.append(self.p.encode_video(sub).clips)
-            emb = VideoEmbedding(np.concatenate(parts), dec.windows, dec.fps, dec.duration)
+                parts.append(self.p.encode_clips(sub).features)
+            feats = np.concatenate(parts)
         say("encoding", 1.0)
-        return emb
+        return ClipFeatures(v.key, feats, dec.windows, dec.fps, dec.duration, embedding="joint")
 
-    def _load_embedding(self, key: str) -> Any:
-        from locvtp.inference import VideoEmbedding
+    def _load_embedding(self, v: Video) -> Any:
+        """The video's record in :attr:`store`, or None (absent, unreadable, not joint embeddings: recomputed)."""
+        from locvtp.featurestore import read_features, safe_name
 
-        f = self.work / "embeddings" / f"{key}.npz"
-        if not f.is_file():
+        if not (self.store / f"{safe_name(v.key)}.npz").is_file():
             return None
         try:
-            with np.load(f, allow_pickle=False) as z:
-                return VideoEmbedding(np.asarray(z["clips"], np.float32), np.asarray(z["windows"], np.float64),
-                                      float(z["fps"]), float(z["duration"]))
-        except (OSError, ValueError, KeyError):
+            rec = read_features(self.store, v.key)
+        except (OSError, ValueError, KeyError, LocVTPError):
             return None
+        return rec if rec.embedding == "joint" else None
 
-    def _save_embedding(self, key: str, e: Any) -> None:
-        f = self.work / "embeddings" / f"{key}.npz"
-        with atomic_path(f, suffix=".npz") as tmp:
-            np.savez(tmp, clips=e.clips, windows=e.windows, fps=np.float64(e.fps), duration=np.float64(e.duration))
+    def _save_embedding(self, v: Video, e: Any) -> None:
+        """Write ``e`` into :attr:`store` with the feature store's writer (atomic, claimed in its manifest)."""
+        from locvtp.featurestore import DirWriter
+
+        with self._store_lock:
+            if self._writer is None:
+                out = self.store
+                out.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = DirWriter(out, "npz-dir", self.p.feature_settings(), out / "failures.jsonl")
+            self._writer.add(e, source=str(v.path))
 
     # -- playback and thumbnails ----------------------------------------------------------------------------
     def playable_path(self, v: Video, progress: Optional[Callable[[float], None]] = None) -> Path:
@@ -392,7 +410,7 @@ class Library:
                 (dec_cb if name == "decoding" else enc_cb)(frac)
 
             emb = self.embedding(v, progress)
-            job.clips = int(emb.clips.shape[0])
+            job.clips = int(emb.features.shape[0])
             job.state, job.progress, job.message = "ready", 1.0, f"{job.clips} clips encoded"
         except Exception as exc:  # noqa: BLE001 (any failure is the job's message; the server keeps serving)
             msg = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
@@ -416,6 +434,10 @@ class Library:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._store_lock:  # what the store's writer claimed goes into its manifest; its journal goes
+            if self._writer is not None:
+                self._writer.finish(set())
+                self._writer = None
 
 
 def index_summary(idx: Any) -> dict[str, Any]:

@@ -99,6 +99,11 @@
     } finally { $("ground-button").disabled = false; $("busy").hidden = true; }
   }
 
+  // The API's grounding result carries Moment-DETR's pred_relevant_windows: [[start, end, score], ...] best first.
+  function ranked(res) {
+    return (res.pred_relevant_windows || []).map(([start, end, score]) => ({start, end, score}));
+  }
+
   function render(res) {
     LV.showWarnings(res.warnings);
     drawCurve(res);
@@ -109,7 +114,7 @@
   function drawWindows(res) {
     const ol = $("windows");
     ol.replaceChildren();
-    res.windows.forEach((w, i) => {
+    ranked(res).forEach((w, i) => {
       const li = document.createElement("li");
       const b = document.createElement("button");
       b.type = "button";
@@ -125,7 +130,7 @@
 
   function select_window(i) {
     if (!last) return;
-    const w = last.windows[i];
+    const w = ranked(last)[i];
     document.querySelectorAll(".window-item").forEach((b, j) => b.classList.toggle("active", j === i));
     document.querySelectorAll("#curve .win").forEach(r => r.setAttribute("stroke", r.dataset.rank == i + 1 ? "#111" : "none"));
     document.querySelectorAll("#heatmap .win-band").forEach(r => r.setAttribute("visibility", r.dataset.rank == i + 1 ? "visible" : "hidden"));
@@ -156,7 +161,7 @@
     }
     LV.svg("text", {x: W - R, y: H - B + 28, "font-size": 10, "text-anchor": "end", fill: "#6b7280"}, s).textContent = "time (s)";
     // windows as bars under the axis, one lane per rank
-    res.windows.forEach((w, i) => {
+    ranked(res).forEach((w, i) => {
       const lane = H - B + 34 + 7 * i;
       const r = LV.svg("rect", {x: x(w.start), y: lane, width: Math.max(2, x(w.end) - x(w.start)), height: 5,
         fill: LV.RANK[i % LV.RANK.length], class: "win", "data-rank": i + 1, stroke: "none", "stroke-width": 1.5, cursor: "pointer"}, s);
@@ -201,7 +206,7 @@
       const tx = left + j * cw + cw / 2, ty = top + n * ch + 6;
       LV.svg("text", {x: tx, y: ty, "font-size": 10, "text-anchor": "end", transform: `rotate(-55 ${tx} ${ty})`, fill: "#1d2330"}, s).textContent = w;
     });
-    res.windows.forEach((w, k) => {  // outline each ranked window's clips (shown when it is selected)
+    ranked(res).forEach((w, k) => {  // outline each ranked window's clips (shown when it is selected)
       const rows = res.clip_windows.map((c, i) => [c, i]).filter(([c]) => c[0] >= w.start - 1e-6 && c[1] <= w.end + 1e-6).map(([, i]) => i);
       if (!rows.length) return;
       LV.svg("rect", {x: left - 1, y: top + rows[0] * ch, width: cw * L + 2, height: ch * rows.length, fill: "none",
