@@ -22,7 +22,7 @@ import numpy as np
 
 def _records(n_rows: int, dim: int, clips_per_video: int, seed: int):
     """A factory of FeatureRecords: random unit embeddings, generated per video from a seed (never all in RAM)."""
-    from locvtp.extract import FeatureRecord
+    from locvtp.featurestore.record import FeatureRecord
 
     n_videos = (n_rows + clips_per_video - 1) // clips_per_video
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import faiss
 
-    from locvtp.search import MomentIndex, build_index_from_records
+    from locvtp.index import MomentIndex, build_index_from_records
 
     faiss.omp_set_num_threads(args.threads)
     try:

@@ -28,7 +28,7 @@ def _prepared_corpus_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A `--preset tiny` synthetic world, generated once for the whole test session."""
-    from locvtp.data.synthetic import generate_world
+    from locvtp.world.generate import generate_world
 
     out = tmp_path_factory.mktemp("tiny_world")
     generate_world(out, seed=0, preset="tiny", progress=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DistributedSampler
 
-from locvtp.data.sampler import ResumableBatchSampler
+from locvtp.training.sampler import ResumableBatchSampler
 
 
 def _reference_rank_indices(n, world, rank, seed, epoch, shuffle=True):

@@ -24,7 +24,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _write_features(path: Path, lengths: list[int], dim: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     """A feature file written by the extract writer itself (random unit clip embeddings)."""
-    from locvtp.extract import H5Writer, Result
+    from locvtp.featurestore.writer import H5Writer
+    from locvtp.extraction import Result
 
     rng = np.random.default_rng(seed)
     settings = {"embedding": "joint", "clip_seconds": 1.0, "stride_seconds": 1.0, "frames_per_clip": 4,
@@ -55,7 +56,7 @@ def _brute_force(emb: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 
 def test_numpy_topk_equals_brute_force():
-    from locvtp.search import numpy_topk
+    from locvtp.index import numpy_topk
 
     rng = np.random.default_rng(1)
     emb = _unit(rng.normal(size=(300, 8)))
@@ -72,7 +73,7 @@ def test_numpy_topk_equals_brute_force():
 
 @needs_faiss
 def test_faiss_exact_and_numpy_fallback_identical(tmp_path):
-    from locvtp.search import MomentIndex, build_index
+    from locvtp.index import MomentIndex, build_index
 
     _write_features(tmp_path / "f.h5", [30, 1, 57, 12, 80], dim=32)
     build_index(tmp_path / "f.h5", tmp_path / "idx", progress=False)
@@ -93,7 +94,7 @@ def test_faiss_exact_and_numpy_fallback_identical(tmp_path):
 
 @needs_faiss
 def test_ivf_probing_every_list_is_exact(tmp_path):
-    from locvtp.search import MomentIndex, build_index
+    from locvtp.index import MomentIndex, build_index
 
     _write_features(tmp_path / "f.h5", [40] * 10, dim=16)
     meta = build_index(tmp_path / "f.h5", tmp_path / "ivf", ivf=8, progress=False)
@@ -144,7 +145,7 @@ def _merge_reference(rows, scores, row_video, row_clip, row_window, videos, top_
 
 @pytest.mark.parametrize("gap,tol", [(0, 0.5), (1, 0.5), (0, 1.0), (2, 0.0)])
 def test_merge_moments_matches_reference(gap, tol):
-    from locvtp.search import merge_moments
+    from locvtp.index import merge_moments
 
     rng = np.random.default_rng(4)
     lengths = [6, 9, 4]
@@ -166,13 +167,14 @@ def test_merge_moments_matches_reference(gap, tol):
 
 
 def test_search_finds_planted_moment(tmp_path):
-    from locvtp.search import MomentIndex, build_index
+    from locvtp.index import MomentIndex, build_index
 
     feats = _write_features(tmp_path / "f.h5", [50] * 8, dim=32)
     target = _unit(np.random.default_rng(9).normal(size=32))
     # plant the query in clips 20..24 of video v005 (rewrite that video's features)
     feats["v005"][20:25] = _unit(target + 0.05 * np.random.default_rng(10).normal(size=(5, 32)))
-    from locvtp.extract import H5Writer, Result
+    from locvtp.featurestore.writer import H5Writer
+    from locvtp.extraction import Result
 
     settings = {"embedding": "joint", "clip_seconds": 1.0, "stride_seconds": 1.0, "frames_per_clip": 4,
                 "frame_size": 32, "model": "test", "checkpoint_sha256": "abc"}
@@ -187,7 +189,7 @@ def test_search_finds_planted_moment(tmp_path):
 
 
 def test_index_errors(tmp_path):
-    from locvtp.search import IndexError_, MomentIndex, build_index
+    from locvtp.index import IndexError_, MomentIndex, build_index
 
     with pytest.raises(IndexError_, match="no meta.json"):
         MomentIndex(tmp_path)
@@ -202,7 +204,7 @@ def test_index_errors(tmp_path):
 
 
 def test_cli_index_and_search_end_to_end(tiny_world, tmp_path, capsys):
-    from locvtp.extract import main as extract_main
+    from locvtp.commands.extract import main as extract_main
     from locvtp.cli import main as cli
 
     ck = make_checkpoint(tiny_world, tmp_path / "ckpt")
@@ -232,7 +234,7 @@ def test_index_a_subset_of_videos(tmp_path):
     """`video_ids` / `--videos`: only the listed videos are indexed (an evaluation split of a larger extraction);
     the rows equal those of an index over a file that holds just those videos."""
     from locvtp.cli import main as cli
-    from locvtp.search import MomentIndex, build_index
+    from locvtp.index import MomentIndex, build_index
 
     feats = _write_features(tmp_path / "f.h5", [4, 6, 3, 5], dim=8)
     build_index(tmp_path / "f.h5", tmp_path / "sub", progress=False, video_ids=["v003", "v001"])

@@ -14,7 +14,8 @@ import torch
 
 
 from locvtp.config import load_config  # noqa: E402
-from locvtp.train import find_config, pretrain  # noqa: E402
+from locvtp.config import find_config  # noqa: E402
+from locvtp.training.loop import pretrain
 
 ARGS = ["train.batch_size=8", "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.save_every=0",
         "train.num_threads=1", "data.num_workers=0", "data.frames_per_clip=2", "data.frame_size=16",

@@ -305,7 +305,7 @@ class FeatureFile:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "FeatureFile":
-        from locvtp.features import FeatureError, feature_info
+        from locvtp.featurestore.reader import FeatureError, feature_info
 
         path = Path(path)
         if not path.exists():
@@ -322,7 +322,7 @@ class FeatureFile:
     def read(self, vid: str, duration: float | None = None) -> ClipFeatures:
         """Rows of ``vid`` with their windows (the file's own, else consecutive clips of the run settings).
         Raises ``KeyError`` naming the file when the video is absent."""
-        from locvtp.features import iter_features
+        from locvtp.featurestore.reader import iter_features
 
         try:
             rec = next(iter(iter_features(self.path, load=True, video_ids=[vid])), None)

@@ -370,7 +370,7 @@ def _check_feature_width(feat: FeatureFile, ck: Any, sha: str) -> None:
     """A :class:`DownstreamError` naming the feature file and both widths when its rows cannot feed this
     checkpoint: a features model reads ``model.video.in_dim`` columns, this checkpoint's own joint embeddings
     have ``model.dim``, and the supervised heads need one width for every video."""
-    from locvtp.features import iter_features
+    from locvtp.featurestore.reader import iter_features
 
     model = ck.model
     if not bool(getattr(model, "takes_pixels", True)):

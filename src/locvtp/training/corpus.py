@@ -448,7 +448,7 @@ class CaptionItems(Sequence):
         return int(self.indices.shape[0])
 
     def __getitem__(self, k: int):
-        from locvtp.data.datasets import CaptionItem
+        from locvtp.training.records import CaptionItem
 
         if not isinstance(k, (int, np.integer)):
             raise TypeError("CaptionItems is indexed by one integer")
@@ -649,7 +649,8 @@ class _ProbeJob:
     video_dir: str
 
     def __call__(self, lo: int, hi: int) -> dict:
-        from locvtp.data.datasets import _reason, find_video
+        from locvtp.training.records import _reason
+        from locvtp.data.videoids import video_path
         from locvtp.data.video import probe_video
 
         ids = CaptionStore(self.store_dir, check=False).video_ids[lo:hi]
@@ -658,7 +659,7 @@ class _ProbeJob:
                "width": np.zeros(n, np.int32), "height": np.zeros(n, np.int32)}
         err_idx, err_msg = [], []
         for k, vid in enumerate(ids):
-            path = find_video(Path(self.video_dir), vid)
+            path = video_path(self.video_dir, vid)
             try:
                 info = probe_video(path)
                 if not (info.duration > 0):
@@ -702,7 +703,7 @@ class _FeatureLengthJob:
     features: str
 
     def __call__(self, lo: int, hi: int) -> dict:
-        from locvtp.data.datasets import FeatureSource
+        from locvtp.training.sources import FeatureSource
 
         ids = CaptionStore(self.store_dir, check=False).video_ids[lo:hi]
         src = FeatureSource(Path(self.features), 1.0, None, video_ids=ids)

@@ -208,8 +208,9 @@ def _open_run(cfg: Any, run: Path, resume: Optional[str]) -> tuple[Any, Dist, Op
 
 def _prepare_data(cfg: Any, run: Path, dist: Dist, resume_from: Optional[Path], strict: bool, progress: bool):
     """(tokenizer, PretrainData, BadSampleLog): corpus, tokenizer and dataset; a fresh run starts fresh logs."""
-    from locvtp.data.corpus import prepare_corpus
-    from locvtp.data.datasets import BadSampleLog, build_pretrain_data
+    from locvtp.training.corpus import prepare_corpus
+    from locvtp.training.records import BadSampleLog
+    from locvtp.training.dataset import build_pretrain_data
 
     share = (dist.rank, dist.world)  # corpus-sized work is split over the ranks, never done by one while others wait
     # words=False: the words mask is built with the run's own tokenizer (below)
@@ -279,8 +280,8 @@ def _wrap_ddp(cfg: Any, net: nn.Module, dist: Dist) -> nn.Module:
 
 def _make_loader(cfg: Any, data: Any, tokenizer: Any, dist: Dist, step: int):
     """(sampler, loader) continuing at optimisation step ``step`` (the data order depends on position only)."""
-    from locvtp.data.datasets import Collator
-    from locvtp.data.sampler import ResumableBatchSampler
+    from locvtp.training.dataset import Collator
+    from locvtp.training.sampler import ResumableBatchSampler
 
     accum = max(int(cfg.train.accum_steps), 1)
     sampler = ResumableBatchSampler(len(data.dataset), int(cfg.train.batch_size), dist.rank, dist.world,
