@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(autouse=True, scope="session")
 def _prepared_corpus_cache(tmp_path_factory):
-    """Prepared corpora (locvtp.data.corpus) go to a session directory, never to the user's ~/.cache; child
+    """Prepared corpora (locvtp.training.corpus) go to a session directory, never to the user's ~/.cache; child
     processes (torchrun, subprocess CLIs) inherit it."""
     old = os.environ.get("LOCVTP_CACHE")
     os.environ["LOCVTP_CACHE"] = str(tmp_path_factory.mktemp("locvtp_cache"))

@@ -1,4 +1,4 @@
-"""The prepared corpus (locvtp.data.corpus) against the in-memory readers: same items, same bad rows, same errors;
+"""The prepared corpus (locvtp.training.corpus) against the in-memory readers: same items, same bad rows, same errors;
 resumable after SIGKILL; invalidated by a changed caption file."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from locvtp.data import corpus as corpus_mod
+from locvtp.training import corpus as corpus_mod
 from locvtp.training.corpus import CaptionItems, prepare_captions, words_mask
 from locvtp.training.dataset import load_caption_items
 from locvtp.data.formats import FormatError
@@ -153,7 +153,7 @@ def test_sigkill_during_prepare_then_rerun_equals_uninterrupted(tmp_path):
     clean = prepare_captions(cap, "howto100m", root=tmp_path / "clean", progress=False)
     code = textwrap.dedent(f"""
         import time
-        from locvtp.data import corpus
+        from locvtp.training import corpus
         corpus.COMMIT_EVERY = 2000
         _commit = corpus.atomic_write_json
         def slow_commit(path, obj):  # the conversion must still be running when the test kills it

@@ -425,7 +425,7 @@ def test_grouped_sampler_rejects_bad_arguments():
 
 def test_checks_in_small_chunks_give_the_same_dataset(tmp_path, monkeypatch):
     """The up-front checks run over the corpus in chunks; chunk edges change nothing (bad records, order)."""
-    from locvtp.data import datasets
+    from locvtp.training import dataset as datasets
 
     path, _ = _feature_world(tmp_path, "npy")
     cfg = load_config(None, [f"data.root={tmp_path}", "data.kind=features", f"data.features={path}",

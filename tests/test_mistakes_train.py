@@ -193,7 +193,7 @@ def test_diverging_loss_is_one_line(tmp_path, tiny_world, capsys):
 
 # ------------------------------------------------------------------------------------------------ features
 def _write_extraction(out: Path, layout: str, videos: dict[str, np.ndarray], stride: float, clip: float) -> None:
-    """The layout `locvtp extract` writes (locvtp.features): meta.json with the run settings, one file per video
+    """The layout `locvtp extract` writes (locvtp.featurestore): meta.json with the run settings, one file per video
     under its safe name, the id in _info/ (npy-dir) or in the npz."""
     from locvtp.featurestore.reader import safe_name
 

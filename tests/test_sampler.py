@@ -1,4 +1,4 @@
-"""The compact sampler (locvtp.data.sampler) against a plain reference: DistributedSampler's order and the
+"""The compact sampler (locvtp.training.sampler) against a plain reference: DistributedSampler's order and the
 grouped order written as the loops their docstrings describe."""
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_span_offsets_reach_training(tiny_world, tmp_path, monkeypatch):
     run draws carries its span mask and only in-span offsets; without it, today's draw."""
     import numpy as np
 
-    from locvtp.data import datasets
+    from locvtp.training import dataset as datasets
     from reference_objectives import ref_offset_choices
 
     seen: list[dict] = []

@@ -33,7 +33,8 @@ from torch import nn
 
 from .config import Config, ModelConfig, read_yaml_mapping, rename_deprecated_keys, to_yaml
 from locvtp.errors import LocVTPError
-from locvtp.files import OLD_TAG, fsync_dir, fsync_file, temp_path
+from locvtp.files import fsync_dir, fsync_file
+from locvtp.tempnames import OLD_TAG, temp_path
 
 FORMAT = "locvtp-checkpoint"
 FORMAT_VERSION = 1

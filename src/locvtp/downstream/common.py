@@ -298,7 +298,7 @@ class VideoLocator:
 class FeatureFile:
     """Per-video clip features written by ``locvtp extract`` or a foreign tool: an HDF5 file (one ``[N, D]``
     dataset per video id, the layout 2D-TAN users know), an ``npy-dir`` or an ``npz-dir``. Reading goes through
-    ``locvtp.extract.iter_features`` (one reader for every format); ``attrs`` are the run settings."""
+    ``locvtp.featurestore.iter_features`` (one reader for every format); ``attrs`` are the run settings."""
 
     path: Path
     attrs: dict = field(default_factory=dict)

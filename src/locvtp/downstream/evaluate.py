@@ -1,4 +1,4 @@
-"""The paper's four downstream tasks, one table (the library behind `locvtp evaluate`, :mod:`locvtp.evaluate`).
+"""The paper's four downstream tasks, one table (the library behind `locvtp evaluate`, :mod:`locvtp.commands.evaluate`).
 
 ``evaluate_all`` loads the checkpoint once, reads every task's annotations first (cheap), embeds every video
 any chosen task needs exactly once (one progress bar), then runs the tasks on the shared cache. Each task is

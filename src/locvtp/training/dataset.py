@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from locvtp.config import ConfigError
-from locvtp.training.corpus import read_split_ids, resolve_data_path
+from locvtp.training.corpus import DataPaths, read_split_ids
 from locvtp.data.offsets import draw_offsets
 from locvtp.data.stopwords import content_words, stopword_ids
 from locvtp.data.videoids import video_path
@@ -173,27 +173,28 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
                         progress: bool = True, is_main: bool = True, barrier: Any = None,
                         share: tuple[int, int] = (0, 1)) -> PretrainData:
     """Sources, up-front checks and the dataset, from ``cfg.data`` and the prepared corpus
-    (:func:`locvtp.data.corpus.prepare_corpus`).
+    (:func:`locvtp.training.corpus.prepare_corpus`).
 
     Nothing per narration becomes a Python object: the checks (unreadable video, caption without words under
     ``tokenizer``, narration after the end of its video) are array operations over the corpus's columns, and the
     dataset's items are made on access. Only the samples found bad get a record, worded as the in-memory path
     words it. Under DDP every rank calls this with ``share=(rank, world)``: the words mask is computed in shares
-    by all ranks at once (:func:`~locvtp.data.corpus.words_mask`); the frame cache (``data.cache``, for corpora
+    by all ranks at once (:func:`~locvtp.training.corpus.words_mask`); the frame cache (``data.cache``, for corpora
     that fit on disk decoded) is built by rank 0 while the others wait at ``barrier``.
     """
     from locvtp.training.corpus import CaptionItems, words_mask
 
     d = cfg.data
-    root = Path(os.path.expanduser(str(d.root)))
+    paths = prepared.paths or DataPaths.of(d)
+    root = paths.root
     store = prepared.store
     cand, used = _candidates(store)
     vid_names = store.video_ids
     vids = sorted(vid_names[k] for k in np.nonzero(used)[0])
     if d.kind == "features":
-        source, bad_videos = _feature_source(cfg, prepared, root, used, vids)
+        source, bad_videos = _feature_source(cfg, prepared, paths, used, vids)
     elif d.kind == "videos":
-        source, bad_videos = _video_source(d, prepared, root, used, vids, run_dir, strict, progress, is_main,
+        source, bad_videos = _video_source(d, prepared, paths, used, vids, run_dir, strict, progress, is_main,
                                            barrier or (lambda: None))
     else:
         raise ConfigError(f"data.kind must be 'videos' or 'features', got {d.kind!r}")
@@ -225,7 +226,7 @@ def _candidates(store: Any) -> tuple[np.ndarray, np.ndarray]:
     return cand, used
 
 
-def _feature_source(cfg: Any, prepared: Any, root: Path, used: np.ndarray, vids: list[str]):
+def _feature_source(cfg: Any, prepared: Any, data_paths: DataPaths, used: np.ndarray, vids: list[str]):
     """(FeatureSource, {vid: (source, reason)} of the videos without usable features)."""
     d = cfg.data
     if d.features is None:
@@ -233,7 +234,7 @@ def _feature_source(cfg: Any, prepared: Any, root: Path, used: np.ndarray, vids:
     vid_names, rows, known = prepared.store.video_ids, prepared.feature_rows, None
     if rows is not None:  # lengths from the prepared corpus: no feature file is opened at launch
         known = {vid_names[k]: (int(rows["rows"][k]), int(rows["dim"][k])) for k in np.nonzero(used)[0]}
-    source = FeatureSource(resolve_data_path(root, d.features), float(d.clip_seconds), d.feature_stride,
+    source = FeatureSource(data_paths.features, float(d.clip_seconds), d.feature_stride,
                            video_ids=vids, known_lengths=known)
     in_dim = int(cfg.model.video.in_dim) if cfg.model.video.name == "features" else None
     if in_dim is not None and source.dim and source.dim != in_dim:
@@ -248,12 +249,12 @@ def _feature_source(cfg: Any, prepared: Any, root: Path, used: np.ndarray, vids:
     return source, bad_videos
 
 
-def _video_source(d: Any, prepared: Any, root: Path, used: np.ndarray, vids: list[str], run_dir: Path,
+def _video_source(d: Any, prepared: Any, data_paths: DataPaths, used: np.ndarray, vids: list[str], run_dir: Path,
                   strict: bool, progress: bool, is_main: bool, barrier: Any):
     """(FrameCache or VideoFileSource, {vid: (source, reason)} of the unreadable videos)."""
     from locvtp.data.video import VideoInfo
 
-    video_dir = resolve_data_path(root, d.video_dir)
+    video_dir = data_paths.video_dir
     paths = {v: video_path(video_dir, v) for v in vids}
     bad_videos: dict[str, tuple[str, str]] = {}
     if d.cache:
@@ -334,8 +335,8 @@ def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionIte
     """
     from locvtp.data import formats
 
-    root = Path(os.path.expanduser(str(dcfg.root)))
-    path = resolve_data_path(root, dcfg.caption_file)
+    paths = DataPaths.of(dcfg)
+    root, path = paths.root, paths.caption_file
     if not path.is_file():
         raise FileNotFoundError(f"data.caption_file: {path} does not exist (data.root={root})")
     if dcfg.captions == "howto100m":
@@ -351,7 +352,7 @@ def load_caption_items(dcfg: Any, strict: bool = False) -> tuple[list[CaptionIte
         raise ConfigError(f"data.captions must be 'howto100m' or 'webvid', got {dcfg.captions!r}")
     bad = [BadSample("row", f"{b.file}: {b.location}", b.reason) for b in res.skipped]
     if dcfg.split_file:
-        split = resolve_data_path(root, dcfg.split_file)
+        split = paths.split_file
         if not split.is_file():
             raise FileNotFoundError(f"data.split_file: {split} does not exist (data.root={root})")
         keep = read_split_ids(split)

@@ -1,13 +1,12 @@
-"""Pre-training: ``locvtp pretrain --config configs/NAME.yaml --out RUN_DIR [key=value ...]``; resumed with
-``locvtp pretrain --out RUN_DIR --resume auto|PATH [key=value ...] [--allow-changes KEY,...]`` (the run's own saved
+"""The pre-training loop (``locvtp pretrain``, :mod:`locvtp.commands.pretrain`; resumed runs take their own saved
 settings, plus only what is given: :mod:`locvtp.training.resume`).
 
-This module is the command and the loop, nothing else: :func:`_pretrain` reads top to bottom as one optimisation
+This module is the loop, nothing else: :func:`_pretrain` reads top to bottom as one optimisation
 step after another. Everything before and after the loop (run directory, process group, resume, tokenizer,
 data, model, optimizer, logging, validation) is :mod:`locvtp.training`; the fine/temporal ramp is the
 objective's (``LocVTPObjective.set_step``); docs/training.md describes the run as a whole.
 
-The same command runs under ``torchrun --nproc_per_node=N`` (DDP, env:// rendezvous, gloo on CPU, nccl on GPU):
+The same loop runs under ``torchrun --nproc_per_node=N -m locvtp.cli pretrain`` (DDP, env:// rendezvous, gloo on CPU, nccl on GPU):
 ``train.batch_size`` is the *global* batch, split across ranks; the objective gathers features from all ranks
 (with gradients) itself, so every rank computes the loss of the whole global batch. A killed run resumed with
 ``--resume auto`` ends with the weights of an uninterrupted one (:mod:`locvtp.training.state`).

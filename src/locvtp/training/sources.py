@@ -220,13 +220,13 @@ def _duration_of(path: Path, times: np.ndarray) -> float:
 
 
 class FeatureSource:
-    """Pre-extracted per-clip features in any layout ``locvtp extract`` writes (:mod:`locvtp.features`): an HDF5
+    """Pre-extracted per-clip features in any layout ``locvtp extract`` writes (:mod:`locvtp.featurestore`): an HDF5
     file (one dataset per video id), an ``npy-dir`` or an ``npz-dir``.
 
     Why the extraction's own metadata: a directory's ``meta.json`` says the seconds between rows
     (``stride_seconds``) and per clip (``clip_seconds``); reading a 0.5 s-stride extraction as 1 s misaligns every
     caption. Like the HDF5 attributes, these win over ``data.feature_stride``. Ids that are not plain file names
-    are stored under a hashed name (:func:`locvtp.features.safe_name`, the id in ``_info/`` or the npz's
+    are stored under a hashed name (:func:`locvtp.featurestore.safe_name`, the id in ``_info/`` or the npz's
     ``video_id``); they are found by that name.
 
     Lazy: with ``video_ids`` only the files of those videos are looked at (their headers, for the row count), and
