@@ -113,8 +113,8 @@ def _backbone(out: Path, world: Path, cfg_path: Path, overrides: Sequence[str], 
               progress: bool) -> tuple[Path | None, str]:
     """Train the tiny3d backbone on the world's labelled videos (`locvtp backbone`), unless the config does not
     use tiny3d or already names pretrained weights. Returns (weights or None, the equivalent command)."""
-    from locvtp.commands.backbone import build_parser, describe_accuracy
     from locvtp.backbone import train_backbone
+    from locvtp.commands.backbone import build_parser, describe_accuracy
     from locvtp.config import load_config
 
     cfg = load_config(cfg_path, list(overrides))
