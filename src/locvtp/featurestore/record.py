@@ -12,7 +12,7 @@ What stays distinct, because it really differs: decoded *pixels* (``locvtp.infer
 ``[N, F, S, S, 3]`` clips, the input of an encoder, not vectors).
 
 The old names remain as thin constructors with their old positional signatures (:func:`FeatureRecord`,
-``locvtp.downstream.common.ClipSequence``, ``locvtp.inference.VideoEmbedding``; ``locvtp.extract.Result`` *is*
+``locvtp.downstream.common.ClipSequence``, ``locvtp.inference.VideoEmbedding``; ``Result`` *is*
 this class) and the old attribute names ``clips`` / ``feats`` read ``features``.
 """
 from __future__ import annotations
