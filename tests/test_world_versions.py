@@ -15,6 +15,7 @@ from locvtp.world.generate import generate_world, open_world
 from locvtp.world.plan import SPLIT_ORDER, plan_world
 from locvtp.world.render import render_video
 from locvtp.commands.synth import main as synth_main
+from cli_helpers import assert_one_line_error, run_cli
 
 # sha256 of the files `locvtp synth --preset tiny --seed N` wrote with generator 1.2 before version 1.3 existed
 # (commit 3a412d7): manifest.json itself, and the sha256 of the JSON of {annotation path: sha256 of the file}.
@@ -114,8 +115,8 @@ def test_13_world_reads_in_the_published_formats_and_refuses_to_replace_12(tmp_p
     coin = F.read_coin(out / "coin/COIN.json", strict=True).records
     assert coin and all(len(v.segments) == sum(k is not None for k in gt[v.video_id]["steps"]) for v in coin)
     # 1.2 and 1.3 are different worlds: neither replaces the other without --force
-    assert synth_main(["--out", str(out), "--preset", "tiny", "--generator-version", "1.2", "--quiet"]) == 1
-    assert "generator 1.3; use --force" in capsys.readouterr().err
+    res = run_cli(["synth", "--out", out, "--preset", "tiny", "--generator-version", "1.2", "--quiet"], capsys)
+    assert_one_line_error(res, 2, "generator 1.3; use --force")  # a world in the way: a usage error
     assert synth_main(["--out", str(out), "--preset", "tiny", "--generator-version", "1.3", "--quiet"]) == 0
     assert "reusing" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown generator version"):
