@@ -71,7 +71,7 @@ def write_own_videos(out: Path, n: int, seconds: float = 30.0, fps: int = 8, siz
 def get_videos(source: str, work: Path, n: int) -> tuple[list[Path], str]:
     if source in ("auto", "synthetic"):
         try:
-            from locvtp.data.synthetic import generate_world
+            from locvtp.world.generate import generate_world
 
             world = work / "world"
             if not (world / "manifest.json").exists():

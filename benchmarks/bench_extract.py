@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from locvtp.checkpoint import load_checkpoint, save_checkpoint
     from locvtp.config import default_config
-    from locvtp.data.synthetic import generate_world
+    from locvtp.world.generate import generate_world
     from locvtp.data.tokenizer import train_tokenizer
-    from locvtp.extract import build_parser, run_extract
+    from locvtp.commands.extract import build_parser
+    from locvtp.extraction import run_extract
     from locvtp.inference import decode_video_clips, encode_clip_sequence
     from locvtp.model import LocVTP
 

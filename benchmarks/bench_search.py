@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import faiss
 
-    from locvtp.search import MomentIndex, build_index_from_records
+    from locvtp.index import MomentIndex, build_index_from_records
 
     faiss.omp_set_num_threads(args.threads)
     try:

@@ -60,7 +60,7 @@ def make_checkpoint(world: Path, out: Path, dim: int) -> Path:
 
 def random_index(out: Path, rows: int, dim: int, sha256: str, per_video: int = 200) -> None:
     from locvtp.featurestore.record import ClipFeatures
-    from locvtp.search import build_index_from_records
+    from locvtp.index import build_index_from_records
 
     n_videos = (rows + per_video - 1) // per_video
 
@@ -119,7 +119,7 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="bench_serve_") if args.work is None else None
     work = Path(args.work or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    from locvtp.data.synthetic import generate_world
+    from locvtp.world.generate import generate_world
     from locvtp.predictor import LocVTPPredictor
     from locvtp.serve.media import write_test_video
 

@@ -13,7 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from locvtp.data import synthetic as S
+from locvtp.world.annotations import build_annotations
+from locvtp.world.generate import generate_world
+from locvtp.world.plan import plan_world
+from locvtp.world.render import render_video, write_mp4
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -32,22 +35,22 @@ def main() -> None:
     ap.add_argument("--demo", action="store_true", help="also time a whole demo world (~20-60 s)")
     args = ap.parse_args()
 
-    t_plan_demo = _median_time(lambda: S.plan_world(0, "demo"), args.repeats)
-    plan = S.plan_world(0, "demo")
-    t_ann_demo = _median_time(lambda: S.build_annotations(plan), args.repeats)
+    t_plan_demo = _median_time(lambda: plan_world(0, "demo"), args.repeats)
+    plan = plan_world(0, "demo")
+    t_ann_demo = _median_time(lambda: build_annotations(plan), args.repeats)
     specs = list(plan.videos())[: args.videos]
     n_frames = sum(s.num_frames for s in specs)
-    frames = [S.render_video(s) for s in specs]
-    t_render = _median_time(lambda: [S.render_video(s) for s in specs], args.repeats)
+    frames = [render_video(s) for s in specs]
+    t_render = _median_time(lambda: [render_video(s) for s in specs], args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         t_encode = _median_time(
-            lambda: [S.write_mp4(Path(tmp) / f"{i}.mp4", f) for i, f in enumerate(frames)], args.repeats)
+            lambda: [write_mp4(Path(tmp) / f"{i}.mp4", f) for i, f in enumerate(frames)], args.repeats)
         t_tiny = _median_time(
-            lambda: S.generate_world(Path(tempfile.mkdtemp(dir=tmp)), 0, "tiny", progress=False), args.repeats)
+            lambda: generate_world(Path(tempfile.mkdtemp(dir=tmp)), 0, "tiny", progress=False), args.repeats)
         t_demo = None
         if args.demo:
             t_demo = _median_time(
-                lambda: S.generate_world(Path(tempfile.mkdtemp(dir=tmp)), 0, "demo", progress=False), 1)
+                lambda: generate_world(Path(tempfile.mkdtemp(dir=tmp)), 0, "demo", progress=False), 1)
 
     print(f"plan demo world:          {t_plan_demo * 1e3:8.1f} ms")
     print(f"build demo annotations:   {t_ann_demo * 1e3:8.1f} ms")

@@ -37,7 +37,7 @@ def ensure_world(world: Path | None, work: Path) -> Path:
         return world
     world = work / "world_demo"
     if not (world / "manifest.json").is_file():
-        from locvtp.data.synthetic import generate_world
+        from locvtp.world.generate import generate_world
 
         generate_world(world, seed=0, preset="demo", progress=True)
     return world
@@ -47,7 +47,7 @@ def run_once(world: Path, out: Path, cache: Path, overrides: list[str]) -> dict:
     """One training process (in a fresh run dir); returns wall time, peak tree RSS/PSS (MB), CPU s, metrics rows."""
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "locvtp.train", "--config", str(CONFIG), "--out", str(out), "--quiet",
+    cmd = [sys.executable, "-m", "locvtp.cli", "pretrain", "--config", str(CONFIG), "--out", str(out), "--quiet",
            f"data.root={world}", f"data.cache_dir={cache}", *overrides]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

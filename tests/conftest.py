@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(autouse=True, scope="session")
 def _prepared_corpus_cache(tmp_path_factory):
-    """Prepared corpora (locvtp.data.corpus) go to a session directory, never to the user's ~/.cache; child
+    """Prepared corpora (locvtp.training.corpus) go to a session directory, never to the user's ~/.cache; child
     processes (torchrun, subprocess CLIs) inherit it."""
     old = os.environ.get("LOCVTP_CACHE")
     os.environ["LOCVTP_CACHE"] = str(tmp_path_factory.mktemp("locvtp_cache"))
@@ -28,7 +28,7 @@ def _prepared_corpus_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A `--preset tiny` synthetic world, generated once for the whole test session."""
-    from locvtp.data.synthetic import generate_world
+    from locvtp.world.generate import generate_world
 
     out = tmp_path_factory.mktemp("tiny_world")
     generate_world(out, seed=0, preset="tiny", progress=False)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from locvtp import demo
+from locvtp.commands import demo
 
 
 @pytest.fixture
 def fake_pipeline(monkeypatch):
     """No world, backbone, training or evaluation: each row 'scores' a value set by the test."""
-    import locvtp.data.synthetic as synthetic
+    import locvtp.world.generate as synthetic
     import locvtp.downstream as downstream
 
     score = {"value": 0.0}
@@ -101,7 +101,7 @@ def test_issue_15_rows_are_one_override_each():
 def test_eval_world_evaluates_there_into_its_own_table(tmp_path: Path, fake_pipeline, monkeypatch):
     """--eval-world: the same rows (reused, not retrained) scored on another world, in ablation_on_<name>.json;
     the training world's table is left alone; a directory holding no world is refused before anything runs."""
-    import locvtp.data.synthetic as synthetic
+    import locvtp.world.generate as synthetic
     import locvtp.downstream as downstream
 
     score, trained = fake_pipeline

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from locvtp.backbone import build_parser, epic_clips, labelled_clips, train_backbone
+from locvtp.commands.backbone import build_parser
+from locvtp.backbone import epic_clips, labelled_clips, train_backbone
 from locvtp.config import load_config
 from locvtp.model.locvtp import LocVTP
 from locvtp.model.video import Tiny3D, VideoEncoderError
@@ -72,7 +73,7 @@ def test_backbone_skips_and_reports_a_corrupt_video(tiny_world, tmp_path):
     _, _, skipped = labelled_clips(world, "retrieval/MSRVTT_data.json", "retrieval/MSRVTT_train.9k.csv",
                                    1.0, 4, 32, progress=False)
     assert len(skipped) == 1 and str(broken) in skipped[0]["source"]
-    from locvtp.data.datasets import BadSampleError
+    from locvtp.training.records import BadSampleError
 
     with pytest.raises(BadSampleError, match="unreadable video"):
         labelled_clips(world, "retrieval/MSRVTT_data.json", "retrieval/MSRVTT_train.9k.csv", 1.0, 4, 32,
@@ -84,7 +85,7 @@ def test_epic_clips_carry_the_segment_verb_and_noun(tiny_world):
     acting object); the clip count per segment is floor(length / clip_seconds), validation segments are held out."""
     import math
 
-    from locvtp.data.synthetic import ACTIONS, COLOURS, SHAPES
+    from locvtp.world.plan import ACTIONS, COLOURS, SHAPES
 
     train, held, skipped = epic_clips(tiny_world, "epic/EPIC_100_train.csv", "epic/EPIC_100_validation.csv",
                                       1.0, 4, 32, progress=False)
@@ -108,7 +109,7 @@ def test_epic_clips_carry_the_segment_verb_and_noun(tiny_world):
 
 
 def test_backbone_epic_labels_train_two_heads(tiny_world, tmp_path, capsys):
-    from locvtp.backbone import main
+    from locvtp.commands.backbone import main
 
     out = tmp_path / "epic.safetensors"
     assert main(["--data", str(tiny_world), "--labels", "epic-kitchens", "--out", str(out), "--width", "8",

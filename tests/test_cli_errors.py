@@ -219,16 +219,16 @@ def test_keyboard_interrupt_is_one_line(fake_command, capsys):
 def test_every_package_error_is_a_locvtp_error():
     from locvtp.checkpoint import CheckpointError
     from locvtp.config import ConfigError
-    from locvtp.data.datasets import BadSampleError
+    from locvtp.training.records import BadSampleError
     from locvtp.data.formats import FormatError, MissingFileError
-    from locvtp.data.synthetic import WorldExistsError
+    from locvtp.world.generate import WorldExistsError
     from locvtp.data.video import VideoError
     from locvtp.downstream.common import DownstreamError
-    from locvtp.extract import ExtractError
-    from locvtp.features import FeatureError
+    from locvtp.featurestore.writer import ExtractError
+    from locvtp.featurestore.reader import FeatureError
     from locvtp.model.text import TextEncoderError
     from locvtp.model.video import VideoEncoderError
-    from locvtp.search import IndexError_
+    from locvtp.index import IndexError_
 
     for cls, builtin in [(CheckpointError, OSError), (ConfigError, ValueError), (BadSampleError, RuntimeError),
                          (FormatError, ValueError), (MissingFileError, FileNotFoundError),

@@ -1,4 +1,4 @@
-"""The prepared corpus (locvtp.data.corpus) against the in-memory readers: same items, same bad rows, same errors;
+"""The prepared corpus (locvtp.training.corpus) against the in-memory readers: same items, same bad rows, same errors;
 resumable after SIGKILL; invalidated by a changed caption file."""
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from locvtp.data import corpus as corpus_mod
-from locvtp.data.corpus import CaptionItems, prepare_captions, words_mask
-from locvtp.data.datasets import load_caption_items
+from locvtp.training import corpus as corpus_mod
+from locvtp.training.corpus import CaptionItems, prepare_captions, words_mask
+from locvtp.training.dataset import load_caption_items
 from locvtp.data.formats import FormatError
 
 
@@ -153,7 +153,7 @@ def test_sigkill_during_prepare_then_rerun_equals_uninterrupted(tmp_path):
     clean = prepare_captions(cap, "howto100m", root=tmp_path / "clean", progress=False)
     code = textwrap.dedent(f"""
         import time
-        from locvtp.data import corpus
+        from locvtp.training import corpus
         corpus.COMMIT_EVERY = 2000
         _commit = corpus.atomic_write_json
         def slow_commit(path, obj):  # the conversion must still be running when the test kills it
@@ -191,7 +191,7 @@ def test_sigkill_during_prepare_then_rerun_equals_uninterrupted(tmp_path):
 
 
 def test_words_mask_matches_direct_tokenization(tmp_path, tiny_world):
-    from locvtp.data.corpus import texts_with_words
+    from locvtp.training.corpus import texts_with_words
     from locvtp.data.tokenizer import train_tokenizer
 
     cap = tmp_path / "caption.json"
@@ -232,7 +232,7 @@ def test_words_mask_in_worker_processes_and_shards(tmp_path):
 def test_video_probes_equal_probe_video(tiny_world, tmp_path):
     from dataclasses import asdict
 
-    from locvtp.data.datasets import find_video
+    from locvtp.data.videoids import video_path
     from locvtp.data.video import probe_video
 
     def _probe_all(paths):  # the in-memory path's probe, written plainly
@@ -252,7 +252,7 @@ def test_video_probes_equal_probe_video(tiny_world, tmp_path):
     cap.write_text(json.dumps(data))
     store = prepare_captions(cap, "howto100m", root=tmp_path / "prep", progress=False)
     probes = corpus_mod.video_probes(store, tiny_world / "videos", chunk=2, progress=False)
-    ref = _probe_all({v: find_video(tiny_world / "videos", v) for v in store.video_ids})
+    ref = _probe_all({v: video_path(tiny_world / "videos", v) for v in store.video_ids})
     bad = {store.video_ids[int(k)]: str(m) for k, m in zip(probes["err_idx"], probes["err_msg"])}
     assert bad == {v: x["error"] for v, x in ref.items() if "error" in x} and list(bad) == ["missing_video"]
     for k, v in enumerate(store.video_ids):
@@ -274,7 +274,7 @@ def test_group_keys_order_like_the_ids(tmp_path):
 def test_feature_lengths_equal_a_scan_and_follow_the_features(tmp_path, layout):
     import h5py
 
-    from locvtp.data.datasets import FeatureSource
+    from locvtp.training.sources import FeatureSource
 
     cap = tmp_path / "caption.json"
     vids = ["a", "b c", "d"]  # "b c" is stored under a hashed name; "d" has no features
@@ -288,7 +288,7 @@ def test_feature_lengths_equal_a_scan_and_follow_the_features(tmp_path, layout):
             for v, x in feats.items():
                 f[v] = x
     else:
-        from locvtp.features import safe_name
+        from locvtp.featurestore.reader import safe_name
 
         path = tmp_path / "feats"
         (path / "_info").mkdir(parents=True)
@@ -342,7 +342,7 @@ _TRICKY = ["cut the onion", "???", "", "   ", "\u200b\u200b", "[CLS]", "[cls] st
 def test_fast_words_test_equals_the_tokenizer(texts):
     """With a BERT-style tokenizer most captions are decided without tokenizing; the answers must be the
     tokenizer's own, for any text (letters, marks, control characters, special-token literals, bad Unicode)."""
-    from locvtp.data.corpus import _surely_worded, _tokenize_for_words, texts_with_words
+    from locvtp.training.corpus import _surely_worded, _tokenize_for_words, texts_with_words
 
     tok = _words_tokenizer()
     assert _surely_worded(tok, 8) is not None
@@ -363,7 +363,7 @@ def _words_tokenizer():
 def test_fast_words_test_only_for_bert_style_pipelines():
     from tokenizers import Tokenizer as HF, models, pre_tokenizers
 
-    from locvtp.data.corpus import _surely_worded
+    from locvtp.training.corpus import _surely_worded
     from locvtp.data.tokenizer import Tokenizer
 
     tok = _words_tokenizer()

@@ -11,22 +11,11 @@ import pytest
 import torch
 
 from locvtp.config import load_config
-from locvtp.data.corpus import prepare_corpus
-from locvtp.data.datasets import (
-    BadSample,
-    BadSampleError,
-    BadSampleLog,
-    CaptionItem,
-    Collator,
-    FeatureSource,
-    PretrainDataset,
-    ResumableBatchSampler,
-    build_pretrain_data,
-    narration_window,
-    pool_features,
-    split_window,
-    whole_video_window,
-)
+from locvtp.training.corpus import prepare_corpus
+from locvtp.training.records import BadSample, BadSampleError, BadSampleLog, CaptionItem
+from locvtp.training.dataset import Collator, PretrainDataset, build_pretrain_data
+from locvtp.training.sources import FeatureSource, narration_window, pool_features, split_window, whole_video_window
+from locvtp.training.sampler import ResumableBatchSampler
 from locvtp.data.tokenizer import train_tokenizer
 
 
@@ -354,7 +343,7 @@ def test_frame_cache_handles_non_square_videos(tmp_path):
     """Real videos are 16:9: the cache keeps each video's own h x w (short side = size), like file decoding."""
     import av
 
-    from locvtp.data.datasets import FrameCache, VideoFileSource
+    from locvtp.training.sources import FrameCache, VideoFileSource
     from locvtp.data.video import probe_video
 
     paths = {}
@@ -436,7 +425,7 @@ def test_grouped_sampler_rejects_bad_arguments():
 
 def test_checks_in_small_chunks_give_the_same_dataset(tmp_path, monkeypatch):
     """The up-front checks run over the corpus in chunks; chunk edges change nothing (bad records, order)."""
-    from locvtp.data import datasets
+    from locvtp.training import dataset as datasets
 
     path, _ = _feature_world(tmp_path, "npy")
     cfg = load_config(None, [f"data.root={tmp_path}", "data.kind=features", f"data.features={path}",
@@ -468,8 +457,8 @@ def test_prepared_path_equals_the_in_memory_rules(tiny_world, tmp_path):
     reference = the readers' records filtered by a plain loop over the three rules, in order."""
     import shutil
 
-    from locvtp.data.corpus import texts_with_words
-    from locvtp.data.datasets import load_caption_items
+    from locvtp.training.corpus import texts_with_words
+    from locvtp.training.dataset import load_caption_items
 
     world = tmp_path / "w"
     shutil.copytree(tiny_world / "pretrain", world / "pretrain")

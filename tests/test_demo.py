@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from locvtp import demo
-from locvtp.data.synthetic import GENERATOR_VERSION
+from locvtp.commands import demo
+from locvtp.world.plan import GENERATOR_VERSION
 
 KEYS = ["retrieval_R1", "retrieval_R5", "grounding_R1@0.5", "grounding_R1@0.7", "grounding_mIoU",
         "head_grounding_R1@0.5", "step_recall", "segmentation_acc"]
@@ -101,7 +101,7 @@ def _snapshot(root):
 @pytest.fixture(scope="module")
 def seed1_world(tmp_path_factory):
     """`locvtp synth --preset tiny --seed 1`: a world of another seed than the one the demo generates."""
-    from locvtp.synth import main as synth
+    from locvtp.commands.synth import main as synth
 
     out = tmp_path_factory.mktemp("seed1") / "world"
     assert synth(["--out", str(out), "--preset", "tiny", "--seed", "1", "--quiet"]) == 0
@@ -136,7 +136,7 @@ def _broken_worlds(src, root):
     """Directories that hold something, but not a complete world: (name, directory, words of the message)."""
     import shutil
 
-    from locvtp.data.synthetic import IN_PROGRESS
+    from locvtp.world.generate import IN_PROGRESS
 
     cases = []
     foreign = root / "foreign"
@@ -172,7 +172,7 @@ def _broken_worlds(src, root):
 
 
 def test_world_stage_refuses_what_is_not_a_complete_world(seed1_world, tmp_path):
-    from locvtp.data.synthetic import NotAWorldError
+    from locvtp.world.generate import NotAWorldError
 
     for name, path, words in _broken_worlds(seed1_world, tmp_path):
         before = _snapshot(path) if path.is_dir() else path.read_bytes()

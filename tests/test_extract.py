@@ -171,7 +171,7 @@ def test_corrupt_videos_go_to_failures(ckpt, some_videos, tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["npy-dir", "npz-dir"])
 def test_dir_formats_match_h5(ckpt, some_videos, tmp_path, fmt):
-    from locvtp.extract import iter_features
+    from locvtp.featurestore.reader import iter_features
 
     assert _run(["--checkpoint", str(ckpt), "--videos", str(some_videos), "--out", str(tmp_path / "f.h5")]) == 0
     d = tmp_path / fmt
@@ -196,7 +196,7 @@ def test_dir_formats_match_h5(ckpt, some_videos, tmp_path, fmt):
 
 
 def test_shards_and_merge_equal_single_run(ckpt, some_videos, tmp_path, monkeypatch):
-    from locvtp.extract import merge_main
+    from locvtp.commands.extract import merge_main
 
     single = tmp_path / "single.h5"
     assert _run(["--checkpoint", str(ckpt), "--videos", str(some_videos), "--out", str(single)]) == 0
@@ -238,7 +238,7 @@ def test_list_file_with_ids_and_bad_lines(ckpt, some_videos, tmp_path, capsys):
 
 def test_backbone_features(ckpt, some_videos, tmp_path):
     from locvtp.checkpoint import load_checkpoint
-    from locvtp.search import build_index
+    from locvtp.index import build_index
 
     out = tmp_path / "bb.h5"
     assert _run(["--checkpoint", str(ckpt), "--videos", str(some_videos), "--out", str(out), "--backbone"]) == 0
@@ -255,7 +255,7 @@ def test_features_encoder_model_extracts_from_feature_files(tiny_world, tmp_path
     import torch
 
     from locvtp.checkpoint import load_checkpoint
-    from locvtp.extract import iter_features
+    from locvtp.featurestore.reader import iter_features
 
     ck = make_checkpoint(tiny_world, tmp_path / "fck", video="features", in_dim=12)
     raw = tmp_path / "raw"

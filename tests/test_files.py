@@ -190,7 +190,8 @@ def test_remove_owned_keeps_an_empty_folder_of_the_user(tmp_path):
 
 
 def test_only_our_temporary_names_count_as_temporaries(tmp_path):
-    from locvtp.files import temp_path, temporaries_in, temporary_of
+    from locvtp.files import temporaries_in
+    from locvtp.tempnames import temp_path, temporary_of
 
     ours = [temp_path(tmp_path / "feats.h5").name, temp_path(tmp_path / "a.npy", suffix=".npy").name,
             ".idx.tmp-123", ".idx.old-9-0123abcd", ".step_0000010.tmp-77-89abcdef"]
@@ -204,7 +205,8 @@ def test_only_our_temporary_names_count_as_temporaries(tmp_path):
 
 
 def test_remove_temporaries_in_takes_our_files_and_folders_and_nothing_else(tmp_path):
-    from locvtp.files import remove_temporaries_in, temp_path
+    from locvtp.files import remove_temporaries_in
+    from locvtp.tempnames import temp_path
 
     ours_file = temp_path(tmp_path / "feats.h5")
     ours_dir = tmp_path / ".step_0000010.tmp-77-89abcdef"

@@ -198,7 +198,8 @@ def test_ground_embeddings_on_rounding_noise_ranks_in_the_tie_order_with_the_war
 
 @pytest.fixture(scope="module")
 def black_mp4(tmp_path_factory):
-    from locvtp.data.synthetic import FPS, FRAME_SIZE, write_mp4
+    from locvtp.world.plan import FPS, FRAME_SIZE
+    from locvtp.world.render import write_mp4
 
     path = tmp_path_factory.mktemp("black") / "black.mp4"
     write_mp4(path, np.zeros((10 * FPS, FRAME_SIZE, FRAME_SIZE, 3), np.uint8))

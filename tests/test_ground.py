@@ -16,7 +16,7 @@ def _iou(a, b) -> float:
 
 
 def test_ground_embeddings_finds_planted_window():
-    from locvtp.ground import ground_embeddings
+    from locvtp.localize import ground_embeddings
 
     rng = np.random.default_rng(0)
     d, n = 32, 20
@@ -45,7 +45,7 @@ def test_ground_embeddings_finds_planted_window():
 
 
 def test_ground_embeddings_rejects_bad_input():
-    from locvtp.ground import ground_embeddings
+    from locvtp.localize import ground_embeddings
 
     with pytest.raises(ValueError, match="clip windows"):
         ground_embeddings(np.ones((3, 4)), np.zeros((2, 2)), np.ones(4))
@@ -59,8 +59,8 @@ def ckpt(tiny_world, tmp_path_factory):
 
 
 def test_cli_on_mp4_and_on_features_agree(ckpt, tiny_world, tmp_path, capsys):
-    from locvtp.extract import main as extract_main
-    from locvtp.ground import main
+    from locvtp.commands.extract import main as extract_main
+    from locvtp.commands.ground import main
 
     ann = json.loads((tiny_world / "grounding" / "activitynet" / "val_1.json").read_text())
     vid, item = sorted(ann.items())[0]
@@ -87,7 +87,7 @@ def test_cli_on_mp4_and_on_features_agree(ckpt, tiny_world, tmp_path, capsys):
     assert res2["vid"] == vid and a[:, :2].tolist() == b[:, :2].tolist()
     np.testing.assert_allclose(a[:, 2], b[:, 2], atol=1e-4)
     # what ground prints is a prediction line `locvtp score` reads (found by vid and query: no qid)
-    from locvtp.score import score_grounding
+    from locvtp.commands.score import score_grounding
 
     preds = tmp_path / "ground.jsonl"
     preds.write_text(json.dumps(res) + "\n")
@@ -99,7 +99,7 @@ def test_cli_on_mp4_and_on_features_agree(ckpt, tiny_world, tmp_path, capsys):
 
 def test_cli_errors(ckpt, tmp_path, capsys):
     from cli_helpers import assert_one_line_error, run_cli
-    from locvtp.ground import main
+    from locvtp.commands.ground import main
 
     res = run_cli(["ground", "--checkpoint", ckpt, tmp_path / "nope.mp4", "a query"], capsys)
     assert_one_line_error(res, 1, "nope.mp4")
@@ -108,17 +108,19 @@ def test_cli_errors(ckpt, tmp_path, capsys):
 
 
 def test_window_score_choices_match_the_scorer():
-    from locvtp.downstream.grounding import WINDOW_SCORES
-    from locvtp.ground import WINDOW_SCORE_KINDS
+    from locvtp.commands.ground import build_parser
+    from locvtp.localize import WINDOW_SCORES
 
-    assert tuple(WINDOW_SCORE_KINDS) == tuple(WINDOW_SCORES)
+    (action,) = [a for a in build_parser()._actions if a.dest == "window_score"]
+    assert tuple(action.choices) == tuple(WINDOW_SCORES) and len(WINDOW_SCORES) > 1
 
 
 def test_plot_grounding_is_atomic(tmp_path, monkeypatch):
     """A plot that fails while being written leaves no temporary file and keeps the previous plot (issue #18)."""
     import matplotlib.figure
 
-    from locvtp.ground import ground_embeddings, plot_grounding
+    from locvtp.localize import ground_embeddings
+    from locvtp.commands.ground import plot_grounding
 
     rng = np.random.default_rng(0)
     clips = rng.normal(size=(8, 4)).astype(np.float32)

@@ -33,7 +33,7 @@ def w(tiny_world, tiny_checkpoint, tmp_path_factory):
     """Paths every row uses: a checkpoint, 2 videos, their features (h5), an index, a features-encoder checkpoint,
     a non-UTF-8 file, an index of another embedding width (no checkpoint fingerprint)."""
     from locvtp.featurestore.record import ClipFeatures
-    from locvtp.search import build_index_from_records
+    from locvtp.index import build_index_from_records
 
     root = tmp_path_factory.mktemp("mistakes")
     ns = SimpleNamespace(root=root)
@@ -241,7 +241,7 @@ def test_one_line_error(w, capsys, case_id, argv, code, needles):
 def test_top_k_and_pool_larger_than_the_index_are_capped(w, capsys):
     """Case 7: `--top-k 10000000` on a small index used to allocate ~95 GiB and die; now it returns at most the
     index's rows, and the library caps it too (not only the command line)."""
-    from locvtp.search import MomentIndex
+    from locvtp.index import MomentIndex
 
     res = run_cli(srch(w, "a red circle", "--top-k", "10000000", "--pool", "99999999"), capsys)
     assert res.code == 0, res.err
@@ -290,7 +290,7 @@ def test_top_k_larger_than_the_moments_warns(w, capsys):
 def test_bom_never_reaches_a_query_or_an_id(w, capsys, tmp_path):
     """Issue 26: a UTF-8 byte-order mark in a --queries file, a query argument or an `index --videos` list is
     dropped (it used to stay in the first query / id, which then matched nothing)."""
-    from locvtp.search import MomentIndex
+    from locvtp.index import MomentIndex
 
     q = tmp_path / "q.txt"
     q.write_bytes("\ufeffa red circle\n\ufeffa blue square\n".encode("utf-8"))
@@ -341,7 +341,7 @@ def test_extract_full_disk_is_one_line_and_resumes(w, capsys, monkeypatch, tmp_p
     monkeypatch.undo()
     res = run_cli(["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", out, "--no-progress"], capsys)
     assert res.code == 0 and "extracted 0 videos" in res.err and "2 already done" in res.err, res.err
-    from locvtp.extract import read_features
+    from locvtp.featurestore.reader import read_features
 
     assert np.array_equal(read_features(out, w.video.stem).features, read_features(w.feats, w.video.stem).features)
 

@@ -110,7 +110,8 @@ def W(tiny_world, tiny_checkpoint, tmp_path_factory):
 
 def _write_black_mp4(path: Path) -> Path:
     """A 10-s all-black video of the synthetic world's size (issue 26: its clip scores differ in their last bits)."""
-    from locvtp.data.synthetic import FPS, FRAME_SIZE, write_mp4
+    from locvtp.world.plan import FPS, FRAME_SIZE
+    from locvtp.world.render import write_mp4
 
     write_mp4(path, np.zeros((10 * FPS, FRAME_SIZE, FRAME_SIZE, 3), np.uint8))
     return path

@@ -193,9 +193,9 @@ def test_diverging_loss_is_one_line(tmp_path, tiny_world, capsys):
 
 # ------------------------------------------------------------------------------------------------ features
 def _write_extraction(out: Path, layout: str, videos: dict[str, np.ndarray], stride: float, clip: float) -> None:
-    """The layout `locvtp extract` writes (locvtp.features): meta.json with the run settings, one file per video
+    """The layout `locvtp extract` writes (locvtp.featurestore): meta.json with the run settings, one file per video
     under its safe name, the id in _info/ (npy-dir) or in the npz."""
-    from locvtp.features import safe_name
+    from locvtp.featurestore.reader import safe_name
 
     out.mkdir(parents=True)
     (out / "meta.json").write_text(json.dumps({"layout": layout, "clip_seconds": clip, "stride_seconds": stride}))
@@ -225,7 +225,9 @@ def _timed_features(n: int, stride: float, clip: float, dim: int = 4) -> np.ndar
 def test_features_extraction_stride_and_hashed_ids(tmp_path, layout):
     """Issue #18 case 6: a 0.5 s-stride extraction was read as 1 s (captions misaligned) and an id with a space or
     an accent (stored under a hashed name) was never found. Both are now read from the extraction itself."""
-    from locvtp.data.datasets import CaptionItem, FeatureSource, PretrainDataset
+    from locvtp.training.records import CaptionItem
+    from locvtp.training.sources import FeatureSource
+    from locvtp.training.dataset import PretrainDataset
 
     stride, clip = 0.5, 1.0
     ids = ["plain_video", "vidéo avec espaces"]
@@ -247,7 +249,7 @@ def test_features_extraction_stride_and_hashed_ids(tmp_path, layout):
 
 def test_feature_stride_from_meta_wins_over_config(tmp_path):
     """Like an HDF5 file's stride_seconds attribute, the extraction's meta.json wins over data.feature_stride."""
-    from locvtp.data.datasets import FeatureSource
+    from locvtp.training.sources import FeatureSource
 
     _write_extraction(tmp_path / "f", "npy-dir", {"v": _timed_features(10, 0.5, 1.0)}, 0.5, 1.0)
     assert FeatureSource(tmp_path / "f", 1.0, stride=2.0, video_ids=["v"]).stride == 0.5
@@ -256,7 +258,9 @@ def test_feature_stride_from_meta_wins_over_config(tmp_path):
 def test_non_finite_features_are_bad_samples(tmp_path):
     """A video whose features hold NaN/inf: its samples are reported (file and video named) and replaced, never
     trained on; with --strict the first one stops the run."""
-    from locvtp.data.datasets import BadSampleError, CaptionItem, FeatureSource, PretrainDataset
+    from locvtp.training.records import BadSampleError, CaptionItem
+    from locvtp.training.sources import FeatureSource
+    from locvtp.training.dataset import PretrainDataset
 
     good, bad = _timed_features(40, 0.5, 1.0), _timed_features(40, 0.5, 1.0)
     bad[20, 1] = np.nan
@@ -278,7 +282,8 @@ def test_non_finite_features_are_bad_samples(tmp_path):
 def test_pretrain_on_an_npy_dir_extraction_end_to_end(tmp_path):
     """`data.kind=features` on an npy-dir with hashed ids trains (every sample found: nothing reported)."""
     from locvtp.config import load_config
-    from locvtp.train import find_config, pretrain
+    from locvtp.config import find_config
+    from locvtp.training.loop import pretrain
 
     rng = np.random.default_rng(0)
     ids = [f"vidéo {i}" for i in range(8)]
@@ -304,7 +309,8 @@ def test_failed_backbone_write_leaves_nothing(tiny_world, tmp_path, monkeypatch)
     full) leaves neither a partial file under the name nor the temporary."""
     import safetensors.torch as st
 
-    from locvtp.backbone import build_parser, train_backbone
+    from locvtp.commands.backbone import build_parser
+    from locvtp.backbone import train_backbone
 
     def half_then_fail(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 100)

@@ -196,14 +196,14 @@ class _FeatureSource:
 
 
 def _dataset(in_span, items):
-    from locvtp.data.datasets import PretrainDataset
+    from locvtp.training.dataset import PretrainDataset
 
     return PretrainDataset(items, _FeatureSource(), num_clips=8, clip_seconds=1.0, jitter_seconds=1.0, train=True,
                            seed=0, max_offset=2, offset_in_span=in_span)
 
 
 def test_dataset_draws_offsets_inside_the_narration_span():
-    from locvtp.data.datasets import CaptionItem
+    from locvtp.training.records import CaptionItem
 
     items = [CaptionItem("v", "cut the onion", 4.0, 7.0, "x:1"), CaptionItem("v", "wash it", 5.2, 5.6, "x:2"),
              CaptionItem("w", "whole video", 0.0, math.inf, "x:3")]
@@ -349,7 +349,7 @@ def test_stopwords_need_the_content_mask():
 
 
 def test_content_words_from_a_tokenizer_and_the_collator():
-    from locvtp.data.datasets import Collator
+    from locvtp.training.dataset import Collator
     from locvtp.data.tokenizer import train_tokenizer
 
     texts = ["the man cuts the onion", "she washes a pan in the sink", "then he puts it on the plate"]

@@ -111,7 +111,7 @@ def test_extract_dir_overwrite_keeps_user_files(w, tmp_path, capsys, fmt):
 
 def test_extract_dir_claims_survive_a_kill(w, tmp_path, capsys):
     """Files written by a killed run (claims not yet folded into the manifest) are still removed by --overwrite."""
-    from locvtp.extract import CLAIMS
+    from locvtp.featurestore.writer import CLAIMS
 
     out = tmp_path / "feats"
     assert run_cli(_extract(w, out, "--format", "npz-dir"), capsys).code == 0
@@ -306,7 +306,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(w, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ case 5
 def test_index_skips_and_reports_non_finite_videos(tmp_path, capsys):
     """NaN/inf rows used to be indexed and then never returned (a NaN score ranks last)."""
-    from locvtp.search import MomentIndex
+    from locvtp.index import MomentIndex
 
     feats = tmp_path / "f.h5"
     _features(feats, lengths=(4, 6, 3, 5), nan_in=(1, 2))

@@ -34,7 +34,7 @@ def start_args(world: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tiny_world, tmp_path_factory):
     """The uninterrupted run (started as documented: --config and overrides)."""
-    from locvtp.train import main
+    from locvtp.commands.pretrain import main
 
     run = tmp_path_factory.mktemp("reference") / "run"
     n = torch.get_num_threads()
@@ -79,7 +79,8 @@ def test_a_default_changed_in_the_code_does_not_change_the_run(killed, reference
     own 'english', with or without the original --config and overrides; a config rebuilt from today's defaults
     (the library call) is refused by key name instead of silently switching the objective."""
     from locvtp import config as C
-    from locvtp.train import find_config, pretrain
+    from locvtp.config import find_config
+    from locvtp.training.loop import pretrain
 
     monkeypatch.setattr(C.Config.__dataclass_fields__["objective"], "default_factory",
                         lambda: C.ObjectiveConfig(stopwords="none"))

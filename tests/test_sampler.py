@@ -1,4 +1,4 @@
-"""The compact sampler (locvtp.data.sampler) against a plain reference: DistributedSampler's order and the
+"""The compact sampler (locvtp.training.sampler) against a plain reference: DistributedSampler's order and the
 grouped order written as the loops their docstrings describe."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DistributedSampler
 
-from locvtp.data.sampler import ResumableBatchSampler
+from locvtp.training.sampler import ResumableBatchSampler
 
 
 def _reference_rank_indices(n, world, rank, seed, epoch, shuffle=True):

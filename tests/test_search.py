@@ -55,7 +55,7 @@ def _brute_force(emb: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 
 def test_numpy_topk_equals_brute_force():
-    from locvtp.search import numpy_topk
+    from locvtp.index import numpy_topk
 
     rng = np.random.default_rng(1)
     emb = _unit(rng.normal(size=(300, 8)))
@@ -72,7 +72,7 @@ def test_numpy_topk_equals_brute_force():
 
 @needs_faiss
 def test_faiss_exact_and_numpy_fallback_identical(tmp_path):
-    from locvtp.search import MomentIndex, build_index
+    from locvtp.index import MomentIndex, build_index
 
     _write_features(tmp_path / "f.h5", [30, 1, 57, 12, 80], dim=32)
     build_index(tmp_path / "f.h5", tmp_path / "idx", progress=False)
@@ -93,7 +93,7 @@ def test_faiss_exact_and_numpy_fallback_identical(tmp_path):
 
 @needs_faiss
 def test_ivf_probing_every_list_is_exact(tmp_path):
-    from locvtp.search import MomentIndex, build_index
+    from locvtp.index import MomentIndex, build_index
 
     _write_features(tmp_path / "f.h5", [40] * 10, dim=16)
     meta = build_index(tmp_path / "f.h5", tmp_path / "ivf", ivf=8, progress=False)
@@ -144,7 +144,7 @@ def _merge_reference(rows, scores, row_video, row_clip, row_window, videos, top_
 
 @pytest.mark.parametrize("gap,tol", [(0, 0.5), (1, 0.5), (0, 1.0), (2, 0.0)])
 def test_merge_moments_matches_reference(gap, tol):
-    from locvtp.search import merge_moments
+    from locvtp.index import merge_moments
 
     rng = np.random.default_rng(4)
     lengths = [6, 9, 4]
@@ -166,7 +166,7 @@ def test_merge_moments_matches_reference(gap, tol):
 
 
 def test_search_finds_planted_moment(tmp_path):
-    from locvtp.search import MomentIndex, build_index
+    from locvtp.index import MomentIndex, build_index
 
     feats = _write_features(tmp_path / "f.h5", [50] * 8, dim=32)
     target = _unit(np.random.default_rng(9).normal(size=32))
@@ -187,7 +187,7 @@ def test_search_finds_planted_moment(tmp_path):
 
 
 def test_index_errors(tmp_path):
-    from locvtp.search import IndexError_, MomentIndex, build_index
+    from locvtp.index import IndexError_, MomentIndex, build_index
 
     with pytest.raises(IndexError_, match="no meta.json"):
         MomentIndex(tmp_path)
@@ -202,7 +202,7 @@ def test_index_errors(tmp_path):
 
 
 def test_cli_index_and_search_end_to_end(tiny_world, tmp_path, capsys):
-    from locvtp.extract import main as extract_main
+    from locvtp.commands.extract import main as extract_main
     from locvtp.cli import main as cli
 
     ck = make_checkpoint(tiny_world, tmp_path / "ckpt")
@@ -232,7 +232,7 @@ def test_index_a_subset_of_videos(tmp_path):
     """`video_ids` / `--videos`: only the listed videos are indexed (an evaluation split of a larger extraction);
     the rows equal those of an index over a file that holds just those videos."""
     from locvtp.cli import main as cli
-    from locvtp.search import MomentIndex, build_index
+    from locvtp.index import MomentIndex, build_index
 
     feats = _write_features(tmp_path / "f.h5", [4, 6, 3, 5], dim=8)
     build_index(tmp_path / "f.h5", tmp_path / "sub", progress=False, video_ids=["v003", "v001"])

@@ -16,7 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from locvtp.checkpoint import CheckpointError, load_checkpoint, load_trainer_state
 from locvtp.config import load_config
-from locvtp.train import build_optimizer, find_config, lr_factor, main, pretrain
+from locvtp.training.optim import build_optimizer, lr_factor
+from locvtp.config import find_config
+from locvtp.commands.pretrain import main
+from locvtp.training.loop import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 # A tiny model and a few steps: every run below takes seconds.
@@ -57,7 +60,7 @@ def test_lr_schedule_warmup_then_cosine():
 def test_no_weight_decay_on_norms_biases_embeddings_and_logit_scale():
     from locvtp.model import LocVTP
     from locvtp.objectives import LocVTPObjective
-    from locvtp.train import Pretrainer
+    from locvtp.training.setup import Pretrainer
 
     cfg = load_config(None, TINY + ["model.text.vocab_size=50"])
     net = Pretrainer(LocVTP.from_config(cfg), LocVTPObjective.from_config(cfg.objective, dim=32))
@@ -161,7 +164,7 @@ DRIVER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
             return orig(tensors, filename, metadata)
         st.save_file = save_file
-    from locvtp.train import main
+    from locvtp.commands.pretrain import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -311,7 +314,7 @@ def test_corrupt_videos_and_malformed_rows_train_to_the_end_and_are_reported(tin
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["skipped"] == len(lines)
     assert f"skipped {len(lines)} of {total} samples: see {run / 'bad_samples.jsonl'}" in capsys.readouterr().out
-    from locvtp.data.datasets import BadSampleError
+    from locvtp.training.records import BadSampleError
 
     with pytest.raises((BadSampleError, ValueError)):  # --strict: the first bad row/video stops the run
         pretrain(tiny_cfg(world, "train.max_steps=1"), tmp_path / "strict", strict=True, progress=False)
@@ -320,7 +323,8 @@ def test_corrupt_videos_and_malformed_rows_train_to_the_end_and_are_reported(tin
 def test_backbone_lr_scale_puts_the_pixel_cnn_in_scaled_groups():
     from locvtp.model import LocVTP
     from locvtp.objectives import LocVTPObjective
-    from locvtp.train import Pretrainer, lr_factor
+    from locvtp.training.setup import Pretrainer
+    from locvtp.training.optim import lr_factor
 
     cfg = load_config(None, TINY + ["model.text.vocab_size=50", "train.backbone_lr_scale=0.1"])
     net = Pretrainer(LocVTP.from_config(cfg), LocVTPObjective.from_config(cfg.objective, dim=32))

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from locvtp.config import load_config
-from locvtp.train import find_config, pretrain
+from locvtp.config import find_config
+from locvtp.training.loop import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 # No dropout: each rank draws its own dropout masks, which a single process cannot reproduce. Everything else
@@ -42,7 +43,7 @@ def test_two_rank_ddp_equals_single_process(tiny_world, tmp_path):
     ddp_run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "locvtp.train", "--config", str(REPO / "configs" / "pretrain_synthetic.yaml"), "--out", str(ddp_run),
+           "-m", "locvtp.cli", "pretrain", "--config", str(REPO / "configs" / "pretrain_synthetic.yaml"), "--out", str(ddp_run),
            "--quiet", f"data.root={tiny_world}", *ARGS]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

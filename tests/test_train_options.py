@@ -14,7 +14,8 @@ import torch
 
 
 from locvtp.config import load_config  # noqa: E402
-from locvtp.train import find_config, pretrain  # noqa: E402
+from locvtp.config import find_config  # noqa: E402
+from locvtp.training.loop import pretrain
 
 ARGS = ["train.batch_size=8", "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.save_every=0",
         "train.num_threads=1", "data.num_workers=0", "data.frames_per_clip=2", "data.frame_size=16",
@@ -50,7 +51,7 @@ def test_span_offsets_reach_training(tiny_world, tmp_path, monkeypatch):
     run draws carries its span mask and only in-span offsets; without it, today's draw."""
     import numpy as np
 
-    from locvtp.data import datasets
+    from locvtp.training import dataset as datasets
     from reference_objectives import ref_offset_choices
 
     seen: list[dict] = []

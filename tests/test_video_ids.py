@@ -45,9 +45,9 @@ def test_one_extension_list_for_extract_evaluate_pretrain_and_serve(tmp_path):
     """An .mpg, .mkv, .MP4 or .Mp4 video is found alike by extraction's listing, evaluation's VideoLocator,
     pre-training's find_video and serve's library: one list, one lookup."""
     from locvtp.data import videoids
-    from locvtp.data.datasets import find_video as pretrain_find
+    from locvtp.data.videoids import video_path as pretrain_find
     from locvtp.downstream.common import VideoLocator
-    from locvtp.extract import list_videos
+    from locvtp.extraction import list_videos
     from locvtp.serve.library import VIDEO_SUFFIXES, Library
 
     assert VIDEO_SUFFIXES is videoids.VIDEO_EXTENSIONS
@@ -115,7 +115,7 @@ def test_recursive_ids_round_trip_to_their_files(tree, capsys, tmp_path):
     """extract --recursive -> index -> search -> serve's library: every result maps back to its own file (the id
     the rule cannot reverse through the source recorded in the store and the index)."""
     from locvtp.data.videoids import find_video
-    from locvtp.features import iter_features
+    from locvtp.featurestore.reader import iter_features
     from locvtp.index import MomentIndex
     from locvtp.serve.library import Library
 
@@ -184,7 +184,7 @@ def test_summary_counts_skipped_inputs_and_clean_run_writes_no_failures(tree, ca
 def test_npy_dir_names_for_ids_with_spaces_and_unicode(tree, tmp_path):
     """docs/usage.md's rule: ``DIR/<id>.npy`` for a plain id, ``DIR/_id-<first 20 hex of sha1(id)>.npy`` otherwise;
     the id itself (and the recorded source) in ``DIR/_info/<name>.json``."""
-    from locvtp.features import iter_features
+    from locvtp.featurestore.reader import iter_features
 
     root, vids, feats, idx, ckpt = tree
     out = tmp_path / "npy"

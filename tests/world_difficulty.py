@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from locvtp.data import synthetic as S
+from locvtp.world.plan import CLIP_SECONDS, GENERATOR_VERSIONS, PRESETS, Task, VideoSpec, WorldPlan, plan_world
 from locvtp.data.video import sliding_windows
 from locvtp.downstream.segmentation import ProbeConfig, clip_labels, train_probe
 from locvtp.downstream.steps import assignment_matrix, log_softmax_steps
@@ -38,8 +38,8 @@ KNOWLEDGE = {
 }
 
 
-def _windows(v: S.VideoSpec) -> np.ndarray:
-    return sliding_windows(v.duration, S.CLIP_SECONDS, S.CLIP_SECONDS)
+def _windows(v: VideoSpec) -> np.ndarray:
+    return sliding_windows(v.duration, CLIP_SECONDS, CLIP_SECONDS)
 
 
 def _coverage(windows: np.ndarray, start: float, end: float) -> np.ndarray:
@@ -48,11 +48,11 @@ def _coverage(windows: np.ndarray, start: float, end: float) -> np.ndarray:
     return inter / (windows[:, 1] - windows[:, 0])
 
 
-def _step_segments(v: S.VideoSpec) -> list[tuple[int, float, float]]:
+def _step_segments(v: VideoSpec) -> list[tuple[int, float, float]]:
     return [(k, e.start, e.end) for k, e in zip(v.extra["steps"], v.events) if k is not None]
 
 
-def lookalike_pairs(task: S.Task) -> int:
+def lookalike_pairs(task: Task) -> int:
     """Step pairs of a task with the same action on objects that share their colour or their shape."""
     n = 0
     for (i, a), (j, b) in itertools.combinations(task.steps, 2):
@@ -61,7 +61,7 @@ def lookalike_pairs(task: S.Task) -> int:
     return n
 
 
-def structure(plan: S.WorldPlan) -> dict[str, float]:
+def structure(plan: WorldPlan) -> dict[str, float]:
     tasks = plan.crosstask_tasks + plan.coin_tasks
     vids = plan.splits["crosstask_val"] + plan.splits["coin_test"]
     segs = [e - s for v in vids for _, s, e in _step_segments(v)]
@@ -95,7 +95,7 @@ def structure(plan: S.WorldPlan) -> dict[str, float]:
     }
 
 
-def _oracle_step_scores(v: S.VideoSpec, task: S.Task, know, windows: np.ndarray) -> np.ndarray:
+def _oracle_step_scores(v: VideoSpec, task: Task, know, windows: np.ndarray) -> np.ndarray:
     keys = [know(task.objects[i], a) for i, a in task.steps]
     scores = np.zeros((len(windows), len(keys)))
     for e in v.events:
@@ -107,7 +107,7 @@ def _oracle_step_scores(v: S.VideoSpec, task: S.Task, know, windows: np.ndarray)
     return scores
 
 
-def steps(plan: S.WorldPlan, draws: int = 20, seed: int = 0) -> dict[str, float]:
+def steps(plan: WorldPlan, draws: int = 20, seed: int = 0) -> dict[str, float]:
     """CrossTask val: chance (random scores) and oracle step recall, as run_steps computes them."""
     tasks = {t.task_id: t for t in plan.crosstask_tasks}
     y_true: dict[str, dict[str, np.ndarray]] = {}
@@ -130,14 +130,14 @@ def steps(plan: S.WorldPlan, draws: int = 20, seed: int = 0) -> dict[str, float]
     return out
 
 
-def _clip_features(v: S.VideoSpec, know, vocab: dict, windows: np.ndarray) -> np.ndarray:
+def _clip_features(v: VideoSpec, know, vocab: dict, windows: np.ndarray) -> np.ndarray:
     x = np.zeros((len(windows), len(vocab)), np.float32)
     for e in v.events:
         x[:, vocab[know(v.objects[e.obj], e.action)]] += _coverage(windows, e.start, e.end)
     return x
 
 
-def segmentation(plan: S.WorldPlan, seed: int = 0) -> dict[str, float]:
+def segmentation(plan: WorldPlan, seed: int = 0) -> dict[str, float]:
     """COIN test: chance (majority, random labels) and the linear probe on oracle clip features."""
     texts = {t.task_id: t.step_texts() for t in plan.coin_tasks}
 
@@ -176,15 +176,15 @@ def segmentation(plan: S.WorldPlan, seed: int = 0) -> dict[str, float]:
 
 
 def measure(seed: int, preset: str, version: str) -> dict[str, float]:
-    plan = S.plan_world(seed, preset, version)
+    plan = plan_world(seed, preset, version)
     return {**structure(plan), **steps(plan, seed=seed), **segmentation(plan, seed=seed)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="demo", choices=sorted(S.PRESETS))
+    ap.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--versions", nargs="*", default=list(S.GENERATOR_VERSIONS))
+    ap.add_argument("--versions", nargs="*", default=list(GENERATOR_VERSIONS))
     a = ap.parse_args(argv)
     rows = {v: measure(a.seed, a.preset, v) for v in a.versions}
     print(f"preset {a.preset}, seed {a.seed}: CrossTask val / COIN test sets\n")

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,8 +44,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from locvtp.cliargs import (ArgumentParser, DefaultsHelpFormatter, nonnegative_float, nonnegative_int,
-                            positive_float, positive_int, ranged)
 from locvtp.errors import LocVTPError, UsageError
 
 
@@ -133,7 +130,7 @@ class _Collector:
                     new_y[h] += [int(labels[h])] * len(win)
         except Exception as exc:  # noqa: BLE001 - one bad video must not end the run
             if self.strict:
-                from locvtp.data.datasets import BadSampleError
+                from locvtp.training.records import BadSampleError
 
                 raise BadSampleError(f"{path}: unreadable video ({video_id}): {exc} (--strict)") from exc
             self.skipped.append({"source": str(path), "reason": f"{type(exc).__name__}: {exc}"})
@@ -159,7 +156,7 @@ def labelled_clips(data: Path, msrvtt: str, train_split: Optional[str], clip_sec
     Returns (train, held-out, skipped)."""
     from locvtp.runtime import progress as tqdm
 
-    from locvtp.data.datasets import find_video
+    from locvtp.data.videoids import video_path
     from locvtp.data.formats import read_msrvtt_data, read_msrvtt_split_csv
 
     meta = read_msrvtt_data(data / msrvtt, strict=strict)
@@ -171,7 +168,7 @@ def labelled_clips(data: Path, msrvtt: str, train_split: Optional[str], clip_sec
     col.skipped += [{"source": f"{b.file}: {b.location}", "reason": b.reason} for b in meta.skipped]
     for v in tqdm(videos, desc="decoding labelled videos", unit="video", disable=not progress):
         is_train = (v.video_id in train_ids) if train_ids is not None else (v.split == "train")
-        col.add(data / v.url if v.url else find_video(data / video_dir, v.video_id), v.video_id,
+        col.add(data / v.url if v.url else video_path(data / video_dir, v.video_id), v.video_id,
                 [(float(v.start or 0.0), v.end, {"category": int(v.category)})], "train" if is_train else "heldout",
                 duration=v.end)
     return (*col.result(), col.skipped)
@@ -187,7 +184,7 @@ def epic_clips(data: Path, train_csv: str, heldout_csv: Optional[str], clip_seco
     without it they are not used (EPIC labels none). Returns (train, held-out, skipped)."""
     from locvtp.runtime import progress as tqdm
 
-    from locvtp.data.datasets import find_video
+    from locvtp.data.videoids import video_path
     from locvtp.data.formats import read_epic_kitchens
 
     col = _Collector(["verb", "noun"], clip_seconds, frames_per_clip, frame_size, strict)
@@ -211,7 +208,7 @@ def epic_clips(data: Path, train_csv: str, heldout_csv: Optional[str], clip_seco
                 (seg.start, seg.end, {"verb": seg.verb_class, "noun": seg.noun_class}))
         todo += [(part, vid, spans) for vid, spans in by_video.items()]
     for part, vid, spans in tqdm(todo, desc="decoding labelled videos", unit="video", disable=not progress):
-        col.add(find_video(data / video_dir, vid), vid, spans, part, bg)
+        col.add(video_path(data / video_dir, vid), vid, spans, part, bg)
     return (*col.result(), col.skipped)
 
 
@@ -308,77 +305,3 @@ def check_args(args: argparse.Namespace) -> None:
     check_apart(out, {flag: data / rel for flag, rel in needed if rel})  # inside --data is fine, over an input not
     check_file_output(out, "backbone", "--out")
     check_file_output(out.with_suffix(".json"), "backbone", "--out's summary")
-
-
-_at_least_8 = ranged(int, 8)
-
-
-def _even_width(text: str) -> int:
-    w = _at_least_8(text)
-    if w % 2:
-        raise argparse.ArgumentTypeError(f"must be an even integer >= 8, got {text}")
-    return w
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="locvtp backbone", description=__doc__.split("\n")[0],
-                                formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="data root (a synthetic world or the same layout)")
-    p.add_argument("--out", required=True, help="output .safetensors (a .json summary is written next to it)")
-    p.add_argument("--labels", choices=("msrvtt", "epic-kitchens"), default="msrvtt",
-                   help="annotation layout: MSR-VTT video categories (one head) or EPIC-KITCHENS-100 action "
-                        "segments (verb and noun heads)")
-    p.add_argument("--msrvtt", default="retrieval/MSRVTT_data.json", help="labelled videos, relative to --data")
-    p.add_argument("--train-split", default="retrieval/MSRVTT_train.9k.csv",
-                   help="CSV of training video ids, relative to --data ('' = use the JSON's split field)")
-    p.add_argument("--epic-train", default="epic/EPIC_100_train.csv", help="EPIC-KITCHENS-100 training segments")
-    p.add_argument("--epic-val", default="epic/EPIC_100_validation.csv",
-                   help="EPIC-KITCHENS-100 held-out segments ('' = none)")
-    p.add_argument("--background", action="store_true",
-                   help="epic-kitchens: also train on the clips outside every segment, as one extra class per head")
-    p.add_argument("--video-dir", default="videos", help="video directory (<id>.mp4), relative to --data")
-    p.add_argument("--width", type=_even_width, default=16,
-                   help="tiny3d width, an even integer >= 8 (must match model.video.width)")
-    p.add_argument("--norm", choices=("group", "batch"), default="group",
-                   help="tiny3d normalisation (must match model.video.norm)")
-    p.add_argument("--clip-seconds", type=positive_float, default=1.0)
-    p.add_argument("--frames-per-clip", type=positive_int, default=4)
-    p.add_argument("--frame-size", type=positive_int, default=32)
-    p.add_argument("--steps", type=positive_int, default=400)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.05)
-    p.add_argument("--warmup", type=nonnegative_int, default=20)
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--threads", type=nonnegative_int, default=1, help="torch threads (0 = torch's default)")
-    p.add_argument("--strict", action="store_true", help="an unreadable video or bad row is an error")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
-
-
-def describe_classes(res: BackboneResult) -> str:
-    return ", ".join(f"{n} {h} classes" for h, n in res.classes.items())
-
-
-def describe_accuracy(res: BackboneResult) -> str:
-    """e.g. ``41.0 % (verb 95.2 %, noun 43.1 %)``; ``n/a`` without held-out clips."""
-    if res.heldout_accuracy is None:
-        return "n/a (no held-out labelled video)"
-    per = ", ".join(f"{h} {100 * a:.1f} %" for h, a in res.heldout_accuracy_per_head.items())
-    return f"{100 * res.heldout_accuracy:.1f} %" + (f" ({per})" if len(res.heldout_accuracy_per_head) > 1 else "")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.train_split = args.train_split or None
-    res = train_backbone(args, progress=not args.quiet)
-    print(f"[backbone] {res.path}: tiny3d trained on {res.train_clips} {res.labels} clips "
-          f"({describe_classes(res)}, {res.steps} steps, {res.seconds:.0f} s); held-out clip accuracy "
-          f"{describe_accuracy(res)} on {res.heldout_clips} clips; skipped {len(res.skipped)} bad videos/rows")
-    for s in res.skipped[:10]:
-        print(f"  skipped {s['source']}: {s['reason']}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,7 +32,8 @@ from torch import nn
 
 from .config import Config, ModelConfig, read_yaml_mapping, rename_deprecated_keys, to_yaml
 from locvtp.errors import LocVTPError
-from locvtp.files import fsync_dir, fsync_file, swap_dir, temp_path
+from locvtp.files import fsync_dir, fsync_file, swap_dir
+from locvtp.tempnames import temp_path
 
 FORMAT = "locvtp-checkpoint"
 FORMAT_VERSION = 1

@@ -1,8 +1,8 @@
 """`locvtp` entry point.
 
-Each sub-command lives in its own module and exposes ``main(argv: list[str]) -> int``; the table below is
-the only place that knows them, and modules are imported lazily so `locvtp synth` does not import torch
-models and `locvtp --help` is instant.
+Each sub-command lives in its own module of :mod:`locvtp.commands` and exposes ``main(argv: list[str]) -> int``;
+the table below is the only place that knows them, and modules are imported lazily so `locvtp synth` does not
+import torch models and `locvtp --help` is instant.
 
 A user's mistake is one line, never a stack trace: the package's own errors (:mod:`locvtp.errors`) and the
 OS errors a user causes (a missing file, a directory where a file was expected, no permission, a file that is
@@ -23,20 +23,20 @@ from locvtp.errors import LocVTPError
 _USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("locvtp.demo:main", "generate the synthetic world, pre-train coarse-only vs LocVTP, evaluate, report"),
-    "ablate": ("locvtp.demo:ablate_main", "component ablation table on the synthetic world"),
-    "synth": ("locvtp.synth:main", "write the procedural video-text world (MP4s + real annotation formats)"),
-    "backbone": ("locvtp.backbone:main", "supervised pre-training of the tiny3d backbone on labelled action videos"),
-    "prepare": ("locvtp.prepare:main", "convert a pre-training corpus once (captions, probes) for pretrain at scale"),
-    "pretrain": ("locvtp.train:main", "pre-train LocVTP (single process or torchrun DDP)"),
-    "evaluate": ("locvtp.evaluate:main", "retrieval | grounding | steps | segmentation | all"),
-    "score": ("locvtp.score:main", "metrics of a predictions file against its annotations (no model needed)"),
-    "extract": ("locvtp.extract:main", "clip features of videos to HDF5 / npy-dir / npz-dir"),
-    "merge": ("locvtp.extract:merge_main", "merge per-rank HDF5 feature shards"),
-    "ground": ("locvtp.ground:main", "zero-shot grounding of a sentence in one video"),
-    "index": ("locvtp.search:index_main", "build a moment-search index over clip features"),
-    "search": ("locvtp.search:search_main", "search a corpus index for moments matching a query"),
-    "serve": ("locvtp.serve.cli:main", "web page + JSON API: ground sentences in videos, search moments"),
+    "demo": ("locvtp.commands.demo:main", "generate the synthetic world, pre-train coarse-only vs LocVTP, evaluate, report"),
+    "ablate": ("locvtp.commands.demo:ablate_main", "component ablation table on the synthetic world"),
+    "synth": ("locvtp.commands.synth:main", "write the procedural video-text world (MP4s + real annotation formats)"),
+    "backbone": ("locvtp.commands.backbone:main", "supervised pre-training of the tiny3d backbone on labelled action videos"),
+    "prepare": ("locvtp.commands.prepare:main", "convert a pre-training corpus once (captions, probes) for pretrain at scale"),
+    "pretrain": ("locvtp.commands.pretrain:main", "pre-train LocVTP (single process or torchrun DDP)"),
+    "evaluate": ("locvtp.commands.evaluate:main", "retrieval | grounding | steps | segmentation | all"),
+    "score": ("locvtp.commands.score:main", "metrics of a predictions file against its annotations (no model needed)"),
+    "extract": ("locvtp.commands.extract:main", "clip features of videos to HDF5 / npy-dir / npz-dir"),
+    "merge": ("locvtp.commands.extract:merge_main", "merge per-rank HDF5 feature shards"),
+    "ground": ("locvtp.commands.ground:main", "zero-shot grounding of a sentence in one video"),
+    "index": ("locvtp.commands.search:index_main", "build a moment-search index over clip features"),
+    "search": ("locvtp.commands.search:search_main", "search a corpus index for moments matching a query"),
+    "serve": ("locvtp.commands.serve:main", "web page + JSON API: ground sentences in videos, search moments"),
 }
 
 

@@ -96,7 +96,7 @@ def user_path(filename: object) -> str:
     an output is reported as the output itself (``f.h5``), which is what the user passed."""
     from pathlib import Path
 
-    from locvtp.files import temporary_of
+    from locvtp.tempnames import temporary_of
 
     p = Path(os.fsdecode(filename)) if isinstance(filename, (str, bytes, os.PathLike)) else Path(str(filename))
     name = temporary_of(p.name)

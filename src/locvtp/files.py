@@ -25,30 +25,20 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shutil
 import stat
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional
 
 from locvtp.errors import NotOwnedError, OutputBusyError, OutputError, UsageError, describe_os_error, os_errno
+from locvtp.tempnames import old_path, temp_path, temporary_of
 
 MANIFEST = ".locvtp-manifest.json"
 LEDGER = ".locvtp-files.json"
-TMP_TAG = ".tmp-"
-OLD_TAG = ".old-"
 
 
 # ------------------------------------------------------------------------------------------------ atomic writes
-def temp_path(path: str | os.PathLike, suffix: str = "") -> Path:
-    """A hidden, unique sibling of ``path`` for writing it atomically (``suffix`` keeps an extension some
-    writers insist on, e.g. ``.npy``)."""
-    p = Path(path)
-    return p.with_name(f".{p.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
-
-
 def fsync_file(path: str | os.PathLike) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -102,17 +92,7 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ stale temporaries
-# What temp_path and the ".old-" moves of replace_dir name (and the ``.NAME.tmp-PID`` of earlier versions):
-# nothing else matches, so a sweep never takes a user's hidden file for one of ours.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-\d+(?:-[0-9a-f]{8})?(?:\.[A-Za-z0-9]+)?$")
-
-
-def temporary_of(name: str) -> Optional[str]:
-    """The file name whose temporary ``name`` is (``.feats.h5.tmp-12-ab12cd34`` -> ``feats.h5``), else None."""
-    m = _TEMPORARY.match(name)
-    return m.group("name") if m else None
-
-
+# (their names: locvtp.tempnames)
 def temporaries_in(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """Every temporary this module names inside ``directory`` (a journal or output directory the caller owns)."""
     d = Path(directory)
@@ -313,7 +293,7 @@ def swap_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     tmp_p, out_p = Path(tmp), Path(out)
     old = None
     if out_p.exists():
-        old = out_p.with_name(f".{out_p.name}{OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        old = old_path(out_p)
         os.replace(out_p, old)
     try:
         os.replace(tmp_p, out_p)
@@ -543,6 +523,6 @@ __all__ = [
     "LEDGER", "MANIFEST", "Manifest", "OutputLock", "atomic_path", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_text", "check_apart", "check_file_output", "check_replaceable_dir", "file_writer",
     "foreign_entries", "fsync_dir", "fsync_file", "output_error", "overlaps", "owned_file", "read_ledger",
-    "read_manifest", "remove_owned", "remove_stale_temporaries", "replace_dir", "stale_temporaries", "temp_path",
-    "temporaries_in", "temporary_of", "write_manifest", "write_owned_text",
+    "read_manifest", "remove_owned", "remove_stale_temporaries", "replace_dir", "stale_temporaries",
+    "temporaries_in", "write_manifest", "write_owned_text",
 ]

@@ -1,6 +1,6 @@
 """The moment index (library): build, load and search an index of clip embeddings.
 
-``locvtp index`` / ``locvtp search`` (:mod:`locvtp.search`, the commands) and
+``locvtp index`` / ``locvtp search`` (:mod:`locvtp.commands.search`, the commands) and
 :meth:`locvtp.predictor.LocVTPPredictor.search` use this module; it imports no command module.
 
 An index is a directory (no pickle anywhere; everything is ``.npy`` or JSON, plus a faiss file for IVF)::
@@ -49,8 +49,9 @@ from locvtp import runtime
 from locvtp.errors import LocVTPError, UsageError
 from locvtp.files import (
     OutputLock, atomic_path, atomic_write_text, check_apart, check_replaceable_dir, read_manifest,
-    remove_stale_temporaries, replace_dir, temp_path, write_manifest,
+    remove_stale_temporaries, replace_dir, write_manifest,
 )
+from locvtp.tempnames import temp_path
 
 from locvtp.featurestore.reader import INDEX_FORMAT  # one name: the feature reader recognises an index by it
 INDEX_VERSION = 1

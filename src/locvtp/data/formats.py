@@ -327,7 +327,7 @@ def _known(vid: str, known_ids: Collection[str] | None) -> None:
 
 def malformed_json(p: str | Path, lineno: int, colno: int, msg: str) -> FormatError:
     """The error for a JSON syntax error at ``lineno``/``colno`` of ``p`` (one wording for every reader,
-    the streaming one of :mod:`locvtp.data.corpus` included)."""
+    the streaming one of :mod:`locvtp.training.corpus` included)."""
     return FormatError(f"{p}: line {lineno} column {colno}: malformed JSON: {msg}")
 
 
@@ -423,7 +423,7 @@ def howto100m_entry(vid: str, entry: Any, col: _Collector, out: list, known_ids:
                     duration_tolerance: float = DEFAULT_DURATION_TOLERANCE) -> None:
     """One ``caption.json`` member: its good narrations are appended to ``out``, its bad ones reported to
     ``col``. Shared by :func:`read_howto100m_captions` and the streaming corpus preparation
-    (:mod:`locvtp.data.corpus`), so both accept and reject exactly the same rows."""
+    (:mod:`locvtp.training.corpus`), so both accept and reject exactly the same rows."""
     try:
         _known(vid, known_ids)
         entry = _mapping(entry, "entry")

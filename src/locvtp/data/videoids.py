@@ -101,6 +101,12 @@ def find_video(root: str | os.PathLike, vid: str, sources: Optional[Mapping[str,
     return None
 
 
+def video_path(root: str | os.PathLike, vid: str) -> Path:
+    """The file of ``vid`` under ``root`` (:func:`find_video`), or ``root/<vid>.mp4`` when there is none: the path
+    a "file not found" then names (pre-training's probes, the backbone's decoder)."""
+    return find_video(root, vid) or Path(root) / f"{vid}.mp4"
+
+
 def unusable_reason(path: Path) -> Optional[str]:
     """Why ``path`` (named like a video) cannot be read as a file, or None: a dangling or looping symbolic link,
     a folder, a special file."""

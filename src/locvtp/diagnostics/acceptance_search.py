@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
     from locvtp.data.formats import read_activitynet_captions
-    from locvtp.extract import build_parser, run_extract
+    from locvtp.commands.extract import build_parser
+    from locvtp.extraction import run_extract
     from locvtp.index import MomentIndex, build_index
     from locvtp.inference import embed_texts
 

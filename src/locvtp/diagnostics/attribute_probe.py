@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from locvtp.checkpoint import load_checkpoint, resolve_checkpoint
-    from locvtp.data.synthetic import Obj, canonical_caption
-    from locvtp.extract import read_features
+    from locvtp.world.plan import Obj, canonical_caption
+    from locvtp.featurestore.reader import read_features
     from locvtp.inference import embed_texts
 
     gt = json.loads((args.world / "ground_truth.json").read_text())

@@ -15,7 +15,7 @@ import argparse
 import json
 import statistics
 
-from locvtp.demo import COLUMNS
+from locvtp.commands.demo import COLUMNS
 
 
 def _read(paths: list[str]) -> list[dict]:

@@ -281,14 +281,14 @@ class VideoLocator:
 class FeatureFile:
     """Per-video clip features written by ``locvtp extract`` or a foreign tool: an HDF5 file (one ``[N, D]``
     dataset per video id, the layout 2D-TAN users know), an ``npy-dir`` or an ``npz-dir``. Reading goes through
-    ``locvtp.extract.iter_features`` (one reader for every format); ``attrs`` are the run settings."""
+    ``locvtp.featurestore.iter_features`` (one reader for every format); ``attrs`` are the run settings."""
 
     path: Path
     attrs: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "FeatureFile":
-        from locvtp.features import FeatureError, feature_info
+        from locvtp.featurestore.reader import FeatureError, feature_info
 
         path = Path(path)
         if not path.exists():
@@ -305,7 +305,7 @@ class FeatureFile:
     def read(self, vid: str, duration: float | None = None) -> ClipFeatures:
         """Rows of ``vid`` with their windows (the file's own, else consecutive clips of the run settings).
         Raises ``KeyError`` naming the file when the video is absent."""
-        from locvtp.features import iter_features
+        from locvtp.featurestore.reader import iter_features
 
         try:
             rec = next(iter(iter_features(self.path, load=True, video_ids=[vid])), None)

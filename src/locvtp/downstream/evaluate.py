@@ -1,4 +1,4 @@
-"""The paper's four downstream tasks, one table (the library behind `locvtp evaluate`, :mod:`locvtp.evaluate`).
+"""The paper's four downstream tasks, one table (the library behind `locvtp evaluate`, :mod:`locvtp.commands.evaluate`).
 
 ``evaluate_all`` loads the checkpoint once, reads every task's annotations first (cheap), embeds every video
 any chosen task needs exactly once (one progress bar), then runs the tasks on the shared cache. Each task is
@@ -370,7 +370,7 @@ def _check_feature_width(feat: FeatureFile, ck: Any, sha: str) -> None:
     """A :class:`DownstreamError` naming the feature file and both widths when its rows cannot feed this
     checkpoint: a features model reads ``model.video.in_dim`` columns, this checkpoint's own joint embeddings
     have ``model.dim``, and the supervised heads need one width for every video."""
-    from locvtp.features import iter_features
+    from locvtp.featurestore.reader import iter_features
 
     model = ck.model
     if not bool(getattr(model, "takes_pixels", True)):

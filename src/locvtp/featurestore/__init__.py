@@ -8,11 +8,11 @@
   log) and ``merge_shards``.
 
 Why a package and not one file: reader and writers together are ~850 lines, past what one module should hold;
-the reader is what almost everyone imports, the writers only ``locvtp extract`` / ``merge``. ``locvtp.features``
-(the reader's former home) re-exports this package. Library code: it never imports a command module.
+the reader is what almost everyone imports, the writers only ``locvtp extract`` / ``merge``.
+Library code: it never imports a command module.
 """
 from locvtp.featurestore.reader import (  # noqa: F401
-    FeatureError, MissingVideoError, _decode_attr, check_finite, detect_format, feature_info, iter_features,
+    FeatureError, MissingVideoError, check_finite, detect_format, feature_info, iter_features,
     read_features, safe_name,
 )
 from locvtp.featurestore.record import ClipFeatures  # noqa: F401

@@ -573,11 +573,6 @@ def tqdm_maybe(it: list, progress: bool, desc: str) -> Any:
     return tqdm(it, desc=desc, unit="video", leave=False)
 
 
-
-# The old private names (used by tests and callers of ``locvtp.extract``).
-_own_h5_attrs, _discard_h5_output, _discard_dir_output, _check_dir_output = (
-    own_h5_attrs, discard_h5_output, discard_dir_output, check_dir_output)
-
 __all__ = [
     "CLAIMS", "DirWriter", "ExtractError", "FEATURE_FORMAT", "FEATURE_VERSION", "FORMATS", "H5Writer", "MANIFEST_LOCK",
     "SETTING_KEYS", "check_dir_output", "discard_dir_output", "discard_h5_output", "merge_shards", "own_h5_attrs",

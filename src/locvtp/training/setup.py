@@ -1,4 +1,4 @@
-"""Everything a pre-training run does before and after its loop, so that ``locvtp.train`` holds the loop only.
+"""Everything a pre-training run does before and after its loop, so that :mod:`locvtp.training.loop` holds the loop only.
 
 :func:`start_run` checks the run directory, joins the process group, finds the checkpoint to resume from,
 prepares corpus, tokenizer and dataset, builds model, objective, optimizer and schedule (restoring them when
@@ -9,7 +9,6 @@ bit-exact resume and DDP contracts (tests/test_train.py, tests/test_train_ddp.py
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,17 +57,16 @@ def prepare_tokenizer(cfg: Any, run: Path, store: Any, resume_from: Optional[Pat
     on the pre-training captions (by rank 0; the others load what it saved). Saved to ``RUN/tokenizer/``; sets
     ``model.text.vocab_size`` for the transformer text encoder."""
     from locvtp.data.tokenizer import Tokenizer, train_tokenizer
+    from locvtp.training.corpus import fixed_tokenizer
 
     tok_dir = run / "tokenizer"
     if (resume_from is None or not (resume_from / "tokenizer.json").is_file()) and cfg.data.tokenizer:
         existing_path("data.tokenizer", cfg.data.tokenizer)
     if resume_from is not None and (resume_from / "tokenizer.json").is_file():
         tok = Tokenizer.load(resume_from / "tokenizer.json")
-    elif cfg.data.tokenizer:
-        tok = Tokenizer.load(os.path.expanduser(str(cfg.data.tokenizer)))
-    elif cfg.model.text.name == "hf" and cfg.model.text.path:
-        tok = Tokenizer.load(os.path.expanduser(str(cfg.model.text.path)))
-    else:
+    else:  # the config's choice (data.tokenizer, the HF model's), the one rule `locvtp prepare` also follows
+        tok = fixed_tokenizer(cfg)
+    if tok is None:
         if dist.is_main:
             if store.n > 5_000_000:
                 warn(PROG, f"training a WordPiece tokenizer on {store.n} captions on rank 0 (it grows with the "
@@ -90,13 +88,13 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 @dataclass
 class TrainingRun:
-    """A prepared run: what the loop of :func:`locvtp.train.pretrain` steps, and the calls it makes between steps."""
+    """A prepared run: what the loop of :func:`locvtp.training.loop.pretrain` steps, and the calls it makes between steps."""
 
     cfg: Any
     run: Path
     dist: Dist
     tokenizer: Any
-    data: Any  # locvtp.data.datasets.PretrainData
+    data: Any  # locvtp.training.dataset.PretrainData
     model: nn.Module
     objective: nn.Module
     net: nn.Module  # Pretrainer(model, objective): one module, one optimizer
@@ -208,8 +206,9 @@ def _open_run(cfg: Any, run: Path, resume: Optional[str]) -> tuple[Any, Dist, Op
 
 def _prepare_data(cfg: Any, run: Path, dist: Dist, resume_from: Optional[Path], strict: bool, progress: bool):
     """(tokenizer, PretrainData, BadSampleLog): corpus, tokenizer and dataset; a fresh run starts fresh logs."""
-    from locvtp.data.corpus import prepare_corpus
-    from locvtp.data.datasets import BadSampleLog, build_pretrain_data
+    from locvtp.training.corpus import prepare_corpus
+    from locvtp.training.records import BadSampleLog
+    from locvtp.training.dataset import build_pretrain_data
 
     share = (dist.rank, dist.world)  # corpus-sized work is split over the ranks, never done by one while others wait
     # words=False: the words mask is built with the run's own tokenizer (below)
@@ -279,8 +278,8 @@ def _wrap_ddp(cfg: Any, net: nn.Module, dist: Dist) -> nn.Module:
 
 def _make_loader(cfg: Any, data: Any, tokenizer: Any, dist: Dist, step: int):
     """(sampler, loader) continuing at optimisation step ``step`` (the data order depends on position only)."""
-    from locvtp.data.datasets import Collator
-    from locvtp.data.sampler import ResumableBatchSampler
+    from locvtp.training.dataset import Collator
+    from locvtp.training.sampler import ResumableBatchSampler
 
     accum = max(int(cfg.train.accum_steps), 1)
     sampler = ResumableBatchSampler(len(data.dataset), int(cfg.train.batch_size), dist.rank, dist.world,
@@ -298,7 +297,7 @@ def _make_loader(cfg: Any, data: Any, tokenizer: Any, dist: Dist, step: int):
 
 def start_run(cfg: Any, run: Path, resume: Optional[Union[str, Path]], strict: bool,
               progress: bool, allow_changes: tuple[str, ...] = ()) -> Union[TrainingRun, Path]:
-    """Set up the run :func:`locvtp.train.pretrain` steps; or, when ``resume`` finds it already finished,
+    """Set up the run :func:`locvtp.training.loop.pretrain` steps; or, when ``resume`` finds it already finished,
     its final checkpoint. A resumed run's settings are checked against its own saved ones
     (:func:`locvtp.training.resume.check_resume_settings`; ``allow_changes``: keys or sections it may change)."""
     from locvtp.checkpoint import read_meta

@@ -1,7 +1,7 @@
 """Seeds and RNG state: everything a checkpoint needs, besides weights and optimizer, to continue bit for bit.
 
 Why resume is exact: the data order is a function of (seed, epoch, position) only
-(:class:`locvtp.data.sampler.ResumableBatchSampler`), every sample draws from its own generator, and the
+(:class:`locvtp.training.sampler.ResumableBatchSampler`), every sample draws from its own generator, and the
 checkpoint holds model, objective, optimizer, scheduler, step and every rank's RNG states. A resumed CPU run
 therefore ends with the weights an uninterrupted run ends with.
 """

@@ -48,10 +48,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from locvtp.errors import UsageError
-from locvtp.localize import WINDOW_SCORES, GroundingResult, ground_embeddings  # noqa: F401  (re-exported)
+from locvtp.localize import WINDOW_SCORES, GroundingResult  # numpy only: `--help` stays fast
 
 PROG = "locvtp ground"
-WINDOW_SCORE_KINDS = WINDOW_SCORES  # the kinds of locvtp.localize.window_scores (numpy only: `--help` stays fast)
 
 
 def plot_grounding(result: GroundingResult, out: str | Path, title: Optional[str] = None,
@@ -121,7 +120,7 @@ def build_parser():
                    "(0..1)")
     p.add_argument("--nms", type=fraction, default=0.5, help="IoU (0..1) above which a lower-ranked window is "
                    "dropped")
-    p.add_argument("--window-score", default=None, choices=WINDOW_SCORE_KINDS,
+    p.add_argument("--window-score", default=None, choices=WINDOW_SCORES,
                    help="window scoring kind of locvtp.localize.window_scores (default: the evaluation's)")
     p.add_argument("--max-seconds", type=positive_float, default=None, help="longest window considered")
     p.add_argument("--curve", action="store_true", help="include per-clip scores in the JSON")
@@ -156,7 +155,7 @@ def _device(spec: str) -> str:
 
 
 def _looks_like_video(text: str) -> bool:
-    from locvtp.extract import VIDEO_EXTENSIONS
+    from locvtp.data.videoids import VIDEO_EXTENSIONS
 
     return Path(text).suffix.lower() in VIDEO_EXTENSIONS or Path(text).is_file()
 
@@ -221,7 +220,7 @@ def _save_plot(res: GroundingResult, plot: Path, out: dict) -> Optional[BaseExce
 def main(argv: list[str] | None = None) -> int:
     """Errors are raised (``locvtp.errors``) and reported by ``locvtp.cli`` as one line."""
     from locvtp.cliargs import warn
-    from locvtp.features import MissingVideoError
+    from locvtp.featurestore.reader import MissingVideoError
     from locvtp.inference import NO_WORDS
 
     args = parse_args(argv)
@@ -259,5 +258,3 @@ def main(argv: list[str] | None = None) -> int:
         raise plot_failed
     return 0
 
-
-__all__ = ["GroundingResult", "build_parser", "ground_embeddings", "main", "parse_args", "plot_grounding"]

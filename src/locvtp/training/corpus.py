@@ -448,7 +448,7 @@ class CaptionItems(Sequence):
         return int(self.indices.shape[0])
 
     def __getitem__(self, k: int):
-        from locvtp.data.datasets import CaptionItem
+        from locvtp.training.records import CaptionItem
 
         if not isinstance(k, (int, np.integer)):
             raise TypeError("CaptionItems is indexed by one integer")
@@ -649,7 +649,8 @@ class _ProbeJob:
     video_dir: str
 
     def __call__(self, lo: int, hi: int) -> dict:
-        from locvtp.data.datasets import _reason, find_video
+        from locvtp.training.records import _reason
+        from locvtp.data.videoids import video_path
         from locvtp.data.video import probe_video
 
         ids = CaptionStore(self.store_dir, check=False).video_ids[lo:hi]
@@ -658,7 +659,7 @@ class _ProbeJob:
                "width": np.zeros(n, np.int32), "height": np.zeros(n, np.int32)}
         err_idx, err_msg = [], []
         for k, vid in enumerate(ids):
-            path = find_video(Path(self.video_dir), vid)
+            path = video_path(self.video_dir, vid)
             try:
                 info = probe_video(path)
                 if not (info.duration > 0):
@@ -702,7 +703,7 @@ class _FeatureLengthJob:
     features: str
 
     def __call__(self, lo: int, hi: int) -> dict:
-        from locvtp.data.datasets import FeatureSource
+        from locvtp.training.sources import FeatureSource
 
         ids = CaptionStore(self.store_dir, check=False).video_ids[lo:hi]
         src = FeatureSource(Path(self.features), 1.0, None, video_ids=ids)
@@ -731,11 +732,38 @@ def feature_lengths(store: CaptionStore, features: str | Path, share: tuple[int,
 
 
 # ------------------------------------------------------------------------------------------------ one call per config
+def resolve_data_path(root: str | Path, p: str | Path | None) -> Optional[Path]:
+    """A ``data.*`` path: absolute as given, else relative to ``data.root`` (``~`` expanded)."""
+    if p is None:
+        return None
+    q = Path(os.path.expanduser(str(p)))
+    return q if q.is_absolute() else Path(os.path.expanduser(str(root))) / q
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The files a config's ``data`` section names, resolved once (:meth:`of`) and passed down: the corpus, the
+    clip sources and the caption reader all read these, so a rule for a relative path lives in one place."""
+
+    root: Path  # data.root, ``~`` expanded
+    caption_file: Optional[Path]
+    split_file: Optional[Path]
+    video_dir: Optional[Path]
+    features: Optional[Path]
+
+    @classmethod
+    def of(cls, d: Any) -> "DataPaths":
+        root = Path(os.path.expanduser(str(d.root)))
+        return cls(root, *(resolve_data_path(root, d.get(k)) for k in ("caption_file", "split_file", "video_dir",
+                                                                       "features")))
+
+
 @dataclass
 class PreparedCorpus:
     """Everything pre-training reads that grows with the corpus, for one config."""
 
     store: CaptionStore
+    paths: Optional[DataPaths] = None  # the config's data paths, as the corpus was prepared from them
     words: Optional[np.ndarray] = None  # per narration (None: the tokenizer is trained later, by pretrain)
     probes: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=videos without the frame cache)
     feature_rows: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=features): rows, dim
@@ -762,14 +790,6 @@ def read_split_ids(split: Path) -> set[str]:
         raise ConfigError(f"data.split_file: {split} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def resolve_data_path(root: str | Path, p: str | Path | None) -> Optional[Path]:
-    """A ``data.*`` path: absolute as given, else relative to ``data.root`` (``~`` expanded)."""
-    if p is None:
-        return None
-    q = Path(os.path.expanduser(str(p)))
-    return q if q.is_absolute() else Path(os.path.expanduser(str(root))) / q
-
-
 def fixed_tokenizer(cfg: Any) -> Any:
     """The tokenizer a config names (``data.tokenizer`` or the HF text model's), or None when pre-training
     trains one on the captions."""
@@ -788,29 +808,30 @@ def prepare_corpus(cfg: Any, words: bool = True, share: tuple[int, int] = (0, 1)
     config's fixed tokenizer (``data.tokenizer`` or the HF model's; pre-training passes False and builds it with
     its run's own tokenizer), and, for ``data.kind=videos`` without the frame cache, the video probes. ``share``/``workers``/``wait`` as in :func:`chunked_array` (``locvtp prepare --shard``)."""
     d = cfg.data
-    caption = resolve_data_path(d.root, d.caption_file)
+    paths = DataPaths.of(d)
+    caption = paths.caption_file
     if caption is None or not caption.is_file():
         raise FileNotFoundError(2, f"data.caption_file does not exist (data.root={d.root})", str(caption))
     root = Path(os.path.expanduser(str(d.prepared_dir))) if d.get("prepared_dir") else default_prepared_root()
-    store = prepare_captions(caption, str(d.captions), root=root, split_file=resolve_data_path(d.root, d.split_file),
+    store = prepare_captions(caption, str(d.captions), root=root, split_file=paths.split_file,
                              strict=strict, progress=progress)
     if strict and store.bad_rows():  # a corpus prepared leniently earlier: strict still stops at the first
         from locvtp.data.formats import BadRecord, FormatError
 
         raise FormatError(str(BadRecord(*store.bad_rows()[0])))
     tok = fixed_tokenizer(cfg) if words else None
-    out = PreparedCorpus(store)
+    out = PreparedCorpus(store, paths)
     if tok is not None:
         out.words = words_mask(store, tok, int(d.max_words), share, workers, progress, wait=wait)
     if d.kind == "features" and d.get("features"):
-        out.feature_rows = feature_lengths(store, resolve_data_path(d.root, d.features), share, workers, progress,
+        out.feature_rows = feature_lengths(store, paths.features, share, workers, progress,
                                            wait=wait)
     if d.kind == "videos" and not d.cache:
-        out.probes = video_probes(store, resolve_data_path(d.root, d.video_dir), share, workers, progress,
+        out.probes = video_probes(store, paths.video_dir, share, workers, progress,
                                   wait=wait)
     return out
 
 
-__all__ = ["CaptionItems", "CaptionStore", "CorpusError", "PreparedCorpus", "chunked_array", "default_prepared_root",
+__all__ = ["CaptionItems", "CaptionStore", "CorpusError", "DataPaths", "PreparedCorpus", "chunked_array", "default_prepared_root",
            "feature_lengths", "fixed_tokenizer", "prepare_captions", "prepare_corpus", "resolve_data_path", "texts_with_words",
            "video_probes", "words_mask"]

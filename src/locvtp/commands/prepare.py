@@ -26,7 +26,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from locvtp.config import find_config, load_config
-    from locvtp.data.corpus import prepare_corpus
+    from locvtp.training.corpus import prepare_corpus
 
     ap = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0].split(": ", 1)[1],
                         epilog="example: locvtp prepare --config configs/pretrain_howto100m.yaml --workers 16 "

@@ -1,7 +1,7 @@
 """Corpus moment search: the `locvtp index` and `locvtp search` commands.
 
 The index itself -- its layout, how it is built, searched and how clip hits merge into moments -- is library code
-in :mod:`locvtp.index` (re-exported here under the names this module always had). This module only parses
+in :mod:`locvtp.index`. This module only parses
 arguments, calls the library through :class:`locvtp.predictor.LocVTPPredictor`, and prints.
 """
 from __future__ import annotations
@@ -14,10 +14,7 @@ from locvtp import cliargs, runtime
 from locvtp.data.textinput import read_lines, strip_bom
 from locvtp.errors import UsageError
 from locvtp.files import check_apart
-from locvtp.index import (  # noqa: F401  (re-exported: the library's names from before locvtp.index existed)
-    INDEX_FORMAT, INDEX_VERSION, INDEX_WRITER, IndexError_, IndexInputError, MissingVideoError, Moment, MomentIndex,
-    build_index, build_index_from_records, have_faiss, merge_moments, numpy_topk, rescore,
-)
+from locvtp.index import MomentIndex, build_index
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -113,7 +113,8 @@ def _backbone(out: Path, world: Path, cfg_path: Path, overrides: Sequence[str], 
               progress: bool) -> tuple[Path | None, str]:
     """Train the tiny3d backbone on the world's labelled videos (`locvtp backbone`), unless the config does not
     use tiny3d or already names pretrained weights. Returns (weights or None, the equivalent command)."""
-    from locvtp.backbone import build_parser, describe_accuracy, train_backbone
+    from locvtp.backbone import train_backbone
+    from locvtp.commands.backbone import build_parser, describe_accuracy
     from locvtp.config import load_config
 
     cfg = load_config(cfg_path, list(overrides))
@@ -335,7 +336,7 @@ def prepare_world(world: str | Path | None, out: Path, preset: str, progress: bo
     interrupted generation, a world with a missing or changed file — is refused with one line naming the
     directory and what is wrong (``NotAWorldError``, exit code 2), before anything trains.
     """
-    from locvtp.data.synthetic import generate_world, open_world
+    from locvtp.world.generate import generate_world, open_world
 
     if world is None:
         path = out / "world"
@@ -574,7 +575,7 @@ def _evaluation_target(eval_world: str | Path | None) -> tuple[Path | None, str,
     ``eval_world`` that holds no complete world is refused before anything trains."""
     if eval_world is None:
         return None, "ablation", "eval"
-    from locvtp.data.synthetic import open_world
+    from locvtp.world.generate import open_world
 
     path = Path(eval_world)
     manifest = open_world(path)  # raises NotAWorldError on a damaged world

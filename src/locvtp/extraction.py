@@ -51,9 +51,7 @@ merge --out feats.h5 feats.rank*.h5`` joins the shards. No process group is need
 from __future__ import annotations
 
 import argparse
-import glob
 import os
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,20 +60,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from locvtp import cliargs
 from locvtp.data.textinput import read_text_input
 from locvtp.data.videoids import VIDEO_EXTENSIONS, scan_videos, source_of, video_id
 from locvtp.errors import UsageError, writing
-# The feature store (reader, record, writers, merge) lives in locvtp.featurestore; these names are re-exported
-# because ``locvtp.extract`` was their home (tests, benchmarks and older scripts import them from here).
-from locvtp.featurestore import (  # noqa: F401
-    CLAIMS, FEATURE_FORMAT, FEATURE_VERSION, FORMATS, MANIFEST_LOCK, SETTING_KEYS, ClipFeatures, DirWriter,
-    ExtractError, FeatureError, H5Writer, _decode_attr, check_dir_output, check_finite, detect_format,
-    discard_dir_output, discard_h5_output, feature_info, iter_features, merge_shards, own_h5_attrs, read_features,
-    safe_name,
-)
-from locvtp.featurestore.writer import (  # noqa: F401
-    _check_dir_output, _discard_dir_output, _discard_h5_output, _own_h5_attrs, tqdm_maybe,
+from locvtp.featurestore import (
+    ClipFeatures, DirWriter, ExtractError, H5Writer, discard_dir_output, discard_h5_output, iter_features,
+    read_features,
 )
 from locvtp.files import OutputLock, check_apart, check_file_output, overlaps
 
@@ -389,93 +379,3 @@ def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem],
     t_end = time.perf_counter()
     return ExtractSummary(out, failures_path, len(items), skipped_done, extracted, len(recs), clips,
                           t_end - t_start, problems, t_end - t_loop)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = cliargs.ArgumentParser(
-        prog="locvtp extract",
-        description="Clip features of every video in a directory or list (resumable; see docs/usage.md).",
-    )
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
-    p.add_argument("--videos", required=True,
-                   help="directory of videos, or a list file (one `path` or `id<TAB>path` per line); for a "
-                        "features-encoder model: a feature file/dir")
-    p.add_argument("--out", required=True, help="output .h5 file, or directory for npy-dir / npz-dir")
-    p.add_argument("--format", choices=FORMATS, default="h5")
-    p.add_argument("--clip-seconds", type=cliargs.positive_float, default=None,
-                   help="clip length (default: checkpoint's data config)")
-    p.add_argument("--stride-seconds", type=cliargs.positive_float, default=None,
-                   help="clip stride (default: = clip length)")
-    p.add_argument("--frames-per-clip", type=cliargs.positive_int, default=None,
-                   help="default: checkpoint's data config")
-    p.add_argument("--frame-size", type=cliargs.positive_int, default=None, help="default: checkpoint's data config")
-    p.add_argument("--backbone", action="store_true", help="write pre-projection backbone features instead of "
-                   "the joint-space embeddings")
-    p.add_argument("--batch-clips", type=cliargs.positive_int, default=64, help="clips per encoder forward")
-    p.add_argument("--decode-workers", type=cliargs.positive_int, default=1,
-                   help="threads decoding ahead of the encoder")
-    p.add_argument("--threads", type=cliargs.nonnegative_int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--recursive", action="store_true", help="search --videos DIR recursively")
-    p.add_argument("--failures", default=None, help="failures file (default next to --out)")
-    p.add_argument("--flush-every", type=cliargs.nonnegative_int, default=0,
-                   help="h5: reassemble the file every N videos (0: off)")
-    p.add_argument("--flush-seconds", type=cliargs.nonnegative_float, default=600.0,
-                   help="h5: reassemble at most this often (0: off)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard what an earlier extraction wrote to --out instead of resuming (never other files)")
-    p.add_argument("--strict", action="store_true", help="fail on the first bad video instead of recording it")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``locvtp extract``; errors are :class:`~locvtp.errors.LocVTPError` s that ``locvtp.cli`` prints as one line."""
-    args = build_parser().parse_args(argv)
-    s = run_extract(args, progress=not args.no_progress)
-    for pr in s.list_problems:
-        print(f"locvtp extract: skipped input {pr['location']}: {pr['reason']}", file=sys.stderr)
-    rate = s.clips / s.loop_seconds if s.loop_seconds > 0 else 0.0
-    skipped = f", {len(s.list_problems)} inputs skipped" if s.list_problems else ""
-    print(f"extracted {s.extracted} videos ({s.clips} clips, {rate:.1f} clips/s), {s.skipped_done} already done, "
-          f"{s.failed} failed of {s.total}{skipped} -> {s.out}", file=sys.stderr)
-    if s.failed or s.list_problems:
-        print(f"failed videos and skipped inputs: see {s.failures_path}", file=sys.stderr)
-    return 0
-
-
-
-def merge_main(argv: list[str] | None = None) -> int:
-    p = cliargs.ArgumentParser(prog="locvtp merge", description="Merge per-rank HDF5 feature shards "
-                               "(`locvtp extract` under torchrun) into one file.")
-    p.add_argument("shards", nargs="+", help="shard files or glob patterns (e.g. 'feats.rank*.h5')")
-    p.add_argument("--out", required=True)
-    p.add_argument("--failures", default=None, help="merged failures file (default <out stem>.failures.jsonl)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out (only a feature file `locvtp extract`/`merge` wrote)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    shards: list[Path] = []
-    for s in args.shards:
-        matches = sorted(glob.glob(s)) if any(c in s for c in "*?[") else [s]
-        if not matches:
-            raise UsageError(f"no file matches the shard pattern {s!r}")
-        if len(matches) > 1 or matches[0] != s:
-            hit = [m for m in matches if overlaps(m, out) == "is"]
-            if hit:
-                raise UsageError(f"--out {out} matches the shard pattern {s!r}: merging into an input would "
-                                 "overwrite its videos; choose an --out the pattern does not match")
-        shards += [Path(m) for m in matches]
-    shards = list(dict.fromkeys(shards))
-    with writing(out, "--out"):  # no space, read-only, ...: one line naming --out
-        n, nf = merge_shards(shards, out, Path(args.failures) if args.failures else None,
-                             progress=not args.no_progress, overwrite=args.overwrite)
-    print(f"merged {len(shards)} shards: {n} videos, {nf} failures -> {out}", file=sys.stderr)
-    return 0
-
-
-__all__ = [
-    "ClipFeatures", "ExtractError", "VideoItem", "detect_format", "feature_info", "iter_features", "list_videos",
-    "main", "merge_main", "merge_shards", "read_features", "run_extract",
-]

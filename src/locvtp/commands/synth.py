@@ -1,13 +1,14 @@
-"""`locvtp synth`: write the procedural video-text world (the command; the library is
-:mod:`locvtp.data.synthetic`)."""
+"""`locvtp synth`: write the procedural video-text world (the command; the library is :mod:`locvtp.world`).
+
+Its errors (a directory holding something else, no permission, ...) are raised like every command's and
+printed by :mod:`locvtp.cli` as one line (``WorldExistsError`` exits 2: a user's file in the way)."""
 from __future__ import annotations
 
 import sys
 import time
 
-from locvtp.data.synthetic import (
-    GENERATOR_VERSION, GENERATOR_VERSIONS, PRESETS, WorldExistsError, generate_world,
-)
+from locvtp.world.plan import GENERATOR_VERSION, GENERATOR_VERSIONS, PRESETS
+from locvtp.world.generate import generate_world
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,15 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        m = generate_world(args.out, seed=args.seed, preset=args.preset, progress=not args.quiet, force=args.force,
-                           version=args.version)
-    except (WorldExistsError, ValueError, OSError) as exc:
-        from locvtp.errors import LocVTPError, describe_os_error
-
-        plain_os = isinstance(exc, OSError) and not isinstance(exc, LocVTPError)  # errno in words, not "[Errno 1]"
-        print(f"locvtp synth: error: {describe_os_error(exc) if plain_os else exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 1))  # a user's file in the way: 2 (usage), like every command
+    m = generate_world(args.out, seed=args.seed, preset=args.preset, progress=not args.quiet, force=args.force,
+                       version=args.version)
     c = m["counts"]
     verb = "reusing the complete world already in" if m.get("reused") else "wrote"
     print(f"{verb} {args.out} (seed={m['seed']}, preset={m['preset']}, generator {m['generator_version']}) "
