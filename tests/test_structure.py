@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import locvtp
 from locvtp.cli import COMMANDS
 
