@@ -225,6 +225,9 @@ class Sandbox:
 
     # ------------------------------------------------------------------------------------------ servers
     def serve_state(self, doc: str) -> Path:
+        """The state folder of ``doc``'s server; a server an earlier block of ``doc`` started is stopped first
+        (a later `serve` block replaces it, as a user restarting the server would)."""
+        self.stop_servers(doc)
         state = self.root / "serve" / doc.replace("/", "_")
         state.mkdir(parents=True, exist_ok=True)
         self.servers[doc] = state
