@@ -42,6 +42,8 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
      "a shipped config by name -> the same tiny config"),
     (_NOT_IN_PATH + r"tests/", "{repo}/tests/", "the clone's tests/ (a helper script)"),
     (r"\btrain\.max_steps=\d{4,}\b", "train.max_steps=4", "training lengths of 1000+ steps -> 4 steps"),
+    (r"\bcheckpoints/step_0000500\b", "checkpoints/step_0000002",
+     "a periodic checkpoint of a long run -> the tiny run's (it saves every 2 steps)"),
     (r"--preset demo\b", "--preset tiny", "the demo world (~780 videos, minutes) -> the tiny world (44, ~2 s)"),
     (r"(locvtp backbone [^\n]*?--steps )\d+", r"\g<1>3", "backbone training: 1500 steps -> 3"),
     (r"--nproc_per_node[= ]\d+", "--nproc_per_node=2 --standalone",

@@ -54,9 +54,9 @@ EXPECTED_COMMAND_BLOCKS = {
     "docs/method.md": 2,
     "docs/predictor.md": 3,
     "docs/results.md": 7,
-    "docs/serve.md": 2,
-    "docs/training.md": 6,
-    "docs/usage.md": 20,
+    "docs/serve.md": 3,
+    "docs/training.md": 9,
+    "docs/usage.md": 25,
     "docs/world_versions.md": 2,
 }
 
