@@ -59,6 +59,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from locvtp import runtime
+from locvtp.config import DataConfig
 from locvtp.errors import LocVTPError, UsageError
 from locvtp.featurestore import ClipFeatures, feature_info, read_features
 from locvtp.featurestore.provenance import check_provenance, feature_origin, recorded_mismatches, store_settings
@@ -68,11 +69,8 @@ from locvtp.inference import (
 )
 from locvtp.localize import GroundingResult, ground_embeddings
 
-# The fallbacks of a config without a `data` section: locvtp.config.DataConfig's defaults.
-DEFAULT_CLIP_SECONDS = 1.0
-DEFAULT_FRAMES_PER_CLIP = 4
-DEFAULT_FRAME_SIZE = 32
-DEFAULT_MAX_WORDS = 24
+# The fallbacks of a checkpoint whose config has no `data` section: DataConfig's own defaults (one place).
+_DATA_DEFAULTS = DataConfig()
 # The keyword arguments that may not contradict the checkpoint, with the config key that fixes them.
 CONTRACT = {"frames_per_clip": "data.frames_per_clip", "frame_size": "data.frame_size"}
 
@@ -86,11 +84,11 @@ class PredictorError(LocVTPError, ValueError):
 class Preprocessing:
     """How a checkpoint turns a video and a sentence into model inputs (see the module docstring)."""
 
-    clip_seconds: float = DEFAULT_CLIP_SECONDS
-    stride_seconds: float = DEFAULT_CLIP_SECONDS
-    frames_per_clip: int = DEFAULT_FRAMES_PER_CLIP
-    frame_size: int = DEFAULT_FRAME_SIZE
-    max_words: int = DEFAULT_MAX_WORDS
+    clip_seconds: float = _DATA_DEFAULTS.clip_seconds
+    stride_seconds: float = _DATA_DEFAULTS.clip_seconds
+    frames_per_clip: int = _DATA_DEFAULTS.frames_per_clip
+    frame_size: int = _DATA_DEFAULTS.frame_size
+    max_words: int = _DATA_DEFAULTS.max_words
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Preprocessing":
@@ -101,9 +99,10 @@ class Preprocessing:
             v = dcfg.get(key, None) if dcfg is not None and hasattr(dcfg, "get") else getattr(dcfg, key, None)
             return kind(default if v is None else v)
 
-        clip = value("clip_seconds", DEFAULT_CLIP_SECONDS, float)
-        return cls(clip, clip, value("frames_per_clip", DEFAULT_FRAMES_PER_CLIP, int),
-                   value("frame_size", DEFAULT_FRAME_SIZE, int), value("max_words", DEFAULT_MAX_WORDS, int))
+        d = _DATA_DEFAULTS
+        clip = value("clip_seconds", d.clip_seconds, float)
+        return cls(clip, clip, value("frames_per_clip", d.frames_per_clip, int),
+                   value("frame_size", d.frame_size, int), value("max_words", d.max_words, int))
 
     def with_windows(self, clip_seconds: Optional[float] = None,
                      stride_seconds: Optional[float] = None) -> "Preprocessing":
