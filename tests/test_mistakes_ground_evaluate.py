@@ -143,6 +143,7 @@ GROUND_MISTAKES = [
     ("alpha-above-1", lambda W: _ground(W, "--alpha", "3"), 2, ["--alpha"]),
     ("alpha-nan", lambda W: _ground(W, "--alpha", "nan"), 2, ["--alpha"]),
     ("window-score-unknown", lambda W: _ground(W, "--window-score", "foo"), 2, ["--window-score", "foo"]),
+    ("words-unknown", lambda W: _ground(W, "--words", "nouns"), 2, ["--words", "nouns"]),
     pytest.param("device-cuda-without-cuda", lambda W: _ground(W, "--device", "cuda"), 2, ["--device", "CUDA"],
                  marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
     ("query-not-utf8", lambda W: ["ground", "--checkpoint", W.ckpt, W.video,
@@ -198,6 +199,8 @@ EVALUATE_MISTAKES = [
     ("max-candidates-zero", lambda W: _evaluate(W, "--set", "grounding.max_candidates=0"), 2,
      ["grounding.max_candidates"]),
     ("alpha-above-1", lambda W: _evaluate(W, "--set", "grounding.alpha=5"), 2, ["grounding.alpha"]),
+    ("words-unknown", lambda W: _evaluate(W, "--set", "grounding.words=nouns"), 2,
+     ["grounding.words", "nouns", "both"]),
     ("tcn-kernel-even", lambda W: ["evaluate", "segmentation", "--checkpoint", W.ckpt, "--data", W.world, "--quiet",
                                    "--seg-head", "tcn", "--set", "segmentation.probe.kernel=2"], 2,
      ["segmentation.probe.kernel"]),
@@ -252,9 +255,10 @@ def test_evaluate_twice_into_the_same_out_replaces_its_own_files(W, capsys, tmp_
         res = run_cli(_evaluate(W, "--features", W.feats, "--out", tmp_path), capsys)
         assert res.code == 0, res.err
     names = sorted(p.name for p in tmp_path.iterdir())
-    # (+ the head's predictions when the 2D-TAN head ran: `locvtp score` reads both)
+    # (+ the head's predictions when the 2D-TAN head ran: `locvtp score` reads them all)
     assert [n for n in names if n != "head_grounding_predictions.jsonl"] == [
-        ".locvtp-files.json", "grounding.json", "grounding_predictions.jsonl", "metrics.json"]
+        ".locvtp-files.json", "grounding.json", "grounding_content_predictions.jsonl",
+        "grounding_predictions.jsonl", "metrics.json"]
 
 
 def test_plot_mistakes_leave_nothing_behind(W, capsys):
@@ -292,6 +296,9 @@ def test_ground_without_warnings_on_an_ordinary_query(W, capsys):
     ("stride-longer-than-clip", lambda W: _ground(W, "--stride-seconds", "5", "--clip-seconds", "1"),
      ["--stride-seconds", "unseen"]),
     ("max-seconds-below-one-clip", lambda W: _ground(W, "--max-seconds", "0.25"), ["--max-seconds", "single clip"]),
+    ("content-words-of-a-stop-word-query", lambda W: ["ground", "--checkpoint", W.ckpt, "--features", W.feats,
+                                                      "--video-id", W.gvid, "the", "--words", "content"],
+     ["words=content", "no content word", "as with words=all"]),
     ("all-black-video", lambda W: ["ground", "--checkpoint", W.ckpt, W.black, QUERY],
      ["all 10 clips score the same", "every window scores 0", "tie order"]),
 ])

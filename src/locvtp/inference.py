@@ -72,14 +72,18 @@ def _text_cfg(ckpt: Any) -> Any:
 class TextEmbeddings:
     """The embeddings of n texts: sentence embeddings ``[n, D]``; per text the valid (non-special, non-pad) word
     embeddings ``[L_i, D]``, the matching token strings (``len(tokens[i]) == words[i].shape[0]``; empty when the
-    embeddings came from a cache that does not keep them) and ``warnings[i]``, the query warnings of text i
-    (:func:`text_query_warnings`) when ``locvtp.predictor`` made them. One class for the predictor's result and
-    the evaluation's cached embeddings (``locvtp.downstream.common.EmbeddingBank.texts``)."""
+    embeddings came from a cache that does not keep them), ``content[i]`` (bool ``[L_i]``: which of those words
+    are content words by the one stop-word rule, :func:`locvtp.data.stopwords.content_words`, the rule training's
+    ``objective.stopwords`` uses; empty when unknown: a tokenizer without ``token_to_id``, or a source that does
+    not keep them) and ``warnings[i]``, the query warnings of text i (:func:`text_query_warnings`) when
+    ``locvtp.predictor`` made them. One class for the predictor's result and the evaluation's cached embeddings
+    (``locvtp.downstream.common.EmbeddingBank.texts``)."""
 
     sentence: np.ndarray
     words: list[np.ndarray] = field(default_factory=list)
     tokens: list[list[str]] = field(default_factory=list)
     warnings: list[list[str]] = field(default_factory=list)
+    content: list[np.ndarray] = field(default_factory=list)
 
 
 TextEmbedding = TextEmbeddings  # the former name of the same class
@@ -373,8 +377,12 @@ def embed_texts(
 ) -> TextEmbeddings:
     """Sentence and word embeddings of ``texts`` (batched; ``max_words`` includes special tokens, as in training).
 
-    ``words[i]``/``tokens[i]`` keep only the tokenizer's ``word_mask`` positions (no [CLS]/[SEP]/padding).
+    ``words[i]``/``tokens[i]``/``content[i]`` keep only the tokenizer's ``word_mask`` positions (no
+    [CLS]/[SEP]/padding); ``content`` marks the content words (:func:`locvtp.data.stopwords.content_words`), for
+    the zero-shot scorer's ``words="content"`` (:func:`locvtp.localize.query_words`).
     """
+    from locvtp.data.stopwords import content_words, stopword_ids
+
     if tokenizer is None:
         raise InferenceError("no tokenizer to embed text with (the checkpoint has no tokenizer.json)")
     texts = [str(t) for t in texts]
@@ -382,7 +390,8 @@ def embed_texts(
     dim = int(model.dim)
     if not texts:
         return TextEmbeddings(np.zeros((0, dim), np.float32), [], [])
-    sentences, words, tokens = [], [], []
+    sentences, words, tokens, content = [], [], [], []
+    stop = stopword_ids(tokenizer) if hasattr(tokenizer, "token_to_id") else None  # None: the rule cannot apply
     with eval_mode(model):
         for lo in range(0, len(texts), batch_size):
             batch = tokenizer(texts[lo : lo + batch_size], max_length=max_words)
@@ -394,10 +403,13 @@ def embed_texts(
             w = _to_numpy(w)
             wm = wmask.numpy()
             ids_np = ids.numpy()
+            cm = None if stop is None else content_words(ids, wmask, stop).numpy()
             for i in range(w.shape[0]):  # unpacking the output per sentence; the forward itself is batched
                 words.append(np.ascontiguousarray(w[i][wm[i]]))
                 tokens.append(_token_strings(tokenizer, ids_np[i][wm[i]].tolist()))
-    return TextEmbeddings(np.concatenate(sentences), words, tokens)
+                if cm is not None:
+                    content.append(cm[i][wm[i]])
+    return TextEmbeddings(np.concatenate(sentences), words, tokens, content=content)
 
 
 __all__ = [

@@ -7,7 +7,10 @@ numbers cannot drift apart. No training, numpy only (no model, no torch).
 Procedure:
 
 1. per-clip relevance = ``alpha·z(clip·sentence) + (1−alpha)·z(mean over words of clip·word)`` (z = standardized
-   over the video's clips; :func:`clip_relevance`, :func:`clip_query_scores` for one query). A component whose
+   over the video's clips; :func:`clip_relevance`, :func:`clip_query_scores` for one query). Which words:
+   ``words="all"`` (the default) every valid word of the query, ``words="content"`` its content words only
+   (:func:`query_words`: the one stop-word rule training's ``objective.stopwords`` uses, so a model trained with
+   the stop-word mask is not credited, or debited, through the stop words' columns of the scorer). A component whose
    scores are equal up to rounding (:func:`is_flat`: a still or blank video) contributes exact zeros instead of
    its standardized rounding noise, so a flat curve gives every window the same score, 0, and the ranking is
    the documented tie order (earliest start first, then shortest), not an artefact of the last bits;
@@ -26,6 +29,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 WINDOW_SCORES = ("tstat", "contrast", "oic", "oic_t")
+# Which of a query's words the word-level term averages over (``ground --words``, ``grounding.words``).
+WORD_SETS = ("all", "content")
+# Why a words="content" query was scored over all its words (:func:`query_words`'s fallback), by reason.
+CONTENT_FALLBACK = {
+    "no_content": "no content word (only stop words of locvtp.data.stopwords)",
+    "unknown": "no content-word marks (a tokenizer without token_to_id, or text embeddings made without them)",
+}
 
 
 def standardize(x: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.ndarray:
@@ -122,6 +132,30 @@ def clip_relevance(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.
             out[:, k] = alpha * sent[:, k] + (1.0 - alpha) * word[:, 0]
             flat[k] = bool(word_flat[0]) and (flat[k] or alpha == 0.0)
     return out, flat
+
+
+def query_words(words: np.ndarray | None, content: np.ndarray | None = None, word_set: str = "all"
+                ) -> tuple[np.ndarray | None, str]:
+    """The word embeddings one query's word-level term averages over, and the fallback taken ("" for none; else
+    a key of ``CONTENT_FALLBACK``).
+
+    ``words [L, D]`` (valid words; None or empty: no word term), ``content`` bool ``[L]`` (which are content
+    words, ``TextEmbeddings.content``; None or empty: unknown). ``word_set="all"``: every word. ``"content"``:
+    the content words; a query with none (only stop words) or without marks falls back to all its words, so it
+    scores exactly as under ``"all"`` -- the two scorers then differ only through the stop words' columns, which
+    is what comparing them is for.
+    """
+    if word_set not in WORD_SETS:
+        raise ValueError(f"words must be one of {WORD_SETS}, got {word_set!r}")
+    if word_set == "all" or words is None or np.asarray(words).size == 0:
+        return words, ""
+    if content is None or np.asarray(content).size == 0:
+        return words, "unknown"
+    keep = np.asarray(content, dtype=bool).reshape(-1)
+    w = np.asarray(words)
+    if keep.shape[0] != w.shape[0]:
+        raise ValueError(f"{keep.shape[0]} content marks for {w.shape[0]} words")
+    return (w[keep], "") if keep.any() else (words, "no_content")
 
 
 def clip_query_score_matrix(clips: np.ndarray, sentences: np.ndarray, words: Sequence[np.ndarray] | None = None,
@@ -283,11 +317,14 @@ def ground_embeddings(
     min_clips: int = 1,
     max_clips: Optional[int] = None,
     window_score: Optional[str] = None,
+    content: Optional[np.ndarray] = None,
+    word_set: str = "all",
 ) -> GroundingResult:
     """Top-k windows of one query in one video from embeddings (see the module docstring for the procedure).
 
     ``clips [N, D]`` and ``clip_windows [N, 2]`` (seconds) of the video, ``sentence [D]``, ``words [L, D]``
-    (valid words; None = sentence only). ``window_score``: a kind of
+    (valid words; None = sentence only); ``word_set`` / ``content``: which words the word level averages over
+    (:func:`query_words`; a fallback is said in ``warnings``). ``window_score``: a kind of
     :func:`window_scores` (None: its default). Scores equal up to the embeddings' rounding (:func:`is_flat`)
     are treated as equal: every window scores 0, the windows come in the tie order of :func:`rank_windows`,
     ``flat`` is set and ``warnings`` says so.
@@ -304,6 +341,7 @@ def ground_embeddings(
         raise ValueError(f"{clip_windows.shape[0]} clip windows for {clips.shape[0]} clips")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    words, fallback = query_words(words, content, word_set)
     w = None if words is None or np.asarray(words).size == 0 else np.asarray(words, np.float32)
     rel, flat = clip_relevance(clips, np.asarray(sentence, np.float32)[None], None if w is None else [w],
                                alpha=alpha, precision=precision)
@@ -315,6 +353,9 @@ def ground_embeddings(
     res = GroundingResult(query, dur, ranked[keep], vals[keep], clip_windows, relevance,
                           clips @ np.asarray(sentence, np.float32), flat=bool(flat[0]))
     res.warnings = _clip_warnings(res, top_k, nms_threshold)
+    if fallback and alpha < 1.0:
+        res.warnings.insert(0, f"words=content: the query has {CONTENT_FALLBACK[fallback]}: its word-level term "
+                               "averages over all its words, as with words=all")
     return res
 
 
@@ -339,7 +380,7 @@ def _clip_warnings(res: GroundingResult, top_k: int, nms_threshold: float) -> li
 
 
 __all__ = [
-    "FLAT_LAMBDA", "GroundingResult", "WINDOW_SCORES", "clip_query_score_matrix", "clip_query_scores",
-    "clip_relevance", "ground_embeddings", "is_flat", "pred_relevant_windows", "rank_windows", "score_precision",
-    "standardize", "top_windows", "window_scores",
+    "CONTENT_FALLBACK", "FLAT_LAMBDA", "GroundingResult", "WINDOW_SCORES", "WORD_SETS", "clip_query_score_matrix",
+    "clip_query_scores", "clip_relevance", "ground_embeddings", "is_flat", "pred_relevant_windows",
+    "query_words", "rank_windows", "score_precision", "standardize", "top_windows", "window_scores",
 ]

@@ -433,8 +433,13 @@ class LocVTPPredictor:
 
     # -- grounding ------------------------------------------------------------------------------------------
     def ground(self, video: ClipFeatures, query: str, *, top_k: int = 5, nms: float = 0.5, alpha: float = 0.5,
-               window_score: Optional[str] = None, max_seconds: Optional[float] = None) -> GroundingResult:
+               window_score: Optional[str] = None, max_seconds: Optional[float] = None,
+               words: str = "all") -> GroundingResult:
         """Top-k windows of ``query`` in one video: the scoring of ``locvtp ground`` (``locvtp.localize``).
+
+        ``words``: which of the query's words the word-level term averages over: ``"all"`` or ``"content"``
+        (stop words of ``locvtp.data.stopwords`` left out; a query with no content word falls back to all its
+        words and says so in ``warnings``: ``locvtp.localize.query_words``).
 
         ``video``: the video's clip vectors, as one of the ``encode_*`` methods returns them (joint embeddings,
         used as they are; any other :class:`~locvtp.featurestore.record.ClipFeatures` goes through
@@ -443,7 +448,10 @@ class LocVTPPredictor:
         ``UsageError``.
         """
         from locvtp.inference import NO_WORDS
+        from locvtp.localize import WORD_SETS
 
+        if words not in WORD_SETS:
+            raise UsageError(f"words must be one of {', '.join(WORD_SETS)}, got {words!r}")
         if not isinstance(video, ClipFeatures):
             raise PredictorError(f"ground takes a video's clip vectors (ClipFeatures), got {type(video).__name__}: "
                                  "embed it first (encode_file, encode_stored, encode_clips, encode_frames or "
@@ -465,7 +473,8 @@ class LocVTPPredictor:
                                 "window is a single clip")
         res = ground_embeddings(emb.features, windows, text.sentence[0], text.words[0], query=query,
                                 duration=emb.duration, top_k=top_k, alpha=alpha, nms_threshold=nms,
-                                max_clips=max_clips, window_score=window_score)
+                                max_clips=max_clips, window_score=window_score,
+                                content=text.content[0] if text.content else None, word_set=words)
         res.vid = str(emb.video_id or "")
         res.warnings = warnings + res.warnings
         return res

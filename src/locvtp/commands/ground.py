@@ -6,7 +6,9 @@ drift apart):
 
 1. embed the video's sliding-window clips (the checkpoint's preprocessing) and the query (``locvtp.predictor``);
 2. per-clip relevance = ``alpha·z(clip·sentence) + (1−alpha)·z(mean over words of clip·word)`` (z = standardized
-   over the video's clips; :func:`~locvtp.localize.clip_query_scores`);
+   over the video's clips; :func:`~locvtp.localize.clip_query_scores`); ``--words content`` averages the word
+   term over the query's content words only (:func:`~locvtp.localize.query_words`: the stop-word rule of
+   training's ``objective.stopwords``);
 3. every window of consecutive clips [i, j] gets the evaluation's window score
    (:func:`~locvtp.localize.window_scores`; ``--window-score`` picks the kind, default: the
    evaluation's default, a contrast of the clips inside against their surroundings);
@@ -33,6 +35,8 @@ Warnings. A result that cannot mean what it seems still comes out (the caller ma
 * every clip scores the same for the query (e.g. a still video): any window ranking is arbitrary;
 * fewer windows than ``--top-k`` survive (too few clips for that many distinct windows at that ``--nms``);
 * ``--max-seconds`` is shorter than one clip step, so every window is a single clip;
+* ``--words content`` on a query with no content word (only stop words): scored over all its words, as
+  ``--words all``;
 * ``--stride-seconds`` is longer than the clip, so the clips leave parts of the video unseen;
 * ``--features`` carry no checkpoint fingerprint, or (with ``--allow-foreign-features``) were extracted with
   another checkpoint than the one that embeds the query (without that flag: an error; the policy of
@@ -48,7 +52,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from locvtp.errors import UsageError
-from locvtp.localize import WINDOW_SCORES, GroundingResult  # numpy only: `--help` stays fast
+from locvtp.localize import WINDOW_SCORES, WORD_SETS, GroundingResult  # numpy only: `--help` stays fast
 
 PROG = "locvtp ground"
 
@@ -122,6 +126,10 @@ def build_parser():
                    "dropped")
     p.add_argument("--window-score", default=None, choices=WINDOW_SCORES,
                    help="window scoring kind of locvtp.localize.window_scores (default: the evaluation's)")
+    p.add_argument("--words", default="all", choices=WORD_SETS,
+                   help="the query's words the word-level term averages over: all, or content (stop words of "
+                   "training's objective.stopwords=english left out; a query of stop words only falls back to "
+                   "all, with a warning)")
     p.add_argument("--max-seconds", type=positive_float, default=None, help="longest window considered")
     p.add_argument("--curve", action="store_true", help="include per-clip scores in the JSON")
     p.add_argument("--allow-foreign-features", action="store_true",
@@ -248,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except ForeignFeaturesError as exc:
         raise exc.with_flag("--allow-foreign-features") from None
     res = pred.ground(video, args.query, top_k=args.top_k, alpha=args.alpha, nms=args.nms,
-                      max_seconds=args.max_seconds, window_score=args.window_score)
+                      max_seconds=args.max_seconds, window_score=args.window_score, words=args.words)
     out = {"video": source, **res.to_json(curve=args.curve)}
     plot_failed = _save_plot(res, plot, out) if plot is not None else None
     for w in res.warnings:

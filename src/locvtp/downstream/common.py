@@ -205,7 +205,7 @@ class EmbeddingBank:
     progress: bool = True
     strict: bool = False
     _videos: dict[str, ClipFeatures] = field(default_factory=dict)
-    _texts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _texts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     _frozen: dict[str, ClipFeatures] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     failed_features: dict[str, str] = field(default_factory=dict)
@@ -246,16 +246,19 @@ class EmbeddingBank:
         return self._frozen[vid]
 
     def texts(self, texts: Sequence[str], batch_size: int = 256) -> TextEmbeddings:
-        """Sentence and word embeddings of ``texts`` (each distinct string embedded once)."""
+        """Sentence and word embeddings of ``texts`` (each distinct string embedded once), with the words'
+        content marks (``TextEmbeddings.content``; an empty array per text when the embedder gave none)."""
         todo = [t for t in dict.fromkeys(texts) if t not in self._texts]
         for k in range(0, len(todo), batch_size):
             chunk = todo[k:k + batch_size]
             emb = self.embed_texts_fn(chunk)
-            for t, s, w in zip(chunk, emb.sentence, emb.words):
-                self._texts[t] = (np.asarray(s, np.float32), np.asarray(w, np.float32))
+            marks = emb.content if len(emb.content) == len(chunk) else [np.zeros(0, bool)] * len(chunk)
+            for t, s, w, c in zip(chunk, emb.sentence, emb.words, marks):
+                self._texts[t] = (np.asarray(s, np.float32), np.asarray(w, np.float32), np.asarray(c, bool))
         if not texts:
             return TextEmbeddings(np.zeros((0, 0), np.float32), [])
-        return TextEmbeddings(np.stack([self._texts[t][0] for t in texts]), [self._texts[t][1] for t in texts])
+        return TextEmbeddings(np.stack([self._texts[t][0] for t in texts]), [self._texts[t][1] for t in texts],
+                              content=[self._texts[t][2] for t in texts])
 
 
 # --------------------------------------------------------------------------------------------- context
@@ -398,7 +401,8 @@ def make_bank(model: Any, tokenizer: Any, cfg: Any, locate: Callable[[str], Path
 
     def embed_txt(texts: list[str]) -> TextEmbeddings:
         t = pred.encode_text(texts, warnings=False)
-        return TextEmbeddings(np.asarray(t.sentence, np.float32), [np.asarray(w, np.float32) for w in t.words])
+        return TextEmbeddings(np.asarray(t.sentence, np.float32), [np.asarray(w, np.float32) for w in t.words],
+                              content=list(t.content))
 
     if features is not None and takes_pixels and features.is_joint_embedding_of(pred.sha256):
         pred.check_features(features.attrs, str(features.path))  # own: its recorded frames must be the model's

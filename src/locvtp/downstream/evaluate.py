@@ -27,7 +27,7 @@ from locvtp.downstream.common import (
     DownstreamError, EvalContext, FeatureFile, TaskResult, VideoLocator, format_table, make_bank, seed_everything,
     write_json, write_jsonl,
 )
-from locvtp.downstream.grounding import GroundingOptions, load_grounding_queries, run_grounding
+from locvtp.downstream.grounding import GROUNDING_WORDS, GroundingOptions, load_grounding_queries, run_grounding
 from locvtp.downstream.retrieval import RetrievalOptions, load_msrvtt, run_retrieval
 from locvtp.downstream.segmentation import SegmentationOptions, load_coin, run_segmentation
 from locvtp.downstream.steps import StepsOptions, load_crosstask, run_steps
@@ -35,7 +35,8 @@ from locvtp.downstream.steps import StepsOptions, load_crosstask, run_steps
 TASKS = ("retrieval", "grounding", "steps", "segmentation")
 # The headline figure of each task, shown first in the tables.
 HEADLINE = ("retrieval_R1", "retrieval_R5", "retrieval_R10", "retrieval_MedianR", "grounding_R1@0.5",
-            "grounding_R1@0.7", "grounding_mIoU", "head_grounding_R1@0.5", "head_grounding_R1@0.7",
+            "grounding_R1@0.7", "grounding_mIoU", "grounding_content_R1@0.5", "grounding_content_R1@0.7",
+            "grounding_content_mIoU", "head_grounding_R1@0.5", "head_grounding_R1@0.7",
             "head_grounding_mIoU", "step_recall", "segmentation_acc", "segmentation_edit", "segmentation_F1@50")
 
 
@@ -87,6 +88,7 @@ def load_options(path: str | os.PathLike | None = None, overrides: Sequence[str]
 _CHOICES = {
     "grounding.dataset": ("activitynet", "charades"),
     "grounding.window_score": ("tstat", "contrast", "oic", "oic_t"),
+    "grounding.words": GROUNDING_WORDS,
     "grounding.head_cfg.pooling": ("max", "avg"),
     "steps.normalize": ("log_softmax", "none"),
     "steps.split": ("val", "train", "all"),
@@ -194,7 +196,8 @@ def _needed_videos(data_dir: Path, tasks: Sequence[str], opts: DownstreamOptions
 
 
 # The predictions files (JSON lines, ``locvtp score``'s input) a task writes next to its ``<task>.json``.
-PREDICTION_FILES = {"grounding": ("grounding_predictions.jsonl", "head_grounding_predictions.jsonl")}
+PREDICTION_FILES = {"grounding": ("grounding_predictions.jsonl", "grounding_content_predictions.jsonl",
+                                   "head_grounding_predictions.jsonl")}
 RUNNERS = {"retrieval": run_retrieval, "grounding": run_grounding, "steps": run_steps,
            "segmentation": run_segmentation}
 

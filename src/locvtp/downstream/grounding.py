@@ -4,7 +4,11 @@ Zero-shot (no training): every clip gets a query score that combines the sentenc
 the word level (mean over the query's words of clip · word), each standardized over the video's clips so neither
 dominates by scale; every candidate window [i, j] of clips is then scored by how much higher the clips inside
 are than the clips around it (AutoLoc's outer-inner contrast by default, see :func:`window_scores`), and windows
-are ranked best first. NMS and recall are ``locvtp.metrics.grounding_recall`` (2D-TAN conventions).
+are ranked best first. NMS and recall are ``locvtp.metrics.grounding_recall`` (2D-TAN conventions). Two word
+sets (``grounding.words``, default ``both``: both reported): ``grounding_*`` averages the word level over all
+the query's words (the scorer of every earlier figure), ``grounding_content_*`` over its content words only
+(``locvtp.localize.query_words``: the stop-word rule of ``objective.stopwords``), so a model trained with the
+stop-word mask is also scored without the stop words' columns.
 
 Supervised: :class:`TAN2DHead` follows 2D-TAN (Zhang et al., AAAI 2020, microsoft/2D-TAN): clip features pooled
 into N equal time bins, a 2D map of all N×N moments by max (or average) pooling, Hadamard fusion with the
@@ -31,9 +35,17 @@ from locvtp.downstream.common import (
 # --------------------------------------------------------------------------------------------------- zero-shot
 # The zero-shot scoring lives in locvtp.localize (shared with `locvtp ground`); re-exported here.
 from locvtp.localize import (  # noqa: E402,F401
-    WINDOW_SCORES, clip_query_score_matrix, clip_query_scores, clip_relevance, rank_windows, top_windows,
-    window_scores,
+    CONTENT_FALLBACK, WINDOW_SCORES, WORD_SETS, clip_query_score_matrix, clip_query_scores, clip_relevance,
+    query_words, rank_windows, top_windows, window_scores,
 )
+
+# grounding.words: the zero-shot scorers `evaluate grounding` reports ("both": all, then content).
+GROUNDING_WORDS = ("all", "content", "both")
+# Per word set: the metrics' prefix, the predictions' key in grounding.json, the predictions file.
+ZERO_SHOT_SCORERS = {
+    "all": ("grounding", "pred_relevant_windows", "grounding_predictions.jsonl"),
+    "content": ("grounding_content", "content_pred_relevant_windows", "grounding_content_predictions.jsonl"),
+}
 
 
 # --------------------------------------------------------------------------------------------------- 2D-TAN head
@@ -279,6 +291,7 @@ class GroundingOptions:
     activitynet_train: str = "train.json"
     activitynet_test: str = "val_1.json"  # ActivityNet Captions has no public test labels; val_2.json also works
     alpha: float = 0.5  # zero-shot: weight of the sentence level vs the word level
+    words: str = "both"  # zero-shot word level over all | content words | both (grounding_* and grounding_content_*)
     window_score: str = "oic"  # oic | oic_t | tstat | contrast (see window_scores)
     max_candidates: int = 500  # zero-shot windows handed to NMS
     head: bool = True  # train and evaluate the 2D-TAN head
@@ -334,10 +347,13 @@ class ZeroShotRanking:
     curves: list[np.ndarray] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
     flat: list[bool] = field(default_factory=list)
+    fallback: list[str] = field(default_factory=list)  # words="content": the fallback taken ("" none)
 
 
-def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingOptions) -> ZeroShotRanking:
-    """Ranked windows of every usable query (its video has clips), scored as ``locvtp ground`` scores them."""
+def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingOptions,
+                        words: str = "all") -> ZeroShotRanking:
+    """Ranked windows of every usable query (its video has clips), scored as ``locvtp ground --words WORDS``
+    scores them (``words``: a word set of ``locvtp.localize.WORD_SETS``)."""
     from locvtp.runtime import progress as tqdm
 
     texts = ctx.bank.texts([q.query for q in queries])
@@ -346,9 +362,9 @@ def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingO
         seq = ctx.bank.video(q.vid)
         if seq is None or len(seq.features) == 0:
             continue
-        words = texts.words[k]
+        w, why = query_words(texts.words[k], texts.content[k] if texts.content else None, words)
         rel, flat = clip_relevance(seq.features, np.asarray(texts.sentence[k])[None],
-                                   None if words is None else [words], alpha=opts.alpha)
+                                   None if w is None else [w], alpha=opts.alpha)
         windows, wscores = rank_windows(rel[:, 0], seq.windows, kind=opts.window_score,
                                         max_candidates=opts.max_candidates)
         out.ranked.append(windows)
@@ -356,10 +372,28 @@ def zero_shot_grounding(ctx, queries: Sequence[GroundingQuery], opts: GroundingO
         out.used.append(k)
         out.curves.append(rel[:, 0])
         out.flat.append(bool(flat[0]))
+        out.fallback.append(why)
     return out
 
 
-def flat_query_warning(queries: Sequence[GroundingQuery], zs: ZeroShotRanking) -> list[str]:
+def content_fallback_warning(queries: Sequence[GroundingQuery], zs: ZeroShotRanking, alpha: float) -> list[str]:
+    """The warnings for the ``words="content"`` queries scored over all their words (none: no warning)."""
+    if alpha == 1.0:  # no word term: nothing fell back
+        return []
+    out = []
+    for reason, what in CONTENT_FALLBACK.items():
+        ks = [k for k, why in zip(zs.used, zs.fallback) if why == reason]
+        if ks:
+            shown = "; ".join(repr(queries[k].query) for k in ks[:5]) + (f" (+{len(ks) - 5} more)" if len(ks) > 5
+                                                                         else "")
+            out.append(f"words=content: {len(ks)} of {len(zs.used)} zero-shot grounding queries have {what} "
+                       f"({shown}): scored over all their words, as with words=all, in grounding_content_*; listed "
+                       "under info.content_words.fallback_queries in grounding.json")
+    return out
+
+
+def flat_query_warning(queries: Sequence[GroundingQuery], zs: ZeroShotRanking,
+                       listed: str = "info.flat_queries") -> list[str]:
     """The warning for the zero-shot queries whose clips all score the same (none: no warning)."""
     flat = [k for k, f in zip(zs.used, zs.flat) if f]
     if not flat:
@@ -369,7 +403,7 @@ def flat_query_warning(queries: Sequence[GroundingQuery], zs: ZeroShotRanking) -
     return [f"{len(flat)} of {len(zs.used)} zero-shot grounding queries score the same on every clip (videos: "
             f"{shown}; a still or blank video, or collapsed clip embeddings?): every window scores 0 and their "
             "windows are the tie order (earliest start first, then shortest), not the model's choice; they are "
-            "in the figures as such and listed under info.flat_queries in grounding.json"]
+            f"in the figures as such and listed under {listed} in grounding.json"]
 
 
 # What ``grounding_recall`` looks at per query: the first max(recalls) = 5 windows kept by its NMS.
@@ -483,6 +517,46 @@ def head_data(ctx, opts: GroundingOptions, test: Sequence[GroundingQuery] | None
                     used_te, len(train), skipped_train)
 
 
+def zero_shot_figures(ctx, test: Sequence[GroundingQuery], gt: np.ndarray, opts: GroundingOptions,
+                      preds: list[dict], info: dict[str, Any]) -> tuple[dict[str, float], dict[str, list], list[int]]:
+    """Zero-shot grounding of the test queries with each scorer of ``opts.words`` (``ZERO_SHOT_SCORERS``): the
+    metrics (``grounding_*``, ``grounding_content_*``, the chance floor), the predictions files, and the queries
+    used; each query's windows go into ``preds``, the counts and warnings into ``info`` (the first scorer's at
+    the top level, as before ``words`` existed; the content scorer's under ``content_words``)."""
+    from locvtp.downstream.common import prefixed
+    from locvtp.metrics import grounding_recall
+
+    metrics: dict[str, float] = {}
+    files: dict[str, list] = {}
+    used: list[int] = []
+    for n, word_set in enumerate(WORD_SETS if opts.words == "both" else (opts.words,)):
+        prefix, key, name = ZERO_SHOT_SCORERS[word_set]
+        zs = zero_shot_grounding(ctx, test, opts, word_set)
+        used = zs.used  # the same for every scorer: the queries whose video has clips
+        flat = [k for k, f in zip(used, zs.flat) if f]
+        if n == 0:
+            info.update(zero_shot_queries=len(used), flat_queries=flat, warnings=flat_query_warning(test, zs))
+        elif flat != info["flat_queries"]:
+            info["warnings"] += [f"words=content: {w}" for w in
+                                 flat_query_warning(test, zs, "info.content_words.flat_queries")]
+        if word_set == "content":
+            info["content_words"] = {"flat_queries": flat, "fallback_queries": {
+                reason: [k for k, why in zip(used, zs.fallback) if why == reason] for reason in CONTENT_FALLBACK}}
+            info["warnings"] += content_fallback_warning(test, zs, opts.alpha)
+        if used:
+            metrics.update(prefixed(prefix, grounding_recall(zs.ranked, gt[used])))
+        for k, windows, sc, f in zip(used, zs.ranked, zs.scores, zs.flat):
+            preds[k][key] = kept_windows(windows, sc, opts.top_k_saved, decimals=3)
+            if n == 0:
+                preds[k]["flat"] = f
+        files[name] = prediction_lines(test, used, zs.ranked, zs.scores)
+    if used:
+        chance = chance_grounding(ctx, [test[k] for k in used], gt[used], opts)
+        metrics.update({f"chance_grounding_{k}": chance[k] for k in ("R1@0.5", "mIoU")})
+        info["chance"] = chance
+    return metrics, files, used
+
+
 def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
     """Zero-shot grounding on the test split, and (``opts.head``) the 2D-TAN head trained on the train split."""
     from locvtp.downstream.common import TaskResult, prefixed
@@ -494,24 +568,11 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
     if not test:
         raise DownstreamError(f"no usable {opts.dataset} test queries under {ctx.data_dir}")
     gt = np.array([[q.start, q.end] for q in test], dtype=np.float64)
-    zs = zero_shot_grounding(ctx, test, opts)
-    ranked, used, ranked_scores = zs.ranked, zs.used, zs.scores
-    metrics: dict[str, float] = {}
     info: dict[str, Any] = {"dataset": opts.dataset, "test_queries": len(test),
-                            "skipped_annotations": skipped_test, "zero_shot_queries": len(used),
-                            "flat_queries": [k for k, f in zip(used, zs.flat) if f],
-                            "warnings": flat_query_warning(test, zs)}
+                            "skipped_annotations": skipped_test}
     preds = [{"video_id": q.vid, "query": q.query, "gt": [q.start, q.end], "duration": q.duration}
              for q in test]
-    if used:
-        metrics.update(prefixed("grounding", grounding_recall(ranked, gt[used])))
-        chance = chance_grounding(ctx, [test[k] for k in used], gt[used], opts)
-        metrics.update({f"chance_grounding_{k}": chance[k] for k in ("R1@0.5", "mIoU")})
-        info["chance"] = chance
-        for k, windows, sc, flat in zip(used, ranked, ranked_scores, zs.flat):
-            preds[k]["pred_relevant_windows"] = kept_windows(windows, sc, opts.top_k_saved, decimals=3)
-            preds[k]["flat"] = flat
-    files = {"grounding_predictions.jsonl": prediction_lines(test, used, ranked, ranked_scores)}
+    metrics, files, used = zero_shot_figures(ctx, test, gt, opts, preds, info)
     info["missing_videos"] = sorted({test[k].vid for k in range(len(test)) if k not in set(used)})
 
     if opts.head:
@@ -536,7 +597,7 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
             info["head_config"] = asdict(hc)
         else:
             info["head_skipped"] = "fewer than 2 usable training queries or no usable test query"
-    info["settings"] = {"alpha": opts.alpha, "window_score": opts.window_score,
+    info["settings"] = {"alpha": opts.alpha, "words": opts.words, "window_score": opts.window_score,
                         "max_candidates": opts.max_candidates}
     return TaskResult("grounding", metrics, preds, info, prediction_files=files)
 
@@ -547,5 +608,5 @@ __all__ = [
     "scaled_iou_bce", "moment_map_pool", "TAN2DHead", "pool_to_bins", "HeadConfig", "train_tan_head",
     "predict_score_maps", "GroundingQuery", "HeadData", "head_data",
     "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "ZeroShotRanking", "flat_query_warning",
-    "run_grounding",
+    "content_fallback_warning", "zero_shot_figures", "GROUNDING_WORDS", "ZERO_SHOT_SCORERS", "run_grounding",
 ]
