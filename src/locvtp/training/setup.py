@@ -286,7 +286,9 @@ def _wrap_ddp(cfg: Any, net: nn.Module, dist: Dist) -> nn.Module:
     oc = cfg.objective
     return nn.parallel.DistributedDataParallel(
         net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-        find_unused_parameters=not (oc.coarse and oc.fine and oc.temporal))
+        # every term on: every parameter is used; the release form with one direction leaves the other's offsets
+        find_unused_parameters=not (oc.coarse and oc.fine and oc.temporal) or (
+            oc.temporal_form == "release" and oc.temporal_directions != "both"))
 
 
 def _make_loader(cfg: Any, data: Any, tokenizer: Any, dist: Dist, step: int):
