@@ -28,6 +28,16 @@ Options of issue 15 (docs/method.md "Options"), written from their definitions, 
 - temporal_directions: "clip" → L_t = L_tz, "word" → L_t = L_tw, "both" → ½(L_tz + L_tw).
 - span-restricted offsets (``objective.context_in_span``): ``ref_offset_choices`` lists, per clip, the offsets
   the draw may pick: δ ≠ 0, |δ| ≤ W, reference and context valid and inside the span.
+
+The release's form (METHOD.md §3b, ``objective.temporal_form=release``; ``ref_release_temporal``), one anchor at
+a time: a variate u picks the ⌊u·n⌋-th of the n valid words (clips) of its own sample; g(x, Δ) = x + A_s·sign Δ +
+A_d·|Δ| from the Linear(1, D) weights and biases; per clip t (inside the span, when given): m = its most similar
+content word, s = the picked word, positive normalize(g_w(w[s], s − m)), negatives the K picked raw words;
+per content word l (of a sample with a span clip): q = its most similar span clip, s = the picked span clip,
+positive normalize(g_c(c[s], s − q)), negatives the K picked raw span clips; InfoNCE at τ over [positive,
+negatives]; plain means per direction. The splice classifier (``ref_splice_batch``, ``ref_splice``): sample i
+keeps its clips before k = ⌊u·min(n_i, n_{i+1})⌋ and takes sample (i+1) mod B's from there; CE of
+Linear(T·D, T) over the spliced video's valid positions, mean over the samples whose partner is another.
 """
 from __future__ import annotations
 
@@ -241,3 +251,76 @@ def ref_total(objective, clips, words, sentence, clip_mask, word_mask, offsets, 
             total = total + o.weights[key] * out[key]
     out["total"] = total
     return out
+
+
+# ------------------------------------------------------------------------------------------------ METHOD.md §3b
+def _pick(u, valid):
+    """The ⌊u·n⌋-th of the n valid positions (u a 0-d tensor: floor in its own dtype, as the objective)."""
+    n = len(valid)
+    return valid[min(int(torch.floor(u * n)), n - 1)]
+
+
+def _offset_warp(head, x, delta):
+    """g(x, Δ) = x + A_sign·sign(Δ) + A_dist·|Δ|, written out from the two Linear(1, D) layers of ``head``."""
+    sign = float((delta > 0) - (delta < 0))
+    a_s, a_d = head.sign_proj, head.dist_proj
+    return x + a_s.weight[:, 0] * sign + a_s.bias + a_d.weight[:, 0] * abs(delta) + a_d.bias
+
+
+def ref_release_temporal(clips, words, clip_mask, word_mask, word_head, clip_head, clip_draws, word_draws, tau=0.07,
+                         content_mask=None, span_mask=None, context_stop_grad=False, temporal_directions="both"):
+    B, T, _ = clips.shape
+    l_z, l_w = [], []
+    for i in range(B):
+        ws = _valid(word_mask[i])
+        cs = [t for t in _valid(clip_mask[i]) if span_mask is None or bool(span_mask[i, t])]
+        content = _content(word_mask, content_mask, i)
+        for t in cs:
+            m = max(content, key=lambda l: float(torch.dot(clips[i, t], words[i, l]).detach()))
+            s = _pick(clip_draws[i, t, 0], ws)
+            pos = _norm(_offset_warp(word_head, words[i, s], s - m))
+            negs = [words[i, _pick(u, ws)] for u in clip_draws[i, t, 1:]]
+            l_z.append(_anchor_term(clips[i, t], [pos], negs, tau, False))
+        if not cs:
+            continue
+        for l in content:
+            q = max(cs, key=lambda t: float(torch.dot(clips[i, t], words[i, l]).detach()))
+            s = _pick(word_draws[i, l, 0], cs)
+            src = clips[i, s].detach() if context_stop_grad else clips[i, s]
+            pos = _norm(_offset_warp(clip_head, src, s - q))
+            negs = [clips[i, _pick(u, cs)] for u in word_draws[i, l, 1:]]
+            l_w.append(_anchor_term(words[i, l], [pos], negs, tau, False))
+    zero = clips.new_zeros(())
+    lz = sum(l_z) / len(l_z) if l_z else zero
+    lw = sum(l_w) / len(l_w) if l_w else zero
+    total = {"both": 0.5 * (lz + lw), "clip": lz, "word": lw}[temporal_directions]
+    return {"temporal": total, "temporal_z": lz, "temporal_w": lw}
+
+
+def ref_splice_batch(clips, clip_mask, draws):
+    """(spliced clips, mask, k, ok) one sample at a time."""
+    B, T = clip_mask.shape
+    out, masks, ks, oks = [], [], [], []
+    for i in range(B):
+        p = (i + 1) % B
+        n = max(1, min(len(_valid(clip_mask[i])), len(_valid(clip_mask[p]))))
+        k = min(int(torch.floor(draws[i] * n)), n - 1)
+        out.append(torch.stack([clips[i, t] if t < k else clips[p, t] for t in range(T)]))
+        masks.append(clip_mask[p].clone())
+        ks.append(k)
+        oks.append(p != i)
+    return torch.stack(out), torch.stack(masks), torch.tensor(ks), torch.tensor(oks)
+
+
+def ref_splice(clips, clip_mask, k, ok, classifier):
+    terms = []
+    W, b = classifier.fc.weight, classifier.fc.bias
+    B, T, D = clips.shape
+    for i in range(B):
+        if not bool(ok[i]):
+            continue
+        flat = torch.cat([clips[i, t] if bool(clip_mask[i, t]) else clips.new_zeros(D) for t in range(T)])
+        logits = [torch.dot(W[c], flat) + b[c] for c in _valid(clip_mask[i])]
+        pos = _valid(clip_mask[i]).index(int(k[i]))
+        terms.append(_lse(logits) - logits[pos])
+    return sum(terms) / len(terms) if terms else clips.new_zeros(())

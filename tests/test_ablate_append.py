@@ -149,3 +149,14 @@ def test_rows_written_meanwhile_by_another_ablation_are_kept(tmp_path: Path, fak
     assert list(rows) == ["sigma=1", "coarse", "+fine"]
     assert json.loads((out / "ablation.json").read_text()) == rows
     assert "| sigma=1 |" in (out / "ablation.md").read_text()
+
+
+def test_issue_23_rows_are_valid_and_name_what_they_change():
+    release = ["objective.stopwords=none", "objective.temporal_form=release", "objective.context_in_span=true"]
+    rows = {"temporal_form=release": release,
+            "release+splice": [*release, "objective.weights.splice=1"],
+            "release+splice+text.freeze": [*release, "objective.weights.splice=1", "model.text.freeze=true"],
+            "temporal_text_grad=false": ["objective.stopwords=none", "objective.temporal_text_grad=false"]}
+    for name, overrides in rows.items():
+        assert demo.ABLATIONS[name] == overrides
+        demo.check_overrides("tiny", overrides)

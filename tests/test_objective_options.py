@@ -463,7 +463,7 @@ def _other_value(name, default):
     if name == "head_hidden":
         return 12
     if name == "weights":
-        return {"coarse": 2.0, "fine": 3.0, "temporal": 4.0}
+        return {"coarse": 2.0, "fine": 3.0, "temporal": 4.0, "splice": 0.0}  # splice > 0 needs num_clips
     raise AssertionError(f"objective.{name}: no test value for a default of type {type(default).__name__}")
 
 
@@ -494,10 +494,10 @@ def test_every_config_option_is_accepted_by_the_objective_and_reaches_it(name):
 
 def test_the_objective_takes_no_option_the_config_lacks():
     """Vice versa: besides the options object and the ObjectiveConfig names, the constructor takes only ``dim``
-    (model.dim) and ``fused`` (the kernel); any other keyword, or a config mapping with an unknown key, is
-    refused by name."""
+    (model.dim), ``fused`` (the kernel) and ``num_clips`` (data.num_clips, for the splice classifier); any other
+    keyword, or a config mapping with an unknown key, is refused by name."""
     params = inspect.signature(LocVTPObjective.__init__).parameters
-    assert list(params) == ["self", "options", "dim", "fused", "overrides"]
+    assert list(params) == ["self", "options", "dim", "fused", "num_clips", "overrides"]
     assert params["overrides"].kind is inspect.Parameter.VAR_KEYWORD
     assert OPTION_NAMES == tuple(f.name for f in dataclasses.fields(ObjectiveConfig))
     assert {k.split(".")[1] for k in RULES if k.startswith("objective.")} <= set(OPTION_NAMES)

@@ -82,3 +82,72 @@ def test_span_offsets_reach_training(tiny_world, tmp_path, monkeypatch):
 def test_stopwords_row_trains(tiny_world, tmp_path):
     metrics = _train(tiny_world, tmp_path / "run", "objective.stopwords=english")
     assert metrics[-1]["loss/fine"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ issue 23
+RELEASE = ["objective.stopwords=none", "objective.temporal_form=release", "objective.context_in_span=true"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows", [RELEASE, ["objective.stopwords=none", "objective.temporal_text_grad=false"],
+                                  ["objective.weights.splice=1"],
+                                  [*RELEASE, "objective.temporal_directions=word", "objective.release_negatives=2"]],
+                         ids=["release", "temporal_text_grad=false", "splice", "release,word,K=2"])
+def test_issue_23_rows_train(tiny_world, tmp_path, rows):
+    metrics = _train(tiny_world, tmp_path / "run", *rows)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert m["loss/temporal"] > 0 and m["loss/fine"] > 0
+        assert ("loss/splice" in m) == ("objective.weights.splice=1" in rows)
+        assert "loss/splice" not in m or m["loss/splice"] > 0
+    from locvtp.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "run" / "final").objective_state
+    assert any(k.startswith("release_word_head.") for k in state) == ("objective.temporal_form=release" in rows)
+    assert any(k.startswith("splice_classifier.") for k in state) == ("objective.weights.splice=1" in rows)
+
+
+@pytest.mark.slow
+def test_the_release_row_with_a_frozen_text_encoder_trains_only_the_text_projection(tiny_world, tmp_path):
+    """model.text.freeze=true (the release freezes DistilBERT): after training, the text encoder's weights are
+    its initial ones, its projection moved; with the splice term the video encoder runs twice and trains."""
+    from locvtp.checkpoint import load_checkpoint
+    from locvtp.model import LocVTP
+
+    run = tmp_path / "run"
+    metrics = _train(tiny_world, run, *RELEASE, "objective.weights.splice=1", "model.text.freeze=true")
+    assert metrics[-1]["loss/splice"] > 0
+    cfg = load_config(run / "config.yaml")
+    torch.manual_seed(int(cfg.seed))
+    init = LocVTP.from_config(cfg)
+    trained = load_checkpoint(run / "final").model
+    for name, p in init.text_encoder.state_dict().items():
+        assert torch.equal(p, trained.text_encoder.state_dict()[name]), name
+    moved = lambda a, b: any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
+    assert moved(init.text_proj, trained.text_proj) and moved(init.video_encoder, trained.video_encoder)
+
+
+@pytest.mark.slow
+def test_release_draws_reach_training(tiny_world, tmp_path, monkeypatch):
+    """Through the trainer: every batch carries the release form's draws (cut to its L), its span mask and the
+    splice variates; the default run's batches carry none of them."""
+    from locvtp.training import setup
+
+    seen: list[dict] = []
+    forward = setup.Pretrainer.forward
+
+    def spy(self, batch):
+        seen.append(batch)
+        return forward(self, batch)
+
+    monkeypatch.setattr(setup.Pretrainer, "forward", spy)
+    _train(tiny_world, tmp_path / "rel", *RELEASE, "objective.weights.splice=1")
+    assert len(seen) == 3
+    for b in seen:
+        B, L = b["input_ids"].shape
+        assert b["clip_draws"].shape == (B, b["clip_mask"].shape[1], 5) and b["word_draws"].shape == (B, L, 5)
+        assert b["span_mask"].dtype == torch.bool and (b["span_mask"] <= b["clip_mask"]).all()
+        assert b["splice_draws"].shape == (B,)
+    seen.clear()
+    _train(tiny_world, tmp_path / "plain")
+    assert seen and not {"clip_draws", "word_draws", "span_mask", "splice_draws"} & set(seen[0])

@@ -103,6 +103,9 @@ class LossWeights:
     coarse: float = 1.0
     fine: float = 1.0
     temporal: float = 1.0
+    # the release's splice classifier (METHOD.md §3b, docs/method.md "The release's form"): 0 = off (no second
+    # video-encoder forward); the release used 1
+    splice: float = 0.0
 
 
 @dataclass
@@ -124,7 +127,8 @@ class ObjectiveConfig:
     head_hidden: Optional[int] = None  # hidden width of the mlp head (None = dim)
     # negatives of the word-anchored temporal term (§3): "clips" = raw clips of the other videos (METHOD.md);
     # "warped" = their warped clips g(c, δ), which removes the warped-vs-raw shortcut (docs/method.md §3);
-    # "within" = only the other warped clips of the same video (the authors' release; docs/method.md "Options")
+    # "within" = only the other warped clips of the same video (docs/method.md "Options"; not the release's: its
+    # negatives are raw clips and words of the same sample, objective.temporal_form=release)
     temporal_negatives: str = "clips"
     # Issue 15's suspects of the temporal term, each one key away (docs/method.md "Options"; defaults = METHOD.md
     # except stopwords, adopted on the evidence there):
@@ -134,6 +138,14 @@ class ObjectiveConfig:
     context_stop_grad: bool = False
     # which directions of §3 train: both = ½(L_tz + L_tw); clip = L_tz (warped clip -> words); word = L_tw
     temporal_directions: str = "both"
+    # the form of the temporal term (issue 23; docs/method.md "The release's form"): "method" = METHOD.md §3 (a
+    # neighbouring clip warped by g); "release" = METHOD.md §3b, the authors' release with its bugs corrected (a
+    # word of the same sentence / a clip of the same video warped by Linear(1, D) offset encodings, K raw
+    # same-sample negatives, no distance weighting)
+    temporal_form: str = "method"
+    release_negatives: int = 4  # K of temporal_form=release: raw same-sample words / clips per anchor
+    # false: the temporal term sees detached words (no gradient from it into the text encoder or its projection)
+    temporal_text_grad: bool = True
     # none | english: a fixed English stop-word list is masked from the discovered positives and word anchors
     stopwords: str = "english"  # project choice (issue 15; docs/method.md "Options"): METHOD.md is "none"
     tau_fine: float = 0.07  # τ_f, fixed
@@ -343,12 +355,15 @@ RULES: dict[str, tuple] = {
     "objective.temporal_negatives": ("choice", "clips", "warped", "within"),
     "objective.temporal_directions": ("choice", "both", "word", "clip"),
     "objective.stopwords": ("choice", "none", "english"),
+    "objective.temporal_form": ("choice", "method", "release"),
+    "objective.release_negatives": _AT_LEAST_1,
     "objective.tau_fine": _POSITIVE,
     "objective.logit_scale_init": _POSITIVE,
     "objective.logit_scale_max": _POSITIVE,
     "objective.weights.coarse": _AT_LEAST_0,
     "objective.weights.fine": _AT_LEAST_0,
     "objective.weights.temporal": _AT_LEAST_0,
+    "objective.weights.splice": _AT_LEAST_0,
     "objective.ramp_start": _AT_LEAST_0,
     "objective.ramp_steps": _AT_LEAST_0,
     "train.batch_size": _AT_LEAST_1,

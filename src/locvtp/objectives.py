@@ -22,10 +22,10 @@ from torch import nn
 
 from locvtp.config import LossWeights, ObjectiveConfig
 
-from locvtp.data.offsets import draw_offsets
+from locvtp.data.offsets import draw_offsets, draw_release_variates, draw_splice_variates
 from locvtp.data.stopwords import ENGLISH_STOPWORDS, content_words, stopword_ids
 from locvtp.distributed import all_gather_nograd, all_gather_sizes, all_gather_with_grad, is_distributed
-from locvtp.model.heads import ContextProjectionHead
+from locvtp.model.heads import ContextProjectionHead, OffsetEncoding, SpliceClassifier
 from locvtp.objectives_kernel import OwnPairLogits, negative_log_sums, safe_lse
 
 __all__ = [
@@ -38,9 +38,15 @@ __all__ = [
     "content_words",
     "discover_correspondences",
     "draw_offsets",
+    "draw_release_variates",
+    "draw_splice_variates",
     "fine_loss",
     "fine_temporal_losses",
     "objective_options",
+    "pick_valid",
+    "release_temporal_loss",
+    "splice_batch",
+    "splice_loss",
     "stopword_ids",
     "temporal_loss",
     "video_embedding",
@@ -205,6 +211,7 @@ def _temporal_valid(clip_mask: torch.Tensor, offsets: torch.Tensor, max_offset: 
 
 TEMPORAL_NEGATIVES = ("clips", "warped", "within")
 TEMPORAL_DIRECTIONS = ("both", "word", "clip")
+TEMPORAL_FORMS = ("method", "release")
 STOPWORDS = ("none", "english")
 
 
@@ -427,6 +434,136 @@ def fine_temporal_losses(
     return out, corr
 
 
+# ----------------------------------------------------------------------------------------------------------
+# §3b: the release's form of the temporal term, and its splice classifier (docs/method.md "The release's form")
+# ----------------------------------------------------------------------------------------------------------
+def pick_valid(draws: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Indices [B, ...] of the ⌊u·n_b⌋-th valid position of ``mask`` [B,M] for each variate u of ``draws``
+    [B, ...] in [0, 1) (n_b = the valid count of row b): a uniform draw over the valid positions only. Rows
+    without a valid position get index 0 (callers mask them out)."""
+    B, M = mask.shape
+    n = mask.sum(1).view(B, *[1] * (draws.dim() - 1))
+    rank = (draws * n).floor().long().clamp_max(n - 1).clamp_min(0)  # u < 1, but rounding: stay in range
+    ends = mask.long().cumsum(1)  # the r-th valid position is the first where cumsum reaches r + 1
+    idx = torch.searchsorted(ends, (rank + 1).reshape(B, -1)).view_as(rank)
+    return torch.where(n > 0, idx.clamp_max(M - 1), torch.zeros_like(idx))
+
+
+def _release_direction(anchors, source, pool, draws, matched, head, tau, detach_source):
+    """One direction of §3b, per anchor a: InfoNCE at τ over [g(x[s], s − m), K raw negatives of ``pool``]; s and
+    the negatives are the positions ``draws`` [B,N,1+K] already picked (over the valid ones), m = ``matched``."""
+    B, N, K1 = draws.shape
+    D = anchors.shape[-1]
+    rows = source.gather(1, draws[..., 0:1].expand(B, N, D))  # x[s], the element to warp
+    if detach_source:
+        rows = rows.detach()
+    pos = F.normalize(head(rows, draws[..., 0] - matched), dim=-1)
+    negs = pool.gather(1, draws[..., 1:].reshape(B, -1, 1).expand(B, N * (K1 - 1), D)).view(B, N, K1 - 1, D)
+    logits = torch.cat([(anchors * pos).sum(-1, keepdim=True), torch.einsum("bnd,bnkd->bnk", anchors, negs)], -1)
+    logits = logits / tau
+    return torch.logsumexp(logits, dim=-1) - logits[..., 0]
+
+
+def _check_release_draws(clip_draws, word_draws, B, T, L):
+    for name, d, n in (("clip_draws", clip_draws, T), ("word_draws", word_draws, L)):
+        if d is None or d.dim() != 3 or tuple(d.shape[:2]) != (B, n) or d.shape[2] < 2:
+            raise ValueError(f"temporal_form=release needs {name} [B,{'T' if n == T else 'L'},1+K]={B, n} x (1+K), "
+                             f"K >= 1 (locvtp.data.offsets.draw_release_variates); got "
+                             f"{None if d is None else tuple(d.shape)}")
+
+
+@_outside_autocast
+def release_temporal_loss(
+    clips: torch.Tensor,
+    words: torch.Tensor,
+    clip_mask: torch.Tensor,
+    word_mask: torch.Tensor,
+    word_head: nn.Module,
+    clip_head: nn.Module,
+    clip_draws: torch.Tensor,
+    word_draws: torch.Tensor,
+    *,
+    tau: float = 0.07,
+    content_mask: torch.Tensor | None = None,
+    span_mask: torch.Tensor | None = None,
+    context_stop_grad: bool = False,
+    temporal_directions: str = "both",
+) -> dict[str, torch.Tensor]:
+    """§3b (METHOD.md; docs/method.md "The release's form"): {"temporal", "temporal_z", "temporal_w"}.
+
+    ``temporal_z``, clip-anchored: clip t, its matched word m = argmax_l S[t,l], a word s of the same sentence
+    (over its valid words), positive g_w(w[s], s − m) (``word_head``); ``temporal_w``, word-anchored: word l,
+    its matched clip q = argmax_t S[t,l], a clip s of the same video, positive g_c(c[s], s − q) (``clip_head``),
+    each word its own Δ. Negatives: K raw words / clips of the same sample; InfoNCE at τ; plain means, no ω.
+    ``span_mask`` [B,T] (``context_in_span``): clips outside the caption's span are neither anchors, matches,
+    warped clips nor negatives (a sample without one has no term). ``content_mask`` (``stopwords``) restricts
+    the matched words and the word anchors as in §2. ``context_stop_grad`` detaches the clip that is warped."""
+    clips, words = _as_float(clips), _as_float(words)
+    _check_inputs(clips, words, clip_mask, word_mask)
+    _check_choice("temporal_directions", temporal_directions, TEMPORAL_DIRECTIONS)
+    if tau <= 0:
+        raise ValueError(f"tau_fine must be > 0, got {tau}")
+    B, T, _ = clips.shape
+    L = words.shape[1]
+    _check_release_draws(clip_draws, word_draws, B, T, L)
+    zero = clips.new_zeros(())
+    anchor_words = word_mask if content_mask is None else _content_anchor_mask(content_mask, word_mask)
+    tclip = clip_mask if span_mask is None else clip_mask & span_mask.to(clip_mask.device).bool()
+    cm = torch.where(clip_mask[..., None], clips, zero)
+    wm = torch.where(word_mask[..., None], words, zero)
+    with torch.no_grad():
+        sim = torch.bmm(cm, wm.transpose(1, 2))
+        neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device)
+        m = torch.where(anchor_words[:, None, :], sim, neg_inf).argmax(2)  # [B,T]
+        q = torch.where(tclip[:, :, None], sim, neg_inf).argmax(1)  # [B,L]
+    picked_w = pick_valid(clip_draws.to(clips.device), word_mask)  # [B,T,1+K] word positions
+    picked_c = pick_valid(word_draws.to(clips.device), tclip)  # [B,L,1+K] clip positions
+    l_z = _release_direction(cm, wm, wm, picked_w, m, word_head, tau, False)
+    l_w = _release_direction(wm, cm, cm, picked_c, q, clip_head, tau, context_stop_grad)
+    out = {"temporal_z": _masked_mean(l_z, tclip),
+           "temporal_w": _masked_mean(l_w, anchor_words & tclip.any(1, keepdim=True))}
+    if temporal_directions == "both":
+        out["temporal"] = 0.5 * (out["temporal_z"] + out["temporal_w"])
+    else:
+        out["temporal"] = out["temporal_z" if temporal_directions == "clip" else "temporal_w"]
+    return out
+
+
+def splice_batch(clips: torch.Tensor, clip_mask: torch.Tensor, draws: torch.Tensor):
+    """The release's spliced videos: (clips [B,T,...], clip_mask [B,T], k [B], ok [B]). Sample i keeps its clips
+    before k_i and takes its partner's (sample (i+1) mod B of this batch) from k_i on; k_i = ⌊u_i·n⌋ over
+    [0, n), n = min of the two valid lengths, so both contribute and the spliced video's length (its partner's)
+    says nothing of k. ``clips`` are the encoder's inputs (pixels or features); ``ok`` is False where the
+    partner is the sample itself (B = 1). Runs on the rank's local batch, as the release's per-GPU randperm."""
+    B, T = clip_mask.shape
+    clip_mask = clip_mask.bool()
+    if tuple(draws.shape) != (B,):
+        raise ValueError(f"splice draws must be [B]={B}, got {tuple(draws.shape)}")
+    partner = (torch.arange(B, device=clip_mask.device) + 1) % B
+    n = clip_mask.sum(1)
+    n_pair = torch.minimum(n, n[partner]).clamp_min(1)
+    k = (draws.to(clip_mask.device) * n_pair).floor().long().clamp(0, None)
+    k = torch.minimum(k, n_pair - 1)
+    own = torch.arange(T, device=clip_mask.device)[None, :] < k[:, None]
+    own = own.view(B, T, *[1] * (clips.dim() - 2)).to(clips.device)
+    spliced = torch.where(own, clips, clips[partner.to(clips.device)])
+    return spliced, clip_mask[partner], k, partner != torch.arange(B, device=clip_mask.device)
+
+
+@_outside_autocast
+def splice_loss(clips: torch.Tensor, clip_mask: torch.Tensor, k: torch.Tensor, ok: torch.Tensor,
+                classifier: nn.Module) -> torch.Tensor:
+    """L_s = mean over the spliced videos (``ok``) of CE(classifier(clips), k), the classes being the spliced
+    video's valid clip positions; 0 (attached) when no video was spliced."""
+    clips = _as_float(clips)
+    clip_mask = clip_mask.bool()
+    logits = classifier(torch.where(clip_mask[..., None], clips, clips.new_zeros(())))
+    logits = logits.masked_fill(~clip_mask, float("-inf"))
+    k = k.to(device=logits.device, dtype=torch.long)
+    ce = torch.logsumexp(logits, dim=1) - logits.gather(1, k[:, None]).squeeze(1)
+    return _masked_mean(ce, ok.to(logits.device).bool() & clip_mask.any(1))
+
+
 def fine_loss(
     clips: torch.Tensor,
     words: torch.Tensor,
@@ -514,7 +651,8 @@ def _loss_weights(weights: Any) -> dict:
     given = _plain(weights, "objective.weights")
     unknown = sorted(set(given) - {f.name for f in fields(LossWeights)})
     if unknown:
-        raise ValueError(f"objective.weights.{unknown[0]}: unknown loss term (expected coarse, fine, temporal)")
+        raise ValueError(f"objective.weights.{unknown[0]}: unknown loss term (expected coarse, fine, temporal, "
+                         "splice)")
     return {**asdict(LossWeights()), **given}
 
 
@@ -554,6 +692,14 @@ def _check_options(o: ObjectiveConfig) -> None:
     _check_temporal_negatives(o.temporal_negatives)
     _check_choice("temporal_directions", o.temporal_directions, TEMPORAL_DIRECTIONS)
     _check_choice("stopwords", o.stopwords, STOPWORDS)
+    _check_choice("temporal_form", o.temporal_form, TEMPORAL_FORMS)
+    if o.release_negatives < 1:
+        raise ValueError(f"objective.release_negatives must be >= 1, got {o.release_negatives}")
+    if o.temporal_form == "release" and (o.temporal_negatives != "clips" or not math.isinf(o.sigma)):
+        raise ValueError("objective.temporal_form=release has its own negatives (K raw same-sample words / clips) "
+                         "and no distance weighting: leave objective.temporal_negatives=clips and objective.sigma=inf")
+    if o.weights.splice < 0:
+        raise ValueError(f"objective.weights.splice must be >= 0, got {o.weights.splice}")
     if o.topk < 1:
         raise ValueError(f"objective.topk must be >= 1, got {o.topk}")
     if o.tau_fine <= 0:
@@ -592,10 +738,14 @@ class LocVTPObjective(nn.Module):
     gradients — and the offsets from all ranks (docs/method.md, "Distributed training"). Offsets are drawn
     here (``draw_offsets``) only when not given; training draws them with the data.
     ``window`` is the deprecated name of ``max_offset``.
+
+    ``temporal_form="release"`` (METHOD.md §3b) replaces g by two :class:`OffsetEncoding` (``release_word_head``,
+    ``release_clip_head``); ``weights.splice > 0`` adds the splice classifier, which needs ``num_clips`` (T,
+    ``data.num_clips``) and the encoded spliced batch (``splice=``, see :func:`splice_batch`).
     """
 
     def __init__(self, options: ObjectiveConfig | Mapping[str, Any] | None = None, *, dim: int = 256,
-                 fused: bool = True, **overrides: Any):
+                 fused: bool = True, num_clips: int | None = None, **overrides: Any):
         super().__init__()
         o = self.options = objective_options(options, **overrides)
         _check_options(o)
@@ -614,14 +764,26 @@ class LocVTPObjective(nn.Module):
         self.temporal_negatives = str(o.temporal_negatives)
         self.context_in_span, self.context_stop_grad = bool(o.context_in_span), bool(o.context_stop_grad)
         self.temporal_directions, self.stopwords = str(o.temporal_directions), str(o.stopwords)
-        self.context_head = ContextProjectionHead(dim, window=self.max_offset, kind=o.head, hidden=o.head_hidden)
+        self.temporal_form, self.release_negatives = str(o.temporal_form), int(o.release_negatives)
+        self.temporal_text_grad = bool(o.temporal_text_grad)
+        self.splice_weight = self.weights["splice"]
+        if self.temporal_form == "method":
+            self.context_head = ContextProjectionHead(dim, window=self.max_offset, kind=o.head, hidden=o.head_hidden)
+        else:  # §3b: one offset encoding for warped words, another for warped clips; no g (nothing unused for DDP)
+            self.context_head = None
+            self.release_word_head, self.release_clip_head = OffsetEncoding(dim), OffsetEncoding(dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(o.logit_scale_init)))
+        if self.splice_weight > 0:
+            if num_clips is None:
+                raise ValueError("objective.weights.splice > 0 needs num_clips= (data.num_clips): the splice "
+                                 "classifier reads the T concatenated clip embeddings")
+            self.splice_classifier = SpliceClassifier(dim, int(num_clips))
 
     @classmethod
-    def from_config(cls, objective_cfg: Any, dim: int = 256) -> "LocVTPObjective":
-        """``cls(objective_cfg, dim=dim)``: ``cfg.objective`` (ObjectiveConfig, DictConfig or mapping; a whole
-        Config too)."""
-        return cls(objective_cfg, dim=dim)
+    def from_config(cls, objective_cfg: Any, dim: int = 256, num_clips: int | None = None) -> "LocVTPObjective":
+        """``cls(objective_cfg, dim=dim, num_clips=num_clips)``: ``cfg.objective`` (ObjectiveConfig, DictConfig
+        or mapping; a whole Config too)."""
+        return cls(objective_cfg, dim=dim, num_clips=num_clips)
 
     @property
     def window(self) -> int:
@@ -644,8 +806,10 @@ class LocVTPObjective(nn.Module):
         """1/τ_c = exp(logit_scale), clamped at ``logit_scale_max`` (CLIP)."""
         return self.logit_scale.exp().clamp(max=self.logit_scale_max)
 
-    def _gather(self, clips, words, sentence, clip_mask, word_mask, offsets, content_mask=None):
-        """Global batch from all ranks (features with gradients); pads T and L to the largest rank's."""
+    def _gather(self, clips, words, sentence, clip_mask, word_mask, offsets, content_mask=None, extras=None):
+        """Global batch from all ranks (features with gradients); pads T and L to the largest rank's.
+        ``extras`` (the release's draws, span mask, spliced clips; None entries stay None) are gathered too and
+        returned as the last element."""
         sizes = all_gather_sizes(clips.shape[0], clips.device)
         dims = all_gather_nograd(torch.tensor([[clips.shape[1], words.shape[1]]], device=clips.device), sizes=[1] * len(sizes))
         T, L = (int(v) for v in dims.max(dim=0).values)
@@ -659,9 +823,83 @@ class LocVTPObjective(nn.Module):
             all_gather_nograd(word_mask, sizes),
             all_gather_nograd(offsets, sizes),
         )
-        if content_mask is None:
+        if content_mask is not None:
+            gathered = gathered + (all_gather_nograd(_pad_to(content_mask, L, 1), sizes),)
+        if extras is None:
             return gathered
-        return gathered + (all_gather_nograd(_pad_to(content_mask, L, 1), sizes),)
+        return gathered + (self._gather_extras(extras, sizes, T, L),)
+
+    @staticmethod
+    def _gather_extras(extras: dict, sizes, T: int, L: int) -> dict:
+        """The release form's draws and span mask (no gradient) and the spliced clips (with gradient)."""
+        out = dict(extras)
+        for key, size in (("span_mask", T), ("clip_draws", T), ("word_draws", L)):
+            if extras.get(key) is not None:
+                out[key] = all_gather_nograd(_pad_to(extras[key], size, 1), sizes)
+        if extras.get("splice") is not None:
+            emb, mask, k, ok = extras["splice"]
+            out["splice"] = (all_gather_with_grad(_pad_to(emb, T, 1), sizes),
+                             all_gather_nograd(_pad_to(mask.bool(), T, 1), sizes),
+                             all_gather_nograd(k, sizes), all_gather_nograd(ok.bool(), sizes))
+        return out
+
+    def _prepare_extras(self, clip_mask, word_mask, span_mask, clip_draws, word_draws, splice) -> dict:
+        """What the release form and the splice term read besides the features (drawn here when not given)."""
+        B, T = clip_mask.shape
+        extras: dict[str, Any] = {"span_mask": None, "clip_draws": None, "word_draws": None, "splice": None}
+        if self.use_temporal and self.temporal_form == "release":
+            if clip_draws is None or word_draws is None:
+                clip_draws, word_draws = draw_release_variates(B, T, word_mask.shape[1], self.release_negatives,
+                                                               device=clip_mask.device)
+            extras["clip_draws"], extras["word_draws"] = clip_draws, word_draws
+            if self.context_in_span:
+                if span_mask is None:
+                    raise ValueError("objective.context_in_span with temporal_form=release keeps the clips inside "
+                                     "the caption's span: pass span_mask= (the dataset's)")
+                extras["span_mask"] = span_mask.to(clip_mask.device).bool()
+        if self.splice_weight > 0:
+            if splice is None:
+                raise ValueError("objective.weights.splice > 0 needs splice=(clip embeddings of the spliced batch, "
+                                 "their clip mask, k, ok): locvtp.objectives.splice_batch, then encode_video")
+            extras["splice"] = splice
+        return extras
+
+    def _fine_temporal(self, clips, words, clip_mask, word_mask, offsets, content_mask, extras):
+        """(terms, correspondences) of §2 and §3 (METHOD.md's form, or §3b's with ``temporal_form=release``);
+        ``temporal_text_grad=False`` gives the temporal term detached words (a separate pass for METHOD.md's)."""
+        method_t = self.use_temporal and self.temporal_form == "method"
+        kw = dict(head=self.context_head, offsets=offsets, topk=self.topk, tau=self.tau_fine,
+                  max_offset=self.max_offset, sigma=self.sigma, intra_negatives=self.intra_negatives, soft=self.soft,
+                  bf16_products=self.bf16_products, fused=self.fused, temporal_negatives=self.temporal_negatives,
+                  context_stop_grad=self.context_stop_grad, temporal_directions=self.temporal_directions,
+                  content_mask=content_mask)
+        if method_t and not self.temporal_text_grad:
+            terms, corr = fine_temporal_losses(clips, words, clip_mask, word_mask, fine=self.use_fine,
+                                               temporal=False, **kw)
+            t_terms, t_corr = fine_temporal_losses(clips, words.detach(), clip_mask, word_mask, fine=False,
+                                                   temporal=True, **kw)
+            terms.update(t_terms)
+            corr = corr if self.use_fine else t_corr
+        else:
+            terms, corr = fine_temporal_losses(clips, words, clip_mask, word_mask, fine=self.use_fine,
+                                               temporal=method_t, **kw)
+        if self.use_temporal and self.temporal_form == "release":
+            terms.update(release_temporal_loss(
+                clips, words if self.temporal_text_grad else words.detach(), clip_mask, word_mask,
+                self.release_word_head, self.release_clip_head, extras["clip_draws"], extras["word_draws"],
+                tau=self.tau_fine, content_mask=content_mask, span_mask=extras["span_mask"],
+                context_stop_grad=self.context_stop_grad, temporal_directions=self.temporal_directions))
+        return terms, corr
+
+    def _content_mask(self, content_mask, device):
+        if self.stopwords == "none":
+            return None  # default: every valid word may be a positive (bit-identical to before)
+        if content_mask is None:
+            raise ValueError(
+                f"objective.stopwords={self.stopwords!r} needs the batch's content_mask (made by the Collator: "
+                "locvtp.data.stopwords.content_words); pass content_mask= to the objective"
+            )
+        return content_mask.to(device=device).bool()
 
     def forward(
         self,
@@ -673,20 +911,19 @@ class LocVTPObjective(nn.Module):
         offsets: torch.Tensor | None = None,
         content_mask: torch.Tensor | None = None,
         span_mask: torch.Tensor | None = None,
+        clip_draws: torch.Tensor | None = None,
+        word_draws: torch.Tensor | None = None,
+        splice: tuple | None = None,
     ) -> dict[str, torch.Tensor]:
         """``content_mask`` [B,L] (the Collator's, from :func:`content_words`) is used only with
-        ``stopwords="english"`` and required then; ``span_mask`` [B,T] (clips inside the caption's span) only
-        when the offsets are drawn here with ``context_in_span`` (training draws them in the dataset)."""
+        ``stopwords="english"`` and required then; ``span_mask`` [B,T] (clips inside the caption's span) when
+        the offsets are drawn here with ``context_in_span``, and with ``temporal_form=release`` and
+        ``context_in_span``. ``clip_draws`` / ``word_draws``: the release form's variates
+        (:func:`draw_release_variates`; drawn here when not given, training draws them with the data).
+        ``splice``: (clip embeddings [B,T,D] of the spliced batch, its clip mask, k, ok) when
+        ``weights.splice > 0`` (:func:`splice_batch`)."""
         clip_mask, word_mask = clip_mask.bool(), word_mask.bool()
-        if self.stopwords == "none":
-            content_mask = None  # default: every valid word may be a positive (bit-identical to before)
-        elif content_mask is None:
-            raise ValueError(
-                f"objective.stopwords={self.stopwords!r} needs the batch's content_mask (made by the Collator: "
-                "locvtp.data.stopwords.content_words); pass content_mask= to the objective"
-            )
-        else:
-            content_mask = content_mask.to(device=clips.device).bool()
+        content_mask = self._content_mask(content_mask, clips.device)
         if offsets is None:
             if self.context_in_span and span_mask is None:
                 raise ValueError("objective.context_in_span draws offsets inside the caption's span: pass "
@@ -694,25 +931,19 @@ class LocVTPObjective(nn.Module):
             offsets = draw_offsets(clip_mask, self.max_offset,
                                    span_mask=span_mask.bool() if self.context_in_span else None)
         offsets = offsets.to(device=clips.device, dtype=torch.long)
+        extras = self._prepare_extras(clip_mask, word_mask, span_mask, clip_draws, word_draws, splice)
         if self.gather and is_distributed():
             clips, words, sentence, clip_mask, word_mask, offsets, *rest = self._gather(
-                clips, words, sentence, clip_mask, word_mask, offsets, content_mask
+                clips, words, sentence, clip_mask, word_mask, offsets, content_mask, extras
             )
-            content_mask = rest[0] if rest else None
+            extras = rest[-1]
+            content_mask = rest[0] if len(rest) > 1 else None
         clips, words, sentence = _as_float(clips), _as_float(words), _as_float(sentence)
         zero = clips.new_zeros(())
         scale = self.scale()
         out: dict[str, torch.Tensor] = {}
         out["coarse"] = coarse_loss(clips, sentence, clip_mask, scale) if self.use_coarse else zero
-        terms, corr = fine_temporal_losses(
-            clips, words, clip_mask, word_mask,
-            fine=self.use_fine, temporal=self.use_temporal, head=self.context_head, offsets=offsets,
-            topk=self.topk, tau=self.tau_fine, max_offset=self.max_offset, sigma=self.sigma,
-            intra_negatives=self.intra_negatives, soft=self.soft, bf16_products=self.bf16_products,
-            fused=self.fused, temporal_negatives=self.temporal_negatives,
-            context_stop_grad=self.context_stop_grad, temporal_directions=self.temporal_directions,
-            content_mask=content_mask,
-        )
+        terms, corr = self._fine_temporal(clips, words, clip_mask, word_mask, offsets, content_mask, extras)
         out["fine"] = terms.get("fine", zero)
         out["temporal"] = terms.get("temporal", zero)
         for key in ("fine_cw", "fine_wc", "temporal_z", "temporal_w"):
@@ -723,6 +954,9 @@ class LocVTPObjective(nn.Module):
                 ramp = 1.0 if key == "coarse" else self.aux_scale
                 # a zero ramp still keeps the term in the graph: DDP then sees every parameter used
                 total = total + (self.weights[key] * ramp) * out[key]
+        if self.splice_weight > 0:  # not ramped: it needs no discovered correspondences
+            out["splice"] = splice_loss(*extras["splice"], self.splice_classifier)
+            total = total + self.splice_weight * out["splice"]
         out["total"] = total
         out["aux_scale"] = torch.tensor(float(self.aux_scale))
         out["logit_scale"] = scale.detach()

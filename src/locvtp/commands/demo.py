@@ -467,6 +467,8 @@ def _report(table: str, commands: dict, cfg_path: Path, plots: dict, out: Path, 
 # METHOD.md as written: positives discovered among all words. The default masks stop words since issue 15
 # (docs/method.md "Options"); the rows measured against METHOD.md keep it, so their figures stay reproducible.
 METHOD = ["objective.stopwords=none"]
+# METHOD.md §3b: the release's form of the temporal term, its contexts drawn inside the caption's span
+RELEASE_FORM = ["objective.temporal_form=release", "objective.context_in_span=true"]
 
 ABLATIONS: dict[str, list[str]] = {
     "coarse": ["objective.fine=false", "objective.temporal=false"],
@@ -489,6 +491,12 @@ ABLATIONS: dict[str, list[str]] = {
     "sigma=1": [*METHOD, "objective.sigma=1"],
     # the stop-word mask without the temporal term: does the mask help the fine term itself, or the temporal one?
     "+fine stopwords=english": ["objective.temporal=false", "objective.stopwords=english"],
+    # issue 23 (docs/method.md "The release's form"): the release's temporal term (contexts inside the caption's
+    # span), then with its splice classifier and its frozen text encoder; and METHOD.md's with the text side detached
+    "temporal_form=release": [*METHOD, *RELEASE_FORM],
+    "release+splice": [*METHOD, *RELEASE_FORM, "objective.weights.splice=1"],
+    "release+splice+text.freeze": [*METHOD, *RELEASE_FORM, "objective.weights.splice=1", "model.text.freeze=true"],
+    "temporal_text_grad=false": [*METHOD, "objective.temporal_text_grad=false"],
 }
 
 

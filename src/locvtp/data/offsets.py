@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["draw_offsets"]
+__all__ = ["draw_offsets", "draw_release_variates", "draw_splice_variates"]
 
 
 def draw_offsets(clip_mask: torch.Tensor, max_offset: int, generator: torch.Generator | None = None,
@@ -41,3 +41,28 @@ def draw_offsets(clip_mask: torch.Tensor, max_offset: int, generator: torch.Gene
     pick = score.argmax(dim=-1)
     delta = cand[pick]
     return torch.where(ok.any(-1), delta, torch.zeros_like(delta))
+
+
+def draw_release_variates(batch: int, num_clips: int, num_words: int, negatives: int,
+                          generator: torch.Generator | None = None, device: torch.device | str | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random choices of the release's temporal term (``objective.temporal_form=release``), as uniform
+    variates in [0, 1): ``clip_draws`` [B,T,1+K] (per clip anchor: the warped word s, then K negative words) and
+    ``word_draws`` [B,L,1+K] (per word anchor: the warped clip s, then K negative clips).
+
+    Why variates and not indices: they are drawn with the data (per sample, from its own generator, like δ),
+    before the sentence is tokenized and the batch padded; the objective turns each into the ⌊u·n⌋-th valid
+    word or clip of its sample (:func:`locvtp.objectives.pick_valid`), so a draw never lands on padding."""
+    if negatives < 1:
+        raise ValueError(f"objective.release_negatives must be >= 1, got {negatives}")
+    dev = device if generator is None else generator.device
+    clip_draws = torch.rand((batch, num_clips, 1 + negatives), generator=generator, device=dev)
+    word_draws = torch.rand((batch, num_words, 1 + negatives), generator=generator, device=dev)
+    return clip_draws, word_draws
+
+
+def draw_splice_variates(batch: int, generator: torch.Generator | None = None,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """[B] uniform variates in [0, 1): where each sample is spliced (``objective.weights.splice``; the index
+    k = ⌊u·n⌋ is taken by :func:`locvtp.objectives.splice_batch` once the partner is known)."""
+    return torch.rand((batch,), generator=generator, device=device if generator is None else generator.device)

@@ -69,3 +69,40 @@ class ContextProjectionHead(nn.Module):
         if self.kind == "linear":
             return self.fc(h)
         return self.norm(h + self.fc2(F.gelu(self.fc1(h))))
+
+
+class OffsetEncoding(nn.Module):
+    """The release's warp g(x, Δ) = x + A_sign·sign(Δ) + A_dist·|Δ| (METHOD.md §3b), ``A_sign, A_dist``
+    learned ``Linear(1, D)`` of the scalar offset (with their biases, as in the release); no MLP, no
+    non-linearity. The release keeps one for warped words and one for warped clips
+    (``objective.temporal_form=release``). Output is *not* normalized (the objective normalizes)."""
+
+    def __init__(self, dim: int = 256):
+        super().__init__()
+        self.sign_proj = nn.Linear(1, dim)
+        self.dist_proj = nn.Linear(1, dim)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """x [..., dim], integer offsets Δ [...] (any range; Δ = 0 adds the biases only) -> [..., dim]."""
+        d = offsets.to(x.dtype).unsqueeze(-1)
+        return x + self.sign_proj(torch.sign(d)) + self.dist_proj(d.abs())
+
+
+class SpliceClassifier(nn.Module):
+    """The release's splice classifier: ``Linear(T·D, T)`` over the concatenated clip embeddings of a spliced
+    video, one logit per clip position k (where the second video starts). Needs a fixed T (``data.num_clips``)."""
+
+    def __init__(self, dim: int, num_clips: int):
+        super().__init__()
+        if num_clips < 1:
+            raise ValueError(f"the splice classifier needs num_clips >= 1, got {num_clips}")
+        self.dim, self.num_clips = dim, num_clips
+        self.fc = nn.Linear(num_clips * dim, num_clips)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips [B,T,D] (padded clips zero) -> logits [B,T]."""
+        B, T, D = clips.shape
+        if (T, D) != (self.num_clips, self.dim):
+            raise ValueError(f"the splice classifier was built for [T,D]={self.num_clips, self.dim} "
+                             f"(data.num_clips, model.dim), got {T, D}")
+        return self.fc(clips.reshape(B, T * D))

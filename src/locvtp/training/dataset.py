@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from locvtp.config import ConfigError
 from locvtp.training.corpus import DataPaths, read_split_ids
-from locvtp.data.offsets import draw_offsets
+from locvtp.data.offsets import draw_offsets, draw_release_variates, draw_splice_variates
 from locvtp.data.stopwords import content_words, stopword_ids
 from locvtp.data.videoids import video_path
 from locvtp.training.records import BadSample, BadSampleError, CaptionItem, NoSamplesError, STRICT_NOTE, _reason
@@ -56,8 +56,12 @@ class PretrainDataset(Dataset):
 
     def __init__(self, items: list[CaptionItem], source: Any, num_clips: int, clip_seconds: float,
                  jitter_seconds: float = 0.0, train: bool = True, seed: int = 0, strict: bool = False,
-                 max_retries: int = 16, max_offset: int = 0, offset_in_span: bool = False):
+                 max_retries: int = 16, max_offset: int = 0, offset_in_span: bool = False,
+                 release_negatives: int = 0, max_words: int = 0, splice: bool = False):
         self.items, self.source = items, source
+        # objective.temporal_form=release (K = release_negatives > 0) and objective.weights.splice > 0: their
+        # uniform variates, drawn here per sample like δ (locvtp.data.offsets.draw_release_variates)
+        self.release_negatives, self.max_words, self.splice = int(release_negatives), int(max_words), bool(splice)
         self.max_offset = max_offset  # > 0: draw the temporal objective's offsets δ ∈ [-max_offset, max_offset] here
         # objective.context_in_span: reference and context clip both inside the narration's own span
         self.offset_in_span = bool(offset_in_span)
@@ -101,7 +105,19 @@ class PretrainDataset(Dataset):
                 span = torch.from_numpy(in_span)[None]
             sample["offsets"] = draw_offsets(torch.from_numpy(mask)[None], self.max_offset, g,
                                              span_mask=span)[0].numpy()
+        if self.release_negatives > 0 or self.splice:  # after every other draw: the default's stay as they were
+            self._release_draws(sample, torch.Generator().manual_seed(int(rng.integers(0, 2**62))))
         return sample
+
+    def _release_draws(self, sample: dict, g: torch.Generator) -> None:
+        """The release form's variates ([T,1+K] per clip, [max_words,1+K] per token slot; the Collator cuts
+        them to the batch's L) and the splice variate, from the sample's own generator."""
+        if self.release_negatives > 0:
+            clip_draws, word_draws = draw_release_variates(1, self.num_clips, self.max_words,
+                                                           self.release_negatives, g)
+            sample["clip_draws"], sample["word_draws"] = clip_draws[0].numpy(), word_draws[0].numpy()
+        if self.splice:
+            sample["splice_draws"] = draw_splice_variates(1, g)[0].numpy()
 
     def __getitem__(self, key) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -141,10 +157,15 @@ class Collator:
         }
         if "offsets" in samples[0]:
             batch["offsets"] = torch.from_numpy(np.stack([s["offsets"] for s in samples])).long()
+        for key in ("span_mask", "clip_draws", "word_draws", "splice_draws"):  # release form / splice term
+            if key in samples[0]:
+                batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
         tok = self.tokenizer([s["text"] for s in samples], max_length=self.max_words)
         batch["input_ids"] = tok["input_ids"].long()
         batch["attention_mask"] = tok["attention_mask"].bool()
         batch["word_mask"] = tok["word_mask"].bool()
+        if "word_draws" in batch:  # drawn for data.max_words token slots: the batch's L
+            batch["word_draws"] = batch["word_draws"][:, : batch["input_ids"].shape[1]].contiguous()
         if hasattr(self.tokenizer, "token_to_id"):  # objective.stopwords: the words that may be positives
             if getattr(self, "_stop_ids", None) is None:
                 self._stop_ids = torch.tensor(stopword_ids(self.tokenizer), dtype=torch.long)
@@ -208,7 +229,10 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     dataset = PretrainDataset(CaptionItems(store, good), source, int(d.num_clips), float(d.clip_seconds),
                               float(d.jitter_seconds), train=True, seed=int(cfg.seed), strict=strict,
                               max_offset=int(oc.max_offset) if oc.temporal else 0,
-                              offset_in_span=bool(getattr(oc, "context_in_span", False)))
+                              offset_in_span=bool(getattr(oc, "context_in_span", False)),
+                              release_negatives=int(oc.release_negatives) if oc.temporal and
+                              oc.temporal_form == "release" else 0,
+                              max_words=int(d.max_words), splice=float(oc.weights.splice) > 0)
     return PretrainData(dataset=dataset, bad=bad, total=len(cand) + len(store.bad_rows()))
 
 

@@ -48,8 +48,21 @@ class Pretrainer(nn.Module):
     def forward(self, batch: dict) -> dict:
         clips = self.model.encode_video(batch["clips"], batch["clip_mask"])
         words, sentence = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
+        extra = {}
+        if getattr(self.objective, "splice_weight", 0) > 0:
+            extra["splice"] = self.encode_spliced(batch)
         return self.objective(clips, words, sentence, batch["clip_mask"], batch["word_mask"],
-                              offsets=batch.get("offsets"), content_mask=batch.get("content_mask"))
+                              offsets=batch.get("offsets"), content_mask=batch.get("content_mask"),
+                              span_mask=batch.get("span_mask"), clip_draws=batch.get("clip_draws"),
+                              word_draws=batch.get("word_draws"), **extra)
+
+    def encode_spliced(self, batch: dict) -> tuple:
+        """The release's splice classifier (``objective.weights.splice``) reads the spliced batch encoded
+        again: a second video-encoder forward on the encoder's inputs (docs/method.md "The release's form")."""
+        from locvtp.objectives import splice_batch
+
+        spliced, mask, k, ok = splice_batch(batch["clips"], batch["clip_mask"], batch["splice_draws"])
+        return self.model.encode_video(spliced, mask), mask, k, ok
 
 
 def prepare_tokenizer(cfg: Any, run: Path, store: Any, resume_from: Optional[Path], dist: Dist) -> Any:
@@ -234,7 +247,7 @@ def _build_net(cfg: Any, dist: Dist, resuming: bool):
 
     torch.manual_seed(int(cfg.seed))
     model = LocVTP.from_config(cfg, load_pretrained=not resuming)
-    objective = LocVTPObjective.from_config(cfg.objective, dim=int(cfg.model.dim))
+    objective = LocVTPObjective.from_config(cfg.objective, dim=int(cfg.model.dim), num_clips=int(cfg.data.num_clips))
     net = Pretrainer(model, objective).to(dist.device)
     torch.manual_seed(int(cfg.seed) + dist.rank)  # same init everywhere, but each rank its own dropout masks
     optimizer = build_optimizer(net, cfg.train)
@@ -273,7 +286,9 @@ def _wrap_ddp(cfg: Any, net: nn.Module, dist: Dist) -> nn.Module:
     oc = cfg.objective
     return nn.parallel.DistributedDataParallel(
         net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-        find_unused_parameters=not (oc.coarse and oc.fine and oc.temporal))
+        # every term on: every parameter is used; the release form with one direction leaves the other's offsets
+        find_unused_parameters=not (oc.coarse and oc.fine and oc.temporal) or (
+            oc.temporal_form == "release" and oc.temporal_directions != "both"))
 
 
 def _make_loader(cfg: Any, data: Any, tokenizer: Any, dist: Dist, step: int):
