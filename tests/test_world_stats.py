@@ -124,8 +124,12 @@ def test_stats_of_hand_made_world():
 
 @pytest.mark.parametrize("seed", [11, 12])
 def test_long_preset_inside_targets(seed):
-    s = plan_stats(plan_world(seed, "long", sizes=OTHERS))
+    plan = plan_world(seed, "long", sizes=OTHERS)
+    s = plan_stats(plan)
     assert s["generator_version"] == "1.4"
+    videos = [v for name in ("pretrain", "grounding_train", "grounding_test") for v in plan.splits[name]]
+    assert all(50 <= v.duration <= 120 and 3 <= len(v.events) <= 5 for v in videos)
+    assert all(6 <= e.end - e.start <= 45 for v in videos for e in v.events)
     for name in ("pretrain", "grounding_train", "grounding_test"):
         sp = s["splits"][name]
         assert sp["moment_seconds"]["median"] >= 10, (name, sp)  # ActivityNet 21-26 s, YouCook2 14 s
@@ -263,6 +267,8 @@ def test_synth_stats_cli(tiny_world, tmp_path, capsys):
     assert s["splits"]["grounding_test"]["moments"] == sum(len(g["events"]) for g in gt.values()
                                                           if g["split"] == "grounding_test")
     assert 0 <= s["context_pairs"]["crossing_in_span_pct"] <= 100
+    assert {k: v for k, v in s.items() if k != "world"} == plan_stats(plan_world(0, "tiny"))  # disk == plan
+    assert_one_line_error(run_cli(["synth", "--stats", tiny_world, "--preset", "long"], capsys), 2, "--preset")
     assert_one_line_error(run_cli(["synth", "--stats", tiny_world, "--out", tmp_path / "o"], capsys), 2, "--out")
     assert_one_line_error(run_cli(["synth", "--stats", tmp_path / "none"], capsys), 2, "none")
     (tmp_path / "junk").mkdir()

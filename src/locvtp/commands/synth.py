@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         "lengths, moment/video ratio, events per video, narrations per event, the share of pre-training context "
         "pairs crossing an event boundary with and without objective.context_in_span; writes nothing"))
     ap.add_argument("--json", action="store_true", help="with --stats: print the statistics as JSON")
-    ap.add_argument("--seed", type=nonnegative_int, default=0)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help=(
+    ap.add_argument("--seed", type=nonnegative_int, default=None, help="random seed (default 0)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help=(
+        "default tiny; "
         "tiny, demo: the demo's world; long (ActivityNet/YouCook2-like: 50-120 s videos, 3-5 events of median "
         ">= 10 s) and charades (Charades-STA-like: ~30 s videos, 1-3 moments of 5-12 s) need generator 1.4"))
     ap.add_argument("--generator-version", "--version", dest="version", choices=GENERATOR_VERSIONS,
@@ -38,9 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.stats is not None:
-        if args.out is not None:
-            ap.error("--stats DIR reads a world and writes nothing: drop --out")
+        given = [name for name, value in (("--out", args.out), ("--seed", args.seed), ("--preset", args.preset),
+                                          ("--generator-version", args.version), ("--force", args.force or None))
+                 if value is not None]
+        if given:
+            ap.error(f"--stats DIR reads the world in DIR as it is and writes nothing: drop {', '.join(given)}")
         return _print_stats(args.stats, args.json)
+    args.seed = 0 if args.seed is None else args.seed
+    args.preset = "tiny" if args.preset is None else args.preset
     if args.out is None:
         ap.error("the following arguments are required: --out (or --stats DIR)")
     if args.json:
