@@ -15,8 +15,8 @@ import numpy as np
 
 from locvtp.data.formats import EPIC_HEADER
 from locvtp.world.plan import (
-    ACTIONS, COLOURS, FILLERS, FPS, Obj, PRESETS, SHAPES, SPLIT_ORDER, UNRELATED, VideoSpec, WorldPlan, _pick, _rng,
-    describe, instruct,
+    ACTIONS, COLOURS, FILLERS, FPS, MomentStyle, Obj, PRESETS, SHAPES, SPLIT_ORDER, UNRELATED, VideoSpec, WorldPlan,
+    _pick, _rng, describe, instruct, moment_style,
 )
 
 
@@ -25,19 +25,48 @@ def _r2(x: float) -> float:
     return float(round(float(x), 2))
 
 
+def _narration_text(rng: np.random.Generator, obj: Obj, action: str) -> str:
+    """A narrated sentence about an event: a description or "now we <instruction>", sometimes after a filler."""
+    text = describe(rng, obj, action) if rng.random() < 0.6 else f"now we {instruct(rng, obj, action)}"
+    if rng.random() < 0.35:
+        text = f"{_pick(rng, FILLERS)} {text}"
+    return text
+
+
 def narrations(spec: VideoSpec, rng: np.random.Generator) -> dict[str, list]:
     """HowTo100M-like noisy narration of one long video: fillers, ~15 % unrelated sentences, shifted times."""
     items: list[tuple[float, float, str]] = []
     for e in spec.events:
-        obj = spec.objects[e.obj]
-        text = describe(rng, obj, e.action) if rng.random() < 0.6 else f"now we {instruct(rng, obj, e.action)}"
-        if rng.random() < 0.35:
-            text = f"{_pick(rng, FILLERS)} {text}"
+        text = _narration_text(rng, spec.objects[e.obj], e.action)
         shift = float(rng.uniform(-2.0, 2.0))  # misalignment of up to ±2 clips (1 s each)
         s = e.start + shift + float(rng.uniform(-0.3, 0.3))
         t = e.end + shift + float(rng.uniform(-0.3, 0.3))
         items.append((s, t, text))
-    n_unrelated = int(rng.binomial(len(spec.events), 0.15 / 0.85))  # expected share of all narrations: 15 %
+    return _with_unrelated(spec, rng, items)
+
+
+def moment_narrations(spec: VideoSpec, rng: np.random.Generator, style: MomentStyle) -> dict[str, list]:
+    """HowTo100M-like narration of a generator-1.4 moment video: several short narrations per event (2-4 s, about
+    one per ``narration_every`` s, each in its own part of the event), each moved by U(-shift, shift) s, plus
+    ~15 % unrelated sentences. Why several short ones: HowTo100M narrates every few seconds, so a pre-training
+    sample's span lies inside one step, and `context_in_span` keeps its context there."""
+    items: list[tuple[float, float, str]] = []
+    for e in spec.events:
+        length_e = e.end - e.start
+        n = int(np.clip(round(length_e / style.narration_every), *style.narrations_per_event))
+        for j in range(n):
+            length = min(float(rng.uniform(*style.narration_seconds)), length_e)
+            centre = e.start + length_e * (j + float(rng.uniform(0.0, 1.0))) / n
+            s = min(max(centre - 0.5 * length, e.start), e.end - length)
+            shift = float(rng.uniform(-style.narration_shift, style.narration_shift))
+            items.append((s + shift, s + shift + length, _narration_text(rng, spec.objects[e.obj], e.action)))
+    return _with_unrelated(spec, rng, items)
+
+
+def _with_unrelated(spec: VideoSpec, rng: np.random.Generator, items: list[tuple[float, float, str]]
+                    ) -> dict[str, list]:
+    """The narrations plus unrelated sentences, in time order, clamped to the video, as caption.json lists."""
+    n_unrelated = int(rng.binomial(len(items), 0.15 / 0.85))  # expected share of all narrations: 15 %
     for _ in range(n_unrelated):
         length = float(rng.uniform(1.5, 4.0))
         s = float(rng.uniform(0.0, max(0.1, spec.duration - length)))
@@ -112,8 +141,11 @@ def _pretrain_files(plan: WorldPlan, files: dict[str, bytes]) -> None:
     """HowTo100M caption.json (noisy narrations), WebVid csv (one clean caption per short video)."""
     seed, S = plan.seed, plan.splits
     # pre-training: HowTo100M caption.json (noisy), WebVid csv (one clean caption per short video)
-    files["pretrain/caption.json"] = _js({v.vid: narrations(v, _text_rng(seed, "pretrain", i))
-                                         for i, v in enumerate(S["pretrain"])})
+    style = moment_style(plan.preset, plan.version)
+    files["pretrain/caption.json"] = _js({
+        v.vid: (narrations(v, _text_rng(seed, "pretrain", i)) if style is None
+                else moment_narrations(v, _text_rng(seed, "pretrain", i), style))
+        for i, v in enumerate(S["pretrain"])})
     wv_rows = []
     for i, v in enumerate(S["webvid"]):
         e = v.events[0]
@@ -254,5 +286,6 @@ def _ground_truth_file(plan: WorldPlan, files: dict[str, bytes]) -> None:
                                   "y": _r2(o.y), "r": _r2(o.r)} for o in v.objects],
                      "events": [{"object": e.obj, "action": e.action, "start": _r2(e.start), "end": _r2(e.end),
                                  "caption": e.caption} for e in v.events],
-                     **({"task": v.extra["task"], "steps": v.extra["steps"]} if "task" in v.extra else {})}
+                     **({"task": v.extra["task"], "steps": v.extra["steps"]} if "task" in v.extra else {}),
+                     **({"motion": v.extra["motion"]} if "motion" in v.extra else {})}
     files["ground_truth.json"] = _js(gt)

@@ -14,8 +14,8 @@ from typing import Any
 
 from locvtp.errors import LocVTPError
 from locvtp.world.plan import (
-    ACTIONS, CLIP_SECONDS, COLOURS, COLOUR_WORDS, FPS, FRAME_SIZE, GENERATOR_VERSION, GENERATOR_VERSIONS, PRESETS,
-    SHAPES, SHAPE_WORDS, WorldPlan, _check_version, plan_world,
+    ACTIONS, CLIP_SECONDS, COLOURS, COLOUR_WORDS, FPS, FRAME_SIZE, GENERATOR_VERSIONS, SHAPES, SHAPE_WORDS,
+    WorldPlan, _check_version, check_request, plan_world,
 )
 from locvtp.world.render import render_video, write_mp4
 from locvtp.world.annotations import _r2, build_annotations
@@ -218,7 +218,7 @@ def _remove_world_files(out: Path, manifest: dict[str, Any] | None) -> None:
 
 
 def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", progress: bool = True,
-                   force: bool = False, version: str = GENERATOR_VERSION) -> dict[str, Any]:
+                   force: bool = False, version: str | None = None) -> dict[str, Any]:
     """Write the synthetic world under `out_dir` and return its manifest.
 
     A directory that already holds the complete, up-to-date world of the same (seed, preset) — same generator
@@ -229,14 +229,13 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
     and a file inside the world's folders that it does not list is refused (NotOwnedError) even with `force`.
     The manifest is written last, so its presence marks a complete world.
 
-    ``version`` (GENERATOR_VERSIONS) is part of the request: a world of another version this code can still
-    generate is a different world (WorldExistsError unless `force`); one of a version it no longer generates is
-    outdated and regenerated.
+    ``version`` (GENERATOR_VERSIONS; None = the preset's `default_version`: 1.3 for tiny/demo, 1.4 for long and
+    charades) is part of the request: a world of another version this code can still generate is a different
+    world (WorldExistsError unless `force`); one of a version it no longer generates is outdated and regenerated.
     """
     out = Path(out_dir)
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    plan = plan_world(seed, preset, _check_version(version))
+    version = check_request(preset, version)
+    plan = plan_world(seed, preset, version)
     files = build_annotations(plan)  # cheap; also what a reusable world on disk must match byte for byte
     if out.exists():
         if not out.is_dir():

@@ -21,12 +21,13 @@ from typing import Any, Iterable
 import numpy as np
 
 
-GENERATOR_VERSION = "1.3"  # the default version (what `make demo` generates); 1.2 stays one flag away
+GENERATOR_VERSION = "1.3"  # the default version of tiny/demo (what `make demo` generates); 1.2 stays one flag away
 # Every version this code generates. A version's worlds stay byte-identical when later versions are added: a new
 # version only switches code paths on, keyed on WorldPlan.version (docs/world_versions.md).
 #   1.2  EPIC-KITCHENS-format labelled action segments (epic_*); everything else as 1.1
 #   1.3  harder CrossTask/COIN test sets (ProcedureStyle below); everything else as 1.2
-GENERATOR_VERSIONS = ("1.2", "1.3")
+#   1.4  the presets `long` and `charades`: benchmark-like moments (MomentStyle below); tiny/demo as 1.3
+GENERATOR_VERSIONS = ("1.2", "1.3", "1.4")
 FPS = 8
 FRAME_SIZE = 32
 CLIP_SECONDS = 1.0
@@ -146,6 +147,9 @@ class Preset:
     # the video backbone is trained on (`locvtp backbone --labels epic-kitchens`), the world's Kinetics step
     epic_train: int = 0
     epic_val: int = 0
+    # generator >= 1.4: the long videos (pre-training, grounding, EPIC) follow MOMENT_STYLES[moments] instead of
+    # `events` (benchmark-like moment statistics); None = the long videos of generator <= 1.3
+    moments: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -160,6 +164,21 @@ PRESETS: dict[str, Preset] = {
         crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
         coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
         events=(3, 10), captions_per_retrieval_video=5, epic_train=160, epic_val=40,
+    ),
+    # Generator >= 1.4. The grounding splits are sized for a head under 2D-TAN's protocol (>= 2 000 training and
+    # >= 600 test queries); pre-training has about the demo's number of narrations; the EPIC splits about its
+    # seconds of labelled video; the short and procedure videos are the demo's.
+    "long": Preset(
+        pretrain=110, webvid=60, grounding_train=530, grounding_test=165, retrieval_train=160, retrieval_test=120,
+        crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
+        coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
+        events=(3, 5), captions_per_retrieval_video=5, epic_train=52, epic_val=13, moments="long",
+    ),
+    "charades": Preset(
+        pretrain=360, webvid=60, grounding_train=1060, grounding_test=330, retrieval_train=160, retrieval_test=120,
+        crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
+        coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
+        events=(1, 3), captions_per_retrieval_video=5, epic_train=150, epic_val=35, moments="charades",
     ),
 }
 
@@ -454,6 +473,7 @@ PROCEDURE_STYLES: dict[str, ProcedureStyle] = {
     "1.3": ProcedureStyle(steps=(7, 10), step_seconds=(2.0, 4.0), short_share=0.5, gap_seconds=(0.0, 1.5),
                           zero_gap_share=0.4, lookalike_share=0.5, distractor_share=0.5),
 }
+PROCEDURE_STYLES["1.4"] = PROCEDURE_STYLES["1.3"]  # 1.4 adds presets; its procedures are 1.3's
 
 
 def _lookalike_kinds(rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -625,6 +645,172 @@ def _plan_task_video(rng: np.random.Generator, vid: str, split: str, task: Task)
                      extra={"task": task.task_id, "steps": [k + 1 for k in chosen]})
 
 
+# ------------------------------------------------------------------------------ benchmark-like moments (1.4)
+@dataclass(frozen=True)
+class MomentStyle:
+    """The long videos (pre-training, grounding, EPIC) of a benchmark-like preset (generator >= 1.4).
+
+    Why: the temporal term relates a clip to clips within W = 2 of it, which presumes moments much longer than W
+    and neighbours that say something about the reference. Generator <= 1.3 has 2-5 s moments of independent
+    actors (docs/world_versions.md); these presets have the benchmarks' moment statistics instead.
+    """
+
+    video_seconds: tuple[float, float]  # a video's length, uniform
+    events: tuple[int, int]  # events per video (inclusive)
+    event_seconds: tuple[float, float]  # bounds of one event's length
+    coverage: tuple[float, float]  # bounds of the share of the video the events cover
+    # the knob: chance that an event's actor is the previous event's (one "activity" per video, as an
+    # ActivityNet video or a YouCook2 recipe); 0 = actors drawn independently, as generator <= 1.3
+    continuity: float
+    narrations_per_event: tuple[int, int]  # HowTo100M-like narrations per event (inclusive) ...
+    narration_every: float  # ... about one per this many seconds of the event
+    narration_seconds: tuple[float, float] = (2.0, 4.0)
+    narration_shift: float = 1.0  # misalignment: each narration moved by U(-shift, shift) s
+    dirichlet: float = 3.0  # concentration of the split of the covered time among the events
+
+
+MOMENT_STYLES: dict[str, MomentStyle] = {
+    # ActivityNet Captions / YouCook2: 50-120 s, 3-5 events with median >= 10 s, one actor carries the video
+    "long": MomentStyle(video_seconds=(50.0, 120.0), events=(3, 5), event_seconds=(6.0, 45.0),
+                        coverage=(0.65, 0.95), continuity=0.8, narrations_per_event=(2, 5), narration_every=5.0),
+    # Charades-STA: ~30 s videos, 1-3 moments of 5-12 s, one person per video
+    "charades": MomentStyle(video_seconds=(26.0, 34.0), events=(1, 3), event_seconds=(5.0, 12.0),
+                            coverage=(0.15, 0.95), continuity=0.8, narrations_per_event=(1, 3),
+                            narration_every=4.0),
+}
+CYCLIC = "cyclic"  # VideoSpec.extra["motion"] of a generator-1.4 moment video (see cyclic_motion)
+MIN_SIZE_SPAN = 2.0 * SIZE_RATE  # grow/shrink need a size range of >= 2 s of growth at the object's place
+
+
+def moment_style(preset: str, version: str) -> MomentStyle | None:
+    """The MomentStyle of a preset's long videos, or None for the long videos of generator <= 1.3."""
+    name = PRESETS[preset].moments
+    return None if name is None or version in ("1.2", "1.3") else MOMENT_STYLES[name]
+
+
+def size_range(shape: str, x: float, y: float) -> tuple[float, float]:
+    """(smallest, largest) radius of an object at (x, y): R_MIN, and the largest that stays inside the frame."""
+    room = min(x, FRAME_SIZE - x, y, FRAME_SIZE - y) - 1.0
+    return R_MIN, min(R_MAX, room / (1.25 if shape in ("triangle", "diamond") else 1.0))
+
+
+def cyclic_motion(shape: str, x: float, y: float, r: float, action: str, progress):
+    """(x, y, r) after ``progress`` seconds (scalar or array) of an action of a generator-1.4 moment video.
+
+    Why: a 10-40 s event cannot be one straight move or growth in a 32-pixel frame, yet every 1-s clip of it
+    must show the action as in generator <= 1.3. So moves wrap around the frame (the object leaves on one side
+    and comes back on the other; rendered in periodic coordinates) and grow/shrink restart from the other end
+    of the object's size range (`size_range`). Shared by the plan (end states) and the renderer (every frame).
+    """
+    p = np.asarray(progress, dtype=np.float64)
+    d = MOVE_SPEED * p
+    x1, y1, r1 = np.full_like(p, x), np.full_like(p, y), np.full_like(p, r)
+    if action in ("move_left", "move_right"):
+        x1 = np.mod(x + (d if action == "move_right" else -d), FRAME_SIZE)
+    elif action in ("move_up", "move_down"):
+        y1 = np.mod(y + (d if action == "move_down" else -d), FRAME_SIZE)
+    elif action in ("grow", "shrink"):
+        lo, hi = size_range(shape, x, y)
+        if action == "grow":
+            v = r + SIZE_RATE * p
+            r1 = np.where(v > hi, lo + np.mod(v - hi, hi - lo), v)
+        else:
+            v = r - SIZE_RATE * p
+            r1 = np.where(v < lo, hi - np.mod(lo - v, hi - lo), v)
+    elif action != "blink":
+        raise ValueError(f"unknown action {action!r}")
+    return x1, y1, r1
+
+
+def _cyclic_end(obj: Obj, action: str, dur: float) -> Obj:
+    x, y, r = cyclic_motion(obj.shape, obj.x, obj.y, obj.r, action, dur)
+    return Obj(obj.colour, obj.shape, float(x), float(y), float(r), obj.role)
+
+
+def _cyclic_feasible(obj: Obj, action: str, dur: float, others: Iterable[Obj] = ()) -> bool:
+    """Can `obj` perform `action` (cyclically) for `dur` s and come to rest inside the frame, clear of `others`?"""
+    if action == "blink":
+        return True
+    if action in ("grow", "shrink"):
+        lo, hi = size_range(obj.shape, obj.x, obj.y)
+        if hi - lo < MIN_SIZE_SPAN or not lo <= obj.r <= hi:
+            return False
+    end = _cyclic_end(obj, action, dur)
+    m = _extent(end.shape, end.r)
+    if not (m <= end.x <= FRAME_SIZE - m and m <= end.y <= FRAME_SIZE - m):
+        return False
+    return all(_clearance(end, o, end.x, end.y, end.x, end.y, end.r) >= 0 for o in others if o.role == "actor")
+
+
+def _moment_lengths(rng: np.random.Generator, style: MomentStyle) -> tuple[float, list[float], np.ndarray]:
+    """(video length, event lengths, shares of the free time per gap): covered time split among the events
+    (Dirichlet), redrawn until every event is within ``event_seconds`` and the coverage within bounds."""
+    n = int(rng.integers(style.events[0], style.events[1] + 1))
+    total = _q(rng, *style.video_seconds)
+    lo, hi = style.event_seconds
+    lengths = [lo] * n
+    for _ in range(500):
+        cover = float(rng.uniform(*style.coverage)) * total
+        cand = [max(TIME_QUANTUM, round(float(v) / TIME_QUANTUM) * TIME_QUANTUM)
+                for v in rng.dirichlet(np.full(n, style.dirichlet)) * cover]
+        if all(lo <= v <= hi for v in cand):
+            lengths = cand
+            break
+    return total, lengths, rng.dirichlet(np.ones(n + 1))
+
+
+def _moment_actor(rng: np.random.Generator, state: list[Obj], n_actors: int, used: set[tuple[int, str]],
+                  prev: int | None, dur: float, style: MomentStyle) -> tuple[int, str, float] | None:
+    """(actor, action, length) of the next event: the previous actor again with probability ``continuity``
+    (else another one), an action it has not done in this video, the length moved by <= 2 s if the drawn one
+    would leave the object at rest outside the frame or on another actor."""
+    stay = prev is not None and rng.random() < style.continuity
+    first = [prev] if stay else [i for i in rng.permutation(n_actors) if i != prev]
+    order = first + [i for i in rng.permutation(n_actors) if i not in first]
+    lo, hi = style.event_seconds
+    tries = [dur + k * TIME_QUANTUM for k in (0, 1, -1, 2, -2, 3, -3, 4, -4)]
+    for i in (int(j) for j in order):
+        acts = [a for a in (ACTIONS[j] for j in rng.permutation(len(ACTIONS))) if (i, a) not in used]
+        for a in acts:
+            for d in tries:
+                if lo <= d <= hi and _cyclic_feasible(state[i], a, d, _without(state, i)):
+                    return i, a, d
+    return None
+
+
+def _plan_moment_video(rng: np.random.Generator, vid: str, split: str, style: MomentStyle) -> VideoSpec:
+    """A generator-1.4 long video: a few long events, one actor usually carrying on from one event to the next
+    (``continuity``), (actor, action) pairs unique per video, idle gaps (possibly 0) between them, the same
+    scene throughout. Moves and size changes are cyclic (`cyclic_motion`)."""
+    n_actors = int(rng.integers(2, 4))
+    objs = _place_objects(rng, n_actors, int(rng.integers(1, 3)))
+    state = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in objs]
+    total, lengths, gap_share = _moment_lengths(rng, style)
+    used: set[tuple[int, str]] = set()
+    chosen: list[tuple[int, str, float]] = []
+    prev = None
+    for dur in lengths:
+        pick = _moment_actor(rng, state, n_actors, used, prev, dur, style)
+        if pick is None:  # pragma: no cover - blink is always feasible for an actor that has not blinked
+            break
+        i, a, d = pick
+        used.add((i, a))
+        state[i] = _cyclic_end(state[i], a, d)
+        chosen.append(pick)
+        prev = i
+    busy = sum(d for _, _, d in chosen)
+    free = max(0.0, total - busy)
+    gaps = [float(np.floor(g * free / TIME_QUANTUM)) * TIME_QUANTUM for g in gap_share[:len(chosen)]]
+    t = gaps[0] if gaps else 0.0
+    events: list[Event] = []
+    for k, (i, a, d) in enumerate(chosen):
+        events.append(Event(i, a, t, t + d, canonical_caption(objs[i], a)))
+        t += d + (gaps[k + 1] if k + 1 < len(gaps) else 0.0)
+    duration = max(total, t) if events else total
+    bg, tex = _background(rng)
+    return VideoSpec(vid, split, duration, objs, events, bg, tex, extra={"motion": CYCLIC})
+
+
 # ---------------------------------------------------------------------------------------------- world plan
 SPLIT_ORDER = ("pretrain", "webvid", "grounding_train", "grounding_test", "retrieval_train", "retrieval_test",
                "crosstask_train", "crosstask_val", "coin_train", "coin_test", "epic_train", "epic_val")
@@ -655,16 +841,38 @@ def _check_version(version: str) -> str:
     return version
 
 
-def plan_world(seed: int = 0, preset: str = "tiny", version: str = GENERATOR_VERSION) -> WorldPlan:
-    """Every video's objects, events and captions, without rendering anything (cheap, deterministic).
+def default_version(preset: str) -> str:
+    """The generator version a preset is made with unless one is asked for: 1.4 for the presets that exist only
+    from 1.4 (`long`, `charades`), GENERATOR_VERSION (1.3) for tiny and demo."""
+    return "1.4" if preset in PRESETS and PRESETS[preset].moments else GENERATOR_VERSION
 
-    ``version`` selects the generator version (GENERATOR_VERSIONS); each version's plan is fixed forever.
-    """
+
+def check_request(preset: str, version: str | None) -> str:
+    """The version of a (preset, version) request (None = `default_version`); ValueError naming what is wrong."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    _check_version(version)
+    version = _check_version(default_version(preset) if version is None else version)
+    if PRESETS[preset].moments and version in ("1.2", "1.3"):
+        raise ValueError(f"preset {preset!r} needs generator version 1.4 or later (asked for {version})")
+    return version
+
+
+def plan_world(seed: int = 0, preset: str = "tiny", version: str | None = None,
+               sizes: dict[str, int] | None = None) -> WorldPlan:
+    """Every video's objects, events and captions, without rendering anything (cheap, deterministic).
+
+    ``version`` selects the generator version (GENERATOR_VERSIONS; None = `default_version` of the preset); each
+    version's plan is fixed forever. ``sizes`` overrides a preset's counts (``{"pretrain": 20, ...}``, fields of
+    Preset) for tests and statistics of reduced worlds; a video's content does not depend on how many are drawn.
+    """
+    version = check_request(preset, version)
     style = PROCEDURE_STYLES.get(version)  # None: the procedures of generator <= 1.2
     p = PRESETS[preset]
+    if sizes:
+        from dataclasses import replace
+
+        p = replace(p, **sizes)
+    moments = moment_style(preset, version)
     splits: dict[str, list[VideoSpec]] = {name: [] for name in SPLIT_ORDER}
     counters: dict[str, int] = {}
 
@@ -677,6 +885,9 @@ def plan_world(seed: int = 0, preset: str = "tiny", version: str = GENERATOR_VER
     def long_videos(split: str, key: int, count: int) -> None:
         for i in range(count):
             rng = _rng(seed, key, i)
+            if moments is not None:
+                splits[split].append(_plan_moment_video(rng, next_vid(split), split, moments))
+                continue
             n_events = int(rng.integers(p.events[0], p.events[1] + 1))
             splits[split].append(_plan_long_video(rng, next_vid(split), split, n_events))
 

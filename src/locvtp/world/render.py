@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from locvtp.world.plan import BLINK_DIM, BLINK_HALF_PERIOD, COLOURS, FPS, FRAME_SIZE, MOVE_SPEED, SIZE_RATE, VideoSpec
+from locvtp.world.plan import (
+    BLINK_DIM, BLINK_HALF_PERIOD, COLOURS, CYCLIC, FPS, FRAME_SIZE, MOVE_SPEED, SIZE_RATE, VideoSpec, cyclic_motion,
+)
 
 
 # ------------------------------------------------------------------------------------------------- rendering
 _GRID = (np.arange(FRAME_SIZE, dtype=np.float32) + 0.5)
+_HALF = np.float32(FRAME_SIZE / 2)
 
 
 def _coverage(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -38,8 +41,37 @@ def _coverage(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.n
     return np.clip((r - d) / g + 0.5, 0.0, 1.0)
 
 
+def _blink(a: np.ndarray, t: np.ndarray, start: float, end: float) -> np.ndarray:
+    """Intensity of a blinking object: BLINK_HALF_PERIOD frames on, then as many dimmed, during [start, end)."""
+    inside = (t >= start) & (t < end)
+    phase = np.floor((t - start) * FPS + 1e-6).astype(np.int64) // BLINK_HALF_PERIOD
+    return np.where(inside & (phase % 2 == 1), BLINK_DIM, a)
+
+
+def _cyclic_tracks(spec: VideoSpec) -> dict[str, np.ndarray]:
+    """`object_tracks` of a generator-1.4 moment video: each event continues from the state the previous one left
+    (the later frames of an object hold its state at rest), moving by `cyclic_motion`."""
+    n, k = len(spec.objects), spec.num_frames
+    t = np.arange(k, dtype=np.float64) / FPS
+    x = np.repeat(np.array([o.x for o in spec.objects], dtype=np.float64)[:, None], k, axis=1)
+    y = np.repeat(np.array([o.y for o in spec.objects], dtype=np.float64)[:, None], k, axis=1)
+    r = np.repeat(np.array([o.r for o in spec.objects], dtype=np.float64)[:, None], k, axis=1)
+    a = np.ones((n, k), dtype=np.float64)
+    for e in sorted(spec.events, key=lambda e: e.start):
+        i, after = e.obj, t >= e.start
+        if e.action == "blink":
+            a[i] = _blink(a[i], t, e.start, e.end)
+            continue
+        p = np.clip(t[after] - e.start, 0.0, e.end - e.start)
+        x[i, after], y[i, after], r[i, after] = cyclic_motion(spec.objects[i].shape, x[i, -1], y[i, -1], r[i, -1],
+                                                              e.action, p)
+    return {"x": x, "y": y, "r": r, "intensity": a, "t": t}
+
+
 def object_tracks(spec: VideoSpec) -> dict[str, np.ndarray]:
     """Per-frame state of every object: x, y, r, intensity, each [num_objects, num_frames]."""
+    if spec.extra.get("motion") == CYCLIC:
+        return _cyclic_tracks(spec)
     n, k = len(spec.objects), spec.num_frames
     t = np.arange(k, dtype=np.float64) / FPS
     x = np.array([[o.x] * k for o in spec.objects], dtype=np.float64).reshape(n, k)
@@ -61,9 +93,7 @@ def object_tracks(spec: VideoSpec) -> dict[str, np.ndarray]:
         elif e.action == "shrink":
             r[e.obj] -= SIZE_RATE * progress
         elif e.action == "blink":
-            inside = (t >= e.start) & (t < e.end)
-            phase = np.floor((t - e.start) * FPS + 1e-6).astype(np.int64) // BLINK_HALF_PERIOD
-            a[e.obj] = np.where(inside & (phase % 2 == 1), BLINK_DIM, a[e.obj])
+            a[e.obj] = _blink(a[e.obj], t, e.start, e.end)
     return {"x": x, "y": y, "r": r, "intensity": a, "t": t}
 
 
@@ -75,6 +105,7 @@ def render_video(spec: VideoSpec) -> np.ndarray:
     texture = np.repeat(np.repeat(coarse, FRAME_SIZE // 4, 0), FRAME_SIZE // 4, 1)
     img = np.broadcast_to(np.asarray(spec.background, np.float32) + texture, (k, FRAME_SIZE, FRAME_SIZE, 3)).copy()
     tr = object_tracks(spec)
+    periodic = spec.extra.get("motion") == CYCLIC
     layers = {}
     for i, o in enumerate(spec.objects):
         state = np.stack([tr["x"][i], tr["y"][i], tr["r"][i], tr["intensity"][i]], axis=1).astype(np.float32)
@@ -82,6 +113,8 @@ def render_video(spec: VideoSpec) -> np.ndarray:
         uniq, inverse = np.unique(state, axis=0, return_inverse=True)
         dx = _GRID[None, None, :] - uniq[:, 0, None, None]
         dy = _GRID[None, :, None] - uniq[:, 1, None, None]
+        if periodic:  # wrapped moves: the object leaving one side shows on the other
+            dx, dy = np.mod(dx + _HALF, FRAME_SIZE) - _HALF, np.mod(dy + _HALF, FRAME_SIZE) - _HALF
         cov = _coverage(o.shape, dx, dy, uniq[:, 2, None, None]) * uniq[:, 3, None, None]
         # composite only inside the box the object ever touches (most of the frame is untouched)
         rows, cols = np.flatnonzero(cov.any(axis=(0, 2))), np.flatnonzero(cov.any(axis=(0, 1)))
