@@ -114,7 +114,8 @@ def test_score_on_what_evaluate_wrote_reproduces_its_metrics_exactly(tiny_world,
     from locvtp.downstream import evaluate_all, load_options
 
     out = tmp_path / "eval"
-    opts = load_options(None, ["grounding.head_cfg.epochs=2"])
+    # one head seed: the head's predictions file holds the first seed's windows, its figures the seeds' mean
+    opts = load_options(None, ["grounding.head_cfg.epochs=2", "grounding.tan_cfg.seeds=1"])
     metrics = evaluate_all(tiny_checkpoint, tiny_world, out_dir=out, tasks=("grounding",), options=opts,
                            progress=False, verbose=False, threads=1)
     ann = str(Path(tiny_world) / "grounding" / "activitynet" / "val_1.json")

@@ -31,6 +31,8 @@ __all__ = [
     "nms",
     "score_map_to_windows",
     "grounding_recall",
+    "grounding_top1_iou",
+    "paired_bootstrap_diff",
     "moment_retrieval_map",
     "step_recall",
     "crosstask_viterbi",
@@ -361,6 +363,71 @@ def grounding_recall(ranked_windows: Sequence, gt_windows, recalls: Iterable[int
             out[f"R{r}@{_threshold_key(t)}"] = float(hits[i, j].mean() * 100)
     out["mIoU"] = float(np.mean(top1) * 100)
     return out
+
+
+def grounding_top1_iou(ranked_windows: Sequence, gt_windows) -> np.ndarray:
+    """Per query, the IoU (hull denominator, as :func:`grounding_recall`) of its top-ranked window with the ground
+    truth; 0 for a query without windows. ``R1@m`` is ``mean(iou > m) * 100`` and ``mIoU`` ``mean(iou) * 100``,
+    exactly :func:`grounding_recall`'s (NMS keeps the first window first): the per-query form that paired
+    comparisons (:func:`paired_bootstrap_diff`) resample."""
+    gt = _windows(gt_windows, "gt_windows", allow_empty=False)
+    if len(ranked_windows) != gt.shape[0]:
+        raise ValueError(f"ranked_windows: got {len(ranked_windows)} queries but gt_windows has {gt.shape[0]} rows")
+    out = np.zeros(gt.shape[0], dtype=np.float64)
+    firsts = [(q, _windows(w, f"ranked_windows[{q}]")[:1]) for q, w in enumerate(ranked_windows)]
+    has = np.array([q for q, w in firsts if len(w)], dtype=np.int64)
+    if len(has):
+        top = np.concatenate([w for _, w in firsts if len(w)])
+        out[has] = np.diagonal(_iou_hull(top, gt[has]))
+    return out
+
+
+def paired_bootstrap_diff(a, b, n_boot: int = 10000, ci: float = 0.95, seed: int = 0, chunk: int = 256,
+                          pair_seeds: bool | None = None) -> dict[str, float]:
+    """Mean difference ``mean(a) - mean(b)`` and its percentile bootstrap interval, resampling queries and seeds.
+
+    ``a [Q, Sa]``, ``b [Q, Sb]``: a per-query value (e.g. ``100 * (IoU > 0.5)``) for each head seed of two feature
+    sets on the *same* Q queries. Each replicate draws Q queries with replacement, shared by ``a`` and ``b`` (the
+    pairing: a hard query is hard for both), and seeds with replacement, and takes ``mean over drawn queries of
+    (mean over a's drawn seeds - mean over b's drawn seeds)``. ``pair_seeds`` (None: when ``Sa == Sb``): one seed
+    draw for both sides, seed k of ``a`` with seed k of ``b`` (the ``tan`` head's seed k gives every row the same
+    LSTM initialization and batch order); else each side's seeds are drawn independently. Draws, in this order per
+    block of ``chunk`` replicates from ``numpy.random.default_rng(seed)``: query indices ``[c, Q]``, a's seed
+    indices ``[c, Sa]``, then (unpaired only) b's ``[c, Sb]``. Returns ``diff`` (on the data), ``low``, ``high``
+    (the ``(1 - ci) / 2`` and ``(1 + ci) / 2`` quantiles of the replicates, numpy's linear interpolation), ``se``
+    (their standard deviation) and the counts.
+    """
+    a = _finite_matrix(a, "a")
+    b = _finite_matrix(b, "b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must hold the same queries (rows): got {a.shape} and {b.shape}")
+    if not 0 < ci < 1 or n_boot < 1 or chunk < 1:
+        raise ValueError(f"need 0 < ci < 1, n_boot >= 1, chunk >= 1: got ci={ci}, n_boot={n_boot}, chunk={chunk}")
+    q, sa, sb = a.shape[0], a.shape[1], b.shape[1]
+    paired = (sa == sb) if pair_seeds is None else bool(pair_seeds)
+    if paired and sa != sb:
+        raise ValueError(f"pair_seeds needs as many seeds in a as in b: got {sa} and {sb}")
+    rng = np.random.default_rng(seed)
+    reps = []
+    for start in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - start)
+        qc = _draw_counts(rng.integers(0, q, size=(c, q)), q)  # [c, Q]: how often each query was drawn
+        ac = _draw_counts(rng.integers(0, sa, size=(c, sa)), sa) / sa  # [c, Sa]: seed weights
+        bc = ac if paired else _draw_counts(rng.integers(0, sb, size=(c, sb)), sb) / sb
+        per_query = ac @ a.T - bc @ b.T  # [c, Q]: each query's seed-resampled difference
+        reps.append((qc * per_query).sum(axis=1) / q)
+    rep = np.concatenate(reps)
+    lo, hi = np.quantile(rep, [(1 - ci) / 2, (1 + ci) / 2])
+    return {"diff": float(a.mean() - b.mean()), "low": float(lo), "high": float(hi), "se": float(rep.std()),
+            "queries": q, "seeds_a": sa, "seeds_b": sb, "paired_seeds": paired, "n_boot": int(n_boot),
+            "ci": float(ci)}
+
+
+def _draw_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``[c, k]`` indices in ``[0, n)`` -> ``[c, n]`` counts per row (one bincount over row-offset indices)."""
+    c = idx.shape[0]
+    flat = (idx + n * np.arange(c)[:, None]).ravel()
+    return np.bincount(flat, minlength=c * n).reshape(c, n).astype(np.float64)
 
 
 def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:

@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grounding-dataset", choices=["activitynet", "charades"], default=None,
                    help="grounding annotations to read (default from the options: activitynet)")
     p.add_argument("--no-head", action="store_true", help="grounding: zero-shot only (skip the 2D-TAN head)")
+    p.add_argument("--head", choices=["tan", "checkpoint_text"], default=None,
+                   help="grounding head variant: tan = 2D-TAN's protocol, one query encoder (word vectors + LSTM) "
+                        "shared by every checkpoint; checkpoint_text = the checkpoint's sentence embedding "
+                        "(default from the options: tan)")
+    p.add_argument("--head-seeds", type=positive_int, default=None,
+                   help="tan head: number of head seeds averaged (default from the options: 5)")
     p.add_argument("--seg-head", choices=["linear", "tcn"], default=None, help="segmentation classifier")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N] | mps")
@@ -47,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"grounding.dataset={args.grounding_dataset}")
     if args.no_head:
         overrides.append("grounding.head=false")
+    if args.head:
+        overrides.append(f"grounding.head_variant={args.head}")
+    if args.head_seeds:
+        overrides.append(f"grounding.tan_cfg.seeds={args.head_seeds}")
     if args.seg_head:
         overrides.append(f"segmentation.probe.head={args.seg_head}")
     tasks = TASKS if args.task == "all" else (args.task,)

@@ -27,7 +27,8 @@ from locvtp.downstream.common import (
     DownstreamError, EvalContext, FeatureFile, TaskResult, VideoLocator, format_table, make_bank, seed_everything,
     write_json, write_jsonl,
 )
-from locvtp.downstream.grounding import GROUNDING_WORDS, GroundingOptions, load_grounding_queries, run_grounding
+from locvtp.downstream.grounding import GROUNDING_WORDS, GroundingOptions, load_grounding_queries
+from locvtp.downstream.tan import HEAD_VARIANTS, run_grounding_task
 from locvtp.downstream.retrieval import RetrievalOptions, load_msrvtt, run_retrieval
 from locvtp.downstream.segmentation import SegmentationOptions, load_coin, run_segmentation
 from locvtp.downstream.steps import StepsOptions, load_crosstask, run_steps
@@ -90,6 +91,7 @@ _CHOICES = {
     "grounding.window_score": ("tstat", "contrast", "oic", "oic_t"),
     "grounding.words": GROUNDING_WORDS,
     "grounding.head_cfg.pooling": ("max", "avg"),
+    "grounding.head_variant": HEAD_VARIANTS,
     "steps.normalize": ("log_softmax", "none"),
     "steps.split": ("val", "train", "all"),
     "segmentation.probe.head": ("linear", "tcn"),
@@ -103,6 +105,11 @@ _RANGES = {
     "grounding.head_cfg.batch_size": (1, None, False, False), "grounding.head_cfg.lr": (0, None, True, False),
     "grounding.head_cfg.weight_decay": (0, None, False, False), "grounding.head_cfg.min_iou": (0, 1, False, True),
     "grounding.head_cfg.max_iou": (0, 1, True, False),
+    "grounding.tan_cfg.word_dim": (1, None, False, False), "grounding.tan_cfg.cooc_window": (1, None, False, False),
+    "grounding.tan_cfg.min_count": (1, None, False, False), "grounding.tan_cfg.max_vocab": (1, None, False, False),
+    "grounding.tan_cfg.lstm_hidden": (1, None, False, False), "grounding.tan_cfg.lstm_layers": (1, None, False, False),
+    "grounding.tan_cfg.max_words": (1, None, False, False), "grounding.tan_cfg.val_fraction": (0, 1, False, True),
+    "grounding.tan_cfg.patience": (1, None, False, False), "grounding.tan_cfg.seeds": (1, None, False, False),
     "retrieval.top_k_saved": (1, None, False, False), "retrieval.finetune_cfg.epochs": (1, None, False, False),
     "retrieval.finetune_cfg.batch_size": (1, None, False, False),
     "retrieval.finetune_cfg.lr": (0, None, False, False), "retrieval.finetune_cfg.adapter_lr": (0, None, False, False),
@@ -198,7 +205,7 @@ def _needed_videos(data_dir: Path, tasks: Sequence[str], opts: DownstreamOptions
 # The predictions files (JSON lines, ``locvtp score``'s input) a task writes next to its ``<task>.json``.
 PREDICTION_FILES = {"grounding": ("grounding_predictions.jsonl", "grounding_content_predictions.jsonl",
                                    "head_grounding_predictions.jsonl")}
-RUNNERS = {"retrieval": run_retrieval, "grounding": run_grounding, "steps": run_steps,
+RUNNERS = {"retrieval": run_retrieval, "grounding": run_grounding_task, "steps": run_steps,
            "segmentation": run_segmentation}
 
 

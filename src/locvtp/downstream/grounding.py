@@ -14,8 +14,10 @@ Supervised: :class:`TAN2DHead` follows 2D-TAN (Zhang et al., AAAI 2020, microsof
 into N equal time bins, a 2D map of all N×N moments by max (or average) pooling, Hadamard fusion with the
 query's sentence embedding and L2 normalization, a masked conv stack, a 1×1 prediction layer, trained with the
 scaled-IoU binary cross-entropy (``bce_rescale_loss``: target = clamp((IoU − min_iou)/(max_iou − min_iou), 0, 1)).
-The query side is the frozen pre-trained text encoder's sentence embedding (2D-TAN used an LSTM over GloVe; the
-paper's point is the video features, which is what we keep frozen and compare).
+In this module's variant (``grounding.head_variant=checkpoint_text``) the query side is the frozen pre-trained
+text encoder's sentence embedding, so the text side changes with the checkpoint; the default ``tan`` variant
+(``locvtp.downstream.tan``) follows 2D-TAN's protocol: one query encoder (fixed word vectors + an LSTM) shared by
+every row, so only the video features change.
 """
 from __future__ import annotations
 
@@ -209,6 +211,24 @@ class HeadConfig:
     max_iou: float = 1.0
 
 
+@dataclass
+class TanConfig:
+    """The query side and protocol of the ``tan`` head variant (``locvtp.downstream.tan``): fixed word vectors
+    (PPMI + truncated SVD over the training queries, standing in for 2D-TAN's GloVe) and an LSTM trained with the
+    head, shared by every row, so only the video features change. 2D-TAN: 300-d GloVe, a 3-layer LSTM of 512."""
+
+    word_dim: int = 64  # width of the count-based word vectors
+    cooc_window: int = 4  # co-occurrence window (words on each side, within a query)
+    min_count: int = 1  # rarer training words are <unk> (a zero vector)
+    max_vocab: int = 20000  # most frequent training words kept
+    lstm_hidden: int = 64
+    lstm_layers: int = 1
+    max_words: int = 32  # longer queries are cut
+    val_fraction: float = 0.15  # share of the training *videos* held out for early stopping
+    patience: int = 5  # epochs without a better validation R1@0.5 (then mIoU) before stopping
+    seeds: int = 5  # head seeds (seed, seed + 1, ...): figures are their mean
+
+
 @run_single_threaded  # tiny tensors: see common.single_threaded
 def train_tan_head(feats: np.ndarray, queries: np.ndarray, gt: np.ndarray, durations: np.ndarray,
                    cfg: HeadConfig = HeadConfig(), seed: int = 0, progress: bool = False,
@@ -295,7 +315,11 @@ class GroundingOptions:
     window_score: str = "oic"  # oic | oic_t | tstat | contrast (see window_scores)
     max_candidates: int = 500  # zero-shot windows handed to NMS
     head: bool = True  # train and evaluate the 2D-TAN head
+    # tan: 2D-TAN's protocol, one query encoder (fixed word vectors + LSTM) shared by every checkpoint
+    # (locvtp.downstream.tan); checkpoint_text: the checkpoint's frozen sentence embedding (before issue 23)
+    head_variant: str = "tan"
     head_cfg: HeadConfig = field(default_factory=HeadConfig)
+    tan_cfg: TanConfig = field(default_factory=TanConfig)
     top_k_saved: int = 5  # windows per query written to the JSON (after NMS)
 
 
@@ -490,11 +514,15 @@ class HeadData:
     used_test: list[int]
     train_queries: int
     skipped_train: Any
+    queries_train: list[GroundingQuery] = field(default_factory=list)  # the rows' queries, in row order
+    queries_test: list[GroundingQuery] = field(default_factory=list)
 
 
-def head_data(ctx, opts: GroundingOptions, test: Sequence[GroundingQuery] | None = None) -> HeadData:
-    """The head's arrays on ``ctx`` (one helper for `run_grounding` and the learning-curve diagnostic);
-    ``test`` None: the test split, read here."""
+def head_data(ctx, opts: GroundingOptions, test: Sequence[GroundingQuery] | None = None,
+              sentences: bool = True) -> HeadData:
+    """The head's arrays on ``ctx`` (one helper for `run_grounding`, the ``tan`` head and the learning-curve
+    diagnostic); ``test`` None: the test split, read here. ``sentences`` False: no sentence embeddings (``q_*``
+    have width 0), so nothing of the checkpoint's text side is read."""
     if test is None:
         test, _ = load_grounding_queries(ctx.data_dir, opts.dataset, "test", ctx.strict, opts)
         _fill_durations(ctx, test)
@@ -504,7 +532,9 @@ def head_data(ctx, opts: GroundingOptions, test: Sequence[GroundingQuery] | None
     x_tr, used_tr = _pooled(ctx, train, num_bins)
     x_te, used_te = _pooled(ctx, test, num_bins)
 
-    def sentences(qs: Sequence[GroundingQuery], used: list[int]) -> np.ndarray:
+    def embedded(qs: Sequence[GroundingQuery], used: list[int]) -> np.ndarray:
+        if not sentences:
+            return np.zeros((len(used), 0), np.float32)
         return ctx.bank.texts([qs[k].query for k in used]).sentence if used else np.zeros((0, 0), np.float32)
 
     def spans(qs: Sequence[GroundingQuery], used: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -513,8 +543,8 @@ def head_data(ctx, opts: GroundingOptions, test: Sequence[GroundingQuery] | None
 
     gt_tr, dur_tr = spans(train, used_tr)
     gt_te, dur_te = spans(test, used_te)
-    return HeadData(x_tr, sentences(train, used_tr), gt_tr, dur_tr, x_te, sentences(test, used_te), gt_te, dur_te,
-                    used_te, len(train), skipped_train)
+    return HeadData(x_tr, embedded(train, used_tr), gt_tr, dur_tr, x_te, embedded(test, used_te), gt_te, dur_te,
+                    used_te, len(train), skipped_train, [train[k] for k in used_tr], [test[k] for k in used_te])
 
 
 def zero_shot_figures(ctx, test: Sequence[GroundingQuery], gt: np.ndarray, opts: GroundingOptions,
@@ -558,7 +588,9 @@ def zero_shot_figures(ctx, test: Sequence[GroundingQuery], gt: np.ndarray, opts:
 
 
 def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
-    """Zero-shot grounding on the test split, and (``opts.head``) the 2D-TAN head trained on the train split."""
+    """Zero-shot grounding on the test split, and (``opts.head`` with ``head_variant=checkpoint_text``) the 2D-TAN
+    head on the checkpoint's sentence embeddings, trained on the train split (the ``tan`` variant is added by
+    ``locvtp.downstream.tan.run_grounding_task``, what `locvtp evaluate` runs)."""
     from locvtp.downstream.common import TaskResult, prefixed
     from locvtp.metrics import grounding_recall, score_map_to_windows
 
@@ -575,7 +607,7 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
     metrics, files, used = zero_shot_figures(ctx, test, gt, opts, preds, info)
     info["missing_videos"] = sorted({test[k].vid for k in range(len(test)) if k not in set(used)})
 
-    if opts.head:
+    if opts.head and opts.head_variant == "checkpoint_text":
         hc = opts.head_cfg
         data = head_data(ctx, opts, test)
         info.update(train_queries=data.train_queries, head_train_queries=len(data.x_train),
@@ -606,7 +638,7 @@ __all__ = [
     "clip_query_score_matrix", "clip_query_scores", "window_scores", "rank_windows", "top_windows", "moment_mask",
     "moment_iou",
     "scaled_iou_bce", "moment_map_pool", "TAN2DHead", "pool_to_bins", "HeadConfig", "train_tan_head",
-    "predict_score_maps", "GroundingQuery", "HeadData", "head_data",
+    "predict_score_maps", "GroundingQuery", "HeadData", "head_data", "TanConfig",
     "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "ZeroShotRanking", "flat_query_warning",
     "content_fallback_warning", "zero_shot_figures", "GROUNDING_WORDS", "ZERO_SHOT_SCORERS", "run_grounding",
 ]
