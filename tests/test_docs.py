@@ -50,7 +50,7 @@ DEFAULT_TIMEOUT = 240
 EXPECTED_COMMAND_BLOCKS = {
     "README.md": 4,
     "docs/data.md": 1,
-    "docs/evaluation.md": 2,
+    "docs/evaluation.md": 3,
     "docs/method.md": 2,
     "docs/predictor.md": 3,
     "docs/results.md": 7,
