@@ -2,7 +2,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface for a gloo rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def leave_worker() -> None:

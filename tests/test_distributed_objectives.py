@@ -10,7 +10,6 @@ different word paddings, so the padding / uneven-gather path is exercised too.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import traceback
 
@@ -19,17 +18,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from ddp_helpers import leave_worker
+from ddp_helpers import free_port, leave_worker
 
 WORLD = 2
 B, T, L, DIN, D = 5, 4, 6, 10, 8
 SPLIT = [3, 2]  # uneven on purpose
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Model(torch.nn.Module):
@@ -131,7 +124,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    port = _free_port()
+    port = free_port()
     try:
         mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
     except Exception as exc:  # pragma: no cover - failure path

@@ -4,26 +4,19 @@ loss of the global batch, with ``temporal_negatives=within`` and ``context_stop_
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from ddp_helpers import leave_worker
+from ddp_helpers import free_port, leave_worker
 import torch.nn.functional as F
 
 WORLD, B, T, L, D = 2, 5, 4, 6, 8
 SPLIT = [3, 2]
 OPTIONS = dict(topk=2, stopwords="english", temporal_negatives="within", context_stop_grad=True,
                temporal_directions="both", intra_negatives=True)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _global_batch():
@@ -74,7 +67,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
 def test_options_under_ddp_equal_single_process(tmp_path):
     c, w, s, cm, wm, content, off = _global_batch()
     single = _objective()(c, w, s, cm, wm, off, content_mask=content)
-    port = _free_port()
+    port = free_port()
     try:
         mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
     except Exception:

@@ -12,8 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from ddp_helpers import leave_worker
-from test_distributed_options import _free_port
+from ddp_helpers import free_port, leave_worker
 
 WORLD, B, T, L, D = 2, 5, 4, 6, 8
 SPLIT = [3, 2]
@@ -78,7 +77,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
 def test_release_form_and_splice_under_ddp_equal_single_process(tmp_path):
     obj = _objective()
     single = _run(obj, slice(0, B), L)
-    port = _free_port()
+    port = free_port()
     try:
         mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
     except Exception:
