@@ -287,7 +287,12 @@ def test_foreign_index_is_refused_unless_allowed(P, capsys):
     got = other.search(root / "idx", QUERY, allow_foreign_features=True)
     assert got.warnings and "embedding spaces differ" in got.warnings[0] and got.results[0].moments
     res = run_cli(["search", "--index", root / "idx", "--checkpoint", P["other"], QUERY], capsys)
-    assert_one_line_error(res, 1, "embedding spaces differ", "--allow-checkpoint-mismatch")
+    assert_one_line_error(res, 1, "embedding spaces differ", "--allow-foreign-features")
+    # the flag has one name in ground, serve and search; search's former name still works
+    for flag in ("--allow-foreign-features", "--allow-checkpoint-mismatch"):
+        res = run_cli(["search", "--index", root / "idx", "--checkpoint", P["other"], flag, QUERY], capsys)
+        assert res.code == 0, res.err
+        assert "embedding spaces differ" in res.err and json.loads(res.out.splitlines()[0])["moments"]
 
 
 def test_features_without_fingerprint_are_used_with_a_warning(P, tmp_path):

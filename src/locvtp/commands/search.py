@@ -84,8 +84,9 @@ def search_main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=cliargs.nonnegative_int, default=0,
                    help="CPU threads for faiss/torch (0: library default). On a busy machine 1 thread is often "
                         "faster for single queries: see docs/benchmarks/extract_search.md")
-    p.add_argument("--allow-checkpoint-mismatch", action="store_true",
-                   help="search even if the index was built from another checkpoint's features")
+    p.add_argument("--allow-foreign-features", "--allow-checkpoint-mismatch", dest="allow_foreign_features",
+                   action="store_true", help="search even if the index was built from another checkpoint's features "
+                   "(the flag's name in ground and serve too; --allow-checkpoint-mismatch is its former name)")
     args = p.parse_args(argv)
     queries = [strip_bom(q) for q in args.query]
     if args.queries:
@@ -109,8 +110,8 @@ def _search(args, queries: list[str], device: str) -> int:
 
     pred = LocVTPPredictor.from_checkpoint(args.checkpoint, device=device)
     # the feature policy of locvtp.predictor on the index's fingerprint, then its width
-    index, index_warnings = pred.open_index(index, allow_foreign_features=args.allow_checkpoint_mismatch,
-                                            allow_flag="--allow-checkpoint-mismatch", where=f"--index {args.index}")
+    index, index_warnings = pred.open_index(index, allow_foreign_features=args.allow_foreign_features,
+                                            allow_flag="--allow-foreign-features", where=f"--index {args.index}")
     for w in index_warnings:
         cliargs.warn("locvtp search", w)
     pred.require_tokenizer("locvtp search")

@@ -13,7 +13,7 @@ the sha256 of the checkpoint's ``model.safetensors``. :func:`feature_origin` cla
   / ``frame_size`` must also be the model's: :func:`recorded_mismatches` lists those that are not; the
   predictor names them with the checkpoint's config.)
 * ``foreign`` (another fingerprint): refused with :class:`ForeignFeaturesError` (exit code 1) naming both
-  fingerprints, unless allowed (``ground --allow-foreign-features``, ``search --allow-checkpoint-mismatch``,
+  fingerprints, unless allowed (``ground --allow-foreign-features``, ``search --allow-foreign-features``,
   ``allow_foreign_features=True``): then used, with a warning.
 * ``unknown`` (no fingerprint: a foreign tool's file, or an index built from one): used, with a warning that
   nothing can check which model made them.
