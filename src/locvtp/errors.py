@@ -133,7 +133,7 @@ def broken_link(path: "str | os.PathLike[str]") -> str:
         os.stat(path)
     except OSError as exc:
         if exc.errno == _errno.ENOENT:
-            return f"a symbolic link to a missing file ({os.readlink(path)!r})"
+            return f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
         return os_error_words(exc.errno, exc.strerror or "")
     return ""
 

@@ -255,6 +255,12 @@ def remove_owned(directory: str | os.PathLike, writer: str) -> int:
     return n
 
 
+def some_names(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` for a one-line message (``a, b, c and 4 more``)."""
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
 def check_replaceable_dir(out: str | os.PathLike, writer: str, what: str) -> None:
     """Refuse to replace ``out`` unless it is absent or a directory holding only what ``writer`` wrote."""
     p = Path(out)
@@ -271,9 +277,8 @@ def check_replaceable_dir(out: str | os.PathLike, writer: str, what: str) -> Non
                             "refusing to replace it; choose another output")
     foreign = foreign_entries(p, writer)
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise NotOwnedError(f"{p} holds files that `locvtp {writer}` did not write ({shown}): refusing to replace "
-                            "it; move them or choose another output")
+        raise NotOwnedError(f"{p} holds files that `locvtp {writer}` did not write ({some_names(foreign)}): refusing "
+                            "to replace it; move them or choose another output")
 
 
 def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike, writer: str, what: str) -> None:
@@ -523,6 +528,6 @@ __all__ = [
     "LEDGER", "MANIFEST", "Manifest", "OutputLock", "atomic_path", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_text", "check_apart", "check_file_output", "check_replaceable_dir", "file_writer",
     "foreign_entries", "fsync_dir", "fsync_file", "output_error", "overlaps", "owned_file", "read_ledger",
-    "read_manifest", "remove_owned", "remove_stale_temporaries", "replace_dir", "stale_temporaries",
+    "read_manifest", "remove_owned", "remove_stale_temporaries", "replace_dir", "some_names", "stale_temporaries",
     "temporaries_in", "write_manifest", "write_owned_text",
 ]

@@ -22,11 +22,13 @@ pre-training look up, what ``serve`` shows.
 """
 from __future__ import annotations
 
-import errno
 import functools
 import os
+import stat
 from pathlib import Path, PurePath
 from typing import Mapping, Optional
+
+from locvtp.errors import broken_link
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".ts", ".wmv", ".3gp", ".ogv",
@@ -110,23 +112,16 @@ def video_path(root: str | os.PathLike, vid: str) -> Path:
 def unusable_reason(path: Path) -> Optional[str]:
     """Why ``path`` (named like a video) cannot be read as a file, or None: a dangling or looping symbolic link,
     a folder, a special file."""
+    link = broken_link(path)  # one wording for a dangling or looping link, whichever command meets it
+    if link:
+        return link
     try:
         st = path.stat()
     except OSError as exc:
-        if path.is_symlink():
-            if exc.errno == errno.ELOOP:
-                return "symbolic link loop (the link points back to itself)"
-            try:
-                target = os.readlink(path)
-            except OSError:
-                target = "?"
-            return f"dangling symbolic link (its target {target} does not exist)"
         return f"cannot be read: {exc.strerror or exc}"
-    import stat as stat_mod
-
-    if stat_mod.S_ISDIR(st.st_mode):
+    if stat.S_ISDIR(st.st_mode):
         return "a folder named like a video (not a video file)"
-    if not stat_mod.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     return None
 

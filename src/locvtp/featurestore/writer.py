@@ -43,8 +43,8 @@ from locvtp.featurestore.reader import FeatureError, _decode_attr, iter_features
 from locvtp.featurestore.record import ClipFeatures
 from locvtp.files import (
     MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, check_file_output, file_writer,
-    overlaps, read_manifest, remove_owned, remove_stale_temporaries, remove_temporaries_in, write_manifest,
-    write_owned_text,
+    overlaps, read_manifest, remove_owned, remove_stale_temporaries, remove_temporaries_in, some_names,
+    write_manifest, write_owned_text,
 )
 
 FEATURE_FORMAT = "locvtp-features"
@@ -456,7 +456,7 @@ def check_dir_output(out: Path, flag: str) -> None:
         return
     visible = sorted(q.name for q in out.iterdir() if not q.name.startswith("."))
     if visible:
-        shown = ", ".join(visible[:5]) + (f" and {len(visible) - 5} more" if len(visible) > 5 else "")
+        shown = some_names(visible)
         raise NotOwnedError(f"{flag} {out} is a directory of other files ({shown}) and no extraction: refusing to "
                             "write features into it; choose a new or empty directory")
 

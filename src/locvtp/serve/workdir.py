@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from locvtp.errors import NotOwnedError, OutputBusyError, UsageError
-from locvtp.files import OutputLock, check_apart, foreign_entries, write_manifest
+from locvtp.files import OutputLock, check_apart, foreign_entries, some_names, write_manifest
 
 WRITER = "serve"
 SUBDIRS = ("uploads", "media", "thumbs", "embeddings", "tmp")
@@ -65,7 +65,7 @@ class WorkDir:
         if p.is_dir():
             foreign = foreign_entries(p, WRITER)
             if foreign:
-                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                shown = some_names(foreign)
                 raise NotOwnedError(f"--work-dir {p} holds files that `locvtp serve` did not write ({shown}): "
                                     "give a new or empty folder, or one an earlier `locvtp serve` used (nothing "
                                     "was written)")

@@ -181,6 +181,7 @@ def _remove_world_files(out: Path, manifest: dict[str, Any] | None) -> None:
     ``grounding/``, an annotation file edited since — is never deleted: it is refused first (NotOwnedError,
     naming the files), with or without ``force``."""
     from locvtp.errors import NotOwnedError
+    from locvtp.files import some_names
     from locvtp.tempnames import temporary_of
 
     owned, sha = _world_files(out, manifest)
@@ -203,7 +204,7 @@ def _remove_world_files(out: Path, manifest: dict[str, Any] | None) -> None:
             else:
                 mine.append(q)
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        shown = some_names(foreign)
         raise NotOwnedError(f"{out} holds files its synthetic world does not list ({shown}): refusing to delete or "
                             "replace them, with or without --force (nothing was deleted); move them or choose "
                             "another --out")
