@@ -160,3 +160,37 @@ def test_issue_23_rows_are_valid_and_name_what_they_change():
     for name, overrides in rows.items():
         assert demo.ABLATIONS[name] == overrides
         demo.check_overrides("tiny", overrides)
+
+
+def test_protocol_follows_the_evaluated_worlds_preset_and_the_backbone_row(tmp_path: Path, fake_pipeline,
+                                                                          monkeypatch):
+    """The benchmark-like worlds are evaluated under 2D-TAN's protocol (`tan` head), the 1.3 worlds with the head
+    of the documented 1.3 tables (`checkpoint_text`); the `backbone` row (Sep.Pre.) is not trained but built from
+    a trained row's config around the backbone, and evaluated like the others."""
+    import locvtp.downstream as downstream
+    import locvtp.world.generate as synthetic
+
+    presets = {tmp_path / "w": "long", tmp_path / "w13": "tiny"}
+    monkeypatch.setattr(synthetic, "open_world", lambda p: {"seed": 0, "preset": presets[Path(p)],
+                                                            "generator_version": "1.5"})
+    monkeypatch.setattr(demo, "_common_overrides", lambda *a, **k: (["seed=0"], tmp_path / "bb.safetensors", ""))
+    built = []
+    monkeypatch.setattr(demo, "_random_checkpoint", lambda ref, out, seed, backbone=False:
+                        built.append((ref, out, backbone)) or out)
+    seen = []
+    fake_eval = downstream.evaluate_all
+    monkeypatch.setattr(downstream, "evaluate_all", lambda ck, world, **k: seen.append(
+        (Path(ck), k["options"].grounding.head_variant)) or fake_eval(ck, world, **k))
+    score, trained = fake_pipeline
+    out = tmp_path / "abl"
+    rows = demo.run_ablation(out, preset="long", only=["+fine", "coarse", "backbone"], progress=False,
+                             world=tmp_path / "w")
+    assert list(rows) == ["+fine", "coarse", "backbone"] and trained == ["+fine", "coarse"]
+    assert built == [(out / "runs" / "coarse" / "final", out / "runs" / "backbone" / "final", True)]
+    assert [v for _, v in seen] == ["tan", "tan", "tan"] and seen[2][0] == out / "runs" / "backbone" / "final"
+    assert "backbone: the video backbone alone" in (out / "ablation.md").read_text()
+    demo.run_ablation(out, preset="long", only=["coarse"], progress=False, world=tmp_path / "w",
+                      eval_world=tmp_path / "w13")
+    assert seen[-1][1] == "checkpoint_text"
+    demo.run_ablation(tmp_path / "abl13", preset="tiny", only=["coarse"], progress=False, world=tmp_path / "w13")
+    assert seen[-1][1] == "checkpoint_text"

@@ -38,6 +38,15 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
             assert math.isfinite(v) and 0.0 <= v <= 100.0, (name, key, v)
             assert v == pytest.approx(float(evaluated[key])), (name, key)
             assert f"{v:.1f}" in printed
+    # the paired comparisons (the paper's: LocVTP vs coarse vs the backbone alone) are differences of the rows'
+    # own figures, per scorer, with an interval around them
+    metric = {"head": "head_grounding_R1@0.5", "zero-shot": "grounding_R1@0.5",
+              "zero-shot-content": "grounding_content_R1@0.5"}
+    assert {(r["a"], r["b"]) for r in results["paired"]} == set(demo.PAIRS)
+    for r in results["paired"]:
+        assert r["diff"] == pytest.approx(results[r["a"]][metric[r["scorer"]]] - results[r["b"]][metric[r["scorer"]]])
+        assert r["low"] <= r["diff"] <= r["high"]
+        assert f"| {r['a']} − {r['b']} | {r['label']} | {r['diff']:+.1f} |" in printed
     assert results["wall_seconds"] > 0 and results["peak_rss"]["self_mb"] > 0
     assert summary["checkpoints"]["locvtp"].endswith("final")
     # coarse-only really ran without the fine and temporal terms, LocVTP with them

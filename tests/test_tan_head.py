@@ -370,3 +370,48 @@ def test_paired_bootstrap_refuses_files_it_cannot_pair(tmp_path, capsys):
         boot([str(a), str(a), "--ci", "1.5"])
     assert exc.value.code == 2
     assert "--ci" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_zero_shot_scorer_and_pooled_seeds(tmp_path):
+    """``--scorer zero-shot`` reads the top zero-shot window's IoU (computed here by hand); ``--also`` pools a
+    second pair of files as more seed columns: the means are those of the stacked columns."""
+    from locvtp.diagnostics.paired_bootstrap import compare
+
+    rng = np.random.default_rng(3)
+
+    def doc(shift, heads):
+        preds = []
+        for q in range(40):
+            s = float(rng.integers(0, 20))
+            preds.append({"video_id": f"v{q}", "query": f"q{q}", "gt": [s, s + 10.0],
+                          "pred_relevant_windows": [[s + shift[q], s + shift[q] + 10.0, 1.0], [0.0, 1.0, 0.5]],
+                          "content_pred_relevant_windows": [[s, s + 10.0, 1.0]],
+                          "head_top1_iou": heads[q]})
+        return {"predictions": preds}
+
+    def by_hand(shift):  # IoU of [s+d, s+d+10] with [s, s+10]
+        inter = np.maximum(0.0, 10.0 - np.abs(shift))
+        return inter / (20.0 - inter)
+
+    files = []
+    for k in range(4):
+        rng = np.random.default_rng(k)  # the same gt per k pair below
+        shift = rng.uniform(-6, 6, 40) * (k % 2)
+        heads = rng.uniform(0, 1, (40, 2)).tolist()
+        rng = np.random.default_rng(100 + k // 2)
+        path = tmp_path / f"g{k}.json"
+        d = doc(shift, heads)
+        path.write_text(json.dumps(d))
+        files.append((path, shift, np.array(heads)))
+    # pair (g1 vs g0) and (g3 vs g2): every file of a pair has the same queries and gt (same rng seed per pair)
+    res = compare(files[1][0], files[0][0], n_boot=200, scorer="zero-shot")
+    want_a, want_b = 100 * (by_hand(files[1][1]) > 0.5), 100 * (by_hand(files[0][1]) > 0.5)
+    assert res["figures"]["R1@0.5"]["a"] == pytest.approx(want_a.mean())
+    assert res["figures"]["R1@0.5"]["b"] == pytest.approx(want_b.mean()) == 100.0
+    assert res["figures"]["mIoU"]["a"] == pytest.approx(100 * by_hand(files[1][1]).mean())
+    content = compare(files[1][0], files[0][0], n_boot=200, scorer="zero-shot-content")
+    assert content["figures"]["mIoU"]["diff"] == 0.0
+    pooled = compare(files[1][0], files[0][0], n_boot=200, also=[(files[3][0], files[2][0])])
+    assert pooled["seeds_a"] == pooled["seeds_b"] == 4
+    stacked = np.concatenate([files[1][2], files[3][2]], axis=1)
+    assert pooled["figures"]["mIoU"]["a"] == pytest.approx(100 * stacked.mean())

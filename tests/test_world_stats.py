@@ -126,7 +126,7 @@ def test_stats_of_hand_made_world():
 def test_long_preset_inside_targets(seed):
     plan = plan_world(seed, "long", sizes=OTHERS)
     s = plan_stats(plan)
-    assert s["generator_version"] == "1.4"
+    assert s["generator_version"] == "1.5"
     videos = [v for name in ("pretrain", "grounding_train", "grounding_test") for v in plan.splits[name]]
     assert all(50 <= v.duration <= 120 and 3 <= len(v.events) <= 5 for v in videos)
     assert all(6 <= e.end - e.start <= 45 for v in videos for e in v.events)
@@ -169,9 +169,9 @@ def test_long_narrations_are_short_and_about_1s_misaligned():
     assert near / total > 0.8  # the rest are the ~15 % unrelated sentences, placed anywhere
 
 
-def test_14_presets_defaults_and_tiny_unchanged():
+def test_14_15_presets_defaults_and_tiny_unchanged():
     few = {k: 1 for k in ("pretrain", "grounding_train", "grounding_test", "epic_train", "epic_val")}
-    assert plan_world(0, "long", sizes=few).version == "1.4" and plan_world(0, "charades", sizes=few).version == "1.4"
+    assert plan_world(0, "long", sizes=few).version == "1.5" and plan_world(0, "charades", sizes=few).version == "1.5"
     assert plan_world(0, "tiny").version == "1.3"
     with pytest.raises(ValueError, match="needs generator version 1.4"):
         plan_world(0, "long", "1.3")
@@ -278,3 +278,36 @@ def test_synth_stats_cli(tiny_world, tmp_path, capsys):
     assert_one_line_error(run_cli(["synth", "--out", tmp_path / "o", "--preset", "charades", "--generator-version",
                                    "1.2"], capsys), 2, "charades", "1.4")
     assert not (tmp_path / "o").exists()
+
+
+# sha256 of the JSON of {annotation path: sha256} of `plan_world(0, PRESET, "1.4")`'s annotations, taken before
+# generator 1.5 existed: 1.4 stays generatable byte for byte.
+V14_SEED0_ANNOTATIONS = {"long": "752222d7fa49b1a671feb191505de6cc3161239e53e1eff489cada356b830350",
+                         "charades": "b55f91825de96c1bf46350fa98789cb7bb00e8907517388d1253353d890f9d32"}
+
+
+@pytest.mark.parametrize("preset", ["long", "charades"])
+def test_15_changes_only_the_labelled_set_to_the_demo_worlds(preset):
+    """1.4 is unchanged; 1.5 differs from it only in the EPIC splits, which are the demo world's of the same seed
+    (its verbs and nouns, its videos byte for byte), so a backbone trained on either world is the same."""
+    def tree(files):
+        return hashlib.sha256(json.dumps({k: hashlib.sha256(v).hexdigest() for k, v in sorted(files.items())},
+                                         sort_keys=True).encode()).hexdigest()
+
+    v14 = plan_world(0, preset, "1.4")
+    assert tree(build_annotations(v14)) == V14_SEED0_ANNOTATIONS[preset]
+    few = {"pretrain": 2, "grounding_train": 2, "grounding_test": 2, "epic_train": 6, "epic_val": 3}
+    a, b = plan_world(3, preset, "1.4", sizes=few), plan_world(3, preset, "1.5", sizes=few)
+    demo = plan_world(3, "demo", sizes={"epic_train": 6, "epic_val": 3})
+    for split in a.splits:
+        if split.startswith("epic"):
+            assert [(v.vid, v.duration, v.events, v.objects) for v in b.splits[split]] == \
+                [(v.vid, v.duration, v.events, v.objects) for v in demo.splits[split]], split
+            assert all(v.extra.get("motion") is None for v in b.splits[split])
+            assert render_video(b.splits[split][0]).tobytes() == render_video(demo.splits[split][0]).tobytes()
+        else:
+            assert [v.events for v in a.splits[split]] == [v.events for v in b.splits[split]], split
+    files_a, files_b = build_annotations(a), build_annotations(b)
+    assert sorted(k for k in files_a if files_a[k] != files_b[k]) == [
+        "epic/EPIC_100_train.csv", "epic/EPIC_100_validation.csv", "ground_truth.json",
+        "retrieval/MSRVTT_data.json"]  # the EPIC rows, their videos' ground truth, the version field

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from locvtp.world.plan import GENERATOR_VERSION, GENERATOR_VERSIONS, PRESETS, check_request
+from locvtp.world.plan import GENERATOR_VERSION, GENERATOR_VERSIONS, MOMENT_VERSION, PRESETS, check_request
 from locvtp.world.generate import generate_world
 
 
@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help=(
         "default tiny; "
         "tiny, demo: the demo's world; long (ActivityNet/YouCook2-like: 50-120 s videos, 3-5 events of median "
-        ">= 10 s) and charades (Charades-STA-like: ~30 s videos, 1-3 moments of 5-12 s) need generator 1.4"))
+        ">= 10 s) and charades (Charades-STA-like: ~30 s videos, 1-3 moments of 5-12 s) need generator 1.4 or later"))
     ap.add_argument("--generator-version", "--version", dest="version", choices=GENERATOR_VERSIONS,
                     default=None, help=(
-                        f"world generator version (default: {GENERATOR_VERSION} for tiny and demo, 1.4 for long and "
-                        f"charades); 1.3 has harder CrossTask/COIN test sets, 1.4 adds the long and charades presets "
-                        "(docs/world_versions.md)"))
+                        f"world generator version (default: {GENERATOR_VERSION} for tiny and demo, {MOMENT_VERSION} for "
+                        "long and charades); 1.3 has harder CrossTask/COIN test sets, 1.4 adds the long and charades "
+                        "presets, 1.5 gives them the demo world's labelled EPIC set (docs/world_versions.md)"))
     ap.add_argument("--force", action="store_true", help="overwrite an existing world in --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

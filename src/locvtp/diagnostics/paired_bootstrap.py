@@ -7,8 +7,12 @@ queries resampled jointly; head seeds resampled in pairs when both files have as
 
     python -m locvtp.diagnostics.paired_bootstrap eval_locvtp/grounding.json eval_coarse/grounding.json
 
-Per query it uses ``head_top1_iou`` (one value per head seed) of the predictions; queries that either file could
-not ground (missing video) are left out and counted. ``--json FILE`` also writes the figures.
+Per query it uses ``head_top1_iou`` (one value per head seed) of the predictions (``--scorer head``), or the IoU
+of the top zero-shot window with the ground truth (``--scorer zero-shot``: all words, ``pred_relevant_windows``;
+``zero-shot-content``: content words, ``content_pred_relevant_windows``; one value per query); queries that
+either file could not ground (missing video) are left out and counted. ``--also A2 B2`` (repeatable) pools more
+pairs of the same rows, e.g. other pre-training seeds: their seed columns are appended side by side, so each
+replicate resamples queries jointly and pre-training x head seeds in pairs. ``--json FILE`` also writes the figures.
 """
 from __future__ import annotations
 
@@ -31,7 +35,11 @@ class BootstrapInputError(LocVTPError, ValueError):
     """A grounding.json that cannot be compared (unreadable, no per-query head results, other queries)."""
 
 
-def _read(path: str | Path) -> list[dict]:
+# --scorer -> the per-query key of a grounding.json prediction that holds its ranked windows (None: head_top1_iou)
+SCORERS = {"head": None, "zero-shot": "pred_relevant_windows", "zero-shot-content": "content_pred_relevant_windows"}
+
+
+def _read(path: str | Path, scorer: str = "head") -> list[dict]:
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -39,15 +47,32 @@ def _read(path: str | Path) -> list[dict]:
     preds = doc.get("predictions") if isinstance(doc, dict) else None
     if not isinstance(preds, list) or not preds:
         raise BootstrapInputError(f"{path}: no 'predictions' list (a grounding.json of `locvtp evaluate`?)")
+    key = SCORERS[scorer]
+    if key is not None:
+        if not any(key in p for p in preds):
+            raise BootstrapInputError(f"{path}: no per-query {key!r} (--scorer {scorer}): evaluated with "
+                                      "grounding.words that leaves it out, or by an older locvtp")
+        return [{**p, "head_top1_iou": _top1_iou(p, key)} if "gt" in p else p for p in preds]
     if not any("head_top1_iou" in p for p in preds):
         raise BootstrapInputError(f"{path}: no per-query head results ('head_top1_iou'): evaluated with --no-head, "
                                   "or by a locvtp older than the tan head")
     return preds
 
 
-def paired_iou(path_a: str | Path, path_b: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
+def _top1_iou(pred: dict, key: str) -> list[float] | None:
+    """``[IoU]`` of a prediction's first ``key`` window with its ``gt`` (grounding_top1_iou's); None without
+    windows (a query that could not be grounded)."""
+    from locvtp.metrics import grounding_top1_iou
+
+    windows = [w[:2] for w in (pred.get(key) or [])]
+    if not windows:
+        return None
+    return [float(grounding_top1_iou([windows], [pred["gt"]])[0])]
+
+
+def paired_iou(path_a: str | Path, path_b: str | Path, scorer: str = "head") -> tuple[np.ndarray, np.ndarray, int]:
     """Top-1 IoUs ``[Q, Sa]`` and ``[Q, Sb]`` of the queries both files grounded, and how many were left out."""
-    a, b = _read(path_a), _read(path_b)
+    a, b = _read(path_a, scorer), _read(path_b, scorer)
     if len(a) != len(b) or any((p["video_id"], p["query"], p["gt"]) != (q["video_id"], q["query"], q["gt"])
                                for p, q in zip(a, b)):
         raise BootstrapInputError(f"{path_a} and {path_b} hold different queries: evaluate both on the same data")
@@ -59,13 +84,21 @@ def paired_iou(path_a: str | Path, path_b: str | Path) -> tuple[np.ndarray, np.n
     return ia, ib, len(a) - len(both)
 
 
-def compare(path_a: str | Path, path_b: str | Path, n_boot: int = 10000, ci: float = 0.95, seed: int = 0
-            ) -> dict[str, Any]:
-    """Per figure: ``{"a", "b", "diff", "low", "high", "se", ...}``; plus the query and seed counts."""
+def compare(path_a: str | Path, path_b: str | Path, n_boot: int = 10000, ci: float = 0.95, seed: int = 0,
+            scorer: str = "head", also: Sequence[tuple[str | Path, str | Path]] = ()) -> dict[str, Any]:
+    """Per figure: ``{"a", "b", "diff", "low", "high", "se", ...}``; plus the query and seed counts. ``also``:
+    more (A, B) pairs on the same queries, pooled (their seed columns appended; see the module docstring)."""
     from locvtp.metrics import paired_bootstrap_diff
 
-    ia, ib, left_out = paired_iou(path_a, path_b)
-    out: dict[str, Any] = {"a": str(path_a), "b": str(path_b), "queries": len(ia), "left_out": left_out,
+    pairs = [(path_a, path_b), *also]
+    got = [paired_iou(pa, pb, scorer) for pa, pb in pairs]
+    if len({len(ia) for ia, _, _ in got}) > 1:  # another pair grounded other queries: not one query axis
+        raise BootstrapInputError("the --also pairs left out other queries than the first pair: pool files of one "
+                                  "evaluation protocol on the same data")
+    ia, ib = np.concatenate([g[0] for g in got], axis=1), np.concatenate([g[1] for g in got], axis=1)
+    left_out = got[0][2]
+    out: dict[str, Any] = {"a": str(path_a), "b": str(path_b), "also": [[str(x), str(y)] for x, y in also],
+                           "scorer": scorer, "queries": len(ia), "left_out": left_out,
                            "seeds_a": ia.shape[1], "seeds_b": ib.shape[1], "figures": {}}
     for name, value in FIGURES.items():
         va, vb = value(ia), value(ib)
@@ -76,7 +109,9 @@ def compare(path_a: str | Path, path_b: str | Path, n_boot: int = 10000, ci: flo
 
 def format_report(res: dict[str, Any]) -> str:
     paired = next(iter(res["figures"].values()))["paired_seeds"]
-    lines = [f"A = {res['a']} ({res['seeds_a']} head seeds)", f"B = {res['b']} ({res['seeds_b']} head seeds)",
+    pooled = f" + {len(res['also'])} pooled pair(s)" if res.get("also") else ""
+    lines = [f"scorer: {res.get('scorer', 'head')}{pooled}",
+             f"A = {res['a']} ({res['seeds_a']} seed columns)", f"B = {res['b']} ({res['seeds_b']} seed columns)",
              "seeds resampled " + ("in pairs (seed k of A with seed k of B)" if paired else "independently"),
              f"{res['queries']} queries" + (f" ({res['left_out']} left out: no head result in one file)"
                                             if res["left_out"] else ""),
@@ -96,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--boot", type=positive_int, default=10000, help="bootstrap replicates")
     ap.add_argument("--ci", type=fraction, default=0.95, help="interval coverage, in (0, 1)")
     ap.add_argument("--seed", type=nonnegative_int, default=0, help="bootstrap seed")
+    ap.add_argument("--scorer", choices=sorted(SCORERS), default="head",
+                    help="head: the grounding head's top-1 (one column per head seed); zero-shot / "
+                         "zero-shot-content: the zero-shot top-1 over all / content words")
+    ap.add_argument("--also", nargs=2, action="append", default=[], metavar=("A", "B"),
+                    help="another pair of the same two rows on the same queries (e.g. another pre-training "
+                         "seed), pooled; repeatable")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
     if not 0 < args.ci < 1:
@@ -105,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from locvtp.files import check_file_output
 
             check_file_output(Path(args.json), "paired_bootstrap", "--json")
-        res = compare(args.a, args.b, n_boot=args.boot, ci=args.ci, seed=args.seed)
+        res = compare(args.a, args.b, n_boot=args.boot, ci=args.ci, seed=args.seed, scorer=args.scorer,
+                      also=[tuple(p) for p in args.also])
     except LocVTPError as exc:  # an unusable input file (1), an --json that is not ours to replace (2)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 1))

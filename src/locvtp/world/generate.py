@@ -230,7 +230,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
     and a file inside the world's folders that it does not list is refused (NotOwnedError) even with `force`.
     The manifest is written last, so its presence marks a complete world.
 
-    ``version`` (GENERATOR_VERSIONS; None = the preset's `default_version`: 1.3 for tiny/demo, 1.4 for long and
+    ``version`` (GENERATOR_VERSIONS; None = the preset's `default_version`: 1.3 for tiny/demo, 1.5 for long and
     charades) is part of the request: a world of another version this code can still generate is a different
     world (WorldExistsError unless `force`); one of a version it no longer generates is outdated and regenerated.
     """
