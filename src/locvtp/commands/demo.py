@@ -165,12 +165,12 @@ def _jobs(out: Path, common: Sequence[str], rows: dict[str, list[str]]) -> dict[
     """One pre-training per row: its run directory (a file-system-safe form of the row name) and overrides."""
     jobs = {}
     for name, extra in rows.items():
-        safe = _safe_name(name)
+        safe = row_dir_name(name)
         jobs[name] = (out / "runs" / safe, [*common, f"data.cache_dir={out / 'cache' / safe}", *extra])
     return jobs
 
 
-def _safe_name(name: str) -> str:
+def row_dir_name(name: str) -> str:
     """A directory name for a row or world name: "+" reads "plus_", anything but letters, digits, "-", "_" and
     "." becomes "_" ("+fine+temporal" -> "plus_fineplus_temporal", "temporal_negatives=warped" ->
     "temporal_negatives_warped")."""
@@ -478,7 +478,8 @@ def _paired_table(paired: list[dict]) -> str:
         return ""
     lines = ["| R1@0.5 difference | scorer | A − B | paired 95 % interval |", "|---|---|---:|---|"]
     for r in paired:
-        lines.append(f"| {r['a']} − {r['b']} | {r['label']} | {r['diff']:+.1f} | [{r['low']:+.1f}, {r['high']:+.1f}] |")
+        lines.append(f"| {r['a']} − {r['b']} | {r['label']} | {r['diff']:+.1f} | "
+                     f"[{r['low']:+.1f}, {r['high']:+.1f}] |")
     return "\n".join(lines)
 
 
@@ -660,7 +661,7 @@ def _evaluation_target(eval_world: str | Path | None) -> tuple[Path | None, str,
     if manifest is None:
         raise DemoError(f"--eval-world {path}: no synthetic world there (generate one with `locvtp synth --out "
                         f"{path} --seed N`)")
-    name = _safe_name(path.resolve().name)
+    name = row_dir_name(path.resolve().name)
     print(f"[ablate] evaluating on {path} (seed={manifest['seed']}, preset={manifest['preset']}, generator "
           f"{manifest['generator_version']})")
     return path, f"ablation_on_{name}", f"eval_on_{name}", manifest.get("preset")
