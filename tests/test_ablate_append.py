@@ -30,7 +30,16 @@ def fake_pipeline(monkeypatch):
     def evaluate_all(ckpt, world, out_dir=None, **kwargs):
         return {"grounding_R1@0.5": score["value"], "retrieval_R1": 1.0, "note": "not a number"}
 
+    def evaluate_jobs(jobs, overrides, seed, parallel=1):
+        """In-process stand-in for the evaluation subprocesses: the options they would get, the numbers kept."""
+        from locvtp.downstream.evaluate import load_options
+
+        opts = load_options(None, list(overrides))
+        return {n: {k: float(v) for k, v in downstream.evaluate_all(ck, w, out_dir=d, options=opts).items()
+                    if isinstance(v, (int, float))} for n, (ck, w, d) in jobs.items()}
+
     monkeypatch.setattr(demo, "pretrain_jobs", pretrain_jobs)
+    monkeypatch.setattr(demo, "evaluate_jobs", evaluate_jobs)
     monkeypatch.setattr(downstream, "evaluate_all", evaluate_all)
     return score, trained
 

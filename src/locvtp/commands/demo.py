@@ -239,6 +239,48 @@ def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], paral
     return {name: done[name] for name in jobs}
 
 
+def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[str], seed: int,
+                  parallel: int = 1, poll_seconds: float = 1.0) -> dict[str, dict]:
+    """`locvtp evaluate all` of each ``name: (checkpoint, world, out_dir)`` as subprocesses, ``parallel`` at a
+    time (one thread each), with the options ``overrides`` (``--set``); returns each job's metrics.
+
+    Why processes: the grounding head under 2D-TAN's protocol trains 5 seeds per row, the longest stage of a
+    demo on the `long` world; two one-thread evaluations side by side use both cores. The figures equal
+    `evaluate_all`'s in this process (same options, seed and thread count). A failing job raises with its log's
+    last line; its log is ``out_dir.log`` beside the evaluation directory.
+    """
+    import subprocess
+
+    queue, running, results = list(jobs), {}, {}
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                name = queue.pop(0)
+                ckpt, world, out_dir = jobs[name]
+                out_dir.parent.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, "-m", "locvtp.cli", "evaluate", "all", "--checkpoint", str(ckpt), "--data",
+                       str(world), "--out", str(out_dir), "--seed", str(seed), "--threads", "1", "--quiet",
+                       *(a for o in overrides for a in ("--set", o))]
+                log = open(out_dir.with_suffix(".log"), "wb")
+                running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, time.time())
+            time.sleep(poll_seconds)
+            for name in [n for n, (proc, _, _) in running.items() if proc.poll() is not None]:
+                proc, log, start = running.pop(name)
+                log.close()
+                out_dir = jobs[name][2]
+                if proc.returncode != 0:
+                    raise DemoError(f"evaluating {name} failed (exit {proc.returncode}): "
+                                    f"{_last_line(out_dir.with_suffix('.log'))} (log: {out_dir.with_suffix('.log')})")
+                doc = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+                results[name] = {k: float(v) for k, v in doc["metrics"].items() if isinstance(v, (int, float))}
+                print(f"[demo] evaluated {name} ({time.time() - start:.0f} s)")
+    finally:
+        for proc, log, _ in running.values():  # interrupted: stop the children
+            proc.terminate()
+            log.close()
+    return {name: results[name] for name in jobs}
+
+
 def _max_steps(cfg_path: Path, overrides: list[str]) -> int:
     from locvtp.config import load_config
 
@@ -368,15 +410,15 @@ def _world_record(path: Path, manifest: dict) -> dict:
 
 def run_demo(out: str | Path = "demo_run", preset: str = DEFAULT_PRESET, seed: int = 0,
              world: str | Path | None = None,
-             overrides: Sequence[str] = (), progress: bool = True, plots: bool = True, threads: int | None = 1,
+             overrides: Sequence[str] = (), progress: bool = True, plots: bool = True,
              parallel: int | None = None) -> dict:
     """Generate → pre-train coarse and LocVTP → evaluate random/coarse/LocVTP → table, results.json, report.md.
 
-    ``parallel``: pre-trainings run at once as separate processes (default: as many as there are cores, each
-    with the synthetic config's ``train.num_threads: 1``).
+    ``parallel``: pre-trainings (and then evaluations) run at once as separate processes (default: as many as
+    there are cores, each with one thread: the synthetic config's ``train.num_threads: 1``, ``evaluate --threads
+    1``).
     """
     parallel = max(1, min(len(VARIANTS), os.cpu_count() or 1)) if parallel is None else max(1, int(parallel))
-    from locvtp.downstream import evaluate_all
 
     if preset not in PRESET_OVERRIDES:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESET_OVERRIDES)}")
@@ -410,16 +452,12 @@ def run_demo(out: str | Path = "demo_run", preset: str = DEFAULT_PRESET, seed: i
     stage("pretrain", s)
     ckpts = {**_floors(ckpts["locvtp"], out, seed, backbone is not None), **ckpts}
 
-    options = demo_eval_options(world_manifest.get("preset"))
-    results: dict[str, dict] = {}
     eval_dirs = {name: out / "eval" / name for name in ckpts}
-    for name in ckpts:
-        s = time.time()
-        print(f"[demo] 3/4 evaluating {name}")
-        metrics = evaluate_all(ckpts[name], world, out_dir=eval_dirs[name], progress=progress, seed=seed,
-                               threads=threads, options=options)
-        results[name] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        stage(f"evaluate_{name}", s)
+    s = time.time()
+    print(f"[demo] 3/4 evaluating {', '.join(ckpts)} ({parallel} at a time, logs in eval/<name>.log)")
+    results = evaluate_jobs({n: (ckpts[n], world, eval_dirs[n]) for n in ckpts},
+                            eval_overrides(world_manifest.get("preset")), seed, parallel=parallel)
+    stage("evaluate", s)
 
     paired = _paired_comparisons(eval_dirs)
     print("[demo] 4/4 report")
@@ -605,8 +643,6 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = DEFAULT_PRESET,
     ``eval_world``: evaluate on this other complete world instead (e.g. one of an unseen seed: generalisation),
     into ``ablation_on_<its directory name>.json/.md`` and ``eval_on_<name>/``; pre-training is unchanged and a
     finished row is reused, so this costs only the evaluations."""
-    from locvtp.downstream import evaluate_all
-
     out = Path(out)
     target, stem, eval_dir, target_preset = _evaluation_target(eval_world)
     _check_report_files(out, "ablate", [f"{stem}.json", f"{stem}.md"])
@@ -632,13 +668,11 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = DEFAULT_PRESET,
             raise DemoError(f"row {SEP_PRE!r}: this configuration trains no video backbone to evaluate")
         reference = ckpts.get("coarse") or next(iter(ckpts.values()))  # its config and tokenizer
         ckpts[SEP_PRE] = _random_checkpoint(reference, out / "runs" / "backbone" / "final", seed, backbone=True)
+    print(f"[ablate] evaluating {len(names)} rows, {parallel} at a time (logs in {eval_dir}/<row>.log)")
+    evaluated = evaluate_jobs({n: (ckpts[n], target, out / eval_dir / row_dir_name(n)) for n in names},
+                              eval_overrides(target_preset), seed, parallel=parallel)
     for name in names:
-        print(f"[ablate] evaluating {name}")
-        run_dir = jobs[name][0].name if name in jobs else "backbone"
-        metrics = evaluate_all(ckpts[name], target, out_dir=out / eval_dir / run_dir, progress=progress, seed=seed,
-                               threads=1, options=demo_eval_options(target_preset))
-        results = _store_row(out / f"{stem}.json",
-                             name, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        results = _store_row(out / f"{stem}.json", name, evaluated[name])
     table = format_table(results)
     where = "" if eval_world is None else f" (evaluated on `{target}`)"
     write_owned_text(out / f"{stem}.md", f"# locvtp ablation{where}\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
@@ -683,10 +717,6 @@ def eval_overrides(world_preset: str | None) -> tuple[str, ...]:
     return () if preset is not None and preset.moments else DEMO_EVAL_OVERRIDES
 
 
-def demo_eval_options(world_preset: str | None = None) -> Any:
-    from locvtp.downstream.evaluate import load_options
-
-    return load_options(None, eval_overrides(world_preset))
 
 
 def check_overrides(preset: str, overrides: Sequence[str]) -> None:
