@@ -34,6 +34,9 @@ __all__ = [
     "grounding_top1_iou",
     "paired_bootstrap_diff",
     "moment_retrieval_map",
+    "moment_retrieval_metrics",
+    "highlight_labels",
+    "highlight_detection",
     "step_recall",
     "crosstask_viterbi",
     "segmentation_metrics",
@@ -41,6 +44,10 @@ __all__ = [
 
 # IoU thresholds of moment_detr's mAP: np.linspace(0.5, 0.95, 10) rounded to two decimals as the reference does.
 _MR_IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
+# moment_detr's ground-truth length buckets (seconds, ``lo < length <= hi``); "full" keeps every window.
+MR_LENGTH_RANGES = (("short", 0.0, 10.0), ("middle", 10.0, 30.0), ("long", 30.0, 150.0), ("full", 0.0, 150.0))
+# moment_detr's highlight thresholds: a clip is positive for an annotator whose score (0..4) is >= the minimum.
+HL_MIN_SCORES = (("Fair", 2), ("Good", 3), ("VeryGood", 4))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -539,6 +546,158 @@ def moment_retrieval_map(predictions: Sequence, gt_windows: Sequence, max_pred_w
     for t, hits in zip(thresholds, r1_hits):
         if t in (0.5, 0.7):
             out[f"R1@{_threshold_key(t)}"] = float(np.mean(hits) * 100)
+    return out
+
+
+def _windows_in_range(gt: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    length = gt[:, 1] - gt[:, 0]
+    return gt[(length > lo) & (length <= hi)]
+
+
+def moment_retrieval_metrics(predictions: Sequence, gt_windows: Sequence, max_pred_windows: int | None = 10
+                             ) -> dict[str, float]:
+    """Moment retrieval figures under the names Moment-DETR's ``standalone_eval`` reports (its ``brief`` dict):
+    ``MR-full-mAP``, ``MR-full-mAP@0.5``, ``MR-full-mAP@0.75``, ``MR-full-R1@0.5``, ``MR-full-R1@0.7``,
+    ``MR-short-mAP``, ``MR-middle-mAP``, ``MR-long-mAP`` (percent, unrounded).
+
+    Arguments as :func:`moment_retrieval_map`, which computes each bucket. Reference: jayleicn/moment_detr
+    ``standalone_eval/eval.py::eval_moment_retrieval`` and ``get_data_by_range``. Conventions reproduced:
+
+    * buckets by ground-truth window length ``lo < length <= hi``: short (0, 10], middle (10, 30], long
+      (30, 150] seconds; in a bucket a query keeps only its windows in range, a query with none is left out
+      (of its predictions too); "full" keeps every query and every window, whatever its length;
+    * each bucket's mAP (mean over IoU 0.5:0.05:0.95) and R1 are :func:`moment_retrieval_map`'s.
+
+    Deviation: a bucket without any query is left out of the result (the reference reports NaN for it).
+    """
+    if len(predictions) != len(gt_windows):
+        raise ValueError(f"predictions: got {len(predictions)} queries but gt_windows has {len(gt_windows)}")
+    gts = [_windows(g, f"gt_windows[{q}]", allow_empty=False) for q, g in enumerate(gt_windows)]
+    out: dict[str, float] = {}
+    for name, lo, hi in MR_LENGTH_RANGES:
+        if name == "full":
+            kept = list(range(len(gts)))
+            sub = gts
+        else:
+            in_range = [_windows_in_range(g, lo, hi) for g in gts]
+            kept = [q for q, g in enumerate(in_range) if len(g)]
+            sub = [in_range[q] for q in kept]
+        if not kept:
+            continue
+        m = moment_retrieval_map([predictions[q] for q in kept], sub, max_pred_windows)
+        if name == "full":
+            out.update({f"MR-full-{k}": v for k, v in m.items()})
+        else:
+            out[f"MR-{name}-mAP"] = m["mAP"]
+    return out
+
+
+def highlight_labels(duration: float, clip_ids, scores, clip_length: float = 2.0, n_annotators: int = 3
+                     ) -> np.ndarray:
+    """The ``[n_clips, n_annotators]`` saliency labels of a whole video from QVHighlights' ``relevant_clip_ids``
+    and ``saliency_scores`` (one row of annotator scores per listed clip): unlisted clips score 0.
+    ``n_annotators`` only matters when no clip is listed (QVHighlights has 3).
+
+    Reference: jayleicn/moment_detr ``standalone_eval/eval.py::mk_gt_scores``: ``int(duration / clip_length)``
+    clips. Deviation: a listed clip at or past that count extends the video to hold it (the reference raises
+    ``IndexError``; QVHighlights' own files never do, rounded synthetic durations can).
+    """
+    ids = np.asarray(clip_ids, dtype=np.int64).reshape(-1)
+    sal = np.asarray(scores, dtype=np.float64)
+    if len(ids) == 0 and sal.size == 0:
+        sal = np.zeros((0, n_annotators))
+    if sal.ndim != 2 or sal.shape[0] != len(ids) or sal.shape[1] == 0:
+        raise ValueError(f"scores: expected one row of annotator scores per clip id ({len(ids)}), got shape "
+                         f"{sal.shape}")
+    if len(ids) and ids.min() < 0:
+        raise ValueError(f"clip_ids: negative clip id {int(ids.min())}")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("clip_ids: a clip is listed twice")
+    if not np.isfinite(sal).all():
+        raise ValueError("scores: non-finite value")
+    duration = float(duration)
+    if not np.isfinite(duration) or duration < 0:
+        raise ValueError(f"duration: must be a non-negative number of seconds, got {duration!r}")
+    n = max(int(duration / clip_length), int(ids.max()) + 1 if len(ids) else 0)
+    out = np.zeros((n, sal.shape[1]), dtype=np.float64)
+    out[ids] = sal
+    return out
+
+
+def _saliency_ap(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AP of one query's clips for each annotator column of ``labels [n, A]`` (0/1), as Moment-DETR's
+    ``get_ap`` computes it with sklearn's ``precision_recall_curve`` (one operating point per distinct score)."""
+    n, n_ann = labels.shape
+    out = np.zeros(n_ann)
+    if n == 0:
+        return out
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    last = np.concatenate([np.flatnonzero(s[1:] != s[:-1]), [n - 1]])  # end of each group of equal scores
+    tp = np.cumsum(labels[order], axis=0)[last]  # [K, A]: positives at or above each distinct score
+    precision = tp / (last + 1.0)[:, None]
+    for a in range(n_ann):  # 3 annotators: each has its own recall steps
+        pos = tp[-1, a]
+        if pos == 0 or pos == n:  # one class only: get_ap returns 0 (none relevant) or 1 (all relevant)
+            out[a] = 0.0 if pos == 0 else 1.0
+            continue
+        # sklearn's order: lowest score (recall 1) first, then (precision 1, recall 0) appended
+        recall = np.concatenate([(tp[::-1, a] / pos).astype(np.float32), [np.float32(0)]])
+        interp = np.maximum.accumulate(np.concatenate([precision[::-1, a], [1.0]]))
+        out[a] = np.mean(interp[np.flatnonzero(np.diff(recall))])
+    return out
+
+
+def highlight_detection(pred_saliency: Sequence, gt_saliency: Sequence,
+                        min_scores: Sequence[tuple[str, float]] = HL_MIN_SCORES) -> dict[str, float]:
+    """Highlight detection (QVHighlights): ``HL-min-{Fair,Good,VeryGood}-{mAP,Hit1}`` (percent, unrounded).
+
+    ``pred_saliency``: one 1-D array of clip scores per query (2-s clips, higher = more salient);
+    ``gt_saliency``: one ``[n_clips, n_annotators]`` array of 0..4 labels per query (:func:`highlight_labels`).
+
+    Reference: jayleicn/moment_detr ``standalone_eval/eval.py::eval_highlight`` (``compute_hl_hit1``,
+    ``compute_hl_ap``, ``compute_ap_from_tuple``) and ``standalone_eval/utils.py::get_ap``. Conventions reproduced:
+
+    * per threshold (Fair >= 2, Good >= 3, VeryGood >= 4) a clip is positive for an annotator whose label is
+      >= the threshold;
+    * **HIT@1**: the clip of highest predicted score (``np.argmax``: the first on ties, over the whole prediction)
+      is a hit when any annotator marks it positive; a clip past the video's labels is a miss; mean over queries;
+    * **mAP**: predictions cut or zero-padded to the video's clip count; per (query, annotator) AP with one
+      operating point per distinct score (tied clips enter together), precision made monotone from the right,
+      then the *plain mean* of the precision at each recall level reached (not weighted by the recall step);
+      an annotator with no positive clip has AP 0, one with only positive clips AP 1; mAP = mean over queries
+      and annotators; both x 100.
+
+    Deviations: a query without any labelled clip (no ``relevant_clip_ids``; a video shorter than a clip) has AP
+    0 and no hit (the reference raises); an empty prediction is a miss.
+    """
+    if len(pred_saliency) != len(gt_saliency):
+        raise ValueError(f"pred_saliency: got {len(pred_saliency)} queries but gt_saliency has {len(gt_saliency)}")
+    if len(gt_saliency) == 0:
+        raise ValueError("gt_saliency: no queries")
+    preds, gts = [], []
+    for q, (p, g) in enumerate(zip(pred_saliency, gt_saliency)):
+        p = np.asarray(p, dtype=np.float64).reshape(-1)
+        g = np.asarray(g, dtype=np.float64)
+        if g.ndim != 2 or (g.shape[1] == 0 and g.shape[0]):
+            raise ValueError(f"gt_saliency[{q}]: expected [n_clips, n_annotators] labels, got shape {g.shape}")
+        if not np.isfinite(p).all():
+            raise ValueError(f"pred_saliency[{q}]: non-finite score at index {int(np.flatnonzero(~np.isfinite(p))[0])}")
+        preds.append(p)
+        gts.append(g)
+    out: dict[str, float] = {}
+    for name, min_score in min_scores:
+        ap_rows, hits = [], np.zeros(len(gts))
+        for q, (p, g) in enumerate(zip(preds, gts)):
+            binary = (g >= min_score).astype(np.float64)
+            n = binary.shape[0]
+            fitted = np.concatenate([p[:n], np.zeros(max(0, n - len(p)))])
+            ap_rows.append(_saliency_ap(binary, fitted))
+            if len(p) and int(np.argmax(p)) < n:
+                hits[q] = binary[int(np.argmax(p))].max(initial=0.0)
+        same_width = len({len(r) for r in ap_rows}) == 1  # the reference's [queries, 3] array when it can be
+        out[f"HL-min-{name}-mAP"] = float(100 * np.mean(np.array(ap_rows) if same_width else np.concatenate(ap_rows)))
+        out[f"HL-min-{name}-Hit1"] = float(100 * np.mean(hits))
     return out
 
 

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an option, e.g. --set grounding.head_cfg.epochs=30 (repeatable)")
     p.add_argument("--finetune", action="store_true", help="retrieval: also fine-tune contrastively on train")
-    p.add_argument("--grounding-dataset", choices=["activitynet", "charades"], default=None,
+    p.add_argument("--grounding-dataset", choices=["activitynet", "charades", "qvhighlights"], default=None,
                    help="grounding annotations to read (default from the options: activitynet)")
     p.add_argument("--no-head", action="store_true", help="grounding: zero-shot only (skip the 2D-TAN head)")
     p.add_argument("--head", choices=["tan", "checkpoint_text"], default=None,

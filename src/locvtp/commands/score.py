@@ -4,6 +4,13 @@
 
     locvtp score grounding --predictions runs/eval/grounding_predictions.jsonl \
         --annotations world/grounding/activitynet/val_1.json [--name grounding] [--out metrics.json]
+    locvtp score qvhighlights --predictions runs/eval/qvhighlights_submission.jsonl \
+        --annotations highlight_val_release.jsonl [--out metrics.json]
+
+``qvhighlights``: a Moment-DETR submission (``pred_relevant_windows`` and / or ``pred_saliency_scores``, keyed by
+the annotation's own ``qid``) scored as ``standalone_eval/eval.py`` scores it, under its key names
+(``MR-full-mAP``, ``MR-full-R1@0.5``, ..., ``HL-min-VeryGood-Hit1``); see :mod:`locvtp.scoring`. The rest of
+this docstring is about ``grounding``.
 
 Why a separate command: the figures of ``locvtp evaluate`` can be recomputed from what it wrote, without the
 model, the videos or torch, and predictions made by any other system can be scored by exactly the same code
@@ -35,7 +42,6 @@ A bad line is one error naming the file and the line (``locvtp score: error: pre
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +50,10 @@ from typing import Any, Optional
 import numpy as np
 
 from locvtp import cliargs
-from locvtp.errors import LocVTPError, UsageError
+from locvtp.errors import UsageError
+from locvtp.scoring import ScoreError, parse_window
 
-TASKS = ("grounding",)
-
-
-class ScoreError(LocVTPError, ValueError):
-    """A predictions or annotations file cannot be scored; the message names the file and the line."""
+TASKS = ("grounding", "qvhighlights")
 
 
 @dataclass(frozen=True)
@@ -88,18 +91,7 @@ def read_grounding_annotations(path: str | Path, durations: Optional[str | Path]
 
 
 def _window(item: Any, where: str) -> tuple[float, float]:
-    if not isinstance(item, (list, tuple)) or len(item) not in (2, 3):
-        raise ScoreError(f"{where}: a predicted window must be [start, end] or [start, end, score], got "
-                         f"{json.dumps(item)[:60]}")
-    try:
-        values = [float(v) for v in item]
-    except (TypeError, ValueError):
-        raise ScoreError(f"{where}: a predicted window holds a non-number: {json.dumps(item)[:60]}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise ScoreError(f"{where}: a predicted window holds NaN or inf: {json.dumps(item)[:60]}")
-    if values[1] < values[0]:
-        raise ScoreError(f"{where}: a predicted window ends before it starts: {json.dumps(item)[:60]}")
-    return values[0], values[1]
+    return parse_window(item, where)[:2]
 
 
 def _by_text(truth: list[GroundTruth]) -> dict[tuple[str, str], list[int]]:
@@ -221,7 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:  # before the work: a user's file at --out is never replaced
         check_apart(args.out, {"--predictions": args.predictions, "--annotations": args.annotations})
         check_file_output(args.out, "score", "--out")
-    res = score_grounding(args.predictions, args.annotations, name, args.durations, args.require_all)
+    if args.task == "qvhighlights":
+        if args.name or args.durations:
+            raise UsageError(f"{'--name' if args.name else '--durations'}: not used by the qvhighlights task "
+                             "(its figures carry standalone_eval's names)")
+        from locvtp.scoring import score_qvhighlights
+
+        res = score_qvhighlights(args.predictions, args.annotations, args.require_all)
+    else:
+        res = score_grounding(args.predictions, args.annotations, name, args.durations, args.require_all)
+    for w in res.get("warnings", []):
+        print(f"locvtp score: warning: {w}", file=sys.stderr)
     if args.out:
         write_owned_text(args.out, json.dumps(res, indent=1) + "\n", "score")
     print(json.dumps(res["metrics"], indent=1))

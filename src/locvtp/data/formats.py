@@ -137,6 +137,9 @@ class MomentQuery:
     windows: tuple[tuple[float, float], ...]
     duration: float | None
     qid: str
+    # QVHighlights' highlight labels: the listed 2-s clips and one row of annotator scores (0..4) per clip
+    clip_ids: tuple[int, ...] = ()
+    saliency: tuple[tuple[float, ...], ...] = ()
 
     @property
     def start(self) -> float:
@@ -592,8 +595,9 @@ def read_qvhighlights(path: str | Path, known_ids: Collection[str] | None = None
                       duration_tolerance: float = DEFAULT_DURATION_TOLERANCE) -> LoadResult[MomentQuery]:
     """QVHighlights / Moment-DETR JSONL: ``{"qid", "query", "duration", "vid", "relevant_windows": [[s, e]..]}``.
 
-    ``relevant_clip_ids`` and ``saliency_scores`` (highlight labels) are accepted and ignored. The official
-    test split has no ``relevant_windows``: pass ``require_windows=False`` to read its queries (windows empty).
+    ``relevant_clip_ids`` and ``saliency_scores`` (highlight labels), when present, are kept as ``clip_ids`` and
+    ``saliency`` (one row of annotator scores per listed clip). The official test split has no
+    ``relevant_windows``: pass ``require_windows=False`` to read its queries (windows empty).
     """
     p = _check_file(path)
     col = _Collector(p, strict)
@@ -626,11 +630,32 @@ def read_qvhighlights(path: str | Path, known_ids: Collection[str] | None = None
                 if not isinstance(w, (list, tuple)) or len(w) != 2:
                     raise _Bad(f"window is not a [start, end] pair ({w!r})")
                 windows.append(_span(w[0], w[1], dur, duration_tolerance))
+            clip_ids, saliency = _highlight_labels(obj)
         except _Bad as exc:
             col.bad(f"line {line_no}", str(exc))
             continue
-        out.append(MomentQuery(vid, query, tuple(windows), dur, str(obj["qid"])))
+        out.append(MomentQuery(vid, query, tuple(windows), dur, str(obj["qid"]), clip_ids, saliency))
     return col.result(out)
+
+
+def _highlight_labels(obj: Mapping) -> tuple[tuple[int, ...], tuple[tuple[float, ...], ...]]:
+    """A QVHighlights line's ``relevant_clip_ids`` and ``saliency_scores`` (both or neither), checked."""
+    ids, sal = obj.get("relevant_clip_ids"), obj.get("saliency_scores")
+    if ids is None and sal is None:
+        return (), ()
+    if not isinstance(ids, list) or not isinstance(sal, list) or len(ids) != len(sal):
+        raise _Bad("'relevant_clip_ids' and 'saliency_scores' must be lists of the same length")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in ids):
+        raise _Bad("'relevant_clip_ids' must hold non-negative integers")
+    if len(set(ids)) != len(ids):
+        raise _Bad("'relevant_clip_ids' lists a clip twice")
+    rows = []
+    for row in sal:
+        if not isinstance(row, list) or not row or (rows and len(row) != len(rows[0])):
+            raise _Bad("'saliency_scores' must hold one non-empty list of annotator scores per clip, all of "
+                       "one length")
+        rows.append(tuple(_num(v, "saliency score") for v in row))
+    return tuple(ids), tuple(rows)
 
 
 # ----------------------------------------------------------------------------------------------- retrieval

@@ -87,7 +87,7 @@ def load_options(path: str | os.PathLike | None = None, overrides: Sequence[str]
 
 # Checked values of the options: dotted key -> allowed choices, or (low, high, low_open, high_open).
 _CHOICES = {
-    "grounding.dataset": ("activitynet", "charades"),
+    "grounding.dataset": ("activitynet", "charades", "qvhighlights"),
     "grounding.window_score": ("tstat", "contrast", "oic", "oic_t"),
     "grounding.words": GROUNDING_WORDS,
     "grounding.head_cfg.pooling": ("max", "avg"),
@@ -204,7 +204,7 @@ def _needed_videos(data_dir: Path, tasks: Sequence[str], opts: DownstreamOptions
 
 # The predictions files (JSON lines, ``locvtp score``'s input) a task writes next to its ``<task>.json``.
 PREDICTION_FILES = {"grounding": ("grounding_predictions.jsonl", "grounding_content_predictions.jsonl",
-                                   "head_grounding_predictions.jsonl")}
+                                   "head_grounding_predictions.jsonl", "qvhighlights_submission.jsonl")}
 RUNNERS = {"retrieval": run_retrieval, "grounding": run_grounding_task, "steps": run_steps,
            "segmentation": run_segmentation}
 

@@ -303,11 +303,12 @@ class GroundingQuery:
     start: float
     end: float
     duration: float
+    qid: str = ""  # QVHighlights: the annotation's own qid (its submission's key)
 
 
 @dataclass
 class GroundingOptions:
-    dataset: str = "activitynet"  # activitynet | charades (files below, under <data>/grounding/<dataset>/)
+    dataset: str = "activitynet"  # activitynet | charades | qvhighlights (under <data>/grounding/<dataset>/)
     activitynet_train: str = "train.json"
     activitynet_test: str = "val_1.json"  # ActivityNet Captions has no public test labels; val_2.json also works
     alpha: float = 0.5  # zero-shot: weight of the sentence level vs the word level
@@ -326,9 +327,10 @@ class GroundingOptions:
 def load_grounding_queries(data_dir: str | Path, dataset: str = "activitynet", split: str = "test",
                            strict: bool = False, opts: "GroundingOptions | None" = None
                            ) -> tuple[list[GroundingQuery], list[dict]]:
-    """Queries of one split via ``locvtp.data.formats``: ActivityNet Captions (``train.json`` / ``val_1.json``)
-    or Charades-STA (``charades_sta_{train,test}.txt``, durations from ``Charades_v1_{train,test}.csv`` when
-    present, else from the video). Returns the queries (duration −1 when unknown) and the skipped records."""
+    """Queries of one split via ``locvtp.data.formats``: ActivityNet Captions (``train.json`` / ``val_1.json``),
+    Charades-STA (``charades_sta_{train,test}.txt``, durations from ``Charades_v1_{train,test}.csv`` when
+    present, else from the video) or QVHighlights (``highlight_{train,val}_release.jsonl``; the test split is
+    ``val``, the official test labels are not public; the first window of a query is 2D-TAN's ground truth). Returns the queries (duration −1 when unknown) and the skipped records."""
     from locvtp.data import formats
     from locvtp.downstream.common import bad_records
 
@@ -343,10 +345,15 @@ def load_grounding_queries(data_dir: str | Path, dataset: str = "activitynet", s
         dur = root / f"Charades_v1_{split}.csv"
         res = formats.read_charades_sta(root / f"charades_sta_{split}.txt", dur if dur.is_file() else None,
                                         strict=strict)
+    elif dataset == "qvhighlights":
+        res = formats.read_qvhighlights(root / f"highlight_{'train' if split == 'train' else 'val'}_release.jsonl",
+                                        strict=strict)
     else:
-        raise DownstreamError(f"unknown grounding dataset {dataset!r}; choose 'activitynet' or 'charades'")
+        raise DownstreamError(f"unknown grounding dataset {dataset!r}; choose 'activitynet', 'charades' or "
+                              "'qvhighlights'")
     queries = [GroundingQuery(r.video_id, r.query, float(r.windows[0][0]), float(r.windows[0][1]),
-                              float(r.duration) if r.duration else -1.0) for r in res.records if r.windows]
+                              float(r.duration) if r.duration else -1.0, r.qid if dataset == "qvhighlights" else "")
+               for r in res.records if r.windows]
     return queries, bad_records(res.skipped)
 
 
@@ -458,6 +465,42 @@ def prediction_lines(queries: Sequence[GroundingQuery], used: Sequence[int], ran
     return [{"qid": int(k), "vid": queries[k].vid, "query": queries[k].query,
              "pred_relevant_windows": kept_windows(windows, sc, SCORED_WINDOWS)}
             for k, windows, sc in zip(used, ranked, scores)]
+
+
+# The QVHighlights submission `evaluate` writes (grounding.dataset=qvhighlights): `locvtp score qvhighlights` reads it.
+QVHIGHLIGHTS_SUBMISSION = "qvhighlights_submission.jsonl"
+# Windows per query in the submission: what Moment-DETR's mAP reads (max_pred_windows).
+SUBMISSION_WINDOWS = 10
+
+
+def clip_saliency(features: np.ndarray, windows: np.ndarray, sentence: np.ndarray, duration: float,
+                  clip_length: float = 2.0) -> np.ndarray:
+    """Zero-shot highlight scores: the cosine of each feature clip with the sentence, averaged into QVHighlights'
+    2-s clips (``ceil(duration / 2)`` of them, each feature clip weighted by its overlap; a 2-s clip no feature
+    clip overlaps takes the nearest one, ``overlap_pool_matrix``)."""
+    f = np.asarray(features, np.float64)
+    q = np.asarray(sentence, np.float64).reshape(-1)
+    cos = (f @ q) / np.maximum(np.linalg.norm(f, axis=1) * np.linalg.norm(q), 1e-12)
+    n = max(1, int(np.ceil(duration / clip_length - 1e-9)))
+    return overlap_pool_matrix(windows, n * clip_length, n) @ cos
+
+
+def qvhighlights_submission(ctx, queries: Sequence[GroundingQuery], zs: ZeroShotRanking) -> list[dict]:
+    """Moment-DETR's submission lines (``qid``, ``query``, ``vid``, ``pred_relevant_windows`` -- the first
+    ``SUBMISSION_WINDOWS`` windows that survive NMS, ``[start, end, score]`` -- and ``pred_saliency_scores``,
+    :func:`clip_saliency`) for the zero-shot ranking ``zs`` of QVHighlights queries."""
+    sentences = ctx.bank.texts([queries[k].query for k in zs.used]).sentence if zs.used else []
+    lines = []
+    for k, windows, sc, sent in zip(zs.used, zs.ranked, zs.scores, sentences):
+        q = queries[k]
+        seq = ctx.bank.video(q.vid)
+        qid: Any = int(q.qid) if q.qid.lstrip("-").isdigit() else q.qid
+        lines.append({"qid": qid, "query": q.query, "vid": q.vid,
+                      "pred_relevant_windows": kept_windows(windows, sc, SUBMISSION_WINDOWS),
+                      "pred_saliency_scores": clip_saliency(seq.features, seq.windows, sent,
+                                                            q.duration if q.duration > 0 else seq.duration
+                                                            ).tolist()})
+    return lines
 
 
 def chance_grounding(ctx, queries: Sequence[GroundingQuery], gt: np.ndarray, opts: GroundingOptions,
@@ -580,6 +623,8 @@ def zero_shot_figures(ctx, test: Sequence[GroundingQuery], gt: np.ndarray, opts:
             if n == 0:
                 preds[k]["flat"] = f
         files[name] = prediction_lines(test, used, zs.ranked, zs.scores)
+        if n == 0 and opts.dataset == "qvhighlights":
+            files[QVHIGHLIGHTS_SUBMISSION] = qvhighlights_submission(ctx, test, zs)
     if used:
         chance = chance_grounding(ctx, [test[k] for k in used], gt[used], opts)
         metrics.update({f"chance_grounding_{k}": chance[k] for k in ("R1@0.5", "mIoU")})
@@ -640,5 +685,6 @@ __all__ = [
     "scaled_iou_bce", "moment_map_pool", "TAN2DHead", "pool_to_bins", "HeadConfig", "train_tan_head",
     "predict_score_maps", "GroundingQuery", "HeadData", "head_data", "TanConfig",
     "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "ZeroShotRanking", "flat_query_warning",
-    "content_fallback_warning", "zero_shot_figures", "GROUNDING_WORDS", "ZERO_SHOT_SCORERS", "run_grounding",
+    "content_fallback_warning", "zero_shot_figures", "clip_saliency", "qvhighlights_submission",
+    "QVHIGHLIGHTS_SUBMISSION", "GROUNDING_WORDS", "ZERO_SHOT_SCORERS", "run_grounding",
 ]
