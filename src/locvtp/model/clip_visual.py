@@ -139,8 +139,6 @@ class ClipVisual(nn.Module):
         self.transformer = _Transformer(w, arch.layers, arch.heads, activation)
         self.ln_post = nn.LayerNorm(w)
         self.proj = nn.Parameter(torch.randn(w, arch.out_dim) * w ** -0.5)
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD), persistent=False)
         self.out_dim = arch.out_dim
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -148,7 +146,10 @@ class ClipVisual(nn.Module):
         s = self.arch.image_size
         if frames.dim() != 4 or tuple(frames.shape[1:]) != (s, s, 3):
             raise ClipArchError(f"CLIP {self.arch.name} expects frames [N, {s}, {s}, 3], got {tuple(frames.shape)}")
-        x = (frames.to(self.proj.dtype) / 255.0 - self.mean) / self.std
+        # constants, not buffers: a traced/scripted copy of this module then holds exactly the upstream tensors
+        mean = torch.tensor(CLIP_MEAN, dtype=self.proj.dtype, device=frames.device)
+        std = torch.tensor(CLIP_STD, dtype=self.proj.dtype, device=frames.device)
+        x = (frames.to(self.proj.dtype) / 255.0 - mean) / std
         x = self.conv1(x.permute(0, 3, 1, 2))  # [N, w, g, g]
         x = x.flatten(2).transpose(1, 2)  # [N, g*g, w]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
