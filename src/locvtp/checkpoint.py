@@ -65,7 +65,8 @@ class Checkpoint:
         return self.meta.get("step")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (the fingerprint of a checkpoint or a weights file)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -161,7 +162,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: Any, tokeniz
 
         meta = {
             "format": FORMAT, "version": FORMAT_VERSION, "locvtp_version": pkg_version, "step": step,
-            "sha256": _sha256(tmp / MODEL_FILE), "files": files, "has_objective": objective is not None,
+            "sha256": file_sha256(tmp / MODEL_FILE), "files": files, "has_objective": objective is not None,
         }
         # last: its presence marks the checkpoint complete (a plain write: the whole directory is replaced atomically)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -282,7 +283,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ck = resolve_checkpoint(path)
     meta = _read_meta(ck)
     mfile = ck / MODEL_FILE
-    sha = _sha256(mfile)
+    sha = file_sha256(mfile)
     if verify and meta.get("sha256") and meta["sha256"] != sha:
         raise CheckpointError(f"{mfile}: sha256 {sha[:12]}… does not match meta.json ({meta['sha256'][:12]}…): "
                               "the file is corrupt or was replaced")
@@ -338,7 +339,7 @@ def verify_checkpoint(path: str | os.PathLike, need_trainer_state: bool = False)
         raise CheckpointError(f"{ck}: incomplete checkpoint (no {META_FILE} or {MODEL_FILE})")
     meta = _read_meta(ck)
     mfile = ck / MODEL_FILE
-    if meta.get("sha256") and meta["sha256"] != _sha256(mfile):
+    if meta.get("sha256") and meta["sha256"] != file_sha256(mfile):
         raise CheckpointError(f"{mfile}: does not match the sha256 in {META_FILE}: the file is corrupt or was "
                               "replaced")
     try:

@@ -56,7 +56,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -214,13 +214,38 @@ def _settings(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
     from locvtp.featurestore.provenance import store_settings
 
     return store_settings(ckpt.model, ckpt.sha256, ckpt.path, args.clip_seconds, args.stride_seconds,
-                          args.frames_per_clip, args.frame_size, "backbone" if args.backbone else "joint")
+                          args.frames_per_clip, args.frame_size, "backbone" if args.backbone is True else "joint")
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Exactly one model: ``--checkpoint`` (this package's model; bare ``--backbone`` = its pre-projection
+    features), or ``--backbone clip|s3d`` with ``--weights`` (a standard backbone). Every other mix is one line."""
+    standard = isinstance(args.backbone, str)
+    weights = getattr(args, "weights", None)
+    if standard and args.checkpoint:
+        raise UsageError(f"--backbone {args.backbone} extracts with --weights, not a checkpoint: give one of "
+                         "--checkpoint (this package's model) and --backbone NAME --weights FILE")
+    if standard and not weights:
+        from locvtp.standard_features import WEIGHTS_HELP
+
+        hint = WEIGHTS_HELP.get(args.backbone, "")
+        raise UsageError(f"--backbone {args.backbone} needs --weights FILE (nothing is downloaded){'; ' + hint if hint else ''}")
+    if not standard and weights:
+        raise UsageError("--weights is for --backbone clip|s3d (a standard backbone); with --checkpoint leave it out")
+    if not standard and not args.checkpoint:
+        raise UsageError("give --checkpoint (a checkpoint or run directory) or --backbone clip|s3d --weights FILE")
+    if not standard:
+        extra = [f for f, v in (("--clip-arch", getattr(args, "clip_arch", None)),
+                                ("--s3d-output", getattr(args, "s3d_output", None))) if v is not None]
+        if extra:
+            raise UsageError(f"{extra[0]} is for --backbone clip|s3d, not a --checkpoint extraction")
 
 
 def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSummary:
     """The body of ``locvtp extract`` (arguments as parsed by :func:`build_parser`)."""
     from locvtp.device import resolve_device
 
+    check_model_args(args)
     rank, world = world_info()
     t_start = time.perf_counter()
     device = resolve_device(args.device)
@@ -230,7 +255,7 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
     failures_path = Path(args.failures) if args.failures else default_failures_path(out, args.format, rank, world)
     if args.failures and world > 1:
         failures_path = failures_path.with_name(f"{failures_path.stem}.rank{rank}{failures_path.suffix}")
-    inputs = {"--videos": args.videos, "--checkpoint": args.checkpoint}
+    inputs = {"--videos": args.videos, "--checkpoint": args.checkpoint, "--weights": getattr(args, "weights", None)}
     check_apart(Path(args.out), inputs)
     check_apart(out, inputs)
     check_apart(failures_path, inputs, out_flag="--failures")
@@ -251,9 +276,56 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
         lock.release()
 
 
+@dataclass
+class _Steps:
+    """What differs between a checkpoint's extraction and a standard backbone's: the run settings, the inputs,
+    decoding one video (``load``, run ahead in threads), encoding it (``encode``) and the thread limit."""
+
+    settings: dict[str, Any]
+    items: list[VideoItem]
+    problems: list[dict[str, str]]
+    load: Callable[[VideoItem], Any]
+    encode: Callable[[VideoItem, Any], ClipFeatures]
+    limit: Any
+
+
 def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: int, world: int, device: str,
                 t_start: float, progress: bool) -> "ExtractSummary":
     """Load the model, list the inputs, open the writer (the caller holds the output's lock)."""
+    steps = (_standard_steps(args, device) if isinstance(args.backbone, str) else _predictor_steps(args, device))
+    items = steps.items
+    if not items:  # before any output exists: an empty store with exit 0 would hide the mistake
+        raise no_videos_error(args.videos, steps.problems)
+    if world > 1:
+        items = items[rank::world]
+
+    # -- outputs (this run holds the output's lock: see run_extract) ----------------------------------------
+    if args.overwrite:  # only what an extraction wrote itself (see the module docstring)
+        if args.format == "h5":
+            discard_h5_output(out)
+        else:
+            discard_dir_output(out)
+    # An OS failure of a write (no space, read-only, ...) is one line naming --out; what was finished is kept.
+    kept = out.with_name(out.name + ".parts") if args.format == "h5" else out
+    with writing(out, "--out", note=f"the videos finished so far are kept in {kept}: rerun to resume"):
+        if args.format == "h5":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            writer: Any = H5Writer(out, steps.settings, failures_path)
+        else:
+            writer = DirWriter(out, args.format, steps.settings, failures_path, rank=rank, single_process=world <= 1,
+                               emptied=bool(args.overwrite))
+    try:
+        with steps.limit, writing(out, "--out", note=f"the videos finished so far are kept in {kept}: "
+                                  "rerun to resume"):  # (inputs' OS errors are recorded in the loop)
+            return _extract_loop(args, writer, items, steps.problems, out, failures_path, rank, world, steps,
+                                 t_start, progress)
+    finally:
+        if isinstance(writer, DirWriter):
+            writer.close()
+
+
+def _predictor_steps(args: argparse.Namespace, device: str) -> _Steps:
+    """A checkpoint's extraction (``--checkpoint``): its preprocessing, its encoder (pixels or feature files)."""
     from locvtp.predictor import LocVTPPredictor
 
     pred = LocVTPPredictor.from_checkpoint(args.checkpoint, device=device, threads=args.threads or None)
@@ -264,8 +336,7 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
     args.clip_seconds, args.stride_seconds = prep.clip_seconds, prep.stride_seconds
     args.frames_per_clip, args.frame_size = prep.frames_per_clip, prep.frame_size
     pixels = pred.takes_pixels
-
-    # -- inputs -------------------------------------------------------------------------------------------
+    batch, backbone = args.batch_clips or 64, bool(args.backbone)
     if pixels:
         items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
     else:  # a features encoder: inputs are per-clip feature files (any format iter_features reads)
@@ -278,46 +349,6 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
                              f"encoder reads width {want} (model.video.in_dim)")
         items = [VideoItem(r.video_id, Path(args.videos)) for r in recs]
         problems = []
-    if not items:  # before any output exists: an empty store with exit 0 would hide the mistake
-        raise no_videos_error(args.videos, problems)
-    if world > 1:
-        items = items[rank::world]
-
-    # -- outputs (this run holds the output's lock: see run_extract) ----------------------------------------
-    if args.overwrite:  # only what an extraction wrote itself (see the module docstring)
-        if args.format == "h5":
-            discard_h5_output(out)
-        else:
-            discard_dir_output(out)
-    settings = _settings(pred, args)
-    # An OS failure of a write (no space, read-only, ...) is one line naming --out; what was finished is kept.
-    kept = out.with_name(out.name + ".parts") if args.format == "h5" else out
-    with writing(out, "--out", note=f"the videos finished so far are kept in {kept}: rerun to resume"):
-        if args.format == "h5":
-            out.parent.mkdir(parents=True, exist_ok=True)
-            writer: Any = H5Writer(out, settings, failures_path)
-        else:
-            writer = DirWriter(out, args.format, settings, failures_path, rank=rank, single_process=world <= 1,
-                               emptied=bool(args.overwrite))
-    try:
-        with pred.thread_limit(), writing(out, "--out", note=f"the videos finished so far are kept in {kept}: "
-                                          "rerun to resume"):  # (inputs' OS errors are recorded in the loop)
-            return _extract_loop(args, writer, items, problems, out, failures_path, rank, world, pred, prep,
-                                 t_start, progress)
-    finally:
-        if isinstance(writer, DirWriter):
-            writer.close()
-
-
-def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem], problems: list[dict[str, str]],
-                  out: Path, failures_path: Path, rank: int, world: int, pred: Any, prep: Any,
-                  t_start: float, progress: bool) -> "ExtractSummary":
-    """Decode ahead, encode, write, flush; the per-video loop of ``locvtp extract`` (``pred``: the
-    ``LocVTPPredictor``, ``prep``: the preprocessing resolved from the checkpoint and the arguments)."""
-    pixels = pred.takes_pixels
-    done = writer.done_ids({it.video_id for it in items})
-    todo = [it for it in items if it.video_id not in done]
-    skipped_done = len(items) - len(todo)
 
     def load(it: VideoItem) -> Any:
         if pixels:
@@ -328,12 +359,64 @@ def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem],
         if pixels:
             if data.clips.shape[0] == 0:
                 raise ValueError("no clips: the video has no decodable frames")
-            e = pred.encode_clips(data, batch_clips=args.batch_clips, backbone=args.backbone)
-            return ClipFeatures(it.video_id, e.backbone if args.backbone else e.features, data.windows, data.fps,
+            e = pred.encode_clips(data, batch_clips=batch, backbone=backbone)
+            return ClipFeatures(it.video_id, e.backbone if backbone else e.features, data.windows, data.fps,
                                 data.duration)
-        e = pred.encode_features(data, features_are="input", batch_clips=args.batch_clips, backbone=args.backbone)
-        return ClipFeatures(it.video_id, e.backbone if args.backbone else e.features, e.windows, data.fps,
+        e = pred.encode_features(data, features_are="input", batch_clips=batch, backbone=backbone)
+        return ClipFeatures(it.video_id, e.backbone if backbone else e.features, e.windows, data.fps,
                             data.duration)
+
+    return _Steps(_settings(pred, args), items, problems, load, encode, pred.thread_limit())
+
+
+# S3D forwards 30 frames of 224² per feature: a smaller default batch keeps a CPU run's memory near 1 GB.
+_STANDARD_BATCH = {"clip": 64, "s3d": 8}
+
+
+def _standard_steps(args: argparse.Namespace, device: str) -> _Steps:
+    """``--backbone clip|s3d --weights FILE``: the field's features under their protocols
+    (:mod:`locvtp.standard_features`). The protocol fixes the clip grid and the frames, so the flags that
+    change them are refused (one line) instead of silently ignored."""
+    from locvtp import runtime
+    from locvtp.standard_features import load_standard_backbone
+
+    given = [f for f, v in (("--clip-seconds", args.clip_seconds), ("--stride-seconds", args.stride_seconds),
+                            ("--frames-per-clip", args.frames_per_clip), ("--frame-size", args.frame_size))
+             if v is not None]
+    if given:
+        raise UsageError(f"{given[0]} with --backbone {args.backbone}: the {args.backbone} protocol fixes the clip "
+                         "grid and the frames (docs/features.md); leave it out")
+    other = {"clip": [("--s3d-output", args.s3d_output)],
+             "s3d": [("--clip-arch", args.clip_arch), ("--clip-activation", args.clip_activation)]}
+    wrong = [f for f, v in other.get(args.backbone, []) if v is not None]
+    if wrong:
+        raise UsageError(f"{wrong[0]} is not an option of --backbone {args.backbone}")
+    bb = load_standard_backbone(args.backbone, args.weights, device=device, clip_arch=args.clip_arch,
+                                clip_activation=args.clip_activation or "quick_gelu",
+                                s3d_output=args.s3d_output or "embedding")
+    batch = args.batch_clips or _STANDARD_BATCH[bb.name]
+    items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
+
+    def load(it: VideoItem) -> Any:
+        from locvtp.data.video import probe_video
+
+        return probe_video(it.path)  # decoding streams inside encode (a whole video at 30 fps would not fit)
+
+    def encode(it: VideoItem, info: Any) -> ClipFeatures:
+        return bb.extract(it.video_id, it.path, batch)
+
+    return _Steps(bb.settings(), items, problems, load, encode, runtime.threads(args.threads or None))
+
+
+def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem], problems: list[dict[str, str]],
+                  out: Path, failures_path: Path, rank: int, world: int, steps: _Steps,
+                  t_start: float, progress: bool) -> "ExtractSummary":
+    """Decode ahead, encode, write, flush; the per-video loop of ``locvtp extract`` (``steps``: how a video is
+    loaded and encoded, :func:`_predictor_steps` or :func:`_standard_steps`)."""
+    load, encode = steps.load, steps.encode
+    done = writer.done_ids({it.video_id for it in items})
+    todo = [it for it in items if it.video_id not in done]
+    skipped_done = len(items) - len(todo)
 
     extracted = failed = clips = 0
     t_loop = time.perf_counter()

@@ -13,6 +13,9 @@ from locvtp.errors import UsageError, writing
 from locvtp.featurestore import FORMATS, merge_shards
 from locvtp.files import overlaps
 from locvtp.extraction import run_extract
+from locvtp.model.clip_visual import ACTIVATIONS, CLIP_ARCHS
+from locvtp.model.s3d import S3D_OUTPUTS
+from locvtp.standard_features import BACKBONES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="locvtp extract",
         description="Clip features of every video in a directory or list (resumable; see docs/usage.md).",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory or run directory (or --backbone NAME)")
     p.add_argument("--videos", required=True,
                    help="directory of videos, or a list file (one `path` or `id<TAB>path` per line); for a "
                         "features-encoder model: a feature file/dir")
@@ -33,9 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-per-clip", type=cliargs.positive_int, default=None,
                    help="default: checkpoint's data config")
     p.add_argument("--frame-size", type=cliargs.positive_int, default=None, help="default: checkpoint's data config")
-    p.add_argument("--backbone", action="store_true", help="write pre-projection backbone features instead of "
-                   "the joint-space embeddings")
-    p.add_argument("--batch-clips", type=cliargs.positive_int, default=64, help="clips per encoder forward")
+    p.add_argument("--backbone", nargs="?", const=True, default=False, choices=BACKBONES, metavar="NAME",
+                   help="with --checkpoint and no NAME: write the model's pre-projection backbone features instead of "
+                   "the joint-space embeddings; NAME (clip | s3d) with --weights: the field's standard features "
+                   "under their published protocol, no checkpoint (docs/features.md)")
+    p.add_argument("--weights", default=None, help="--backbone NAME's local weights file (OpenAI CLIP .pt, "
+                   "open_clip state dict, s3d_howto100m.pth; nothing is downloaded)")
+    p.add_argument("--clip-arch", default=None, choices=tuple(CLIP_ARCHS),
+                   help="--backbone clip: check the weights are this tower (default: read from the weights)")
+    p.add_argument("--clip-activation", default=None, choices=ACTIVATIONS,
+                   help="--backbone clip: MLP activation, quick_gelu (OpenAI weights, open_clip *-quickgelu; the "
+                   "default) or gelu (open_clip LAION models without -quickgelu)")
+    p.add_argument("--s3d-output", default=None, choices=S3D_OUTPUTS,
+                   help="--backbone s3d: embedding (512-d, VideoCLIP's; the default) or mixed_5c (1024-d)")
+    p.add_argument("--batch-clips", type=cliargs.positive_int, default=None,
+                   help="clips per encoder forward (default 64; --backbone s3d: 8)")
     p.add_argument("--decode-workers", type=cliargs.positive_int, default=1,
                    help="threads decoding ahead of the encoder")
     p.add_argument("--threads", type=cliargs.nonnegative_int, default=0, help="torch CPU threads (0: torch default)")

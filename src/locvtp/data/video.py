@@ -46,6 +46,9 @@ __all__ = [
     "sample_clips",
     "sliding_windows",
     "clip_windows",
+    "rate_sample_times",
+    "protocol_dims",
+    "iter_rate_frames",
 ]
 
 # Tolerance (seconds) for comparing timestamps that went through float time-base arithmetic.
@@ -459,7 +462,7 @@ def _iter_frames(container, stream, path, info: VideoInfo, origin: float,
 _local = threading.local()
 
 
-def _to_rgb(frame, width: int, height: int) -> np.ndarray:
+def _to_rgb(frame, width: int, height: int, interp: Optional[str] = None) -> np.ndarray:
     """RGB ``uint8 [height, width, 3]`` via swscale (resize and colour conversion in one pass).
 
     Why a reused, single-threaded reformatter: ``frame.to_ndarray(format=...)`` builds a new swscale context
@@ -473,7 +476,7 @@ def _to_rgb(frame, width: int, height: int) -> np.ndarray:
 
         fmt = _local.reformatter = VideoReformatter()
         _local.pid = os.getpid()
-    interp = "AREA" if width < frame.width else "BILINEAR"
+    interp = interp or ("AREA" if width < frame.width else "BILINEAR")
     try:
         out = fmt.reformat(frame, width=width, height=height, format="rgb24", interpolation=interp, threads=1)
     except TypeError:  # PyAV < 14 has no `threads` argument (and no threaded swscale)
@@ -645,3 +648,79 @@ def decode_clips(
         raise VideoError(path, f"window [{s:.3f}, {e:.3f}] s ends at or before the start of the video")
     s, e = max(s, 0.0), min(e, info.duration)
     return _decode_windows(path, clip_windows(s, e, num_clips), frames_per_clip, size, jitter, rng, probed)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fixed-rate sampling (the feature-extraction protocols of the field: ffmpeg `fps`, `scale`, `crop` filters)
+# --------------------------------------------------------------------------------------------------------
+
+
+def rate_sample_times(duration: float, fps: float) -> np.ndarray:
+    """Times (s) at which ffmpeg's ``fps=FPS`` filter takes its frames: output frame ``n`` (of
+    ``max(1, round(duration·fps))``, halves rounded up) is the last input frame whose time rounds to ``n`` or
+    earlier in units of 1/FPS, i.e. the frame shown just before ``(n + 0.5) / fps``.
+
+    Why this rule: the extractors behind the published CLIP (HERO_Video_Feature_Extractor, 0.5 fps) and S3D
+    (fairseq MMPT, 30 fps) features resample with that filter (default ``round=near``); sampling the same
+    instants gives the same frames. A frame exactly at ``(n + 0.5) / fps`` rounds up to ``n + 1``, hence "before"
+    (:func:`iter_rate_frames` compares strictly)."""
+    if not (math.isfinite(float(fps)) and fps > 0):
+        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
+    n = max(1, int(math.floor(float(duration) * float(fps) + 0.5)))
+    return np.round((np.arange(n, dtype=np.float64) + 0.5) / float(fps), _TIME_DECIMALS)
+
+
+def protocol_dims(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after the extractors' resize: short side ``size``, long side ``int(long·size/short)``
+    (truncated, as their ``_get_output_dim`` computes it; :func:`_short_side_dims` rounds instead)."""
+    if height >= width:
+        return size, int(height * size / width)
+    return int(width * size / height), size
+
+
+def iter_rate_frames(path: PathLike, fps: float, size: int, chunk: int = 256) -> Iterator[np.ndarray]:
+    """The frames of ``ffmpeg -vf fps=FPS,scale=W:H,crop=size:size`` (centre crop at ``int((W-size)/2)``) as
+    ``uint8 [<=chunk, size, size, 3]`` arrays, in order, in one decoding pass (memory: one chunk).
+
+    Sampling instants: :func:`rate_sample_times` of the container's duration; scaling: swscale bicubic (the
+    ``scale`` filter's default) to :func:`protocol_dims`. Only the selected frames are converted to RGB.
+    A file whose frames stop clearly before its declared duration raises :class:`VideoError` (truncated)."""
+    info, origin = _probe(path)
+    targets = rate_sample_times(info.duration, fps)
+    nw, nh = protocol_dims(info.width, info.height, size)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    def convert(entry: list) -> np.ndarray:
+        if entry[2] is None:
+            # a copy: the reused reformatter may hand out a view of its own buffer, which the next frame overwrites
+            entry[2] = _to_rgb(entry[1], nw, nh, interp="BICUBIC")[top:top + size, left:left + size].copy()
+        return entry[2]
+
+    out: list[np.ndarray] = []
+    n, k, prev = targets.size, 0, None
+    container, stream = _open(path)
+    try:
+        for t, frame in _iter_frames(container, stream, path, info, origin):
+            entry = [t, frame, None]
+            src = entry if prev is None else prev  # instants before the first frame take the first frame
+            while k < n and targets[k] <= t:  # strict: a frame exactly at the instant belongs to the next one
+                out.append(convert(src))
+                k += 1
+                if len(out) == chunk:
+                    yield np.stack(out)
+                    out = []
+            prev = entry
+            if k >= n:
+                break
+        if k < n:
+            last = None if prev is None else (prev[0], _frame_seconds(prev[1], info))
+            _check_complete(path, info, last, info.duration)
+            while k < n:
+                out.append(convert(prev))
+                k += 1
+                if len(out) == chunk:
+                    yield np.stack(out)
+                    out = []
+    finally:
+        container.close()
+    if out:
+        yield np.stack(out)

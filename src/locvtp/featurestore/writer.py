@@ -53,6 +53,9 @@ FORMATS = ("h5", "npy-dir", "npz-dir")
 # Run settings that must agree between a resumed run and what is already written.
 SETTING_KEYS = (
     "embedding", "clip_seconds", "stride_seconds", "frames_per_clip", "frame_size", "model", "checkpoint_sha256",
+    # a standard backbone's (`extract --backbone clip|s3d`, locvtp.standard_features): other weights or another
+    # output/protocol make other features
+    "backbone", "backbone_output", "weights_sha256", "protocol",
 )
 CLAIMS = "claims.txt"
 MANIFEST_LOCK = f"{MANIFEST}.lock"

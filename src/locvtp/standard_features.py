@@ -1,0 +1,316 @@
+"""The field's standard clip features (``locvtp extract --backbone clip|s3d --weights FILE``), each under its
+published protocol; docs/features.md gives the protocols with their sources.
+
+* ``clip`` — CLIP image tower (:mod:`locvtp.model.clip_visual`) on one frame every 2 s: the protocol of
+  Moment-DETR / QVHighlights (jayleicn/moment_detr ``run_on_video/run.py``: ``clip_len = 2``, ``framerate=1/2,
+  size=224, centercrop=True``), whose loader is linjieli222/HERO_Video_Feature_Extractor ``clip/video_loader.py``
+  (ffmpeg ``fps``, short side to 224, centre crop); pixels / 255 normalised with CLIP's mean and std; the stored
+  vector is ``encode_image`` (unnormalised, as the extractor saves it; Moment-DETR L2-normalises when loading).
+* ``s3d`` — S3D-G with MIL-NCE's HowTo100M weights (:mod:`locvtp.model.s3d`) on 30 fps frames cut into
+  non-overlapping 30-frame chunks, one feature a second: VideoCLIP's protocol (facebookresearch/fairseq
+  ``examples/MMPT/scripts/video_feature_extractor``: ``extract.py`` CONFIGS ``s3d`` = fps 30, size 224, centre
+  crop; ``preprocessing.py``: pixels / 255, the tail zero-padded to 30 frames; ``l2_normalize=1``). The 512-d
+  ``video_embedding`` (what VideoCLIP reads) or the 1024-d ``mixed_5c`` pool (``--s3d-output mixed_5c``).
+
+Nothing is fetched: a missing or unusable ``--weights`` file is one line saying what to download and from where
+(:data:`WEIGHTS_HELP`). Weights are read safely: ``.safetensors``, a weights-only torch file, or OpenAI's
+TorchScript ``.pt`` archive, from which only the tensors are taken (``torch.jit.load(map_location="cpu")
+.state_dict()``; TorchScript runs no pickled Python, but loading it does execute the archive's TorchScript code,
+so prefer a plain state dict from a source you do not trust).
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from locvtp.errors import UsageError
+from locvtp.featurestore.record import ClipFeatures
+
+BACKBONES = ("clip", "s3d")
+
+# What a user downloads (the error names it; docs/features.md repeats it).
+WEIGHTS_HELP = {
+    "clip": ("OpenAI CLIP weights, e.g. ViT-B-32.pt from https://openaipublic.azureedge.net/clip/models/"
+             "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt (openai/CLIP "
+             "clip/clip.py _MODELS; ViT-B-16.pt, ViT-L-14.pt likewise), or an open_clip checkpoint "
+             "(open_clip_pytorch_model.bin / .safetensors)"),
+    "s3d": ("MIL-NCE's HowTo100M S3D weights s3d_howto100m.pth from "
+            "https://www.rocq.inria.fr/cluster-willow/amiech/howto100m/s3d_howto100m.pth "
+            "(antoine77340/S3D_HowTo100M README)"),
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a backbone's features are cut from a video (recorded in the store as ``protocol``)."""
+
+    name: str
+    sample_fps: float  # ffmpeg `fps` filter rate
+    frames_per_feature: int  # consecutive sampled frames per feature
+    frame_size: int  # centre-crop side after the short side is resized to it
+    l2_normalize: bool
+    source: str
+
+    @property
+    def seconds_per_feature(self) -> float:
+        return self.frames_per_feature / self.sample_fps
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "sample_fps": self.sample_fps, "frames_per_feature": self.frames_per_feature,
+                "frame_size": self.frame_size, "l2_normalize": self.l2_normalize, "source": self.source}
+
+
+def clip_protocol(image_size: int = 224) -> Protocol:
+    return Protocol("moment-detr-clip", 0.5, 1, int(image_size), False,
+                    "jayleicn/moment_detr run_on_video/run.py (clip_len=2); linjieli222/HERO_Video_Feature_Extractor "
+                    "clip/extract.py + clip/video_loader.py")
+
+
+S3D_PROTOCOL = Protocol("videoclip-s3d", 30.0, 30, 224, True,
+                        "facebookresearch/fairseq examples/MMPT/scripts/video_feature_extractor/extract.py "
+                        "(CONFIGS['s3d'], l2_normalize=1), preprocessing.py, videoreader.py")
+
+
+def protocol_windows(duration: float, num_features: int, seconds: float) -> np.ndarray:
+    """Windows ``[num_features, 2]``: feature ``k`` covers ``[k·s, (k+1)·s]`` clipped to the video."""
+    starts = np.arange(num_features, dtype=np.float64) * seconds
+    return np.stack([starts, np.minimum(starts + seconds, max(float(duration), 0.0))], axis=1)
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (OpenAI's ``ViT-B-32.pt``): a zip with ``code/`` and ``constants.pkl``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names) and \
+        any("/code/" in n or n.startswith("code/") for n in names)
+
+
+def read_weights(path: str | Path, backbone: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, how it was read) of ``--weights``; any problem is a one-line :class:`UsageError` naming the
+    file and what to download (:data:`WEIGHTS_HELP`)."""
+    p = Path(path).expanduser()
+    hint = f"download {WEIGHTS_HELP[backbone]}"
+    if not p.is_file():
+        raise UsageError(f"--weights {p}: no such file; {hint}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state, how = load_file(str(p)), "safetensors"
+        elif _is_torchscript(p):
+            state, how = torch.jit.load(str(p), map_location="cpu").state_dict(), "torchscript"
+        else:
+            state, how = torch.load(p, map_location="cpu", weights_only=True), "state_dict"
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's
+        raise UsageError(f"--weights {p}: cannot read it as weights ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UsageError(f"--weights {p}: not a state dict (a mapping of tensors); {hint}")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}, how
+
+
+def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, backbone: str) -> None:
+    """Strict load whose mismatch is one line naming the file, the keys and what to download."""
+    from locvtp.model.video import VideoEncoderError, load_matching
+
+    own = module.state_dict()
+    for k in own:  # releases made before BatchNorm counted its batches carry no counter: it is not a weight
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros((), dtype=torch.long)
+    state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()}
+    try:
+        load_matching(module, state, path, backbone)
+    except VideoEncoderError as exc:
+        text = str(exc)
+        raise UsageError(f"--weights {text[:600]}{' …' if len(text) > 600 else ''}; expected "
+                         f"{WEIGHTS_HELP[backbone]}") from exc
+
+
+# ------------------------------------------------------------------------------------------------ backbones
+@dataclass
+class StandardBackbone:
+    """A loaded standard backbone and its protocol: :meth:`extract` turns a video file into its store record."""
+
+    name: str
+    module: torch.nn.Module
+    protocol: Protocol
+    description: str
+    weights: Path
+    weights_sha256: str
+    output: str
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.extra["dim"])
+
+    def settings(self) -> dict[str, Any]:
+        """What the store records: the clip grid (``clip_seconds`` = ``stride_seconds`` = seconds per feature,
+        which pre-training and evaluation read back) and where the features come from."""
+        return {
+            "embedding": "backbone",
+            "clip_seconds": float(self.protocol.seconds_per_feature),
+            "stride_seconds": float(self.protocol.seconds_per_feature),
+            "frames_per_clip": int(self.protocol.frames_per_feature),
+            "frame_size": int(self.protocol.frame_size),
+            "model": self.description,
+            "backbone": self.name,
+            "backbone_output": self.output,
+            "weights": str(self.weights),
+            "weights_sha256": self.weights_sha256,
+            "protocol": json.dumps(self.protocol.as_dict(), sort_keys=True),
+        }
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames ``[M, S, S, 3]`` (consecutive protocol samples) -> float32 ``[ceil(M / F), D]``; S3D's
+        last chunk is zero-padded to ``F`` frames after scaling to [0, 1] (black), as MMPT's ``_zero_pad``."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        if self.name == "clip":
+            out = self.module(x)
+        else:
+            f = self.protocol.frames_per_feature
+            x = x.to(torch.float32) / 255.0
+            pad = (-x.shape[0]) % f
+            if pad:
+                x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])], dim=0)
+            clips = x.reshape(-1, f, *x.shape[1:]).permute(0, 4, 1, 2, 3)  # [N, 3, F, S, S]
+            emb, mixed = self.module(clips)
+            out = emb if self.output == "embedding" else mixed
+        out = out.float()
+        if self.protocol.l2_normalize:
+            out = torch.nn.functional.normalize(out, dim=1)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def frames(self, path: str | Path, batch_features: int) -> Iterator[np.ndarray]:
+        """The protocol's frames of a video, ``batch_features`` features' worth at a time, decoded one chunk ahead
+        in a thread (the decoding of chunk k+1 overlaps the forward of chunk k)."""
+        from locvtp.data.video import iter_rate_frames
+
+        p = self.protocol
+        return _ahead(iter_rate_frames(path, p.sample_fps, p.frame_size,
+                                       chunk=max(1, batch_features) * p.frames_per_feature))
+
+    def extract(self, video_id: str, path: str | Path, batch_features: int) -> ClipFeatures:
+        """One video's features under the protocol, with their windows, fps and duration."""
+        from locvtp.data.video import probe_video
+
+        info = probe_video(path)
+        feats = [self.encode(chunk) for chunk in self.frames(path, batch_features)]
+        x = np.concatenate(feats, axis=0) if feats else np.zeros((0, self.dim), np.float32)
+        windows = protocol_windows(info.duration, x.shape[0], self.protocol.seconds_per_feature)
+        return ClipFeatures(video_id, x, windows, float(info.fps), float(info.duration))
+
+
+def _ahead(it: Iterator[np.ndarray], depth: int = 1) -> Iterator[np.ndarray]:
+    """Run ``it`` in a thread, ``depth`` items ahead; its exceptions are raised here, in order."""
+    q: "queue.Queue[tuple[str, Any]]" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put(("item", item))
+            q.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # a generator stopped early closes its video file now, not at garbage collection
+
+    t = threading.Thread(target=work, name="decode-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, val = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise val
+            yield val
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
+
+
+def load_clip(weights: str | Path, arch: Optional[str] = None, activation: str = "quick_gelu",
+              device: str = "cpu") -> StandardBackbone:
+    """The CLIP image tower of ``weights`` (OpenAI or open_clip layout); ``arch`` (``ViT-B/32`` …), when given,
+    must be what the weights are."""
+    from locvtp.checkpoint import file_sha256
+    from locvtp.model.clip_visual import CLIP_ARCHS, ClipArchError, ClipVisual, arch_from_state, visual_state
+
+    state, how = read_weights(weights, "clip")
+    vis = visual_state(state)
+    try:
+        found = arch_from_state(vis)
+    except ClipArchError as exc:
+        raise UsageError(f"--weights {weights}: {exc}; download {WEIGHTS_HELP['clip']}") from None
+    if arch is not None:
+        if arch not in CLIP_ARCHS:
+            raise UsageError(f"--clip-arch {arch}: not one of {', '.join(CLIP_ARCHS)}")
+        if CLIP_ARCHS[arch] != found:
+            raise UsageError(f"--clip-arch {arch} but --weights {weights} holds {found.name}: give the weights of "
+                             f"{arch} or leave --clip-arch out (it is read from the weights)")
+    module = ClipVisual(found, activation)
+    _load_into(module, vis, Path(weights), "clip")
+    module.eval().to(device)
+    desc = f"clip {found.name} ({how}, {activation})"
+    return StandardBackbone("clip", module, clip_protocol(found.image_size), desc, Path(weights),
+                            file_sha256(Path(weights).expanduser()), "encode_image", device,
+                            {"dim": found.out_dim, "arch": found.name})
+
+
+def load_s3d(weights: str | Path, output: str = "embedding", device: str = "cpu") -> StandardBackbone:
+    """S3D-G of ``s3d_howto100m.pth`` (the release's key names); ``output``: ``embedding`` (512) or
+    ``mixed_5c`` (1024)."""
+    from locvtp.checkpoint import file_sha256
+    from locvtp.model.s3d import S3D_OUTPUTS, S3DG, video_state
+
+    if output not in S3D_OUTPUTS:
+        raise UsageError(f"--s3d-output {output}: not one of {', '.join(S3D_OUTPUTS)}")
+    state, how = read_weights(weights, "s3d")
+    vid = video_state(state)
+    embed = int(vid["fc.weight"].shape[0]) if "fc.weight" in vid else 512
+    module = S3DG(embed)
+    _load_into(module, vid, Path(weights), "s3d")
+    module.eval().to(device)
+    return StandardBackbone("s3d", module, S3D_PROTOCOL, f"s3d howto100m mil-nce ({how}, {output})", Path(weights),
+                            file_sha256(Path(weights).expanduser()), output, device,
+                            {"dim": module.out_dims[output]})
+
+
+def load_standard_backbone(name: str, weights: str | Path, device: str = "cpu", clip_arch: Optional[str] = None,
+                           clip_activation: str = "quick_gelu", s3d_output: str = "embedding") -> StandardBackbone:
+    """``--backbone NAME --weights FILE``: the backbone, ready to :meth:`StandardBackbone.extract`."""
+    if name == "clip":
+        return load_clip(weights, clip_arch, clip_activation, device)
+    if name == "s3d":
+        return load_s3d(weights, s3d_output, device)
+    raise UsageError(f"--backbone {name}: not one of {', '.join(BACKBONES)}")
+
+
+__all__ = ["BACKBONES", "Protocol", "S3D_PROTOCOL", "StandardBackbone", "WEIGHTS_HELP", "clip_protocol", "load_clip",
+           "load_s3d", "load_standard_backbone", "protocol_windows", "read_weights"]
