@@ -14,6 +14,8 @@ every rank and loader worker maps without copying:
                             reports them: the readers' own per-row functions are used, so the prepared corpus
                             accepts and rejects exactly the rows the in-memory readers do
 ``meta.json``               counts, the caption file and format; written last: it marks the corpus complete
+``tokenizer-KEY/``          the corpus's own WordPiece tokenizer (when the config names none), trained once on
+                            a bounded sample of the captions (:mod:`locvtp.training.corpus_tokenizer`)
 ==========================  ========================================================================
 
 One narration costs 28 bytes of columns plus its text; none of it is resident until touched.
@@ -764,13 +766,20 @@ class PreparedCorpus:
 
     store: CaptionStore
     paths: Optional[DataPaths] = None  # the config's data paths, as the corpus was prepared from them
-    words: Optional[np.ndarray] = None  # per narration (None: the tokenizer is trained later, by pretrain)
+    words: Optional[np.ndarray] = None  # per narration (None: not asked for; pretrain builds it with its tokenizer)
+    tokenizer_dir: Optional[Path] = None  # the corpus's own tokenizer, when the config names none
     probes: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=videos without the frame cache)
     feature_rows: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=features): rows, dim
 
     def summary(self) -> str:
         parts = [f"{self.store.n} narrations of {self.store.num_videos} videos",
                  f"{len(self.store.bad_rows())} bad rows"]
+        if self.tokenizer_dir is not None:
+            from locvtp.training.corpus_tokenizer import tokenizer_provenance
+
+            meta = tokenizer_provenance(self.tokenizer_dir)
+            parts.append(f"tokenizer {self.tokenizer_dir.name} ({meta.get('tokenizer_vocab_size')} ids, trained on "
+                         f"{meta.get('sampled_captions')} captions)")
         if self.words is not None:
             parts.append(f"{int((~self.words).sum())} captions without words")
         if self.probes is not None:
@@ -805,8 +814,9 @@ def fixed_tokenizer(cfg: Any) -> Any:
 def prepare_corpus(cfg: Any, words: bool = True, share: tuple[int, int] = (0, 1), workers: int = 0,
                    strict: bool = False, progress: bool = True, wait: bool = True) -> PreparedCorpus:
     """Prepare (or reuse) what ``cfg.data`` needs: the caption columns, with ``words`` the words mask under the
-    config's fixed tokenizer (``data.tokenizer`` or the HF model's; pre-training passes False and builds it with
-    its run's own tokenizer), and, for ``data.kind=videos`` without the frame cache, the video probes. ``share``/``workers``/``wait`` as in :func:`chunked_array` (``locvtp prepare --shard``)."""
+    config's fixed tokenizer (``data.tokenizer`` or the HF model's) or else the corpus's own, trained once on a
+    bounded sample (:mod:`locvtp.training.corpus_tokenizer`; pre-training passes False and builds the mask with
+    its run's tokenizer, which is that same one unless resuming), and, for ``data.kind=videos`` without the frame cache, the video probes. ``share``/``workers``/``wait`` as in :func:`chunked_array` (``locvtp prepare --shard``)."""
     d = cfg.data
     paths = DataPaths.of(d)
     caption = paths.caption_file
@@ -819,9 +829,14 @@ def prepare_corpus(cfg: Any, words: bool = True, share: tuple[int, int] = (0, 1)
         from locvtp.data.formats import BadRecord, FormatError
 
         raise FormatError(str(BadRecord(*store.bad_rows()[0])))
-    tok = fixed_tokenizer(cfg) if words else None
     out = PreparedCorpus(store, paths)
-    if tok is not None:
+    if words:
+        tok = fixed_tokenizer(cfg)
+        if tok is None:  # the corpus's own WordPiece vocabulary (trained once, on a bounded sample)
+            from locvtp.training.corpus_tokenizer import corpus_tokenizer, corpus_tokenizer_dir
+
+            tok = corpus_tokenizer(store, int(d.vocab_size), progress=progress)
+            out.tokenizer_dir = corpus_tokenizer_dir(store, int(d.vocab_size))
         out.words = words_mask(store, tok, int(d.max_words), share, workers, progress, wait=wait)
     if d.kind == "features" and d.get("features"):
         out.feature_rows = feature_lengths(store, paths.features, share, workers, progress,

@@ -66,32 +66,51 @@ class Pretrainer(nn.Module):
 
 
 def prepare_tokenizer(cfg: Any, run: Path, store: Any, resume_from: Optional[Path], dist: Dist) -> Any:
-    """The run's tokenizer: the resumed checkpoint's, ``data.tokenizer``, the HF model's, or WordPiece trained
-    on the pre-training captions (by rank 0; the others load what it saved). Saved to ``RUN/tokenizer/``; sets
-    ``model.text.vocab_size`` for the transformer text encoder."""
-    from locvtp.data.tokenizer import Tokenizer, train_tokenizer
+    """The run's tokenizer: the resumed checkpoint's, ``data.tokenizer``, the HF model's, or the prepared
+    corpus's own WordPiece (:mod:`locvtp.training.corpus_tokenizer`: trained once, on a bounded sample, by
+    ``locvtp prepare`` or by rank 0 of the first run on the corpus; every later run loads it). Saved to
+    ``RUN/tokenizer/`` with ``provenance.json`` (where it came from); sets ``model.text.vocab_size`` for the
+    transformer text encoder."""
+    from locvtp.data.tokenizer import Tokenizer
     from locvtp.training.corpus import fixed_tokenizer
 
     tok_dir = run / "tokenizer"
-    if (resume_from is None or not (resume_from / "tokenizer.json").is_file()) and cfg.data.tokenizer:
+    resumed = resume_from is not None and (resume_from / "tokenizer.json").is_file()
+    if not resumed and cfg.data.tokenizer:
         existing_path("data.tokenizer", cfg.data.tokenizer)
-    if resume_from is not None and (resume_from / "tokenizer.json").is_file():
+    if resumed:
         tok = Tokenizer.load(resume_from / "tokenizer.json")
+        origin = {"origin": "checkpoint", "path": str(resume_from)}
     else:  # the config's choice (data.tokenizer, the HF model's), the one rule `locvtp prepare` also follows
         tok = fixed_tokenizer(cfg)
+        origin = {"origin": "data.tokenizer" if cfg.data.get("tokenizer") else "model.text.path",
+                  "path": str(getattr(tok, "source", None))}
     if tok is None:
-        if dist.is_main:
-            if store.n > 5_000_000:
-                warn(PROG, f"training a WordPiece tokenizer on {store.n} captions on rank 0 (it grows with the "
-                           "corpus; the other ranks wait): give data.tokenizer (e.g. a BERT vocab) at this scale")
-            train_tokenizer(store.texts(), vocab_size=int(cfg.data.vocab_size)).save(tok_dir)
-        dist.barrier()
-        tok = Tokenizer.load(tok_dir / "tokenizer.json")
+        tok, origin = _corpus_tokenizer(cfg, store, dist)
     if dist.is_main:
         tok.save(tok_dir)
+        from locvtp.files import atomic_write_json
+
+        atomic_write_json(tok_dir / "provenance.json", origin)
     if cfg.model.text.name == "transformer":
         cfg.model.text.vocab_size = int(tok.vocab_size)
     return tok
+
+
+def _corpus_tokenizer(cfg: Any, store: Any, dist: Dist) -> tuple[Any, dict]:
+    """(the prepared corpus's tokenizer, its provenance): rank 0 builds it if the corpus has none yet (under the
+    corpus's lock, so a concurrent run waits too); the other ranks wait for that one-time build only."""
+    from locvtp.training.corpus_tokenizer import corpus_tokenizer, corpus_tokenizer_dir, tokenizer_provenance
+
+    vocab = int(cfg.data.vocab_size)
+    where = corpus_tokenizer_dir(store, vocab)
+    if dist.is_main and not (where / "meta.json").is_file():
+        print(f"[pretrain] training the corpus's WordPiece tokenizer once ({where}; `locvtp prepare` does it "
+              "ahead of time)")
+        corpus_tokenizer(store, vocab)
+    dist.barrier()
+    tok = corpus_tokenizer(store, vocab)
+    return tok, {"origin": "prepared corpus", "path": str(where), **tokenizer_provenance(where)}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
