@@ -54,7 +54,7 @@ EXPECTED_COMMAND_BLOCKS = {
     "docs/features.md": 1,
     "docs/method.md": 2,
     "docs/predictor.md": 3,
-    "docs/results.md": 7,
+    "docs/results.md": 8,
     "docs/serve.md": 3,
     "docs/training.md": 9,
     "docs/usage.md": 25,
