@@ -31,7 +31,7 @@ def test_mean_std_and_paired_differences(tmp_path):
 def test_paired_skips_seeds_missing_a_row(tmp_path):
     paths = _files(tmp_path, [{"ref": {"step_recall": 10.0}, "a": {"step_recall": 12.5}},
                               {"ref": {"step_recall": 11.0}}])
-    assert "| a | – | – | – | – | – | – | +2.5 (1/1) | – |" in paired(paths, "ref")
+    assert "| a | – | – | – | – | – | – | – | – | +2.5 (1/1) | – |" in paired(paths, "ref")
 
 
 def test_a_missing_file_is_named(tmp_path):
