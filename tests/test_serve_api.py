@@ -79,6 +79,12 @@ def send_tolerant(base: str, path: str, data: bytes, chunked: bool = False) -> t
         conn.close()
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """The server gets Ctrl-C's default disposition even when the tests run as a background job (``nohup ... &``
+    ignores SIGINT, and an ignored signal stays ignored across exec): the stop-signal tests send it SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_server(args: list[str], log: Path, timeout: float = 90.0, env: dict | None = None
                  ) -> tuple[subprocess.Popen, str]:
     """Start ``locvtp serve ARGS --port 0`` and wait until it answers /api/health; returns (process, base URL).
@@ -86,7 +92,8 @@ def start_server(args: list[str], log: Path, timeout: float = 90.0, env: dict | 
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     fh = open(log, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "locvtp.cli", "serve", "--port", "0", "--threads", "1", *args],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
     fh.close()
     deadline = time.time() + timeout
     base = None
