@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from locvtp.cliargs import ArgumentParser, nonnegative_int, warn
 from locvtp.config import find_config
@@ -247,7 +247,7 @@ def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[
     Why processes: the grounding head under 2D-TAN's protocol trains 5 seeds per row, the longest stage of a
     demo on the `long` world; two one-thread evaluations side by side use both cores. The figures equal
     `evaluate_all`'s in this process (same options, seed and thread count). A failing job raises with its log's
-    last line; its log is ``out_dir.log`` beside the evaluation directory.
+    last line; its log is ``<out_dir>.log`` beside the evaluation directory.
     """
     import subprocess
 
@@ -261,7 +261,7 @@ def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[
                 cmd = [sys.executable, "-m", "locvtp.cli", "evaluate", "all", "--checkpoint", str(ckpt), "--data",
                        str(world), "--out", str(out_dir), "--seed", str(seed), "--threads", "1", "--quiet",
                        *(a for o in overrides for a in ("--set", o))]
-                log = open(out_dir.with_suffix(".log"), "wb")
+                log = open(_eval_log(out_dir), "wb")
                 running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, time.time())
             time.sleep(poll_seconds)
             for name in [n for n, (proc, _, _) in running.items() if proc.poll() is not None]:
@@ -270,7 +270,7 @@ def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[
                 out_dir = jobs[name][2]
                 if proc.returncode != 0:
                     raise DemoError(f"evaluating {name} failed (exit {proc.returncode}): "
-                                    f"{_last_line(out_dir.with_suffix('.log'))} (log: {out_dir.with_suffix('.log')})")
+                                    f"{_last_line(_eval_log(out_dir))} (log: {_eval_log(out_dir)})")
                 doc = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
                 results[name] = {k: float(v) for k, v in doc["metrics"].items() if isinstance(v, (int, float))}
                 print(f"[demo] evaluated {name} ({time.time() - start:.0f} s)")
@@ -279,6 +279,11 @@ def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[
             proc.terminate()
             log.close()
     return {name: results[name] for name in jobs}
+
+
+def _eval_log(out_dir: Path) -> Path:
+    """``eval/<row>.log`` beside ``eval/<row>/`` (not ``with_suffix``: a row name may hold a dot, "sigma=0.5")."""
+    return out_dir.parent / f"{out_dir.name}.log"
 
 
 def _max_steps(cfg_path: Path, overrides: list[str]) -> int:

@@ -51,7 +51,7 @@ import numpy as np
 
 from locvtp import cliargs
 from locvtp.errors import UsageError
-from locvtp.scoring import ScoreError, parse_window
+from locvtp.scoring import ScoreError, json_lines, parse_window
 
 TASKS = ("grounding", "qvhighlights")
 
@@ -137,25 +137,9 @@ def _line_qid(rec: dict, truth: list[GroundTruth], by_text: dict[tuple[str, str]
 
 def read_grounding_predictions(path: str | Path, truth: list[GroundTruth]) -> dict[int, np.ndarray]:
     """``{qid: windows [n, 2] best first}`` from a predictions file, each line checked against ``truth``."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--predictions {p}: no such file")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ScoreError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     out: dict[int, np.ndarray] = {}
     by_text = _by_text(truth)
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise ScoreError(f"{where}: not a JSON object ({exc})") from None
-        if not isinstance(rec, dict):
-            raise ScoreError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for where, rec in json_lines(path):
         if "pred_relevant_windows" not in rec:
             missing = " or ".join(repr(k) for k in ("qid", "pred_relevant_windows") if k not in rec)
             raise ScoreError(f"{where}: no {missing} field")

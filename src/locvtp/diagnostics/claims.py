@@ -20,8 +20,6 @@ seed, refuted when the pooled interval's upper end is < +1. Anything else is und
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -143,21 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--boot", type=positive_int, default=10000, help="bootstrap replicates")
     ap.add_argument("--json", default=None, help="also write everything to this file")
     args = ap.parse_args(argv)
-    try:
-        if args.json is not None:
-            from locvtp.files import check_file_output
+    from locvtp.diagnostics.report import run_report
 
-            check_file_output(Path(args.json), "claims", "--json")
-        out = run([Path(d) for d in args.seed_dirs], args.eval, args.boot)
-    except LocVTPError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 1))
-    print(format_report(out))
-    if args.json is not None:
-        from locvtp.files import write_owned_text
-
-        write_owned_text(Path(args.json), json.dumps(out, indent=1) + "\n", "claims")
-    return 0
+    return run_report(PROG, "claims", args.json,
+                      lambda: run([Path(d) for d in args.seed_dirs], args.eval, args.boot), format_report)
 
 
 if __name__ == "__main__":

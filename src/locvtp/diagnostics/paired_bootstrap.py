@@ -16,8 +16,8 @@ replicate resamples queries jointly and pre-training x head seeds in pairs. ``--
 """
 from __future__ import annotations
 
+import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,7 +39,10 @@ class BootstrapInputError(LocVTPError, ValueError):
 SCORERS = {"head": None, "zero-shot": "pred_relevant_windows", "zero-shot-content": "content_pred_relevant_windows"}
 
 
-def _read(path: str | Path, scorer: str = "head") -> list[dict]:
+@functools.lru_cache(maxsize=32)
+def _predictions(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    """The predictions of a grounding.json, parsed once per file version: a comparison table reads each file for
+    several pairs and scorers (``claims``, the demo's paired table)."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -47,27 +50,37 @@ def _read(path: str | Path, scorer: str = "head") -> list[dict]:
     preds = doc.get("predictions") if isinstance(doc, dict) else None
     if not isinstance(preds, list) or not preds:
         raise BootstrapInputError(f"{path}: no 'predictions' list (a grounding.json of `locvtp evaluate`?)")
+    return tuple(preds)
+
+
+def _read(path: str | Path, scorer: str = "head") -> list[dict]:
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        raise BootstrapInputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    preds = _predictions(str(path), st.st_mtime_ns, st.st_size)
     key = SCORERS[scorer]
     if key is not None:
         if not any(key in p for p in preds):
             raise BootstrapInputError(f"{path}: no per-query {key!r} (--scorer {scorer}): evaluated with "
                                       "grounding.words that leaves it out, or by an older locvtp")
-        return [{**p, "head_top1_iou": _top1_iou(p, key)} if "gt" in p else p for p in preds]
+        return _with_top1_iou(preds, key, path)
     if not any("head_top1_iou" in p for p in preds):
         raise BootstrapInputError(f"{path}: no per-query head results ('head_top1_iou'): evaluated with --no-head, "
                                   "or by a locvtp older than the tan head")
-    return preds
+    return list(preds)
 
 
-def _top1_iou(pred: dict, key: str) -> list[float] | None:
-    """``[IoU]`` of a prediction's first ``key`` window with its ``gt`` (grounding_top1_iou's); None without
-    windows (a query that could not be grounded)."""
+def _with_top1_iou(preds: Sequence[dict], key: str, path: str | Path) -> list[dict]:
+    """Each prediction with ``head_top1_iou = [IoU of its first key window with its gt]`` (grounding_top1_iou's,
+    all queries in one call), None for a query without windows (one that could not be grounded)."""
     from locvtp.metrics import grounding_top1_iou
 
-    windows = [w[:2] for w in (pred.get(key) or [])]
-    if not windows:
-        return None
-    return [float(grounding_top1_iou([windows], [pred["gt"]])[0])]
+    if any("gt" not in p for p in preds):
+        raise BootstrapInputError(f"{path}: a prediction without 'gt' (a grounding.json of `locvtp evaluate`?)")
+    firsts = [[w[:2] for w in (p.get(key) or [])[:1]] for p in preds]
+    iou = grounding_top1_iou(firsts, [p["gt"][:2] for p in preds])
+    return [{**p, "head_top1_iou": [float(v)] if w else None} for p, w, v in zip(preds, firsts, iou)]
 
 
 def paired_iou(path_a: str | Path, path_b: str | Path, scorer: str = "head") -> tuple[np.ndarray, np.ndarray, int]:
@@ -141,22 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 0 < args.ci < 1:
         ap.error(f"argument --ci: must be in (0, 1), got {args.ci}")
-    try:
-        if args.json is not None:
-            from locvtp.files import check_file_output
+    from locvtp.diagnostics.report import run_report
 
-            check_file_output(Path(args.json), "paired_bootstrap", "--json")
-        res = compare(args.a, args.b, n_boot=args.boot, ci=args.ci, seed=args.seed, scorer=args.scorer,
-                      also=[tuple(p) for p in args.also])
-    except LocVTPError as exc:  # an unusable input file (1), an --json that is not ours to replace (2)
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 1))
-    print(format_report(res))
-    if args.json is not None:
-        from locvtp.files import write_owned_text
-
-        write_owned_text(Path(args.json), json.dumps(res, indent=1) + "\n", "paired_bootstrap")
-    return 0
+    return run_report(PROG, "paired_bootstrap", args.json,
+                      lambda: compare(args.a, args.b, n_boot=args.boot, ci=args.ci, seed=args.seed,
+                                      scorer=args.scorer, also=[tuple(p) for p in args.also]),
+                      format_report)
 
 
 if __name__ == "__main__":

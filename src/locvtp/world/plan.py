@@ -15,7 +15,7 @@ See ``docs/data.md`` for the world's description and the file layout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -880,8 +880,6 @@ def plan_world(seed: int = 0, preset: str = "tiny", version: str | None = None,
     style = PROCEDURE_STYLES.get(version)  # None: the procedures of generator <= 1.2
     p = PRESETS[preset]
     if sizes:
-        from dataclasses import replace
-
         p = replace(p, **sizes)
     moments = moment_style(preset, version)
     splits: dict[str, list[VideoSpec]] = {name: [] for name in SPLIT_ORDER}
@@ -939,8 +937,6 @@ def plan_world(seed: int = 0, preset: str = "tiny", version: str | None = None,
     coin = procedures(7, p.coin_tasks, 1, ("coin_train", p.coin_train_per_task),
                       ("coin_test", p.coin_test_per_task))
     if moments is not None and version != "1.4":  # 1.5: the demo world's labelled set (LABELLED_SET_PRESET)
-        from dataclasses import replace
-
         epic_sizes = {k: v for k, v in (sizes or {}).items() if k in ("epic_train", "epic_val")}
         moments, p = None, replace(PRESETS[LABELLED_SET_PRESET], **epic_sizes)
     long_videos("epic_train", 8, p.epic_train)
