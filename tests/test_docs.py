@@ -58,7 +58,7 @@ EXPECTED_COMMAND_BLOCKS = {
     "docs/serve.md": 3,
     "docs/training.md": 9,
     "docs/usage.md": 25,
-    "docs/world_versions.md": 2,
+    "docs/world_versions.md": 3,
 }
 
 

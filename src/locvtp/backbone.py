@@ -215,16 +215,10 @@ def epic_clips(data: Path, train_csv: str, heldout_csv: Optional[str], clip_seco
 def train_backbone(args: argparse.Namespace, progress: bool = True) -> BackboneResult:
     import torch
     from safetensors.torch import save_file
-    from torch import nn
-    from locvtp.runtime import progress as tqdm
-
-    from locvtp.model.video import Tiny3D
 
     t0 = time.time()
     check_args(args)
     torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     data = Path(args.data)
     if args.labels == "epic-kitchens":
         train, held, skipped = epic_clips(data, args.epic_train, args.epic_val or None, args.clip_seconds,
@@ -238,8 +232,37 @@ def train_backbone(args: argparse.Namespace, progress: bool = True) -> BackboneR
         raise BackboneError(f"no training clip could be decoded from {data} ({len(skipped)} videos/rows skipped; "
                             "first: " + (f"{skipped[0]['source']}: {skipped[0]['reason']}" if skipped else "none")
                             + ")")
+    classes = {h: int(max(train.labels[h].max(), held.labels[h].max() if len(held) else 0)) + 1
+               for h in train.labels}
+    net, classifiers = fit_backbone(train, classes, args, progress)
+    acc, per_head = clip_accuracy(net, classifiers, held) if len(held) else (None, {})
+    from locvtp.files import owned_file, write_owned_text
+
+    out = Path(args.out)
+    with owned_file(out, "backbone", suffix=".safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
+                  metadata={"encoder": "tiny3d", "width": str(args.width), "norm": args.norm, "labels": args.labels})
+    res = BackboneResult(str(out), args.labels, classes, len(train), len(held), acc, per_head, args.steps,
+                         round(time.time() - t0, 1), skipped)
+    write_owned_text(out.with_suffix(".json"), json.dumps({**asdict(res), "args": vars(args)}, indent=1, default=str),
+                     "backbone")
+    return res
+
+
+def fit_backbone(train: LabelledClips, classes: dict[str, int], args: argparse.Namespace, progress: bool = True):
+    """A Tiny3D (``args.width``, ``args.norm``) and one linear classifier per head, trained with cross-entropy on
+    ``train`` by ``locvtp backbone``'s recipe (AdamW, warm-up then cosine, ``args.steps`` batches drawn with
+    ``args.seed``, ``args.threads`` torch threads); returns (network in eval mode, classifiers). The caller seeds
+    torch for the initialization."""
+    import torch
+    from torch import nn
+
+    from locvtp.model.video import Tiny3D
+    from locvtp.runtime import progress as tqdm
+
+    if args.threads:  # the thread count changes the float reductions, so the figures are per thread count
+        torch.set_num_threads(args.threads)
     heads = list(train.labels)
-    classes = {h: int(max(train.labels[h].max(), held.labels[h].max() if len(held) else 0)) + 1 for h in heads}
     net = Tiny3D(args.width, args.norm, dropout=0.1)
     classifiers = nn.ModuleDict({h: nn.Linear(net.out_dim, n) for h, n in classes.items()})
     params = list(net.parameters()) + list(classifiers.parameters())
@@ -259,25 +282,18 @@ def train_backbone(args: argparse.Namespace, progress: bool = True) -> BackboneR
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    acc, per_head = None, {}
-    if len(held):
-        net.eval()
-        with torch.no_grad():
-            feats = torch.cat([net(torch.from_numpy(held.clips[i:i + 256])) for i in range(0, len(held), 256)])
-            right = {h: classifiers[h](feats).argmax(1).numpy() == held.labels[h] for h in heads}
-        per_head = {h: float(r.mean()) for h, r in right.items()}
-        acc = float(np.logical_and.reduce([right[h] for h in heads]).mean())
-    from locvtp.files import owned_file, write_owned_text
+    net.eval()
+    return net, classifiers
 
-    out = Path(args.out)
-    with owned_file(out, "backbone", suffix=".safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
-                  metadata={"encoder": "tiny3d", "width": str(args.width), "norm": args.norm, "labels": args.labels})
-    res = BackboneResult(str(out), args.labels, classes, len(train), len(held), acc, per_head, args.steps,
-                         round(time.time() - t0, 1), skipped)
-    write_owned_text(out.with_suffix(".json"), json.dumps({**asdict(res), "args": vars(args)}, indent=1, default=str),
-                     "backbone")
-    return res
+
+def clip_accuracy(net, classifiers, clips: LabelledClips) -> tuple[float, dict[str, float]]:
+    """(share of clips with every head right, per-head accuracy) of a trained backbone and its classifiers."""
+    import torch
+
+    with torch.no_grad():
+        feats = torch.cat([net(torch.from_numpy(clips.clips[i:i + 256])) for i in range(0, len(clips), 256)])
+        right = {h: classifiers[h](feats).argmax(1).numpy() == clips.labels[h] for h in clips.labels}
+    return float(np.logical_and.reduce(list(right.values())).mean()), {h: float(r.mean()) for h, r in right.items()}
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -664,6 +664,7 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = DEFAULT_PRESET,
     results = _load_rows(out / f"{stem}.json")
     common, backbone, _ = _common_overrides(out, world, cfg_path, preset, seed, overrides, progress)
     trained = [n for n in names if n != SEP_PRE]
+    # the backbone row alone still needs a trained row's config and tokenizer: coarse's (reused when finished)
     jobs = _jobs(out, common, {n: ABLATIONS[n] for n in trained or ["coarse"]})
     parallel = max(1, os.cpu_count() or 1)
     print(f"[ablate] pre-training {len(jobs)} rows, {parallel} at a time")
