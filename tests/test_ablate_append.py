@@ -30,13 +30,18 @@ def fake_pipeline(monkeypatch):
     def evaluate_all(ckpt, world, out_dir=None, **kwargs):
         return {"grounding_R1@0.5": score["value"], "retrieval_R1": 1.0, "note": "not a number"}
 
-    def evaluate_jobs(jobs, overrides, seed, parallel=1):
+    def evaluate_jobs(jobs, overrides, seed, parallel=1, on_done=None):
         """In-process stand-in for the evaluation subprocesses: the options they would get, the numbers kept."""
         from locvtp.downstream.evaluate import load_options
 
         opts = load_options(None, list(overrides))
-        return {n: {k: float(v) for k, v in downstream.evaluate_all(ck, w, out_dir=d, options=opts).items()
-                    if isinstance(v, (int, float))} for n, (ck, w, d) in jobs.items()}
+        results = {}
+        for n, (ck, w, d) in jobs.items():
+            results[n] = {k: float(v) for k, v in downstream.evaluate_all(ck, w, out_dir=d, options=opts).items()
+                          if isinstance(v, (int, float))}
+            if on_done is not None:
+                on_done(n, results[n])
+        return results
 
     monkeypatch.setattr(demo, "pretrain_jobs", pretrain_jobs)
     monkeypatch.setattr(demo, "evaluate_jobs", evaluate_jobs)
@@ -203,3 +208,41 @@ def test_protocol_follows_the_evaluated_worlds_preset_and_the_backbone_row(tmp_p
     assert seen[-1][1] == "checkpoint_text"
     demo.run_ablation(tmp_path / "abl13", preset="tiny", only=["coarse"], progress=False, world=tmp_path / "w13")
     assert seen[-1][1] == "checkpoint_text"
+
+
+def test_pretrain_only_then_evaluation_with_extra_options_keeps_each_row_as_it_finishes(
+        tmp_path: Path, fake_pipeline, monkeypatch):
+    """--pretrain-only trains and evaluates nothing else; the run without it evaluates with --eval-set's options
+    after the preset's (tan on a 1.3 world), and a row evaluated before a later row fails is already stored."""
+    import locvtp.downstream as downstream
+
+    score, trained = fake_pipeline
+    out = tmp_path / "abl"
+    seen = []
+    fake_eval = downstream.evaluate_all
+    monkeypatch.setattr(downstream, "evaluate_all", lambda ck, world, **k: seen.append(
+        k["options"].grounding.head_variant) or fake_eval(ck, world, **k))
+    assert demo.run_ablation(out, preset="tiny", only=["coarse", "+fine"], progress=False, world=tmp_path / "w",
+                             pretrain_only=True) == {}
+    assert trained == ["coarse", "+fine"] and seen == [] and not (out / "ablation.json").exists()
+
+    def second_fails(ck, world, **k):
+        if "plus_fine" in str(ck):
+            raise RuntimeError("killed")
+        return fake_eval(ck, world, **k)
+
+    monkeypatch.setattr(downstream, "evaluate_all", lambda ck, world, **k: seen.append(
+        k["options"].grounding.head_variant) or second_fails(ck, world, **k))
+    with pytest.raises(RuntimeError, match="killed"):
+        demo.run_ablation(out, preset="tiny", only=["coarse", "+fine"], progress=False, world=tmp_path / "w",
+                          eval_overrides_extra=["grounding.head_variant=tan"])
+    assert seen == ["tan", "tan"]
+    assert list(json.loads((out / "ablation.json").read_text())) == ["coarse"]
+
+
+def test_eval_set_is_checked_before_anything_trains():
+    from locvtp.downstream.evaluate import OptionError
+
+    demo.check_eval_overrides(["grounding.head_variant=tan", "grounding.tan_cfg.seeds=3"])
+    with pytest.raises(OptionError, match="--eval-set grounding.nope=1"):
+        demo.check_eval_overrides(["grounding.nope=1"])

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from locvtp.cliargs import ArgumentParser, nonnegative_int, warn
 from locvtp.config import find_config
@@ -240,14 +240,16 @@ def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], paral
 
 
 def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[str], seed: int,
-                  parallel: int = 1, poll_seconds: float = 1.0) -> dict[str, dict]:
+                  parallel: int = 1, poll_seconds: float = 1.0,
+                  on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """`locvtp evaluate all` of each ``name: (checkpoint, world, out_dir)`` as subprocesses, ``parallel`` at a
     time (one thread each), with the options ``overrides`` (``--set``); returns each job's metrics.
 
     Why processes: the grounding head under 2D-TAN's protocol trains 5 seeds per row, the longest stage of a
     demo on the `long` world; two one-thread evaluations side by side use both cores. The figures equal
     `evaluate_all`'s in this process (same options, seed and thread count). A failing job raises with its log's
-    last line; its log is ``<out_dir>.log`` beside the evaluation directory.
+    last line; its log is ``<out_dir>.log`` beside the evaluation directory. ``on_done(name, metrics)`` runs as
+    each job finishes (the ablation stores its row then, so an interrupted run keeps the rows already evaluated).
     """
     import subprocess
 
@@ -274,6 +276,8 @@ def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[
                 doc = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
                 results[name] = {k: float(v) for k, v in doc["metrics"].items() if isinstance(v, (int, float))}
                 print(f"[demo] evaluated {name} ({time.time() - start:.0f} s)")
+                if on_done is not None:
+                    on_done(name, results[name])
     finally:
         for proc, log, _ in running.values():  # interrupted: stop the children
             proc.terminate()
@@ -640,14 +644,19 @@ def _store_row(path: Path, name: str, metrics: dict) -> dict[str, dict]:
 
 def run_ablation(out: str | Path = "ablation_run", preset: str = DEFAULT_PRESET, seed: int = 0,
                  only: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True,
-                 world: str | Path | None = None, eval_world: str | Path | None = None) -> dict:
+                 world: str | Path | None = None, eval_world: str | Path | None = None,
+                 eval_overrides_extra: Sequence[str] = (), pretrain_only: bool = False) -> dict:
     """Pre-train and evaluate the ``only`` rows (default: all of ABLATIONS) and add them to
     ``out/ablation.json``: rows already there from earlier runs are kept, a row run again replaces its own
     entry. Returns every row of the file; ``ablation.md`` shows them all.
 
     ``eval_world``: evaluate on this other complete world instead (e.g. one of an unseen seed: generalisation),
     into ``ablation_on_<its directory name>.json/.md`` and ``eval_on_<name>/``; pre-training is unchanged and a
-    finished row is reused, so this costs only the evaluations."""
+    finished row is reused, so this costs only the evaluations.
+
+    ``eval_overrides_extra``: `locvtp evaluate` options (``--set``) after the world preset's (e.g.
+    ``grounding.head_variant=tan`` on a 1.3 world). ``pretrain_only``: stop once every row is pre-trained (a later
+    run evaluates them, reusing the checkpoints); returns the rows already in the table."""
     out = Path(out)
     target, stem, eval_dir, target_preset = _evaluation_target(eval_world)
     _check_report_files(out, "ablate", [f"{stem}.json", f"{stem}.md"])
@@ -674,11 +683,16 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = DEFAULT_PRESET,
             raise DemoError(f"row {SEP_PRE!r}: this configuration trains no video backbone to evaluate")
         reference = ckpts.get("coarse") or next(iter(ckpts.values()))  # its config and tokenizer
         ckpts[SEP_PRE] = _random_checkpoint(reference, out / "runs" / "backbone" / "final", seed, backbone=True)
+    if pretrain_only:
+        print(f"[ablate] pre-trained {len(names)} rows; evaluate them by running the same command without "
+              "--pretrain-only")
+        return results
     print(f"[ablate] evaluating {len(names)} rows, {parallel} at a time (logs in {eval_dir}/<row>.log)")
-    evaluated = evaluate_jobs({n: (ckpts[n], target, out / eval_dir / row_dir_name(n)) for n in names},
-                              eval_overrides(target_preset), seed, parallel=parallel)
-    for name in names:
-        results = _store_row(out / f"{stem}.json", name, evaluated[name])
+    stored: list[dict[str, dict]] = [results]  # each row enters the table as soon as it is evaluated
+    evaluate_jobs({n: (ckpts[n], target, out / eval_dir / row_dir_name(n)) for n in names},
+                  [*eval_overrides(target_preset), *eval_overrides_extra], seed, parallel=parallel,
+                  on_done=lambda name, metrics: stored.append(_store_row(out / f"{stem}.json", name, metrics)))
+    results = stored[-1]
     table = format_table(results)
     where = "" if eval_world is None else f" (evaluated on `{target}`)"
     write_owned_text(out / f"{stem}.md", f"# locvtp ablation{where}\n\n" + table + "\n\nOverrides per row:\n\n" + "\n".join(
@@ -733,6 +747,16 @@ def check_overrides(preset: str, overrides: Sequence[str]) -> None:
     load_config(find_config("pretrain_synthetic"), [*PRESET_OVERRIDES[preset], *overrides])
 
 
+def check_eval_overrides(overrides: Sequence[str]) -> None:
+    """`locvtp evaluate` options checked before anything trains (an OptionError naming the option)."""
+    from locvtp.downstream.evaluate import OptionError, check_options, load_options
+
+    try:
+        check_options(load_options(None, [*DEMO_EVAL_OVERRIDES, *overrides]))
+    except OptionError as exc:
+        raise OptionError(str(exc).replace("--set ", "--eval-set ", 1)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="locvtp demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="demo_run", help="output directory (world, runs, eval, report.md)")
@@ -766,12 +790,18 @@ def ablate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-world", default=None, help=(
         "evaluate the rows on this other world (e.g. one of an unseen seed) instead of the training world: "
         "writes ablation_on_<name>.json/.md; finished pre-trainings are reused"))
+    ap.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE", help=(
+        "a `locvtp evaluate` option for every row, after the world preset's (repeatable; e.g. "
+        "grounding.head_variant=tan on a generator-1.3 world, whose default is checkpoint_text)"))
+    ap.add_argument("--pretrain-only", action="store_true",
+                    help="pre-train the rows and stop; the same command without it evaluates them")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides applied to every row (key=value)")
     a = ap.parse_args(argv)
     check_overrides(a.preset, a.overrides)
+    check_eval_overrides(a.eval_set)
     run_ablation(a.out, a.preset, a.seed, a.only, a.overrides, progress=not a.quiet, world=a.world,
-                 eval_world=a.eval_world)
+                 eval_world=a.eval_world, eval_overrides_extra=a.eval_set, pretrain_only=a.pretrain_only)
     return 0
 
 

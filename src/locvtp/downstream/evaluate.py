@@ -110,6 +110,7 @@ _RANGES = {
     "grounding.tan_cfg.lstm_hidden": (1, None, False, False), "grounding.tan_cfg.lstm_layers": (1, None, False, False),
     "grounding.tan_cfg.max_words": (1, None, False, False), "grounding.tan_cfg.val_fraction": (0, 1, False, True),
     "grounding.tan_cfg.patience": (1, None, False, False), "grounding.tan_cfg.seeds": (1, None, False, False),
+    "grounding.tan_cfg.grad_clip": (0, None, False, False),
     "retrieval.top_k_saved": (1, None, False, False), "retrieval.finetune_cfg.epochs": (1, None, False, False),
     "retrieval.finetune_cfg.batch_size": (1, None, False, False),
     "retrieval.finetune_cfg.lr": (0, None, False, False), "retrieval.finetune_cfg.adapter_lr": (0, None, False, False),

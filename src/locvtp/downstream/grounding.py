@@ -227,6 +227,7 @@ class TanConfig:
     val_fraction: float = 0.15  # share of the training *videos* held out for early stopping
     patience: int = 5  # epochs without a better validation R1@0.5 (then mIoU) before stopping
     seeds: int = 5  # head seeds (seed, seed + 1, ...): figures are their mean
+    grad_clip: float = 0.0  # max global gradient norm per step (0: none)
 
 
 @run_single_threaded  # tiny tensors: see common.single_threaded

@@ -316,6 +316,8 @@ def train_tan(train: QuerySet, vectors: WordVectors, hc: HeadConfig, tc: TanConf
                                   hc.max_iou)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
             total += loss.item() * len(idx)
         bar.update(1)
