@@ -7,6 +7,15 @@
     locvtp score qvhighlights --predictions runs/eval/qvhighlights_submission.jsonl \
         --annotations highlight_val_release.jsonl [--out metrics.json]
 
+    locvtp score retrieval --predictions runs/eval/retrieval_similarity.npz \
+        --annotations world/retrieval/MSRVTT_JSFUSION_test.csv [--name retrieval_ft]
+    locvtp score steps --predictions runs/eval/steps_predictions.jsonl --annotations world/crosstask [--split val]
+    locvtp score segmentation --predictions runs/eval/segmentation_predictions.jsonl \
+        --annotations world/coin/COIN.json [--background background]
+
+``retrieval`` / ``steps`` / ``segmentation``: the files ``locvtp evaluate --out`` writes for those tasks (formats:
+:func:`locvtp.scoring.score_retrieval`, :func:`~locvtp.scoring.score_steps`,
+:func:`~locvtp.scoring.score_segmentation`, ``docs/evaluation.md``), scored to ``evaluate``'s figures.
 ``qvhighlights``: a Moment-DETR submission (``pred_relevant_windows`` and / or ``pred_saliency_scores``, keyed by
 the annotation's own ``qid``) scored as ``standalone_eval/eval.py`` scores it, under its key names
 (``MR-full-mAP``, ``MR-full-R1@0.5``, ..., ``HL-min-VeryGood-Hit1``); see :mod:`locvtp.scoring`. The rest of
