@@ -7,6 +7,15 @@
     locvtp score qvhighlights --predictions runs/eval/qvhighlights_submission.jsonl \
         --annotations highlight_val_release.jsonl [--out metrics.json]
 
+    locvtp score retrieval --predictions runs/eval/retrieval_similarity.npz \
+        --annotations world/retrieval/MSRVTT_JSFUSION_test.csv [--name retrieval_ft]
+    locvtp score steps --predictions runs/eval/steps_predictions.jsonl --annotations world/crosstask [--split val]
+    locvtp score segmentation --predictions runs/eval/segmentation_predictions.jsonl \
+        --annotations world/coin/COIN.json [--background background]
+
+``retrieval`` / ``steps`` / ``segmentation``: the files ``locvtp evaluate --out`` writes for those tasks (formats:
+:func:`locvtp.scoring.score_retrieval`, :func:`~locvtp.scoring.score_steps`,
+:func:`~locvtp.scoring.score_segmentation`, ``docs/evaluation.md``), scored to ``evaluate``'s figures.
 ``qvhighlights``: a Moment-DETR submission (``pred_relevant_windows`` and / or ``pred_saliency_scores``, keyed by
 the annotation's own ``qid``) scored as ``standalone_eval/eval.py`` scores it, under its key names
 (``MR-full-mAP``, ``MR-full-R1@0.5``, ..., ``HL-min-VeryGood-Hit1``); see :mod:`locvtp.scoring`. The rest of
@@ -22,8 +31,10 @@ Predictions (JSON lines, one object per query; what ``locvtp evaluate --out DIR`
     {"qid": 3, "vid": "v_abc", "query": "a person opens a door",
      "pred_relevant_windows": [[12.0, 17.5, 0.91], [40.0, 44.0, 0.55], ...]}
 
-``qid`` is the query's position among the annotation file's queries as ``locvtp.data.formats`` reads them
-(QVHighlights: its own ``qid`` field), ``vid`` (and ``query``, when given) must match that annotation. A line
+``qid`` is the query's position among the annotation file's queries as ``locvtp.data.formats`` reads them, except
+for QVHighlights, whose lines are matched by the annotation's own ``qid`` field, whatever their order (a qid
+annotated twice, predicted twice or not annotated with a window is an error); ``vid`` (and ``query``, when
+given) must match that annotation. A line
 without ``qid`` -- what ``locvtp ground`` prints: ``{"video", "query", "vid", "duration",
 "pred_relevant_windows", "warnings"}``, the same shape -- is the first not yet predicted annotation query with
 that ``vid`` and ``query`` (a ``vid`` is the video file's stem). Other fields are ignored, and
@@ -53,7 +64,10 @@ from locvtp import cliargs
 from locvtp.errors import UsageError
 from locvtp.scoring import ScoreError, json_lines, parse_window
 
-TASKS = ("grounding", "qvhighlights")
+TASKS = ("grounding", "qvhighlights", "retrieval", "steps", "segmentation")
+# The options only some tasks read (a flag given to another task is a usage error: it would change nothing).
+TASK_OPTIONS = {"--name": ("grounding", "retrieval"), "--durations": ("grounding",), "--split": ("steps",),
+                "--background": ("segmentation",)}
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class GroundTruth:
     query: str
     start: float
     end: float
+    qid: str = ""  # QVHighlights: the annotation's own qid, which its prediction lines are keyed by
 
 
 def read_grounding_annotations(path: str | Path, durations: Optional[str | Path] = None) -> list[GroundTruth]:
@@ -86,8 +101,15 @@ def read_grounding_annotations(path: str | Path, durations: Optional[str | Path]
     else:
         raise UsageError(f"--annotations {p}: unknown annotation format {ext or '(no extension)'!r}; expected "
                          "ActivityNet Captions .json, Charades-STA .txt or QVHighlights .jsonl")
-    return [GroundTruth(r.video_id, r.query, float(r.windows[0][0]), float(r.windows[0][1]))
-            for r in res.records if r.windows]
+    out = [GroundTruth(r.video_id, r.query, float(r.windows[0][0]), float(r.windows[0][1]),
+                       r.qid if ext == ".jsonl" else "") for r in res.records if r.windows]
+    if ext == ".jsonl":
+        seen: set[str] = set()
+        for gt in out:
+            if gt.qid in seen:
+                raise ScoreError(f"{p}: qid {gt.qid} is annotated twice (prediction lines are matched by qid)")
+            seen.add(gt.qid)
+    return out
 
 
 def _window(item: Any, where: str) -> tuple[float, float]:
@@ -103,9 +125,10 @@ def _by_text(truth: list[GroundTruth]) -> dict[tuple[str, str], list[int]]:
 
 
 def _line_qid(rec: dict, truth: list[GroundTruth], by_text: dict[tuple[str, str], list[int]], taken: dict,
-              where: str) -> int:
-    """The query a prediction line is for: its ``qid`` (checked against ``vid`` / ``query`` when given), or --
-    a ``locvtp ground`` line has none -- the first not yet predicted annotation query with its ``vid`` and
+              where: str, by_qid: Optional[dict[str, int]] = None) -> int:
+    """The index in ``truth`` of the query a prediction line is for: its ``qid`` (the annotation's own qid when
+    ``by_qid`` maps them, QVHighlights; else the position; checked against ``vid`` / ``query`` when given), or
+    -- a ``locvtp ground`` line has none -- the first not yet predicted annotation query with its ``vid`` and
     ``query``."""
     if "qid" not in rec:
         if "vid" not in rec or "query" not in rec:
@@ -120,18 +143,23 @@ def _line_qid(rec: dict, truth: list[GroundTruth], by_text: dict[tuple[str, str]
                              f"more often than it is annotated ({len(ks)})")
         return free[0]
     qid = rec["qid"]
-    if isinstance(qid, bool) or not isinstance(qid, int) or not 0 <= qid < len(truth):
+    if by_qid is not None:  # QVHighlights: the annotation's own qid, wherever the line is
+        if isinstance(qid, (bool, list, dict)) or qid is None or str(qid) not in by_qid:
+            raise ScoreError(f"{where}: qid {qid!r} is not an annotated query with a ground-truth window "
+                             "(predictions made for another annotation file?)")
+        qid = by_qid[str(qid)]
+    elif isinstance(qid, bool) or not isinstance(qid, int) or not 0 <= qid < len(truth):
         raise ScoreError(f"{where}: qid {qid!r} is not one of the annotation's {len(truth)} queries "
                          f"(0..{len(truth) - 1})")
     gt = truth[qid]
     if "vid" in rec and str(rec["vid"]) != gt.vid:
-        raise ScoreError(f"{where}: qid {qid} is video {gt.vid!r} in the annotations, the line says "
+        raise ScoreError(f"{where}: qid {rec['qid']} is video {gt.vid!r} in the annotations, the line says "
                          f"{rec['vid']!r} (predictions made for another annotation file?)")
     if "query" in rec and str(rec["query"]) != gt.query:
-        raise ScoreError(f"{where}: qid {qid} is the query {gt.query[:40]!r} in the annotations, the line "
+        raise ScoreError(f"{where}: qid {rec['qid']} is the query {gt.query[:40]!r} in the annotations, the line "
                          f"says {str(rec['query'])[:40]!r}")
     if qid in taken:
-        raise ScoreError(f"{where}: qid {qid} is predicted twice")
+        raise ScoreError(f"{where}: qid {rec['qid']} is predicted twice")
     return qid
 
 
@@ -139,11 +167,12 @@ def read_grounding_predictions(path: str | Path, truth: list[GroundTruth]) -> di
     """``{qid: windows [n, 2] best first}`` from a predictions file, each line checked against ``truth``."""
     out: dict[int, np.ndarray] = {}
     by_text = _by_text(truth)
+    by_qid = {gt.qid: k for k, gt in enumerate(truth)} if any(gt.qid for gt in truth) else None
     for where, rec in json_lines(path):
         if "pred_relevant_windows" not in rec:
             missing = " or ".join(repr(k) for k in ("qid", "pred_relevant_windows") if k not in rec)
             raise ScoreError(f"{where}: no {missing} field")
-        qid = _line_qid(rec, truth, by_text, out, where)
+        qid = _line_qid(rec, truth, by_text, out, where, by_qid)
         windows = rec["pred_relevant_windows"]
         if not isinstance(windows, list):
             raise ScoreError(f"{where}: pred_relevant_windows must be a list of windows")
@@ -168,7 +197,7 @@ def score_grounding(predictions: str | Path, annotations: str | Path, name: str 
     if missing and require_all:
         first = next(k for k in range(len(truth)) if k not in preds)
         raise ScoreError(f"{predictions}: {missing} of the {len(truth)} annotated queries have no prediction "
-                         f"(the first: qid {first}, video {truth[first].vid!r})")
+                         f"(the first: qid {truth[first].qid or first}, video {truth[first].vid!r})")
     qids = sorted(preds)  # evaluate's order: the annotation's
     gt = np.array([[truth[k].start, truth[k].end] for k in qids], np.float64)
     metrics = {f"{name}_{k}": float(v) for k, v in grounding_recall([preds[k] for k in qids], gt).items()}
@@ -179,14 +208,36 @@ def build_parser() -> Any:
     p = cliargs.ArgumentParser(prog="locvtp score", description="Metrics of a predictions file against its "
                                "annotations (no model needed); see docs/evaluation.md.")
     p.add_argument("task", choices=TASKS, help="what the predictions are")
-    p.add_argument("--predictions", required=True, help="predictions JSON lines (locvtp evaluate --out writes them)")
+    p.add_argument("--predictions", required=True, help="predictions JSON lines, or retrieval's similarity .npz "
+                   "(locvtp evaluate --out writes them)")
     p.add_argument("--annotations", required=True,
-                   help="ground truth: ActivityNet Captions .json, Charades-STA .txt or QVHighlights .jsonl")
+                   help="ground truth: grounding: ActivityNet Captions .json, Charades-STA .txt or QVHighlights "
+                        ".jsonl; qvhighlights: its .jsonl; retrieval: the JSFusion test .csv or MSRVTT_data.json; "
+                        "steps: the CrossTask directory; segmentation: COIN.json")
     p.add_argument("--durations", default=None, help="Charades-STA: Charades_v1_<split>.csv (default: next to it)")
-    p.add_argument("--name", default=None, help="metric prefix (default: the task; head_grounding for the head's)")
+    p.add_argument("--name", default=None, help="metric prefix (default: the task; head_grounding for the head's, "
+                   "retrieval_ft / retrieval_allcap for those similarity files)")
+    p.add_argument("--split", default=None, choices=("val", "train", "all"),
+                   help="steps: the CrossTask videos scored (default val, evaluate's steps.split)")
+    p.add_argument("--background", default=None, help="segmentation: the background label (default background)")
     p.add_argument("--require-all", action="store_true", help="fail when an annotated query has no prediction")
     p.add_argument("--out", default=None, help="also write the result as JSON to this file")
     return p
+
+
+def _score(args: Any, name: str) -> dict[str, Any]:
+    from locvtp import scoring
+
+    if args.task == "qvhighlights":
+        return scoring.score_qvhighlights(args.predictions, args.annotations, args.require_all)
+    if args.task == "retrieval":
+        return scoring.score_retrieval(args.predictions, args.annotations, name, args.require_all)
+    if args.task == "steps":
+        return scoring.score_steps(args.predictions, args.annotations, args.split or "val", args.require_all)
+    if args.task == "segmentation":
+        return scoring.score_segmentation(args.predictions, args.annotations, args.background or scoring.BACKGROUND,
+                                          args.require_all)
+    return score_grounding(args.predictions, args.annotations, name, args.durations, args.require_all)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,22 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:  # before the work: a user's file at --out is never replaced
         check_apart(args.out, {"--predictions": args.predictions, "--annotations": args.annotations})
         check_file_output(args.out, "score", "--out")
-    if args.task == "qvhighlights":
-        if args.name or args.durations:
-            raise UsageError(f"{'--name' if args.name else '--durations'}: not used by the qvhighlights task "
-                             "(its figures carry standalone_eval's names)")
-        from locvtp.scoring import score_qvhighlights
-
-        res = score_qvhighlights(args.predictions, args.annotations, args.require_all)
-    else:
-        res = score_grounding(args.predictions, args.annotations, name, args.durations, args.require_all)
+    for flag, tasks in TASK_OPTIONS.items():
+        if getattr(args, flag[2:]) is not None and args.task not in tasks:
+            raise UsageError(f"{flag}: not used by the {args.task} task (only by {' and '.join(tasks)})")
+    res = _score(args, name)
     for w in res.get("warnings", []):
         print(f"locvtp score: warning: {w}", file=sys.stderr)
     if args.out:
         write_owned_text(args.out, json.dumps(res, indent=1) + "\n", "score")
     print(json.dumps(res["metrics"], indent=1))
-    note = f"; {res['unpredicted']} annotated queries have no prediction" if res["unpredicted"] else ""
-    print(f"scored {res['queries']} of {res['annotated']} queries{note}", file=sys.stderr)
+    what = "videos" if args.task in ("steps", "segmentation") else "queries"
+    note = f"; {res['unpredicted']} annotated {what} have no prediction" if res["unpredicted"] else ""
+    print(f"scored {res['queries']} of {res['annotated']} {what}{note}", file=sys.stderr)
     return 0
 
 

@@ -114,6 +114,18 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any], command: str = "ev
     return write_owned_text(path, "".join(json.dumps(_jsonable(r)) + "\n" for r in rows), command)
 
 
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], command: str = "evaluate") -> Path:
+    """Write ``arrays`` as one uncompressed ``.npz`` (no pickled objects), as :func:`write_json`: atomically, as
+    ``command``'s own file."""
+    from locvtp.files import owned_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with owned_file(path, command) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    return path
+
+
 def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], title: str | None = None,
                  digits: int = 2) -> str:
     """A plain-text table.
@@ -431,6 +443,8 @@ class TaskResult:
     # Extra files for ``<out>``: name -> JSON-lines rows (e.g. ``grounding_predictions.jsonl``, what ``locvtp
     # score`` reads); not part of ``<task>.json``.
     prediction_files: dict[str, list[dict]] = field(default_factory=dict)
+    # name -> arrays written as one ``.npz`` (retrieval's similarity matrices, ``locvtp score retrieval``'s input)
+    array_files: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"task": self.task, "metrics": self.metrics, "info": self.info, "predictions": self.predictions}

@@ -25,13 +25,15 @@ from typing import Any, Sequence
 from locvtp.errors import UsageError
 from locvtp.downstream.common import (
     DownstreamError, EvalContext, FeatureFile, TaskResult, VideoLocator, format_table, make_bank, seed_everything,
-    write_json, write_jsonl,
+    write_json, write_jsonl, write_npz,
 )
-from locvtp.downstream.grounding import GROUNDING_WORDS, GroundingOptions, load_grounding_queries
+from locvtp.downstream.grounding import (
+    GROUNDING_WORDS, GroundingOptions, key_by_annotation_qid, load_grounding_queries,
+)
 from locvtp.downstream.tan import HEAD_VARIANTS, run_grounding_task
-from locvtp.downstream.retrieval import RetrievalOptions, load_msrvtt, run_retrieval
-from locvtp.downstream.segmentation import SegmentationOptions, load_coin, run_segmentation
-from locvtp.downstream.steps import StepsOptions, load_crosstask, run_steps
+from locvtp.downstream.retrieval import SIMILARITY_FILES, RetrievalOptions, load_msrvtt, run_retrieval
+from locvtp.downstream.segmentation import SEGMENTATION_PREDICTIONS, SegmentationOptions, load_coin, run_segmentation
+from locvtp.downstream.steps import STEPS_PREDICTIONS, StepsOptions, load_crosstask, run_steps
 
 TASKS = ("retrieval", "grounding", "steps", "segmentation")
 # The headline figure of each task, shown first in the tables.
@@ -205,7 +207,9 @@ def _needed_videos(data_dir: Path, tasks: Sequence[str], opts: DownstreamOptions
 
 # The predictions files (JSON lines, ``locvtp score``'s input) a task writes next to its ``<task>.json``.
 PREDICTION_FILES = {"grounding": ("grounding_predictions.jsonl", "grounding_content_predictions.jsonl",
-                                   "head_grounding_predictions.jsonl", "qvhighlights_submission.jsonl")}
+                                   "head_grounding_predictions.jsonl", "qvhighlights_submission.jsonl"),
+                    "retrieval": tuple(SIMILARITY_FILES.values()), "steps": (STEPS_PREDICTIONS,),
+                    "segmentation": (SEGMENTATION_PREDICTIONS,)}
 RUNNERS = {"retrieval": run_retrieval, "grounding": run_grounding_task, "steps": run_steps,
            "segmentation": run_segmentation}
 
@@ -334,6 +338,8 @@ def _run_tasks(ctx: EvalContext, tasks: Sequence[str], opts: DownstreamOptions, 
         res.info["failed_videos"] = dict(bank.failed)
         if bank.failed_features:
             res.info["failed_features"] = dict(bank.failed_features)
+        if task == "grounding":
+            key_by_annotation_qid(res)  # QVHighlights lines keyed as its annotation keys them
         flat.update(res.metrics)
         flat[f"{task}_seconds"] = res.info["seconds"]
         if notes is not None:
@@ -342,6 +348,8 @@ def _run_tasks(ctx: EvalContext, tasks: Sequence[str], opts: DownstreamOptions, 
             write_json(out / f"{task}.json", res.to_json())
             for name, lines in res.prediction_files.items():
                 write_jsonl(out / name, lines)
+            for name, arrays in res.array_files.items():
+                write_npz(out / name, arrays)
         if verbose and len(tasks) > 1:  # `all` prints one table at the end
             print(f"[evaluate] {task}: done in {res.info['seconds']:.1f} s", file=sys.stderr)
     return flat
@@ -356,7 +364,7 @@ def _check_out(out: Path, tasks: Sequence[str]) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; give a directory for <task>.json and metrics.json")
     names = [f"{t}.json" for t in tasks] + ["metrics.json"]
-    names += list(PREDICTION_FILES.get("grounding", ())) if "grounding" in tasks else []
+    names += [name for t in tasks for name in PREDICTION_FILES.get(t, ())]
     for name in names:
         check_file_output(out / name, "evaluate", "--out", make_parent=True)
 

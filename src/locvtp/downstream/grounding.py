@@ -495,13 +495,29 @@ def qvhighlights_submission(ctx, queries: Sequence[GroundingQuery], zs: ZeroShot
     for k, windows, sc, sent in zip(zs.used, zs.ranked, zs.scores, sentences):
         q = queries[k]
         seq = ctx.bank.video(q.vid)
-        qid: Any = int(q.qid) if q.qid.lstrip("-").isdigit() else q.qid
-        lines.append({"qid": qid, "query": q.query, "vid": q.vid,
+        lines.append({"qid": _qid_value(q.qid), "query": q.query, "vid": q.vid,
                       "pred_relevant_windows": kept_windows(windows, sc, SUBMISSION_WINDOWS),
                       "pred_saliency_scores": clip_saliency(seq.features, seq.windows, sent,
                                                             q.duration if q.duration > 0 else seq.duration
                                                             ).tolist()})
     return lines
+
+
+def key_by_annotation_qid(res: Any) -> None:
+    """QVHighlights: the ``qid`` of the grounding predictions files becomes the annotation's own ``qid`` (what
+    ``locvtp score grounding`` matches a QVHighlights line by) instead of the query's position, which the tasks
+    use while they run. Called once the task is done (``locvtp evaluate``); other datasets have no qid."""
+    if res.info.get("dataset") != "qvhighlights":
+        return
+    for name, lines in res.prediction_files.items():
+        if name != QVHIGHLIGHTS_SUBMISSION:  # already keyed by the annotation's qid
+            res.prediction_files[name] = [dict(line, qid=_qid_value(res.predictions[line["qid"]]["qid"]))
+                                          for line in lines]
+
+
+def _qid_value(qid: str) -> Any:
+    """A QVHighlights qid as its file writes it: an integer when it is one."""
+    return int(qid) if qid.lstrip("-").isdigit() else qid
 
 
 def chance_grounding(ctx, queries: Sequence[GroundingQuery], gt: np.ndarray, opts: GroundingOptions,
@@ -648,8 +664,8 @@ def run_grounding(ctx, opts: GroundingOptions | None = None) -> "TaskResult":
     gt = np.array([[q.start, q.end] for q in test], dtype=np.float64)
     info: dict[str, Any] = {"dataset": opts.dataset, "test_queries": len(test),
                             "skipped_annotations": skipped_test}
-    preds = [{"video_id": q.vid, "query": q.query, "gt": [q.start, q.end], "duration": q.duration}
-             for q in test]
+    preds = [{"video_id": q.vid, "query": q.query, "gt": [q.start, q.end], "duration": q.duration,
+              **({"qid": q.qid} if q.qid else {})} for q in test]
     metrics, files, used = zero_shot_figures(ctx, test, gt, opts, preds, info)
     info["missing_videos"] = sorted({test[k].vid for k in range(len(test)) if k not in set(used)})
 
@@ -687,5 +703,6 @@ __all__ = [
     "predict_score_maps", "GroundingQuery", "HeadData", "head_data", "TanConfig",
     "GroundingOptions", "load_grounding_queries", "zero_shot_grounding", "ZeroShotRanking", "flat_query_warning",
     "content_fallback_warning", "zero_shot_figures", "clip_saliency", "qvhighlights_submission",
+    "key_by_annotation_qid",
     "QVHIGHLIGHTS_SUBMISSION", "GROUNDING_WORDS", "ZERO_SHOT_SCORERS", "run_grounding",
 ]

@@ -188,6 +188,20 @@ def _ranked(sim: np.ndarray, vids: Sequence[str], top_k: int) -> list[dict]:
     return [{"top_videos": [vids[j] for j in row], "gt_rank": int(r)} for row, r in zip(order, gt_rank)]
 
 
+# The similarity files `evaluate` writes (`locvtp score retrieval` reads them), by figure prefix.
+SIMILARITY_FILES = {"retrieval": "retrieval_similarity.npz", "retrieval_allcap": "retrieval_allcap_similarity.npz",
+                    "retrieval_ft": "retrieval_ft_similarity.npz"}
+
+
+def similarity_arrays(sim: np.ndarray, video_ids: Sequence[str], rows: Sequence[tuple[str, str]]
+                      ) -> dict[str, np.ndarray]:
+    """A similarity file's arrays (:func:`locvtp.scoring.read_similarity`): the matrix as scored, its columns'
+    video ids, and each row's annotated (video, sentence)."""
+    return {"sim": np.asarray(sim), "video_ids": np.array(list(video_ids), dtype=str),
+            "query_video_ids": np.array([v for v, _ in rows], dtype=str),
+            "queries": np.array([c for _, c in rows], dtype=str)}
+
+
 def run_retrieval(ctx, opts: RetrievalOptions | None = None) -> "TaskResult":
     """Zero-shot text→video (and video→text) retrieval on the test split; optionally fine-tuned as well."""
     from locvtp.downstream.common import DownstreamError, TaskResult, prefixed
@@ -208,6 +222,7 @@ def run_retrieval(ctx, opts: RetrievalOptions | None = None) -> "TaskResult":
     metrics["chance_retrieval_R1"] = 100.0 / len(rows)
     metrics.update(prefixed("retrieval_v2t", retrieval_metrics(sim.T)))
     preds = [{"video_id": v, "query": c, **r} for (v, c), r in zip(rows, _ranked(sim, vids, opts.top_k_saved))]
+    arrays = {SIMILARITY_FILES["retrieval"]: similarity_arrays(sim, vids, rows)}
     info: dict[str, Any] = {"test_queries": len(data.test), "evaluated_queries": len(rows), "missing_videos": missing,
                             "skipped_annotations": data.skipped}
     if opts.all_captions:
@@ -218,6 +233,7 @@ def run_retrieval(ctx, opts: RetrievalOptions | None = None) -> "TaskResult":
             raise DownstreamError(f"retrieval.all_captions: every test video needs captions in "
                                   f"{ctx.data_dir}/retrieval/MSRVTT_data.json")
         sim_all = similarity(ctx.bank.texts([c for _, c in caps]).sentence, video_emb)
+        arrays[SIMILARITY_FILES["retrieval_allcap"]] = similarity_arrays(sim_all, vids, [(vids[k], c) for k, c in caps])
         multi = multi_caption_retrieval_metrics(sim_all, np.array([k for k, _ in caps]))
         metrics.update(prefixed("retrieval_allcap", multi["text_to_video"]))
         metrics.update(prefixed("retrieval_allcap_v2t", multi["video_to_text"]))
@@ -231,8 +247,9 @@ def run_retrieval(ctx, opts: RetrievalOptions | None = None) -> "TaskResult":
         sim_ft = similarity(ft.embed_texts(ctx.tokenizer, [c for _, c in rows], ctx.max_words),
                             ft.embed_videos(video_emb))
         metrics.update(prefixed("retrieval_ft", retrieval_metrics(sim_ft)))
+        arrays[SIMILARITY_FILES["retrieval_ft"]] = similarity_arrays(sim_ft, vids, rows)
         for p, r in zip(preds, _ranked(sim_ft, vids, opts.top_k_saved)):
             p["finetuned"] = r
         info.update(finetune_train_videos=len(train_vids), finetune_losses=[round(v, 5) for v in ft.losses],
                     finetune_config=asdict(fcfg))
-    return TaskResult("retrieval", metrics, preds, info)
+    return TaskResult("retrieval", metrics, preds, info, array_files=arrays)

@@ -19,20 +19,22 @@ from torch import nn
 
 from locvtp.downstream.common import run_single_threaded, torch_generator
 
-BACKGROUND = "background"
+from locvtp.scoring import BACKGROUND, SegVideo, frame_labels, read_coin_splits, segmentation_figures  # noqa: F401
+
+# The per-frame predictions `evaluate` writes: {"video_id", "frame_times" (clip centres, s), "pred" (labels)}.
+SEGMENTATION_PREDICTIONS = "segmentation_predictions.jsonl"
 
 
 def clip_labels(windows: np.ndarray, segments: Sequence[tuple[float, float, str]],
                 background: str = BACKGROUND) -> list[str]:
-    """The label of each clip: the segment containing the clip's centre (``start <= c < end``), else background.
+    """The label of each clip: the segment containing the clip's centre (``start <= c < end``), else background
+    (:func:`locvtp.scoring.frame_labels` at :func:`clip_centres`)."""
+    return frame_labels(clip_centres(windows), segments, background)
 
-    Segments that overlap (annotation errors) resolve to the one listed last, as a painter would.
-    """
-    centres = np.asarray(windows, dtype=np.float64).reshape(-1, 2).mean(axis=1)
-    out = np.full(centres.shape[0], background, dtype=object)
-    for start, end, label in segments:  # a handful of segments per video
-        out[(centres >= float(start)) & (centres < float(end))] = label
-    return [str(x) for x in out]
+
+def clip_centres(windows: np.ndarray) -> np.ndarray:
+    """``[T]`` centres (seconds) of ``[T, 2]`` clip windows: the times a clip's label is read at."""
+    return np.asarray(windows, dtype=np.float64).reshape(-1, 2).mean(axis=1)
 
 
 @dataclass
@@ -154,13 +156,6 @@ def train_probe(feats: Sequence[np.ndarray], labels: Sequence[Sequence[str]], cf
 
 
 @dataclass
-class SegVideo:
-    vid: str
-    duration: float
-    segments: list[tuple[float, float, str]]  # (start s, end s, label)
-
-
-@dataclass
 class SegmentationOptions:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     background: str = BACKGROUND
@@ -168,7 +163,7 @@ class SegmentationOptions:
 
 def run_segmentation(ctx, opts: SegmentationOptions | None = None) -> "TaskResult":
     """Train the probe on COIN's ``training`` subset (frozen features), evaluate on ``testing``."""
-    from locvtp.downstream.common import DownstreamError, TaskResult, prefixed
+    from locvtp.downstream.common import DownstreamError, TaskResult
     from locvtp.metrics import segmentation_metrics
 
     opts = opts or SegmentationOptions()
@@ -177,8 +172,9 @@ def run_segmentation(ctx, opts: SegmentationOptions | None = None) -> "TaskResul
         raise DownstreamError(f"COIN needs training and testing videos; found {len(train)} and {len(test)} "
                               f"under {ctx.data_dir}")
 
-    def gather(videos: Sequence[SegVideo]) -> tuple[list[np.ndarray], list[list[str]], list[str], list[str]]:
-        feats, labels, used, missing = [], [], [], []
+    def gather(videos: Sequence[SegVideo]) -> tuple[list[np.ndarray], list[list[str]], list[str], list[str],
+                                                    list[np.ndarray]]:
+        feats, labels, used, missing, times = [], [], [], [], []
         for v in videos:
             seq = ctx.bank.features(v.vid)
             if seq is None or len(seq.features) == 0:
@@ -187,18 +183,19 @@ def run_segmentation(ctx, opts: SegmentationOptions | None = None) -> "TaskResul
             feats.append(seq.features)
             labels.append(clip_labels(seq.windows, v.segments, opts.background))
             used.append(v.vid)
-        return feats, labels, used, missing
+            times.append(clip_centres(seq.windows))
+        return feats, labels, used, missing, times
 
-    x_tr, y_tr, _, miss_tr = gather(train)
-    x_te, y_te, used_te, miss_te = gather(test)
+    x_tr, y_tr, _, miss_tr, _ = gather(train)
+    x_te, y_te, used_te, miss_te, t_te = gather(test)
     if not x_tr or not x_te:
         raise DownstreamError(f"segmentation: no usable training or testing video (missing: {miss_tr + miss_te})")
     probe = train_probe(x_tr, y_tr, opts.probe, seed=ctx.seed, progress=ctx.progress)
     pred = [probe.predict(x) for x in x_te]
     m = segmentation_metrics(pred, y_te, background=opts.background)
-    metrics = prefixed("segmentation", {("acc" if k.lower() in ("acc", "accuracy") else
-                                         "edit" if k.lower() == "edit" else k): v for k, v in m.items()})
+    metrics = segmentation_figures(m)
     preds = [{"video_id": vid, "pred": p, "gt": g} for vid, p, g in zip(used_te, pred, y_te)]
+    lines = [{"video_id": vid, "frame_times": t.tolist(), "pred": p} for vid, t, p in zip(used_te, t_te, pred)]
     unseen = sorted({lab for y in y_te for lab in y} - set(probe.classes))
     # The floor a probe must beat: always predicting the most frequent training label (usually background).
     counts: dict[str, int] = {}
@@ -212,19 +209,11 @@ def run_segmentation(ctx, opts: SegmentationOptions | None = None) -> "TaskResul
             "skipped_annotations": skipped, "classes": probe.classes, "test_labels_unseen_in_training": unseen,
             "probe": asdict(opts.probe), "final_train_loss": probe.losses[-1] if probe.losses else None,
             "majority_label": majority, "majority_acc": majority_acc}
-    return TaskResult("segmentation", metrics, preds, info)
+    return TaskResult("segmentation", metrics, preds, info,
+                      prediction_files={SEGMENTATION_PREDICTIONS: lines})  # `locvtp score segmentation` reads it
 
 
 def load_coin(data_dir: str | Path, strict: bool = False, file: str = "COIN.json"
               ) -> tuple[list[SegVideo], list[SegVideo], list[dict]]:
-    """COIN under ``<data>/coin/`` via ``locvtp.data.formats``: (training videos, testing videos, skipped)."""
-    from locvtp.data import formats
-    from locvtp.downstream.common import bad_records
-
-    res = formats.read_coin(Path(data_dir) / "coin" / file, strict=strict)
-    split: dict[str, list[SegVideo]] = {"training": [], "testing": []}
-    for v in res.records:
-        if v.subset in split:
-            split[v.subset].append(SegVideo(v.video_id, float(v.duration) if v.duration else -1.0,
-                                            [(s.start, s.end, s.label) for s in v.segments]))
-    return split["training"], split["testing"], bad_records(res.skipped)
+    """COIN under ``<data>/coin/``: :func:`locvtp.scoring.read_coin_splits` (training, testing, skipped)."""
+    return read_coin_splits(Path(data_dir) / "coin" / file, strict)

@@ -13,7 +13,6 @@ Ground truth follows CrossTask's ``read_assignment``: with per-second features, 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,30 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from locvtp.downstream.common import DownstreamError
-
-
-def assignment_matrix(num_clips: int, num_steps: int, segments: Sequence[tuple[int, float, float]],
-                      stride_seconds: float = 1.0) -> np.ndarray:
-    """CrossTask ``read_assignment`` on a clip grid: ``segments`` = (1-based step, start s, end s) → uint8 ``[T, K]``.
-
-    Steps outside ``1..K`` raise ``ValueError`` (the caller names the file).
-    """
-    y = np.zeros((num_clips, num_steps), dtype=np.uint8)
-    for step, start, end in segments:
-        k = int(step) - 1
-        if not 0 <= k < num_steps:
-            raise ValueError(f"step {step} outside 1..{num_steps}")
-        lo = int(math.floor(float(start) / stride_seconds))
-        hi = int(math.ceil(float(end) / stride_seconds))
-        y[max(lo, 0):max(hi, 0), k] = 1
-    return y
-
-
-@dataclass
-class StepVideo:
-    task: str
-    vid: str
-    segments: list[tuple[int, float, float]]  # (1-based step, start s, end s)
+from locvtp.scoring import StepVideo, assignment_matrix, read_crosstask  # noqa: F401  (torch-free: locvtp score)
 
 
 def log_softmax_steps(scores: np.ndarray) -> np.ndarray:
@@ -59,6 +35,10 @@ def log_softmax_steps(scores: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     m = s.max(axis=1, keepdims=True)
     return s - (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))
+
+# The per-video predictions `evaluate` writes (`locvtp score steps` reads them): {"task", "video_id",
+# "num_clips", "clip_stride" (s), "step_clips" (the clip chosen for each of the task's steps, in order)}.
+STEPS_PREDICTIONS = "steps_predictions.jsonl"
 
 
 @dataclass
@@ -85,7 +65,7 @@ def run_steps(ctx, opts: StepsOptions | None = None) -> "TaskResult":
     step_emb = {t: ctx.bank.texts(steps) for t, steps in task_steps.items()}
     y_true: dict[str, dict[str, np.ndarray]] = {}
     y_pred: dict[str, dict[str, np.ndarray]] = {}
-    preds, missing, too_short = [], [], []
+    preds, missing, too_short, lines = [], [], [], []
     for v in tqdm(videos, desc="step localization", disable=not ctx.progress, leave=False):
         seq = ctx.bank.video(v.vid)
         if seq is None or len(seq.features) == 0:
@@ -104,6 +84,8 @@ def run_steps(ctx, opts: StepsOptions | None = None) -> "TaskResult":
         y_true.setdefault(v.task, {})[v.vid] = truth
         y_pred.setdefault(v.task, {})[v.vid] = pred
         chosen = pred.argmax(axis=0)
+        lines.append({"task": v.task, "video_id": v.vid, "num_clips": len(seq.features), "clip_stride": stride,
+                      "step_clips": chosen.tolist()})
         preds.append({"task": v.task, "video_id": v.vid,
                       "predicted_clip_per_step": chosen.tolist(),
                       "predicted_seconds_per_step": seq.windows[chosen].round(3).tolist(),
@@ -125,31 +107,11 @@ def run_steps(ctx, opts: StepsOptions | None = None) -> "TaskResult":
             "missing_videos": missing, "videos_shorter_than_their_steps": too_short, "skipped_annotations": skipped,
             "per_task_recall": {str(k): float(v) for k, v in result["per_task"].items()},
             "settings": {"alpha": opts.alpha, "normalize": opts.normalize}}
-    return TaskResult("steps", metrics, preds, info)
+    return TaskResult("steps", metrics, preds, info, prediction_files={STEPS_PREDICTIONS: lines})
 
 
 def load_crosstask(data_dir: str | Path, split: str = "val", strict: bool = False
                    ) -> tuple[dict[str, list[str]], list[StepVideo], list[dict]]:
-    """CrossTask under ``<data>/crosstask/`` via ``locvtp.data.formats``: the primary tasks' ordered step texts,
-    the annotated videos of ``split`` (val = ``videos_val.csv``, train = ``videos.csv``, all = both), and the
-    skipped records (a listed video without an annotation file is one: CrossTask evaluates annotated videos)."""
-    from locvtp.data import formats
-    from locvtp.downstream.common import bad_records
-
-    root = Path(data_dir) / "crosstask"
-    files = {"val": ["videos_val.csv"], "train": ["videos.csv"], "all": ["videos.csv", "videos_val.csv"]}
-    if split not in files:
-        raise ValueError(f"CrossTask split must be one of {sorted(files)}, got {split!r}")
-    tasks = formats.read_crosstask_tasks(root / "tasks_primary.txt", strict=strict)
-    task_map = {t.task_id: t for t in tasks.records}
-    skipped = bad_records(tasks.skipped)
-    listed = []
-    for name in files[split]:
-        res = formats.read_crosstask_videos(root / name, task_map, strict=strict)
-        listed += res.records
-        skipped += bad_records(res.skipped)
-    listed = list({(v.task_id, v.video_id): v for v in listed}.values())  # a video listed twice counts once
-    ann = formats.read_crosstask_annotations(root / "annotations", listed, task_map, strict=strict)
-    skipped += bad_records(ann.skipped)
-    videos = [StepVideo(a.task_id, a.video_id, [(s.step, s.start, s.end) for s in a.segments]) for a in ann.records]
-    return {t.task_id: list(t.steps) for t in tasks.records}, videos, skipped
+    """CrossTask under ``<data>/crosstask/``: :func:`locvtp.scoring.read_crosstask` (the primary tasks' ordered
+    step texts, the annotated videos of ``split``, the skipped records)."""
+    return read_crosstask(Path(data_dir) / "crosstask", split, strict)
