@@ -96,13 +96,14 @@ def _is_torchscript(path: Path) -> bool:
         any("/code/" in n or n.startswith("code/") for n in names)
 
 
-def read_weights(path: str | Path, backbone: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, how it was read) of ``--weights``; any problem is a one-line :class:`UsageError` naming the
-    file and what to download (:data:`WEIGHTS_HELP`)."""
+def read_weights(path: str | Path, backbone: str, what: str = "--weights") -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, how it was read) of ``--weights`` (or the config key ``what``, e.g. ``model.text.weights``);
+    any problem is a one-line :class:`UsageError` naming ``what``, the file and what to download
+    (:data:`WEIGHTS_HELP`)."""
     p = Path(path).expanduser()
     hint = f"download {WEIGHTS_HELP[backbone]}"
     if not p.is_file():
-        raise UsageError(f"--weights {p}: no such file; {hint}")
+        raise UsageError(f"{what} {p}: no such file; {hint}")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -113,17 +114,18 @@ def read_weights(path: str | Path, backbone: str) -> tuple[dict[str, torch.Tenso
         else:
             state, how = torch.load(p, map_location="cpu", weights_only=True), "state_dict"
     except Exception as exc:  # noqa: BLE001 - any reader failure is the file's
-        raise UsageError(f"--weights {p}: cannot read it as weights ({type(exc).__name__}: "
+        raise UsageError(f"{what} {p}: cannot read it as weights ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UsageError(f"--weights {p}: not a state dict (a mapping of tensors); {hint}")
+        raise UsageError(f"{what} {p}: not a state dict (a mapping of tensors); {hint}")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}, how
 
 
-def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, backbone: str) -> None:
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, backbone: str,
+               what: str = "--weights") -> None:
     """Strict load whose mismatch is one line naming the file, the keys and what to download."""
     from locvtp.model.video import VideoEncoderError, load_matching
 
@@ -136,7 +138,7 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Pa
         load_matching(module, state, path, backbone)
     except VideoEncoderError as exc:
         text = str(exc)
-        raise UsageError(f"--weights {text[:600]}{' …' if len(text) > 600 else ''}; expected "
+        raise UsageError(f"{what} {text[:600]}{' …' if len(text) > 600 else ''}; expected "
                          f"{WEIGHTS_HELP[backbone]}") from exc
 
 
@@ -275,7 +277,7 @@ def load_clip(weights: str | Path, arch: Optional[str] = None, activation: str =
             raise UsageError(f"--clip-arch {arch} but --weights {weights} holds {found.name}: give the weights of "
                              f"{arch} or leave --clip-arch out (it is read from the weights)")
     module = ClipVisual(found, activation)
-    _load_into(module, vis, Path(weights), "clip")
+    load_into(module, vis, Path(weights), "clip")
     module.eval().to(device)
     desc = f"clip {found.name} ({how}, {activation})"
     return StandardBackbone("clip", module, clip_protocol(found.image_size), desc, Path(weights),
@@ -295,7 +297,7 @@ def load_s3d(weights: str | Path, output: str = "embedding", device: str = "cpu"
     vid = video_state(state)
     embed = int(vid["fc.weight"].shape[0]) if "fc.weight" in vid else 512
     module = S3DG(embed)
-    _load_into(module, vid, Path(weights), "s3d")
+    load_into(module, vid, Path(weights), "s3d")
     module.eval().to(device)
     return StandardBackbone("s3d", module, S3D_PROTOCOL, f"s3d howto100m mil-nce ({how}, {output})", Path(weights),
                             file_sha256(Path(weights).expanduser()), output, device,
@@ -313,4 +315,4 @@ def load_standard_backbone(name: str, weights: str | Path, device: str = "cpu", 
 
 
 __all__ = ["BACKBONES", "Protocol", "S3D_PROTOCOL", "StandardBackbone", "WEIGHTS_HELP", "clip_protocol", "load_clip",
-           "load_s3d", "load_standard_backbone", "protocol_windows", "read_weights"]
+           "load_into", "load_s3d", "load_standard_backbone", "protocol_windows", "read_weights"]

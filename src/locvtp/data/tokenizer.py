@@ -71,6 +71,16 @@ class Tokenizer:
     def id_to_token(self, idx: int) -> Optional[str]:
         return self._backend.id_to_token(int(idx))
 
+    def word_token_id(self, word: str) -> Optional[int]:
+        """The id of ``word`` when it is one token of its own (WordPiece: ``the``; CLIP's BPE: ``the</w>``, not the
+        ``the`` that begins ``theatre``), else None (split into pieces, or unknown)."""
+        enc = _encode(self._backend, [word])[0]
+        ids = [i for i, special in zip(enc.ids, enc.special_tokens_mask) if not special]
+        unk = getattr(self._backend.model, "unk_token", None)
+        if len(ids) != 1 or (unk is not None and ids[0] == self._backend.token_to_id(unk)):
+            return None
+        return int(ids[0])
+
     # ---------------------------------------------------------------- encoding
     def _working(self, max_length: int) -> _HFTokenizer:
         if self._work is None:
@@ -139,7 +149,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: PathLike) -> "Tokenizer":
-        """Load a ``tokenizer.json``, a directory containing one, or a ``vocab.txt``-only BERT directory.
+        """Load a ``tokenizer.json``, a directory containing one, a ``vocab.txt``-only BERT directory, or CLIP's BPE
+        merges file (``bpe_simple_vocab_16e6.txt.gz``: :mod:`locvtp.data.clip_tokenizer`).
 
         Local files only (never the network). Raises ``FileNotFoundError`` / ``ValueError`` naming ``path``.
         """
@@ -149,6 +160,10 @@ class Tokenizer:
         if p.is_file():
             if p.name == "vocab.txt":
                 return _from_vocab_dir(p.parent, p)
+            from locvtp.data.clip_tokenizer import clip_tokenizer, is_merges_file
+
+            if is_merges_file(p):  # CLIP's bpe_simple_vocab_16e6.txt.gz
+                return clip_tokenizer(p)
             return _from_json(p)
         if (p / TOKENIZER_FILE).is_file():
             return _from_json(p / TOKENIZER_FILE)
@@ -209,7 +224,7 @@ def _find_pad_id(backend: _HFTokenizer, explicit: Optional[int], source) -> int:
         return int(explicit)
     if backend.padding is not None and backend.padding.get("pad_id") is not None:
         return int(backend.padding["pad_id"])
-    for tok in (PAD, "<pad>", "<PAD>"):
+    for tok in (PAD, "<pad>", "<PAD>", "<|endoftext|>"):  # the last: CLIP's (Hugging Face pads CLIP with it)
         i = backend.token_to_id(tok)
         if i is not None:
             return int(i)
