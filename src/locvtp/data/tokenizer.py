@@ -154,16 +154,16 @@ class Tokenizer:
 
         Local files only (never the network). Raises ``FileNotFoundError`` / ``ValueError`` naming ``path``.
         """
+        from locvtp.data.clip_tokenizer import clip_tokenizer, is_merges_file
+
         p = Path(path)
+        if is_merges_file(p) and not p.is_dir():  # CLIP's bpe_simple_vocab_16e6.txt.gz (a missing one: where from)
+            return clip_tokenizer(p)
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such tokenizer file or directory")
         if p.is_file():
             if p.name == "vocab.txt":
                 return _from_vocab_dir(p.parent, p)
-            from locvtp.data.clip_tokenizer import clip_tokenizer, is_merges_file
-
-            if is_merges_file(p):  # CLIP's bpe_simple_vocab_16e6.txt.gz
-                return clip_tokenizer(p)
             return _from_json(p)
         if (p / TOKENIZER_FILE).is_file():
             return _from_json(p / TOKENIZER_FILE)
