@@ -168,12 +168,12 @@ def _texts(seed, n=60):
 
 
 def test_matches_a_plain_reference_on_generated_text(tmp_path):
-    from locvtp.data.clip_tokenizer import clip_tokenizer
+    from locvtp.data.tokenizer import Tokenizer
 
     texts = _texts(0)
     merges = _learned_merges(texts, 60)
     assert len(merges) >= 40
-    tok = clip_tokenizer(_write_merges(tmp_path / "m.txt", merges, gz=False))
+    tok = Tokenizer.from_clip_merges(_write_merges(tmp_path / "m.txt", merges, gz=False))
     for t in texts + ["naïve café x-ray 2024 it's"]:
         enc = tok.encode_batch([t], max_length=200)[0]
         assert enc.ids == _reference_encode(t, merges), t
@@ -181,12 +181,12 @@ def test_matches_a_plain_reference_on_generated_text(tmp_path):
 
 def test_matches_hugging_faces_clip_tokenizer_and_reads_its_tokenizer_json(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from locvtp.data.clip_tokenizer import clip_tokenizer, clip_vocabulary
+    from locvtp.data.clip_tokenizer import clip_vocabulary
     from locvtp.data.tokenizer import Tokenizer
 
     texts = _texts(1)
     merges = _learned_merges(texts, 60)
-    ours = clip_tokenizer(_write_merges(tmp_path / "bpe.txt.gz", merges))
+    ours = Tokenizer.from_clip_merges(_write_merges(tmp_path / "bpe.txt.gz", merges))
     hf = transformers.CLIPTokenizer(vocab=clip_vocabulary(merges), merges=list(merges))
     for t in texts:
         assert ours.encode_batch([t], 200)[0].ids == hf(t)["input_ids"], t

@@ -14,7 +14,8 @@ openai/CLIP ``clip/simple_tokenizer.py`` and its ``bpe_simple_vocab_16e6.txt.gz`
 
 The file holds a version line then one merge per line (``a b``); CLIP's vocabulary uses its first 48,894 merges
 (49,152 − 256 − 2: 49,408 ids). The result is a :class:`~locvtp.data.tokenizer.Tokenizer` whose backend is a
-``tokenizers`` pipeline written from this description, so batches, truncation (the end token is kept), the corpus
+``tokenizers`` pipeline written from this description (:meth:`~locvtp.data.tokenizer.Tokenizer.from_clip_merges`,
+or ``Tokenizer.load`` of the file), so batches, truncation (the end token is kept), the corpus
 words mask and the checkpoint's ``tokenizer.json`` work as for every other tokenizer. An HF CLIP ``tokenizer.json``
 (e.g. of ``openai/clip-vit-base-patch32``) loads directly and gives the same ids.
 
@@ -32,7 +33,7 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from locvtp.data.tokenizer import Tokenizer, TokenizerError
+from locvtp.errors import TokenizerError
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,7 +48,7 @@ MERGES_HELP = ("CLIP's BPE merges bpe_simple_vocab_16e6.txt.gz from "
                "tokenizer.json of an HF CLIP model (e.g. https://huggingface.co/openai/clip-vit-base-patch32)")
 
 __all__ = ["CLIP_MERGES", "CONTEXT_LENGTH", "END_OF_WORD", "EOT", "MERGES_HELP", "PRETOKEN_PATTERN", "SOT",
-           "byte_chars", "clip_tokenizer", "clip_vocabulary", "is_merges_file", "read_merges"]
+           "byte_chars", "clip_backend", "clip_vocabulary", "is_merges_file", "read_merges"]
 
 
 def byte_chars() -> dict[int, str]:
@@ -120,9 +121,9 @@ def _backend(vocab: dict[str, int], merges: list[tuple[str, str]]) -> _HFTokeniz
     return tok
 
 
-def clip_tokenizer(path: PathLike, limit: int = CLIP_MERGES) -> Tokenizer:
-    """CLIP's tokenizer from the merges file ``path`` (its first ``limit`` merges; padding with ``<|endoftext|>``,
-    which the attention mask excludes, as Hugging Face's CLIP tokenizer pads)."""
+def clip_backend(path: PathLike, limit: int = CLIP_MERGES) -> tuple[_HFTokenizer, int]:
+    """(the ``tokenizers`` pipeline of the merges file ``path``'s first ``limit`` merges, the padding id: CLIP's
+    ``<|endoftext|>``). :meth:`locvtp.data.tokenizer.Tokenizer.from_clip_merges` wraps it."""
     merges = read_merges(path, limit)
     vocab = clip_vocabulary(merges)
-    return Tokenizer(_backend(vocab, merges), source=path, pad_token_id=vocab[EOT])
+    return _backend(vocab, merges), vocab[EOT]

@@ -18,13 +18,10 @@ from typing import Iterable, Optional, Sequence, Union
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from locvtp.errors import LocVTPError
+from locvtp.data.clip_tokenizer import clip_backend, is_merges_file
+from locvtp.errors import TokenizerError
 
 PathLike = Union[str, os.PathLike]
-
-
-class TokenizerError(LocVTPError, ValueError):
-    """A tokenizer file or a text cannot be used (the message names the file, or the text's index)."""
 
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -154,11 +151,9 @@ class Tokenizer:
 
         Local files only (never the network). Raises ``FileNotFoundError`` / ``ValueError`` naming ``path``.
         """
-        from locvtp.data.clip_tokenizer import clip_tokenizer, is_merges_file
-
         p = Path(path)
         if is_merges_file(p) and not p.is_dir():  # CLIP's bpe_simple_vocab_16e6.txt.gz (a missing one: where from)
-            return clip_tokenizer(p)
+            return cls.from_clip_merges(p)
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such tokenizer file or directory")
         if p.is_file():
@@ -172,6 +167,14 @@ class Tokenizer:
         present = sorted(x.name for x in p.iterdir())[:10]
         raise TokenizerError(f"{p}: not a tokenizer directory: expected {TOKENIZER_FILE} or vocab.txt "
                          f"(found: {', '.join(present) or 'nothing'})")
+
+    @classmethod
+    def from_clip_merges(cls, path: PathLike, limit: Optional[int] = None) -> "Tokenizer":
+        """CLIP's tokenizer from its BPE merges file (:mod:`locvtp.data.clip_tokenizer`; ``limit``: merges read,
+        default CLIP's 48,894), padded with ``<|endoftext|>`` (the attention mask excludes it), as Hugging Face
+        pads CLIP."""
+        backend, pad = clip_backend(path) if limit is None else clip_backend(path, limit)
+        return cls(backend, source=path, pad_token_id=pad)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, pad_token_id={self.pad_token_id}, source={self.source!r})"

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from .clip_transformer import ACTIVATIONS, HEAD_WIDTH, ClipTransformer, causal_mask, resblock_count
-from .common import Freezable
-from .text import TextEncoderError
+from .common import Freezable, TextEncoderError
 
 TEXT_TOP_KEYS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -136,7 +135,7 @@ class ClipTextEncoder(Freezable):
 def _load_weights(path: str, activation: str) -> ClipTextEncoder:
     """The tower of the weights file ``path`` (``model.text.weights``); one-line errors naming the key and file."""
     from locvtp.errors import UsageError
-    from locvtp.standard_features import WEIGHTS_HELP, load_into, read_weights
+    from .weights import WEIGHTS_HELP, load_into, read_weights
 
     state, _how = read_weights(path, "clip", what="model.text.weights")
     text = text_state(state)
@@ -157,7 +156,7 @@ def build_clip_text(tcfg: Any, load_pretrained: bool = True) -> ClipTextEncoder:
     if load_pretrained:
         if not tcfg.get("weights"):
             from locvtp.errors import UsageError
-            from locvtp.standard_features import WEIGHTS_HELP
+            from .weights import WEIGHTS_HELP
 
             raise UsageError(f"model.text.name=clip needs model.text.weights (a local CLIP weights file): download "
                              f"{WEIGHTS_HELP['clip']}")

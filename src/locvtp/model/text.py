@@ -18,12 +18,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .common import Freezable
-from locvtp.errors import LocVTPError
-
-
-class TextEncoderError(LocVTPError, ValueError):
-    """Bad text-encoder configuration or input (the message names the key or path)."""
+from .clip_text import build_clip_text
+from .common import Freezable, TextEncoderError
 
 
 POOLINGS = ("cls", "mean")
@@ -185,8 +181,6 @@ def build_text_encoder(tcfg: Any, load_pretrained: bool = True) -> nn.Module:
             tcfg.path, str(tcfg.pooling), bool(tcfg.freeze), bool(tcfg.allow_hub), from_config_only=not load_pretrained
         )
     if name == "clip":
-        from .clip_text import build_clip_text
-
         return build_clip_text(tcfg, load_pretrained)
     raise TextEncoderError(f"model.text.name must be one of {TEXT_ENCODERS}, got {name!r}")
 

@@ -159,7 +159,7 @@ def _check_clip_paths(cfg: Any, resuming: bool) -> None:
     """``model.text.name=clip``: the tower's weights (not re-read when resuming) and CLIP's tokenizer (a resumed run
     has its own), each a one-line error saying what to download and from where."""
     from locvtp.data.clip_tokenizer import MERGES_HELP
-    from locvtp.standard_features import WEIGHTS_HELP
+    from locvtp.model.weights import WEIGHTS_HELP
 
     t = cfg.model.text
     if not resuming:
