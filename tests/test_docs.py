@@ -51,7 +51,7 @@ EXPECTED_COMMAND_BLOCKS = {
     "README.md": 4,
     "docs/data.md": 1,
     "docs/evaluation.md": 3,
-    "docs/features.md": 1,
+    "docs/features.md": 2,
     "docs/method.md": 2,
     "docs/predictor.md": 3,
     "docs/results.md": 8,

@@ -64,7 +64,8 @@ class DataConfig:
 class VideoEncoderConfig:
     name: str = "tiny3d"  # tiny3d | c3d | features
     width: int = 32  # tiny3d base channels
-    in_dim: int = 512  # features: input width (e.g. 512 S3D, 4096 C3D, 2048 ResNet)
+    # features: input width (e.g. 512 S3D, 4096 C3D, 2048 ResNet); null = read from data.features by pretrain
+    in_dim: Optional[int] = None
     hidden: int = 512  # features: MLP width
     temporal_layers: int = 0  # transformer layers across clips (features and tiny3d)
     temporal_heads: int = 4
@@ -77,8 +78,13 @@ class VideoEncoderConfig:
 
 @dataclass
 class TextEncoderConfig:
-    name: str = "transformer"  # transformer | hf
+    name: str = "transformer"  # transformer | hf | clip
     path: Optional[str] = None  # hf: local directory of a BERT-family model (e.g. DistilBERT)
+    # clip: local CLIP weights (OpenAI .pt, open_clip .bin / .safetensors); its text tower's shape fills
+    # vocab_size, width, layers, heads, max_len (context length) and embed_dim (values given for them are replaced)
+    weights: Optional[str] = None
+    activation: str = "quick_gelu"  # clip: quick_gelu (OpenAI, open_clip *-quickgelu) | gelu (open_clip LAION)
+    embed_dim: Optional[int] = None  # clip: text_projection's output width (filled from the weights)
     vocab_size: int = 2000  # transformer: filled from the tokenizer by the trainer
     width: int = 128
     layers: int = 2
@@ -339,7 +345,9 @@ RULES: dict[str, tuple] = {
     "model.video.dropout": _PROBABILITY,
     "model.video.max_clips": _AT_LEAST_1,
     "model.video.norm": ("choice", "group", "batch"),
-    "model.text.name": ("choice", "transformer", "hf"),
+    "model.text.name": ("choice", "transformer", "hf", "clip"),
+    "model.text.activation": ("choice", "quick_gelu", "gelu"),
+    "model.text.embed_dim": _AT_LEAST_1,
     "model.text.vocab_size": _AT_LEAST_1,
     "model.text.width": _AT_LEAST_1,
     "model.text.layers": _AT_LEAST_1,

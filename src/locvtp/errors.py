@@ -28,6 +28,10 @@ class UsageError(LocVTPError, ValueError):
     exit_code = 2
 
 
+class TokenizerError(LocVTPError, ValueError):
+    """A tokenizer file or a text cannot be used (the message names the file, or the text's index)."""
+
+
 class OutputBusyError(LocVTPError, RuntimeError):
     """Another process holds the lock on the output this command was asked to write."""
 

@@ -49,7 +49,7 @@ def require_tokenizer(ckpt: Any, command: str = "this command") -> Any:
         raise InferenceError(f"{where}: the checkpoint has no tokenizer.json; {command} needs it to embed text "
                              "(copy the tokenizer.json of the run that trained it into the checkpoint directory)")
     tcfg = _text_cfg(ckpt)
-    if tcfg is not None and str(tcfg.get("name", "")) == "transformer" and tcfg.get("vocab_size"):
+    if tcfg is not None and str(tcfg.get("name", "")) in ("transformer", "clip") and tcfg.get("vocab_size"):
         want, have = int(tcfg["vocab_size"]), getattr(tok, "vocab_size", None)
         if have is not None and int(have) != want:
             # A tokenizer from another run maps words to ids this model never learned: every query would be

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -33,20 +32,9 @@ import torch
 
 from locvtp.errors import UsageError
 from locvtp.featurestore.record import ClipFeatures
+from locvtp.model.weights import WEIGHTS_HELP, load_into, read_weights  # noqa: F401  (re-exported)
 
 BACKBONES = ("clip", "s3d")
-
-# What a user downloads (the error names it; docs/features.md repeats it).
-WEIGHTS_HELP = {
-    "clip": ("OpenAI CLIP weights, e.g. ViT-B-32.pt from https://openaipublic.azureedge.net/clip/models/"
-             "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt (openai/CLIP "
-             "clip/clip.py _MODELS; ViT-B-16.pt, ViT-L-14.pt likewise), or an open_clip checkpoint "
-             "(open_clip_pytorch_model.bin / .safetensors)"),
-    "s3d": ("MIL-NCE's HowTo100M S3D weights s3d_howto100m.pth from "
-            "https://www.rocq.inria.fr/cluster-willow/amiech/howto100m/s3d_howto100m.pth "
-            "(antoine77340/S3D_HowTo100M README)"),
-}
-
 
 @dataclass(frozen=True)
 class Protocol:
@@ -83,61 +71,6 @@ def protocol_windows(duration: float, num_features: int, seconds: float) -> np.n
     """Windows ``[num_features, 2]``: feature ``k`` covers ``[k·s, (k+1)·s]`` clipped to the video."""
     starts = np.arange(num_features, dtype=np.float64) * seconds
     return np.stack([starts, np.minimum(starts + seconds, max(float(duration), 0.0))], axis=1)
-
-
-# ------------------------------------------------------------------------------------------------ weights
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive (OpenAI's ``ViT-B-32.pt``): a zip with ``code/`` and ``constants.pkl``."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names) and \
-        any("/code/" in n or n.startswith("code/") for n in names)
-
-
-def read_weights(path: str | Path, backbone: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, how it was read) of ``--weights``; any problem is a one-line :class:`UsageError` naming the
-    file and what to download (:data:`WEIGHTS_HELP`)."""
-    p = Path(path).expanduser()
-    hint = f"download {WEIGHTS_HELP[backbone]}"
-    if not p.is_file():
-        raise UsageError(f"--weights {p}: no such file; {hint}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state, how = load_file(str(p)), "safetensors"
-        elif _is_torchscript(p):
-            state, how = torch.jit.load(str(p), map_location="cpu").state_dict(), "torchscript"
-        else:
-            state, how = torch.load(p, map_location="cpu", weights_only=True), "state_dict"
-    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's
-        raise UsageError(f"--weights {p}: cannot read it as weights ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UsageError(f"--weights {p}: not a state dict (a mapping of tensors); {hint}")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}, how
-
-
-def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, backbone: str) -> None:
-    """Strict load whose mismatch is one line naming the file, the keys and what to download."""
-    from locvtp.model.video import VideoEncoderError, load_matching
-
-    own = module.state_dict()
-    for k in own:  # releases made before BatchNorm counted its batches carry no counter: it is not a weight
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = torch.zeros((), dtype=torch.long)
-    state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()}
-    try:
-        load_matching(module, state, path, backbone)
-    except VideoEncoderError as exc:
-        text = str(exc)
-        raise UsageError(f"--weights {text[:600]}{' …' if len(text) > 600 else ''}; expected "
-                         f"{WEIGHTS_HELP[backbone]}") from exc
 
 
 # ------------------------------------------------------------------------------------------------ backbones
@@ -275,7 +208,7 @@ def load_clip(weights: str | Path, arch: Optional[str] = None, activation: str =
             raise UsageError(f"--clip-arch {arch} but --weights {weights} holds {found.name}: give the weights of "
                              f"{arch} or leave --clip-arch out (it is read from the weights)")
     module = ClipVisual(found, activation)
-    _load_into(module, vis, Path(weights), "clip")
+    load_into(module, vis, Path(weights), "clip")
     module.eval().to(device)
     desc = f"clip {found.name} ({how}, {activation})"
     return StandardBackbone("clip", module, clip_protocol(found.image_size), desc, Path(weights),
@@ -295,7 +228,7 @@ def load_s3d(weights: str | Path, output: str = "embedding", device: str = "cpu"
     vid = video_state(state)
     embed = int(vid["fc.weight"].shape[0]) if "fc.weight" in vid else 512
     module = S3DG(embed)
-    _load_into(module, vid, Path(weights), "s3d")
+    load_into(module, vid, Path(weights), "s3d")
     module.eval().to(device)
     return StandardBackbone("s3d", module, S3D_PROTOCOL, f"s3d howto100m mil-nce ({how}, {output})", Path(weights),
                             file_sha256(Path(weights).expanduser()), output, device,
@@ -313,4 +246,4 @@ def load_standard_backbone(name: str, weights: str | Path, device: str = "cpu", 
 
 
 __all__ = ["BACKBONES", "Protocol", "S3D_PROTOCOL", "StandardBackbone", "WEIGHTS_HELP", "clip_protocol", "load_clip",
-           "load_s3d", "load_standard_backbone", "protocol_windows", "read_weights"]
+           "load_into", "load_s3d", "load_standard_backbone", "protocol_windows", "read_weights"]

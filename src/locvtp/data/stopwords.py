@@ -26,8 +26,11 @@ ENGLISH_STOPWORDS: tuple[str, ...] = (
 
 def stopword_ids(tokenizer: Any, words: tuple[str, ...] = ENGLISH_STOPWORDS) -> list[int]:
     """Token ids of the stop words that are whole tokens of ``tokenizer`` (sorted; words it splits or lacks are
-    skipped: their pieces are not stop words). ``tokenizer.token_to_id(str) -> int | None``."""
-    ids = {tokenizer.token_to_id(w) for w in words}
+    skipped: their pieces are not stop words). A whole word is what the tokenizer makes of the word alone
+    (``tokenizer.word_token_id``): for WordPiece the vocabulary entry ``the``, for CLIP's BPE ``the</w>`` (its
+    ``the`` is the start of ``theatre``); tokenizers without that method are asked ``token_to_id(str)``."""
+    whole = getattr(tokenizer, "word_token_id", None) or tokenizer.token_to_id
+    ids = {whole(w) for w in words}
     return sorted(int(i) for i in ids if i is not None)
 
 

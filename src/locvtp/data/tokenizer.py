@@ -18,13 +18,10 @@ from typing import Iterable, Optional, Sequence, Union
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from locvtp.errors import LocVTPError
+from locvtp.data.clip_tokenizer import clip_backend, is_merges_file
+from locvtp.errors import TokenizerError
 
 PathLike = Union[str, os.PathLike]
-
-
-class TokenizerError(LocVTPError, ValueError):
-    """A tokenizer file or a text cannot be used (the message names the file, or the text's index)."""
 
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -70,6 +67,16 @@ class Tokenizer:
 
     def id_to_token(self, idx: int) -> Optional[str]:
         return self._backend.id_to_token(int(idx))
+
+    def word_token_id(self, word: str) -> Optional[int]:
+        """The id of ``word`` when it is one token of its own (WordPiece: ``the``; CLIP's BPE: ``the</w>``, not the
+        ``the`` that begins ``theatre``), else None (split into pieces, or unknown)."""
+        enc = _encode(self._backend, [word])[0]
+        ids = [i for i, special in zip(enc.ids, enc.special_tokens_mask) if not special]
+        unk = getattr(self._backend.model, "unk_token", None)
+        if len(ids) != 1 or (unk is not None and ids[0] == self._backend.token_to_id(unk)):
+            return None
+        return int(ids[0])
 
     # ---------------------------------------------------------------- encoding
     def _working(self, max_length: int) -> _HFTokenizer:
@@ -139,11 +146,14 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: PathLike) -> "Tokenizer":
-        """Load a ``tokenizer.json``, a directory containing one, or a ``vocab.txt``-only BERT directory.
+        """Load a ``tokenizer.json``, a directory containing one, a ``vocab.txt``-only BERT directory, or CLIP's BPE
+        merges file (``bpe_simple_vocab_16e6.txt.gz``: :mod:`locvtp.data.clip_tokenizer`).
 
         Local files only (never the network). Raises ``FileNotFoundError`` / ``ValueError`` naming ``path``.
         """
         p = Path(path)
+        if is_merges_file(p) and not p.is_dir():  # CLIP's bpe_simple_vocab_16e6.txt.gz (a missing one: where from)
+            return cls.from_clip_merges(p)
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such tokenizer file or directory")
         if p.is_file():
@@ -157,6 +167,14 @@ class Tokenizer:
         present = sorted(x.name for x in p.iterdir())[:10]
         raise TokenizerError(f"{p}: not a tokenizer directory: expected {TOKENIZER_FILE} or vocab.txt "
                          f"(found: {', '.join(present) or 'nothing'})")
+
+    @classmethod
+    def from_clip_merges(cls, path: PathLike, limit: Optional[int] = None) -> "Tokenizer":
+        """CLIP's tokenizer from its BPE merges file (:mod:`locvtp.data.clip_tokenizer`; ``limit``: merges read,
+        default CLIP's 48,894), padded with ``<|endoftext|>`` (the attention mask excludes it), as Hugging Face
+        pads CLIP."""
+        backend, pad = clip_backend(path) if limit is None else clip_backend(path, limit)
+        return cls(backend, source=path, pad_token_id=pad)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, pad_token_id={self.pad_token_id}, source={self.source!r})"
@@ -209,7 +227,7 @@ def _find_pad_id(backend: _HFTokenizer, explicit: Optional[int], source) -> int:
         return int(explicit)
     if backend.padding is not None and backend.padding.get("pad_id") is not None:
         return int(backend.padding["pad_id"])
-    for tok in (PAD, "<pad>", "<PAD>"):
+    for tok in (PAD, "<pad>", "<PAD>", "<|endoftext|>"):  # the last: CLIP's (Hugging Face pads CLIP with it)
         i = backend.token_to_id(tok)
         if i is not None:
             return int(i)

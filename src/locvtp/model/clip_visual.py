@@ -11,25 +11,24 @@ weight`` …, ``ln_post``, ``proj``), so a state dict's ``visual.*`` entries loa
 ``VisionTransformer`` uses the same names for these architectures.
 
 Everything else is read from the state dict (width, patch, resolution, depth, output width), so any depth loads
-(tests use a two-layer tower); the heads are width / 64 as in every CLIP ViT. One thing a state dict cannot say
-is the MLP's activation: OpenAI's weights (and open_clip's ``*-quickgelu`` models) use QuickGELU
-(``x·sigmoid(1.702x)``), open_clip's LAION models without that suffix use exact GELU (``activation``).
+(tests use a two-layer tower); the heads are width / 64 as in every CLIP ViT. The residual blocks and the
+activation choice are :mod:`locvtp.model.clip_transformer`'s, shared with the text tower
+(:mod:`locvtp.model.clip_text`).
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .clip_transformer import ACTIVATIONS, HEAD_WIDTH, ClipTransformer, resblock_count
 
 # openai/CLIP clip/clip.py `_transform`: Normalize(mean, std) after ToTensor (pixels in [0, 1]).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-ACTIVATIONS = ("quick_gelu", "gelu")
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class ClipVisualArch:
 
     @property
     def heads(self) -> int:
-        return self.width // 64
+        return self.width // HEAD_WIDTH
 
     @property
     def name(self) -> str:
@@ -77,44 +76,10 @@ def arch_from_state(state: Mapping[str, torch.Tensor]) -> ClipVisualArch:
     conv = state["conv1.weight"]
     width, patch = int(conv.shape[0]), int(conv.shape[-1])
     grid = int(round(math.sqrt(int(state["positional_embedding"].shape[0]) - 1)))
-    blocks = {int(m.group(1)) for k in state for m in [re.match(r"transformer\.resblocks\.(\d+)\.", k)] if m}
-    if not blocks:
+    layers = resblock_count(state)
+    if not layers:
         raise ClipArchError("not a CLIP ViT image tower: no transformer.resblocks.N.* entries")
-    return ClipVisualArch(width, patch, grid * patch, max(blocks) + 1, int(state["proj"].shape[1]))
-
-
-class _QuickGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class _Block(nn.Module):
-    """Pre-LN residual block with upstream names (``ln_1``, ``attn``, ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``)."""
-
-    def __init__(self, width: int, heads: int, activation: str):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_2 = nn.LayerNorm(width)
-        act = _QuickGELU() if activation == "quick_gelu" else nn.GELU()
-        self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
-        self.mlp.add_module("gelu", act)
-        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class _Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, activation: str):
-        super().__init__()
-        self.resblocks = nn.Sequential(*[_Block(width, heads, activation) for _ in range(layers)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resblocks(x)
+    return ClipVisualArch(width, patch, grid * patch, layers, int(state["proj"].shape[1]))
 
 
 class ClipVisual(nn.Module):
@@ -128,7 +93,7 @@ class ClipVisual(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ClipArchError(f"CLIP activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if arch.width % 64:
+        if arch.width % HEAD_WIDTH:
             raise ClipArchError(f"CLIP ViT width {arch.width} is not a multiple of 64 (heads = width / 64)")
         self.arch, self.activation = arch, activation
         w, grid = arch.width, arch.image_size // arch.patch
@@ -136,7 +101,7 @@ class ClipVisual(nn.Module):
         self.class_embedding = nn.Parameter(torch.randn(w) * w ** -0.5)
         self.positional_embedding = nn.Parameter(torch.randn(grid * grid + 1, w) * w ** -0.5)
         self.ln_pre = nn.LayerNorm(w)
-        self.transformer = _Transformer(w, arch.layers, arch.heads, activation)
+        self.transformer = ClipTransformer(w, arch.layers, arch.heads, activation)
         self.ln_post = nn.LayerNorm(w)
         self.proj = nn.Parameter(torch.randn(w, arch.out_dim) * w ** -0.5)
         self.out_dim = arch.out_dim

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from locvtp.errors import LocVTPError
+
+
+class TextEncoderError(LocVTPError, ValueError):
+    """Bad text-encoder configuration or input (the message names the key or path)."""
+
 
 class Freezable(nn.Module):
     """``freeze()``: no gradients, always eval mode (no dropout, BatchNorm statistics fixed), and the encoders run

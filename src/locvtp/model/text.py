@@ -4,6 +4,8 @@
   (pad id 0, CLS first).
 - ``hf``: any BERT-family model from a **local directory** (DistilBERT as the authors used), under the ``[hf]``
   extra. Hub names are refused unless ``allow_hub`` is set: a typo in a path must not silently download.
+- ``clip``: CLIP's text tower from a local OpenAI / open_clip weights file (:mod:`locvtp.model.clip_text`), with
+  CLIP's BPE tokenizer (``data.tokenizer``, :mod:`locvtp.data.clip_tokenizer`).
 
 Word features are the last hidden states; the sentence feature is the CLS state or the masked mean
 (``pooling``). Masks are boolean internally and cast at the HF boundary.
@@ -16,12 +18,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .common import Freezable
-from locvtp.errors import LocVTPError
-
-
-class TextEncoderError(LocVTPError, ValueError):
-    """Bad text-encoder configuration or input (the message names the key or path)."""
+from .clip_text import build_clip_text
+from .common import Freezable, TextEncoderError
 
 
 POOLINGS = ("cls", "mean")
@@ -163,11 +161,12 @@ class HFTextEncoder(Freezable):
         return h, pool_sentence(h, mask, self.pooling)
 
 
-TEXT_ENCODERS = ("transformer", "hf")
+TEXT_ENCODERS = ("transformer", "hf", "clip")
 
 
 def build_text_encoder(tcfg: Any, load_pretrained: bool = True) -> nn.Module:
-    """Build from ``cfg.model.text``. ``load_pretrained=False`` builds the HF architecture from its config only."""
+    """Build from ``cfg.model.text``. ``load_pretrained=False`` builds the HF architecture from its config only, and
+    the CLIP tower from the shape the config recorded when its weights were read (which fills ``cfg.model.text``)."""
     name = tcfg.name
     if name == "transformer":
         enc: nn.Module = TransformerTextEncoder(
@@ -181,6 +180,8 @@ def build_text_encoder(tcfg: Any, load_pretrained: bool = True) -> nn.Module:
         return HFTextEncoder(
             tcfg.path, str(tcfg.pooling), bool(tcfg.freeze), bool(tcfg.allow_hub), from_config_only=not load_pretrained
         )
+    if name == "clip":
+        return build_clip_text(tcfg, load_pretrained)
     raise TextEncoderError(f"model.text.name must be one of {TEXT_ENCODERS}, got {name!r}")
 
 

@@ -357,6 +357,9 @@ def build_video_encoder(vcfg: Any, load_pretrained: bool = True) -> nn.Module:
             cnn.load_pretrained(vcfg.pretrained)
         enc: nn.Module = PixelVideoEncoder(cnn, **common)
     elif name == "features":
+        if vcfg.get("in_dim") is None:
+            raise VideoEncoderError("model.video.name=features needs model.video.in_dim (the feature width; "
+                                    "`locvtp pretrain` reads it from data.features when it is not given)")
         enc = FeatureVideoEncoder(int(vcfg.in_dim), int(vcfg.hidden), **common)
     else:
         raise VideoEncoderError(f"model.video.name must be one of {VIDEO_ENCODERS}, got {name!r}")

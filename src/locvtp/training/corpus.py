@@ -808,6 +808,11 @@ def fixed_tokenizer(cfg: Any) -> Any:
         return Tokenizer.load(os.path.expanduser(str(cfg.data.tokenizer)))
     if cfg.model.text.name == "hf" and cfg.model.text.get("path"):
         return Tokenizer.load(os.path.expanduser(str(cfg.model.text.path)))
+    if cfg.model.text.name == "clip":  # CLIP's tower reads CLIP's BPE ids only: no corpus WordPiece
+        from locvtp.config import ConfigError
+        from locvtp.data.clip_tokenizer import MERGES_HELP
+
+        raise ConfigError(f"model.text.name=clip needs data.tokenizer; download {MERGES_HELP}")
     return None
 
 

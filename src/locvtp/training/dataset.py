@@ -260,6 +260,10 @@ def _feature_source(cfg: Any, prepared: Any, data_paths: DataPaths, used: np.nda
         known = {vid_names[k]: (int(rows["rows"][k]), int(rows["dim"][k])) for k in np.nonzero(used)[0]}
     source = FeatureSource(data_paths.features, float(d.clip_seconds), d.feature_stride,
                            video_ids=vids, known_lengths=known)
+    if cfg.model.video.name == "features" and cfg.model.video.get("in_dim") is None:
+        if not source.dim:
+            raise ConfigError(f"data.features: {source.path} does not say its feature width; set model.video.in_dim")
+        cfg.model.video.in_dim = int(source.dim)  # inferred from the store (its header / meta.json), kept by the run
     in_dim = int(cfg.model.video.in_dim) if cfg.model.video.name == "features" else None
     if in_dim is not None and source.dim and source.dim != in_dim:
         raise ConfigError(f"data.features: {source.path} holds {source.dim}-d features but "

@@ -40,6 +40,12 @@ FREE_KEYS = frozenset({
 # Fixed by the checkpoint: the vocabulary comes from its tokenizer, every weight from its weights (the backbone file
 # the run started from is not read again, and the run keeps the record of it).
 KEPT_KEYS = ("model.text.vocab_size", "model.video.pretrained")
+# Filled at the run's start from its inputs when the config leaves them unset (null): the feature width read from
+# data.features; with model.text.name=clip, the text tower's shape read from model.text.weights (the run's values
+# are kept; the weights file is not read again).
+FILLED_KEYS = ("model.video.in_dim",)
+CLIP_TEXT_KEYS = ("model.text.width", "model.text.layers", "model.text.heads", "model.text.max_len",
+                  "model.text.embed_dim")
 
 __all__ = ["FREE_KEYS", "KEPT_KEYS", "allowed_names", "check_resume_settings", "flat_settings", "resume_config",
            "saved_settings"]
@@ -114,6 +120,15 @@ def _check_optimizer_layout(saved: DictConfig, cfg: DictConfig) -> None:
                           f"{'at 1' if a == 1.0 else 'other than 1'}")
 
 
+def _kept_keys(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """:data:`KEPT_KEYS`, the :data:`FILLED_KEYS` ``cfg`` leaves unset and, for a CLIP text tower kept as such,
+    :data:`CLIP_TEXT_KEYS`."""
+    keys = list(KEPT_KEYS) + [k for k in FILLED_KEYS if OmegaConf.select(cfg, k, default=None) is None]
+    if OmegaConf.select(saved, "model.text.name") == "clip" and OmegaConf.select(cfg, "model.text.name") == "clip":
+        keys += CLIP_TEXT_KEYS
+    return keys
+
+
 def check_resume_settings(cfg: DictConfig, ckpt: Path, run: Path, allow: Sequence[str] = (),
                           announce: bool = True) -> tuple[DictConfig, Optional[str]]:
     """``cfg`` for resuming from ``ckpt``, checked against the run's own saved settings: a change that is neither
@@ -124,7 +139,7 @@ def check_resume_settings(cfg: DictConfig, ckpt: Path, run: Path, allow: Sequenc
 
     saved, missing = saved_settings(ckpt)
     cfg = cfg.copy()
-    for key in KEPT_KEYS:
+    for key in _kept_keys(saved, cfg):
         OmegaConf.update(cfg, key, OmegaConf.select(saved, key), merge=False)
     old, new = flat_settings(saved), flat_settings(cfg)
     changes = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]

@@ -155,6 +155,24 @@ def existing_path(key: str, value: Any) -> Path:
     return p
 
 
+def _check_clip_paths(cfg: Any, resuming: bool) -> None:
+    """``model.text.name=clip``: the tower's weights (not re-read when resuming) and CLIP's tokenizer (a resumed run
+    has its own), each a one-line error saying what to download and from where."""
+    from locvtp.data.clip_tokenizer import MERGES_HELP
+    from locvtp.model.weights import WEIGHTS_HELP
+
+    t = cfg.model.text
+    if not resuming:
+        if not t.weights or not Path(os.path.expanduser(str(t.weights))).is_file():
+            what = f"model.text.weights: {t.weights} is not a file" if t.weights else \
+                "model.text.name=clip needs model.text.weights"
+            raise ConfigError(f"{what}; download {WEIGHTS_HELP['clip']}")
+        tok = cfg.data.get("tokenizer")
+        if not tok or not Path(os.path.expanduser(str(tok))).exists():
+            what = f"data.tokenizer: {tok} does not exist" if tok else "model.text.name=clip needs data.tokenizer"
+            raise ConfigError(f"{what}; download {MERGES_HELP}")
+
+
 def check_model_paths(cfg: Any, resuming: bool) -> None:
     """The files the model is built from exist (before any data is read). A resumed run takes every weight from
     its checkpoint, so ``model.video.pretrained`` is not needed then; ``model.text.path`` still is (the HF
@@ -165,6 +183,8 @@ def check_model_paths(cfg: Any, resuming: bool) -> None:
         if not p.is_file():
             raise ConfigError(f"model.video.pretrained: {p} is not a file (expected a .safetensors or torch state "
                               "dict)")
+    if t.name == "clip":
+        _check_clip_paths(cfg, resuming)
     if t.name == "hf":
         if not t.path:
             raise ConfigError("model.text.name=hf needs model.text.path (a local directory of a BERT-family model)")

@@ -266,6 +266,7 @@ def _build_net(cfg: Any, dist: Dist, resuming: bool):
 
     torch.manual_seed(int(cfg.seed))
     model = LocVTP.from_config(cfg, load_pretrained=not resuming)
+    cfg.model.text = model.config.text  # model.text.name=clip: the tower's shape, read from its weights
     objective = LocVTPObjective.from_config(cfg.objective, dim=int(cfg.model.dim), num_clips=int(cfg.data.num_clips))
     net = Pretrainer(model, objective).to(dist.device)
     torch.manual_seed(int(cfg.seed) + dist.rank)  # same init everywhere, but each rank its own dropout masks
@@ -354,6 +355,10 @@ def start_run(cfg: Any, run: Path, resume: Optional[Union[str, Path]], strict: b
     seed_everything(int(cfg.seed))
     tokenizer, data, bad_log = _prepare_data(cfg, run, dist, resume_from, strict, progress)
     model, objective, net, optimizer, scheduler = _build_net(cfg, dist, resuming=resume_from is not None)
+    if cfg.model.text.name == "clip":
+        from locvtp.model.clip_text import check_clip_tokenizer
+
+        check_clip_tokenizer(tokenizer, int(cfg.model.text.vocab_size))
     step = 0
     if resume_from is not None:
         step = _restore(resume_from, model, objective, optimizer, scheduler, dist, run)
