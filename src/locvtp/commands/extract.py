@@ -110,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def merge_main(argv: list[str] | None = None) -> int:
-    p = cliargs.ArgumentParser(prog="locvtp merge", description="Merge per-rank HDF5 feature shards "
-                               "(`locvtp extract` under torchrun) into one file.")
-    p.add_argument("shards", nargs="+", help="shard files or glob patterns (e.g. 'feats.rank*.h5')")
-    p.add_argument("--out", required=True)
-    p.add_argument("--failures", default=None, help="merged failures file (default <out stem>.failures.jsonl)")
+    p = cliargs.ArgumentParser(prog="locvtp merge", description="Merge the feature stores of `locvtp extract "
+                               "--shard I/N` jobs or torchrun ranks: HDF5 files into one file, npy-dir / npz-dir "
+                               "directories into one directory.")
+    p.add_argument("shards", nargs="+", help="shard files / directories or glob patterns (e.g. 'feats.rank*.h5', "
+                   "'feats.shard*-of-8.h5', 'feats.shard*-of-8')")
+    p.add_argument("--out", required=True, help="the merged .h5 file (h5 shards) or directory (directory shards)")
+    p.add_argument("--failures", default=None, help="merged failures file (default <out stem>.failures.jsonl; "
+                   "directories: OUT/failures.jsonl)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out (only a feature file `locvtp extract`/`merge` wrote)")
     p.add_argument("--no-progress", action="store_true")
