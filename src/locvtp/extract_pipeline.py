@@ -4,8 +4,8 @@ Why a pipeline: one process that decodes a video, then encodes it, leaves a core
 model forward on one short video's clips is a small, slow batch. Here
 
 * worker processes (a :class:`torch.utils.data.DataLoader` over :class:`ClipChunks`, ``num_workers`` =
-  ``--workers``) probe and decode videos with PyAV while the main process encodes: worker *w* takes every
-  *W*-th video, so a video is decoded by one worker, in order;
+  ``--workers``) probe and decode videos with PyAV while the main process encodes: clip range *k* of video *i*
+  is worker ``(i + k) mod W``'s, so short videos go round the workers and one long video keeps all of them busy;
 * a long video is cut into clip ranges (:func:`chunk_clips`: at most ``CHUNK_BYTES`` of decoded pixels each,
   decoded with a seek to the range), and the loader keeps ``PREFETCH`` chunks per worker in flight: memory is
   bounded whatever the video lengths;
@@ -47,7 +47,7 @@ class ClipChunks(torch.utils.data.IterableDataset):
     """Videos -> records of at most ``chunk`` consecutive decoded clips (run in the loader's workers).
 
     A record is a dict: ``index`` (of the video in ``items``), ``start`` (its first clip), ``total`` (the
-    video's clips), ``clips`` uint8 ``[n, F, S, S, 3]``, ``windows`` ``[n, 2]``, ``fps``, ``duration``; or, for a
+    video's clips), ``clips`` uint8 ``[n, F, S, S, 3]`` (numpy), ``windows`` ``[n, 2]``, ``fps``, ``duration``; or, for a
     video that cannot be read, ``index`` and ``error`` (the reason, as the failures file writes it). After a
     failure record no further chunk of that video follows."""
 
@@ -58,13 +58,15 @@ class ClipChunks(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        for index in range(wid, len(self.items), nw):
-            yield from self._video(index)
+        for index in range(len(self.items)):
+            yield from self._video(index, wid, nw)
 
-    def _video(self, index: int) -> Iterator[dict[str, Any]]:
+    def _video(self, index: int, wid: int, nw: int) -> Iterator[dict[str, Any]]:
+        """The ranges of one video this worker decodes: range k of video i is worker (i + k) mod W's, so one long
+        video keeps every worker busy (each worker probes every video: a header read, cheap next to decoding)."""
         from locvtp.data import video as V
 
-        p, path = self.prep, self.items[index].path
+        p, path, first = self.prep, self.items[index].path, index % nw == wid
         try:
             info = V.probe_video(path)
             windows = np.asarray(V.sliding_windows(float(info.duration), p.clip_seconds, p.stride_seconds),
@@ -72,17 +74,18 @@ class ClipChunks(torch.utils.data.IterableDataset):
             if windows.shape[0] == 0:
                 raise ValueError("no clips: the video has no decodable frames")
         except self.errors as exc:
-            yield {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+            if first:  # the worker of range 0 reports a video that cannot be read
+                yield {"index": index, "error": f"{type(exc).__name__}: {exc}"}
             return
         total = int(windows.shape[0])
-        for lo in range(0, total, self.chunk):
+        for lo in range((wid - index) % nw * self.chunk, total, self.chunk * nw):
             w = windows[lo:lo + self.chunk]
             try:
                 clips = V.decode_windows(path, w, p.frames_per_clip, p.frame_size, jitter=False, rng=None)
             except self.errors as exc:
                 yield {"index": index, "error": f"{type(exc).__name__}: {exc}"}
                 return
-            yield {"index": index, "start": lo, "total": total, "clips": torch.from_numpy(np.asarray(clips)),
+            yield {"index": index, "start": lo, "total": total, "clips": np.asarray(clips),
                    "windows": w, "fps": float(info.fps), "duration": float(info.duration)}
 
 
@@ -92,7 +95,11 @@ def _worker_init(_: int) -> None:
 
 
 def chunk_loader(dataset: ClipChunks, workers: int, pin: bool) -> torch.utils.data.DataLoader:
-    """The loader of ``dataset`` (records one by one, not collated); ``workers`` = 0 decodes in this process."""
+    """The loader of ``dataset`` (records one by one, not collated); ``workers`` = 0 decodes in this process.
+
+    The records hold numpy arrays, not tensors, on purpose: they travel pickled through the workers' pipes
+    instead of torch's shared-memory files, so a small ``/dev/shm`` (Docker's 64 MB default) or a file-size
+    limit cannot lose a record in the queue's feeder thread -- which leaves the loader waiting forever."""
     kw: dict[str, Any] = {}
     if workers > 0:
         kw = {"prefetch_factor": PREFETCH, "worker_init_fn": _worker_init, "persistent_workers": False}
@@ -242,16 +249,24 @@ class Pipeline:
         states: dict[int, _Video] = {}
         sample = torch.empty((p.frames_per_clip, p.frame_size, p.frame_size, 3), dtype=torch.uint8)
         packer = _Packer(self.encoder, self.batch, sample, pin)
+        failed: set[int] = set()  # a video is failed once, whichever worker's range failed first
         try:
             for rec in it:
-                if "error" in rec:
-                    self._fail(todo[int(rec["index"])], str(rec["error"]), states.pop(int(rec["index"]), None),
-                               writer, writes, tick)
+                idx = int(rec["index"])
+                if idx in failed:
                     continue
-                for video in packer.add(video_state(rec, states), int(rec["start"]), rec["clips"]):
+                if "error" in rec:
+                    failed.add(idx)
+                    self._fail(todo[idx], str(rec["error"]), states.pop(idx, None), writer, writes, tick)
+                    continue
+                clips = torch.from_numpy(rec["clips"])
+                for video in packer.add(video_state(rec, states), int(rec["start"]), clips):
                     self._write(todo, states, video, writer, writes, tick, flush_due)
             for video in packer.flush():
                 self._write(todo, states, video, writer, writes, tick, flush_due)
+            for idx, video in sorted(states.items()):  # cannot happen unless a worker's probe disagreed
+                self._fail(todo[idx], "OSError: decoding ended before every clip range arrived", video, writer,
+                           writes, tick)
         finally:
             shutdown = getattr(it, "_shutdown_workers", None)
             if shutdown is not None:  # now, not when a traceback releases the iterator
