@@ -110,6 +110,10 @@ CASES = [
     # ---- extract: ranges (case 8) -----------------------------------------------------------------------
     ("extract-batch-clips-0", lambda w: ext(w, "--batch-clips", "0"), 2, ["--batch-clips"]),
     ("extract-decode-workers-0", lambda w: ext(w, "--decode-workers", "0"), 2, ["--decode-workers"]),
+    ("extract-workers-negative", lambda w: ext(w, "--workers", "-1"), 2, ["--workers"]),
+    ("extract-shard-out-of-range", lambda w: ext(w, "--shard", "3/3"), 2, ["--shard", "0 <= I < N", "'3/3'"]),
+    ("extract-shard-not-i-of-n", lambda w: ext(w, "--shard", "3"), 2, ["--shard", "I/N"]),
+    ("extract-amp-unknown", lambda w: ext(w, "--amp", "fp8"), 2, ["--amp", "fp8"]),
     ("extract-threads-negative", lambda w: ext(w, "--threads", "-1"), 2, ["--threads"]),
     ("extract-flush-every-negative", lambda w: ext(w, "--flush-every", "-1"), 2, ["--flush-every"]),
     ("extract-flush-seconds-negative", lambda w: ext(w, "--flush-seconds", "-5"), 2, ["--flush-seconds"]),
@@ -176,6 +180,8 @@ CASES = [
     # ---- merge (case 3) --------------------------------------------------------------------------------
     ("merge-no-match", lambda w: ["merge", "--out", w.root / "m.h5", str(w.root / "nothing*.h5")], 2,
      ["nothing*.h5"]),
+    ("merge-file-and-directory-shards", lambda w: ["merge", "--out", w.root / "m.h5", w.feats, w.root], 2,
+     ["f.h5", "is a file but other shards are directories"]),
     ("merge-missing-shard", lambda w: ["merge", "--out", w.root / "m.h5", w.root / "gone.h5"], 1, ["gone.h5"]),
     ("merge-out-is-input", lambda w: ["merge", "--out", w.feats, w.feats], 2, ["--out", "f.h5", "input"]),
     ("merge-out-exists", lambda w: ["merge", "--out", w.userfile, w.feats], 2, ["--out", "notes.txt", "--overwrite"]),

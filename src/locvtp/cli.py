@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("locvtp.commands.evaluate:main", "retrieval | grounding | steps | segmentation | all"),
     "score": ("locvtp.commands.score:main", "metrics of a predictions file against its annotations (no model needed)"),
     "extract": ("locvtp.commands.extract:main", "clip features of videos to HDF5 / npy-dir / npz-dir"),
-    "merge": ("locvtp.commands.extract:merge_main", "merge per-rank HDF5 feature shards"),
+    "merge": ("locvtp.commands.extract:merge_main", "merge feature shards (--shard jobs, torchrun ranks)"),
     "ground": ("locvtp.commands.ground:main", "zero-shot grounding of a sentence in one video"),
     "index": ("locvtp.commands.search:index_main", "build a moment-search index over clip features"),
     "search": ("locvtp.commands.search:search_main", "search a corpus index for moments matching a query"),

@@ -51,6 +51,7 @@ merge --out feats.h5 feats.rank*.h5`` joins the shards. No process group is need
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,6 +95,28 @@ def rank_path(out: Path, fmt: str, rank: int, world: int) -> Path:
     if world <= 1 or fmt != "h5":
         return out
     return out.with_name(f"{out.stem}.rank{rank}{out.suffix or '.h5'}")
+
+
+def shard_of(video_id: str, count: int) -> int:
+    """The shard (of ``count``) a video belongs to: a hash of its id, so every job of an array agrees without
+    talking to the others, whatever order or machine lists the videos (not Python's salted ``hash``)."""
+    return int.from_bytes(hashlib.sha1(video_id.encode("utf-8")).digest()[:8], "big") % count
+
+
+def shard_path(out: Path, fmt: str, shard: Optional[tuple[int, int]]) -> Path:
+    """``--shard I/N``'s own store: ``feats.h5`` -> ``feats.shard3-of-8.h5``, ``DIR`` -> ``DIR.shard3-of-8``."""
+    if shard is None:
+        return out
+    tag = f"shard{shard[0]}-of-{shard[1]}"
+    if fmt == "h5":
+        return out.with_name(f"{out.stem}.{tag}{out.suffix or '.h5'}")
+    return out.with_name(f"{out.name}.{tag}")
+
+
+def _lists_skipped(args: argparse.Namespace, rank: int) -> bool:
+    """The inputs skipped while listing are every shard's and rank's: the first one's failures file lists them."""
+    shard = getattr(args, "shard", None)
+    return rank == 0 and (shard is None or shard[0] == 0)
 
 
 def default_failures_path(out: Path, fmt: str, rank: int = 0, world: int = 1) -> Path:
@@ -250,7 +273,7 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
     t_start = time.perf_counter()
     device = resolve_device(args.device)
     # -- outputs: apart from the inputs, locked for the whole run (nothing is written before both hold) ------
-    out = rank_path(Path(args.out), args.format, rank, world)
+    out = rank_path(shard_path(Path(args.out), args.format, getattr(args, "shard", None)), args.format, rank, world)
     # h5: next to this rank's file (feats.rank3.failures.jsonl, which `merge` picks up); dirs: per-rank name inside
     failures_path = Path(args.failures) if args.failures else default_failures_path(out, args.format, rank, world)
     if args.failures and world > 1:
@@ -287,6 +310,7 @@ class _Steps:
     load: Callable[[VideoItem], Any]
     encode: Callable[[VideoItem, Any], ClipFeatures]
     limit: Any
+    pipeline: Any = None  # a pixel checkpoint's locvtp.extract_pipeline.Pipeline (else the per-video loop)
 
 
 def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: int, world: int, device: str,
@@ -296,6 +320,9 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
     items = steps.items
     if not items:  # before any output exists: an empty store with exit 0 would hide the mistake
         raise no_videos_error(args.videos, steps.problems)
+    shard = getattr(args, "shard", None)
+    if shard is not None:
+        items = [it for it in items if shard_of(it.video_id, shard[1]) == shard[0]]
     if world > 1:
         items = items[rank::world]
 
@@ -317,8 +344,9 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
     try:
         with steps.limit, writing(out, "--out", note=f"the videos finished so far are kept in {kept}: "
                                   "rerun to resume"):  # (inputs' OS errors are recorded in the loop)
-            return _extract_loop(args, writer, items, steps.problems, out, failures_path, rank, world, steps,
-                                 t_start, progress)
+            loop = _pipeline_loop if steps.pipeline is not None else _extract_loop
+            return loop(args, writer, items, steps.problems, out, failures_path, rank, world, steps, t_start,
+                        progress)
     finally:
         if isinstance(writer, DirWriter):
             writer.close()
@@ -366,7 +394,20 @@ def _predictor_steps(args: argparse.Namespace, device: str) -> _Steps:
         return ClipFeatures(it.video_id, e.backbone if backbone else e.features, e.windows, data.fps,
                             data.duration)
 
-    return _Steps(_settings(pred, args), items, problems, load, encode, pred.thread_limit())
+    pipe = None
+    if pixels:
+        from locvtp.extract_pipeline import Pipeline
+        from locvtp.inference import ClipBatchEncoder
+
+        pipe = Pipeline(ClipBatchEncoder(pred.model, pred.device, backbone, getattr(args, "amp", None)), prep, batch,
+                        decode_workers(args), backbone, bool(args.strict), RECORDED_ERRORS)
+    return _Steps(_settings(pred, args), items, problems, load, encode, pred.thread_limit(), pipe)
+
+
+def decode_workers(args: argparse.Namespace) -> int:
+    """``--workers`` (``--decode-workers``, its former name, wins when given)."""
+    old = getattr(args, "decode_workers", None)
+    return int(old if old is not None else getattr(args, "workers", 1))
 
 
 # S3D forwards 30 frames of 224² per feature: a smaller default batch keeps a CPU run's memory near 1 GB.
@@ -425,7 +466,7 @@ def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem],
 
     bar = tqdm(total=len(todo), desc=f"extract{f' rank {rank}' if world > 1 else ''}", unit="video",
                disable=not progress, dynamic_ncols=True, mininterval=1.0)
-    workers = max(1, int(args.decode_workers))
+    workers = max(1, decode_workers(args))
     prefetch = workers + 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         futures: list[tuple[VideoItem, Future]] = []
@@ -457,8 +498,42 @@ def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem],
                 last_flush = time.monotonic()
     bar.close()
     attempted = {it.video_id for it in items}
-    # the inputs skipped while listing are every rank's: rank 0's failures file lists them
-    recs = writer.finish(attempted, skipped=problems if rank == 0 else [])
+    recs = writer.finish(attempted, skipped=problems if _lists_skipped(args, rank) else [])
     t_end = time.perf_counter()
     return ExtractSummary(out, failures_path, len(items), skipped_done, extracted, len(recs), clips,
                           t_end - t_start, problems, t_end - t_loop)
+
+
+def _pipeline_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem], problems: list[dict[str, str]],
+                   out: Path, failures_path: Path, rank: int, world: int, steps: _Steps,
+                   t_start: float, progress: bool) -> "ExtractSummary":
+    """A pixel checkpoint's extraction: decode in worker processes, encode batches across videos, write in a
+    thread (:mod:`locvtp.extract_pipeline`); flushes, progress and the summary as :func:`_extract_loop`."""
+    from locvtp.runtime import progress as tqdm
+
+    done = writer.done_ids({it.video_id for it in items})
+    todo = [it for it in items if it.video_id not in done]
+    t_loop = time.perf_counter()
+    last_flush = [time.monotonic()]
+    pipe = steps.pipeline
+    bar = tqdm(total=len(todo), desc=f"extract{f' rank {rank}' if world > 1 else ''}", unit="video",
+               disable=not progress, dynamic_ncols=True, mininterval=1.0)
+
+    def tick(ok: bool) -> None:
+        bar.update(1)
+        bar.set_postfix(ok=pipe.extracted, failed=pipe.failed, clips=pipe.clips)
+
+    def flush_due() -> bool:
+        due_n = args.flush_every and writer.pending >= args.flush_every
+        due_t = args.flush_seconds and time.monotonic() - last_flush[0] >= args.flush_seconds and writer.pending
+        if due_n or due_t:
+            last_flush[0] = time.monotonic()
+            return True
+        return False
+
+    pipe.run(todo, writer, tick, flush_due)
+    bar.close()
+    recs = writer.finish({it.video_id for it in items}, skipped=problems if _lists_skipped(args, rank) else [])
+    t_end = time.perf_counter()
+    return ExtractSummary(out, failures_path, len(items), len(items) - len(todo), pipe.extracted, len(recs),
+                          pipe.clips, t_end - t_start, problems, t_end - t_loop)

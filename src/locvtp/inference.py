@@ -205,6 +205,51 @@ def encode_clip_sequence(
     return _to_numpy(emb), (_to_numpy(bb_all) if bb_all is not None else None)
 
 
+class ClipBatchEncoder:
+    """Encode the clips of *many* videos in one forward (``locvtp extract``'s pipeline), then finish each video.
+
+    Why two steps: a pixel CNN sees one clip at a time, so clips of different videos can share a batch; a temporal
+    transformer across clips (``temporal_layers > 0``) needs a video's whole sequence, so it runs in
+    :meth:`finish` once all of the video's clips are through :meth:`clips`. The result equals
+    :func:`encode_clip_sequence` on each video up to float rounding (the batches differ). ``amp``: ``"bf16"`` /
+    ``"fp16"`` runs the forwards under autocast on the model's device (outputs are float32 either way)."""
+
+    def __init__(self, model: Any, device: Optional[torch.device | str] = None, backbone: bool = False,
+                 amp: Optional[str] = None):
+        if getattr(model.video_encoder, "cnn", None) is None:
+            raise InferenceError("batching clips across videos needs a pixel video encoder (tiny3d, c3d)")
+        self.model = model
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.backbone = bool(backbone)
+        self.temporal = getattr(model.video_encoder, "temporal", None)
+        self.amp = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+    def _autocast(self) -> Any:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def clips(self, x: torch.Tensor) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """uint8 clips ``[n, F, S, S, 3]`` of any videos -> (per-clip float32 output ``[n, *]``, backbone
+        features or None). Without temporal layers the output is the final embedding and the backbone
+        features are returned when asked for; with them, the output is the CNN features :meth:`finish` needs."""
+        with eval_mode(self.model), self._autocast():
+            feats = self.model.video_encoder.cnn(x.to(self.device, non_blocking=True))
+            if self.temporal is not None:
+                return _to_numpy(feats), None
+            emb = F.normalize(self.model.video_proj(feats).float(), dim=-1)
+        return _to_numpy(emb), (_to_numpy(feats) if self.backbone else None)
+
+    def finish(self, out: np.ndarray, bb: Optional[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """One video's (embeddings, backbone features) from the :meth:`clips` outputs of all its clips, in order."""
+        if self.temporal is None:
+            return out, bb
+        with eval_mode(self.model), self._autocast():
+            seq = self.temporal(torch.from_numpy(out).to(self.device).unsqueeze(0))
+            emb = F.normalize(self.model.video_proj(seq).float(), dim=-1)[0]
+        return _to_numpy(emb), (_to_numpy(seq[0]) if self.backbone else None)
+
+
 def embed_video_frames(
     model: Any,
     frames: np.ndarray,
@@ -413,7 +458,7 @@ def embed_texts(
 
 
 __all__ = [
-    "ClipFeatures", "DecodedClips", "TextEmbedding", "TextEmbeddings", "decode_video_clips", "embed_features", "embed_texts",
+    "ClipBatchEncoder", "ClipFeatures", "DecodedClips", "TextEmbedding", "TextEmbeddings", "decode_video_clips", "embed_features", "embed_texts",
     "embed_video_file", "embed_video_frames", "encode_clip_sequence", "eval_mode", "has_temporal_layers",
     "InferenceError", "NO_WORDS", "require_tokenizer", "text_query_warnings",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from pathlib import Path
 
@@ -49,10 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "default) or gelu (open_clip LAION models without -quickgelu)")
     p.add_argument("--s3d-output", default=None, choices=S3D_OUTPUTS,
                    help="--backbone s3d: embedding (512-d, VideoCLIP's; the default) or mixed_5c (1024-d)")
-    p.add_argument("--batch-clips", type=cliargs.positive_int, default=None,
-                   help="clips per encoder forward (default 64; --backbone s3d: 8)")
-    p.add_argument("--decode-workers", type=cliargs.positive_int, default=1,
-                   help="threads decoding ahead of the encoder")
+    p.add_argument("--batch-size", "--batch-clips", dest="batch_clips", type=cliargs.positive_int, default=None,
+                   help="clips per encoder forward, batched across videos (default 64; --backbone s3d: 8)")
+    p.add_argument("--workers", type=cliargs.nonnegative_int, default=default_workers(),
+                   help="processes decoding ahead of the encoder (0: decode in this process; default: cores - 1, "
+                   "at least 1, at most 8)")
+    p.add_argument("--decode-workers", type=cliargs.positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="encode under autocast in this precision on the device (faster on GPUs; features then "
+                   "differ from fp32 ones by the precision's rounding)")
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="extract shard I of N (0 <= I < N; videos split by a hash of their id) into its own "
+                   "store (feats.shardI-of-N.h5, or DIR.shardI-of-N); join them with `locvtp merge`")
     p.add_argument("--threads", type=cliargs.nonnegative_int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--recursive", action="store_true", help="search --videos DIR recursively")
@@ -66,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on the first bad video instead of recording it")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def default_workers() -> int:
+    """One decoding process per core left to the encoder (1 on a 2-core machine), at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` -> (I, N) with 0 <= I < N (a Slurm job array's ``$SLURM_ARRAY_TASK_ID/N``)."""
+    i, sep, n = str(text).partition("/")
+    try:
+        shard, count = int(i), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 3/8), got {text!r}") from None
+    if not sep or count < 1 or not 0 <= shard < count:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 3/8), got {text!r}")
+    return shard, count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def merge_main(argv: list[str] | None = None) -> int:
-    p = cliargs.ArgumentParser(prog="locvtp merge", description="Merge per-rank HDF5 feature shards "
-                               "(`locvtp extract` under torchrun) into one file.")
-    p.add_argument("shards", nargs="+", help="shard files or glob patterns (e.g. 'feats.rank*.h5')")
-    p.add_argument("--out", required=True)
-    p.add_argument("--failures", default=None, help="merged failures file (default <out stem>.failures.jsonl)")
+    p = cliargs.ArgumentParser(prog="locvtp merge", description="Merge the feature stores of `locvtp extract "
+                               "--shard I/N` jobs or torchrun ranks: HDF5 files into one file, npy-dir / npz-dir "
+                               "directories into one directory.")
+    p.add_argument("shards", nargs="+", help="shard files / directories or glob patterns (e.g. 'feats.rank*.h5', "
+                   "'feats.shard*-of-8.h5', 'feats.shard*-of-8')")
+    p.add_argument("--out", required=True, help="the merged .h5 file (h5 shards) or directory (directory shards)")
+    p.add_argument("--failures", default=None, help="merged failures file (default <out stem>.failures.jsonl; "
+                   "directories: OUT/failures.jsonl)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out (only a feature file `locvtp extract`/`merge` wrote)")
     p.add_argument("--no-progress", action="store_true")

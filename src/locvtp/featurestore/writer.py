@@ -39,7 +39,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from locvtp.errors import NotOwnedError, UsageError
-from locvtp.featurestore.reader import FeatureError, _decode_attr, iter_features, safe_name
+from locvtp.featurestore.reader import FeatureError, _decode_attr, iter_features, read_features, safe_name
 from locvtp.featurestore.record import ClipFeatures
 from locvtp.files import (
     MANIFEST, OutputLock, atomic_path, atomic_write_bytes, atomic_write_text, check_file_output, file_writer,
@@ -485,11 +485,14 @@ def discard_dir_output(out: Path) -> int:
 # ------------------------------------------------------------------------------------------------ merge
 def merge_shards(shards: list[Path], out: Path, failures_out: Optional[Path] = None,
                  progress: bool = True, overwrite: bool = False) -> tuple[int, int]:
-    """Merge per-rank HDF5 files into ``out`` (atomic). Returns (videos, failures).
+    """Merge the stores of ranks / ``--shard`` jobs into ``out``. Returns (videos, failures).
 
-    All shards must share the run settings; a video present in two shards must have identical features.
-    ``out`` must not be one of the shards (its videos would be lost); an existing ``out`` is replaced only with
-    ``overwrite`` and only when it is a locvtp feature file. The merge holds ``out``'s lock.
+    HDF5 shards (files) merge into one HDF5 file, written atomically; npy-dir / npz-dir shards (directories)
+    merge into one directory of the same layout, written like an extraction's (:class:`DirWriter`: atomic per
+    video, an ownership manifest). All shards must share the run settings (and a directory's layout); a video
+    present in two shards must have identical features. ``out`` must not be one of the shards (its videos would
+    be lost); an existing ``out`` is replaced only with ``overwrite`` and only when an extraction or merge wrote
+    it. The merge holds ``out``'s lock.
     """
     if not shards:
         raise UsageError("merge: no shard files given")
@@ -498,6 +501,13 @@ def merge_shards(shards: list[Path], out: Path, failures_out: Optional[Path] = N
         if overlaps(sh, out) == "is":
             raise UsageError(f"--out {out} is also one of the input shards: merging into it would overwrite its "
                              "videos; write the merged file to another path")
+    dirs = [Path(sh).is_dir() for sh in shards]
+    if any(dirs):
+        if not all(dirs):
+            files = [str(sh) for sh, d in zip(shards, dirs) if not d]
+            raise UsageError(f"merge: {files[0]} is a file but other shards are directories: one merge joins "
+                             "shards of one format (h5 files, or npy-dir / npz-dir directories)")
+        return _merge_dirs([Path(sh) for sh in shards], out, failures_out, progress, overwrite)
     fpath = Path(failures_out) if failures_out else out.with_name(f"{out.stem}.failures.jsonl")
     for sh in shards:
         if overlaps(sh, fpath) == "is":
@@ -551,21 +561,80 @@ def _merge_locked(shards: list[Path], out: Path, fpath: Path, progress: bool) ->
                         seen[vid] = sh
                 ff = sh.with_name(f"{sh.stem}.failures.jsonl")
                 if ff.is_file():
-                    try:
-                        lines = ff.read_text(encoding="utf-8").splitlines()
-                    except UnicodeDecodeError as exc:
-                        raise ExtractError(f"{ff}: not a UTF-8 failures file ({exc.reason} at byte {exc.start})"
-                                           ) from None
-                    for ln in lines:
-                        try:
-                            rec = json.loads(ln)
-                            fail_recs[_failure_key(rec)] = rec
-                        except (ValueError, KeyError, TypeError, AttributeError):
-                            continue
+                    _read_failures(ff, fail_recs)
     # a skipped input stays listed even when its id was extracted from another file (a shared id)
     recs = [r for k, r in sorted(fail_recs.items()) if r.get("skipped") or r["video_id"] not in seen]
     write_failures_file(fpath, recs, "merge")
     return len(seen), sum(1 for r in recs if not r.get("skipped"))
+
+
+def _dir_settings(sh: Path) -> tuple[str, dict[str, Any]]:
+    """(layout, run settings) of a directory shard, from its ``meta.json`` (anything else is refused)."""
+    meta = sh / "meta.json"
+    if not meta.is_file() or not _is_feature_meta(meta):
+        raise ExtractError(f"{sh}: not a feature directory `locvtp extract` wrote (no locvtp meta.json)")
+    found = _read_json(meta)
+    layout = str(found.get("layout") or "")
+    if layout not in ("npy-dir", "npz-dir"):
+        raise ExtractError(f"{meta}: unknown layout {layout!r}")
+    return layout, {k: v for k, v in found.items() if k not in ("format", "version", "layout")}
+
+
+def _merge_dirs(shards: list[Path], out: Path, failures_out: Optional[Path], progress: bool,
+                overwrite: bool) -> tuple[int, int]:
+    """:func:`merge_shards` of npy-dir / npz-dir shards into one directory (see there)."""
+    found = [_dir_settings(sh) for sh in shards]
+    layout, ref = found[0]
+    for sh, (lay, st) in zip(shards[1:], found[1:]):
+        if lay != layout:
+            raise ExtractError(f"{sh}: layout {lay} differs from {shards[0]} ({layout}); these shards cannot be merged")
+        for k in SETTING_KEYS:
+            if str(st.get(k)) != str(ref.get(k)):
+                raise ExtractError(f"{sh}: {k}={st.get(k)!r} differs from {shards[0]} ({ref.get(k)!r}); these "
+                                   "shards cannot be merged")
+    fpath = Path(failures_out) if failures_out else out / "failures.jsonl"
+    with OutputLock(out, "merge"):
+        if out.exists() or out.is_symlink():
+            if not overwrite:
+                raise UsageError(f"--out {out} exists: pass --overwrite to replace it (only the files an "
+                                 "extraction or merge wrote are removed)")
+            discard_dir_output(out)
+        writer = DirWriter(out, layout, ref, fpath, emptied=overwrite)
+        writer.command = "merge"
+        seen: dict[str, Path] = {}
+        fail_recs: dict[tuple[str, str, bool], dict] = {}
+        try:
+            for sh in shards:
+                for rec in tqdm_maybe(list(iter_features(sh)), progress, f"merge {sh.name}"):
+                    if rec.video_id in seen:
+                        if not np.array_equal(rec.features, read_features(out, rec.video_id).features):
+                            raise ExtractError(f"{sh}: video {rec.video_id!r} also in {seen[rec.video_id]} with "
+                                               "different features")
+                        continue
+                    writer.add(rec, source=rec.source)
+                    seen[rec.video_id] = sh
+                for ff in sorted(sh.glob("failures*.jsonl")):
+                    _read_failures(ff, fail_recs)
+        finally:
+            writer.close()
+        shutil.rmtree(writer.journal, ignore_errors=True)
+    recs = [r for k, r in sorted(fail_recs.items()) if r.get("skipped") or r["video_id"] not in seen]
+    write_failures_file(fpath, recs, "merge")
+    return len(seen), sum(1 for r in recs if not r.get("skipped"))
+
+
+def _read_failures(ff: Path, into: dict) -> None:
+    """Add the rows of a shard's failures file to ``into`` (keyed by :func:`_failure_key`)."""
+    try:
+        lines = ff.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ExtractError(f"{ff}: not a UTF-8 failures file ({exc.reason} at byte {exc.start})") from None
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+            into[_failure_key(rec)] = rec
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
 
 
 def tqdm_maybe(it: list, progress: bool, desc: str) -> Any:
