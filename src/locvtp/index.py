@@ -555,7 +555,7 @@ def _train_ivfpq(tmp: Path, total: int, dim: int, nlist: int | None, nprobe: int
     from locvtp.indexpq import settings_for, train_and_fill
 
     ntrain = int(min(total, max(train_size, 39 * int(nlist or _default_nlist(total)))))
-    s = settings_for(total, dim, nlist, nprobe, pq.get("rerank"), pq.get("m"), pq.get("opq", True), ntrain)
+    s = settings_for(total, dim, nlist, nprobe, pq.get("rerank"), pq.get("m"), pq.get("opq", False), ntrain)
     train_and_fill(tmp, tmp / "embeddings.npy", total, dim, s, train_size, seed)
     return s.to_json()
 
