@@ -146,10 +146,12 @@ def child_build(args, kind: str, out: Path) -> dict:
 
     t0 = time.perf_counter()
     meta = build_index_from_records(_records_of(args), out, kind=kind, progress=False, train_size=args.train_size,
-                                    pq={"opq": args.opq})
+                                    ivf=args.nlist, pq={"opq": args.opq, "m": args.pq_m})
     took = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.iterdir())
-    return {"build_s": took, "build_rss_mb": _peak_rss_mb(), "bytes": size, "rows": meta["rows"],
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"build_s": took, "build_cpu_s": ru.ru_utime + ru.ru_stime, "build_rss_mb": _peak_rss_mb(), "bytes": size,
+            "rows": meta["rows"],
             "settings": meta.get("ivfpq") or {"nlist": meta.get("nlist"), "nprobe": meta.get("nprobe")}}
 
 
@@ -262,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-max", type=int, default=2_000_000, help="skip exact/ivf above this many clips (RAM)")
     p.add_argument("--train-size", type=int, default=100_000)
     p.add_argument("--opq", action="store_true", help="ivfpq with an OPQ rotation")
+    p.add_argument("--pq-m", type=int, default=None, help="ivfpq code bytes (default: the library's, dim/8)")
+    p.add_argument("--nlist", type=int, default=None, help="lists of the IVF kinds (default: the library's)")
     p.add_argument("--threads", type=int, default=1, help="faiss/BLAS threads (1: single-query latency)")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True, help="nprobe x rerank table")
     p.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128])
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"(holds {4 * args.dim * args.clips / 2**30:.1f} GiB of fp32 vectors in RAM)")
                 continue
             b = _run_child(base, ["build", kind, str(work / kind)])
-            print(f"  built {kind}: {b['build_s']:.1f} s, peak RSS {b['build_rss_mb']:.0f} MB, "
+            print(f"  built {kind}: {b['build_s']:.1f} s ({b['build_cpu_s']:.1f} s CPU), peak RSS {b['build_rss_mb']:.0f} MB, "
                   f"{b['bytes'] / 2**20:.0f} MiB on disk, {b['settings']}", flush=True)
             s = _run_child(base, ["search", kind, str(work / kind)])
             results[kind] = {**b, **s}
@@ -329,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
                  else streamed_exact_moments(_records_of(args), ref_dir, queries))
         print(f"  exact reference: {'the exact index' if 'exact' in results else 'streamed'} "
               f"({time.perf_counter() - t0:.1f} s)")
-        print(f"\n{'kind':<8}{'build s':>9}{'build RSS MB':>14}{'search RSS MB':>15}{'disk MiB':>10}{'p50 ms':>9}"
+        print(f"\n{'kind':<8}{'build s':>9}{'CPU s':>8}{'build RSS MB':>14}{'search RSS MB':>15}{'disk MiB':>10}{'p50 ms':>9}"
               f"{'p95 ms':>9}{'R@1':>7}{'R@10':>7}")
         for kind, r in results.items():
             r1, r10 = moment_recall(r["moments"], exact)
-            print(f"{kind:<8}{r['build_s']:>9.1f}{r['build_rss_mb']:>14.0f}{r['search_rss_mb']:>15.0f}"
+            print(f"{kind:<8}{r['build_s']:>9.1f}{r['build_cpu_s']:>8.1f}{r['build_rss_mb']:>14.0f}{r['search_rss_mb']:>15.0f}"
                   f"{r['bytes'] / 2**20:>10.0f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r1:>7.3f}{r10:>7.3f}")
         if "ivfpq" in results and results["ivfpq"].get("sweep"):
             print(f"\nivfpq trade-off (nlist {results['ivfpq']['settings']['nlist']}):\n"
