@@ -135,6 +135,39 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class AnonPeak:
+    """Peak of the process' anonymous resident memory (``RssAnon``: its own allocations), sampled every 50 ms.
+    ``ru_maxrss`` also counts the pages of memory-mapped files the process touched, which the kernel can evict
+    (page cache): the two together say how much RAM the index needs and how much it merely benefits from."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def now_mb() -> float:
+        try:
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return float("nan")
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.now_mb())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return max(self.peak, self.now_mb())
+
+
 def _records_of(args):
     if args.features:
         return real_records(args.features)
@@ -144,13 +177,20 @@ def _records_of(args):
 def child_build(args, kind: str, out: Path) -> dict:
     from locvtp.index import build_index_from_records
 
+    if (out / "meta.json").is_file():  # --keep: an index of an earlier run
+        meta = json.loads((out / "meta.json").read_text())
+        return {"build_s": float("nan"), "build_cpu_s": float("nan"), "build_rss_mb": float("nan"),
+                "build_anon_mb": float("nan"), "bytes": sum(p.stat().st_size for p in out.iterdir()),
+                "rows": meta["rows"], "settings": meta.get("ivfpq") or {"nlist": meta.get("nlist")}}
+    anon = AnonPeak()
     t0 = time.perf_counter()
     meta = build_index_from_records(_records_of(args), out, kind=kind, progress=False, train_size=args.train_size,
                                     ivf=args.nlist, pq={"opq": args.opq, "m": args.pq_m})
     took = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.iterdir())
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"build_s": took, "build_cpu_s": ru.ru_utime + ru.ru_stime, "build_rss_mb": _peak_rss_mb(), "bytes": size,
+    return {"build_s": took, "build_cpu_s": ru.ru_utime + ru.ru_stime, "build_rss_mb": _peak_rss_mb(),
+            "build_anon_mb": anon.stop(), "bytes": size,
             "rows": meta["rows"],
             "settings": meta.get("ivfpq") or {"nlist": meta.get("nlist"), "nprobe": meta.get("nprobe")}}
 
@@ -168,10 +208,11 @@ def _timed(index, queries: np.ndarray) -> tuple[list, np.ndarray]:
 def child_search(args, kind: str, path: Path, queries: np.ndarray) -> dict:
     from locvtp.index import MomentIndex
 
+    anon = AnonPeak()
     index = MomentIndex(path, backend="faiss")
     moments, t = _timed(index, queries)
     out = {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)), "moments": moments,
-           "search_rss_mb": _peak_rss_mb()}
+           "search_rss_mb": _peak_rss_mb(), "search_anon_mb": anon.stop()}
     if kind == "ivfpq" and args.sweep:
         import faiss
 
@@ -274,6 +315,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="with --features: embeds --query-file")
     p.add_argument("--query-file", default=None, help="with --features: one text query a line")
     p.add_argument("--workdir", default=None, help="where the indexes go (default: a temp dir, removed)")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="keep the indexes in DIR and reuse those already there (same corpus options!)")
     p.add_argument("--_child", nargs="+", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -313,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
              f"clustered corpus of {args.clips:,} clips, D={args.dim}, {args.topics} topics, {args.queries} "
              "text-like queries (segment mean + shared gap + noise)"))
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         queries = _queries(args)
         np.save(work / "queries.npy", queries)
         results = {}
@@ -323,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"(holds {4 * args.dim * args.clips / 2**30:.1f} GiB of fp32 vectors in RAM)")
                 continue
             b = _run_child(base, ["build", kind, str(work / kind)])
-            print(f"  built {kind}: {b['build_s']:.1f} s ({b['build_cpu_s']:.1f} s CPU), peak RSS {b['build_rss_mb']:.0f} MB, "
+            print(f"  built {kind}: {b['build_s']:.1f} s ({b['build_cpu_s']:.1f} s CPU), peak RSS {b['build_rss_mb']:.0f} MB "
+                  f"(anonymous {b['build_anon_mb']:.0f} MB), "
                   f"{b['bytes'] / 2**20:.0f} MiB on disk, {b['settings']}", flush=True)
             s = _run_child(base, ["search", kind, str(work / kind)])
             results[kind] = {**b, **s}
@@ -333,11 +378,12 @@ def main(argv: list[str] | None = None) -> int:
                  else streamed_exact_moments(_records_of(args), ref_dir, queries))
         print(f"  exact reference: {'the exact index' if 'exact' in results else 'streamed'} "
               f"({time.perf_counter() - t0:.1f} s)")
-        print(f"\n{'kind':<8}{'build s':>9}{'CPU s':>8}{'build RSS MB':>14}{'search RSS MB':>15}{'disk MiB':>10}{'p50 ms':>9}"
-              f"{'p95 ms':>9}{'R@1':>7}{'R@10':>7}")
+        print(f"\n{'kind':<8}{'build s':>9}{'CPU s':>8}{'build RSS (anon) MB':>21}{'search RSS (anon) MB':>22}"
+              f"{'disk MiB':>10}{'p50 ms':>9}{'p95 ms':>9}{'R@1':>7}{'R@10':>7}")
         for kind, r in results.items():
             r1, r10 = moment_recall(r["moments"], exact)
-            print(f"{kind:<8}{r['build_s']:>9.1f}{r['build_cpu_s']:>8.1f}{r['build_rss_mb']:>14.0f}{r['search_rss_mb']:>15.0f}"
+            print(f"{kind:<8}{r['build_s']:>9.1f}{r['build_cpu_s']:>8.1f}"
+                  f"{r['build_rss_mb']:>14.0f} ({r['build_anon_mb']:>4.0f}){r['search_rss_mb']:>15.0f} ({r['search_anon_mb']:>4.0f})"
                   f"{r['bytes'] / 2**20:>10.0f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r1:>7.3f}{r10:>7.3f}")
         if "ivfpq" in results and results["ivfpq"].get("sweep"):
             print(f"\nivfpq trade-off (nlist {results['ivfpq']['settings']['nlist']}):\n"
