@@ -191,4 +191,5 @@ def test_auto_kind_and_defaults():
     assert auto_kind(AUTO_EXACT_MAX_ROWS) == "exact" and auto_kind(AUTO_EXACT_MAX_ROWS + 1) == "ivfpq"
     assert [default_nlist(n) for n in (1000, 10**6, 10**7, 10**8)] == [16, 512, 2048, 8192]
     assert default_m(256) == 32 and default_m(64) == 8 and 100 % default_m(100) == 0
-    assert default_nprobe(8) == 8 and default_nprobe(64) == 32 and default_nprobe(2048) == 1024
+    assert [default_nprobe(n, r) for n, r in ((8, 400), (16, 700), (512, 10**6), (2048, 10**7), (8192, 10**8))] == [
+        8, 16, 256, 103, 41]

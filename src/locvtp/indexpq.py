@@ -70,11 +70,18 @@ def default_nlist(rows: int) -> int:
     return int(max(1, min(nlist, rows // 39, 65536)))
 
 
-def default_nprobe(nlist: int) -> int:
-    """Lists probed per query: half of them, at least 16. Text queries need many: on the benchmark's clustered corpus
-    (10^6 clips, 512 lists) recall@10 of moments was 0.77-0.82 at 1/16, 0.87 at 1/4 and 0.93 at 1/2 of the lists
-    (docs/benchmarks/search_scale.md)."""
-    return int(min(nlist, max(16, nlist // 2)))
+SCAN_BUDGET = 500_000  # codes a query scans by default (about 7 ms on one core of the benchmark machine)
+
+
+def default_nprobe(nlist: int, rows: int) -> int:
+    """Lists probed per query: as many as hold about :data:`SCAN_BUDGET` codes, at most half of them, at least 16.
+
+    Text queries need many lists on a small corpus and fewer on a dense one: on the benchmark's clustered corpus
+    recall@10 of moments at 10^6 clips (512 lists) was 0.82 / 0.87 / 0.93 with 32 / 128 / 256 lists probed, at
+    10^7 clips (2048 lists) 0.95 / 0.96 / 0.96 (rerank 1000; docs/benchmarks/search_scale.md). A fixed budget of
+    codes keeps the latency flat as the corpus grows; measured up to 10^7 clips."""
+    per_list = max(1.0, int(rows) / max(1, int(nlist)))
+    return int(min(nlist, max(16, min(nlist // 2, math.ceil(SCAN_BUDGET / per_list)))))
 
 
 DEFAULT_RERANK = 1000
@@ -97,8 +104,8 @@ def settings_for(rows: int, dim: int, nlist: int | None, nprobe: int | None, rer
     if dim % mm:
         raise UsageError(f"--pq-m {mm}: must divide the embedding width {dim}")
     nbits = int(max(1, min(8, math.floor(math.log2(max(2, train_rows))))))
-    return PQSettings(nlist=nl, m=mm, nbits=nbits, opq=bool(opq), nprobe=int(min(nl, nprobe or default_nprobe(nl))),
-                      rerank=int(rerank or DEFAULT_RERANK))
+    probe = int(min(nl, nprobe or default_nprobe(nl, rows)))
+    return PQSettings(nlist=nl, m=mm, nbits=nbits, opq=bool(opq), nprobe=probe, rerank=int(rerank or DEFAULT_RERANK))
 
 
 @contextlib.contextmanager

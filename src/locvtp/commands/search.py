@@ -34,8 +34,8 @@ def index_main(argv: list[str] | None = None) -> int:
                    help="lists of an IVF kind (default: a power of two near sqrt(clips)); without --kind: "
                         "--kind ivf")
     p.add_argument("--nprobe", type=cliargs.positive_int, default=None,
-                   help="IVF lists probed per query, recorded in the index (default: ivf NLIST/16, ivfpq "
-                        "max(16, NLIST/8))")
+                   help="IVF lists probed per query, recorded in the index (default: ivf NLIST/16, ivfpq the lists "
+                        "holding ~500k codes, at most NLIST/2)")
     p.add_argument("--rerank", type=cliargs.positive_int, default=None,
                    help="ivfpq: candidates re-scored exactly per query, recorded in the index (default 1000)")
     p.add_argument("--pq-m", type=cliargs.positive_int, default=None,
