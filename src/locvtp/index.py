@@ -359,7 +359,8 @@ def build_index_from_records(
     """
     out_dir = Path(out_dir)
     if (ivf is not None or kind in ("ivf", "ivfpq")) and not have_faiss():
-        raise UsageError(f"--{'kind ' + kind if kind else 'ivf'} needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
+        flag = f"--kind {kind}" if kind else "--ivf"
+        raise UsageError(f"{flag} needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
     with OutputLock(out_dir, "index"):
         remove_stale_temporaries(out_dir)
         _adopt_legacy_index(out_dir)
