@@ -171,6 +171,16 @@ def test_killed_build_leaves_no_half_index(tmp_path):
     assert stale_temporaries(tmp_path / "pq") == []
 
 
+def test_too_few_clips_for_codebooks_is_a_usage_error(tmp_path):
+    from locvtp.errors import UsageError
+    from locvtp.index import build_index_from_records
+
+    with pytest.raises(UsageError, match="too few"):
+        build_index_from_records(_clustered(3, 10, 16)[0], tmp_path / "pq", kind="ivfpq", progress=False)
+    assert not (tmp_path / "pq").exists()
+    build_index_from_records(_clustered(4, 10, 16)[0], tmp_path / "pq", kind="ivfpq", progress=False)  # 40: ok
+
+
 def test_version_1_index_still_opens(tmp_path):
     from locvtp.index import MomentIndex, build_index_from_records
 

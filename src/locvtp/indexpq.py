@@ -40,6 +40,7 @@ IVFDATA_FILE = "ivfpq.ivfdata"
 # queries its recall is the lowest of the three (docs/benchmarks/search_scale.md).
 AUTO_EXACT_MAX_ROWS = 250_000
 KINDS = ("exact", "ivf", "ivfpq", "auto")
+MIN_ROWS = 32  # fewer cannot train 5-bit codebooks (each needs a row per centroid); such a corpus wants exact search
 
 
 @dataclass
@@ -99,6 +100,9 @@ def settings_for(rows: int, dim: int, nlist: int | None, nprobe: int | None, rer
     sample has fewer than 256 rows (a tiny corpus: each codebook needs at least one row per centroid)."""
     from locvtp.errors import UsageError
 
+    if rows < MIN_ROWS:
+        raise UsageError(f"--kind ivfpq: {rows} clips are too few to train product-quantizer codebooks (at least "
+                         f"{MIN_ROWS}); use --kind exact (or auto)")
     nl = int(nlist or default_nlist(rows))
     mm = int(m or default_m(dim))
     if dim % mm:
