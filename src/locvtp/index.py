@@ -3,16 +3,18 @@
 ``locvtp index`` / ``locvtp search`` (:mod:`locvtp.commands.search`, the commands) and
 :meth:`locvtp.predictor.LocVTPPredictor.search` use this module; it imports no command module.
 
-An index is a directory (no pickle anywhere; everything is ``.npy`` or JSON, plus a faiss file for IVF)::
+An index is a directory (no pickle anywhere; everything is ``.npy`` or JSON, plus faiss files for IVF kinds)::
 
-    meta.json         format, version, dim, rows, kind (exact | ivf), nlist, nprobe, checkpoint_sha256, ...,
+    meta.json         format, version (2; 1 still opens), dim, rows, kind (exact | ivf | ivfpq), embedding_dtype,
+                      nlist, nprobe, ivfpq ({nlist, m, nbits, opq, nprobe, rerank}), checkpoint_sha256, ...,
                       video_sources ({id: file} where the id cannot lead back to its file: locvtp.data.videoids)
     videos.json       list of video ids (row_video indexes into it)
-    embeddings.npy    float32 [M, D] clip embeddings (memory-mapped at search time)
+    embeddings.npy    float32 [M, D] clip embeddings (float16 for ivfpq; memory-mapped at search time)
     row_video.npy     int32 [M]     video of each row
     row_clip.npy      int32 [M]     clip index of each row inside its video
     row_window.npy    float64 [M,2] clip window in seconds
     ivf.faiss         (kind = ivf only) trained faiss IndexIVFFlat, inner-product metric
+    ivfpq.faiss, ivfpq.ivfdata  (kind = ivfpq only) [OPQ +] IVF-PQ, lists on disk: :mod:`locvtp.indexpq`
     .locvtp-manifest.json  ownership manifest (writer ``index``): what `locvtp index` wrote here
 
 Why a manifest: ``--out`` is replaced as a whole, so it must be an index this command wrote — never a folder
@@ -54,7 +56,8 @@ from locvtp.files import (
 from locvtp.tempnames import temp_path
 
 from locvtp.featurestore.reader import INDEX_FORMAT  # one name: the feature reader recognises an index by it
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: kind ivfpq, float16 embeddings.npy ("embedding_dtype"); version-1 indexes still open
+READABLE_VERSIONS = (1, 2)
 
 
 class IndexError_(LocVTPError, RuntimeError):  # noqa: N801  (avoid shadowing the builtin IndexError)
@@ -248,7 +251,7 @@ def _check_merge_args(gap: int, tolerance: float) -> None:
 # ----------------------------------------------------------------------------------------------------------
 INDEX_WRITER = "index"
 _INDEX_FILES = frozenset({"meta.json", "videos.json", "embeddings.npy", "row_video.npy", "row_clip.npy",
-                          "row_window.npy", "ivf.faiss"})
+                          "row_window.npy", "ivf.faiss", "ivfpq.faiss", "ivfpq.ivfdata"})
 
 
 class IndexInputError(LocVTPError, ValueError):
@@ -256,10 +259,6 @@ class IndexInputError(LocVTPError, ValueError):
 
 
 from locvtp.featurestore import MissingVideoError  # noqa: E402  (re-exported: raised by iter_features)
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    np.save(path, arr, allow_pickle=False)
 
 
 def _adopt_legacy_index(out: Path) -> None:
@@ -289,6 +288,8 @@ def build_index(
     video_ids: Sequence[str] | None = None,
     strict: bool = False,
     on_skip: Callable[[str, str], None] | None = None,
+    kind: str | None = None,
+    pq: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build a moment index from a feature file/dir written by ``locvtp extract``.
 
@@ -300,8 +301,11 @@ def build_index(
     reported to ``on_skip(video_id, message)`` and listed under ``skipped`` in ``meta.json``; ``strict`` makes it
     a :class:`~locvtp.errors.NonFiniteFeaturesError` instead.
 
-    ``ivf=None``: exact inner product. ``ivf=NLIST``: a faiss IVF index with NLIST lists trained on up to
-    ``train_size`` rows (requires faiss). Returns the index's ``meta.json`` content.
+    ``kind``: "exact", "ivf" (faiss IVF-Flat), "ivfpq" (:mod:`locvtp.indexpq`: compressed, on disk, re-ranked)
+    or "auto" (by corpus size: :func:`locvtp.indexpq.auto_kind`); None keeps the former meaning of ``ivf``:
+    ``ivf=None`` exact, ``ivf=NLIST`` IVF-Flat. ``ivf`` is the number of lists of either IVF kind (default
+    :func:`locvtp.indexpq.default_nlist`), trained on up to ``train_size`` rows (seeded by ``seed``); ``pq``: the
+    IVF-PQ options ``m``, ``opq``, ``rerank``. Returns the index's ``meta.json`` content.
     """
     from locvtp.featurestore import feature_info, iter_features
 
@@ -327,7 +331,7 @@ def build_index(
             raise MissingVideoError(exc.args[0] if exc.args else str(exc)) from None
 
     return build_index_from_records(records, out_dir, extra, ivf=ivf, nprobe=nprobe, train_size=train_size, seed=seed,
-                                    progress=progress, where=str(features))
+                                    progress=progress, where=str(features), kind=kind, pq=pq)
 
 
 def build_index_from_records(
@@ -340,10 +344,13 @@ def build_index_from_records(
     seed: int = 0,
     progress: bool = True,
     where: str = "features",
+    kind: str | None = None,
+    pq: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build an index from ``records(load: bool) -> iterator of ClipFeatures`` (called twice: sizes, then data).
 
-    Two passes so ``embeddings.npy`` is filled in place (memory map) without holding the corpus in memory. A video
+    Two passes so the files are streamed to disk without holding the corpus in memory (``kind``, ``ivf``, ``pq``:
+    see :func:`build_index`). Killed mid-build, nothing replaces ``out_dir``: the build happens in a temporary. A video
     the second pass leaves out (non-finite features: see :func:`build_index`) is listed in ``meta["skipped"]``.
 
     ``out_dir`` is written under its :class:`~locvtp.files.OutputLock`, into a hidden temporary that replaces it
@@ -351,8 +358,9 @@ def build_index_from_records(
     other files or a file. Temporaries of a killed earlier run are removed first.
     """
     out_dir = Path(out_dir)
-    if ivf is not None and not have_faiss():
-        raise UsageError("--ivf needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
+    if (ivf is not None or kind in ("ivf", "ivfpq")) and not have_faiss():
+        flag = f"--kind {kind}" if kind else "--ivf"
+        raise UsageError(f"{flag} needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
     with OutputLock(out_dir, "index"):
         remove_stale_temporaries(out_dir)
         _adopt_legacy_index(out_dir)
@@ -360,7 +368,7 @@ def build_index_from_records(
         tmp = temp_path(out_dir)
         tmp.mkdir(parents=True)
         try:
-            meta = _build_into(tmp, records, extra_meta, ivf, nprobe, train_size, seed, progress, where)
+            meta = _build_into(tmp, records, extra_meta, ivf, nprobe, train_size, seed, progress, where, kind, pq)
             write_manifest(tmp, INDEX_WRITER, [q.name for q in tmp.iterdir()])
             replace_dir(tmp, out_dir, INDEX_WRITER, "moment index")
         except BaseException:
@@ -390,40 +398,69 @@ def _scan_shapes(records: Any, where: str) -> tuple[int, int, list[str]]:
     return int(dim), total, seen
 
 
-def _fill_rows(tmp: Path, records: Any, total: int, dim: int, progress: bool, where: str
-               ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, int, dict[str, str]]:
-    """Pass 2: the embeddings written in place into ``tmp/embeddings.npy`` (a memory map), and per row its
-    video, clip and window. Returns (videos, row_video, row_clip, row_window, rows written, the videos' recorded
-    files ``{id: source}``)."""
+class _NpyStream:
+    """A ``.npy`` file of a known shape written front to back by plain writes (no memory map: written pages do not
+    stay mapped into the process, so a 10^8-row build's resident memory stays at one video's rows)."""
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...]):
+        self.f = open(path, "wb")
+        self.dtype = np.dtype(dtype)
+        np.lib.format.write_array_header_1_0(self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": shape})
+
+    def write(self, arr: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(arr, dtype=self.dtype).tobytes())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _fill_rows(tmp: Path, records: Any, total: int, dim: int, progress: bool, where: str, emb_dtype: Any = np.float32
+               ) -> tuple[list[str], int, dict[str, str]]:
+    """Pass 2: the embeddings (``emb_dtype``) into ``tmp/embeddings.npy`` and per row its video, clip and window into
+    ``tmp/row_*.npy``, streamed. Returns (videos, rows written, the videos' recorded files ``{id: source}``); when
+    fewer rows than ``total`` were written the files still have ``total`` rows (the caller shrinks them)."""
     videos: list[str] = []
     sources: dict[str, str] = {}
-    emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim))
-    row_video = np.empty(total, dtype=np.int32)
-    row_clip = np.empty(total, dtype=np.int32)
-    row_window = np.empty((total, 2), dtype=np.float64)
+    streams = {"embeddings": _NpyStream(tmp / "embeddings.npy", emb_dtype, (total, dim)),
+               "row_video": _NpyStream(tmp / "row_video.npy", np.int32, (total,)),
+               "row_clip": _NpyStream(tmp / "row_clip.npy", np.int32, (total,)),
+               "row_window": _NpyStream(tmp / "row_window.npy", np.float64, (total, 2))}
+    limit = float(np.finfo(emb_dtype).max)
     pos = 0
     it = records(True)
     if progress:
         from locvtp.runtime import progress as tqdm
 
         it = tqdm(it, desc="index", unit="video", leave=False)
-    for rec in it:
-        n = rec.num_clips
-        if n == 0:
-            continue
-        if pos + n > total:
-            raise IndexInputError(f"{where}: changed while being indexed")
-        emb[pos : pos + n] = rec.features
-        row_video[pos : pos + n] = len(videos)
-        row_clip[pos : pos + n] = np.arange(n)
-        row_window[pos : pos + n] = rec.windows
-        videos.append(rec.video_id)
-        if getattr(rec, "source", None):
-            sources[rec.video_id] = str(rec.source)
-        pos += n
-    emb.flush()
-    del emb
-    return videos, row_video, row_clip, row_window, pos, sources
+    try:
+        for rec in it:
+            n = rec.num_clips
+            if n == 0:
+                continue
+            if pos + n > total:
+                raise IndexInputError(f"{where}: changed while being indexed")
+            feats = np.asarray(rec.features)
+            if limit < 1e38 and np.abs(feats).max() > limit:
+                raise IndexInputError(f"{where}: video {rec.video_id!r} has feature values beyond the float16 "
+                                      "range of an ivfpq index: index L2-normalised embeddings, or use --kind exact")
+            streams["embeddings"].write(feats)
+            streams["row_video"].write(np.full(n, len(videos), dtype=np.int32))
+            streams["row_clip"].write(np.arange(n, dtype=np.int32))
+            streams["row_window"].write(rec.windows)
+            videos.append(rec.video_id)
+            if getattr(rec, "source", None):
+                sources[rec.video_id] = str(rec.source)
+            pos += n
+        if pos < total:  # pad to the header's shape; the caller shrinks the files to `pos` rows
+            for name, st in streams.items():
+                shape = (total - pos, dim) if name == "embeddings" else (total - pos, 2) if name == "row_window" else (
+                    total - pos,)
+                st.write(np.zeros(shape, dtype=st.dtype))
+    finally:
+        for st in streams.values():
+            st.close()
+    return videos, pos, sources
 
 
 def _train_ivf(tmp: Path, total: int, dim: int, nlist: int, nprobe: int | None, train_size: int, seed: int
@@ -445,54 +482,90 @@ def _train_ivf(tmp: Path, total: int, dim: int, nlist: int, nprobe: int | None, 
     return nlist, int(nprobe or max(1, nlist // 16))
 
 
+def _resolve_kind(kind: str | None, ivf: int | None, total: int) -> str:
+    """``kind`` None keeps the former flags' meaning (``--ivf N``: IVF-Flat, else exact); ``auto`` picks by size."""
+    from locvtp.indexpq import KINDS, auto_kind
+
+    if kind is None:
+        return "ivf" if ivf is not None else "exact"
+    if kind not in KINDS:
+        raise UsageError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
+    return auto_kind(total) if kind == "auto" else kind
+
+
 def _build_into(tmp: Path, records: Any, extra_meta: dict[str, Any] | None, ivf: int | None, nprobe: int | None,
-                train_size: int, seed: int, progress: bool, where: str) -> dict[str, Any]:
-    """Write every file of an index into the (new, empty) directory ``tmp``; returns its ``meta.json`` content."""
+                train_size: int, seed: int, progress: bool, where: str, kind: str | None = None,
+                pq: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every file of an index into the (new, empty) directory ``tmp``; returns its ``meta.json`` content.
+    ``pq``: IVF-PQ options (``m``, ``opq``, ``rerank``) for kind ivfpq."""
     dim, total, seen = _scan_shapes(records, where)
-    if ivf is not None and not 1 <= int(ivf) <= total:
+    kind = _resolve_kind(kind, ivf, total)
+    if kind in ("ivf", "ivfpq") and not have_faiss():
+        raise UsageError(f"--kind {kind} needs faiss: pip install 'locvtp[search]' (or faiss-cpu)")
+    if ivf is not None and kind != "exact" and not 1 <= int(ivf) <= total:
         raise UsageError(f"--ivf {ivf}: need 1 <= NLIST <= number of clips ({total})")
-    videos, row_video, row_clip, row_window, pos, sources = _fill_rows(tmp, records, total, dim, progress, where)
+    emb_dtype = np.float16 if kind == "ivfpq" else np.float32
+    videos, pos, sources = _fill_rows(tmp, records, total, dim, progress, where, emb_dtype)
     kept = set(videos)
     skipped = [v for v in seen if v not in kept]  # left out by the data pass (non-finite features)
     if pos == 0:
         raise IndexInputError(f"{where}: no clip features to index ({len(skipped)} video(s) skipped: non-finite "
                               "features)")
-    if pos < total:  # rare: shrink embeddings.npy to the rows written, chunk by chunk
-        _shrink_npy(tmp / "embeddings.npy", pos)
-        row_video, row_clip, row_window = row_video[:pos], row_clip[:pos], row_window[:pos]
-        if ivf is not None and int(ivf) > pos:
+    if pos < total:  # rare: shrink the files to the rows written, chunk by chunk
+        for name in ("embeddings", "row_video", "row_clip", "row_window"):
+            _shrink_npy(tmp / f"{name}.npy", pos)
+        if ivf is not None and kind != "exact" and int(ivf) > pos:
             raise UsageError(f"--ivf {ivf}: need 1 <= NLIST <= number of clips ({pos} after skipping "
                              f"{len(skipped)} video(s))")
     total = pos
-    _save_npy(tmp / "row_video.npy", row_video)
-    _save_npy(tmp / "row_clip.npy", row_clip)
-    _save_npy(tmp / "row_window.npy", row_window)
     atomic_write_text(tmp / "videos.json", json.dumps(videos))
     meta: dict[str, Any] = {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
         "metric": "inner_product",
-        "kind": "exact" if ivf is None else "ivf",
+        "kind": kind,
         "dim": int(dim),
         "rows": int(total),
         "videos": len(videos),
+        "embedding_dtype": np.dtype(emb_dtype).name,
         "nlist": None,
         "nprobe": None,
         **(extra_meta or {}),
         "skipped": [{"video_id": v, "reason": "non-finite features (NaN/inf)"} for v in skipped],
         "video_sources": sources,
     }
-    if ivf is not None:
-        meta["nlist"], meta["nprobe"] = _train_ivf(tmp, total, dim, int(ivf), nprobe, train_size, seed)
+    if kind == "ivf":
+        meta["nlist"], meta["nprobe"] = _train_ivf(tmp, total, dim, int(ivf or _default_nlist(total)), nprobe,
+                                                   train_size, seed)
+    elif kind == "ivfpq":
+        meta["ivfpq"] = _train_ivfpq(tmp, total, dim, ivf, nprobe, train_size, seed, pq or {})
+        meta["nlist"], meta["nprobe"] = meta["ivfpq"]["nlist"], meta["ivfpq"]["nprobe"]
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
     return meta
 
 
+def _default_nlist(total: int) -> int:
+    from locvtp.indexpq import default_nlist
+
+    return default_nlist(total)
+
+
+def _train_ivfpq(tmp: Path, total: int, dim: int, nlist: int | None, nprobe: int | None, train_size: int, seed: int,
+                 pq: dict[str, Any]) -> dict[str, Any]:
+    """The IVF-PQ files of :mod:`locvtp.indexpq` over ``tmp/embeddings.npy`` (float16); returns its settings."""
+    from locvtp.indexpq import settings_for, train_and_fill
+
+    ntrain = int(min(total, max(train_size, 39 * int(nlist or _default_nlist(total)))))
+    s = settings_for(total, dim, nlist, nprobe, pq.get("rerank"), pq.get("m"), pq.get("opq", False), ntrain)
+    train_and_fill(tmp, tmp / "embeddings.npy", total, dim, s, train_size, seed)
+    return s.to_json()
+
+
 def _shrink_npy(path: Path, rows: int, chunk: int = 262144) -> None:
-    """Keep the first ``rows`` rows of a 2-D ``.npy`` file (copied in chunks: memory stays bounded)."""
+    """Keep the first ``rows`` rows of a ``.npy`` file (copied in chunks: memory stays bounded)."""
     src = np.load(path, mmap_mode="r")
     with atomic_path(path, suffix=".npy") as tmp:
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(rows, src.shape[1]))
+        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(rows, *src.shape[1:]))
         for lo in range(0, rows, chunk):
             dst[lo : lo + chunk] = src[lo : min(rows, lo + chunk)]
         dst.flush()
@@ -510,7 +583,7 @@ class MomentIndex:
     """
 
     def __init__(self, path: str | Path, backend: str = "auto", nprobe: int | None = None,
-                 single_query_threads: int | None = 1):
+                 single_query_threads: int | None = 1, rerank: int | None = None):
         self.path = Path(path)
         self.single_query_threads = single_query_threads
         meta_path = self.path / "meta.json"
@@ -522,16 +595,17 @@ class MomentIndex:
             raise IndexError_(f"{meta_path}: invalid JSON: {exc}") from None
         if not isinstance(self.meta, dict):
             raise IndexError_(f"{meta_path}: not a moment index meta.json (expected a JSON object)")
-        if self.meta.get("format") != INDEX_FORMAT or self.meta.get("version") != INDEX_VERSION:
+        if self.meta.get("format") != INDEX_FORMAT or self.meta.get("version") not in READABLE_VERSIONS:
             raise IndexError_(f"{meta_path}: unknown index format {self.meta.get('format')!r} v{self.meta.get('version')}")
         absent = [k for k in ("rows", "kind") if k not in self.meta]
         if absent:
             raise IndexError_(f"{meta_path}: incomplete index meta.json (no {', '.join(absent)})")
         try:
             self.embeddings = np.load(self.path / "embeddings.npy", mmap_mode="r", allow_pickle=False)
-            self.row_video = np.load(self.path / "row_video.npy", allow_pickle=False)
-            self.row_clip = np.load(self.path / "row_clip.npy", allow_pickle=False)
-            self.row_window = np.load(self.path / "row_window.npy", allow_pickle=False)
+            # memory-mapped too: 24 bytes a row would be 2.4 GB of RAM at 10^8 rows; a search reads a pool's rows
+            self.row_video = np.load(self.path / "row_video.npy", mmap_mode="r", allow_pickle=False)
+            self.row_clip = np.load(self.path / "row_clip.npy", mmap_mode="r", allow_pickle=False)
+            self.row_window = np.load(self.path / "row_window.npy", mmap_mode="r", allow_pickle=False)
             self.videos = json.loads((self.path / "videos.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise IndexError_(f"{self.path}: incomplete or corrupt index: {exc}") from None
@@ -550,17 +624,31 @@ class MomentIndex:
             raise UsageError("--backend faiss: faiss is not installed (pip install faiss-cpu), use --backend numpy")
         if nprobe is not None and int(nprobe) < 1:
             raise UsageError(f"nprobe must be >= 1, got {nprobe}")
+        if rerank is not None and int(rerank) < 1:
+            raise UsageError(f"rerank must be >= 1, got {rerank}")
         self.kind = self.meta["kind"]
         src = self.meta.get("video_sources")
         self.sources: dict[str, str] = {str(k): str(v) for k, v in src.items()} if isinstance(src, dict) else {}
-        if self.kind == "ivf" and backend == "numpy":
-            warnings.warn(f"{self.path}: IVF index searched without faiss: falling back to exact numpy search")
+        if self.kind in ("ivf", "ivfpq") and backend == "numpy":
+            warnings.warn(f"{self.path}: {self.kind.upper()} index searched without faiss: falling back to exact "
+                          "numpy search")
         self.backend = backend
         self._faiss = None
+        pq = self.meta.get("ivfpq") if isinstance(self.meta.get("ivfpq"), dict) else {}
+        # IVF-PQ: the candidates fetched from the codes and re-scored exactly on the fp16 vectors
+        self.rerank = int(rerank or pq.get("rerank") or 0)
         if backend == "faiss":
             import faiss
 
-            if self.kind == "ivf":
+            if self.kind == "ivfpq":
+                from locvtp.indexpq import open_ivfpq
+
+                try:
+                    self._faiss = open_ivfpq(self.path, int(nprobe or self.meta.get("nprobe") or 1))
+                except RuntimeError as exc:
+                    raise IndexError_(f"{self.path / 'ivfpq.faiss'}: incomplete or corrupt index: "
+                                      f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+            elif self.kind == "ivf":
                 self._faiss = faiss.read_index(str(self.path / "ivf.faiss"))
                 self._faiss.nprobe = int(nprobe or self.meta.get("nprobe") or 1)
             else:
@@ -582,11 +670,13 @@ class MomentIndex:
         k = min(k, len(self))
         if self._faiss is None:
             return numpy_topk(self.embeddings, q, k)
+        fetch = min(max(k, self.rerank), len(self))  # IVF-PQ: the codes' best `rerank`, re-scored exactly
         with runtime.threads(self.single_query_threads if q.shape[0] == 1 else None, torch=False, faiss=True):
-            _, rows = self._faiss.search(q, min(k, len(self)))
+            _, rows = self._faiss.search(q, fetch)
         if rows.shape[1] < k:
             rows = np.concatenate([rows, np.full((rows.shape[0], k - rows.shape[1]), -1)], axis=1)
-        return rescore(self.embeddings, q, rows)
+        scores, rows = rescore(self.embeddings, q, rows)
+        return scores[:, :k], rows[:, :k]
 
     def effective_pool(self, top_k: int, pool: int | None = None) -> tuple[int, int]:
         """(top_k, pool) as :meth:`search_moments` uses them: capped at the index size, pool by default

@@ -26,11 +26,26 @@ def index_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True,
                    help="index directory to write (replaced atomically; only an index `locvtp index` wrote is "
                         "replaced)")
+    p.add_argument("--kind", choices=("exact", "ivf", "ivfpq", "auto"), default=None,
+                   help="exact inner product; ivf (faiss IVF-Flat, all vectors in RAM); ivfpq (compressed codes on "
+                        "disk, re-ranked on float16 vectors: corpora of 10^6-10^9 clips); auto (default): exact up "
+                        "to 250k clips, else ivfpq (docs/usage.md)")
     p.add_argument("--ivf", type=cliargs.positive_int, default=None, metavar="NLIST",
-                   help="approximate faiss IVF index with NLIST lists (default: exact inner product)")
+                   help="lists of an IVF kind (default: a power of two near sqrt(clips)); without --kind: "
+                        "--kind ivf")
     p.add_argument("--nprobe", type=cliargs.positive_int, default=None,
-                   help="IVF lists probed per query (default NLIST/16)")
-    p.add_argument("--train-size", type=cliargs.positive_int, default=100_000, help="IVF training sample size")
+                   help="IVF lists probed per query, recorded in the index (default: ivf NLIST/16, ivfpq the lists "
+                        "holding ~500k codes, at most NLIST/2)")
+    p.add_argument("--rerank", type=cliargs.positive_int, default=None,
+                   help="ivfpq: candidates re-scored exactly per query, recorded in the index (default 1000)")
+    p.add_argument("--pq-m", type=cliargs.positive_int, default=None,
+                   help="ivfpq: bytes per code (PQ sub-quantizers; must divide the width; default width/8)")
+    p.add_argument("--opq", action="store_true",
+                   help="ivfpq: an OPQ rotation before the PQ (slower to train; no recall gain measured on the "
+                        "benchmark corpus: docs/benchmarks/search_scale.md)")
+    p.add_argument("--train-size", type=cliargs.positive_int, default=100_000,
+                   help="IVF training sample size (at least 39 rows a list are used)")
+    p.add_argument("--seed", type=cliargs.nonnegative_int, default=0, help="seed of the training sample")
     p.add_argument("--allow-backbone", action="store_true", help="index backbone features anyway")
     p.add_argument("--videos", default=None, metavar="LIST",
                    help="index only the video ids listed in this file (one per line, '#' comments)")
@@ -38,6 +53,8 @@ def index_main(argv: list[str] | None = None) -> int:
                    help="fail on a video with NaN/inf features instead of skipping and reporting it")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.kind == "exact" and args.ivf is not None:
+        p.error("--ivf: an exact index has no lists (give --kind ivf, ivfpq or auto)")
     video_ids = None
     check_apart(args.out, {"--features": args.features, "--videos": args.videos})
     if args.videos:
@@ -51,9 +68,11 @@ def index_main(argv: list[str] | None = None) -> int:
         if len(skipped) <= 20:
             cliargs.warn("locvtp index", f"skipped: {message}")
 
+    kind = args.kind or ("ivf" if args.ivf is not None else "auto")
     meta = build_index(args.features, args.out, ivf=args.ivf, nprobe=args.nprobe, train_size=args.train_size,
-                       progress=not args.no_progress, allow_backbone=args.allow_backbone, video_ids=video_ids,
-                       strict=args.strict, on_skip=on_skip)
+                       seed=args.seed, progress=not args.no_progress, allow_backbone=args.allow_backbone,
+                       video_ids=video_ids, strict=args.strict, on_skip=on_skip, kind=kind,
+                       pq={"m": args.pq_m, "opq": args.opq, "rerank": args.rerank})
     if len(skipped) > 20:
         cliargs.warn("locvtp index", f"... and {len(skipped) - 20} more videos with non-finite features skipped")
     note = (f"; skipped {len(skipped)} video(s) with non-finite features (listed under 'skipped' in "
@@ -79,7 +98,10 @@ def search_main(argv: list[str] | None = None) -> int:
                    help="a neighbour joins a moment if its score >= floor + (1-TOL)*(seed - floor), floor = the "
                    "pool's lowest score; 0 = single clips, 1 = chain every adjacent pool hit")
     p.add_argument("--backend", choices=("auto", "faiss", "numpy"), default="auto")
-    p.add_argument("--nprobe", type=cliargs.positive_int, default=None, help="IVF lists probed per query")
+    p.add_argument("--nprobe", type=cliargs.positive_int, default=None,
+                   help="IVF lists probed per query (default: the index's)")
+    p.add_argument("--rerank", type=cliargs.positive_int, default=None,
+                   help="ivfpq: candidates re-scored exactly per query (default: the index's)")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--threads", type=cliargs.nonnegative_int, default=0,
                    help="CPU threads for faiss/torch (0: library default). On a busy machine 1 thread is often "
@@ -105,7 +127,7 @@ def search_main(argv: list[str] | None = None) -> int:
 
 
 def _search(args, queries: list[str], device: str) -> int:
-    index = MomentIndex(args.index, backend=args.backend, nprobe=args.nprobe)
+    index = MomentIndex(args.index, backend=args.backend, nprobe=args.nprobe, rerank=args.rerank)
     from locvtp.predictor import LocVTPPredictor
 
     pred = LocVTPPredictor.from_checkpoint(args.checkpoint, device=device)
