@@ -185,3 +185,13 @@ def test_shard_ids_are_stable():
         int.from_bytes(__import__("hashlib").sha1(v.encode()).digest()[:8], "big") % 8 for v in ("a", "video_0001", "été")]
     counts = np.bincount([shard_of(f"v{i:05d}", 8) for i in range(8000)], minlength=8)
     assert counts.min() > 850 and counts.max() < 1150  # balanced
+
+
+def test_decode_workers_are_not_forked_from_the_extraction():
+    """A forked worker inherits the output lock's descriptor: after a SIGKILL of `extract` its orphaned workers
+    kept the output locked and the resuming run was refused (tests/test_extract.py's SIGKILL test, 2 runs in 3)."""
+    from locvtp.extract_pipeline import ClipChunks, chunk_loader
+
+    loader = chunk_loader(ClipChunks([], None, 1, (ValueError,)), 2, False)
+    assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
+    assert chunk_loader(ClipChunks([], None, 1, (ValueError,)), 0, False).num_workers == 0

@@ -99,10 +99,19 @@ def chunk_loader(dataset: ClipChunks, workers: int, pin: bool) -> torch.utils.da
 
     The records hold numpy arrays, not tensors, on purpose: they travel pickled through the workers' pipes
     instead of torch's shared-memory files, so a small ``/dev/shm`` (Docker's 64 MB default) or a file-size
-    limit cannot lose a record in the queue's feeder thread -- which leaves the loader waiting forever."""
+    limit cannot lose a record in the queue's feeder thread -- which leaves the loader waiting forever.
+
+    The workers are started by a fork server (spawn where there is none), never forked from this process: a
+    forked worker inherits the output's lock (an ``flock`` lives as long as any copy of its descriptor), so after
+    a SIGKILL of the extraction its orphaned workers kept the output locked and the resuming run was refused; a
+    fork also copies the writer thread's and the encoder's state mid-flight (and CUDA cannot be forked)."""
+    import multiprocessing as mp
+
     kw: dict[str, Any] = {}
     if workers > 0:
-        kw = {"prefetch_factor": PREFETCH, "worker_init_fn": _worker_init, "persistent_workers": False}
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        kw = {"prefetch_factor": PREFETCH, "worker_init_fn": _worker_init, "persistent_workers": False,
+              "multiprocessing_context": mp.get_context(method)}
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,
                                        collate_fn=_keep, **kw)
 
