@@ -409,8 +409,8 @@ def test_options_reject_unknown_keys():
     from locvtp.downstream.common import DownstreamError
     from locvtp.downstream.evaluate import load_options
 
-    opts = load_options(None, ["grounding.head_cfg.epochs=3", "segmentation.probe.head=tcn"])
-    assert opts.grounding.head_cfg.epochs == 3 and opts.segmentation.probe.head == "tcn"
+    opts = load_options(None, ["grounding.tan_cfg.epochs=3", "segmentation.probe.head=tcn"])
+    assert opts.grounding.tan_cfg.epochs == 3 and opts.segmentation.probe.head == "tcn"
     with pytest.raises(DownstreamError, match="epoch"):
         load_options(None, ["grounding.head_cfg.epoch=3"])
 

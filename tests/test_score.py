@@ -115,7 +115,7 @@ def test_score_on_what_evaluate_wrote_reproduces_its_metrics_exactly(tiny_world,
 
     out = tmp_path / "eval"
     # one head seed: the head's predictions file holds the first seed's windows, its figures the seeds' mean
-    opts = load_options(None, ["grounding.head_cfg.epochs=2", "grounding.tan_cfg.seeds=1"])
+    opts = load_options(None, ["grounding.tan_cfg.epochs=2", "grounding.tan_cfg.seeds=1"])
     metrics = evaluate_all(tiny_checkpoint, tiny_world, out_dir=out, tasks=("grounding",), options=opts,
                            progress=False, verbose=False, threads=1)
     ann = str(Path(tiny_world) / "grounding" / "activitynet" / "val_1.json")

@@ -302,7 +302,7 @@ def test_head_figures_depend_only_on_the_video_features(tiny_world, tiny_checkpo
         out = tmp_path / f"eval{k}"
         assert main(["evaluate", "grounding", "--checkpoint", str(ck), "--data", str(tiny_world), "--features",
                      str(feats), "--out", str(out), "--quiet", "--threads", "1", "--head-seeds", "2",
-                     "--set", "grounding.head_cfg.epochs=4"]) == 0
+                     "--set", "grounding.tan_cfg.epochs=4"]) == 0
         outs.append(_head_figures(out))
     (fig_a, doc_a), (fig_b, doc_b) = outs
     assert fig_a and fig_a == fig_b
@@ -415,3 +415,17 @@ def test_paired_bootstrap_zero_shot_scorer_and_pooled_seeds(tmp_path):
     assert pooled["seeds_a"] == pooled["seeds_b"] == 4
     stacked = np.concatenate([files[1][2], files[3][2]], axis=1)
     assert pooled["figures"]["mIoU"]["a"] == pytest.approx(100 * stacked.mean())
+
+
+def test_the_tan_heads_recipe_is_its_own_and_a_checkpoint_text_setting_is_refused_for_it():
+    """lr / epochs of the tan head live in tan_cfg (its recipe, chosen on validation in session 8); head_cfg's are
+    the checkpoint_text head's, so setting them for a tan run would be silently ignored: refused, naming the key."""
+    from locvtp.downstream.evaluate import OptionError, check_options, load_options
+
+    opts = check_options(load_options(None, []))
+    assert (opts.grounding.tan_cfg.lr, opts.grounding.tan_cfg.epochs, opts.grounding.tan_cfg.patience) == (3e-3, 40, 8)
+    assert (opts.grounding.head_cfg.lr, opts.grounding.head_cfg.epochs) == (1e-2, 20)
+    for key in ("lr=1e-3", "epochs=30"):
+        with pytest.raises(OptionError, match=f"grounding.head_cfg.{key.split('=')[0]}=.*tan_cfg"):
+            check_options(load_options(None, [f"grounding.head_cfg.{key}"]))
+        check_options(load_options(None, ["grounding.head_variant=checkpoint_text", f"grounding.head_cfg.{key}"]))

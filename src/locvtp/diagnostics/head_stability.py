@@ -7,7 +7,7 @@ grounding` (``tan`` variant, same features, word vectors, validation split and s
 look at the test split (``docs/results.md``, "The head's training recipe").
 
     python -m locvtp.diagnostics.head_stability RUN_A RUN_B --world W \\
-        --recipe "current:" --recipe "lr1e-3:grounding.head_cfg.lr=1e-3,grounding.head_cfg.epochs=60"
+        --recipe "current:" --recipe "lr1e-3:grounding.tan_cfg.lr=1e-3,grounding.tan_cfg.epochs=40"
 
 Per recipe and checkpoint: each head seed's best validation R1@0.5, its best epoch, whether it *collapsed* (best
 validation R1@0.5 more than ``--collapse-gap`` points below the best seed of the same checkpoint and recipe, or a

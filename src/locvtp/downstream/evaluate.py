@@ -28,7 +28,7 @@ from locvtp.downstream.common import (
     write_json, write_jsonl, write_npz,
 )
 from locvtp.downstream.grounding import (
-    GROUNDING_WORDS, GroundingOptions, key_by_annotation_qid, load_grounding_queries,
+    GROUNDING_WORDS, GroundingOptions, HeadConfig, key_by_annotation_qid, load_grounding_queries,
 )
 from locvtp.downstream.tan import HEAD_VARIANTS, run_grounding_task
 from locvtp.downstream.retrieval import SIMILARITY_FILES, RetrievalOptions, load_msrvtt, run_retrieval
@@ -112,7 +112,8 @@ _RANGES = {
     "grounding.tan_cfg.lstm_hidden": (1, None, False, False), "grounding.tan_cfg.lstm_layers": (1, None, False, False),
     "grounding.tan_cfg.max_words": (1, None, False, False), "grounding.tan_cfg.val_fraction": (0, 1, False, True),
     "grounding.tan_cfg.patience": (1, None, False, False), "grounding.tan_cfg.seeds": (1, None, False, False),
-    "grounding.tan_cfg.grad_clip": (0, None, False, False),
+    "grounding.tan_cfg.grad_clip": (0, None, False, False), "grounding.tan_cfg.lr": (0, None, True, False),
+    "grounding.tan_cfg.epochs": (1, None, False, False),
     "retrieval.top_k_saved": (1, None, False, False), "retrieval.finetune_cfg.epochs": (1, None, False, False),
     "retrieval.finetune_cfg.batch_size": (1, None, False, False),
     "retrieval.finetune_cfg.lr": (0, None, False, False), "retrieval.finetune_cfg.adapter_lr": (0, None, False, False),
@@ -151,6 +152,11 @@ def check_options(opts: DownstreamOptions) -> DownstreamOptions:
                 None if hi is None else f"{'<' if hi_open else '<='} {hi}") if t)
             raise OptionError(f"option {key}={v!r}: must be {rule}")
     hc = opts.grounding.head_cfg
+    if opts.grounding.head_variant == "tan":
+        for key in ("lr", "epochs"):  # the tan head's are tan_cfg's: a head_cfg value would be ignored silently
+            if getattr(hc, key) != getattr(HeadConfig, key):
+                raise OptionError(f"option grounding.head_cfg.{key}={getattr(hc, key)!r} is the checkpoint_text "
+                                  f"head's; the tan head's is grounding.tan_cfg.{key}")
     if hc.kernel % 2 != 1:
         raise OptionError(f"option grounding.head_cfg.kernel={hc.kernel}: must be odd (same padding)")
     probe = opts.segmentation.probe

@@ -292,20 +292,21 @@ def train_tan(train: QuerySet, vectors: WordVectors, hc: HeadConfig, tc: TanConf
               val: QuerySet | None = None, progress: bool = False, desc: str = "2D-TAN head"
               ) -> tuple[TANGrounding, EarlyStopping]:
     """Train a :class:`TANGrounding` (word vectors fixed, LSTM and head trained) with AdamW and the scaled-IoU BCE,
-    early-stopped on ``val`` (None: ``hc.epochs`` epochs). Deterministic given ``seed``."""
+    early-stopped on ``val`` (None: ``tc.epochs`` epochs); the optimiser's lr and epochs are ``tc``'s, the batch
+    size, weight decay and loss bounds ``hc``'s. Deterministic given ``seed``."""
     from locvtp.runtime import progress as tqdm
 
     if len(train) < 1 or train.x.ndim != 3 or train.x.shape[1] != hc.num_clips:
         raise ValueError(f"inconsistent training features {train.x.shape} (num_clips={hc.num_clips})")
     torch.manual_seed(seed)
     model = TANGrounding(train.x.shape[2], vectors.vectors, hc, tc)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hc.lr,
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                             weight_decay=hc.weight_decay)
     x, ids, lengths = train.tensors()
     iou = moment_iou(torch.as_tensor(train.gt, dtype=torch.float64), torch.as_tensor(train.dur, dtype=torch.float64),
                      hc.num_clips)
     gen = torch_generator(seed)
-    bar = tqdm(total=hc.epochs, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=tc.epochs, desc=desc, disable=not progress, leave=False)
 
     def run_epoch(_epoch: int) -> float:
         perm = torch.randperm(len(x), generator=gen)
@@ -324,7 +325,7 @@ def train_tan(train: QuerySet, vectors: WordVectors, hc: HeadConfig, tc: TanConf
         return total / len(x)
 
     validate = None if val is None or len(val) == 0 else (lambda: _validation_score(model, val))
-    log = fit_early_stopping(model, run_epoch, validate, hc.epochs, tc.patience)
+    log = fit_early_stopping(model, run_epoch, validate, tc.epochs, tc.patience)
     bar.close()
     return model, log
 
