@@ -43,16 +43,15 @@ import math
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from locvtp.errors import LocVTPError
-from locvtp.files import OutputLock, atomic_path, atomic_write_json, fsync_dir, fsync_file, remove_stale_temporaries
+from locvtp.files import OutputLock, atomic_write_json, fsync_dir, fsync_file, remove_stale_temporaries
+from locvtp.training.chunks import chunked_array
 
 CORPUS_VERSION = 1
 COMMIT_EVERY = 500_000  # narrations between two commits of a conversion (what a kill can cost)
@@ -469,94 +468,19 @@ class CaptionItems(Sequence):
         return self.store.video_rank()[self.video_index()]
 
 
-def candidates(store: CaptionStore) -> tuple[np.ndarray, np.ndarray]:
+def candidates(store: CaptionStore, chunk: int = CHECK_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """(the narration indices a run checks, in order: those ``data.split_file`` keeps; which videos they use, as a
     mask over the store's videos). Pre-training's checks and ``prepare``'s frame cache both start here."""
     keep = store.keep_mask()
     idx_dtype = np.int32 if store.n < 2**31 else np.int64
     cand = (np.nonzero(keep)[0].astype(idx_dtype) if keep is not None else np.arange(store.n, dtype=idx_dtype))
     used = np.zeros(store.num_videos, dtype=bool)
-    for lo in range(0, len(cand), CHECK_CHUNK):
+    for lo in range(0, len(cand), chunk):
         narr_video = store.narr_video
-        used[narr_video[cand[lo:lo + CHECK_CHUNK]] if keep is not None else narr_video[lo:lo + CHECK_CHUNK]] = True
+        used[narr_video[cand[lo:lo + chunk]] if keep is not None else narr_video[lo:lo + chunk]] = True
         del narr_video
         store.release()  # one chunk of the column mapped at a time: its pages never pile up in this process
     return cand, used
-
-
-# ------------------------------------------------------------------------------------------------ chunked caches
-def chunked_array(directory: Path, name: str, n_items: int, chunk: int, compute: Callable[[int, int], dict],
-                  share: tuple[int, int] = (0, 1), workers: int = 0, progress: bool = True,
-                  wait: bool = True, poll: float = 2.0, desc: Optional[str] = None) -> Optional[dict[str, np.ndarray]]:
-    """A per-item cache computed in chunks: ``compute(lo, hi)`` returns a dict of arrays for items ``lo:hi``.
-
-    Each chunk is written atomically as ``NAME.parts/NNNNNNN.npz``; the assembled ``NAME.npz`` (arrays
-    concatenated) is what callers read. This process computes the missing chunks of its share (every
-    ``share[1]``-th from ``share[0]``) with ``workers`` processes (``compute`` must then be picklable); with
-    ``wait`` it then waits for the other shares' parts and assembles (the first to get there does). ``desc``: the
-    progress bar's label (default ``name``).
-    """
-    final = directory / f"{name}.npz"
-    if final.is_file():
-        return _load_npz(final)
-    parts = directory / f"{name}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    n_chunks = max(1, math.ceil(n_items / chunk))
-    part = [parts / f"{i:07d}.npz" for i in range(n_chunks)]
-    rank, world = share
-    mine = [i for i in range(rank, n_chunks, world) if not part[i].is_file()]
-    bar = None
-    if progress and mine:
-        from locvtp.runtime import progress as tqdm
-
-        bar = tqdm(total=len(mine), desc=desc or name, unit="chunk")
-    if workers > 0 and len(mine) > 1:
-        # no fork: torch / tokenizer thread pools are not fork-safe, and a forked worker inherits the file locks
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = {pool.submit(_compute_part, compute, i * chunk, min(n_items, (i + 1) * chunk), part[i]): i
-                    for i in mine}
-            try:
-                for f in futs:
-                    f.result()
-                    if bar is not None:
-                        bar.update(1)
-            except BaseException:  # the first failure stops the rest (done chunks stay for the resume)
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-    else:
-        for i in mine:
-            _compute_part(compute, i * chunk, min(n_items, (i + 1) * chunk), part[i])
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    if not wait:
-        return None
-    while not all(p.is_file() for p in part):
-        if final.is_file():
-            return _load_npz(final)
-        time.sleep(poll)  # other shares are still computing theirs
-    if not final.is_file():
-        arrays: dict[str, list] = {}
-        for p in part:
-            with np.load(p, allow_pickle=False) as z:
-                for k in z.files:
-                    arrays.setdefault(k, []).append(z[k])
-        with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.concatenate(v) for k, v in arrays.items()})
-    return _load_npz(final)
-
-
-def _compute_part(compute: Callable[[int, int], dict], lo: int, hi: int, out: Path) -> None:
-    arrays = compute(lo, hi)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 # ------------------------------------------------------------------------------------------------ which captions have words

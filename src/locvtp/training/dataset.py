@@ -43,6 +43,8 @@ from locvtp.training.records import BadSample, BadSampleError, CaptionItem, NoSa
 from locvtp.training.framecache import corpus_frame_cache
 from locvtp.training.sources import FeatureSource, VideoFileSource, narration_window, whole_video_window
 
+_CHECK_CHUNK = CHECK_CHUNK  # narrations per step of the up-front checks (a test makes it small)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # The dataset
@@ -208,7 +210,7 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
     paths = prepared.paths or DataPaths.of(d)
     root = paths.root
     store = prepared.store
-    cand, used = candidates(store)
+    cand, used = candidates(store, _CHECK_CHUNK)
     vid_names = store.video_ids
     vids = sorted(vid_names[k] for k in np.nonzero(used)[0])
     if d.kind == "features":
@@ -307,8 +309,8 @@ def _check_samples(store: Any, cand: np.ndarray, used: np.ndarray, source: Any, 
             duration[k] = source.durations[v]
     bad: list[BadSample] = [BadSample("row", f"{f}: {loc}", reason) for f, loc, reason in store.bad_rows()]
     good_parts = []
-    for lo in range(0, len(cand), CHECK_CHUNK):
-        idx = cand[lo:lo + CHECK_CHUNK]
+    for lo in range(0, len(cand), _CHECK_CHUNK):
+        idx = cand[lo:lo + _CHECK_CHUNK]
         at = slice(int(idx[0]), int(idx[-1]) + 1) if keep is None else idx  # no split: views, not gathers
         vid_of = store.narr_video[at]
         starts, ends = np.asarray(store.starts[at]), np.asarray(store.ends[at])

@@ -1,7 +1,7 @@
 """The frame cache (``data.cache=true``): every frame of every video of a corpus decoded once, at ``data.frame_size``
 on the short side, into memory-mapped uint8 files that every rank and loader worker maps without copying.
 
-Why it is built like the prepared corpus's other caches (:func:`locvtp.training.corpus.chunked_array`): decoding
+Why it is built like the prepared corpus's other caches (:func:`locvtp.training.chunks.chunked_array`): decoding
 every video is the one job of a launch whose time grows with the corpus. The videos, sorted by id, are cut into
 chunks; each chunk is decoded by one worker process into its own piece (``pieces/NNNNNNN.u8``, written to a
 temporary and ``os.replace``d, then its index part ``videos.parts/NNNNNNN.npz``: a chunk is done when its part
@@ -33,6 +33,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from locvtp.files import atomic_path, atomic_write_json, remove_temporaries_in
+from locvtp.training.chunks import chunked_array
 from locvtp.training.records import BadSample, BadSampleError, STRICT_NOTE, _reason
 
 FORMAT = 3
@@ -122,8 +123,6 @@ class FrameCache:
         """Decode this process's share of the videos (or reuse a complete cache); with ``wait``, wait for the other
         shares and return the cache and its unreadable videos, else ``(None, [])`` when a share is still missing.
         ``strict``: the first unreadable video raises :class:`BadSampleError`."""
-        from locvtp.training.corpus import chunked_array
-
         final = Path(cache_root) / f"frames_{size}px_{cls.key(paths, size)}"
         if (final / "index.json").is_file():
             done = cls(final, frames_per_clip, size)
