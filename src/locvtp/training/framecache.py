@@ -95,21 +95,20 @@ class FrameCache:
                             duration=self.durations[vid], source=vid)
 
     @staticmethod
-    def key(paths: dict[str, Path], size: int, layout: int = 3) -> str:
-        """Layout 2: per-video h x w in one file (earlier versions); layout 3: pieces (this one)."""
+    def key(paths: dict[str, Path], size: int, layout: int = 3, stamp: Optional[bytes] = None) -> str:
+        """Layout 2: per-video h x w in one file (earlier versions); layout 3: pieces (this one). ``stamp``:
+        :func:`video_stamp` of ``paths``, when the caller has it (one ``stat`` per video for every key)."""
         h = hashlib.sha256(f"layout={layout}|size={size}".encode())
-        for vid in sorted(paths):
-            st = paths[vid].stat() if paths[vid].exists() else None
-            h.update(f"|{vid}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}".encode())
+        h.update(video_stamp(paths) if stamp is None else stamp)
         return h.hexdigest()[:16]
 
     @classmethod
-    def find(cls, roots: Iterable[Path], paths: dict[str, Path], frames_per_clip: int, size: int
-             ) -> Optional["FrameCache"]:
+    def find(cls, roots: Iterable[Path], paths: dict[str, Path], frames_per_clip: int, size: int,
+             stamp: Optional[bytes] = None) -> Optional["FrameCache"]:
         """A complete cache of these videos under one of ``roots`` (this format, else an earlier one), or None."""
-        roots = [Path(r) for r in roots]
+        roots, stamp = [Path(r) for r in roots], video_stamp(paths) if stamp is None else stamp
         for layout in (3, 2):
-            key = cls.key(paths, size, layout)
+            key = cls.key(paths, size, layout, stamp)
             for r in roots:
                 d = r / f"frames_{size}px_{key}"
                 if (d / "index.json").is_file():
@@ -119,11 +118,12 @@ class FrameCache:
     @classmethod
     def build(cls, cache_root: Path, paths: dict[str, Path], frames_per_clip: int, size: int,
               strict: bool = False, progress: bool = True, share: tuple[int, int] = (0, 1), workers: int = 0,
-              wait: bool = True, chunk: Optional[int] = None) -> tuple[Optional["FrameCache"], list[BadSample]]:
+              wait: bool = True, chunk: Optional[int] = None, stamp: Optional[bytes] = None
+              ) -> tuple[Optional["FrameCache"], list[BadSample]]:
         """Decode this process's share of the videos (or reuse a complete cache); with ``wait``, wait for the other
         shares and return the cache and its unreadable videos, else ``(None, [])`` when a share is still missing.
         ``strict``: the first unreadable video raises :class:`BadSampleError`."""
-        final = Path(cache_root) / f"frames_{size}px_{cls.key(paths, size)}"
+        final = Path(cache_root) / f"frames_{size}px_{cls.key(paths, size, stamp=stamp)}"
         if (final / "index.json").is_file():
             done = cls(final, frames_per_clip, size)
             return done, done.bad
@@ -145,6 +145,15 @@ class FrameCache:
             _write_index(final, vids, paths, arrays, chunk, size)
         done = cls(final, frames_per_clip, size)
         return done, done.bad
+
+
+def video_stamp(paths: dict[str, Path]) -> bytes:
+    """What the key says of the video files: id, size and modification time of each (-1: missing)."""
+    parts = []
+    for vid in sorted(paths):
+        st = paths[vid].stat() if paths[vid].exists() else None
+        parts.append(f"|{vid}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}")
+    return "".join(parts).encode()
 
 
 def _write_index(final: Path, vids: list[str], paths: dict[str, Path], arrays: dict[str, np.ndarray], chunk: int,
@@ -241,10 +250,12 @@ def corpus_frame_cache(d: Any, store_dir: Path, video_dir: Optional[Path], vids:
     root = frame_cache_root(d, store_dir)
     paths = {v: video_path(video_dir, v) for v in vids}
     size = int(d.frame_size)
-    found = FrameCache.find([root, *legacy_roots], paths, int(d.frames_per_clip), size)
+    stamp = video_stamp(paths)  # one stat per video for this launch
+    found = FrameCache.find([root, *legacy_roots], paths, int(d.frames_per_clip), size, stamp)
     if found is not None:
         return found, found.bad
-    return FrameCache.build(root, paths, int(d.frames_per_clip), size, strict, progress, share, workers, wait)
+    return FrameCache.build(root, paths, int(d.frames_per_clip), size, strict, progress, share, workers, wait,
+                            stamp=stamp)
 
 
 def frame_cache_root(d: Any, store_dir: Path) -> Path:
@@ -252,4 +263,4 @@ def frame_cache_root(d: Any, store_dir: Path) -> Path:
     return Path(os.path.expanduser(str(d.cache_dir))) if d.get("cache_dir") else Path(store_dir)
 
 
-__all__ = ["FORMAT", "FrameCache", "corpus_frame_cache", "frame_cache_root"]
+__all__ = ["FORMAT", "FrameCache", "corpus_frame_cache", "frame_cache_root", "video_stamp"]
