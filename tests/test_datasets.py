@@ -202,7 +202,9 @@ def _prepared_data(cfg, run, strict=False, vocab=200):
 def test_cache_and_mp4_decoding_give_the_same_clips(tiny_world, tmp_path):
     cached, tok, _ = _build(tiny_world, tmp_path / "a", "data.cache=true")
     files, _, _ = _build(tiny_world, tmp_path / "b", "data.cache=false")
-    assert (tmp_path / "a" / "cache").is_dir()
+    store_dir = files.dataset.items.store.directory
+    assert cached.dataset.source.directory.parent == store_dir  # no data.cache_dir: in the prepared corpus
+    assert not (tmp_path / "a" / "cache").exists()
     assert list(files.dataset.items.store.directory.glob("probe-*.npz"))  # the file path probes via the corpus
     n = _num_narrations(tiny_world)
     assert len(cached.dataset) == len(files.dataset) == n and not cached.bad

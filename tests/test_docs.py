@@ -56,7 +56,7 @@ EXPECTED_COMMAND_BLOCKS = {
     "docs/predictor.md": 3,
     "docs/results.md": 8,
     "docs/serve.md": 3,
-    "docs/training.md": 9,
+    "docs/training.md": 10,
     "docs/usage.md": 27,
     "docs/world_versions.md": 3,
 }

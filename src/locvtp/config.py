@@ -48,8 +48,9 @@ class DataConfig:
     cache: bool = True  # pre-decode videos to a memory-mapped uint8 cache (fast CPU training)
     tokenizer: Optional[str] = None  # tokenizer.json / HF tokenizer dir; None = train WordPiece on captions
     vocab_size: int = 2000  # when training a tokenizer
-    # Where the pre-decoded frame cache lives (data.cache=true). None = <run dir>/cache. Point two runs on the
-    # same videos at one directory to decode once (the cache is keyed by frame size and the video list).
+    # Where the pre-decoded frame cache lives (data.cache=true). None = in the prepared corpus's directory (where
+    # `locvtp prepare` builds it). Point runs on other corpora of the same videos at one directory to decode once
+    # (the cache is keyed by frame size and the video files).
     cache_dir: Optional[str] = None
     # Where the prepared corpus lives (docs/training.md, "At scale"): the caption file converted once into
     # memory-mapped columns, plus its per-tokenizer and per-video caches. None = $LOCVTP_CACHE/prepared, else

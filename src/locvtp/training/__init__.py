@@ -17,6 +17,8 @@ one way, down this list (a module imports only modules below it, and :mod:`locvt
 * :mod:`~locvtp.training.corpus` — the prepared corpus (captions converted once, video probes, word masks) and
   :class:`DataPaths`, the config's data paths resolved once;
 * :mod:`~locvtp.training.sources` — the windows of a caption and the clip sources that fill them (videos, features);
+* :mod:`~locvtp.training.framecache` — the frame cache: videos decoded once, in chunks, by workers and shares;
+* :mod:`~locvtp.training.chunks` — per-item caches computed in resumable, shardable chunks;
 * :mod:`~locvtp.training.sampler` — the resumable, rank-sharded batch order;
 * :mod:`~locvtp.training.records` — the caption record, bad samples and their log.
 

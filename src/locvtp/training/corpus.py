@@ -43,20 +43,20 @@ import math
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from multiprocessing import get_context
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from locvtp.errors import LocVTPError
-from locvtp.files import OutputLock, atomic_path, atomic_write_json, fsync_dir, fsync_file, remove_stale_temporaries
+from locvtp.files import OutputLock, atomic_write_json, fsync_dir, fsync_file, remove_stale_temporaries
+from locvtp.training.chunks import chunked_array
 
 CORPUS_VERSION = 1
 COMMIT_EVERY = 500_000  # narrations between two commits of a conversion (what a kill can cost)
 COMMIT_SECONDS = 30.0
+CHECK_CHUNK = 1 << 22  # narrations per step of a scan over the columns (bounds its temporaries: ~100 MB)
 
 
 class CorpusError(LocVTPError, RuntimeError):
@@ -468,73 +468,19 @@ class CaptionItems(Sequence):
         return self.store.video_rank()[self.video_index()]
 
 
-# ------------------------------------------------------------------------------------------------ chunked caches
-def chunked_array(directory: Path, name: str, n_items: int, chunk: int, compute: Callable[[int, int], dict],
-                  share: tuple[int, int] = (0, 1), workers: int = 0, progress: bool = True,
-                  wait: bool = True, poll: float = 2.0) -> Optional[dict[str, np.ndarray]]:
-    """A per-item cache computed in chunks: ``compute(lo, hi)`` returns a dict of arrays for items ``lo:hi``.
-
-    Each chunk is written atomically as ``NAME.parts/NNNNNNN.npz``; the assembled ``NAME.npz`` (arrays
-    concatenated) is what callers read. This process computes the missing chunks of its share (every
-    ``share[1]``-th from ``share[0]``) with ``workers`` processes (``compute`` must then be picklable); with
-    ``wait`` it then waits for the other shares' parts and assembles (the first to get there does).
-    """
-    final = directory / f"{name}.npz"
-    if final.is_file():
-        return _load_npz(final)
-    parts = directory / f"{name}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    n_chunks = max(1, math.ceil(n_items / chunk))
-    part = [parts / f"{i:07d}.npz" for i in range(n_chunks)]
-    rank, world = share
-    mine = [i for i in range(rank, n_chunks, world) if not part[i].is_file()]
-    bar = None
-    if progress and mine:
-        from locvtp.runtime import progress as tqdm
-
-        bar = tqdm(total=len(mine), desc=name, unit="chunk")
-    if workers > 0 and len(mine) > 1:
-        ctx = get_context("spawn")  # no fork: torch / tokenizer thread pools are not fork-safe
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = {pool.submit(_compute_part, compute, i * chunk, min(n_items, (i + 1) * chunk), part[i]): i
-                    for i in mine}
-            for f in futs:
-                f.result()
-                if bar is not None:
-                    bar.update(1)
-    else:
-        for i in mine:
-            _compute_part(compute, i * chunk, min(n_items, (i + 1) * chunk), part[i])
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    if not wait:
-        return None
-    while not all(p.is_file() for p in part):
-        if final.is_file():
-            return _load_npz(final)
-        time.sleep(poll)  # other shares are still computing theirs
-    if not final.is_file():
-        arrays: dict[str, list] = {}
-        for p in part:
-            with np.load(p, allow_pickle=False) as z:
-                for k in z.files:
-                    arrays.setdefault(k, []).append(z[k])
-        with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.concatenate(v) for k, v in arrays.items()})
-    return _load_npz(final)
-
-
-def _compute_part(compute: Callable[[int, int], dict], lo: int, hi: int, out: Path) -> None:
-    arrays = compute(lo, hi)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def candidates(store: CaptionStore, chunk: int = CHECK_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(the narration indices a run checks, in order: those ``data.split_file`` keeps; which videos they use, as a
+    mask over the store's videos). Pre-training's checks and ``prepare``'s frame cache both start here."""
+    keep = store.keep_mask()
+    idx_dtype = np.int32 if store.n < 2**31 else np.int64
+    cand = (np.nonzero(keep)[0].astype(idx_dtype) if keep is not None else np.arange(store.n, dtype=idx_dtype))
+    used = np.zeros(store.num_videos, dtype=bool)
+    for lo in range(0, len(cand), chunk):
+        narr_video = store.narr_video
+        used[narr_video[cand[lo:lo + chunk]] if keep is not None else narr_video[lo:lo + chunk]] = True
+        del narr_video
+        store.release()  # one chunk of the column mapped at a time: its pages never pile up in this process
+    return cand, used
 
 
 # ------------------------------------------------------------------------------------------------ which captions have words
@@ -770,6 +716,8 @@ class PreparedCorpus:
     tokenizer_dir: Optional[Path] = None  # the corpus's own tokenizer, when the config names none
     probes: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=videos without the frame cache)
     feature_rows: Optional[dict[str, np.ndarray]] = None  # per video (data.kind=features): rows, dim
+    frame_cache: Any = None  # the FrameCache (data.kind=videos, data.cache=true; None: not asked, or shares missing)
+    frame_cache_bad: list = field(default_factory=list)  # its unreadable videos (BadSample)
 
     def summary(self) -> str:
         parts = [f"{self.store.n} narrations of {self.store.num_videos} videos",
@@ -784,6 +732,9 @@ class PreparedCorpus:
             parts.append(f"{int((~self.words).sum())} captions without words")
         if self.probes is not None:
             parts.append(f"{len(self.probes['err_idx'])} unreadable videos")
+        if self.frame_cache is not None:
+            parts.append(f"frame cache of {len(self.frame_cache.index)} videos ({len(self.frame_cache_bad)} "
+                         f"unreadable) in {self.frame_cache.directory}")
         return ", ".join(parts) + f" -> {self.store.directory}"
 
 
@@ -817,11 +768,15 @@ def fixed_tokenizer(cfg: Any) -> Any:
 
 
 def prepare_corpus(cfg: Any, words: bool = True, share: tuple[int, int] = (0, 1), workers: int = 0,
-                   strict: bool = False, progress: bool = True, wait: bool = True) -> PreparedCorpus:
+                   strict: bool = False, progress: bool = True, wait: bool = True, frames: bool = False
+                   ) -> PreparedCorpus:
     """Prepare (or reuse) what ``cfg.data`` needs: the caption columns, with ``words`` the words mask under the
     config's fixed tokenizer (``data.tokenizer`` or the HF model's) or else the corpus's own, trained once on a
     bounded sample (:mod:`locvtp.training.corpus_tokenizer`; pre-training passes False and builds the mask with
-    its run's tokenizer, which is that same one unless resuming), and, for ``data.kind=videos`` without the frame cache, the video probes. ``share``/``workers``/``wait`` as in :func:`chunked_array` (``locvtp prepare --shard``)."""
+    its run's tokenizer, which is that same one unless resuming), and, for ``data.kind=videos`` without the frame
+    cache, the video probes; with it and ``frames`` (``locvtp prepare``), the frame cache
+    (:mod:`locvtp.training.framecache`; pre-training looks for it, or decodes it in shares, itself).
+    ``share``/``workers``/``wait`` as in :func:`chunked_array` (``locvtp prepare --shard``)."""
     d = cfg.data
     paths = DataPaths.of(d)
     caption = paths.caption_file
@@ -849,9 +804,21 @@ def prepare_corpus(cfg: Any, words: bool = True, share: tuple[int, int] = (0, 1)
     if d.kind == "videos" and not d.cache:
         out.probes = video_probes(store, paths.video_dir, share, workers, progress,
                                   wait=wait)
+    if d.kind == "videos" and d.cache and frames:
+        from locvtp.training.framecache import corpus_frame_cache
+
+        used = candidates(store)[1]
+        vids = sorted(store.video_ids[k] for k in np.nonzero(used)[0])
+        out.frame_cache, out.frame_cache_bad = corpus_frame_cache(d, store.directory, paths.video_dir, vids, share,
+                                                                  workers, strict, progress, wait)
+        if strict and out.frame_cache_bad:  # a cache built leniently earlier: strict still stops at the first
+            from locvtp.training.records import STRICT_NOTE, BadSampleError
+
+            b = out.frame_cache_bad[0]
+            raise BadSampleError(f"{b.source}: unreadable video: {b.reason}{STRICT_NOTE}")
     return out
 
 
-__all__ = ["CaptionItems", "CaptionStore", "CorpusError", "DataPaths", "PreparedCorpus", "chunked_array", "default_prepared_root",
+__all__ = ["CaptionItems", "CaptionStore", "CorpusError", "DataPaths", "PreparedCorpus", "candidates", "chunked_array", "default_prepared_root",
            "feature_lengths", "fixed_tokenizer", "prepare_captions", "prepare_corpus", "resolve_data_path", "texts_with_words",
            "video_probes", "words_mask"]

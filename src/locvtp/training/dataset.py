@@ -26,7 +26,6 @@ gathers need) and reported. ``strict=True`` raises on the first one instead.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -36,12 +35,15 @@ import torch
 from torch.utils.data import Dataset
 
 from locvtp.config import ConfigError
-from locvtp.training.corpus import DataPaths, read_split_ids
+from locvtp.training.corpus import CHECK_CHUNK, DataPaths, read_split_ids
 from locvtp.data.offsets import draw_offsets, draw_release_variates, draw_splice_variates
 from locvtp.data.stopwords import content_words, stopword_ids
 from locvtp.data.videoids import video_path
 from locvtp.training.records import BadSample, BadSampleError, CaptionItem, NoSamplesError, STRICT_NOTE, _reason
-from locvtp.training.sources import FeatureSource, FrameCache, VideoFileSource, narration_window, whole_video_window
+from locvtp.training.framecache import corpus_frame_cache
+from locvtp.training.sources import FeatureSource, VideoFileSource, narration_window, whole_video_window
+
+_CHECK_CHUNK = CHECK_CHUNK  # narrations per step of the up-front checks (a test makes it small)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -187,36 +189,34 @@ class PretrainData:
         return f"skipped {skipped} of {self.total} samples{where}"
 
 
-_CHECK_CHUNK = 1 << 22  # narrations per step of the up-front checks (bounds their temporaries: ~100 MB)
 
 
 def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, strict: bool = False,
-                        progress: bool = True, is_main: bool = True, barrier: Any = None,
-                        share: tuple[int, int] = (0, 1)) -> PretrainData:
+                        progress: bool = True, share: tuple[int, int] = (0, 1)) -> PretrainData:
     """Sources, up-front checks and the dataset, from ``cfg.data`` and the prepared corpus
     (:func:`locvtp.training.corpus.prepare_corpus`).
 
     Nothing per narration becomes a Python object: the checks (unreadable video, caption without words under
     ``tokenizer``, narration after the end of its video) are array operations over the corpus's columns, and the
     dataset's items are made on access. Only the samples found bad get a record, worded as the in-memory path
-    words it. Under DDP every rank calls this with ``share=(rank, world)``: the words mask is computed in shares
-    by all ranks at once (:func:`~locvtp.training.corpus.words_mask`); the frame cache (``data.cache``, for corpora
-    that fit on disk decoded) is built by rank 0 while the others wait at ``barrier``.
+    words it. Under DDP every rank calls this with ``share=(rank, world)``: the words mask and, when it is not
+    prepared yet, the frame cache (``data.cache``, for corpora that fit on disk decoded;
+    :mod:`locvtp.training.framecache`) are computed in shares by all ranks at once, each with ``data.num_workers``
+    processes, and every rank then waits for the others' shares: none works while the others wait.
     """
-    from locvtp.training.corpus import CaptionItems, words_mask
+    from locvtp.training.corpus import CaptionItems, candidates, words_mask
 
     d = cfg.data
     paths = prepared.paths or DataPaths.of(d)
     root = paths.root
     store = prepared.store
-    cand, used = _candidates(store)
+    cand, used = candidates(store, _CHECK_CHUNK)
     vid_names = store.video_ids
     vids = sorted(vid_names[k] for k in np.nonzero(used)[0])
     if d.kind == "features":
         source, bad_videos = _feature_source(cfg, prepared, paths, used, vids)
     elif d.kind == "videos":
-        source, bad_videos = _video_source(d, prepared, paths, used, vids, run_dir, strict, progress, is_main,
-                                           barrier or (lambda: None))
+        source, bad_videos = _video_source(d, prepared, paths, used, vids, run_dir, strict, progress, share)
     else:
         raise ConfigError(f"data.kind must be 'videos' or 'features', got {d.kind!r}")
     ok_words = words_mask(store, tokenizer, int(d.max_words), share=share, progress=progress)
@@ -234,20 +234,6 @@ def build_pretrain_data(cfg: Any, prepared: Any, tokenizer: Any, run_dir: Path, 
                               oc.temporal_form == "release" else 0,
                               max_words=int(d.max_words), splice=float(oc.weights.splice) > 0)
     return PretrainData(dataset=dataset, bad=bad, total=len(cand) + len(store.bad_rows()))
-
-
-def _candidates(store: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(the narration indices to check, in order; which videos they use, as a mask over the store's videos)."""
-    keep = store.keep_mask()
-    idx_dtype = np.int32 if store.n < 2**31 else np.int64
-    cand = (np.nonzero(keep)[0].astype(idx_dtype) if keep is not None else np.arange(store.n, dtype=idx_dtype))
-    used = np.zeros(store.num_videos, dtype=bool)
-    for lo in range(0, len(cand), _CHECK_CHUNK):
-        narr_video = store.narr_video
-        used[narr_video[cand[lo:lo + _CHECK_CHUNK]] if keep is not None else narr_video[lo:lo + _CHECK_CHUNK]] = True
-        del narr_video
-        store.release()  # one chunk of the column mapped at a time: its pages never pile up in this process
-    return cand, used
 
 
 def _feature_source(cfg: Any, prepared: Any, data_paths: DataPaths, used: np.ndarray, vids: list[str]):
@@ -278,20 +264,18 @@ def _feature_source(cfg: Any, prepared: Any, data_paths: DataPaths, used: np.nda
 
 
 def _video_source(d: Any, prepared: Any, data_paths: DataPaths, used: np.ndarray, vids: list[str], run_dir: Path,
-                  strict: bool, progress: bool, is_main: bool, barrier: Any):
+                  strict: bool, progress: bool, share: tuple[int, int]):
     """(FrameCache or VideoFileSource, {vid: (source, reason)} of the unreadable videos)."""
     from locvtp.data.video import VideoInfo
 
     video_dir = data_paths.video_dir
     paths = {v: video_path(video_dir, v) for v in vids}
     bad_videos: dict[str, tuple[str, str]] = {}
-    if d.cache:
-        cache_root = Path(os.path.expanduser(str(d.cache_dir))) if d.cache_dir else Path(run_dir) / "cache"
-        if is_main:
-            FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict, progress)
-        barrier()
-        source, bad = FrameCache.build(cache_root, paths, int(d.frames_per_clip), int(d.frame_size), strict,
-                                       progress=False)
+    if d.cache:  # prepared by `locvtp prepare`, or decoded now in shares: this rank's, then wait for the rest
+        legacy = [] if d.cache_dir else [Path(run_dir) / "cache"]  # where earlier versions put it
+        source, bad = corpus_frame_cache(d, prepared.store.directory, video_dir, vids, share=share,
+                                         workers=int(d.num_workers), strict=strict, progress=progress,
+                                         legacy_roots=legacy)
         bad_videos.update({b.vid: (b.source, b.reason) for b in bad})
         return source, bad_videos
     probes, vid_names = prepared.probes, prepared.store.video_ids

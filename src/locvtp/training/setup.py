@@ -247,7 +247,7 @@ def _prepare_data(cfg: Any, run: Path, dist: Dist, resume_from: Optional[Path], 
     prepared = prepare_corpus(cfg, words=False, share=share, strict=strict, progress=progress and dist.is_main)
     tokenizer = prepare_tokenizer(cfg, run, prepared.store, resume_from, dist)
     data = build_pretrain_data(cfg, prepared, tokenizer, run, strict=strict, progress=progress and dist.is_main,
-                               is_main=dist.is_main, barrier=dist.barrier, share=share)
+                               share=share)
     if dist.is_main:
         save_config(cfg, run / "config.yaml")
         if resume_from is None:  # a fresh run starts fresh logs (a resumed one keeps and extends them)

@@ -1,5 +1,5 @@
 """Where a sample's clips come from: the windows of a caption (narration, whole video) and the two sources that
-fill them, decoded video files (:class:`VideoFileSource`, :class:`FrameCache`) or pre-extracted per-clip
+fill them, decoded video files (:class:`VideoFileSource`, :class:`~locvtp.training.framecache.FrameCache`) or pre-extracted per-clip
 features in any layout ``locvtp extract`` writes (:class:`FeatureSource`).
 
 The sample rule itself is docs/training.md, "How a training sample is cut"; :mod:`locvtp.training.dataset`
@@ -7,18 +7,14 @@ turns these windows into batches.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from locvtp.training.records import BadSample, BadSampleError, STRICT_NOTE, _reason
+from locvtp.training.framecache import FrameCache  # noqa: F401  (re-exported: the pixel sources live together)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -96,127 +92,6 @@ class VideoFileSource:
         from locvtp.data.video import decode_windows
 
         return decode_windows(self.paths[vid], windows, self.frames_per_clip, self.size, jitter, rng)
-
-
-class FrameCache:
-    """All frames of every video, decoded once at ``size`` into one memory-mapped uint8 file.
-
-    Layout of the cache directory: ``frames.u8`` (each video's frames [n, h, w, 3] raw, one after the other:
-    the short side is ``size`` and the aspect ratio is kept, so a random crop stays possible), ``times.npy``
-    (float64 [total_frames]), ``index.json`` ({vid: [byte_offset, first_frame, num_frames, duration, h, w]},
-    plus the key that says which videos and frame size it was built for). Clips come from the same
-    ``sample_clips`` that file decoding uses, so a cached run sees the clips a file-decoding run sees.
-    Built in a temporary sibling directory and ``os.replace``d into place (a killed build leaves nothing).
-    """
-
-    kind = "pixels"
-
-    def __init__(self, directory: Path, frames_per_clip: int, size: int):
-        self.directory = Path(directory)
-        meta = json.loads((self.directory / "index.json").read_text(encoding="utf-8"))
-        self.index: dict[str, list] = meta["videos"]
-        self.durations = {v: float(x[3]) for v, x in self.index.items()}
-        self.total_bytes = int(meta["total_bytes"])
-        self.frames_per_clip, self.size = frames_per_clip, size
-        self._frames: Optional[np.ndarray] = None  # opened lazily: one mapping per (worker) process
-        self._times: Optional[np.ndarray] = None
-
-    def _open(self) -> None:
-        if self.total_bytes == 0:  # every video was bad: nothing to map
-            self._frames = np.zeros(0, dtype=np.uint8)
-        else:
-            self._frames = np.memmap(self.directory / "frames.u8", dtype=np.uint8, mode="r",
-                                     shape=(self.total_bytes,))
-        self._times = np.load(self.directory / "times.npy", mmap_mode="r")
-
-    def __getstate__(self) -> dict:  # never pickle the mapping into workers
-        d = dict(self.__dict__)
-        d["_frames"] = d["_times"] = None
-        return d
-
-    def frames(self, vid: str) -> tuple[np.ndarray, np.ndarray]:
-        if self._frames is None:
-            self._open()
-        offset, first, n, _, h, w = self.index[vid]
-        frames = self._frames[offset:offset + n * h * w * 3].reshape(n, h, w, 3)
-        return frames, np.asarray(self._times[first:first + n])
-
-    def clips(self, vid: str, windows: np.ndarray, jitter: bool, rng: np.random.Generator) -> np.ndarray:
-        from locvtp.data.video import sample_clips
-
-        frames, times = self.frames(vid)
-        return sample_clips(frames, times, windows, self.frames_per_clip, self.size, jitter, rng,
-                            duration=self.durations[vid], source=vid)
-
-    @staticmethod
-    def key(paths: dict[str, Path], size: int) -> str:
-        h = hashlib.sha256(f"layout=2|size={size}".encode())  # layout 2: per-video h x w (non-square videos)
-        for vid in sorted(paths):
-            st = paths[vid].stat() if paths[vid].exists() else None
-            h.update(f"|{vid}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}".encode())
-        return h.hexdigest()[:16]
-
-    @classmethod
-    def build(cls, cache_root: Path, paths: dict[str, Path], frames_per_clip: int, size: int,
-              strict: bool = False, progress: bool = True) -> tuple["FrameCache", list[BadSample]]:
-        """Decode every video once (or reuse a matching cache). Unreadable videos are returned as bad."""
-        from locvtp.runtime import progress as tqdm
-
-        from locvtp.data.video import decode_frames
-
-        key = cls.key(paths, size)
-        final = Path(cache_root) / f"frames_{size}px_{key}"
-        if (final / "index.json").is_file():
-            meta = json.loads((final / "index.json").read_text(encoding="utf-8"))
-            bad = [BadSample(**b) for b in meta.get("bad", [])]
-            return cls(final, frames_per_clip, size), bad
-        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        index: dict[str, list] = {}
-        times_all: list[np.ndarray] = []
-        bad: list[BadSample] = []
-        total = total_bytes = 0
-        with open(tmp / "frames.u8", "wb") as fh:
-            for vid in tqdm(sorted(paths), desc="decoding videos into the frame cache", disable=not progress,
-                            unit="video"):
-                try:
-                    frames, times = decode_frames(paths[vid], size=size)
-                    if frames.shape[0] == 0:
-                        raise OSError(f"{paths[vid]}: no decodable frames")
-                    duration = _duration_of(paths[vid], times)
-                except Exception as exc:  # noqa: BLE001  (any decoder failure = one bad video)
-                    if strict:
-                        shutil.rmtree(tmp, ignore_errors=True)
-                        raise BadSampleError(f"{paths[vid]}: unreadable video: {exc}{STRICT_NOTE}") from exc
-                    bad.append(BadSample("video", str(paths[vid]), _reason(exc), vid))
-                    continue
-                frames = np.ascontiguousarray(frames, dtype=np.uint8)
-                fh.write(frames.tobytes())
-                n, h, w = (int(x) for x in frames.shape[:3])
-                index[vid] = [total_bytes, total, n, float(duration), h, w]
-                times_all.append(np.asarray(times, dtype=np.float64))
-                total += n
-                total_bytes += int(frames.nbytes)
-        np.save(tmp / "times.npy", np.concatenate(times_all) if times_all else np.zeros(0))
-        meta = {"size": size, "key": key, "total_frames": total, "total_bytes": total_bytes, "videos": index,
-                "bad": [asdict(b) for b in bad]}
-        (tmp / "index.json").write_text(json.dumps(meta), encoding="utf-8")
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another rank/process finished the same cache first: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        return cls(final, frames_per_clip, size), bad
-
-
-def _duration_of(path: Path, times: np.ndarray) -> float:
-    from locvtp.data.video import probe_video
-
-    try:
-        return float(probe_video(path).duration)
-    except Exception:  # noqa: BLE001  (fall back to the decoded timestamps)
-        step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
-        return float(times[-1]) + step
 
 
 class FeatureSource:
