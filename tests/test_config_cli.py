@@ -96,8 +96,10 @@ def test_a_checkpoint_config_with_the_old_key_loads_quietly(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_find_config_by_path_name_or_configs_prefix(tmp_path):
+def test_find_config_by_path_name_or_configs_prefix(tmp_path, monkeypatch):
     from locvtp.config import find_config
+
+    monkeypatch.chdir(tmp_path)  # from the repository's root, configs/x.yaml is that file itself (a path as given)
 
     by_name = find_config("pretrain_synthetic")
     assert by_name.name == "pretrain_synthetic.yaml" and by_name.is_file()

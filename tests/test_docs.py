@@ -57,7 +57,7 @@ EXPECTED_COMMAND_BLOCKS = {
     "docs/results.md": 8,
     "docs/serve.md": 3,
     "docs/training.md": 10,
-    "docs/usage.md": 27,
+    "docs/usage.md": 28,
     "docs/world_versions.md": 3,
 }
 
