@@ -174,9 +174,16 @@ def _records_of(args):
     return synthetic_records(args.clips, args.dim, args.topics, args.seed)
 
 
-def child_build(args, kind: str, out: Path) -> dict:
+def build_index_of(args, kind: str, out: Path, extra_meta: dict | None = None) -> dict:
+    """The index of ``kind`` this benchmark measures (corpus and build options from ``args``, this script's
+    parser): also what ``bench_serve.py --kind ivfpq`` serves, so the two measure the same index."""
     from locvtp.index import build_index_from_records
 
+    return build_index_from_records(_records_of(args), out, extra_meta, kind=kind, progress=False,
+                                    train_size=args.train_size, ivf=args.nlist, pq={"opq": args.opq, "m": args.pq_m})
+
+
+def child_build(args, kind: str, out: Path) -> dict:
     if (out / "meta.json").is_file():  # --keep: an index of an earlier run
         meta = json.loads((out / "meta.json").read_text())
         return {"build_s": float("nan"), "build_cpu_s": float("nan"), "build_rss_mb": float("nan"),
@@ -184,8 +191,7 @@ def child_build(args, kind: str, out: Path) -> dict:
                 "rows": meta["rows"], "settings": meta.get("ivfpq") or {"nlist": meta.get("nlist")}}
     anon = AnonPeak()
     t0 = time.perf_counter()
-    meta = build_index_from_records(_records_of(args), out, kind=kind, progress=False, train_size=args.train_size,
-                                    ivf=args.nlist, pq={"opq": args.opq, "m": args.pq_m})
+    meta = build_index_of(args, kind, out)
     took = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.iterdir())
     ru = resource.getrusage(resource.RUSAGE_SELF)
