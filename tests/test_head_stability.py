@@ -33,3 +33,19 @@ def test_recipes_parse_and_a_malformed_one_names_itself():
         "lr", ["grounding.head_cfg.lr=1e-3", "grounding.head_cfg.epochs=40"])
     with pytest.raises(argparse.ArgumentTypeError, match="recipe 'oops'"):
         parse_recipe("oops")
+
+
+def test_check_reads_the_curves_an_evaluation_stored(tmp_path, capsys):
+    import json
+
+    from locvtp.diagnostics.head_stability import main
+
+    info = {"head_seeds": [0, 1], "head_best_epochs": [3, 1], "head_losses": [[0.15, 0.1, 0.08], [0.15, 0.1, 0.12]],
+            "head_val_scores": [[[30, 1], [80, 1], [88, 1]], [[40, 1], [35, 1], [30, 1]]]}
+    (tmp_path / "g.json").write_text(json.dumps({"info": info}))
+    (tmp_path / "old.json").write_text(json.dumps({"info": {"head_variant": "checkpoint_text"}}))
+    assert main(["check", str(tmp_path / "g.json"), str(tmp_path / "old.json")]) == 0
+    out = capsys.readouterr().out
+    assert "val R1@0.5 [88.0, 40.0], best epochs [3, 1]/[3, 3], collapsed 1" in out
+    assert "old.json: no tan head curves (head_variant='checkpoint_text'); skipped" in out
+    assert "collapsed head seeds: 1 of 2" in out

@@ -9,6 +9,8 @@ look at the test split (``docs/results.md``, "The head's training recipe").
     python -m locvtp.diagnostics.head_stability RUN_A RUN_B --world W \\
         --recipe "current:" --recipe "lr1e-3:grounding.tan_cfg.lr=1e-3,grounding.tan_cfg.epochs=40"
 
+    python -m locvtp.diagnostics.head_stability check s0/eval/*/grounding.json     # evaluations already run
+
 Per recipe and checkpoint: each head seed's best validation R1@0.5, its best epoch, whether it *collapsed* (best
 validation R1@0.5 more than ``--collapse-gap`` points below the best seed of the same checkpoint and recipe, or a
 final training loss more than 5 % above its minimum, i.e. training diverged), and the seconds spent. Features are
@@ -94,7 +96,40 @@ def _cached_head_data(ck: str, world: Path, cache: Path | None, opts):
     return data
 
 
+def _stopping_logs(info: dict) -> list:
+    """The early-stopping logs a ``tan`` evaluation stored in its grounding.json ``info``."""
+    from locvtp.downstream.tan import EarlyStopping
+
+    return [EarlyStopping(losses=list(losses), scores=[tuple(v) for v in scores], best_epoch=int(best))
+            for losses, scores, best in zip(info["head_losses"], info["head_val_scores"], info["head_best_epochs"])]
+
+
+def check_main(argv: list[str]) -> int:
+    """``check``: the collapse definition applied to evaluations already run (their stored validation curves)."""
+    ap = argparse.ArgumentParser(prog="head_stability check", description=check_main.__doc__)
+    ap.add_argument("grounding_json", nargs="+", type=Path)
+    ap.add_argument("--collapse-gap", type=float, default=20.0)
+    a = ap.parse_args(argv)
+    total = collapsed = 0
+    for path in a.grounding_json:
+        info = json.loads(path.read_text(encoding="utf-8")).get("info", {})
+        if "head_val_scores" not in info:
+            print(f"{path}: no tan head curves (head_variant={info.get('head_variant')!r}); skipped")
+            continue
+        res = outcomes(_stopping_logs(info), info["head_seeds"], a.collapse_gap)
+        total, collapsed = total + len(res), collapsed + sum(o.collapsed for o in res)
+        print(f"{path}: val R1@0.5 {[round(o.best_val, 1) for o in res]}, best epochs "
+              f"{[o.best_epoch for o in res]}/{[o.epochs_run for o in res]}, collapsed {sum(o.collapsed for o in res)}")
+    print(f"collapsed head seeds: {collapsed} of {total}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        return check_main(argv[1:])
     from locvtp.downstream.evaluate import check_options, load_options
     from locvtp.downstream.tan import run_tan_protocol
 
