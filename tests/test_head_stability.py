@@ -46,6 +46,6 @@ def test_check_reads_the_curves_an_evaluation_stored(tmp_path, capsys):
     (tmp_path / "old.json").write_text(json.dumps({"info": {"head_variant": "checkpoint_text"}}))
     assert main(["check", str(tmp_path / "g.json"), str(tmp_path / "old.json")]) == 0
     out = capsys.readouterr().out
-    assert "val R1@0.5 [88.0, 40.0], best epochs [3, 1]/[3, 3], collapsed 1" in out
+    assert "val R1@0.5 [88, 40], best epochs [3, 1]/[3, 3], collapsed 1" in out
     assert "old.json: no tan head curves (head_variant='checkpoint_text'); skipped" in out
     assert "collapsed head seeds: 1 of 2" in out
