@@ -155,6 +155,20 @@ def read_qvhighlights_submission(path: str | Path, truth: list[QVQuery]
     return out
 
 
+def unpredicted(got: Any, items: Any, predictions: str | Path, require_all: bool, what: str,
+                describe: Any) -> int:
+    """How many of the annotated ``items`` have no prediction (``got`` holds the indices predicted); none at all,
+    or (``require_all``) any missing, is a one-line error (the first missing one named by ``describe(index)``)."""
+    if not got:
+        raise ScoreError(f"{predictions}: no prediction lines")
+    missing = len(items) - len(got)
+    if missing and require_all:
+        first = next(k for k in range(len(items)) if k not in got)
+        raise ScoreError(f"{predictions}: {missing} of the {len(items)} {what} have no prediction "
+                         f"(the first: {describe(first)})")
+    return missing
+
+
 def _range_warnings(metrics: dict[str, float]) -> list[str]:
     from locvtp.metrics import MR_LENGTH_RANGES
 
@@ -170,11 +184,8 @@ def score_qvhighlights(predictions: str | Path, annotations: str | Path, require
 
     truth = read_qvhighlights_truth(annotations)
     preds = read_qvhighlights_submission(predictions, truth)
-    missing = len(truth) - len(preds)
-    if missing and require_all:
-        first = next(k for k in range(len(truth)) if k not in preds)
-        raise ScoreError(f"{predictions}: {missing} of the {len(truth)} annotated queries have no prediction "
-                         f"(the first: qid {truth[first].qid}, video {truth[first].vid!r})")
+    missing = unpredicted(preds, truth, predictions, require_all, "annotated queries",
+                          lambda k: f"qid {truth[k].qid}, video {truth[k].vid!r}")
     ks = sorted(preds)  # annotation order
     metrics: dict[str, float] = {}
     warnings: list[str] = []
@@ -463,13 +474,8 @@ def score_steps(predictions: str | Path, annotations: str | Path, split: str = "
         except ValueError as exc:
             raise ScoreError(f"{root}: video {key[1]!r}: {exc}") from None
         got[k] = (truth, y)
-    if not got:
-        raise ScoreError(f"{predictions}: no prediction lines")
-    missing = len(videos) - len(got)
-    if missing and require_all:
-        first = videos[next(k for k in range(len(videos)) if k not in got)]
-        raise ScoreError(f"{predictions}: {missing} of the {len(videos)} annotated videos have no prediction "
-                         f"(the first: {first.vid!r} of task {first.task!r})")
+    missing = unpredicted(got, videos, predictions, require_all, "annotated videos",
+                          lambda k: f"{videos[k].vid!r} of task {videos[k].task!r}")
     y_true: dict[str, dict[str, np.ndarray]] = {}
     y_pred: dict[str, dict[str, np.ndarray]] = {}
     for k in sorted(got):  # evaluate's order: the annotations'
@@ -526,13 +532,7 @@ def score_segmentation(predictions: str | Path, annotations: str | Path, backgro
             raise ScoreError(f"{where}: video {vid!r} is predicted twice")
         times, pred = _labels(rec, where)
         got[k] = (pred, frame_labels(times, test[k].segments, background))
-    if not got:
-        raise ScoreError(f"{predictions}: no prediction lines")
-    missing = len(test) - len(got)
-    if missing and require_all:
-        first = test[next(k for k in range(len(test)) if k not in got)]
-        raise ScoreError(f"{predictions}: {missing} of the {len(test)} testing videos have no prediction "
-                         f"(the first: {first.vid!r})")
+    missing = unpredicted(got, test, predictions, require_all, "testing videos", lambda k: repr(test[k].vid))
     ks = sorted(got)  # evaluate's order: the annotation's
     m = segmentation_metrics([got[k][0] for k in ks], [got[k][1] for k in ks], background=background)
     return {"metrics": segmentation_figures(m), "queries": len(ks), "annotated": len(test), "unpredicted": missing}

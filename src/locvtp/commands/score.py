@@ -62,7 +62,7 @@ import numpy as np
 
 from locvtp import cliargs
 from locvtp.errors import UsageError
-from locvtp.scoring import ScoreError, json_lines, parse_window
+from locvtp.scoring import ScoreError, json_lines, parse_window, unpredicted
 
 TASKS = ("grounding", "qvhighlights", "retrieval", "steps", "segmentation")
 # The options only some tasks read (a flag given to another task is a usage error: it would change nothing).
@@ -191,13 +191,8 @@ def score_grounding(predictions: str | Path, annotations: str | Path, name: str 
     if not truth:
         raise ScoreError(f"{annotations}: no query with a ground-truth window")
     preds = read_grounding_predictions(predictions, truth)
-    if not preds:
-        raise ScoreError(f"{predictions}: no prediction lines")
-    missing = len(truth) - len(preds)
-    if missing and require_all:
-        first = next(k for k in range(len(truth)) if k not in preds)
-        raise ScoreError(f"{predictions}: {missing} of the {len(truth)} annotated queries have no prediction "
-                         f"(the first: qid {truth[first].qid or first}, video {truth[first].vid!r})")
+    missing = unpredicted(preds, truth, predictions, require_all, "annotated queries",
+                          lambda k: f"qid {truth[k].qid or k}, video {truth[k].vid!r}")
     qids = sorted(preds)  # evaluate's order: the annotation's
     gt = np.array([[truth[k].start, truth[k].end] for k in qids], np.float64)
     metrics = {f"{name}_{k}": float(v) for k, v in grounding_recall([preds[k] for k in qids], gt).items()}

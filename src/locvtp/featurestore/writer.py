@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -605,7 +605,7 @@ def _merge_dirs(shards: list[Path], out: Path, failures_out: Optional[Path], pro
         fail_recs: dict[tuple[str, str, bool], dict] = {}
         try:
             for sh in shards:
-                for rec in tqdm_maybe(list(iter_features(sh)), progress, f"merge {sh.name}"):
+                for rec in tqdm_maybe(iter_features(sh), progress, f"merge {sh.name}"):  # one video in memory at a time
                     if rec.video_id in seen:
                         if not np.array_equal(rec.features, read_features(out, rec.video_id).features):
                             raise ExtractError(f"{sh}: video {rec.video_id!r} also in {seen[rec.video_id]} with "
@@ -637,7 +637,7 @@ def _read_failures(ff: Path, into: dict) -> None:
             continue
 
 
-def tqdm_maybe(it: list, progress: bool, desc: str) -> Any:
+def tqdm_maybe(it: Iterable, progress: bool, desc: str) -> Any:
     if not progress:
         return it
     from locvtp.runtime import progress as tqdm
