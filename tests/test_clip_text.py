@@ -13,7 +13,6 @@ import math
 import pytest
 import torch
 
-from cli_helpers import assert_one_line_error
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
@@ -209,30 +208,7 @@ def test_shape_errors_name_the_limit(tmp_path):
         enc(torch.tensor([[40]]))
 
 
-MISTAKES = [  # (id, overrides, needles): checked before any data is read
-    ("no-weights", lambda p: ["model.text.name=clip", f"data.tokenizer={p / 'bpe.txt'}"],
-     ["model.text.weights", "openaipublic"]),
-    ("missing-weights", lambda p: ["model.text.name=clip", f"model.text.weights={p / 'ViT-B-32.pt'}",
-                                   f"data.tokenizer={p / 'bpe.txt'}"],
-     ["model.text.weights", "ViT-B-32.pt", "openaipublic"]),
-    ("no-tokenizer", lambda p: ["model.text.name=clip", f"model.text.weights={p / 'cut.pt'}"],
-     ["data.tokenizer", "bpe_simple_vocab_16e6.txt.gz", "github.com/openai/CLIP"]),
-    ("missing-tokenizer", lambda p: ["model.text.name=clip", f"model.text.weights={p / 'cut.pt'}",
-                                     f"data.tokenizer={p / 'bpe_simple_vocab_16e6.txt.gz'}"],
-     ["data.tokenizer", "does not exist", "github.com/openai/CLIP"]),
-]
-
-
-@pytest.mark.parametrize("case", MISTAKES, ids=[c[0] for c in MISTAKES])
-def test_pretrain_mistakes_are_one_line(case, tmp_path, capsys):
-    from cli_helpers import run_cli
-
-    _, over, needles = case
-    torch.save(_tower().state_dict(), tmp_path / "cut.pt")
-    (tmp_path / "bpe.txt").write_text("#version: 0.2\nt h\n")
-    res = run_cli(["pretrain", "--config", "pretrain_synthetic", "--out", tmp_path / "run", *over(tmp_path),
-                   f"data.root={tmp_path}"], capsys)
-    assert_one_line_error(res, 2, *needles)
+# The pretrain command's CLIP mistakes are rows of tests/test_mistakes_train.py.
 
 
 def test_weights_without_a_usable_text_tower_are_one_line(tmp_path):

@@ -108,6 +108,21 @@ MISTAKES = [
      2, ["data.features"]),
     ("missing data.split_file", lambda t, w, b: pretrain_args(t, w, "data.split_file=ids.txt"), 1,
      ["data.split_file", "ids.txt"]),
+    # --- CLIP's text tower (issue 25): weights and BPE vocabulary are local files, checked before any data is read
+    ("clip text without model.text.weights",
+     lambda t, w, b: pretrain_args(t, w, "model.text.name=clip", f"data.tokenizer={_bpe(t)}"), 2,
+     ["model.text.weights", "openaipublic"]),
+    ("clip text weights missing",
+     lambda t, w, b: pretrain_args(t, w, "model.text.name=clip", f"model.text.weights={t / 'ViT-B-32.pt'}",
+                                   f"data.tokenizer={_bpe(t)}"), 2,
+     ["model.text.weights", "ViT-B-32.pt", "openaipublic"]),
+    ("clip text without data.tokenizer",
+     lambda t, w, b: pretrain_args(t, w, "model.text.name=clip", f"model.text.weights={_clip_tower(t)}"), 2,
+     ["data.tokenizer", "bpe_simple_vocab_16e6.txt.gz", "github.com/openai/CLIP"]),
+    ("clip text BPE vocabulary missing",
+     lambda t, w, b: pretrain_args(t, w, "model.text.name=clip", f"model.text.weights={_clip_tower(t)}",
+                                   f"data.tokenizer={t / 'bpe_simple_vocab_16e6.txt.gz'}"), 2,
+     ["data.tokenizer", "does not exist", "github.com/openai/CLIP"]),
     # --- data
     ("malformed caption JSON", lambda t, w, b: pretrain_args(t, b / "badjson"), 1,
      ["caption.json", "line 2 column"]),
@@ -160,6 +175,23 @@ def run(argv, capsys) -> CliResult:
 def _file(tmp_path: Path) -> Path:
     (tmp_path / "afile").write_text("mine")
     return tmp_path / "afile"
+
+
+def _bpe(tmp_path: Path) -> Path:
+    """A one-merge BPE vocabulary file: enough for the checks that run before any data is read."""
+    p = tmp_path / "bpe.txt"
+    p.write_text("#version: 0.2\nt h\n")
+    return p
+
+
+def _clip_tower(tmp_path: Path) -> Path:
+    """A small random CLIP text tower saved in OpenAI's layout (the names ``model.text.weights`` reads)."""
+    from locvtp.model.clip_text import ClipTextArch, ClipTextEncoder
+
+    arch = ClipTextArch(width=64, layers=1, context_length=12, vocab_size=40, out_dim=16)
+    p = tmp_path / "cut.pt"
+    torch.save(ClipTextEncoder(arch, "quick_gelu").state_dict(), p)
+    return p
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:
