@@ -11,7 +11,7 @@ For each input set (the tiny synthetic world; ``--long-videos`` generated H.264 
   assembly; model loading excluded), and its ratio to serial.
 
 The model is the default size (tiny3d, 32x32 frames, 4 frames/clip) with a random initialisation (speed does
-not depend on the weights) or ``--checkpoint``. torchcodec is measured against PyAV only when it is importable.
+not depend on the weights) or ``--checkpoint``. torchcodec against PyAV on the same clips: ``bench_codec.py``.
 
     nice -n 19 .venv/bin/python benchmarks/bench_extract.py [--threads 2] [--workers 1] [--long-videos 3]
 """
@@ -162,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                   + " ".join(f"{v:.0f}" for v in r["e2e_runs"]))
         print(f"# end to end: --workers {tiny_workers} (tiny), "
               f"--workers {args.long_workers} (long); load average {os.getloadavg()[0]:.1f} at the end")
-        try:
-            import torchcodec  # noqa: F401
-            print("# torchcodec is importable but not yet compared here")
-        except ImportError:
-            print("# torchcodec: not importable here, PyAV only (not installed by this project)")
+        print("# decoding is PyAV's; torchcodec against PyAV on the same clips: benchmarks/bench_codec.py")
     return 0
 
 
