@@ -95,6 +95,8 @@ ROWS = [
      ["g.jsonl:1", "not a JSON object"]),
     ("segmentation-no-video-id", lambda W: [*G, _lines(W, "g.jsonl", "{}"), "--annotations", W.coin], 1,
      ["g.jsonl:1", "no 'video_id' field"]),
+    ("decimals-negative", lambda W: [*G, _lines(W, "g.jsonl", SEG), "--annotations", W.coin, "--decimals", "-1"],
+     2, ["--decimals -1", "between 0 and 15"]),
 ]
 
 

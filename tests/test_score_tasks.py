@@ -360,6 +360,11 @@ def test_qvhighlights_moment_retrieval_worked_out_by_hand(tmp_path, capsys):
     assert {k: round(v, 2) for k, v in m.items()} == {
         "MR-full-R1@0.5": 66.67, "MR-full-R1@0.7": 33.33, "MR-full-mAP": 43.33, "MR-full-mAP@0.5": 58.33,
         "MR-full-mAP@0.75": 41.67, "MR-long-mAP": 55.0, "MR-middle-mAP": 50.0, "MR-short-mAP": 25.0}
+    printed, _ = _score(capsys, "qvhighlights", "--predictions", tmp_path / "p.jsonl", "--annotations", ann,
+                        "--decimals", "2")
+    assert printed == {"MR-full-R1@0.5": 66.67, "MR-full-R1@0.7": 33.33, "MR-full-mAP": 43.33,
+                       "MR-full-mAP@0.5": 58.33, "MR-full-mAP@0.75": 41.67, "MR-long-mAP": 55.0,
+                       "MR-middle-mAP": 50.0, "MR-short-mAP": 25.0}
 
 
 def test_qvhighlights_empty_window_list_is_ap_0_and_an_r1_miss(tmp_path, capsys):

@@ -5,7 +5,7 @@
     locvtp score grounding --predictions runs/eval/grounding_predictions.jsonl \
         --annotations world/grounding/activitynet/val_1.json [--name grounding] [--out metrics.json]
     locvtp score qvhighlights --predictions runs/eval/qvhighlights_submission.jsonl \
-        --annotations highlight_val_release.jsonl [--out metrics.json]
+        --annotations highlight_val_release.jsonl [--decimals 2] [--out metrics.json]
 
     locvtp score retrieval --predictions runs/eval/retrieval_similarity.npz \
         --annotations world/retrieval/MSRVTT_JSFUSION_test.csv [--name retrieval_ft]
@@ -216,6 +216,9 @@ def build_parser() -> Any:
                    help="steps: the CrossTask videos scored (default val, evaluate's steps.split)")
     p.add_argument("--background", default=None, help="segmentation: the background label (default background)")
     p.add_argument("--require-all", action="store_true", help="fail when an annotated query has no prediction")
+    p.add_argument("--decimals", type=int, default=None, metavar="N",
+                   help="round every figure to N decimals, as float(f'{v:.Nf}') (2: the figures standalone_eval "
+                        "prints); default: unrounded")
     p.add_argument("--out", default=None, help="also write the result as JSON to this file")
     return p
 
@@ -235,6 +238,15 @@ def _score(args: Any, name: str) -> dict[str, Any]:
     return score_grounding(args.predictions, args.annotations, name, args.durations, args.require_all)
 
 
+def _rounded(value: Any, decimals: int) -> Any:
+    """Every float in a (nested) metrics dict as a reference script prints it: ``float(f"{v:.{n}f}")``."""
+    if isinstance(value, dict):
+        return {k: _rounded(v, decimals) for k, v in value.items()}
+    if isinstance(value, float):
+        return float(f"{value:.{decimals}f}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     from locvtp.files import check_apart, check_file_output, write_owned_text
 
@@ -246,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     for flag, tasks in TASK_OPTIONS.items():
         if getattr(args, flag[2:]) is not None and args.task not in tasks:
             raise UsageError(f"{flag}: not used by the {args.task} task (only by {' and '.join(tasks)})")
+    if args.decimals is not None and not 0 <= args.decimals <= 15:
+        raise UsageError(f"--decimals {args.decimals}: must be between 0 and 15")
     res = _score(args, name)
+    if args.decimals is not None:
+        res["metrics"] = _rounded(res["metrics"], args.decimals)
     for w in res.get("warnings", []):
         print(f"locvtp score: warning: {w}", file=sys.stderr)
     if args.out:
