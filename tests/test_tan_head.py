@@ -429,3 +429,22 @@ def test_the_tan_heads_recipe_is_its_own_and_a_checkpoint_text_setting_is_refuse
         with pytest.raises(OptionError, match=f"grounding.head_cfg.{key.split('=')[0]}=.*tan_cfg"):
             check_options(load_options(None, [f"grounding.head_cfg.{key}"]))
         check_options(load_options(None, ["grounding.head_variant=checkpoint_text", f"grounding.head_cfg.{key}"]))
+
+
+def test_head_curves_tan_bracket_reproduces_evaluate(tiny_world, tiny_checkpoint, tmp_path, capsys):
+    """``head_curves --head tan`` runs the evaluation's own protocol: its checkpoint row equals `locvtp evaluate`'s
+    head figure under the same options, and the blind and oracle controls run beside the first checkpoint."""
+    from locvtp.diagnostics.head_curves import main as curves
+    from locvtp.downstream import evaluate_all, load_options
+
+    over = ["grounding.tan_cfg.epochs=3", "grounding.tan_cfg.seeds=2"]
+    m = evaluate_all(tiny_checkpoint, tiny_world, out_dir=tmp_path / "eval", tasks=("grounding",),
+                     options=load_options(None, over), progress=False, verbose=False, threads=1)
+    assert curves(["--head", "tan", "--world", str(tiny_world), str(tiny_checkpoint), "--json",
+                   str(tmp_path / "b.json"), "--set", *over]) == 0
+    res = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert set(res) == {str(tiny_checkpoint), "blind (features zeroed)", "oracle (ground-truth coverage)"}
+    row = res[str(tiny_checkpoint)]
+    assert row["test_R1@0.5"] == pytest.approx(m["head_grounding_R1@0.5"])
+    assert len(row["test_R1@0.5_seeds"]) == 2 and row["test_R1@0.5"] == pytest.approx(np.mean(row["test_R1@0.5_seeds"]))
+    assert "oracle (ground-truth coverage): test R1@0.5" in capsys.readouterr().out

@@ -10,6 +10,13 @@ first checkpoint's features with the sentence zeroed: how far finding *an* event
 feature can tell; the query embedding is kept, so the head must still learn to read it).
 
     python -m locvtp.diagnostics.head_curves --world W run_coarse run_locvtp --epochs 5 10 20 40 80 --seeds 0 1 2
+    python -m locvtp.diagnostics.head_curves --head tan --world W run_backbone run_coarse run_locvtp
+
+``--head tan`` brackets the evaluation's own head (``grounding.head_variant=tan``: shared word vectors + LSTM,
+``grounding.tan_cfg``'s recipe, early stopping on the validation videos, ``tan_cfg.seeds`` head seeds) instead:
+test R1@0.5 per head seed for each checkpoint and, beside the first, ``blind`` and ``oracle`` (``deaf`` has no
+meaning there: the query side is the head's own). What a world leaves to features is oracle − blind; a checkpoint
+near the oracle saturates the head.
 
 Reading it: train ≫ test and test falling with epochs = overfitting; both still rising at the default epoch count =
 under-training; every checkpoint close to the oracle or to the blind control = saturation (or features unused).
@@ -72,6 +79,40 @@ def curves(data, cfg, epochs: Sequence[int], seeds: Sequence[int]) -> dict[str, 
     return out
 
 
+def tan_bracket(data, hc, tc, seed: int = 0) -> dict[str, object]:
+    """The ``tan`` protocol on ``data`` (as `locvtp evaluate grounding` runs it): mean and per-seed test R1@0.5,
+    the best epochs."""
+    from locvtp.downstream.tan import run_tan_protocol
+
+    run = run_tan_protocol(data, hc, tc, seed=seed)
+    per = [float(r["R1@0.5"]) for r in run.per_seed]
+    return {"test_R1@0.5": float(np.mean(per)), "test_R1@0.5_seeds": per,
+            "best_epochs": [log.best_epoch for log in run.logs]}
+
+
+def _tan_main(a, opts, prepare_context, head_data) -> dict[str, dict]:
+    g = opts.grounding
+    results: dict[str, dict] = {}
+    for i, ck in enumerate(a.checkpoints):
+        ctx, _ = prepare_context(ck, a.world, None, ["grounding"], opts, None, False, 0, None, False, "cpu")
+        data = head_data(ctx, g, sentences=False)
+        runs = {ck: data}
+        if i == 0:
+            runs["blind (features zeroed)"] = replace(data, x_train=np.zeros_like(data.x_train),
+                                                      x_test=np.zeros_like(data.x_test))
+            n = g.head_cfg.num_clips
+            runs["oracle (ground-truth coverage)"] = replace(
+                data, x_train=oracle_features(data.gt_train, data.dur_train, n),
+                x_test=oracle_features(data.gt_test, data.dur_test, n))
+        for name, d in runs.items():
+            results[name] = r = tan_bracket(d, g.head_cfg, g.tan_cfg)
+            seeds = ", ".join(f"{v:.1f}" for v in r["test_R1@0.5_seeds"])
+            print(f"{name}: test R1@0.5 {r['test_R1@0.5']:.1f} (head seeds: {seeds}; best epochs "
+                  f"{r['best_epochs']})")
+            sys.stdout.flush()
+    return results
+
+
 def _print(name: str, epochs: Sequence[int], c: dict) -> None:
     print(f"\n{name}")
     print("epoch        " + " ".join(f"{e:>6d}" for e in epochs))
@@ -92,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="head seeds")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="downstream options (key=value)")
     ap.add_argument("--json", type=Path, default=None, help="also write every curve here")
+    ap.add_argument("--head", choices=("checkpoint_text", "tan"), default="checkpoint_text",
+                    help="tan: bracket the evaluation's tan head (test R1@0.5 per head seed; blind and oracle)")
     a = ap.parse_args(argv)
     from locvtp.files import check_file_output, write_owned_text
 
@@ -101,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     epochs = sorted(set(a.epochs))
     opts = check_options(load_options(None, a.overrides))
     g = opts.grounding
+    if a.head == "tan":
+        results = _tan_main(a, opts, prepare_context, head_data)
+        if a.json:
+            write_owned_text(a.json, json.dumps({"head": "tan", "results": results}, indent=2), "head_curves")
+        return 0
     results: dict[str, dict] = {}
     for i, ck in enumerate(a.checkpoints):
         ctx, _ = prepare_context(ck, a.world, None, ["grounding"], opts, None, False, 0, None, False, "cpu")
