@@ -317,7 +317,7 @@ class Pipeline:
         try:
             rec = finish_video(self.encoder, video, item.video_id, self.backbone)
         except self.errors as exc:
-            self._fail(item, f"{type(exc).__name__}: {exc}", None, writer, writes, tick)
+            self._fail(item, error_reason(exc), None, writer, writes, tick)
             return
         writes.submit(writer.add, rec, source=item.source)
         self.extracted += 1

@@ -388,6 +388,9 @@ def _predictor_steps(args: argparse.Namespace, device: str) -> _Steps:
     args.clip_seconds, args.stride_seconds = prep.clip_seconds, prep.stride_seconds
     args.frames_per_clip, args.frame_size = prep.frames_per_clip, prep.frame_size
     pixels = pred.takes_pixels
+    if not pixels and getattr(args, "runner", "local") == "ray":
+        raise UsageError(f"--runner ray: the checkpoint {pred.path} encodes feature files (a `features` video "
+                         "encoder), which extract one file at a time in this process: leave --runner out")
     batch, backbone = args.batch_clips or 64, bool(args.backbone)
     if pixels:
         items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
@@ -419,9 +422,6 @@ def _predictor_steps(args: argparse.Namespace, device: str) -> _Steps:
                             data.duration)
 
     pipe = _pixel_pipeline(args, pred, prep, batch, backbone) if pixels else None
-    if not pixels and getattr(args, "runner", "local") == "ray":
-        raise UsageError(f"--runner ray: the checkpoint {pred.path} encodes feature files (a `features` video "
-                         "encoder), which extract one file at a time in this process: leave --runner out")
     return _Steps(_settings(pred, args), items, problems, load, encode, pred.thread_limit(), pipe)
 
 
