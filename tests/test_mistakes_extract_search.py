@@ -137,6 +137,8 @@ CASES = [
     ("extract-runner-unknown", lambda w: ext(w, "--runner", "slurm"), 2, ["--runner", "slurm"]),
     ("extract-ray-address-without-ray-runner", lambda w: ext(w, "--ray-address", "auto"), 2,
      ["--ray-address", "--runner ray"]),
+    ("extract-runner-ray-device-index", lambda w: ext(w, "--runner", "ray", "--device", "cuda:1"), 2,
+     ["--device cuda:1", "--runner ray", "auto, cpu or cuda"]),
     ("extract-ray-encoders-0", lambda w: ext(w, "--runner", "ray", "--ray-encoders", "0"), 2, ["--ray-encoders"]),
     ("extract-runner-ray-standard-backbone", lambda w: ext(w, "--runner", "ray")[:1] + [
         "--backbone", "clip", "--weights", w.userfile, "--videos", w.vids, "--out", w.root / "new.h5", "--runner",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -44,6 +45,7 @@ RAY_EXTRA = "--runner ray needs the optional extra: pip install 'locvtp[ray]'"
 DECODE_RETRIES = 3  # re-runs of a decode task whose worker process died (not of an input's error)
 ENCODER_RESTARTS = 3  # restarts of a dead encoder actor; its batch is retried as often
 MAX_BLOCKS = 20000  # work-item blocks (one clip range each, up to this many)
+SOCKET_ROOM = 45  # longest temporary folder whose Ray session sockets stay within AF_UNIX's 107 bytes
 
 
 def require_ray() -> Any:
@@ -54,6 +56,17 @@ def require_ray() -> Any:
     except ImportError:
         raise UsageError(RAY_EXTRA) from None
     return ray
+
+
+def ray_device(spec: str) -> str:
+    """``--device`` under ``--runner ray``, the encoder actors' device: ``auto`` (a GPU per actor when the cluster
+    has GPUs), ``cpu`` or ``cuda``; Ray gives each GPU actor its own device, so an index (``cuda:1``) or ``mps``
+    is a :class:`UsageError`."""
+    s = str(spec).strip().lower()
+    if s not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device {spec} with --runner ray: the encoder actors' device is auto, cpu or cuda (Ray "
+                         "gives each actor a GPU of its own)")
+    return s
 
 
 # ------------------------------------------------------------------------------------------ remote functions
@@ -145,17 +158,7 @@ def ray_session(address: Optional[str], num_cpus: int) -> Iterator[Any]:
 
     started = not ray.is_initialized()
     if started:
-        kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-        if address is None:  # the local workers import this package from where the driver does
-            src = str(Path(__file__).resolve().parents[1])
-            path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
-            kw.update(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-        try:
-            ray.init(address=address, **kw)
-        except ConnectionError as exc:
-            from locvtp.featurestore import ExtractError
-
-            raise ExtractError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc})") from None
+        _init(ray, address, num_cpus)
     ctx = DataContext.get_current()
     saved = ctx.enable_progress_bars
     log = logging.getLogger("ray.data")
@@ -169,6 +172,26 @@ def ray_session(address: Optional[str], num_cpus: int) -> Iterator[Any]:
         log.setLevel(level)
         if started:
             ray.shutdown()
+
+
+def _init(ray: Any, address: Optional[str], num_cpus: int) -> None:
+    """Connect to ``address``, or start a local instance (see :func:`ray_session`); a failure is one line."""
+    from locvtp.featurestore import ExtractError
+
+    kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if address is None:  # the local workers import this package from where the driver does
+        src = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+        kw.update(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        temp = os.path.join(tempfile.gettempdir(), "ray")
+        if "RAY_TMPDIR" not in os.environ and len(temp) > SOCKET_ROOM:  # Ray's sockets: AF_UNIX paths <= 107 bytes
+            kw["_temp_dir"] = "/tmp/ray"
+    try:
+        ray.init(address=address, **kw)
+    except (ConnectionError, OSError, RuntimeError, ValueError) as exc:
+        what = f"--ray-address {address}: cannot connect to the Ray cluster" if address else \
+            "cannot start a local Ray instance"
+        raise ExtractError(f"{what} ({type(exc).__name__}: {exc})") from None
 
 
 def _map_batches(ds: Any, fn: Any, retries: dict[str, int], **kw: Any) -> Any:
@@ -185,6 +208,18 @@ def _map_batches(ds: Any, fn: Any, retries: dict[str, int], **kw: Any) -> Any:
             if not any(k in str(exc) for k in retries):
                 raise
             return ds.map_batches(fn, **kw)
+
+
+def _fixed_batches(ds: Any, batch: int) -> Any:
+    """Blocks of exactly ``batch`` rows (the last excepted), streaming, so every encoder call is a full batch. A Ray
+    without the strict streaming repartition gets its best effort (a partial batch now and then: slower, the same
+    features)."""
+    for kw in ({"strict": True}, {}):
+        try:
+            return ds.repartition(target_num_rows_per_block=batch, **kw)
+        except TypeError:
+            continue
+    return ds
 
 
 def _locvtp_error(exc: BaseException) -> Optional[LocVTPError]:
@@ -218,8 +253,9 @@ class RayPipeline(Pipeline):
     def run(self, todo: list[Any], writer: Any, tick: Callable[[bool], None], flush_due: Callable[[], bool]) -> None:
         if not todo:
             return
-        actor_cpus = max(1, int(self.threads or 1))
-        local_cpus = max(1, self.workers) + (self.encoders or 1) * actor_cpus
+        # a local instance: the decode CPUs of --workers, and room for every encoder actor (one per GPU by default)
+        gpus = torch.cuda.device_count() if ray_device(self.device) != "cpu" else 0
+        local_cpus = max(1, self.workers) + (self.encoders or max(1, gpus)) * max(1, int(self.threads or 1))
         writes = _Writes()
         try:
             with ray_session(self.address, local_cpus) as ray:
@@ -284,7 +320,7 @@ class RayPipeline(Pipeline):
         ds = ray.data.range(n, override_num_blocks=min(n, MAX_BLOCKS))
         ds = _map_batches(ds, _decode_batch, {"max_retries": DECODE_RETRIES}, batch_size=1, batch_format="numpy",
                           fn_kwargs={"plan": ref, "prep": self.prep, "errors": self.errors}, num_cpus=1)
-        ds = ds.repartition(target_num_rows_per_block=self.batch, strict=True)
+        ds = _fixed_batches(ds, self.batch)
         count, gpus, device = self._encoder_pool(ray)
         actor_cpus = 1 if gpus else max(1, int(self.threads or 1))
         kwargs = {"checkpoint": self.checkpoint, "sha256": self.sha256, "device": device,
@@ -297,13 +333,13 @@ class RayPipeline(Pipeline):
     def _encoder_pool(self, ray: Any) -> tuple[int, int, str]:
         """(actors, GPUs per actor, the actors' device) from ``--device`` and the cluster's GPUs."""
         have = int(ray.cluster_resources().get("GPU", 0))
-        spec = str(self.device).strip().lower()
-        wants_gpu = spec.startswith("cuda") or (spec == "auto" and have > 0)
+        spec = ray_device(self.device)
+        wants_gpu = spec == "cuda" or (spec == "auto" and have > 0)
         if wants_gpu and have == 0:
             raise UsageError(f"--device {self.device}: the Ray cluster has no GPU; use --device cpu or auto")
         if wants_gpu:
             return int(self.encoders or have), 1, "cuda"
-        return int(self.encoders or 1), 0, "cpu" if spec == "auto" else spec
+        return int(self.encoders or 1), 0, "cpu"
 
     def _take(self, b: dict[str, np.ndarray], plan: dict[str, np.ndarray], todo: list[Any],
               states: dict[int, _Video], seen: dict[int, np.ndarray], failed: set[int], writer: Any,
@@ -339,4 +375,5 @@ class RayPipeline(Pipeline):
                 self._write(todo, states, v, writer, writes, tick, flush_due)
 
 
-__all__ = ["DECODE_RETRIES", "ENCODER_RESTARTS", "RAY_EXTRA", "RayPipeline", "ray_session", "require_ray"]
+__all__ = ["DECODE_RETRIES", "ENCODER_RESTARTS", "RAY_EXTRA", "RayPipeline", "ray_device", "ray_session",
+           "require_ray"]

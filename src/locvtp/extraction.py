@@ -279,8 +279,9 @@ def check_runner(args: argparse.Namespace, world: int) -> None:
     if world > 1:
         raise UsageError("--runner ray under torchrun: Ray spreads the work itself; run one `locvtp extract "
                          "--runner ray` (or one per --shard I/N)")
-    from locvtp.extract_ray import require_ray
+    from locvtp.extract_ray import ray_device, require_ray
 
+    ray_device(args.device)
     require_ray()
 
 
@@ -293,7 +294,7 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
     check_runner(args, world)
     t_start = time.perf_counter()
     if getattr(args, "runner", "local") == "ray":  # --device is the encoder actors'; the driver only finishes
-        device = "cpu" if str(args.device).strip().lower() == "cpu" else resolve_device("auto")
+        device = "cpu" if args.device.strip().lower() == "cpu" else resolve_device("auto")
     else:
         device = resolve_device(args.device)
     # -- outputs: apart from the inputs, locked for the whole run (nothing is written before both hold) ------
