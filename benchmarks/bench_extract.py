@@ -14,6 +14,7 @@ The model is the default size (tiny3d, 32x32 frames, 4 frames/clip) with a rando
 not depend on the weights) or ``--checkpoint``. torchcodec against PyAV on the same clips: ``bench_codec.py``.
 
     nice -n 19 .venv/bin/python benchmarks/bench_extract.py [--threads 2] [--workers 1] [--long-videos 3]
+        [--runner ray]
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def measure(name: str, vdir: Path, ckpt: str, prep, model, args, tmp: Path) -> d
         out = tmp / f"{name}{r}.h5"
         a = build_parser().parse_args(["--checkpoint", ckpt, "--videos", str(vdir), "--out", str(out),
                                        "--threads", str(args.threads), "--batch-size", str(args.batch_size),
-                                       "--workers", str(args.workers), "--device", "cpu"])
+                                       "--workers", str(args.workers), "--device", "cpu", "--runner", args.runner])
         s = run_extract(a, progress=False)
         assert s.clips == n and s.failed == 0, (s.clips, n, s.failed)
         dec.append(n / t_dec)
@@ -116,7 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--long-videos", type=int, default=3)
     p.add_argument("--long-seconds", type=float, default=120.0)
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="end to end on this machine's pipeline or on Ray Data (a local Ray instance started once, "
+                   "before the measurements: its start-up is not in the figures)")
     args = p.parse_args(argv)
+    if args.runner == "ray":
+        from locvtp.extract_ray import require_ray
+
+        t0 = time.perf_counter()
+        require_ray().init(num_cpus=max(args.workers, args.long_workers) + 1, include_dashboard=False,
+                           log_to_driver=False, logging_level="WARNING")
+        print(f"# ray: local instance started in {time.perf_counter() - t0:.1f} s")
 
     import torch
 
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['name']:<8}{r['videos']:>7}{r['clips']:>7}{r['decode']:>10.1f}{r['encode']:>10.1f}"
                   f"{r['serial']:>10.1f}{r['e2e']:>10.1f}{r['ratio']:>11.2f}x  runs "
                   + " ".join(f"{v:.0f}" for v in r["e2e_runs"]))
-        print(f"# end to end: --workers {tiny_workers} (tiny), "
+        print(f"# end to end (--runner {args.runner}): --workers {tiny_workers} (tiny), "
               f"--workers {args.long_workers} (long); load average {os.getloadavg()[0]:.1f} at the end")
         print("# decoding is PyAV's; torchcodec against PyAV on the same clips: benchmarks/bench_codec.py")
     return 0

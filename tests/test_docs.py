@@ -57,7 +57,7 @@ EXPECTED_COMMAND_BLOCKS = {
     "docs/results.md": 8,
     "docs/serve.md": 3,
     "docs/training.md": 10,
-    "docs/usage.md": 28,
+    "docs/usage.md": 30,
     "docs/world_versions.md": 3,
 }
 

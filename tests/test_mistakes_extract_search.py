@@ -103,6 +103,16 @@ def _sysfs_refuses_files() -> bool:
     return False
 
 
+class without_modules:
+    """A row's argv builder whose case runs as if ``modules`` were not installed (an optional extra missing)."""
+
+    def __init__(self, modules: str, argv):
+        self.modules, self.argv = modules.split(), argv
+
+    def __call__(self, w):
+        return self.argv(w)
+
+
 SYSFS = pytest.mark.skipif(not _sysfs_refuses_files(), reason="/sys accepts new files here")
 
 # (id, argv builder, exit code, needles the one line must name)
@@ -121,6 +131,21 @@ CASES = [
     ("extract-stride-nan", lambda w: ext(w, "--stride-seconds", "nan"), 2, ["--stride-seconds"]),
     ("extract-frames-per-clip-0", lambda w: ext(w, "--frames-per-clip", "0"), 2, ["--frames-per-clip"]),
     ("extract-frame-size-negative", lambda w: ext(w, "--frame-size", "-32"), 2, ["--frame-size"]),
+    # ---- extract: --runner ray (issue 24) ------------------------------------------------------------------
+    ("extract-runner-ray-without-ray", without_modules("ray", lambda w: ext(w, "--runner", "ray")), 2,
+     ["--runner ray needs the optional extra: pip install 'locvtp[ray]'"]),
+    ("extract-runner-unknown", lambda w: ext(w, "--runner", "slurm"), 2, ["--runner", "slurm"]),
+    ("extract-ray-address-without-ray-runner", lambda w: ext(w, "--ray-address", "auto"), 2,
+     ["--ray-address", "--runner ray"]),
+    ("extract-runner-ray-device-index", lambda w: ext(w, "--runner", "ray", "--device", "cuda:1"), 2,
+     ["--device cuda:1", "--runner ray", "auto, cpu or cuda"]),
+    ("extract-ray-encoders-0", lambda w: ext(w, "--runner", "ray", "--ray-encoders", "0"), 2, ["--ray-encoders"]),
+    ("extract-runner-ray-standard-backbone", lambda w: ext(w, "--runner", "ray")[:1] + [
+        "--backbone", "clip", "--weights", w.userfile, "--videos", w.vids, "--out", w.root / "new.h5", "--runner",
+        "ray"], 2, ["--runner ray", "--backbone clip"]),
+    ("extract-runner-ray-features-checkpoint", lambda w: ["extract", "--checkpoint", w.fck, "--videos", w.feats,
+                                                          "--out", w.root / "new.h5", "--runner", "ray"], 2,
+     ["--runner ray", "fck", "feature files"]),
     # ---- extract: device (case 9) ----------------------------------------------------------------------
     pytest.param("extract-device-cuda", lambda w: ext(w, "--device", "cuda"), 2, ["--device", "CUDA"],
                  marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
@@ -239,7 +264,9 @@ CASES = [
 
 @pytest.mark.parametrize("case_id,argv,code,needles", CASES, ids=[
     c.values[0] if hasattr(c, "values") else c[0] for c in CASES])
-def test_one_line_error(w, capsys, case_id, argv, code, needles):
+def test_one_line_error(w, capsys, monkeypatch, case_id, argv, code, needles):
+    for name in getattr(argv, "modules", ()):  # `import name` raises ImportError
+        monkeypatch.setitem(sys.modules, name, None)
     (w.root / "ids_unknown.txt").write_text("zzz\n")
     before = sorted(p.name for p in w.root.iterdir())
     res = run_cli(argv(w), capsys)

@@ -64,29 +64,57 @@ class ClipChunks(torch.utils.data.IterableDataset):
     def _video(self, index: int, wid: int, nw: int) -> Iterator[dict[str, Any]]:
         """The ranges of one video this worker decodes: range k of video i is worker (i + k) mod W's, so one long
         video keeps every worker busy (each worker probes every video: a header read, cheap next to decoding)."""
-        from locvtp.data import video as V
-
         p, path, first = self.prep, self.items[index].path, index % nw == wid
         try:
-            info = V.probe_video(path)
-            windows = np.asarray(V.sliding_windows(float(info.duration), p.clip_seconds, p.stride_seconds),
-                                 np.float64).reshape(-1, 2)
-            if windows.shape[0] == 0:
-                raise ValueError("no clips: the video has no decodable frames")
+            windows, fps, duration = probe_clip_windows(path, p)
         except self.errors as exc:
             if first:  # the worker of range 0 reports a video that cannot be read
-                yield {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+                yield {"index": index, "error": error_reason(exc)}
             return
         total = int(windows.shape[0])
         for lo in range((wid - index) % nw * self.chunk, total, self.chunk * nw):
             w = windows[lo:lo + self.chunk]
             try:
-                clips = V.decode_windows(path, w, p.frames_per_clip, p.frame_size, jitter=False, rng=None)
+                clips = decode_clip_range(path, w, p)
             except self.errors as exc:
-                yield {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+                yield {"index": index, "error": error_reason(exc)}
                 return
-            yield {"index": index, "start": lo, "total": total, "clips": np.asarray(clips),
-                   "windows": w, "fps": float(info.fps), "duration": float(info.duration)}
+            yield {"index": index, "start": lo, "total": total, "clips": clips, "windows": w, "fps": fps,
+                   "duration": duration}
+
+
+def error_reason(exc: BaseException) -> str:
+    """How the failures file words a video's error (one rule for every runner)."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def clip_windows(duration: float, prep: Any) -> np.ndarray:
+    """The clip windows ``[N, 2]`` (seconds) of a video of ``duration`` under ``prep``: a pure function of the
+    duration, so a decode task on another machine recomputes a range's windows from it instead of receiving them."""
+    from locvtp.data import video as V
+
+    return np.asarray(V.sliding_windows(float(duration), prep.clip_seconds, prep.stride_seconds),
+                      np.float64).reshape(-1, 2)
+
+
+def probe_clip_windows(path: Any, prep: Any) -> tuple[np.ndarray, float, float]:
+    """(windows, fps, duration) of the video at ``path`` (a header read); a video without a clip raises
+    ``ValueError``, so it becomes a failure record like an unreadable one."""
+    from locvtp.data import video as V
+
+    info = V.probe_video(path)
+    windows = clip_windows(float(info.duration), prep)
+    if windows.shape[0] == 0:
+        raise ValueError("no clips: the video has no decodable frames")
+    return windows, float(info.fps), float(info.duration)
+
+
+def decode_clip_range(path: Any, windows: np.ndarray, prep: Any) -> np.ndarray:
+    """The uint8 clips ``[n, F, S, S, 3]`` of ``windows`` (consecutive clips of one video, decoded with a seek to
+    the range): the same frames as a decode of the whole video."""
+    from locvtp.data import video as V
+
+    return np.asarray(V.decode_windows(path, windows, prep.frames_per_clip, prep.frame_size, jitter=False, rng=None))
 
 
 def _worker_init(_: int) -> None:
@@ -289,7 +317,7 @@ class Pipeline:
         try:
             rec = finish_video(self.encoder, video, item.video_id, self.backbone)
         except self.errors as exc:
-            self._fail(item, f"{type(exc).__name__}: {exc}", None, writer, writes, tick)
+            self._fail(item, error_reason(exc), None, writer, writes, tick)
             return
         writes.submit(writer.add, rec, source=item.source)
         self.extracted += 1
@@ -312,5 +340,5 @@ class Pipeline:
         tick(False)
 
 
-__all__ = ["CHUNK_BYTES", "ClipChunks", "PREFETCH", "Pipeline", "chunk_clips", "chunk_loader", "finish_video",
-           "video_state"]
+__all__ = ["CHUNK_BYTES", "ClipChunks", "PREFETCH", "Pipeline", "chunk_clips", "chunk_loader", "clip_windows",
+           "decode_clip_range", "error_reason", "finish_video", "probe_clip_windows", "video_state"]

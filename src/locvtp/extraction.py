@@ -264,14 +264,39 @@ def check_model_args(args: argparse.Namespace) -> None:
             raise UsageError(f"{extra[0]} is for --backbone clip|s3d, not a --checkpoint extraction")
 
 
+def check_runner(args: argparse.Namespace, world: int) -> None:
+    """``--runner ray`` runs a pixel checkpoint's pipeline on Ray (:mod:`locvtp.extract_ray`): refused with one
+    line for what it cannot run, or when Ray is not installed, before anything is loaded or written."""
+    ray_flags = [f for f, v in (("--ray-address", getattr(args, "ray_address", None)),
+                                ("--ray-encoders", getattr(args, "ray_encoders", None))) if v is not None]
+    if getattr(args, "runner", "local") != "ray":
+        if ray_flags:
+            raise UsageError(f"{ray_flags[0]} is an option of --runner ray")
+        return
+    if isinstance(args.backbone, str):
+        raise UsageError(f"--runner ray runs a checkpoint's pipeline; --backbone {args.backbone} extracts one video "
+                         "at a time in this process: leave --runner out (or split the work with --shard I/N)")
+    if world > 1:
+        raise UsageError("--runner ray under torchrun: Ray spreads the work itself; run one `locvtp extract "
+                         "--runner ray` (or one per --shard I/N)")
+    from locvtp.extract_ray import ray_device, require_ray
+
+    ray_device(args.device)
+    require_ray()
+
+
 def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSummary:
     """The body of ``locvtp extract`` (arguments as parsed by :func:`build_parser`)."""
     from locvtp.device import resolve_device
 
     check_model_args(args)
     rank, world = world_info()
+    check_runner(args, world)
     t_start = time.perf_counter()
-    device = resolve_device(args.device)
+    if getattr(args, "runner", "local") == "ray":  # --device is the encoder actors'; the driver only finishes
+        device = "cpu" if args.device.strip().lower() == "cpu" else resolve_device("auto")
+    else:
+        device = resolve_device(args.device)
     # -- outputs: apart from the inputs, locked for the whole run (nothing is written before both hold) ------
     out = rank_path(shard_path(Path(args.out), args.format, getattr(args, "shard", None)), args.format, rank, world)
     # h5: next to this rank's file (feats.rank3.failures.jsonl, which `merge` picks up); dirs: per-rank name inside
@@ -364,6 +389,9 @@ def _predictor_steps(args: argparse.Namespace, device: str) -> _Steps:
     args.clip_seconds, args.stride_seconds = prep.clip_seconds, prep.stride_seconds
     args.frames_per_clip, args.frame_size = prep.frames_per_clip, prep.frame_size
     pixels = pred.takes_pixels
+    if not pixels and getattr(args, "runner", "local") == "ray":
+        raise UsageError(f"--runner ray: the checkpoint {pred.path} encodes feature files (a `features` video "
+                         "encoder), which extract one file at a time in this process: leave --runner out")
     batch, backbone = args.batch_clips or 64, bool(args.backbone)
     if pixels:
         items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
@@ -394,14 +422,25 @@ def _predictor_steps(args: argparse.Namespace, device: str) -> _Steps:
         return ClipFeatures(it.video_id, e.backbone if backbone else e.features, e.windows, data.fps,
                             data.duration)
 
-    pipe = None
-    if pixels:
-        from locvtp.extract_pipeline import Pipeline
-        from locvtp.inference import ClipBatchEncoder
-
-        pipe = Pipeline(ClipBatchEncoder(pred.model, pred.device, backbone, getattr(args, "amp", None)), prep, batch,
-                        decode_workers(args), backbone, bool(args.strict), RECORDED_ERRORS)
+    pipe = _pixel_pipeline(args, pred, prep, batch, backbone) if pixels else None
     return _Steps(_settings(pred, args), items, problems, load, encode, pred.thread_limit(), pipe)
+
+
+def _pixel_pipeline(args: argparse.Namespace, pred: Any, prep: Any, batch: int, backbone: bool) -> Any:
+    """The pipeline of a pixel checkpoint: this machine's decode processes, or Ray's (``--runner ray``)."""
+    from locvtp.extract_pipeline import Pipeline
+    from locvtp.inference import ClipBatchEncoder
+
+    amp = getattr(args, "amp", None)
+    common = (ClipBatchEncoder(pred.model, pred.device, backbone, amp), prep, batch, decode_workers(args), backbone,
+              bool(args.strict), RECORDED_ERRORS)
+    if getattr(args, "runner", "local") != "ray":
+        return Pipeline(*common)
+    from locvtp.extract_ray import RayPipeline
+
+    return RayPipeline(*common, checkpoint=str(Path(pred.path).resolve()), sha256=pred.sha256, device=args.device,
+                       amp=amp, threads=int(args.threads or 0), address=getattr(args, "ray_address", None),
+                       encoders=getattr(args, "ray_encoders", None))
 
 
 def decode_workers(args: argparse.Namespace) -> int:

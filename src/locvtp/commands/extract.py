@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="extract shard I of N (0 <= I < N; videos split by a hash of their id) into its own "
                    "store (feats.shardI-of-N.h5, or DIR.shardI-of-N); join them with `locvtp merge`")
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="local: decode processes on this machine (default); ray: decode tasks and encoder actors on "
+                   "a Ray cluster (needs `pip install 'locvtp[ray]'`; docs/usage.md, 'On a Ray cluster')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--runner ray: the cluster (auto: the one `ray start` made on this machine, or host:port, "
+                   "ray://host:port); default: a local Ray instance of --workers decode CPUs")
+    p.add_argument("--ray-encoders", type=cliargs.positive_int, default=None, metavar="N",
+                   help="--runner ray: encoder actors (default: one per GPU of the cluster, else one)")
     p.add_argument("--threads", type=cliargs.nonnegative_int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--recursive", action="store_true", help="search --videos DIR recursively")
