@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         "print the moment statistics of the complete world in DIR (any generator version): video and moment "
         "lengths, moment/video ratio, events per video, narrations per event, the share of videos repeating an "
         "action on another actor and of queries whose action another event has (the verb alone cannot place them), "
+        "what a verb-only oracle finds, "
         "the share of pre-training context pairs crossing an event boundary with and without "
         "objective.context_in_span; writes nothing"))
     ap.add_argument("--json", action="store_true", help="with --stats: print the statistics as JSON")

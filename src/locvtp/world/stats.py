@@ -54,24 +54,30 @@ def _split_stats(videos: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def repeated_actions(videos: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Shares (in %) of the videos in which two events of distinct objects share their action, and of the moments
-    (a grounding split's queries) whose action another event of the same video, by another object, also has: the
-    queries the verb alone cannot place (generator 1.6's `same_action` knob). None without videos, or when an
-    event does not name its ``"action"``."""
+    """How far the verb alone places a moment (generator 1.6's `same_action` knob), in %: the videos in which two
+    events of distinct objects share their action; the moments (a grounding split's queries) whose action another
+    event of the same video, by another object, also has (the queries the verb alone cannot place); and the
+    expected share of moments a verb-only oracle finds: it knows every event's action, not its object, and picks
+    uniformly among the video's events with the query's action (its R1 at any IoU threshold when events do not
+    overlap, as in every generated world). None without videos, or when an event does not name its ``"action"``."""
+    keys = ("repeated_action_videos_pct", "verb_ambiguous_moments_pct", "verb_only_oracle_pct")
     if not videos or any("action" not in e for v in videos for e in v["events"]):
-        return {"repeated_action_videos_pct": None, "verb_ambiguous_moments_pct": None}
-    hit_videos = ambiguous = moments = 0
+        return dict.fromkeys(keys)
+    hit_videos = ambiguous = found = moments = 0.0
     for v in videos:
-        objects: dict[str, set[Any]] = {}
+        by_action: dict[str, list[Any]] = {}
         for e in v["events"]:
-            objects.setdefault(e["action"], set()).add(e["object"])
-        shared = [sum(e["action"] == f["action"] and e["object"] != f["object"] for f in v["events"]) > 0
-                  for e in v["events"]]
-        hit_videos += any(len(objs) > 1 for objs in objects.values())
-        ambiguous += sum(shared)
-        moments += len(shared)
-    return {"repeated_action_videos_pct": round(100.0 * hit_videos / len(videos), 1),
-            "verb_ambiguous_moments_pct": round(100.0 * ambiguous / moments, 1) if moments else None}
+            by_action.setdefault(e["action"], []).append(e["object"])
+        hit_videos += any(len(set(objs)) > 1 for objs in by_action.values())
+        for e in v["events"]:
+            same = by_action[e["action"]]
+            ambiguous += any(o != e["object"] for o in same)
+            found += 1.0 / len(same)
+            moments += 1
+    if not moments:
+        return {**dict.fromkeys(keys), "repeated_action_videos_pct": round(100.0 * hit_videos / len(videos), 1)}
+    return dict(zip(keys, (round(100.0 * hit_videos / len(videos), 1), round(100.0 * ambiguous / moments, 1),
+                           round(100.0 * found / moments, 1))))
 
 
 def _event_index(centres: np.ndarray, events: list[dict[str, Any]]) -> np.ndarray:
@@ -197,7 +203,8 @@ def format_stats(stats: dict[str, Any]) -> str:
              f"{s['events_per_video']['mean']:g} ({s['events_per_video']['min']}-{s['events_per_video']['max']})"),
             ("consecutive events by the same actor", lambda s: _pct(s["same_actor_neighbours_pct"])),
             ("videos repeating an action on another actor", lambda s: _pct(s["repeated_action_videos_pct"])),
-            ("moments whose action another event has", lambda s: _pct(s["verb_ambiguous_moments_pct"]))]
+            ("moments whose action another event has", lambda s: _pct(s["verb_ambiguous_moments_pct"])),
+            ("moments a verb-only oracle finds", lambda s: _pct(s["verb_only_oracle_pct"]))]
     head = f"world {stats.get('world', '(plan)')}: seed {stats['seed']}, preset {stats['preset']}, " \
            f"generator {stats['generator_version']}"
     lines = [head, "", "| median (p10-p90) | " + " | ".join(GROUNDING_SPLITS) + " |",
@@ -208,7 +215,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     pct = (lambda x: "-" if x is None else f"{x:.1f} %")
     lines += ["", f"grounding test: {_pct(test['verb_ambiguous_moments_pct'])} of the queries the verb alone cannot "
               f"place (their action is another event's too, by another object), in "
-              f"{_pct(test['repeated_action_videos_pct'])} of the videos",
+              f"{_pct(test['repeated_action_videos_pct'])} of the videos; a verb-only oracle finds "
+              f"{_pct(test['verb_only_oracle_pct'])}",
               "", f"narrations: {n['count']}, {n['per_event']} per pre-training event, length {_fmt(n['seconds'])} s",
               f"context pairs crossing an event boundary (W={c['max_offset']}, T={c['num_clips']} clips of "
               f"{c['clip_seconds']:g} s, jitter ±{c['jitter_seconds']:g} s): {pct(c['crossing_pct'])}; "
