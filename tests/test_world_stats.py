@@ -29,10 +29,12 @@ RULE = {"num_clips": 8, "clip_seconds": 1.0, "jitter_seconds": 1.0, "max_offset"
 # straddle boundaries and one in a gap.
 HAND_GT = {
     "a": {"split": "pretrain", "duration": 30.0, "events": [
-        {"object": 0, "start": 2.0, "end": 9.5}, {"object": 0, "start": 9.5, "end": 14.0},
-        {"object": 1, "start": 17.0, "end": 28.0}]},
-    "b": {"split": "pretrain", "duration": 6.5, "events": [{"object": 0, "start": 1.0, "end": 4.0}]},
-    "c": {"split": "grounding_test", "duration": 20.0, "events": [{"object": 0, "start": 5.0, "end": 15.0}]},
+        {"object": 0, "action": "grow", "start": 2.0, "end": 9.5},
+        {"object": 0, "action": "blink", "start": 9.5, "end": 14.0},
+        {"object": 1, "action": "grow", "start": 17.0, "end": 28.0}]},
+    "b": {"split": "pretrain", "duration": 6.5, "events": [{"object": 0, "action": "grow", "start": 1.0, "end": 4.0}]},
+    "c": {"split": "grounding_test", "duration": 20.0, "events": [
+        {"object": 0, "action": "blink", "start": 5.0, "end": 15.0}]},
 }
 HAND_CAPTIONS = {
     "a": {"start": [1.5, 8.7, 12.0, 15.0, 20.3], "end": [4.0, 11.2, 15.5, 16.5, 23.0], "text": ["x"] * 5},
@@ -118,8 +120,48 @@ def test_stats_of_hand_made_world():
     assert pre["video_seconds"] == {"median": 18.25, "p10": 8.85, "p90": 27.65}
     assert pre["events_per_video"] == {"mean": 2.0, "min": 1, "max": 3}
     assert pre["same_actor_neighbours_pct"] == 50.0  # a: 0->0 (same), 0->1 (another)
+    # a: "grow" by objects 0 and 1 (2 of its 3 moments); b's "grow" is another video's; c: one event
+    assert pre["repeated_action_videos_pct"] == 50.0 and pre["verb_ambiguous_moments_pct"] == 50.0
+    assert pre["verb_only_oracle_pct"] == 75.0  # a: 1/2 + 1 + 1/2, b: 1 -> 3 of 4
+    assert test["repeated_action_videos_pct"] == 0.0 and test["verb_ambiguous_moments_pct"] == 0.0
     assert s["narrations"]["count"] == 7 and s["narrations"]["per_event"] == 1.75
     assert s["splits"]["grounding_train"]["moment_seconds"]["median"] is None
+
+
+def _loop_repeated(videos: list[dict]) -> tuple[float, float, float]:
+    """(videos with an action done by two distinct objects, moments sharing their action with another object's
+    event of the same video, the verb-only oracle's hits: 1 / the events with the query's action), in %, by
+    nested loops."""
+    hit = amb = n = oracle = 0
+    for v in videos:
+        ev = v["events"]
+        found = False
+        for i in range(len(ev)):
+            n += 1
+            others = [j for j in range(len(ev)) if j != i and ev[j]["action"] == ev[i]["action"]
+                      and ev[j]["object"] != ev[i]["object"]]
+            amb += bool(others)
+            found = found or bool(others)
+            oracle += 1 / sum(ev[j]["action"] == ev[i]["action"] for j in range(len(ev)))
+        hit += found
+    return round(100.0 * hit / len(videos), 1), round(100.0 * amb / n, 1), round(100.0 * oracle / n, 1)
+
+
+def test_repeated_actions_match_plain_loop():
+    from locvtp.world.stats import repeated_actions
+
+    gt = json.loads(build_annotations(plan_world(4, "demo", sizes={**OTHERS, "pretrain": 0}))["ground_truth.json"])
+    for split in ("grounding_train", "grounding_test"):
+        videos = [v for v in gt.values() if v["split"] == split]
+        got = repeated_actions(videos)
+        want = _loop_repeated(videos)
+        assert (got["repeated_action_videos_pct"], got["verb_ambiguous_moments_pct"], got["verb_only_oracle_pct"]) \
+            == want
+        assert 0 < want[1] < 100 and 0 < want[2] < 100  # the demo's independent events repeat some actions, not all
+    # an event that does not name its action: unknown, not 0
+    none = {"repeated_action_videos_pct": None, "verb_ambiguous_moments_pct": None, "verb_only_oracle_pct": None}
+    assert repeated_actions([{"events": [{"object": 0, "start": 0.0, "end": 1.0}]}]) == none
+    assert repeated_actions([]) == none
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -240,8 +282,9 @@ def test_cyclic_tracks_match_plain_loop_and_rest_inside_the_frame():
             assert (tr["x"][i, ~busy] >= m).all() and (tr["x"][i, ~busy] <= FRAME_SIZE - m).all()
 
 
-def test_every_clip_of_a_long_event_shows_its_action():
-    plan = plan_world(11, "long", sizes={"pretrain": 0, "grounding_train": 0, "grounding_test": 3})
+@pytest.mark.parametrize("preset", ["long", "recipe"])
+def test_every_clip_of_a_long_event_shows_its_action(preset):
+    plan = plan_world(11, preset, sizes={"pretrain": 0, "grounding_train": 0, "grounding_test": 3})
     clips = 0
     for v in plan.splits["grounding_test"]:
         fr = render_video(v).astype(np.float32)
@@ -261,6 +304,8 @@ def test_every_clip_of_a_long_event_shows_its_action():
 def test_synth_stats_cli(tiny_world, tmp_path, capsys):
     res = run_cli(["synth", "--stats", tiny_world], capsys)
     assert res.code == 0 and "crossing an event boundary" in res.out and "generator 1.3" in res.out
+    assert "of the queries the verb alone cannot place" in res.out
+    assert "moments whose action another event has" in res.out
     res = run_cli(["synth", "--stats", tiny_world, "--json"], capsys)
     s = json.loads(res.out)
     gt = json.loads((tiny_world / "ground_truth.json").read_text())

@@ -8,7 +8,9 @@ import json
 import sys
 import time
 
-from locvtp.world.plan import GENERATOR_VERSION, GENERATOR_VERSIONS, MOMENT_VERSION, PRESETS, check_request
+from locvtp.world.plan import (
+    GENERATOR_VERSION, GENERATOR_VERSIONS, MOMENT_VERSION, PRESETS, RECIPE_VERSION, check_request,
+)
 from locvtp.world.generate import generate_world
 
 
@@ -22,19 +24,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--stats", metavar="DIR", help=(
         "print the moment statistics of the complete world in DIR (any generator version): video and moment "
-        "lengths, moment/video ratio, events per video, narrations per event, the share of pre-training context "
-        "pairs crossing an event boundary with and without objective.context_in_span; writes nothing"))
+        "lengths, moment/video ratio, events per video, narrations per event, the share of videos repeating an "
+        "action on another actor and of queries whose action another event has (the verb alone cannot place them), "
+        "what a verb-only oracle finds, "
+        "the share of pre-training context pairs crossing an event boundary with and without "
+        "objective.context_in_span; writes nothing"))
     ap.add_argument("--json", action="store_true", help="with --stats: print the statistics as JSON")
     ap.add_argument("--seed", type=nonnegative_int, default=None, help="random seed (default 0)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help=(
         "default tiny; "
         "tiny, demo: the demo's world; long (ActivityNet/YouCook2-like: 50-120 s videos, 3-5 events of median "
-        ">= 10 s) and charades (Charades-STA-like: ~30 s videos, 1-3 moments of 5-12 s) need generator 1.4 or later"))
+        ">= 10 s) and charades (Charades-STA-like: ~30 s videos, 1-3 moments of 5-12 s) need generator 1.4 or later; "
+        "recipe (YouCook2-like: long's timing, the same action recurring on other objects) needs 1.6 or later"))
     ap.add_argument("--generator-version", "--version", dest="version", choices=GENERATOR_VERSIONS,
                     default=None, help=(
                         f"world generator version (default: {GENERATOR_VERSION} for tiny and demo, {MOMENT_VERSION} for "
-                        "long and charades); 1.3 has harder CrossTask/COIN test sets, 1.4 adds the long and charades "
-                        "presets, 1.5 gives them the demo world's labelled EPIC set (docs/world_versions.md)"))
+                        f"long and charades, {RECIPE_VERSION} for recipe); 1.3 has harder CrossTask/COIN test "
+                        "sets, 1.4 adds the long and charades presets, 1.5 gives them the demo world's labelled EPIC "
+                        "set, 1.6 adds the recipe preset (docs/world_versions.md)"))
     ap.add_argument("--force", action="store_true", help="overwrite an existing world in --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

@@ -231,8 +231,9 @@ def generate_world(out_dir: str | Path, seed: int = 0, preset: str = "tiny", pro
     The manifest is written last, so its presence marks a complete world.
 
     ``version`` (GENERATOR_VERSIONS; None = the preset's `default_version`: 1.3 for tiny/demo, 1.5 for long and
-    charades) is part of the request: a world of another version this code can still generate is a different
-    world (WorldExistsError unless `force`); one of a version it no longer generates is outdated and regenerated.
+    charades, 1.6 for recipe) is part of the request: a world of another version this code can still generate is a
+    different world (WorldExistsError unless `force`); one of a version it no longer generates is outdated and
+    regenerated.
     """
     out = Path(out_dir)
     version = check_request(preset, version)

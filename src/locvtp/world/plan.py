@@ -28,7 +28,11 @@ GENERATOR_VERSION = "1.3"  # the default version of tiny/demo (what `make demo` 
 #   1.3  harder CrossTask/COIN test sets (ProcedureStyle below); everything else as 1.2
 #   1.4  the presets `long` and `charades`: benchmark-like moments (MomentStyle below); tiny/demo as 1.3
 #   1.5  `long`/`charades`: the labelled EPIC set (the backbone's) is the demo world's, not moment videos; else as 1.4
-GENERATOR_VERSIONS = ("1.2", "1.3", "1.4", "1.5")
+#   1.6  the preset `recipe`: `long` whose events repeat actions on other actors (MomentStyle.same_action); every
+#        other preset plans as at 1.5 (tiny/demo as 1.3)
+GENERATOR_VERSIONS = ("1.2", "1.3", "1.4", "1.5", "1.6")
+MOMENT_VERSION = "1.5"  # the default version of `long` and `charades` (the presets with MomentStyles from 1.4)
+RECIPE_VERSION = "1.6"  # the default (and first) version of `recipe`
 FPS = 8
 FRAME_SIZE = 32
 CLIP_SECONDS = 1.0
@@ -151,6 +155,8 @@ class Preset:
     # generator >= 1.4: the long videos (pre-training, grounding, EPIC) follow MOMENT_STYLES[moments] instead of
     # `events` (benchmark-like moment statistics); None = the long videos of generator <= 1.3
     moments: str | None = None
+    first_version: str = "1.2"  # the first generator version that has the preset (an earlier one is refused)
+    default_version: str = GENERATOR_VERSION  # the version `locvtp synth` makes unless asked for another
 
 
 PRESETS: dict[str, Preset] = {
@@ -175,12 +181,24 @@ PRESETS: dict[str, Preset] = {
         crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
         coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
         events=(3, 5), captions_per_retrieval_video=5, epic_train=52, epic_val=13, moments="long",
+        first_version="1.4", default_version=MOMENT_VERSION,
     ),
     "charades": Preset(
         pretrain=360, webvid=60, grounding_train=1060, grounding_test=330, retrieval_train=160, retrieval_test=120,
         crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
         coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
         events=(1, 3), captions_per_retrieval_video=5, epic_train=150, epic_val=35, moments="charades",
+        first_version="1.4", default_version=MOMENT_VERSION,
+    ),
+    # Generator >= 1.6 (issue 23): `long`'s sizes and timing, YouCook2-like event sequences in which the same action
+    # recurs on other objects (MOMENT_STYLES["recipe"]); the EPIC splits are the demo's (LABELLED_SET_PRESET), as
+    # are the short and procedure videos.
+    "recipe": Preset(
+        pretrain=110, webvid=60, grounding_train=530, grounding_test=165, retrieval_train=160, retrieval_test=120,
+        crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
+        coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
+        events=(3, 5), captions_per_retrieval_video=5, epic_train=160, epic_val=40, moments="recipe",
+        first_version=RECIPE_VERSION, default_version=RECIPE_VERSION,
     ),
 }
 
@@ -477,6 +495,7 @@ PROCEDURE_STYLES: dict[str, ProcedureStyle] = {
 }
 PROCEDURE_STYLES["1.4"] = PROCEDURE_STYLES["1.3"]  # 1.4 adds presets; its procedures are 1.3's
 PROCEDURE_STYLES["1.5"] = PROCEDURE_STYLES["1.3"]
+PROCEDURE_STYLES["1.6"] = PROCEDURE_STYLES["1.3"]
 
 
 def _lookalike_kinds(rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -649,6 +668,8 @@ def _plan_task_video(rng: np.random.Generator, vid: str, split: str, task: Task)
 
 
 # ------------------------------------------------------------------------------ benchmark-like moments (1.4)
+SAME_ACTION = 0.5  # `recipe`'s MomentStyle.same_action (tuned on seed 0; tests/test_world_recipe.py holds seeds 11, 12)
+
 @dataclass(frozen=True)
 class MomentStyle:
     """The long videos (pre-training, grounding, EPIC) of a benchmark-like preset (generator >= 1.4).
@@ -670,6 +691,11 @@ class MomentStyle:
     narration_seconds: tuple[float, float] = (2.0, 4.0)
     narration_shift: float = 1.0  # misalignment: each narration moved by U(-shift, shift) s
     dirichlet: float = 3.0  # concentration of the split of the covered time among the events
+    actors: tuple[int, int] = (2, 3)  # actors per video (inclusive); besides them 1-2 still distractors
+    # generator >= 1.6 (`recipe`): chance that an event (not the first) repeats an action done earlier in the video,
+    # on an actor that has not done it and is not the previous event's (YouCook2's "cut the onion" ... "cut the
+    # tomato"): the verb alone no longer places the query. 0 = never on purpose (the presets of 1.4/1.5)
+    same_action: float = 0.0
 
 
 MOMENT_STYLES: dict[str, MomentStyle] = {
@@ -680,8 +706,12 @@ MOMENT_STYLES: dict[str, MomentStyle] = {
     "charades": MomentStyle(video_seconds=(26.0, 34.0), events=(1, 3), event_seconds=(5.0, 12.0),
                             coverage=(0.15, 0.95), continuity=0.8, narrations_per_event=(1, 3),
                             narration_every=4.0),
+    # YouCook2 (generator >= 1.6): `long`'s timing; the actor changes at every event (continuity 0) and an action
+    # recurs on another object with probability `same_action` (docs/world_versions.md, generator 1.6)
+    "recipe": MomentStyle(video_seconds=(50.0, 120.0), events=(3, 5), event_seconds=(6.0, 45.0),
+                          coverage=(0.65, 0.95), continuity=0.0, narrations_per_event=(2, 5), narration_every=5.0,
+                          same_action=SAME_ACTION),
 }
-MOMENT_VERSION = "1.5"  # the default version of the presets with MomentStyles
 # Generator >= 1.5: the EPIC splits of `long` and `charades` (the labelled set the video backbone learns from, the
 # world's Kinetics step) are this preset's, byte for byte. Why: 1.4 drew them as moment videos, and 52 videos of
 # 3-5 long events with one actor carrying on hold too few distinct (object, action) segments (211) for the backbone
@@ -698,6 +728,10 @@ def moment_style(preset: str, version: str) -> MomentStyle | None:
     """The MomentStyle of a preset's long videos, or None for the long videos of generator <= 1.3."""
     name = PRESETS[preset].moments
     return None if name is None or version in ("1.2", "1.3") else MOMENT_STYLES[name]
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
 
 
 def size_range(shape: str, x: float, y: float) -> tuple[float, float]:
@@ -771,16 +805,44 @@ def _moment_lengths(rng: np.random.Generator, style: MomentStyle) -> tuple[float
     return total, lengths, rng.dirichlet(np.ones(n + 1))
 
 
+def _length_tries(dur: float) -> list[float]:
+    """The drawn length first, then moved by up to 2 s (an event that would end with its object at rest outside
+    the frame or on another actor is lengthened or shortened a little)."""
+    return [dur + k * TIME_QUANTUM for k in (0, 1, -1, 2, -2, 3, -3, 4, -4)]
+
+
+def _repeat_action(rng: np.random.Generator, state: list[Obj], n_actors: int, used: set[tuple[int, str]],
+                   prev: int | None, dur: float, style: MomentStyle) -> tuple[int, str, float] | None:
+    """(actor, action, length) of an event that repeats an action done earlier in the video (drawn uniformly
+    among them) on another actor, neither the previous event's nor one that has done it; None if none can."""
+    done = sorted({a for _, a in used}, key=ACTIONS.index)
+    lo, hi = style.event_seconds
+    for a in (done[int(j)] for j in rng.permutation(len(done))):
+        for i in (int(j) for j in rng.permutation(n_actors)):
+            if i == prev or (i, a) in used:
+                continue
+            for d in _length_tries(dur):
+                if lo <= d <= hi and _cyclic_feasible(state[i], a, d, _without(state, i)):
+                    return i, a, d
+    return None
+
+
 def _moment_actor(rng: np.random.Generator, state: list[Obj], n_actors: int, used: set[tuple[int, str]],
                   prev: int | None, dur: float, style: MomentStyle) -> tuple[int, str, float] | None:
-    """(actor, action, length) of the next event: the previous actor again with probability ``continuity``
-    (else another one), an action it has not done in this video, the length moved by <= 2 s if the drawn one
-    would leave the object at rest outside the frame or on another actor."""
+    """(actor, action, length) of the next event: with probability ``same_action`` an earlier action on another
+    actor (`_repeat_action`); otherwise the previous actor again with probability ``continuity`` (else another
+    one), an action it has not done in this video, the length moved by <= 2 s if the drawn one would leave the
+    object at rest outside the frame or on another actor. A style with same_action 0 draws nothing for it (the
+    worlds of 1.4/1.5 are unchanged)."""
+    if style.same_action > 0 and used and rng.random() < style.same_action:
+        pick = _repeat_action(rng, state, n_actors, used, prev, dur, style)
+        if pick is not None:
+            return pick
     stay = prev is not None and rng.random() < style.continuity
     first = [prev] if stay else [i for i in rng.permutation(n_actors) if i != prev]
     order = first + [i for i in rng.permutation(n_actors) if i not in first]
     lo, hi = style.event_seconds
-    tries = [dur + k * TIME_QUANTUM for k in (0, 1, -1, 2, -2, 3, -3, 4, -4)]
+    tries = _length_tries(dur)
     for i in (int(j) for j in order):
         acts = [a for a in (ACTIONS[j] for j in rng.permutation(len(ACTIONS))) if (i, a) not in used]
         for a in acts:
@@ -792,9 +854,10 @@ def _moment_actor(rng: np.random.Generator, state: list[Obj], n_actors: int, use
 
 def _plan_moment_video(rng: np.random.Generator, vid: str, split: str, style: MomentStyle) -> VideoSpec:
     """A generator-1.4 long video: a few long events, one actor usually carrying on from one event to the next
-    (``continuity``), (actor, action) pairs unique per video, idle gaps (possibly 0) between them, the same
+    (``continuity``) or, from 1.6, actions recurring on other actors (``same_action``), (actor, action) pairs
+    unique per video, idle gaps (possibly 0) between them, the same
     scene throughout. Moves and size changes are cyclic (`cyclic_motion`)."""
-    n_actors = int(rng.integers(2, 4))
+    n_actors = int(rng.integers(style.actors[0], style.actors[1] + 1))
     objs = _place_objects(rng, n_actors, int(rng.integers(1, 3)))
     state = [Obj(o.colour, o.shape, o.x, o.y, o.r, o.role) for o in objs]
     total, lengths, gap_share = _moment_lengths(rng, style)
@@ -854,9 +917,9 @@ def _check_version(version: str) -> str:
 
 
 def default_version(preset: str) -> str:
-    """The generator version a preset is made with unless one is asked for: 1.5 for the presets that exist only
-    from 1.4 (`long`, `charades`), GENERATOR_VERSION (1.3) for tiny and demo."""
-    return MOMENT_VERSION if preset in PRESETS and PRESETS[preset].moments else GENERATOR_VERSION
+    """The generator version a preset is made with unless one is asked for (`Preset.default_version`): 1.5 for
+    `long` and `charades`, 1.6 for `recipe`, GENERATOR_VERSION (1.3) for tiny and demo."""
+    return PRESETS[preset].default_version if preset in PRESETS else GENERATOR_VERSION
 
 
 def check_request(preset: str, version: str | None) -> str:
@@ -864,8 +927,9 @@ def check_request(preset: str, version: str | None) -> str:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     version = _check_version(default_version(preset) if version is None else version)
-    if PRESETS[preset].moments and version in ("1.2", "1.3"):
-        raise ValueError(f"preset {preset!r} needs generator version 1.4 or later (asked for {version})")
+    first = PRESETS[preset].first_version
+    if _version_key(version) < _version_key(first):
+        raise ValueError(f"preset {preset!r} needs generator version {first} or later (asked for {version})")
     return version
 
 

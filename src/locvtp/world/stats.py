@@ -49,7 +49,35 @@ def _split_stats(videos: list[dict[str, Any]]) -> dict[str, Any]:
             "events_per_video": {"mean": round(float(np.mean(counts)), 2) if counts else None,
                                  "min": min(counts, default=None), "max": max(counts, default=None)},
             # the continuity knob of generator 1.4: consecutive events by the same object
-            "same_actor_neighbours_pct": round(100.0 * sum(a == b for a, b in pairs) / len(pairs), 1) if pairs else None}
+            "same_actor_neighbours_pct": round(100.0 * sum(a == b for a, b in pairs) / len(pairs), 1) if pairs
+            else None, **repeated_actions(videos)}
+
+
+def repeated_actions(videos: list[dict[str, Any]]) -> dict[str, float | None]:
+    """How far the verb alone places a moment (generator 1.6's `same_action` knob), in %: the videos in which two
+    events of distinct objects share their action; the moments (a grounding split's queries) whose action another
+    event of the same video, by another object, also has (the queries the verb alone cannot place); and the
+    expected share of moments a verb-only oracle finds: it knows every event's action, not its object, and picks
+    uniformly among the video's events with the query's action (its R1 at any IoU threshold when events do not
+    overlap, as in every generated world). None without videos, or when an event does not name its ``"action"``."""
+    keys = ("repeated_action_videos_pct", "verb_ambiguous_moments_pct", "verb_only_oracle_pct")
+    if not videos or any("action" not in e for v in videos for e in v["events"]):
+        return dict.fromkeys(keys)
+    hit_videos = ambiguous = found = moments = 0.0
+    for v in videos:
+        by_action: dict[str, list[Any]] = {}
+        for e in v["events"]:
+            by_action.setdefault(e["action"], []).append(e["object"])
+        hit_videos += any(len(set(objs)) > 1 for objs in by_action.values())
+        for e in v["events"]:
+            same = by_action[e["action"]]
+            ambiguous += any(o != e["object"] for o in same)
+            found += 1.0 / len(same)
+            moments += 1
+    if not moments:
+        return {**dict.fromkeys(keys), "repeated_action_videos_pct": round(100.0 * hit_videos / len(videos), 1)}
+    return dict(zip(keys, (round(100.0 * hit_videos / len(videos), 1), round(100.0 * ambiguous / moments, 1),
+                           round(100.0 * found / moments, 1))))
 
 
 def _event_index(centres: np.ndarray, events: list[dict[str, Any]]) -> np.ndarray:
@@ -155,6 +183,10 @@ def plan_stats(plan: Any, **rule: Any) -> dict[str, Any]:
                                **rule)}
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:g} %"
+
+
 def _fmt(s: dict[str, Any]) -> str:
     if s["median"] is None:
         return "-"
@@ -169,17 +201,23 @@ def format_stats(stats: dict[str, Any]) -> str:
             ("moment / video", lambda s: _fmt(s["moment_video_ratio"])),
             ("events per video, mean (min-max)", lambda s: "-" if s["events_per_video"]["mean"] is None else
              f"{s['events_per_video']['mean']:g} ({s['events_per_video']['min']}-{s['events_per_video']['max']})"),
-            ("consecutive events by the same actor", lambda s: "-" if s["same_actor_neighbours_pct"] is None else
-             f"{s['same_actor_neighbours_pct']:g} %")]
+            ("consecutive events by the same actor", lambda s: _pct(s["same_actor_neighbours_pct"])),
+            ("videos repeating an action on another actor", lambda s: _pct(s["repeated_action_videos_pct"])),
+            ("moments whose action another event has", lambda s: _pct(s["verb_ambiguous_moments_pct"])),
+            ("moments a verb-only oracle finds", lambda s: _pct(s["verb_only_oracle_pct"]))]
     head = f"world {stats.get('world', '(plan)')}: seed {stats['seed']}, preset {stats['preset']}, " \
            f"generator {stats['generator_version']}"
     lines = [head, "", "| median (p10-p90) | " + " | ".join(GROUNDING_SPLITS) + " |",
              "|---|" + "---:|" * len(GROUNDING_SPLITS)]
     for name, cell in rows:
         lines.append(f"| {name} | " + " | ".join(cell(stats["splits"][sp]) for sp in GROUNDING_SPLITS) + " |")
-    n, c = stats["narrations"], stats["context_pairs"]
+    n, c, test = stats["narrations"], stats["context_pairs"], stats["splits"]["grounding_test"]
     pct = (lambda x: "-" if x is None else f"{x:.1f} %")
-    lines += ["", f"narrations: {n['count']}, {n['per_event']} per pre-training event, length {_fmt(n['seconds'])} s",
+    lines += ["", f"grounding test: {_pct(test['verb_ambiguous_moments_pct'])} of the queries the verb alone cannot "
+              f"place (their action is another event's too, by another object), in "
+              f"{_pct(test['repeated_action_videos_pct'])} of the videos; a verb-only oracle finds "
+              f"{_pct(test['verb_only_oracle_pct'])}",
+              "", f"narrations: {n['count']}, {n['per_event']} per pre-training event, length {_fmt(n['seconds'])} s",
               f"context pairs crossing an event boundary (W={c['max_offset']}, T={c['num_clips']} clips of "
               f"{c['clip_seconds']:g} s, jitter ±{c['jitter_seconds']:g} s): {pct(c['crossing_pct'])}; "
               f"with context_in_span: {pct(c['crossing_in_span_pct'])}"]
