@@ -138,7 +138,7 @@ def test_interrupted_then_resumed_equals_one_run(ckpts, videos, tmp_path, monkey
                  "--batch-size", 8]) == 130  # `locvtp extract: interrupted`
     monkeypatch.undo()
     assert len(calls) == 5 and "interrupted" in capsys.readouterr().err
-    assert len(_store(out) if fmt != "h5" else list((tmp_path / "out.h5.parts" / "done").glob("*.npz"))) == 5
+    assert len(_store(out) if fmt != "h5" else W.journal_ids(tmp_path / "out.h5")) == 5
     assert _run(["--checkpoint", ckpts["plain"], "--videos", videos, "--out", out, "--format", fmt]) == 0
     _assert_close(_store(out), _store(ref))
 

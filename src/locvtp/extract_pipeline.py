@@ -12,7 +12,8 @@ model forward on one short video's clips is a small, slow batch. Here
   ``--batch-size`` clips (:class:`_Packer`; a pinned buffer and non-blocking copies on CUDA), encodes them and
   scatters the outputs back to their videos;
 * a video whose clips are all encoded is finished (e.g. a checkpoint's temporal layers) and handed to a writer
-  thread (:class:`_Writes`), so the journal's fsync of one video overlaps the encoding of the next batch.
+  thread (:class:`_Writes`), so the journal's writes overlap the encoding of the next batch (the HDF5 journal
+  commits finished videos in groups, about once a second: :mod:`locvtp.featurestore.writer`).
 
 What differs between models is two objects given to :class:`Pipeline`:
 
@@ -48,6 +49,7 @@ from locvtp.featurestore.record import ClipFeatures
 CHUNK_BYTES = 32 << 20  # decoded pixels per clip range (a worker's unit of work)
 PREFETCH = 2  # chunks in flight per worker (DataLoader prefetch_factor)
 WRITES_AHEAD = 8  # finished videos queued for the writer thread
+COMMIT_CHECK_SECONDS = 0.5  # how often the loop asks the writer to commit its journal group (when due)
 # What the fork server imports once, so that each decoding worker starts without importing torch and PyAV anew
 PRELOAD = ("locvtp.extract_pipeline", "locvtp.data.video", "locvtp.standard_features")
 
@@ -278,6 +280,23 @@ class _Writes:
             self.pool.shutdown(wait=True)
 
 
+class _Every:
+    """A callable that is true at most once every ``seconds``."""
+
+    def __init__(self, seconds: float):
+        import time
+
+        self.seconds, self.clock = seconds, time.monotonic
+        self.last = self.clock()
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
 def finish_video(encoder: Any, video: _Video, video_id: str, backbone: bool) -> ClipFeatures:
     """A video whose clips are all encoded -> its store record (the temporal layers run here, if any)."""
     emb, bb = encoder.finish(video.out, video.bb)
@@ -326,8 +345,11 @@ class Pipeline:
         states: dict[int, _Video] = {}
         packer = _Packer(self.encoder, self.batch, tuple(self.decoding.clip_shape), pin)
         failed: set[int] = set()  # a video is failed once, whichever worker's range failed first
+        due = _Every(COMMIT_CHECK_SECONDS)
         try:
             for rec in it:
+                if due():  # the journal's group commit, also while a long video is being encoded
+                    writes.submit(writer.commit_if_due)
                 idx = int(rec["index"])
                 if idx in failed:
                     continue

@@ -354,6 +354,10 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
             return loop(args, writer, items, steps.problems, out, failures_path, rank, world, steps, t_start,
                         progress)
     finally:
+        try:  # stopped by an error or Ctrl-C: what is finished is journalled, not lost (a full disk: as it can)
+            writer.commit()
+        except OSError:
+            pass  # the error that stopped the run is the one to report
         if isinstance(writer, DirWriter):
             writer.close()
 
