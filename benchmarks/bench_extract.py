@@ -71,7 +71,7 @@ def measure(name: str, vdir: Path, ckpt: str, prep, model, args, tmp: Path) -> d
     import torch
 
     from locvtp.commands.extract import build_parser
-    from locvtp.extract_pipeline import ClipChunks, chunk_clips
+    from locvtp.extract_pipeline import ClipChunks, WindowClips
     from locvtp.extraction import RECORDED_ERRORS, VideoItem, run_extract
     from locvtp.inference import ClipBatchEncoder
 
@@ -81,8 +81,7 @@ def measure(name: str, vdir: Path, ckpt: str, prep, model, args, tmp: Path) -> d
     for r in range(args.repeats):
         torch.set_num_threads(1)
         t0 = time.perf_counter()
-        chunks = [c["clips"] for c in ClipChunks(items, prep, chunk_clips(prep.frames_per_clip, prep.frame_size),
-                                                 RECORDED_ERRORS)]
+        chunks = [c["clips"] for c in ClipChunks(items, WindowClips(prep), RECORDED_ERRORS)]
         t_dec = time.perf_counter() - t0
         clips = torch.from_numpy(np.concatenate(chunks))
         n = clips.shape[0]

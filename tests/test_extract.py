@@ -140,6 +140,52 @@ def test_sigkill_midrun_then_rerun_gives_same_file(ckpt, some_videos, tmp_path):
     assert not list(out.parent.glob(".*tmp*")), "temporary files left behind"
 
 
+def _features(vid: str, n: int, seed: int):
+    from locvtp.featurestore.record import ClipFeatures
+
+    rng = np.random.default_rng(seed)
+    windows = np.stack([np.arange(n), np.arange(n) + 1.0], axis=1)
+    return ClipFeatures(vid, rng.standard_normal((n, 8)).astype(np.float32), windows, 8.0, float(n))
+
+
+def test_journal_group_commit(tmp_path, monkeypatch):
+    """Finished videos wait in memory and are journalled together: none is listed before its part is written
+    (a kill then loses them, never a file), a commit writes one part for all, a rerun resumes from it, and the
+    assembled file holds what was added; a part of the one-video layout of earlier versions is still read."""
+    from locvtp.featurestore import writer as W
+    from locvtp.featurestore.reader import iter_features
+    from locvtp.featurestore.writer import _npz_bytes
+
+    monkeypatch.setattr(W, "GROUP_SECONDS", 3600.0)
+    out, settings, fails = tmp_path / "f.h5", {"embedding": "joint", "model": "m"}, tmp_path / "f.failures.jsonl"
+    w = W.H5Writer(out, settings, fails)
+    recs = [_features(f"v{i}", 3 + i, i) for i in range(3)]
+    for r in recs:
+        w.add(r)
+    assert W.journal_ids(out) == [] and w.done_ids() == {"v0", "v1", "v2"}  # buffered: not durable, not listed
+    assert W.H5Writer(out, settings, fails).done_ids() == set()  # what a rerun after a kill now would see
+    w.commit()
+    assert W.journal_ids(out) == ["v0", "v1", "v2"] and len(list((tmp_path / "f.h5.parts" / "done").glob("*"))) == 1
+    rerun = W.H5Writer(out, settings, fails)
+    assert rerun.done_ids() == {"v0", "v1", "v2"}
+    old = recs[0].__class__("old", recs[0].features, recs[0].windows, 5.0, 3.0)  # an earlier version's part
+    (tmp_path / "f.h5.parts" / "done" / "old.npz").write_bytes(_npz_bytes(
+        video_id=np.array("old"), features=old.features, windows=old.windows, fps=np.array(5.0),
+        duration=np.array(3.0), source=np.array("/videos/old.mp4")))
+    monkeypatch.setattr(W, "GROUP_VIDEOS", 1)  # now each add is its own part
+    rerun.add(_features("v3", 2, 3), source="/elsewhere/v3.mp4")
+    assert W.journal_ids(out) == ["old", "v0", "v1", "v2", "v3"]
+    assert rerun.assemble() == 5 and W.journal_ids(out) == []
+    got = {r.video_id: r for r in iter_features(out)}
+    for r in [*recs, old, _features("v3", 2, 3)]:
+        np.testing.assert_array_equal(got[r.video_id].features, r.features)
+        np.testing.assert_array_equal(got[r.video_id].windows, r.windows)
+        assert (got[r.video_id].fps, got[r.video_id].duration) == (r.fps, r.duration)
+    with h5py.File(out, "r") as f:
+        assert f["v3"].attrs["source"] == "/elsewhere/v3.mp4" and f["old"].attrs["source"] == "/videos/old.mp4"
+        assert "source" not in f["v0"].attrs
+
+
 def _n_done(out: Path, parts: Path) -> int:
     n = len(list(parts.glob("*.npz"))) if parts.is_dir() else 0
     try:

@@ -88,7 +88,7 @@ def test_long_videos_are_cut_into_clip_ranges(ckpts, videos, tmp_path, monkeypat
     monkeypatch.setattr(P, "CHUNK_BYTES", 3 * per_clip)
     assert P.chunk_clips(prep.frames_per_clip, prep.frame_size) == 3
     path = sorted(videos.glob("*.mp4"))[0]
-    recs = list(P.ClipChunks([VideoItem(path.stem, path)], prep, 3, (OSError, ValueError)))
+    recs = list(P.ClipChunks([VideoItem(path.stem, path)], P.WindowClips(prep), (OSError, ValueError)))
     whole = decode_video_clips(path, prep.clip_seconds, prep.stride_seconds, prep.frames_per_clip, prep.frame_size)
     assert len(recs) == -(-whole.clips.shape[0] // 3) > 1
     assert [r["start"] for r in recs] == list(range(0, whole.clips.shape[0], 3))
@@ -138,7 +138,7 @@ def test_interrupted_then_resumed_equals_one_run(ckpts, videos, tmp_path, monkey
                  "--batch-size", 8]) == 130  # `locvtp extract: interrupted`
     monkeypatch.undo()
     assert len(calls) == 5 and "interrupted" in capsys.readouterr().err
-    assert len(_store(out) if fmt != "h5" else list((tmp_path / "out.h5.parts" / "done").glob("*.npz"))) == 5
+    assert len(_store(out) if fmt != "h5" else W.journal_ids(tmp_path / "out.h5")) == 5
     assert _run(["--checkpoint", ckpts["plain"], "--videos", videos, "--out", out, "--format", fmt]) == 0
     _assert_close(_store(out), _store(ref))
 
@@ -192,6 +192,6 @@ def test_decode_workers_are_not_forked_from_the_extraction():
     kept the output locked and the resuming run was refused (tests/test_extract.py's SIGKILL test, 2 runs in 3)."""
     from locvtp.extract_pipeline import ClipChunks, chunk_loader
 
-    loader = chunk_loader(ClipChunks([], None, 1, (ValueError,)), 2, False)
+    loader = chunk_loader(ClipChunks([], None, (ValueError,)), 2, False)
     assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
-    assert chunk_loader(ClipChunks([], None, 1, (ValueError,)), 0, False).num_workers == 0
+    assert chunk_loader(ClipChunks([], None, (ValueError,)), 0, False).num_workers == 0

@@ -1,5 +1,6 @@
 """`locvtp extract --runner ray` (locvtp.extract_ray) against a local Ray instance: the features equal the local
-pipeline's, a corrupt video is a failure like in the local run, a resumed run does only the rest, every format.
+pipeline's (a checkpoint's and a standard backbone's), a corrupt video is a failure like in the local run, a
+resumed run does only the rest, every format.
 
 One Ray instance for the module (its start-up takes seconds); the runs in this process connect to it. One run
 starts its own instance from the command line, in a subprocess, as a user's would."""
@@ -98,15 +99,53 @@ def test_ray_equals_the_local_pipeline(ckpts, videos, local, tmp_path, capsys, k
     _assert_close(_store(out), local(kind, backbone))
 
 
+@pytest.fixture(scope="module")
+def clip_weights(tmp_path_factory):
+    """A random small CLIP image tower in OpenAI's layout (what `--backbone clip --weights` reads)."""
+    import torch
+
+    from locvtp.model.clip_visual import ClipVisual, ClipVisualArch
+
+    torch.manual_seed(0)
+    vis = ClipVisual(ClipVisualArch(width=64, patch=32, image_size=224, layers=2, out_dim=24))
+    path = tmp_path_factory.mktemp("rayclip") / "ViT-small.pt"
+    torch.save({f"visual.{k}": v.clone() for k, v in vis.state_dict().items()}, path)
+    return path
+
+
+def test_ray_standard_backbone_equals_the_local_pipeline(clip_weights, videos, tmp_path, capsys, monkeypatch):
+    """`--backbone clip` on Ray: each video decoded in one pass by one task (the protocol's frames), handed on
+    2 clips at a time, batches of 3 cut across videos, encoded by a StandardActor: the features, the protocol's
+    grid and the run settings equal the local pipeline's."""
+    import h5py
+
+    from locvtp import extract_pipeline as P
+
+    base = ["--backbone", "clip", "--weights", clip_weights, "--videos", videos]
+    ref = tmp_path / "ref.h5"
+    assert _run(base + ["--out", ref, "--workers", 0]) == 0
+    monkeypatch.setattr(P, "chunk_clips", lambda frames, size: 2)  # (the driver's RateClips, shipped to the tasks)
+    out = tmp_path / "f.h5"
+    assert _run(base + ["--out", out, "--runner", "ray", "--workers", 1, "--batch-size", 3]) == 0
+    assert "extracted 5 videos" in capsys.readouterr().err
+    want = _store(ref)
+    assert sum(v[0].shape[0] for v in want.values()) > 2 * len(want)  # several chunks per video
+    _assert_close(_store(out), want)
+    with h5py.File(ref, "r") as a, h5py.File(out, "r") as b:
+        keys = ("backbone", "protocol", "weights_sha256", "clip_seconds")
+        assert {k: a.attrs[k] for k in keys} == {k: b.attrs[k] for k in keys}
+
+
 def test_long_videos_are_cut_into_clip_ranges(ckpts, videos, local, tmp_path, monkeypatch):
     """Clip ranges of 2 clips: a video's clips come from several decode tasks, in any order, and equal one run."""
-    from locvtp import extract_ray as R
+    from locvtp import extract_pipeline as P
 
-    monkeypatch.setattr(R, "chunk_clips", lambda frames, size: 2)
+    want = local("plain")  # (the reference made with the default ranges)
+    monkeypatch.setattr(P, "chunk_clips", lambda frames, size: 2)  # (the driver's WindowClips, shipped to the tasks)
     out = tmp_path / "f.h5"
     assert _run(["--checkpoint", ckpts["plain"], "--videos", videos, "--out", out, "--runner", "ray",
                  "--batch-size", 3]) == 0
-    _assert_close(_store(out), local("plain"))
+    _assert_close(_store(out), want)
 
 
 def test_corrupt_video_is_a_failure(ckpts, videos, local, tmp_path, capsys):
@@ -128,24 +167,61 @@ def test_corrupt_video_is_a_failure(ckpts, videos, local, tmp_path, capsys):
 
 def test_a_range_that_cannot_be_decoded_becomes_one_failure_row(ckpts, videos, monkeypatch):
     """The decode task (called here in-process): a range whose decode raises an input's error is one failure row
-    (position -1, the reason as the failures file words it); the other ranges' clips are the local decode's."""
+    (position -1, the reason as the failures file words it); the other ranges' clips are the local decode's (the
+    same decoding object, whole video)."""
     from locvtp import extract_ray as R
     from locvtp.checkpoint import load_checkpoint
-    from locvtp.extract_pipeline import clip_windows, decode_clip_range, probe_clip_windows
+    from locvtp.extract_pipeline import WindowClips, video_header
     from locvtp.predictor import Preprocessing
 
-    prep = Preprocessing.from_config(load_checkpoint(ckpts["plain"]).cfg)
+    dec = WindowClips(Preprocessing.from_config(load_checkpoint(ckpts["plain"]).cfg), chunk=2)
     path = sorted(videos.glob("*.mp4"))[0]
-    windows, fps, duration = probe_clip_windows(path, prep)
+    windows, fps, duration = video_header(dec, path)
     assert windows.shape[0] >= 4
-    monkeypatch.setattr(R, "decode_clip_range", lambda p, w, pr: (
-        decode_clip_range(p, w, pr) if w[0, 0] == windows[0, 0] else (_ for _ in ()).throw(OSError("truncated"))))
+    whole = np.concatenate([c for _, c in WindowClips(dec.prep, chunk=windows.shape[0]).decode(path, windows, [0])])
+    real = WindowClips.decode
+
+    def decode(self, p, w, starts):
+        starts = list(starts)
+        if starts == [2]:
+            raise OSError("truncated")
+        yield from real(self, p, w, starts)
+
+    monkeypatch.setattr(WindowClips, "decode", decode)
     plan = {"video": np.array([0, 0]), "lo": np.array([0, 2]), "hi": np.array([2, 4]), "duration": np.array([duration]),
             "path": np.array([str(path)])}
-    rows = R._decode_batch({"id": np.array([0, 1])}, plan, prep, (OSError, ValueError))
+    blocks = list(R._decode_batch({"id": np.array([0, 1])}, plan, dec, (OSError, ValueError)))
+    rows = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
     assert rows["index"].tolist() == [0, 0, 0] and rows["pos"].tolist() == [0, 1, -1]
     assert rows["error"].tolist() == ["", "", "OSError: truncated"]
-    np.testing.assert_array_equal(rows["clip"][:2], decode_clip_range(path, clip_windows(duration, prep)[:2], prep))
+    np.testing.assert_array_equal(rows["clip"][:2], whole[:2])
+    assert rows["clip"].shape[1:] == dec.clip_shape and not rows["clip"][2].any()
+
+
+def test_a_video_decoded_in_one_pass_arrives_in_chunks(videos):
+    """A decoding that is not split (a standard protocol's): one work item for the whole video, handed on in
+    blocks of ``chunk`` clips whose positions run on; a video that stops short of the clips its work item expects
+    ends with one failure row after the clips it gave."""
+    from locvtp import extract_ray as R
+    from locvtp.extract_pipeline import video_header
+    from locvtp.standard_features import RateClips, clip_protocol
+
+    dec = RateClips(clip_protocol(32), chunk=2)
+    path = sorted(videos.glob("*.mp4"))[0]
+    windows, fps, duration = video_header(dec, path)
+    n = windows.shape[0]
+    assert n >= 3 and not dec.split
+    whole = np.concatenate([c for _, c in dec.decode(path, windows, range(0, n, 2))])
+    plan = {"video": np.array([0]), "lo": np.array([0]), "hi": np.array([n]), "duration": np.array([duration]),
+            "path": np.array([str(path)])}
+    blocks = list(R._decode_batch({"id": np.array([0])}, plan, dec, (OSError, ValueError)))
+    assert [b["pos"].tolist() for b in blocks] == [list(range(lo, min(lo + 2, n))) for lo in range(0, n, 2)]
+    assert all(e == "" for b in blocks for e in b["error"])
+    np.testing.assert_array_equal(np.concatenate([b["clip"] for b in blocks]), whole)
+    plan["hi"] = np.array([n + 1])  # the header promised one clip more than the video gives
+    blocks = list(R._decode_batch({"id": np.array([0])}, plan, dec, (OSError, ValueError)))
+    assert sum(b["pos"].size for b in blocks[:-1]) == n and blocks[-1]["pos"].tolist() == [-1]
+    assert blocks[-1]["error"].tolist() == [f"ValueError: decoded {n} clips of the range 0..{n + 1}"]
 
 
 class _Writer:
@@ -163,16 +239,16 @@ def test_the_driver_assembles_videos_from_rows_in_any_order():
     """The driver's side without Ray: rows of two videos out of order, a failure row of one of them between its
     good rows, a row delivered twice. The failed video is failed once and never written; the other is written
     once, its clips in their places."""
-    from locvtp.extract_pipeline import _Writes, clip_windows
+    from locvtp.extract_pipeline import WindowClips, _Writes
     from locvtp.extract_ray import RayPipeline
     from locvtp.extraction import VideoItem
     from locvtp.predictor import Preprocessing
 
-    prep = Preprocessing()
-    duration = 4 * prep.clip_seconds
-    n = clip_windows(duration, prep).shape[0]
+    dec = WindowClips(Preprocessing())
+    duration = 4 * dec.prep.clip_seconds
+    n = dec.windows(duration).shape[0]
     enc = type("Enc", (), {"finish": lambda self, out, bb: (out, bb)})()
-    pipe = RayPipeline(enc, prep, 4, 1, False, False, (OSError,))
+    pipe = RayPipeline(enc, dec, 4, 1, False, False, (OSError,))
     pipe._written = set()
     todo = [VideoItem("a", Path("a.mp4")), VideoItem("b", Path("b.mp4"))]
     plan = {"total": np.array([n, n]), "fps": np.array([25.0, 30.0]), "duration": np.array([duration, duration])}
@@ -194,16 +270,19 @@ def test_the_driver_assembles_videos_from_rows_in_any_order():
     assert writer.failed == [("a", "OSError: truncated")]
     assert [r.video_id for r in writer.added] == ["b"] and ticks == [False, True]
     np.testing.assert_array_equal(writer.added[0].features, feats[1])
-    np.testing.assert_array_equal(writer.added[0].windows, clip_windows(duration, prep))
+    np.testing.assert_array_equal(writer.added[0].windows, dec.windows(duration))
     assert (writer.added[0].fps, pipe.extracted, pipe.failed, pipe.clips) == (30.0, 1, 1, n)
 
 
-def test_resume_does_only_the_rest(ckpts, videos, local, tmp_path, monkeypatch, capsys):
-    """A run killed after 2 videos were journaled (an exception in the writer), then a rerun: only the other 3
-    are extracted and the store equals an uninterrupted run's."""
+@pytest.mark.parametrize("fmt", ["npy-dir", "h5"])
+def test_resume_does_only_the_rest(ckpts, videos, local, tmp_path, monkeypatch, capsys, fmt):
+    """A run killed after 2 videos were handed to the writer (an exception in it), then a rerun: only the other 3
+    are extracted and the store equals an uninterrupted run's. HDF5: the 2 videos were still in the journal's open
+    group; the interrupted run committed them (one journal part) before it exited, as a local run does."""
     from locvtp.featurestore import writer as W
 
-    real_add, calls = W.DirWriter.add, []
+    cls = W.H5Writer if fmt == "h5" else W.DirWriter
+    real_add, calls = cls.add, []
 
     def crash_after_two(self, rec, source=None):
         if len(calls) == 2:
@@ -211,18 +290,23 @@ def test_resume_does_only_the_rest(ckpts, videos, local, tmp_path, monkeypatch, 
         calls.append(rec.video_id)
         real_add(self, rec, source=source)
 
-    monkeypatch.setattr(W.DirWriter, "add", crash_after_two)
-    out = tmp_path / "out"
-    args = ["--checkpoint", ckpts["plain"], "--videos", videos, "--out", out, "--format", "npy-dir",
+    monkeypatch.setattr(cls, "add", crash_after_two)
+    out = tmp_path / ("out.h5" if fmt == "h5" else "out")
+    args = ["--checkpoint", ckpts["plain"], "--videos", videos, "--out", out, "--format", fmt,
             "--runner", "ray", "--batch-size", 4]
     assert _run(args) == 130
     monkeypatch.undo()
-    assert len(_store(out)) == 2
+    if fmt == "h5":
+        assert W.journal_ids(out) == sorted(calls) and not out.exists()
+    else:
+        assert sorted(_store(out)) == sorted(calls)
     capsys.readouterr()
     assert _run(args) == 0
     err = capsys.readouterr().err
     assert "extracted 3 videos" in err and "2 already done" in err
     _assert_close(_store(out), local("plain"))
+    if fmt == "h5":
+        assert W.journal_ids(out) == []  # assembled into the file
 
 
 def test_command_line_starts_its_own_instance(ckpts, videos, local, tmp_path):

@@ -18,6 +18,7 @@ import torch
 
 from cli_helpers import assert_one_line_error, run_cli
 from inference_helpers import make_checkpoint, world_videos
+from locvtp.featurestore.writer import journal_ids
 
 NOT_UTF8 = b"\xff\xfe\xfa not text \x80\x81"
 
@@ -140,9 +141,6 @@ CASES = [
     ("extract-runner-ray-device-index", lambda w: ext(w, "--runner", "ray", "--device", "cuda:1"), 2,
      ["--device cuda:1", "--runner ray", "auto, cpu or cuda"]),
     ("extract-ray-encoders-0", lambda w: ext(w, "--runner", "ray", "--ray-encoders", "0"), 2, ["--ray-encoders"]),
-    ("extract-runner-ray-standard-backbone", lambda w: ext(w, "--runner", "ray")[:1] + [
-        "--backbone", "clip", "--weights", w.userfile, "--videos", w.vids, "--out", w.root / "new.h5", "--runner",
-        "ray"], 2, ["--runner ray", "--backbone clip"]),
     ("extract-runner-ray-features-checkpoint", lambda w: ["extract", "--checkpoint", w.fck, "--videos", w.feats,
                                                           "--out", w.root / "new.h5", "--runner", "ray"], 2,
      ["--runner ray", "fck", "feature files"]),
@@ -375,7 +373,7 @@ def test_extract_full_disk_is_one_line_and_resumes(w, capsys, monkeypatch, tmp_p
                                  f"kept in {out}.parts")
     assert "tmp-" not in line
     assert not out.exists() and _no_temporaries(tmp_path) == []
-    assert len(list((tmp_path / "feats.h5.parts" / "done").glob("*.npz"))) == 2
+    assert len(journal_ids(out)) == 2
     monkeypatch.undo()
     res = run_cli(["extract", "--checkpoint", w.ckpt, "--videos", w.vids, "--out", out, "--no-progress"], capsys)
     assert res.code == 0 and "extracted 0 videos" in res.err and "2 already done" in res.err, res.err
@@ -432,7 +430,7 @@ def test_extract_file_size_limit_real_hdf5(w, tmp_path):
     assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
     assert lines[0].startswith(f"locvtp extract: error: --out {out}: cannot write: file too large"), lines
     assert "EFBIG" in lines[0] and not out.exists() and _no_temporaries(tmp_path) == []
-    assert len(list((tmp_path / "feats.h5.parts" / "done").glob("*.npz"))) == 2
+    assert len(journal_ids(out)) == 2
 
 
 def test_extract_progress_into_a_pipe_is_not_one_line_per_video(w, capsys, tmp_path):

@@ -389,3 +389,99 @@ def test_backbone_mistakes_are_one_line(case, videos, clip_weights, tmp_path, ca
     res = _extract(capsys, *argv(tmp_path), "--videos", videos, "--out", out)
     assert_one_line_error(res, code, *needles)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+@pytest.fixture(scope="module")
+def grey_videos(tmp_path_factory):
+    """Short videos of 1 to 5 features under either protocol (10 fps; 1.5 s to 5.0 s)."""
+    d = tmp_path_factory.mktemp("grey")
+    for name, n in (("a", 26), ("b", 15), ("c", 50), ("d", 37)):
+        _grey_video(d / f"{name}.mp4", n, 10, width=40, height=32)
+    return d
+
+
+def _per_video_reference(bb, vids: Path) -> dict:
+    """The per-video path the pipeline replaced: every protocol frame of one video, then one encode of them all."""
+    from locvtp.data.video import probe_video
+    from locvtp.standard_features import protocol_windows
+
+    p, out = bb.protocol, {}
+    for v in sorted(vids.glob("*.mp4")):
+        feats = bb.encode(_protocol_frames(v, p.sample_fps, p.frame_size))
+        dur = probe_video(v).duration
+        out[v.stem] = (feats, protocol_windows(dur, feats.shape[0], p.seconds_per_feature))
+    return out
+
+
+def _stored(path: Path) -> dict:
+    from locvtp.featurestore.reader import iter_features
+
+    return {r.video_id: (r.features, r.windows) for r in iter_features(path)}
+
+
+def _assert_same_features(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for vid, (feats, windows) in want.items():
+        np.testing.assert_allclose(got[vid][0], feats, rtol=1e-5, atol=1e-6, err_msg=vid)
+        np.testing.assert_array_equal(got[vid][1], windows)
+
+
+@pytest.mark.parametrize("name,batch", [("clip", 3), ("s3d", 3)])
+def test_pipeline_equals_the_per_video_path(grey_videos, clip_weights, tmp_path, capsys, monkeypatch, name, batch):
+    """Two decoding processes, clip ranges of 2 features (a tiny CHUNK_BYTES), batches of 3 cut across videos:
+    the features equal one encode of each whole video's protocol frames, the grid is the protocol's, and the ranges
+    a worker hands on are exactly the one-pass frames (S3D's tail padded black)."""
+    from locvtp import extract_pipeline as P
+    from locvtp.extraction import RECORDED_ERRORS, VideoItem
+    from locvtp.standard_features import load_standard_backbone
+
+    weights = clip_weights if name == "clip" else _s3d_release_file(tmp_path / "s3d_howto100m.pth")
+    bb = load_standard_backbone(name, weights)
+    f, s = bb.protocol.frames_per_feature, bb.protocol.frame_size
+    monkeypatch.setattr(P, "CHUNK_BYTES", 2 * f * s * s * 3)
+    dec = bb.decoding()
+    assert dec.chunk == 2 and not dec.split
+    video = grey_videos / "c.mp4"  # 5.0 s: 3 CLIP features, 5 S3D features
+    recs = list(P.ClipChunks([VideoItem("c", video)], dec, RECORDED_ERRORS))
+    frames = _protocol_frames(video, bb.protocol.sample_fps, s)
+    total = -(-len(frames) // f)
+    assert [r["start"] for r in recs] == list(range(0, total, 2)) and recs[0]["total"] == total
+    clips = np.concatenate([r["clips"] for r in recs])
+    assert clips.shape == (total, f, s, s, 3)
+    np.testing.assert_array_equal(clips.reshape(-1, s, s, 3)[:len(frames)], frames)
+    assert not clips.reshape(-1, s, s, 3)[len(frames):].any()
+    out = tmp_path / "f.h5"
+    res = _extract(capsys, "--backbone", name, "--weights", weights, "--videos", grey_videos, "--out", out,
+                   "--workers", 2, "--batch-size", batch)
+    assert res.code == 0, res.err
+    _assert_same_features(_stored(out), _per_video_reference(bb, grey_videos))
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npz-dir"])
+def test_standard_extraction_interrupted_then_resumed_equals_one_run(grey_videos, clip_weights, tmp_path, capsys,
+                                                                      monkeypatch, fmt):
+    """A crash after 2 videos were written, then a plain rerun: the store equals an uninterrupted run's."""
+    from locvtp.featurestore import writer as W
+
+    base = ["--backbone", "clip", "--weights", clip_weights, "--videos", grey_videos, "--format", fmt]
+    ref = tmp_path / ("ref.h5" if fmt == "h5" else "ref")
+    assert _extract(capsys, *base, "--out", ref).code == 0
+    cls = W.H5Writer if fmt == "h5" else W.DirWriter
+    real_add, calls = cls.add, []
+
+    def crash_after_two(self, rec, source=None):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(rec.video_id)
+        real_add(self, rec, source=source)
+
+    monkeypatch.setattr(cls, "add", crash_after_two)
+    out = tmp_path / ("out.h5" if fmt == "h5" else "out")
+    res = _extract(capsys, *base, "--out", out, "--workers", 2, "--batch-size", 2)
+    assert res.code == 130 and "interrupted" in res.err
+    monkeypatch.undo()
+    res = _extract(capsys, *base, "--out", out)
+    assert res.code == 0 and "2 already done" in res.err, res.err
+    got, want = _stored(out), _stored(ref)
+    _assert_same_features(got, want)

@@ -1,31 +1,47 @@
-"""The decode -> encode pipeline of ``locvtp extract`` for a pixel checkpoint (docs/usage.md, "Extraction").
+"""The decode -> encode pipeline of ``locvtp extract`` (docs/usage.md, "Extraction"): a pixel checkpoint's clips and
+the standard backbones' protocol frames (``--backbone clip|s3d``) alike.
 
 Why a pipeline: one process that decodes a video, then encodes it, leaves a core idle half of the time, and a
 model forward on one short video's clips is a small, slow batch. Here
 
 * worker processes (a :class:`torch.utils.data.DataLoader` over :class:`ClipChunks`, ``num_workers`` =
-  ``--workers``) probe and decode videos with PyAV while the main process encodes: clip range *k* of video *i*
-  is worker ``(i + k) mod W``'s, so short videos go round the workers and one long video keeps all of them busy;
-* a long video is cut into clip ranges (:func:`chunk_clips`: at most ``CHUNK_BYTES`` of decoded pixels each,
-  decoded with a seek to the range), and the loader keeps ``PREFETCH`` chunks per worker in flight: memory is
-  bounded whatever the video lengths;
+  ``--workers``) probe and decode videos with PyAV while the main process encodes;
+* a long video is cut into clip ranges (:func:`chunk_clips`: at most ``CHUNK_BYTES`` of decoded pixels each), and
+  the loader keeps ``PREFETCH`` chunks per worker in flight: memory is bounded whatever the video lengths;
 * the main process packs the clips of consecutive chunks -- of any videos -- into batches of exactly
-  ``--batch-size`` clips (:class:`_Packer`; a pinned buffer and non-blocking copies on CUDA), encodes them with
-  :class:`locvtp.inference.ClipBatchEncoder` and scatters the outputs back to their videos;
-* a video whose clips are all encoded is finished (the temporal layers, if any) and handed to a writer thread
-  (:class:`_Writes`), so the journal's fsync of one video overlaps the encoding of the next batch.
+  ``--batch-size`` clips (:class:`_Packer`; a pinned buffer and non-blocking copies on CUDA), encodes them and
+  scatters the outputs back to their videos;
+* a video whose clips are all encoded is finished (e.g. a checkpoint's temporal layers) and handed to a writer
+  thread (:class:`_Writes`), so the journal's writes overlap the encoding of the next batch (the HDF5 journal
+  commits finished videos in groups, about once a second: :mod:`locvtp.featurestore.writer`).
+
+What differs between models is two objects given to :class:`Pipeline`:
+
+* the *decoding* (picklable: it runs in the workers) says what a unit of decoding is: ``clip_shape`` (one clip,
+  uint8 ``[F, S, S, 3]``), ``chunk`` (clips per range), ``split`` (whether the ranges of one video may go to
+  different workers), ``windows(duration)`` -> the clip windows ``[N, 2]`` (a pure function of the duration),
+  ``header(path)`` -> (windows, fps, duration) and ``decode(path, windows, starts)`` -> ``(start, clips)`` per
+  range. :class:`WindowClips` is a checkpoint's (sliding windows; a range is decoded with a seek, so range *k* of
+  video *i* is worker ``(i + k) mod W``'s and one long video keeps every worker busy);
+  :class:`locvtp.standard_features.RateClips` a standard protocol's (ffmpeg ``fps`` frames: one pass per video,
+  hence one worker per video). ``--runner ray``'s decode tasks (:mod:`locvtp.extract_ray`) decode through the
+  same object;
+* the *encoder* says how a batch is encoded and a video finished: ``device``, ``clips(x)`` (uint8 clips of any
+  videos -> (per-clip output, backbone features or None)) and ``finish(out, bb)`` (one video's outputs, in order
+  -> (features, backbone features or None)): :class:`locvtp.inference.ClipBatchEncoder` or
+  :class:`locvtp.standard_features.StandardBackbone`.
 
 A video that cannot be decoded arrives as a failure record (the worker catches the input's errors, as the
 serial loop does); a bug in a worker is re-raised here by the loader. The features equal the per-video path
-(:func:`locvtp.inference.decode_video_clips` + :func:`~locvtp.inference.encode_clip_sequence`) up to float
-rounding: the decoded frames are identical (a range decode selects the same frames), only the batches differ.
+(one decode of the whole video, one encode of its clips) up to float rounding: the decoded frames are identical
+(a range decode selects the same frames), only the batches differ.
 """
 from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -35,6 +51,9 @@ from locvtp.featurestore.record import ClipFeatures
 CHUNK_BYTES = 32 << 20  # decoded pixels per clip range (a worker's unit of work)
 PREFETCH = 2  # chunks in flight per worker (DataLoader prefetch_factor)
 WRITES_AHEAD = 8  # finished videos queued for the writer thread
+COMMIT_CHECK_SECONDS = 0.5  # how often the loop asks the writer to commit its journal group (when due)
+# What the fork server imports once, so that each decoding worker starts without importing torch and PyAV anew
+PRELOAD = ("locvtp.extract_pipeline", "locvtp.data.video", "locvtp.standard_features")
 
 
 def chunk_clips(frames_per_clip: int, frame_size: int) -> int:
@@ -43,44 +62,85 @@ def chunk_clips(frames_per_clip: int, frame_size: int) -> int:
     return max(1, CHUNK_BYTES // per_clip)
 
 
+@dataclass
+class WindowClips:
+    """A checkpoint's decoding (its :class:`locvtp.predictor.Preprocessing`): sliding windows of
+    ``clip_seconds``, ``frames_per_clip`` frames each; a clip range is decoded with a seek to it, so the ranges of
+    one video are split between the workers. ``chunk``: clips per range (0: :func:`chunk_clips`)."""
+
+    prep: Any
+    chunk: int = 0
+    split = True
+
+    def __post_init__(self) -> None:
+        self.chunk = int(self.chunk) or chunk_clips(self.prep.frames_per_clip, self.prep.frame_size)
+
+    @property
+    def clip_shape(self) -> tuple[int, ...]:
+        return (self.prep.frames_per_clip, self.prep.frame_size, self.prep.frame_size, 3)
+
+    def windows(self, duration: float) -> np.ndarray:
+        """The clip windows ``[N, 2]`` (seconds) of a video of ``duration``: a pure function of it, so a decode task
+        on another machine (``--runner ray``) recomputes a range's windows instead of receiving them."""
+        from locvtp.data import video as V
+
+        p = self.prep
+        return np.asarray(V.sliding_windows(float(duration), p.clip_seconds, p.stride_seconds),
+                          np.float64).reshape(-1, 2)
+
+    def header(self, path: Any) -> tuple[np.ndarray, float, float]:
+        from locvtp.data import video as V
+
+        info = V.probe_video(path)
+        return self.windows(float(info.duration)), float(info.fps), float(info.duration)
+
+    def decode(self, path: Any, windows: np.ndarray, starts: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
+        from locvtp.data import video as V
+
+        p = self.prep
+        for lo in starts:
+            w = windows[lo:lo + self.chunk]
+            yield lo, np.asarray(V.decode_windows(path, w, p.frames_per_clip, p.frame_size, jitter=False, rng=None))
+
+
 class ClipChunks(torch.utils.data.IterableDataset):
-    """Videos -> records of at most ``chunk`` consecutive decoded clips (run in the loader's workers).
+    """Videos -> records of at most ``decoding.chunk`` consecutive decoded clips (run in the loader's workers).
 
     A record is a dict: ``index`` (of the video in ``items``), ``start`` (its first clip), ``total`` (the
-    video's clips), ``clips`` uint8 ``[n, F, S, S, 3]`` (numpy), ``windows`` ``[n, 2]``, ``fps``, ``duration``; or, for a
-    video that cannot be read, ``index`` and ``error`` (the reason, as the failures file writes it). After a
+    video's clips), ``clips`` uint8 ``[n, *clip_shape]`` (numpy), ``windows`` ``[n, 2]``, ``fps``, ``duration``; or,
+    for a video that cannot be read, ``index`` and ``error`` (the reason, as the failures file writes it). After a
     failure record no further chunk of that video follows."""
 
-    def __init__(self, items: list[Any], prep: Any, chunk: int, errors: tuple[type[BaseException], ...]):
+    def __init__(self, items: list[Any], decoding: Any, errors: tuple[type[BaseException], ...]):
         super().__init__()
-        self.items, self.prep, self.chunk, self.errors = items, prep, int(chunk), errors
+        self.items, self.decoding, self.errors = items, decoding, errors
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for index in range(len(self.items)):
-            yield from self._video(index, wid, nw)
+            if self.decoding.split or index % nw == wid:
+                yield from self._video(index, wid, nw)
 
     def _video(self, index: int, wid: int, nw: int) -> Iterator[dict[str, Any]]:
-        """The ranges of one video this worker decodes: range k of video i is worker (i + k) mod W's, so one long
-        video keeps every worker busy (each worker probes every video: a header read, cheap next to decoding)."""
-        p, path, first = self.prep, self.items[index].path, index % nw == wid
+        """The ranges of one video this worker decodes: all of them when the decoding is not split, else range k
+        of video i is worker (i + k) mod W's (each worker probes every video: a header read, cheap next to
+        decoding)."""
+        d, path, first = self.decoding, self.items[index].path, index % nw == wid
         try:
-            windows, fps, duration = probe_clip_windows(path, p)
+            windows, fps, duration = video_header(d, path)
         except self.errors as exc:
             if first:  # the worker of range 0 reports a video that cannot be read
                 yield {"index": index, "error": error_reason(exc)}
             return
-        total = int(windows.shape[0])
-        for lo in range((wid - index) % nw * self.chunk, total, self.chunk * nw):
-            w = windows[lo:lo + self.chunk]
-            try:
-                clips = decode_clip_range(path, w, p)
-            except self.errors as exc:
-                yield {"index": index, "error": error_reason(exc)}
-                return
-            yield {"index": index, "start": lo, "total": total, "clips": clips, "windows": w, "fps": fps,
-                   "duration": duration}
+        total, chunk = int(windows.shape[0]), int(d.chunk)
+        starts = range((wid - index) % nw * chunk, total, chunk * nw) if d.split else range(0, total, chunk)
+        try:
+            for lo, clips in d.decode(path, windows, starts):
+                yield {"index": index, "start": lo, "total": total, "clips": clips,
+                       "windows": windows[lo:lo + clips.shape[0]], "fps": fps, "duration": duration}
+        except self.errors as exc:
+            yield {"index": index, "error": error_reason(exc)}
 
 
 def error_reason(exc: BaseException) -> str:
@@ -88,33 +148,13 @@ def error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def clip_windows(duration: float, prep: Any) -> np.ndarray:
-    """The clip windows ``[N, 2]`` (seconds) of a video of ``duration`` under ``prep``: a pure function of the
-    duration, so a decode task on another machine recomputes a range's windows from it instead of receiving them."""
-    from locvtp.data import video as V
-
-    return np.asarray(V.sliding_windows(float(duration), prep.clip_seconds, prep.stride_seconds),
-                      np.float64).reshape(-1, 2)
-
-
-def probe_clip_windows(path: Any, prep: Any) -> tuple[np.ndarray, float, float]:
-    """(windows, fps, duration) of the video at ``path`` (a header read); a video without a clip raises
-    ``ValueError``, so it becomes a failure record like an unreadable one."""
-    from locvtp.data import video as V
-
-    info = V.probe_video(path)
-    windows = clip_windows(float(info.duration), prep)
+def video_header(decoding: Any, path: Any) -> tuple[np.ndarray, float, float]:
+    """``decoding.header(path)``: (windows, fps, duration); a video without a clip raises ``ValueError``, so it
+    becomes a failure record like an unreadable one (every runner probes through this)."""
+    windows, fps, duration = decoding.header(path)
     if windows.shape[0] == 0:
         raise ValueError("no clips: the video has no decodable frames")
-    return windows, float(info.fps), float(info.duration)
-
-
-def decode_clip_range(path: Any, windows: np.ndarray, prep: Any) -> np.ndarray:
-    """The uint8 clips ``[n, F, S, S, 3]`` of ``windows`` (consecutive clips of one video, decoded with a seek to
-    the range): the same frames as a decode of the whole video."""
-    from locvtp.data import video as V
-
-    return np.asarray(V.decode_windows(path, windows, prep.frames_per_clip, prep.frame_size, jitter=False, rng=None))
+    return windows, fps, duration
 
 
 def _worker_init(_: int) -> None:
@@ -133,15 +173,35 @@ def chunk_loader(dataset: ClipChunks, workers: int, pin: bool) -> torch.utils.da
     forked worker inherits the output's lock (an ``flock`` lives as long as any copy of its descriptor), so after
     a SIGKILL of the extraction its orphaned workers kept the output locked and the resuming run was refused; a
     fork also copies the writer thread's and the encoder's state mid-flight (and CUDA cannot be forked)."""
-    import multiprocessing as mp
-
     kw: dict[str, Any] = {}
     if workers > 0:
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         kw = {"prefetch_factor": PREFETCH, "worker_init_fn": _worker_init, "persistent_workers": False,
-              "multiprocessing_context": mp.get_context(method)}
+              "multiprocessing_context": worker_context()}
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,
                                        collate_fn=_keep, **kw)
+
+
+def worker_context() -> Any:
+    """The decoding workers' multiprocessing context: a fork server (spawn where there is none; see
+    :func:`chunk_loader` for why never a fork of this process)."""
+    import multiprocessing as mp
+
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
+def start_worker_server(workers: int) -> None:
+    """Start the fork server now, importing torch and PyAV in it (:data:`PRELOAD`) while this process loads the
+    model: each decoding worker is then forked from it ready to decode. Without this, every worker imported torch
+    itself when the loop began (about 1 s before the first clip, measured: docs/benchmarks.md, "Extraction").
+    The server is a fresh interpreter holding only its own pipes (not this process's files, not the output's lock);
+    it exits with this process. A no-op without workers or fork server."""
+    ctx = worker_context()
+    if workers <= 0 or ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    ctx.set_forkserver_preload(list(PRELOAD))
+    forkserver.ensure_running()
 
 
 def _keep(record: dict[str, Any]) -> dict[str, Any]:
@@ -169,23 +229,28 @@ class _Packer:
 
     encoder: Any
     batch: int
-    sample: torch.Tensor  # one clip, for the buffer's shape
+    clip_shape: tuple[int, ...]  # one uint8 clip
     pin: bool
     buf: torch.Tensor = field(init=False)
+    view: np.ndarray = field(init=False)  # the buffer's memory as numpy
     pending: list[tuple[_Video, int, int]] = field(default_factory=list)  # (video, its first clip, count)
     n: int = 0
 
     def __post_init__(self) -> None:
-        self.buf = torch.empty((self.batch, *self.sample.shape), dtype=self.sample.dtype)
+        self.buf = torch.empty((self.batch, *self.clip_shape), dtype=torch.uint8)
         if self.pin:
             self.buf = self.buf.pin_memory()
+        self.view = self.buf.numpy()
 
-    def add(self, video: _Video, start: int, clips: torch.Tensor) -> Iterator[_Video]:
-        """Queue ``clips`` (of ``video``, from its clip ``start``); yields the videos a full batch completes."""
+    def add(self, video: _Video, start: int, clips: np.ndarray) -> Iterator[_Video]:
+        """Queue ``clips`` (of ``video``, from its clip ``start``); yields the videos a full batch completes.
+
+        The copy is numpy's: torch's ``copy_`` of a small uint8 block went through its thread pool and cost
+        ~8 ms per call on a busy machine (numpy: microseconds)."""
         at = 0
         while at < clips.shape[0]:
             take = min(self.batch - self.n, clips.shape[0] - at)
-            self.buf[self.n:self.n + take].copy_(clips[at:at + take])
+            self.view[self.n:self.n + take] = clips[at:at + take]
             self.pending.append((video, start + at, take))
             self.n += take
             at += take
@@ -237,6 +302,23 @@ class _Writes:
             self.pool.shutdown(wait=True)
 
 
+class _Every:
+    """A callable that is true at most once every ``seconds``."""
+
+    def __init__(self, seconds: float):
+        import time
+
+        self.seconds, self.clock = seconds, time.monotonic
+        self.last = self.clock()
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
 def finish_video(encoder: Any, video: _Video, video_id: str, backbone: bool) -> ClipFeatures:
     """A video whose clips are all encoded -> its store record (the temporal layers run here, if any)."""
     emb, bb = encoder.finish(video.out, video.bb)
@@ -266,8 +348,8 @@ class Pipeline:
     ``tick(ok)``: called once per video written (``ok``) or failed; ``flush_due()``: whether to reassemble the
     store now (the writes are drained first). ``strict``: a failed video raises ``ExtractError`` instead."""
 
-    encoder: Any  # locvtp.inference.ClipBatchEncoder
-    prep: Any  # locvtp.predictor.Preprocessing
+    encoder: Any  # locvtp.inference.ClipBatchEncoder, locvtp.standard_features.StandardBackbone
+    decoding: Any  # WindowClips, locvtp.standard_features.RateClips
     batch: int
     workers: int
     backbone: bool
@@ -278,17 +360,18 @@ class Pipeline:
     clips: int = 0
 
     def run(self, todo: list[Any], writer: Any, tick: Callable[[bool], None], flush_due: Callable[[], bool]) -> None:
-        p = self.prep
-        pin = self.encoder.device.type == "cuda"
-        dataset = ClipChunks(todo, p, chunk_clips(p.frames_per_clip, p.frame_size), self.errors)
-        it = iter(chunk_loader(dataset, self.workers, pin))  # (workers forked before any thread of ours starts)
+        pin = torch.device(self.encoder.device).type == "cuda"
+        dataset = ClipChunks(todo, self.decoding, self.errors)
+        it = iter(chunk_loader(dataset, self.workers, pin))  # (workers started before any thread of ours)
         writes = _Writes()
         states: dict[int, _Video] = {}
-        sample = torch.empty((p.frames_per_clip, p.frame_size, p.frame_size, 3), dtype=torch.uint8)
-        packer = _Packer(self.encoder, self.batch, sample, pin)
+        packer = _Packer(self.encoder, self.batch, tuple(self.decoding.clip_shape), pin)
         failed: set[int] = set()  # a video is failed once, whichever worker's range failed first
+        due = _Every(COMMIT_CHECK_SECONDS)
         try:
             for rec in it:
+                if due():  # the journal's group commit, also while a long video is being encoded
+                    writes.submit(writer.commit_if_due)
                 idx = int(rec["index"])
                 if idx in failed:
                     continue
@@ -296,8 +379,7 @@ class Pipeline:
                     failed.add(idx)
                     self._fail(todo[idx], str(rec["error"]), states.pop(idx, None), writer, writes, tick)
                     continue
-                clips = torch.from_numpy(rec["clips"])
-                for video in packer.add(video_state(rec, states), int(rec["start"]), clips):
+                for video in packer.add(video_state(rec, states), int(rec["start"]), rec["clips"]):
                     self._write(todo, states, video, writer, writes, tick, flush_due)
             for video in packer.flush():
                 self._write(todo, states, video, writer, writes, tick, flush_due)
@@ -340,5 +422,5 @@ class Pipeline:
         tick(False)
 
 
-__all__ = ["CHUNK_BYTES", "ClipChunks", "PREFETCH", "Pipeline", "chunk_clips", "chunk_loader", "clip_windows",
-           "decode_clip_range", "error_reason", "finish_video", "probe_clip_windows", "video_state"]
+__all__ = ["CHUNK_BYTES", "ClipChunks", "PREFETCH", "PRELOAD", "Pipeline", "WindowClips", "chunk_clips", "chunk_loader",
+           "error_reason", "finish_video", "start_worker_server", "video_header", "video_state", "worker_context"]

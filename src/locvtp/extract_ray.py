@@ -4,20 +4,23 @@ The same work as :class:`locvtp.extract_pipeline.Pipeline`, spread over a Ray cl
 decode processes:
 
 1. **Probe** (Ray tasks): each video's header gives its clip windows; a video that cannot be read comes back as a
-   failure record at once. The driver cuts every readable video into clip ranges
-   (:func:`~locvtp.extract_pipeline.chunk_clips`, at most ``CHUNK_BYTES`` of decoded pixels each): the work items.
+   failure record at once. The driver cuts every readable video into work items: clip ranges of the decoding's
+   ``chunk`` clips (at most ``CHUNK_BYTES`` of decoded pixels each) when its ranges may be decoded apart (a
+   checkpoint's :class:`~locvtp.extract_pipeline.WindowClips`), else the whole video (a standard backbone's
+   :class:`~locvtp.standard_features.RateClips`: one pass, handed on ``chunk`` clips at a time).
 2. **Decode** (Ray Data ``map_batches`` tasks, one CPU each): one work item -> one row per clip, decoded by the
-   very functions the local pipeline's workers call (:func:`~locvtp.extract_pipeline.decode_clip_range`). A
-   range that cannot be decoded becomes one failure row. A task whose process dies (OOM killer, lost node) is
-   retried ``DECODE_RETRIES`` times; an input's error is not retried (it would fail again) but recorded.
+   very object the local pipeline's workers use (the pipeline's *decoding*: ``windows(duration)``,
+   ``decode(path, windows, starts)``). A work item that cannot be decoded ends with one failure row. A task whose
+   process dies (OOM killer, lost node) is retried ``DECODE_RETRIES`` times; an input's error is not retried (it
+   would fail again) but recorded.
 3. **Batches**: a streaming repartition into blocks of exactly ``--batch-size`` clips, of any videos.
-4. **Encode** (an actor pool: each actor loads the checkpoint once, a GPU each when there are GPUs) with
-   :class:`locvtp.inference.ClipBatchEncoder`; a dead actor is restarted and its batch retried
-   (``ENCODER_RESTARTS``).
+4. **Encode** (an actor pool: each actor loads the model once, a GPU each when there are GPUs: a checkpoint's
+   :class:`locvtp.inference.ClipBatchEncoder` (:class:`CheckpointActor`) or a standard backbone
+   (:class:`StandardActor`); a dead actor is restarted and its batch retried (``ENCODER_RESTARTS``).
 5. **Driver**: the encoded clips come back in any order; a video whose clips are all in is finished (temporal
-   layers) and written through the same writer thread, journal, failures file and flushes as the local run
-   (:meth:`Pipeline._write` / :meth:`Pipeline._fail`), so outputs, resume, ``--shard`` and ``merge`` are the
-   local run's.
+   layers) and written through the same writer thread, journal (with its group commits), failures file and
+   flushes as the local run (:meth:`Pipeline._write` / :meth:`Pipeline._fail`), so outputs, resume, ``--shard``
+   and ``merge`` are the local run's.
 
 Backpressure is Ray Data's streaming executor: each stage gets a share of the object store and of the cluster's
 CPUs, and a stage whose output waits is not given new tasks, so memory is bounded however many videos there are.
@@ -37,9 +40,7 @@ import numpy as np
 import torch
 
 from locvtp.errors import LocVTPError, UsageError
-from locvtp.extract_pipeline import (
-    Pipeline, _Video, _Writes, chunk_clips, clip_windows, decode_clip_range, error_reason, probe_clip_windows,
-)
+from locvtp.extract_pipeline import COMMIT_CHECK_SECONDS, Pipeline, _Every, _Video, _Writes, error_reason, video_header
 
 RAY_EXTRA = "--runner ray needs the optional extra: pip install 'locvtp[ray]'"
 DECODE_RETRIES = 3  # re-runs of a decode task whose worker process died (not of an input's error)
@@ -70,12 +71,12 @@ def ray_device(spec: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ remote functions
-def _probe_batch(batch: dict[str, np.ndarray], prep: Any, errors: tuple) -> dict[str, np.ndarray]:
+def _probe_batch(batch: dict[str, np.ndarray], decoding: Any, errors: tuple) -> dict[str, np.ndarray]:
     """Ray task: per video (``index``, ``path``) its ``total`` clips, ``fps``, ``duration``, or an ``error``."""
     rows = []
     for index, path in zip(batch["index"], batch["path"]):
         try:
-            windows, fps, duration = probe_clip_windows(Path(str(path)), prep)
+            windows, fps, duration = video_header(decoding, Path(str(path)))
             rows.append((int(index), int(windows.shape[0]), fps, duration, ""))
         except errors as exc:
             rows.append((int(index), 0, 0.0, 0.0, error_reason(exc)))
@@ -85,49 +86,96 @@ def _probe_batch(batch: dict[str, np.ndarray], prep: Any, errors: tuple) -> dict
             "error": np.asarray(cols[4], dtype=object)}
 
 
-def _decode_batch(batch: dict[str, np.ndarray], plan: Any, prep: Any, errors: tuple) -> dict[str, np.ndarray]:
-    """Ray task: work items (``id`` = a clip range of ``plan``) -> one row per clip (``index``, ``pos``, ``clip``,
-    ``error`` = ""), or one failure row (``pos`` -1, a blank clip) for a range that cannot be decoded."""
+def _decode_batch(batch: dict[str, np.ndarray], plan: Any, decoding: Any, errors: tuple
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """Ray task: work items (``id`` = a clip range of ``plan``) -> rows, one per clip (``index``, ``pos``,
+    ``clip``, ``error`` = ""), ``decoding.chunk`` clips per yielded block; a range that cannot be decoded ends with
+    one failure row (``pos`` -1, a blank clip)."""
     import ray
 
     table = ray.get(plan) if isinstance(plan, ray.ObjectRef) else plan
     torch.set_num_threads(1)  # decoding needs no torch threads
-    parts = []
     for rid in batch["id"]:
         index, lo, hi = (int(table[k][int(rid)]) for k in ("video", "lo", "hi"))
-        windows = clip_windows(float(table["duration"][index]), prep)[lo:hi]
+        path, duration = Path(str(table["path"][index])), float(table["duration"][index])
+        got = lo
         try:
-            clips = decode_clip_range(Path(str(table["path"][index])), windows, prep)
-            if clips.shape[0] != hi - lo:
-                raise ValueError(f"decoded {clips.shape[0]} clips of the range {lo}..{hi}")
-            parts.append((np.full(hi - lo, index), np.arange(lo, hi), clips, [""] * (hi - lo)))
+            windows = decoding.windows(duration)
+            for start, clips in decoding.decode(path, windows, range(lo, hi, int(decoding.chunk))):
+                if start != got or start + clips.shape[0] > hi:
+                    raise ValueError(f"decoded clips {start}..{start + clips.shape[0]} of the range {lo}..{hi}")
+                yield _rows(index, np.arange(start, start + clips.shape[0]), clips, "")
+                got = start + clips.shape[0]
+            if got != hi:
+                raise ValueError(f"decoded {got - lo} clips of the range {lo}..{hi}")
         except errors as exc:
-            blank = np.zeros((1, prep.frames_per_clip, prep.frame_size, prep.frame_size, 3), np.uint8)
-            parts.append((np.full(1, index), np.full(1, -1), blank, [error_reason(exc)]))
-    return {"index": np.concatenate([p[0] for p in parts]).astype(np.int64),
-            "pos": np.concatenate([p[1] for p in parts]).astype(np.int64),
-            "clip": np.concatenate([p[2] for p in parts]),
-            "error": np.asarray([e for p in parts for e in p[3]], dtype=object)}
+            blank = np.zeros((1, *decoding.clip_shape), np.uint8)
+            yield _rows(index, np.full(1, -1), blank, error_reason(exc))
 
 
-class _ClipEncoder:
-    """Ray actor: the checkpoint loaded once (the driver's file, checked by its SHA-256), batches of clips encoded
-    with :class:`~locvtp.inference.ClipBatchEncoder`; failure rows pass through with zero outputs."""
+def _rows(index: int, pos: np.ndarray, clips: np.ndarray, error: str) -> dict[str, np.ndarray]:
+    """One block of decoded rows (clips of one video at positions ``pos``)."""
+    return {"index": np.full(pos.shape[0], index, np.int64), "pos": pos.astype(np.int64), "clip": clips,
+            "error": np.asarray([error] * pos.shape[0], dtype=object)}
 
-    def __init__(self, checkpoint: str, sha256: str, device: str, backbone: bool, amp: Optional[str],
-                 threads: int):
+
+@dataclass(frozen=True)
+class CheckpointActor:
+    """What an encoder actor loads for a checkpoint: the driver's file, refused when its SHA-256 differs from the
+    one the run started with (changed on disk, another file on this node)."""
+
+    checkpoint: str
+    sha256: str
+    backbone: bool
+    amp: Optional[str]
+
+    def load(self, device: str) -> Any:
         from locvtp.inference import ClipBatchEncoder, InferenceError
         from locvtp.predictor import LocVTPPredictor
 
+        pred = LocVTPPredictor.from_checkpoint(self.checkpoint, device=device)
+        if self.sha256 and pred.sha256 != self.sha256:
+            raise InferenceError(f"{self.checkpoint}: the checkpoint a Ray worker read differs from the one the run "
+                                 "started with (changed on disk, or another file on this node)")
+        return ClipBatchEncoder(pred.model, pred.device, self.backbone, self.amp)
+
+
+@dataclass(frozen=True)
+class StandardActor:
+    """What an encoder actor loads for ``--backbone clip|s3d``: the driver's weights file (same SHA-256 check) and
+    options, as :func:`locvtp.standard_features.load_standard_backbone` reads them."""
+
+    name: str
+    weights: str
+    sha256: str
+    clip_arch: Optional[str]
+    clip_activation: str
+    s3d_output: str
+    amp: Optional[str]
+
+    def load(self, device: str) -> Any:
+        from locvtp.inference import InferenceError
+        from locvtp.standard_features import load_standard_backbone
+
+        bb = load_standard_backbone(self.name, self.weights, device=device, clip_arch=self.clip_arch,
+                                    clip_activation=self.clip_activation, s3d_output=self.s3d_output)
+        if self.sha256 and bb.weights_sha256 != self.sha256:
+            raise InferenceError(f"--weights {self.weights}: the file a Ray worker read differs from the one the run "
+                                 "started with (changed on disk, or another file on this node)")
+        bb.amp = self.amp
+        return bb
+
+
+class _ClipEncoder:
+    """Ray actor: the model loaded once (``actor``: :class:`CheckpointActor`, :class:`StandardActor`), batches of
+    clips encoded with the pipeline's encoder interface (``clips(x)``); failure rows pass through with zero
+    outputs."""
+
+    def __init__(self, actor: Any, device: str, threads: int, clip_shape: tuple[int, ...]):
         if threads:
             torch.set_num_threads(int(threads))
-        pred = LocVTPPredictor.from_checkpoint(checkpoint, device=device)
-        if sha256 and pred.sha256 != sha256:
-            raise InferenceError(f"{checkpoint}: the checkpoint a Ray worker read differs from the one the run "
-                                 "started with (changed on disk, or another file on this node)")
-        self.enc = ClipBatchEncoder(pred.model, pred.device, backbone, amp)
-        p = pred.preprocessing
-        out, bb = self.enc.clips(torch.zeros((1, p.frames_per_clip, p.frame_size, p.frame_size, 3), dtype=torch.uint8))
+        self.enc = actor.load(device)
+        out, bb = self.enc.clips(torch.zeros((1, *clip_shape), dtype=torch.uint8))
         self.widths = (out.shape[1], None if bb is None else bb.shape[1])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -237,14 +285,14 @@ def _locvtp_error(exc: BaseException) -> Optional[LocVTPError]:
 class RayPipeline(Pipeline):
     """:class:`Pipeline` with the decoding and encoding on Ray (module docstring); ``run`` has the same contract.
 
-    ``checkpoint``/``sha256``: the file every encoder actor loads (on a cluster, a path every node reads);
-    ``device``: the actors' (``auto``: a GPU per actor when the cluster has GPUs); ``encoders``: how many actors
-    (default: one per GPU of the cluster, else one); ``address``: see :func:`ray_session`."""
+    ``actor``: what every encoder actor loads (:class:`CheckpointActor`, :class:`StandardActor`; on a cluster, files
+    every node reads at the same path); ``device``: the actors' (``auto``: a GPU per actor when the cluster has
+    GPUs); ``encoders``: how many actors (default: one per GPU of the cluster, else one); ``address``: see
+    :func:`ray_session`. The journal's group commit is asked for as in the local loop; the final commit (also on an
+    error or Ctrl-C) is the extraction's, after :meth:`run` returns or raises, as for :class:`Pipeline`."""
 
-    checkpoint: str = ""
-    sha256: str = ""
+    actor: Any = None
     device: str = "auto"
-    amp: Optional[str] = None
     threads: int = 0
     address: Optional[str] = None
     encoders: Optional[int] = None
@@ -280,7 +328,10 @@ class RayPipeline(Pipeline):
         states: dict[int, _Video] = {}
         seen: dict[int, np.ndarray] = {}
         failed: set[int] = set()
+        due = _Every(COMMIT_CHECK_SECONDS)
         for b in self._dataset(ray, plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            if due():  # the journal's group commit, also while a long video is being encoded
+                writes.submit(writer.commit_if_due)
             self._take(b, plan, todo, states, seen, failed, writer, writes, tick, flush_due)
         for idx in sorted(set(np.unique(plan["video"]).tolist()) - failed - self._written):
             self._fail(todo[idx], "OSError: decoding ended before every clip range arrived", states.get(idx),
@@ -293,7 +344,7 @@ class RayPipeline(Pipeline):
         items = [{"index": i, "path": str(it.path)} for i, it in enumerate(todo)]
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * cpus))
         ds = _map_batches(ds, _probe_batch, {"max_retries": DECODE_RETRIES}, batch_size=None, batch_format="numpy",
-                          fn_kwargs={"prep": self.prep, "errors": self.errors}, num_cpus=1)
+                          fn_kwargs={"decoding": self.decoding, "errors": self.errors}, num_cpus=1)
         n = len(todo)
         total, fps, duration = np.zeros(n, np.int64), np.zeros(n), np.zeros(n)
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -302,14 +353,15 @@ class RayPipeline(Pipeline):
                     self._fail(todo[int(i)], str(e), None, writer, writes, tick)
                 else:
                     total[i], fps[i], duration[i] = t, f, d
-        chunk = chunk_clips(self.prep.frames_per_clip, self.prep.frame_size)
         videos = np.flatnonzero(total > 0)
         if videos.size == 0:
             return None
-        per = -(-total[videos] // chunk)  # ranges per video
+        # a range per `chunk` clips when ranges decode apart; else one per video (decoded in one pass)
+        step = np.full(videos.size, int(self.decoding.chunk)) if self.decoding.split else total[videos]
+        per = -(-total[videos] // step)  # ranges per video
         video = np.repeat(videos, per)
-        lo = (np.arange(video.size) - np.repeat(np.cumsum(per) - per, per)) * chunk
-        hi = np.minimum(lo + chunk, total[video])
+        lo = (np.arange(video.size) - np.repeat(np.cumsum(per) - per, per)) * np.repeat(step, per)
+        hi = np.minimum(lo + np.repeat(step, per), total[video])
         return {"video": video, "lo": lo, "hi": hi, "total": total, "fps": fps, "duration": duration,
                 "path": np.asarray([str(it.path) for it in todo])}
 
@@ -319,12 +371,12 @@ class RayPipeline(Pipeline):
         ref = ray.put(plan)
         ds = ray.data.range(n, override_num_blocks=min(n, MAX_BLOCKS))
         ds = _map_batches(ds, _decode_batch, {"max_retries": DECODE_RETRIES}, batch_size=1, batch_format="numpy",
-                          fn_kwargs={"plan": ref, "prep": self.prep, "errors": self.errors}, num_cpus=1)
+                          fn_kwargs={"plan": ref, "decoding": self.decoding, "errors": self.errors}, num_cpus=1)
         ds = _fixed_batches(ds, self.batch)
         count, gpus, device = self._encoder_pool(ray)
         actor_cpus = 1 if gpus else max(1, int(self.threads or 1))
-        kwargs = {"checkpoint": self.checkpoint, "sha256": self.sha256, "device": device,
-                  "backbone": self.backbone, "amp": self.amp, "threads": 0 if gpus else actor_cpus}
+        kwargs = {"actor": self.actor, "device": device, "threads": 0 if gpus else actor_cpus,
+                  "clip_shape": tuple(self.decoding.clip_shape)}
         retries = {"max_restarts": ENCODER_RESTARTS, "max_task_retries": ENCODER_RESTARTS}
         return _map_batches(ds, _ClipEncoder, retries, fn_constructor_kwargs=kwargs, batch_size=self.batch,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=count),
@@ -359,7 +411,7 @@ class RayPipeline(Pipeline):
             if v is None:
                 v = states[idx] = _Video(idx, int(plan["total"][idx]), float(plan["fps"][idx]),
                                          float(plan["duration"][idx]))
-                v.windows = clip_windows(v.duration, self.prep)
+                v.windows = self.decoding.windows(v.duration)
                 v.out = np.empty((v.total, b["out"].shape[1]), np.float32)
                 v.bb = np.empty((v.total, b["bb"].shape[1]), np.float32) if "bb" in b else None
                 seen[idx] = np.zeros(v.total, bool)
@@ -375,5 +427,5 @@ class RayPipeline(Pipeline):
                 self._write(todo, states, v, writer, writes, tick, flush_due)
 
 
-__all__ = ["DECODE_RETRIES", "ENCODER_RESTARTS", "RAY_EXTRA", "RayPipeline", "ray_device", "ray_session",
-           "require_ray"]
+__all__ = ["CheckpointActor", "DECODE_RETRIES", "ENCODER_RESTARTS", "RAY_EXTRA", "RayPipeline", "StandardActor",
+           "ray_device", "ray_session", "require_ray"]

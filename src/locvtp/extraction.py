@@ -16,8 +16,9 @@ Crash safety, resuming and ownership are the feature store's (:mod:`locvtp.featu
 videos are journalled atomically and the HDF5 file is reassembled into a temporary file and ``os.replace``d every
 ``--flush-every`` videos / ``--flush-seconds`` seconds and at the end (assembly copies the existing file, hence
 the periodic flush is time-based by default: a full copy every 10 minutes, not every video). This module is only
-the command: arguments, the input list, the decode-ahead / encode loop through
-:class:`locvtp.predictor.LocVTPPredictor`, and what is printed.
+the command: arguments, the input list, the model (a checkpoint through :class:`locvtp.predictor.LocVTPPredictor`,
+or a standard backbone), the loop -- the decode/encode pipeline of :mod:`locvtp.extract_pipeline` for videos, a
+per-video loop for a features encoder's feature files -- and what is printed.
 
 Failures
 --------
@@ -265,17 +266,15 @@ def check_model_args(args: argparse.Namespace) -> None:
 
 
 def check_runner(args: argparse.Namespace, world: int) -> None:
-    """``--runner ray`` runs a pixel checkpoint's pipeline on Ray (:mod:`locvtp.extract_ray`): refused with one
-    line for what it cannot run, or when Ray is not installed, before anything is loaded or written."""
+    """``--runner ray`` runs the decode/encode pipeline (a pixel checkpoint, ``--backbone clip|s3d``) on Ray
+    (:mod:`locvtp.extract_ray`): refused with one line for what it cannot run, or when Ray is not installed, before
+    anything is loaded or written."""
     ray_flags = [f for f, v in (("--ray-address", getattr(args, "ray_address", None)),
                                 ("--ray-encoders", getattr(args, "ray_encoders", None))) if v is not None]
     if getattr(args, "runner", "local") != "ray":
         if ray_flags:
             raise UsageError(f"{ray_flags[0]} is an option of --runner ray")
         return
-    if isinstance(args.backbone, str):
-        raise UsageError(f"--runner ray runs a checkpoint's pipeline; --backbone {args.backbone} extracts one video "
-                         "at a time in this process: leave --runner out (or split the work with --shard I/N)")
     if world > 1:
         raise UsageError("--runner ray under torchrun: Ray spreads the work itself; run one `locvtp extract "
                          "--runner ray` (or one per --shard I/N)")
@@ -326,21 +325,27 @@ def run_extract(args: argparse.Namespace, progress: bool = True) -> ExtractSumma
 
 @dataclass
 class _Steps:
-    """What differs between a checkpoint's extraction and a standard backbone's: the run settings, the inputs,
-    decoding one video (``load``, run ahead in threads), encoding it (``encode``) and the thread limit."""
+    """What differs between extractions: the run settings, the inputs, the thread limit, and either the pipeline
+    (a pixel checkpoint, a standard backbone: :mod:`locvtp.extract_pipeline`) or, for a checkpoint whose encoder
+    reads feature files, how one video is loaded (``load``, run ahead in threads) and encoded (``encode``)."""
 
     settings: dict[str, Any]
     items: list[VideoItem]
     problems: list[dict[str, str]]
-    load: Callable[[VideoItem], Any]
-    encode: Callable[[VideoItem, Any], ClipFeatures]
     limit: Any
-    pipeline: Any = None  # a pixel checkpoint's locvtp.extract_pipeline.Pipeline (else the per-video loop)
+    pipeline: Any = None  # locvtp.extract_pipeline.Pipeline (else the per-video loop of a features encoder)
+    load: Optional[Callable[[VideoItem], Any]] = None
+    encode: Optional[Callable[[VideoItem, Any], ClipFeatures]] = None
 
 
 def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: int, world: int, device: str,
                 t_start: float, progress: bool) -> "ExtractSummary":
     """Load the model, list the inputs, open the writer (the caller holds the output's lock)."""
+    local = getattr(args, "runner", "local") != "ray"  # (Ray decodes in its own processes)
+    if local and Path(args.videos).suffix.lower() not in FEATURE_EXTENSIONS:  # videos to decode: start the server
+        from locvtp.extract_pipeline import start_worker_server
+
+        start_worker_server(decode_workers(args))  # (its imports overlap the model's loading)
     steps = (_standard_steps(args, device) if isinstance(args.backbone, str) else _predictor_steps(args, device))
     items = steps.items
     if not items:  # before any output exists: an empty store with exit 0 would hide the mistake
@@ -373,6 +378,10 @@ def _run_locked(args: argparse.Namespace, out: Path, failures_path: Path, rank: 
             return loop(args, writer, items, steps.problems, out, failures_path, rank, world, steps, t_start,
                         progress)
     finally:
+        try:  # stopped by an error or Ctrl-C: what is finished is journalled, not lost (a full disk: as it can)
+            writer.commit()
+        except OSError:
+            pass  # the error that stopped the run is the one to report
         if isinstance(writer, DirWriter):
             writer.close()
 
@@ -388,59 +397,60 @@ def _predictor_steps(args: argparse.Namespace, device: str) -> _Steps:
                                       flags={"frames_per_clip": "--frames-per-clip", "frame_size": "--frame-size"})
     args.clip_seconds, args.stride_seconds = prep.clip_seconds, prep.stride_seconds
     args.frames_per_clip, args.frame_size = prep.frames_per_clip, prep.frame_size
-    pixels = pred.takes_pixels
-    if not pixels and getattr(args, "runner", "local") == "ray":
+    batch, backbone = args.batch_clips or 64, bool(args.backbone)
+    settings, limit = _settings(pred, args), pred.thread_limit()
+    if pred.takes_pixels:
+        from locvtp.extract_pipeline import WindowClips
+        from locvtp.inference import ClipBatchEncoder
+
+        amp = getattr(args, "amp", None)
+
+        def actor() -> Any:  # what a Ray encoder actor loads: this checkpoint file
+            from locvtp.extract_ray import CheckpointActor
+
+            return CheckpointActor(str(Path(pred.path).resolve()), pred.sha256, backbone, amp)
+
+        items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
+        pipe = _pipeline(args, ClipBatchEncoder(pred.model, pred.device, backbone, amp), WindowClips(prep), batch,
+                         backbone, actor)
+        return _Steps(settings, items, problems, limit, pipe)
+    # a features encoder: inputs are per-clip feature files (any format iter_features reads)
+    if getattr(args, "runner", "local") == "ray":
         raise UsageError(f"--runner ray: the checkpoint {pred.path} encodes feature files (a `features` video "
                          "encoder), which extract one file at a time in this process: leave --runner out")
-    batch, backbone = args.batch_clips or 64, bool(args.backbone)
-    if pixels:
-        items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
-    else:  # a features encoder: inputs are per-clip feature files (any format iter_features reads)
-        recs = list(iter_features(args.videos, load=False))
-        want = pred.input_width
-        wrong = [r for r in recs if want is not None and r.dim != int(want)]
-        if wrong:
-            raise UsageError(f"--videos {args.videos}: video {wrong[0].video_id!r} has features of width "
-                             f"{wrong[0].dim} ({len(wrong)} of {len(recs)} videos differ), the checkpoint's features "
-                             f"encoder reads width {want} (model.video.in_dim)")
-        items = [VideoItem(r.video_id, Path(args.videos)) for r in recs]
-        problems = []
+    recs = list(iter_features(args.videos, load=False))
+    want = pred.input_width
+    wrong = [r for r in recs if want is not None and r.dim != int(want)]
+    if wrong:
+        raise UsageError(f"--videos {args.videos}: video {wrong[0].video_id!r} has features of width "
+                         f"{wrong[0].dim} ({len(wrong)} of {len(recs)} videos differ), the checkpoint's features "
+                         f"encoder reads width {want} (model.video.in_dim)")
 
     def load(it: VideoItem) -> Any:
-        if pixels:
-            return pred.decode_video(it.path, prep)
         return read_features(it.path, it.video_id)
 
     def encode(it: VideoItem, data: Any) -> ClipFeatures:
-        if pixels:
-            if data.clips.shape[0] == 0:
-                raise ValueError("no clips: the video has no decodable frames")
-            e = pred.encode_clips(data, batch_clips=batch, backbone=backbone)
-            return ClipFeatures(it.video_id, e.backbone if backbone else e.features, data.windows, data.fps,
-                                data.duration)
         e = pred.encode_features(data, features_are="input", batch_clips=batch, backbone=backbone)
         return ClipFeatures(it.video_id, e.backbone if backbone else e.features, e.windows, data.fps,
                             data.duration)
 
-    pipe = _pixel_pipeline(args, pred, prep, batch, backbone) if pixels else None
-    return _Steps(_settings(pred, args), items, problems, load, encode, pred.thread_limit(), pipe)
+    items = [VideoItem(r.video_id, Path(args.videos)) for r in recs]
+    return _Steps(settings, items, [], limit, load=load, encode=encode)
 
 
-def _pixel_pipeline(args: argparse.Namespace, pred: Any, prep: Any, batch: int, backbone: bool) -> Any:
-    """The pipeline of a pixel checkpoint: this machine's decode processes, or Ray's (``--runner ray``)."""
+def _pipeline(args: argparse.Namespace, encoder: Any, decoding: Any, batch: int, backbone: bool,
+              actor: Callable[[], Any]) -> Any:
+    """The decode/encode pipeline of ``encoder`` and ``decoding`` (:mod:`locvtp.extract_pipeline`): this machine's
+    decoding processes, or Ray's (``--runner ray``; ``actor()``: what each Ray encoder actor loads)."""
     from locvtp.extract_pipeline import Pipeline
-    from locvtp.inference import ClipBatchEncoder
 
-    amp = getattr(args, "amp", None)
-    common = (ClipBatchEncoder(pred.model, pred.device, backbone, amp), prep, batch, decode_workers(args), backbone,
-              bool(args.strict), RECORDED_ERRORS)
+    common = (encoder, decoding, batch, decode_workers(args), backbone, bool(args.strict), RECORDED_ERRORS)
     if getattr(args, "runner", "local") != "ray":
         return Pipeline(*common)
     from locvtp.extract_ray import RayPipeline
 
-    return RayPipeline(*common, checkpoint=str(Path(pred.path).resolve()), sha256=pred.sha256, device=args.device,
-                       amp=amp, threads=int(args.threads or 0), address=getattr(args, "ray_address", None),
-                       encoders=getattr(args, "ray_encoders", None))
+    return RayPipeline(*common, actor=actor(), device=args.device, threads=int(args.threads or 0),
+                       address=getattr(args, "ray_address", None), encoders=getattr(args, "ray_encoders", None))
 
 
 def decode_workers(args: argparse.Namespace) -> int:
@@ -474,25 +484,27 @@ def _standard_steps(args: argparse.Namespace, device: str) -> _Steps:
     bb = load_standard_backbone(args.backbone, args.weights, device=device, clip_arch=args.clip_arch,
                                 clip_activation=args.clip_activation or "quick_gelu",
                                 s3d_output=args.s3d_output or "embedding")
+    bb.amp = getattr(args, "amp", None)
     batch = args.batch_clips or _STANDARD_BATCH[bb.name]
     items, problems = list_videos(args.videos, recursive=args.recursive, strict=args.strict)
 
-    def load(it: VideoItem) -> Any:
-        from locvtp.data.video import probe_video
+    def actor() -> Any:  # what a Ray encoder actor loads: these weights, these options
+        from locvtp.extract_ray import StandardActor
 
-        return probe_video(it.path)  # decoding streams inside encode (a whole video at 30 fps would not fit)
+        return StandardActor(bb.name, str(Path(args.weights).expanduser().resolve()), bb.weights_sha256,
+                             args.clip_arch, args.clip_activation or "quick_gelu", args.s3d_output or "embedding",
+                             bb.amp)
 
-    def encode(it: VideoItem, info: Any) -> ClipFeatures:
-        return bb.extract(it.video_id, it.path, batch)
-
-    return _Steps(bb.settings(), items, problems, load, encode, runtime.threads(args.threads or None))
+    pipe = _pipeline(args, bb, bb.decoding(), batch, False, actor)
+    return _Steps(bb.settings(), items, problems, runtime.threads(args.threads or None), pipe)
 
 
 def _extract_loop(args: argparse.Namespace, writer: Any, items: list[VideoItem], problems: list[dict[str, str]],
                   out: Path, failures_path: Path, rank: int, world: int, steps: _Steps,
                   t_start: float, progress: bool) -> "ExtractSummary":
-    """Decode ahead, encode, write, flush; the per-video loop of ``locvtp extract`` (``steps``: how a video is
-    loaded and encoded, :func:`_predictor_steps` or :func:`_standard_steps`)."""
+    """Load ahead, encode, write, flush: the per-video loop of a checkpoint whose video encoder reads feature files
+    (``steps.load`` / ``steps.encode``, :func:`_predictor_steps`); a temporal encoder needs each video whole, so
+    there are no clips to batch across videos."""
     load, encode = steps.load, steps.encode
     done = writer.done_ids({it.video_id for it in items})
     todo = [it for it in items if it.video_id not in done]

@@ -205,6 +205,16 @@ def encode_clip_sequence(
     return _to_numpy(emb), (_to_numpy(bb_all) if bb_all is not None else None)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_context(device: torch.device | str, amp: Optional[str]) -> Any:
+    """``--amp bf16|fp16``: autocast on ``device``'s type in that precision; None: full precision (no context)."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp])
+
+
 class ClipBatchEncoder:
     """Encode the clips of *many* videos in one forward (``locvtp extract``'s pipeline), then finish each video.
 
@@ -222,12 +232,10 @@ class ClipBatchEncoder:
         self.device = torch.device(device) if device is not None else model_device(model)
         self.backbone = bool(backbone)
         self.temporal = getattr(model.video_encoder, "temporal", None)
-        self.amp = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.amp = amp
 
     def _autocast(self) -> Any:
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+        return amp_context(self.device, self.amp)
 
     def clips(self, x: torch.Tensor) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """uint8 clips ``[n, F, S, S, 3]`` of any videos -> (per-clip float32 output ``[n, *]``, backbone
@@ -458,7 +466,8 @@ def embed_texts(
 
 
 __all__ = [
-    "ClipBatchEncoder", "ClipFeatures", "DecodedClips", "TextEmbedding", "TextEmbeddings", "decode_video_clips", "embed_features", "embed_texts",
+    "AMP_DTYPES", "ClipBatchEncoder", "ClipFeatures", "DecodedClips", "TextEmbedding", "TextEmbeddings", "amp_context",
+    "decode_video_clips", "embed_features", "embed_texts",
     "embed_video_file", "embed_video_frames", "encode_clip_sequence", "eval_mode", "has_temporal_layers",
     "InferenceError", "NO_WORDS", "require_tokenizer", "text_query_warnings",
 ]

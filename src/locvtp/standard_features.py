@@ -21,17 +21,14 @@ so prefer a plain state dict from a source you do not trust).
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from locvtp.errors import UsageError
-from locvtp.featurestore.record import ClipFeatures
 from locvtp.model.weights import WEIGHTS_HELP, load_into, read_weights  # noqa: F401  (re-exported)
 
 BACKBONES = ("clip", "s3d")
@@ -76,7 +73,8 @@ def protocol_windows(duration: float, num_features: int, seconds: float) -> np.n
 # ------------------------------------------------------------------------------------------------ backbones
 @dataclass
 class StandardBackbone:
-    """A loaded standard backbone and its protocol: :meth:`extract` turns a video file into its store record."""
+    """A loaded standard backbone and its protocol; the extraction pipeline's encoder (:meth:`clips`, :meth:`finish`)
+    of what :meth:`decoding` decodes."""
 
     name: str
     module: torch.nn.Module
@@ -87,6 +85,7 @@ class StandardBackbone:
     output: str
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    amp: Optional[str] = None  # --amp bf16|fp16: the forwards under autocast (locvtp.inference.amp_context)
 
     @property
     def dim(self) -> int:
@@ -109,83 +108,96 @@ class StandardBackbone:
             "protocol": json.dumps(self.protocol.as_dict(), sort_keys=True),
         }
 
+    def decoding(self) -> "RateClips":
+        """What the extraction pipeline's workers decode for this backbone (:mod:`locvtp.extract_pipeline`)."""
+        return RateClips(self.protocol)
+
     @torch.inference_mode()
-    def encode(self, frames: np.ndarray) -> np.ndarray:
+    def encode(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 frames ``[M, S, S, 3]`` (consecutive protocol samples) -> float32 ``[ceil(M / F), D]``; S3D's
         last chunk is zero-padded to ``F`` frames after scaling to [0, 1] (black), as MMPT's ``_zero_pad``."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        if self.name == "clip":
-            out = self.module(x)
-        else:
-            f = self.protocol.frames_per_feature
-            x = x.to(torch.float32) / 255.0
-            pad = (-x.shape[0]) % f
-            if pad:
-                x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])], dim=0)
-            clips = x.reshape(-1, f, *x.shape[1:]).permute(0, 4, 1, 2, 3)  # [N, 3, F, S, S]
-            emb, mixed = self.module(clips)
-            out = emb if self.output == "embedding" else mixed
+        from locvtp.inference import amp_context
+
+        x = torch.as_tensor(frames).to(self.device, non_blocking=True)
+        with amp_context(self.device, self.amp):
+            if self.name == "clip":
+                out = self.module(x)
+            else:
+                f = self.protocol.frames_per_feature
+                x = x.to(torch.float32) / 255.0
+                pad = (-x.shape[0]) % f
+                if pad:
+                    x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])], dim=0)
+                clips = x.reshape(-1, f, *x.shape[1:]).permute(0, 4, 1, 2, 3)  # [N, 3, F, S, S]
+                emb, mixed = self.module(clips)
+                out = emb if self.output == "embedding" else mixed
         out = out.float()
         if self.protocol.l2_normalize:
             out = torch.nn.functional.normalize(out, dim=1)
         return out.cpu().numpy().astype(np.float32, copy=False)
 
-    def frames(self, path: str | Path, batch_features: int) -> Iterator[np.ndarray]:
-        """The protocol's frames of a video, ``batch_features`` features' worth at a time, decoded one chunk ahead
-        in a thread (the decoding of chunk k+1 overlaps the forward of chunk k)."""
-        from locvtp.data.video import iter_rate_frames
+    def clips(self, x: torch.Tensor) -> tuple[np.ndarray, None]:
+        """The pipeline's batch: uint8 clips ``[n, F, S, S, 3]`` of any videos (:class:`RateClips`) -> features
+        ``[n, D]`` (a clip is one feature's frames, so no padding happens here)."""
+        return self.encode(x.reshape(-1, *x.shape[2:])), None
+
+    def finish(self, out: np.ndarray, bb: Optional[np.ndarray]) -> tuple[np.ndarray, None]:
+        """A video's features are its clips' outputs: nothing runs across clips."""
+        return out, None
+
+
+@dataclass
+class RateClips:
+    """A protocol's decoding in the extraction pipeline: the frames of ffmpeg's ``fps`` filter
+    (:func:`locvtp.data.video.iter_rate_frames`), ``frames_per_feature`` per clip, the last clip zero-padded (black,
+    what :meth:`StandardBackbone.encode` pads with). Not split between workers: which frame the filter takes at an
+    instant depends on the frames before it, so one worker decodes a video in one pass and hands it on
+    ``chunk`` clips at a time. ``chunk``: 0 = :func:`locvtp.extract_pipeline.chunk_clips`."""
+
+    protocol: Protocol
+    chunk: int = 0
+    split = False
+
+    def __post_init__(self) -> None:
+        from locvtp.extract_pipeline import chunk_clips
+
+        self.chunk = int(self.chunk) or chunk_clips(self.protocol.frames_per_feature, self.protocol.frame_size)
+
+    @property
+    def clip_shape(self) -> tuple[int, ...]:
+        p = self.protocol
+        return (p.frames_per_feature, p.frame_size, p.frame_size, 3)
+
+    def windows(self, duration: float) -> np.ndarray:
+        """One window per ``frames_per_feature`` of the filter's frames, counted from the duration, as the decoding
+        does (a video that stops short of it raises there): a pure function of ``duration``."""
+        from locvtp.data.video import rate_sample_times
 
         p = self.protocol
-        return _ahead(iter_rate_frames(path, p.sample_fps, p.frame_size,
-                                       chunk=max(1, batch_features) * p.frames_per_feature))
+        n = -(-rate_sample_times(duration, p.sample_fps).size // p.frames_per_feature)
+        return protocol_windows(duration, n, p.seconds_per_feature)
 
-    def extract(self, video_id: str, path: str | Path, batch_features: int) -> ClipFeatures:
-        """One video's features under the protocol, with their windows, fps and duration."""
+    def header(self, path: str | Path) -> tuple[np.ndarray, float, float]:
+        """(windows, fps, duration) of the video at ``path`` (a header read)."""
         from locvtp.data.video import probe_video
 
         info = probe_video(path)
-        feats = [self.encode(chunk) for chunk in self.frames(path, batch_features)]
-        x = np.concatenate(feats, axis=0) if feats else np.zeros((0, self.dim), np.float32)
-        windows = protocol_windows(info.duration, x.shape[0], self.protocol.seconds_per_feature)
-        return ClipFeatures(video_id, x, windows, float(info.fps), float(info.duration))
+        return self.windows(info.duration), float(info.fps), float(info.duration)
 
+    def decode(self, path: str | Path, windows: np.ndarray, starts: Iterable[int]
+               ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first clip, uint8 clips [n, F, S, S, 3])`` for the whole video, in order (``starts`` is every range's:
+        this decoding is not split)."""
+        from locvtp.data.video import iter_rate_frames
 
-def _ahead(it: Iterator[np.ndarray], depth: int = 1) -> Iterator[np.ndarray]:
-    """Run ``it`` in a thread, ``depth`` items ahead; its exceptions are raised here, in order."""
-    q: "queue.Queue[tuple[str, Any]]" = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in it:
-                if stop.is_set():
-                    return
-                q.put(("item", item))
-            q.put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put(("error", exc))
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()  # a generator stopped early closes its video file now, not at garbage collection
-
-    t = threading.Thread(target=work, name="decode-ahead", daemon=True)
-    t.start()
-    try:
-        while True:
-            kind, val = q.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise val
-            yield val
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.05)
+        p, f, lo = self.protocol, self.protocol.frames_per_feature, 0
+        for frames in iter_rate_frames(path, p.sample_fps, p.frame_size, chunk=self.chunk * f):
+            pad = (-frames.shape[0]) % f
+            if pad:
+                frames = np.concatenate([frames, np.zeros((pad, *frames.shape[1:]), frames.dtype)])
+            clips = frames.reshape(-1, f, *frames.shape[1:])
+            yield lo, clips
+            lo += clips.shape[0]
 
 
 def load_clip(weights: str | Path, arch: Optional[str] = None, activation: str = "quick_gelu",
@@ -237,7 +249,7 @@ def load_s3d(weights: str | Path, output: str = "embedding", device: str = "cpu"
 
 def load_standard_backbone(name: str, weights: str | Path, device: str = "cpu", clip_arch: Optional[str] = None,
                            clip_activation: str = "quick_gelu", s3d_output: str = "embedding") -> StandardBackbone:
-    """``--backbone NAME --weights FILE``: the backbone, ready to :meth:`StandardBackbone.extract`."""
+    """``--backbone NAME --weights FILE``: the backbone, ready for the extraction pipeline."""
     if name == "clip":
         return load_clip(weights, clip_arch, clip_activation, device)
     if name == "s3d":
@@ -245,5 +257,5 @@ def load_standard_backbone(name: str, weights: str | Path, device: str = "cpu", 
     raise UsageError(f"--backbone {name}: not one of {', '.join(BACKBONES)}")
 
 
-__all__ = ["BACKBONES", "Protocol", "S3D_PROTOCOL", "StandardBackbone", "WEIGHTS_HELP", "clip_protocol", "load_clip",
+__all__ = ["BACKBONES", "Protocol", "RateClips", "S3D_PROTOCOL", "StandardBackbone", "WEIGHTS_HELP", "clip_protocol", "load_clip",
            "load_into", "load_s3d", "load_standard_backbone", "protocol_windows", "read_weights"]
