@@ -52,8 +52,9 @@ CHUNK_BYTES = 32 << 20  # decoded pixels per clip range (a worker's unit of work
 PREFETCH = 2  # chunks in flight per worker (DataLoader prefetch_factor)
 WRITES_AHEAD = 8  # finished videos queued for the writer thread
 COMMIT_CHECK_SECONDS = 0.5  # how often the loop asks the writer to commit its journal group (when due)
-# What the fork server imports once, so that each decoding worker starts without importing torch and PyAV anew
-PRELOAD = ("locvtp.extract_pipeline", "locvtp.data.video", "locvtp.standard_features")
+# What the fork server imports once, so that each decoding worker starts without importing torch and PyAV anew;
+# first the hook that makes the server die with the run (locvtp.fork_server)
+PRELOAD = ("locvtp.fork_server", "locvtp.extract_pipeline", "locvtp.data.video", "locvtp.standard_features")
 
 
 def chunk_clips(frames_per_clip: int, frame_size: int) -> int:
@@ -158,8 +159,13 @@ def video_header(decoding: Any, path: Any) -> tuple[np.ndarray, float, float]:
 
 
 def _worker_init(_: int) -> None:
-    """Decoding needs no torch threads: leave the cores to PyAV and to the encoder."""
+    """Decoding needs no torch threads: leave the cores to PyAV and to the encoder. The worker dies with its
+    parent -- the fork server (which dies with the run: :func:`start_worker_server`), or the run itself where
+    workers are spawned -- so no worker outlives a killed run (:func:`locvtp.runtime.die_with_parent`)."""
+    from locvtp.runtime import die_with_parent, fork_server_pid
+
     torch.set_num_threads(1)
+    die_with_parent(fork_server_pid())
 
 
 def chunk_loader(dataset: ClipChunks, workers: int, pin: bool) -> torch.utils.data.DataLoader:
@@ -194,14 +200,19 @@ def start_worker_server(workers: int) -> None:
     model: each decoding worker is then forked from it ready to decode. Without this, every worker imported torch
     itself when the loop began (about 1 s before the first clip, measured: docs/benchmarks.md, "Extraction").
     The server is a fresh interpreter holding only its own pipes (not this process's files, not the output's lock);
-    it exits with this process. A no-op without workers or fork server."""
+    it dies with this process, by whatever signal (:func:`locvtp.runtime.fork_server_owner`; on its own it outlived
+    a SIGKILL of the run for hours, with its workers), and its workers die with it (:func:`_worker_init`). A no-op
+    without workers or fork server, or when the server already runs."""
     ctx = worker_context()
     if workers <= 0 or ctx.get_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
+    from locvtp.runtime import fork_server_owner
+
     ctx.set_forkserver_preload(list(PRELOAD))
-    forkserver.ensure_running()
+    with fork_server_owner():
+        forkserver.ensure_running()
 
 
 def _keep(record: dict[str, Any]) -> dict[str, Any]:
@@ -362,6 +373,7 @@ class Pipeline:
     def run(self, todo: list[Any], writer: Any, tick: Callable[[bool], None], flush_due: Callable[[], bool]) -> None:
         pin = torch.device(self.encoder.device).type == "cuda"
         dataset = ClipChunks(todo, self.decoding, self.errors)
+        start_worker_server(self.workers)  # (a no-op when the command already started it)
         it = iter(chunk_loader(dataset, self.workers, pin))  # (workers started before any thread of ours)
         writes = _Writes()
         states: dict[int, _Video] = {}

@@ -5,6 +5,9 @@ and progress bars that behave in a log file.
 ``with`` block only, restoring both settings afterwards even when the block raises. ``extract``, ``index``,
 ``search``, ``ground``, ``evaluate`` and :class:`locvtp.predictor.LocVTPPredictor` all go through it.
 
+:func:`die_with_parent` is the one way a helper process (a decoding worker of ``extract``, its fork server, a worker
+of ``prepare --workers``) is tied to the process it works for: it ends when that process ends, by any signal.
+
 Why a context and never a bare ``set_num_threads``: the package is also a library; a call that silently leaves a
 caller's process at one thread (or at all cores) changes the speed of everything the caller does next. Why it
 matters at all: on a busy shared CPU one thread is often several times faster than two, because a parallel
@@ -17,7 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import signal
 import sys
+import threading
+import time
 from typing import Iterator, Optional
 
 
@@ -123,4 +130,83 @@ def progress(*args, **kwargs):
     return _log_bar_class()(*args, **kwargs)
 
 
-__all__ = ["cpu_model", "progress", "threads"]
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_SECONDS = 0.5  # where there is no prctl: how often a helper process checks that its parent lives
+FORK_SERVER_OWNER_ENV = "LOCVTP_FORK_SERVER_OWNER"  # the pid a fork server started in fork_server_owner() dies with
+_fork_server_pid: Optional[int] = None  # set in a fork server bound by bind_fork_server (inherited by its forks)
+
+
+def die_with_parent(parent: Optional[int] = None, sig: int = signal.SIGKILL) -> None:
+    """End this process (with ``sig``) as soon as its parent process ``parent`` (default: the current parent) ends,
+    whatever ends it, SIGKILL included. Why: an orphaned helper process (a decoding worker, a pool worker, a fork
+    server) stays blocked on its pipes for hours, holding memory -- once the output's lock -- on a shared node.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG)``, the kernel sends ``sig`` at the parent's death (strictly, at the exit of the
+    parent's *thread* that created this process: create helpers from a thread that outlives them, e.g. the main
+    one). Elsewhere (macOS) a daemon thread checks ``os.getppid()`` every ``PARENT_POLL_SECONDS``. A parent already
+    gone when this is called (it died between the fork and this call) ends this process at once."""
+    parent = os.getppid() if parent is None else int(parent)
+    if not _set_pdeathsig(sig):
+        threading.Thread(target=_watch_parent, args=(parent, sig), name="locvtp-parent-watch", daemon=True).start()
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """``prctl(PR_SET_PDEATHSIG, sig)``; False where there is none (not Linux, no libc symbol, refused)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    ul = ctypes.c_ulong
+    return prctl(ctypes.c_int(PR_SET_PDEATHSIG), ul(int(sig)), ul(0), ul(0), ul(0)) == 0
+
+
+def _watch_parent(parent: int, sig: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os.kill(os.getpid(), sig)
+
+
+@contextlib.contextmanager
+def fork_server_owner() -> Iterator[None]:
+    """Around the start of a fork server whose preload imports :mod:`locvtp.fork_server`: the server is started
+    with this process's pid in its environment (``FORK_SERVER_OWNER_ENV``), so it dies with this process
+    (:func:`bind_fork_server`). Why it is needed: Python's fork server exits only when no process holds its
+    "alive" pipe, and its workers do -- while torch's worker loop waits for its parent, the server: after a SIGKILL
+    of the run, the server and its workers kept each other alive for hours."""
+    before = os.environ.get(FORK_SERVER_OWNER_ENV)
+    os.environ[FORK_SERVER_OWNER_ENV] = str(os.getpid())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(FORK_SERVER_OWNER_ENV, None)
+        else:
+            os.environ[FORK_SERVER_OWNER_ENV] = before
+
+
+def bind_fork_server() -> None:
+    """In a fork server started in :func:`fork_server_owner` (its preload): die with the owner, and remember this
+    server's pid for the processes it forks (:func:`fork_server_pid`). Anywhere else (no owner in the environment)
+    a no-op. The mark is removed from the environment, so nothing the server forks inherits it."""
+    global _fork_server_pid
+    owner = os.environ.pop(FORK_SERVER_OWNER_ENV, None)
+    if owner is None:
+        return
+    die_with_parent(int(owner))
+    _fork_server_pid = os.getpid()
+
+
+def fork_server_pid() -> Optional[int]:
+    """In a process forked by a fork server bound by :func:`bind_fork_server`: that server's pid (its parent, known
+    even if the server already died); None elsewhere."""
+    return _fork_server_pid
+
+
+__all__ = ["bind_fork_server", "cpu_model", "die_with_parent", "fork_server_owner", "fork_server_pid", "progress",
+           "threads"]

@@ -7,6 +7,7 @@ machines or ranks compute every N-th chunk at once, and worker processes compute
 from __future__ import annotations
 
 import math
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -16,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from locvtp.files import atomic_path
+from locvtp.runtime import die_with_parent
 
 
 def chunked_array(directory: Path, name: str, n_items: int, chunk: int, compute: Callable[[int, int], dict],
@@ -44,9 +46,11 @@ def chunked_array(directory: Path, name: str, n_items: int, chunk: int, compute:
 
         bar = tqdm(total=len(mine), desc=desc or name, unit="chunk")
     if workers > 0 and len(mine) > 1:
-        # no fork: torch / tokenizer thread pools are not fork-safe, and a forked worker inherits the file locks
+        # no fork: torch / tokenizer thread pools are not fork-safe, and a forked worker inherits the file locks;
+        # the workers die with this process (a killed run's idle workers otherwise wait on their queue for ever)
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futs = {pool.submit(_compute_part, compute, i * chunk, min(n_items, (i + 1) * chunk), part[i]): i
                     for i in mine}
             try:
