@@ -50,3 +50,21 @@ def clip_args(ck) -> dict:
     p = Preprocessing.from_config(ck.cfg)
     return {"clip_seconds": p.clip_seconds, "stride_seconds": p.stride_seconds,
             "frames_per_clip": p.frames_per_clip, "frame_size": p.frame_size}
+
+
+def interrupt_writer_after(monkeypatch, fmt: str, n: int) -> list[str]:
+    """Make the store writer of ``fmt`` (h5, else a directory format) raise KeyboardInterrupt -- a kill between two
+    videos -- once ``n`` videos were written; returns the list the written video ids are appended to."""
+    from locvtp.featurestore import writer as W
+
+    cls = W.H5Writer if fmt == "h5" else W.DirWriter
+    real_add, calls = cls.add, []
+
+    def add(self, rec, source=None):
+        if len(calls) == n:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(rec.video_id)
+        real_add(self, rec, source=source)
+
+    monkeypatch.setattr(cls, "add", add)
+    return calls

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from inference_helpers import clip_args, make_checkpoint, world_videos
+from inference_helpers import clip_args, interrupt_writer_after, make_checkpoint, world_videos
 
 
 @pytest.fixture(scope="module")
@@ -123,16 +123,7 @@ def test_interrupted_then_resumed_equals_one_run(ckpts, videos, tmp_path, monkey
 
     ref = tmp_path / ("ref.h5" if fmt == "h5" else "ref")
     assert _run(["--checkpoint", ckpts["plain"], "--videos", videos, "--out", ref, "--format", fmt]) == 0
-    cls = W.H5Writer if fmt == "h5" else W.DirWriter
-    real_add, calls = cls.add, []
-
-    def crash_after_five(self, rec, source=None):
-        if len(calls) == 5:
-            raise KeyboardInterrupt("simulated kill")
-        calls.append(rec.video_id)
-        real_add(self, rec, source=source)
-
-    monkeypatch.setattr(cls, "add", crash_after_five)
+    calls = interrupt_writer_after(monkeypatch, fmt, 5)
     out = tmp_path / ("out.h5" if fmt == "h5" else "out")
     assert _run(["--checkpoint", ckpts["plain"], "--videos", videos, "--out", out, "--format", fmt, "--workers", 2,
                  "--batch-size", 8]) == 130  # `locvtp extract: interrupted`

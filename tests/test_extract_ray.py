@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference_helpers import make_checkpoint, world_videos
+from inference_helpers import interrupt_writer_after, make_checkpoint, world_videos
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the optional extra: pip install 'locvtp[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (the optional extra: pip install 'locvtp[ray]')")
@@ -281,16 +281,7 @@ def test_resume_does_only_the_rest(ckpts, videos, local, tmp_path, monkeypatch, 
     group; the interrupted run committed them (one journal part) before it exited, as a local run does."""
     from locvtp.featurestore import writer as W
 
-    cls = W.H5Writer if fmt == "h5" else W.DirWriter
-    real_add, calls = cls.add, []
-
-    def crash_after_two(self, rec, source=None):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        calls.append(rec.video_id)
-        real_add(self, rec, source=source)
-
-    monkeypatch.setattr(cls, "add", crash_after_two)
+    calls = interrupt_writer_after(monkeypatch, fmt, 2)
     out = tmp_path / ("out.h5" if fmt == "h5" else "out")
     args = ["--checkpoint", ckpts["plain"], "--videos", videos, "--out", out, "--format", fmt,
             "--runner", "ray", "--batch-size", 4]

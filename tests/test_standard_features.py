@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from cli_helpers import assert_one_line_error, run_cli
-from inference_helpers import world_videos
+from inference_helpers import interrupt_writer_after, world_videos
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
@@ -462,21 +462,10 @@ def test_pipeline_equals_the_per_video_path(grey_videos, clip_weights, tmp_path,
 def test_standard_extraction_interrupted_then_resumed_equals_one_run(grey_videos, clip_weights, tmp_path, capsys,
                                                                       monkeypatch, fmt):
     """A crash after 2 videos were written, then a plain rerun: the store equals an uninterrupted run's."""
-    from locvtp.featurestore import writer as W
-
     base = ["--backbone", "clip", "--weights", clip_weights, "--videos", grey_videos, "--format", fmt]
     ref = tmp_path / ("ref.h5" if fmt == "h5" else "ref")
     assert _extract(capsys, *base, "--out", ref).code == 0
-    cls = W.H5Writer if fmt == "h5" else W.DirWriter
-    real_add, calls = cls.add, []
-
-    def crash_after_two(self, rec, source=None):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        calls.append(rec.video_id)
-        real_add(self, rec, source=source)
-
-    monkeypatch.setattr(cls, "add", crash_after_two)
+    calls = interrupt_writer_after(monkeypatch, fmt, 2)
     out = tmp_path / ("out.h5" if fmt == "h5" else "out")
     res = _extract(capsys, *base, "--out", out, "--workers", 2, "--batch-size", 2)
     assert res.code == 130 and "interrupted" in res.err

@@ -79,6 +79,20 @@ def curves(data, cfg, epochs: Sequence[int], seeds: Sequence[int]) -> dict[str, 
     return out
 
 
+def controls(data, num_bins: int, deaf: bool) -> dict[str, object]:
+    """The controls beside the first checkpoint: ``blind`` (features zeroed), ``oracle`` (each bin's share of the
+    query's own moment) and, for a head that reads the checkpoint's sentences, ``deaf`` (sentences zeroed)."""
+    out = {"blind (features zeroed)": replace(data, x_train=np.zeros_like(data.x_train),
+                                              x_test=np.zeros_like(data.x_test))}
+    if deaf:
+        out["deaf (sentences zeroed)"] = replace(data, q_train=np.zeros_like(data.q_train),
+                                                 q_test=np.zeros_like(data.q_test))
+    out["oracle (ground-truth coverage)"] = replace(
+        data, x_train=oracle_features(data.gt_train, data.dur_train, num_bins),
+        x_test=oracle_features(data.gt_test, data.dur_test, num_bins))
+    return out
+
+
 def tan_bracket(data, hc, tc, seed: int = 0) -> dict[str, object]:
     """The ``tan`` protocol on ``data`` (as `locvtp evaluate grounding` runs it): mean and per-seed test R1@0.5,
     the best epochs."""
@@ -96,14 +110,7 @@ def _tan_main(a, opts, prepare_context, head_data) -> dict[str, dict]:
     for i, ck in enumerate(a.checkpoints):
         ctx, _ = prepare_context(ck, a.world, None, ["grounding"], opts, None, False, 0, None, False, "cpu")
         data = head_data(ctx, g, sentences=False)
-        runs = {ck: data}
-        if i == 0:
-            runs["blind (features zeroed)"] = replace(data, x_train=np.zeros_like(data.x_train),
-                                                      x_test=np.zeros_like(data.x_test))
-            n = g.head_cfg.num_clips
-            runs["oracle (ground-truth coverage)"] = replace(
-                data, x_train=oracle_features(data.gt_train, data.dur_train, n),
-                x_test=oracle_features(data.gt_test, data.dur_test, n))
+        runs = {ck: data, **(controls(data, g.head_cfg.num_clips, deaf=False) if i == 0 else {})}
         for name, d in runs.items():
             results[name] = r = tan_bracket(d, g.head_cfg, g.tan_cfg)
             seeds = ", ".join(f"{v:.1f}" for v in r["test_R1@0.5_seeds"])
@@ -153,16 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, ck in enumerate(a.checkpoints):
         ctx, _ = prepare_context(ck, a.world, None, ["grounding"], opts, None, False, 0, None, False, "cpu")
         data = head_data(ctx, g)
-        runs = {ck: data}
-        if i == 0:
-            runs["blind (features zeroed)"] = replace(data, x_train=np.zeros_like(data.x_train),
-                                                      x_test=np.zeros_like(data.x_test))
-            runs["deaf (sentences zeroed)"] = replace(data, q_train=np.zeros_like(data.q_train),
-                                                      q_test=np.zeros_like(data.q_test))
-            n = g.head_cfg.num_clips
-            runs["oracle (ground-truth coverage)"] = replace(
-                data, x_train=oracle_features(data.gt_train, data.dur_train, n),
-                x_test=oracle_features(data.gt_test, data.dur_test, n))
+        runs = {ck: data, **(controls(data, g.head_cfg.num_clips, deaf=True) if i == 0 else {})}
         for name, d in runs.items():
             results[name] = curves(d, g.head_cfg, epochs, a.seeds)
             _print(name, epochs, results[name])
