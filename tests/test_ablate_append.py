@@ -30,7 +30,7 @@ def fake_pipeline(monkeypatch):
     def evaluate_all(ckpt, world, out_dir=None, **kwargs):
         return {"grounding_R1@0.5": score["value"], "retrieval_R1": 1.0, "note": "not a number"}
 
-    def evaluate_jobs(jobs, overrides, seed, parallel=1, on_done=None):
+    def evaluate_jobs(jobs, overrides, seed, parallel=1, on_done=None, reuse=False):
         """In-process stand-in for the evaluation subprocesses: the options they would get, the numbers kept."""
         from locvtp.downstream.evaluate import load_options
 
@@ -246,3 +246,44 @@ def test_eval_set_is_checked_before_anything_trains():
     demo.check_eval_overrides(["grounding.head_variant=tan", "grounding.tan_cfg.seeds=3"])
     with pytest.raises(OptionError, match="--eval-set grounding.nope=1"):
         demo.check_eval_overrides(["grounding.nope=1"])
+
+
+def test_evaluate_jobs_reuses_a_completed_evaluation_only_when_asked_and_unchanged(tmp_path, monkeypatch):
+    """``reuse``: the row's command completed (``<row>.job.json``) on the same checkpoint weights (metrics.json's
+    ``checkpoint_sha256``) -> its metrics are taken, no process is started; other weights, another command or no
+    ``reuse`` -> the evaluation runs."""
+    import subprocess
+
+    from locvtp.checkpoint import MODEL_FILE, file_sha256
+    from locvtp.files import write_owned_text
+
+    ck = tmp_path / "run" / "final"
+    ck.mkdir(parents=True)
+    (ck / MODEL_FILE).write_bytes(b"weights v1")
+    world, out_dir = tmp_path / "world", tmp_path / "eval" / "coarse"
+    out_dir.mkdir(parents=True)
+    write_owned_text(out_dir / "metrics.json", json.dumps(
+        {"checkpoint_sha256": file_sha256(ck / MODEL_FILE), "metrics": {"grounding_R1@0.5": 42.0, "note": "x"}}),
+        "evaluate")
+    cmd = ["evaluate", "all", "--checkpoint", str(ck), "--data", str(world), "--out", str(out_dir), "--seed", "0",
+           "--threads", "1", "--quiet", "--set", "grounding.tan_cfg.seeds=2"]
+    write_owned_text(demo._eval_job_file(out_dir), json.dumps({"command": cmd}), "ablate")
+
+    class Started(Exception):
+        pass
+
+    def popen(*a, **k):
+        raise Started(a[0])
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    jobs = {"coarse": (ck, world, out_dir)}
+    seen = []
+    got = demo.evaluate_jobs(jobs, ["grounding.tan_cfg.seeds=2"], 0, poll_seconds=0.0, reuse=True,
+                             on_done=lambda n, m: seen.append((n, m)))
+    assert got == {"coarse": {"grounding_R1@0.5": 42.0}} and seen == [("coarse", {"grounding_R1@0.5": 42.0})]
+    for overrides, reuse in ((["grounding.tan_cfg.seeds=2"], False), (["grounding.tan_cfg.seeds=3"], True)):
+        with pytest.raises(Started):
+            demo.evaluate_jobs(jobs, overrides, 0, poll_seconds=0.0, reuse=reuse)
+    (ck / MODEL_FILE).write_bytes(b"weights v2")  # the row was trained again
+    with pytest.raises(Started):
+        demo.evaluate_jobs(jobs, ["grounding.tan_cfg.seeds=2"], 0, poll_seconds=0.0, reuse=True)

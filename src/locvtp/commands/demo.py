@@ -244,7 +244,7 @@ def pretrain_jobs(cfg_path: Path, jobs: dict[str, tuple[Path, list[str]]], paral
 
 def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[str], seed: int,
                   parallel: int = 1, poll_seconds: float = 1.0,
-                  on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+                  on_done: Callable[[str, dict], None] | None = None, reuse: bool = False) -> dict[str, dict]:
     """`locvtp evaluate all` of each ``name: (checkpoint, world, out_dir)`` as subprocesses, ``parallel`` at a
     time (one thread each), with the options ``overrides`` (``--set``); returns each job's metrics.
 
@@ -253,36 +253,47 @@ def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[
     `evaluate_all`'s in this process (same options, seed and thread count). A failing job raises with its log's
     last line; its log is ``<out_dir>.log`` beside the evaluation directory. ``on_done(name, metrics)`` runs as
     each job finishes (the ablation stores its row then, so an interrupted run keeps the rows already evaluated).
+    ``reuse``: a job whose command already completed in its directory on the same checkpoint weights
+    (``eval/<row>.job.json`` and ``metrics.json``'s ``checkpoint_sha256``) is not run again; a change of the code
+    between the two runs is not detected, hence opt-in (``ablate --reuse-evaluations``).
     """
     import subprocess
 
     queue, running, results = list(jobs), {}, {}
+
+    def finished(name: str, how: str) -> None:
+        doc = json.loads((jobs[name][2] / "metrics.json").read_text(encoding="utf-8"))
+        results[name] = {k: float(v) for k, v in doc["metrics"].items() if isinstance(v, (int, float))}
+        print(f"[demo] {how}")
+        if on_done is not None:
+            on_done(name, results[name])
+
     try:
         while queue or running:
             while queue and len(running) < parallel:
                 name = queue.pop(0)
                 ckpt, world, out_dir = jobs[name]
                 out_dir.parent.mkdir(parents=True, exist_ok=True)
-                cmd = [sys.executable, "-m", "locvtp.cli", "evaluate", "all", "--checkpoint", str(ckpt), "--data",
-                       str(world), "--out", str(out_dir), "--seed", str(seed), "--threads", "1", "--quiet",
-                       *(a for o in overrides for a in ("--set", o))]
+                cmd = ["evaluate", "all", "--checkpoint", str(ckpt), "--data", str(world), "--out", str(out_dir),
+                       "--seed", str(seed), "--threads", "1", "--quiet", *(a for o in overrides for a in ("--set", o))]
+                if reuse and _evaluated(out_dir, cmd, ckpt):
+                    finished(name, f"reusing the evaluation of {name} ({out_dir}: same command, same checkpoint)")
+                    continue
                 log = open(_eval_log(out_dir), "wb")
-                running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, time.time())
+                running[name] = (subprocess.Popen([sys.executable, "-m", "locvtp.cli", *cmd], stdout=log,
+                                                  stderr=subprocess.STDOUT), log, time.time(), cmd)
             time.sleep(poll_seconds)
-            for name in [n for n, (proc, _, _) in running.items() if proc.poll() is not None]:
-                proc, log, start = running.pop(name)
+            for name in [n for n, (proc, *_) in running.items() if proc.poll() is not None]:
+                proc, log, start, cmd = running.pop(name)
                 log.close()
                 out_dir = jobs[name][2]
                 if proc.returncode != 0:
                     raise DemoError(f"evaluating {name} failed (exit {proc.returncode}): "
                                     f"{_last_line(_eval_log(out_dir))} (log: {_eval_log(out_dir)})")
-                doc = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
-                results[name] = {k: float(v) for k, v in doc["metrics"].items() if isinstance(v, (int, float))}
-                print(f"[demo] evaluated {name} ({time.time() - start:.0f} s)")
-                if on_done is not None:
-                    on_done(name, results[name])
+                write_owned_text(_eval_job_file(out_dir), json.dumps({"command": cmd}, indent=1) + "\n", "ablate")
+                finished(name, f"evaluated {name} ({time.time() - start:.0f} s)")
     finally:
-        for proc, log, _ in running.values():  # interrupted: stop the children
+        for proc, log, *_ in running.values():  # interrupted: stop the children
             proc.terminate()
             log.close()
     return {name: results[name] for name in jobs}
@@ -291,6 +302,27 @@ def evaluate_jobs(jobs: dict[str, tuple[Path, Path, Path]], overrides: Sequence[
 def _eval_log(out_dir: Path) -> Path:
     """``eval/<row>.log`` beside ``eval/<row>/`` (not ``with_suffix``: a row name may hold a dot, "sigma=0.5")."""
     return out_dir.parent / f"{out_dir.name}.log"
+
+
+def _eval_job_file(out_dir: Path) -> Path:
+    """``eval/<row>.job.json``: the command of the evaluation that completed in ``eval/<row>/``."""
+    return out_dir.parent / f"{out_dir.name}.job.json"
+
+
+def _evaluated(out_dir: Path, cmd: list[str], ckpt: Path) -> bool:
+    """Did the same evaluation command complete in ``out_dir`` on the checkpoint as it is now? Why: an ablation
+    run again with more rows (or after an interruption) re-evaluates every listed row, 10 minutes each on the
+    `long` world; a row whose command, options or checkpoint weights changed is evaluated again."""
+    from locvtp.checkpoint import MODEL_FILE, file_sha256
+
+    job, metrics = _eval_job_file(out_dir), out_dir / "metrics.json"
+    try:
+        done = json.loads(job.read_text(encoding="utf-8")).get("command") == cmd
+        sha = json.loads(metrics.read_text(encoding="utf-8")).get("checkpoint_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    model = Path(ckpt) / MODEL_FILE
+    return bool(done and sha and model.is_file() and file_sha256(model) == sha)
 
 
 def _max_steps(cfg_path: Path, overrides: list[str]) -> int:
@@ -648,7 +680,8 @@ def _store_row(path: Path, name: str, metrics: dict) -> dict[str, dict]:
 def run_ablation(out: str | Path = "ablation_run", preset: str = DEFAULT_PRESET, seed: int = 0,
                  only: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True,
                  world: str | Path | None = None, eval_world: str | Path | None = None,
-                 eval_overrides_extra: Sequence[str] = (), pretrain_only: bool = False) -> dict:
+                 eval_overrides_extra: Sequence[str] = (), pretrain_only: bool = False,
+                 reuse_evaluations: bool = False) -> dict:
     """Pre-train and evaluate the ``only`` rows (default: all of ABLATIONS) and add them to
     ``out/ablation.json``: rows already there from earlier runs are kept, a row run again replaces its own
     entry. Returns every row of the file; ``ablation.md`` shows them all.
@@ -659,7 +692,9 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = DEFAULT_PRESET,
 
     ``eval_overrides_extra``: `locvtp evaluate` options (``--set``) after the world preset's (e.g.
     ``grounding.head_variant=tan`` on a 1.3 world). ``pretrain_only``: stop once every row is pre-trained (a later
-    run evaluates them, reusing the checkpoints); returns the rows already in the table."""
+    run evaluates them, reusing the checkpoints); returns the rows already in the table. ``reuse_evaluations``:
+    a row whose evaluation command already completed on the same checkpoint is not evaluated again
+    (:func:`evaluate_jobs`' ``reuse``)."""
     out = Path(out)
     target, stem, eval_dir, target_preset = _evaluation_target(eval_world)
     _check_report_files(out, "ablate", [f"{stem}.json", f"{stem}.md"])
@@ -694,7 +729,8 @@ def run_ablation(out: str | Path = "ablation_run", preset: str = DEFAULT_PRESET,
     stored: list[dict[str, dict]] = [results]  # each row enters the table as soon as it is evaluated
     evaluate_jobs({n: (ckpts[n], target, out / eval_dir / row_dir_name(n)) for n in names},
                   [*eval_overrides(target_preset), *eval_overrides_extra], seed, parallel=parallel,
-                  on_done=lambda name, metrics: stored.append(_store_row(out / f"{stem}.json", name, metrics)))
+                  on_done=lambda name, metrics: stored.append(_store_row(out / f"{stem}.json", name, metrics)),
+                  reuse=reuse_evaluations)
     results = stored[-1]
     table = format_table(results)
     where = "" if eval_world is None else f" (evaluated on `{target}`)"
@@ -799,13 +835,17 @@ def ablate_main(argv: list[str] | None = None) -> int:
         "grounding.head_variant=tan on a generator-1.3 world, whose default is checkpoint_text)"))
     ap.add_argument("--pretrain-only", action="store_true",
                     help="pre-train the rows and stop; the same command without it evaluates them")
+    ap.add_argument("--reuse-evaluations", action="store_true", help=(
+        "do not evaluate again a row whose `locvtp evaluate` command already completed on the same checkpoint "
+        "(eval/<row>.job.json); a change of locvtp's code in between is not detected"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides applied to every row (key=value)")
     a = ap.parse_args(argv)
     check_overrides(a.preset, a.overrides)
     check_eval_overrides(a.eval_set)
     run_ablation(a.out, a.preset, a.seed, a.only, a.overrides, progress=not a.quiet, world=a.world,
-                 eval_world=a.eval_world, eval_overrides_extra=a.eval_set, pretrain_only=a.pretrain_only)
+                 eval_world=a.eval_world, eval_overrides_extra=a.eval_set, pretrain_only=a.pretrain_only,
+                 reuse_evaluations=a.reuse_evaluations)
     return 0
 
 
