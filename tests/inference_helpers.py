@@ -42,6 +42,16 @@ def world_videos(world: Path) -> list[Path]:
     return sorted((Path(world) / "videos").glob("*.mp4"))
 
 
+def linked_videos(world: Path, dest: Path, every: int = 1, count: int | None = None) -> Path:
+    """``dest`` (created) holding symlinks to every ``every``-th of the world's videos, at most ``count``: a
+    short extraction input."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in world_videos(world)[::every][:count]:
+        (dest / p.name).symlink_to(p)
+    return dest
+
+
 def clip_args(ck) -> dict:
     """The clip cut of a loaded checkpoint (``locvtp.predictor.Preprocessing``, read from its config), as the
     keywords of ``locvtp.inference``'s video functions: they have no defaults of their own."""

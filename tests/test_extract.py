@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from inference_helpers import clip_args, make_checkpoint, world_videos
+from inference_helpers import clip_args, linked_videos, make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,7 @@ def ckpt(tiny_world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def some_videos(tiny_world, tmp_path_factory):
     """A directory with 6 of the world's videos (symlinks), to keep runs short."""
-    d = tmp_path_factory.mktemp("vids")
-    for p in world_videos(tiny_world)[::6][:6]:
-        (d / p.name).symlink_to(p)
-    return d
+    return linked_videos(tiny_world, tmp_path_factory.mktemp("vids"), every=6, count=6)
 
 
 def _run(args: list[str]) -> int:

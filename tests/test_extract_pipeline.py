@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from inference_helpers import clip_args, interrupt_writer_after, make_checkpoint, world_videos
+from inference_helpers import clip_args, interrupt_writer_after, linked_videos, make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,7 @@ def ckpts(tiny_world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def videos(tiny_world, tmp_path_factory):
     """12 of the world's videos (symlinks): several batches' worth of clips from many videos."""
-    d = tmp_path_factory.mktemp("pvids")
-    for p in world_videos(tiny_world)[::3][:12]:
-        (d / p.name).symlink_to(p)
-    return d
+    return linked_videos(tiny_world, tmp_path_factory.mktemp("pvids"), every=3, count=12)
 
 
 def _run(args: list) -> int:

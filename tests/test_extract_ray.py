@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference_helpers import interrupt_writer_after, make_checkpoint, world_videos
+from inference_helpers import interrupt_writer_after, linked_videos, make_checkpoint
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the optional extra: pip install 'locvtp[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (the optional extra: pip install 'locvtp[ray]')")
@@ -43,10 +43,7 @@ def ckpts(tiny_world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def videos(tiny_world, tmp_path_factory):
     """5 of the world's videos (symlinks)."""
-    d = tmp_path_factory.mktemp("rayvids")
-    for p in world_videos(tiny_world)[::5][:5]:
-        (d / p.name).symlink_to(p)
-    return d
+    return linked_videos(tiny_world, tmp_path_factory.mktemp("rayvids"), every=5, count=5)
 
 
 def _run(args: list) -> int:

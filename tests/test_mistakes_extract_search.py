@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cli_helpers import assert_one_line_error, run_cli
-from inference_helpers import make_checkpoint, world_videos
+from inference_helpers import linked_videos, make_checkpoint
 from locvtp.featurestore.writer import journal_ids
 
 NOT_UTF8 = b"\xff\xfe\xfa not text \x80\x81"
@@ -40,10 +40,7 @@ def w(tiny_world, tiny_checkpoint, tmp_path_factory):
     ns = SimpleNamespace(root=root)
     ns.ckpt = tiny_checkpoint
     ns.fck = make_checkpoint(tiny_world, root / "fck", video="features", in_dim=12)
-    ns.vids = root / "vids"
-    ns.vids.mkdir()
-    for p in world_videos(tiny_world)[:2]:
-        (ns.vids / p.name).symlink_to(p)
+    ns.vids = linked_videos(tiny_world, root / "vids", count=2)
     ns.video = sorted(ns.vids.iterdir())[0]
     ns.feats = root / "f.h5"
     assert _cli(["extract", "--checkpoint", ns.ckpt, "--videos", ns.vids, "--out", ns.feats, "--no-progress"]) == 0

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from cli_helpers import assert_one_line_error, run_cli
-from inference_helpers import interrupt_writer_after, world_videos
+from inference_helpers import interrupt_writer_after, linked_videos
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
@@ -96,10 +96,7 @@ def _extract(capsys, *argv):
 @pytest.fixture(scope="module")
 def videos(tiny_world, tmp_path_factory):
     """Two of the tiny world's videos (links), to keep the runs short."""
-    d = tmp_path_factory.mktemp("std_vids")
-    for p in world_videos(tiny_world)[:2]:
-        (d / p.name).symlink_to(p)
-    return d
+    return linked_videos(tiny_world, tmp_path_factory.mktemp("std_vids"), count=2)
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ What differs between models is two objects given to :class:`Pipeline`:
 
 * the *decoding* (picklable: it runs in the workers) says what a unit of decoding is: ``clip_shape`` (one clip,
   uint8 ``[F, S, S, 3]``), ``chunk`` (clips per range), ``split`` (whether the ranges of one video may go to
-  different workers), ``windows(duration)`` -> the clip windows ``[N, 2]`` (a pure function of the duration),
-  ``header(path)`` -> (windows, fps, duration) and ``decode(path, windows, starts)`` -> ``(start, clips)`` per
+  different workers), ``windows(duration)`` -> the clip windows ``[N, 2]`` (a pure function of the duration;
+  :func:`video_header` reads the duration) and ``decode(path, windows, starts)`` -> ``(start, clips)`` per
   range. :class:`WindowClips` is a checkpoint's (sliding windows; a range is decoded with a seek, so range *k* of
   video *i* is worker ``(i + k) mod W``'s and one long video keeps every worker busy);
   :class:`locvtp.standard_features.RateClips` a standard protocol's (ffmpeg ``fps`` frames: one pass per video,
@@ -89,12 +89,6 @@ class WindowClips:
         return np.asarray(V.sliding_windows(float(duration), p.clip_seconds, p.stride_seconds),
                           np.float64).reshape(-1, 2)
 
-    def header(self, path: Any) -> tuple[np.ndarray, float, float]:
-        from locvtp.data import video as V
-
-        info = V.probe_video(path)
-        return self.windows(float(info.duration)), float(info.fps), float(info.duration)
-
     def decode(self, path: Any, windows: np.ndarray, starts: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
         from locvtp.data import video as V
 
@@ -150,12 +144,17 @@ def error_reason(exc: BaseException) -> str:
 
 
 def video_header(decoding: Any, path: Any) -> tuple[np.ndarray, float, float]:
-    """``decoding.header(path)``: (windows, fps, duration); a video without a clip raises ``ValueError``, so it
-    becomes a failure record like an unreadable one (every runner probes through this)."""
-    windows, fps, duration = decoding.header(path)
+    """(windows, fps, duration) of the video at ``path``: a header read, then ``decoding.windows(duration)``; a
+    video without a clip raises ``ValueError``, so it becomes a failure record like an unreadable one (every
+    runner probes through this)."""
+    from locvtp.data.video import probe_video
+
+    info = probe_video(path)
+    duration = float(info.duration)
+    windows = decoding.windows(duration)
     if windows.shape[0] == 0:
         raise ValueError("no clips: the video has no decodable frames")
-    return windows, fps, duration
+    return windows, float(info.fps), duration
 
 
 def _worker_init(_: int) -> None:

@@ -177,13 +177,6 @@ class RateClips:
         n = -(-rate_sample_times(duration, p.sample_fps).size // p.frames_per_feature)
         return protocol_windows(duration, n, p.seconds_per_feature)
 
-    def header(self, path: str | Path) -> tuple[np.ndarray, float, float]:
-        """(windows, fps, duration) of the video at ``path`` (a header read)."""
-        from locvtp.data.video import probe_video
-
-        info = probe_video(path)
-        return self.windows(info.duration), float(info.fps), float(info.duration)
-
     def decode(self, path: str | Path, windows: np.ndarray, starts: Iterable[int]
                ) -> Iterator[tuple[int, np.ndarray]]:
         """``(first clip, uint8 clips [n, F, S, S, 3])`` for the whole video, in order (``starts`` is every range's:

@@ -190,17 +190,13 @@ PRESETS: dict[str, Preset] = {
         events=(1, 3), captions_per_retrieval_video=5, epic_train=150, epic_val=35, moments="charades",
         first_version="1.4", default_version=MOMENT_VERSION,
     ),
-    # Generator >= 1.6 (issue 23): `long`'s sizes and timing, YouCook2-like event sequences in which the same action
-    # recurs on other objects (MOMENT_STYLES["recipe"]); the EPIC splits are the demo's (LABELLED_SET_PRESET), as
-    # are the short and procedure videos.
-    "recipe": Preset(
-        pretrain=110, webvid=60, grounding_train=530, grounding_test=165, retrieval_train=160, retrieval_test=120,
-        crosstask_tasks=6, crosstask_train_per_task=6, crosstask_val_per_task=6,
-        coin_tasks=6, coin_train_per_task=6, coin_test_per_task=5,
-        events=(3, 5), captions_per_retrieval_video=5, epic_train=160, epic_val=40, moments="recipe",
-        first_version=RECIPE_VERSION, default_version=RECIPE_VERSION,
-    ),
 }
+# Generator >= 1.6 (issue 23): `long`'s sizes and timing, YouCook2-like event sequences in which the same action
+# recurs on other objects (MOMENT_STYLES["recipe"]); the EPIC splits are the demo's (LABELLED_SET_PRESET, hence the
+# demo's counts), as are the short and procedure videos.
+PRESETS["recipe"] = replace(PRESETS["long"], epic_train=PRESETS["demo"].epic_train,
+                            epic_val=PRESETS["demo"].epic_val, moments="recipe", first_version=RECIPE_VERSION,
+                            default_version=RECIPE_VERSION)
 
 SPLIT_PREFIX = {
     "pretrain": "pre",
